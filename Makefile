@@ -1,0 +1,36 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Each creates .venv and installs what it needs on
+# first use; later runs find the stamps and skip straight to the job.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# torch/torchvision pinned to the builds on the project machines' local disk (../shared/notes/install.md).
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+.PHONY: demo test install clean-venv
+
+demo: $(VENV)/.deps
+	$(PY) tools/benchmark.py --quick
+
+test: $(VENV)/.deps
+	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+install: $(VENV)/.deps
+
+$(VENV)/.torch:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS)
+	touch $@
+
+$(VENV)/.mmcv: $(VENV)/.torch tools/build_mmcv.sh
+	tools/build_mmcv.sh $(PY)
+	touch $@
+
+$(VENV)/.deps: $(VENV)/.mmcv pyproject.toml
+	$(PY) -m pip install -q -e '.[all,dev]' $(TORCH_PINS)
+	$(PY) -c "import visionssm, timm, mmdet.models, mmseg.models, albumentations; print('[install] ok:', visionssm.__version__)"
+	touch $@
+
+clean-venv:
+	rm -rf $(VENV)

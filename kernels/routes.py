@@ -1,0 +1,203 @@
+"""Scan routes over a token grid, and the plan the kernels execute.
+
+A *route* is one scan path: the order in which it visits the positions of an ``H x W`` grid, the block of input
+channels it reads, and the block of output channels it writes. Every family is a list of routes over the same
+channel-last map ``(B, H, W, C)``; the kernels read the map at each route's positions (no cross-scan copy) and
+merge the routes into one output. Route ``k`` uses the ``k``-th block of every per-route tensor (Δ, A, D, Δ-bias,
+B, C): the routes' parameters are stacked, exactly as the official ``A_logs (K*D, N)`` already are.
+
+Positions are flat indices ``h * W + w``. Built-in orders are computed arithmetically (the Triton kernel can
+regenerate them from the route's fields without loading an index); any other pattern (zig-zag, local windows)
+is a callable ``order(H, W) -> LongTensor`` and needs no change to the kernels' core loop.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable, Sequence, Union
+
+import torch
+
+__all__ = [
+    'Route', 'RoutePlan', 'plan_routes',
+    'cross_routes', 'bidirectional_routes', 'lattice_routes', 'grouped_routes',
+]
+
+Order = Union[str, Callable[[int, int], torch.Tensor]]
+_ORDERS = ('row', 'col')
+
+
+@dataclass(frozen=True)
+class Route:
+    """One scan path over an ``H x W`` grid.
+
+    Args:
+        order: ``'row'`` (row-major raster), ``'col'`` (column-major raster), or a callable ``(H, W) -> positions``
+            returning distinct flat indices ``h * W + w`` in visiting order.
+        reverse: visit the positions of ``order`` back to front.
+        stride: visit only the sub-lattice ``h = offset[0] + i * stride[0], w = offset[1] + j * stride[1]``
+            (EfficientVMamba's atrous routes); ``order`` then ranks positions within the sub-lattice.
+        offset: origin of the sub-lattice.
+        in_offset: first channel of the input map this route reads.
+        out_offset: first channel of the output this route writes.
+    """
+    order: Order = 'row'
+    reverse: bool = False
+    stride: tuple[int, int] = (1, 1)
+    offset: tuple[int, int] = (0, 0)
+    in_offset: int = 0
+    out_offset: int = 0
+
+    def __post_init__(self):
+        stride = (self.stride, self.stride) if isinstance(self.stride, int) else tuple(self.stride)
+        offset = (self.offset, self.offset) if isinstance(self.offset, int) else tuple(self.offset)
+        object.__setattr__(self, 'stride', stride)
+        object.__setattr__(self, 'offset', offset)
+        if not callable(self.order) and self.order not in _ORDERS:
+            raise ValueError(f"route order must be one of {_ORDERS} or a callable (H, W) -> positions, got {self.order!r}")
+        if len(stride) != 2 or min(stride) < 1:
+            raise ValueError(f'route stride must be two integers >= 1, got {self.stride}')
+        if len(offset) != 2 or min(offset) < 0 or offset[0] >= stride[0] or offset[1] >= stride[1]:
+            raise ValueError(f'route offset must satisfy 0 <= offset < stride, got offset {offset} with stride {stride}')
+        if self.in_offset < 0 or self.out_offset < 0:
+            raise ValueError(f'route channel offsets must be >= 0, got in {self.in_offset}, out {self.out_offset}')
+
+    def positions(self, height: int, width: int) -> torch.Tensor:
+        """Flat positions ``h * width + w`` in visiting order (int64, CPU)."""
+        rows = torch.arange(self.offset[0], height, self.stride[0])
+        cols = torch.arange(self.offset[1], width, self.stride[1])
+        if callable(self.order):
+            sub = torch.as_tensor(self.order(len(rows), len(cols)), dtype=torch.long).flatten()
+            if sub.numel() and (sub.min() < 0 or sub.max() >= len(rows) * len(cols)):
+                raise ValueError(f'custom route order returned positions outside a {len(rows)}x{len(cols)} grid')
+            grid = (rows[:, None] * width + cols[None, :]).flatten()
+            pos = grid[sub]
+        elif self.order == 'row':
+            pos = (rows[:, None] * width + cols[None, :]).flatten()
+        else:
+            pos = (rows[None, :] * width + cols[:, None]).flatten()
+        return pos.flip(0) if self.reverse else pos
+
+
+@dataclass(frozen=True)
+class RoutePlan:
+    """Routes resolved for one grid and channel layout: what a kernel needs to run them.
+
+    ``positions[k]`` are route k's flat positions (CPU int64); ``width`` is the channel width of every route;
+    ``multiplicity`` is how many routes write each output element (uniform by construction).
+    """
+    routes: tuple[Route, ...]
+    height: int
+    width_px: int
+    width: int
+    in_channels: int
+    out_channels: int
+    positions: tuple[torch.Tensor, ...]
+    multiplicity: int
+
+    @property
+    def num_routes(self) -> int:
+        return len(self.routes)
+
+    def positions_on(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        return _positions_on(self, torch.device(device))
+
+
+@functools.lru_cache(maxsize=256)
+def _positions_on(plan: RoutePlan, device: torch.device) -> tuple[torch.Tensor, ...]:
+    return tuple(p.to(device) for p in plan.positions)
+
+
+def plan_routes(
+        routes: Sequence[Route],
+        height: int,
+        width_px: int,
+        width: int,
+        in_channels: int,
+        out_channels: int,
+) -> RoutePlan:
+    """Resolve and check ``routes`` for an ``height x width_px`` grid; cached per distinct arguments.
+
+    Raises ValueError when a route reads or writes outside the channels, visits a position twice, or when the
+    routes together leave output elements unwritten or write some more often than others (the merge would then be
+    wrong for those elements).
+    """
+    routes = tuple(routes)
+    if not routes or not all(isinstance(r, Route) for r in routes):
+        raise ValueError(f'routes must be a non-empty sequence of Route, got {routes!r}')
+    return _plan_routes(routes, int(height), int(width_px), int(width), int(in_channels), int(out_channels))
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_routes(routes, height, width_px, width, in_channels, out_channels) -> RoutePlan:
+    num_pos = height * width_px
+    positions = []
+    for k, route in enumerate(routes):
+        if route.in_offset + width > in_channels:
+            raise ValueError(
+                f'route {k} reads input channels [{route.in_offset}, {route.in_offset + width}) '
+                f'but the input has {in_channels} channels')
+        if route.out_offset + width > out_channels:
+            raise ValueError(
+                f'route {k} writes output channels [{route.out_offset}, {route.out_offset + width}) '
+                f'but the output has {out_channels} channels')
+        pos = route.positions(height, width_px)
+        if pos.numel() == 0:
+            raise ValueError(f'route {k} visits no position of a {height}x{width_px} grid')
+        if torch.unique(pos).numel() != pos.numel():
+            raise ValueError(f'route {k} visits some positions of a {height}x{width_px} grid more than once')
+        positions.append(pos.contiguous())
+
+    # Coverage per output channel segment: between consecutive route channel boundaries every channel is written
+    # by the same set of routes, so one position count per segment decides.
+    bounds = sorted({0, out_channels} | {r.out_offset for r in routes} | {r.out_offset + width for r in routes})
+    multiplicity = None
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        count = torch.zeros(num_pos, dtype=torch.int32)
+        for route, pos in zip(routes, positions):
+            if route.out_offset <= lo and hi <= route.out_offset + width:
+                count[pos] += 1
+        cmin, cmax = int(count.min()), int(count.max())
+        if cmin == 0:
+            missing = int((count == 0).sum())
+            raise ValueError(
+                f'routes do not cover the map: {missing} of {num_pos} positions of output channels [{lo}, {hi}) '
+                f'are visited by no route')
+        if cmin != cmax or (multiplicity is not None and cmin != multiplicity):
+            seen = sorted({cmin, cmax} | ({multiplicity} if multiplicity else set()))
+            raise ValueError(
+                f'routes overlap unevenly: output elements are written by between {seen[0]} and {seen[-1]} routes; '
+                f'every element must be written by the same number of routes for the merge to be defined')
+        multiplicity = cmin
+    return RoutePlan(routes, height, width_px, width, in_channels, out_channels, tuple(positions), multiplicity)
+
+
+# Route patterns of the families (DESIGN.md's table). Each is a plain tuple of Route: new patterns are new tuples.
+
+def cross_routes() -> tuple[Route, ...]:
+    """VMamba's SS2D: row, column, row reversed, column reversed; all channels; summed."""
+    return (Route('row'), Route('col'), Route('row', reverse=True), Route('col', reverse=True))
+
+
+def bidirectional_routes(channels: int) -> tuple[Route, ...]:
+    """Vim: forward and reversed over a 1-D sequence (H = 1). Each direction has its own input block of
+    ``channels`` (its own conv1d output), both write the same output channels (merge with ``'mean'``)."""
+    return (Route('row'), Route('row', reverse=True, in_offset=channels))
+
+
+def lattice_routes() -> tuple[Route, ...]:
+    """EfficientVMamba's ES2D: the four stride-2 sub-lattices, each scanned once; they tile the map."""
+    return (
+        Route('row', stride=2, offset=(0, 0)),
+        Route('col', stride=2, offset=(1, 0)),
+        Route('row', stride=2, offset=(0, 1)),
+        Route('col', stride=2, offset=(1, 1)),
+    )
+
+
+def grouped_routes(group_channels: int) -> tuple[Route, ...]:
+    """GroupMamba: four channel groups of ``group_channels``, group k scanned in direction k; concatenated."""
+    orders = (('row', False), ('col', False), ('row', True), ('col', True))
+    return tuple(
+        Route(order, reverse=rev, in_offset=k * group_channels, out_offset=k * group_channels)
+        for k, (order, rev) in enumerate(orders))

@@ -1,0 +1,3 @@
+"""Layers shared across families."""
+from .patch import ConvDownsample, ConvStem, PatchEmbed, PatchMerging
+from .ss2d import SS2D, init_dt_bias

@@ -1,0 +1,164 @@
+"""``selective_scan``: the one scan entry point every family calls.
+
+Checks the arguments (errors name the argument and what was expected), applies the dtype policy, resolves the
+routes for the map's size and dispatches to a backend. Backends live in ``visionssm.kernels``: the pure-PyTorch
+reference (CPU, oracle) now; the Triton kernel registers itself in ``BACKENDS`` and is picked for CUDA tensors.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from visionssm.kernels.reference import selective_scan_reference
+from visionssm.kernels.routes import Route, plan_routes
+
+__all__ = ['selective_scan', 'BACKENDS']
+
+# name -> (callable with selective_scan_reference's signature, predicate: can it run on these tensors?)
+BACKENDS: dict[str, tuple[Callable, Callable[[torch.Tensor], bool]]] = {
+    'reference': (selective_scan_reference, lambda u: True),
+}
+_INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_MERGES = ('sum', 'mean')
+
+
+def selective_scan(
+        u: torch.Tensor,
+        delta: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: Optional[torch.Tensor] = None,
+        D: Optional[torch.Tensor] = None,
+        delta_bias: Optional[torch.Tensor] = None,
+        *,
+        routes: Sequence[Route],
+        merge: str = 'sum',
+        delta_softplus: bool = True,
+        return_hidden: bool = False,
+        out_channels: Optional[int] = None,
+        out_dtype: Optional[torch.dtype] = None,
+        backend: str = 'auto',
+) -> torch.Tensor:
+    """Selective scan of a channel-last map along ``routes``, merged into one output.
+
+    With ``K = len(routes)`` routes of ``W = A.shape[0] // K`` channels each and ``N`` states:
+
+    Args:
+        u: input map ``(B, H, W_px, C_in)``, or a sequence ``(B, L, C_in)`` (a ``1 x L`` grid). Route k reads
+            channels ``[in_offset_k, in_offset_k + W)``.
+        delta: ``(B, H, W_px, K*W)`` (or ``(B, L, K*W)``): route k's Δ is channel block k, at every position.
+        A: ``(K*W, N)`` state matrix (negative for a stable scan), float32 or float64.
+        B: ``(B, H, W_px, K, N)`` (or ``(B, L, K, N)``): input projection of route k, shared by its channels.
+        C: like ``B``; the output projection. Must be None when ``return_hidden``.
+        D: ``(K*W,)`` skip, optional.
+        delta_bias: ``(K*W,)`` added to Δ before the softplus, optional.
+        routes: the scan paths (``visionssm.ops.cross_routes()`` etc.).
+        merge: ``'sum'`` or ``'mean'`` of the routes that write an element.
+        delta_softplus: apply softplus to Δ (+ bias).
+        return_hidden: return the states ``h`` instead of ``y``: shape ``(..., C_out, N)``; C and D unused.
+        out_channels: output channels; default ``max(out_offset) + W``.
+        out_dtype: default the input dtype; e.g. ``torch.float32`` to keep a low-precision scan's output in fp32.
+        backend: ``'auto'`` (Triton on CUDA when available, else the reference) or a name in ``BACKENDS``.
+
+    Returns:
+        ``(B, H, W_px, C_out)`` (or ``(B, L, C_out)``), plus a trailing ``N`` with ``return_hidden``.
+    """
+    seq = _check_tensor('u', u, (3, 4), '(B, H, W, C) map or (B, L, C) sequence')
+    if seq:
+        u = u.unsqueeze(1)
+    batch, height, width_px, in_channels = u.shape
+    grid = (batch, height, width_px)
+    grid_str = f'(B, L) = {(batch, width_px)}' if seq else f'(B, H, W) = {grid}'
+    if u.dtype not in _INPUT_DTYPES:
+        raise TypeError(f'u must be float16, bfloat16, float32 or float64, got {u.dtype}')
+
+    _check_tensor('A', A, (2,), '(K*W, N)')
+    if not isinstance(routes, (list, tuple)) or not routes or not all(isinstance(r, Route) for r in routes):
+        raise ValueError(f'routes must be a non-empty list of Route, got {routes!r}')
+    num_routes = len(routes)
+    if A.shape[0] % num_routes:
+        raise ValueError(f'A has {A.shape[0]} rows, not a multiple of the {num_routes} routes (expected K*W rows)')
+    width, n_state = A.shape[0] // num_routes, A.shape[1]
+    if n_state < 1:
+        raise ValueError('A must have at least one state column (N >= 1)')
+
+    delta = _as_map('delta', delta, seq, (4,), grid, grid_str, (num_routes * width,), '(B, H, W, K*W)')
+    B = _as_map('B', B, seq, (5,), grid, grid_str, (num_routes, n_state), '(B, H, W, K, N)')
+    if return_hidden:
+        if C is not None:
+            raise ValueError('C must be None with return_hidden=True (the hidden states are returned before C)')
+    else:
+        if C is None:
+            raise ValueError('C is required unless return_hidden=True')
+        C = _as_map('C', C, seq, (5,), grid, grid_str, (num_routes, n_state), '(B, H, W, K, N)')
+    for name, t in (('D', D), ('delta_bias', delta_bias)):
+        if t is not None:
+            _check_tensor(name, t, (1,), '(K*W,)')
+            if t.shape[0] != num_routes * width:
+                raise ValueError(f'{name} must have shape ({num_routes * width},) = (K*W,), got {tuple(t.shape)}')
+
+    named = [('u', u), ('delta', delta), ('B', B), ('C', C)]
+    for name, t in named[1:]:
+        if t is not None and t.dtype != u.dtype:
+            raise TypeError(f'{name} must have the dtype of u ({u.dtype}), got {t.dtype}')
+    for name, t in (('A', A), ('D', D), ('delta_bias', delta_bias)):
+        if t is not None and t.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f'{name} must be float32 or float64 (parameters stay in full precision), got {t.dtype}')
+    for name, t in named[1:] + [('A', A), ('D', D), ('delta_bias', delta_bias)]:
+        if t is not None and t.device != u.device:
+            raise ValueError(f'{name} is on {t.device} but u is on {u.device}: all tensors must share one device')
+    if merge not in _MERGES:
+        raise ValueError(f'merge must be one of {_MERGES}, got {merge!r}')
+    if out_dtype is not None and out_dtype not in _INPUT_DTYPES:
+        raise TypeError(f'out_dtype must be a floating dtype, got {out_dtype}')
+
+    if out_channels is None:
+        out_channels = max(r.out_offset for r in routes) + width
+    plan = plan_routes(routes, height, width_px, width, in_channels, out_channels)
+
+    fn = _select_backend(backend, u)
+    flat = lambda t: t.flatten(1, 2) if t is not None else None
+    out = fn(flat(u), flat(delta), A, flat(B), flat(C), D, delta_bias, plan,
+             delta_softplus=delta_softplus, return_hidden=return_hidden, mean=(merge == 'mean'), out_dtype=out_dtype)
+    out = out.unflatten(1, (height, width_px))
+    return out.squeeze(1) if seq else out
+
+
+def _select_backend(backend: str, u: torch.Tensor) -> Callable:
+    if backend == 'auto':
+        for name in ('triton', 'reference'):
+            if name in BACKENDS and BACKENDS[name][1](u):
+                return BACKENDS[name][0]
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; available: 'auto', {', '.join(map(repr, BACKENDS))}")
+    fn, supports = BACKENDS[backend]
+    if not supports(u):
+        raise ValueError(f'backend {backend!r} cannot run on {u.device} tensors of dtype {u.dtype}')
+    return fn
+
+
+def _check_tensor(name, t, ranks, expected) -> bool:
+    """Type and rank check; returns True when ``t`` has the lowest allowed rank (the sequence form)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f'{name} must be a torch.Tensor {expected}, got {type(t).__name__}')
+    if t.dim() not in ranks:
+        raise ValueError(f'{name} must be {expected} (rank {" or ".join(map(str, ranks))}), '
+                         f'got rank {t.dim()} with shape {tuple(t.shape)}')
+    return len(ranks) > 1 and t.dim() == ranks[0]
+
+
+def _as_map(name, t, seq, ranks, grid, grid_str, tail, expected):
+    """Check a per-position tensor against the map's grid; returns it in map form."""
+    if seq:
+        ranks = tuple(r - 1 for r in ranks)
+        expected = expected.replace('H, W', 'L')
+    _check_tensor(name, t, ranks, expected)
+    if seq:
+        t = t.unsqueeze(1)
+    if tuple(t.shape[:3]) != grid:
+        raise ValueError(f'{name} must match u in {grid_str}, got {name} of shape '
+                         f'{tuple(t.shape[1:] if seq else t.shape)}')
+    if tuple(t.shape[3:]) != tail:
+        raise ValueError(f'{name} must have trailing shape {tail} for {expected}, got {tuple(t.shape[3:])}')
+    return t
