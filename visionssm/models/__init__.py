@@ -2,6 +2,9 @@
 from . import vmamba
 from .vmamba import VMamba
 
+# The model families (modules of visionssm.models, also their timm module names).
+FAMILIES = ('vmamba',)
+
 # family name -> builder taking (checkpoint=None, **official constructor kwargs)
 OFFICIAL_BUILDERS = {
     'vmamba': vmamba.from_official,

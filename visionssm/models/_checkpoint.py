@@ -8,10 +8,10 @@ intact. The stand-ins are dropped; only state dicts are used.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import pickle
-import zipfile
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -22,25 +22,14 @@ __all__ = ['load_checkpoint_file', 'extract_state_dict', 'load_converted']
 _logger = logging.getLogger(__name__)
 
 
-class _Inert(dict):
-    """Stand-in for a foreign pickled object: accepts any construction and state, does nothing."""
-    __slots__ = ('_state', '_args')
-
-    def __new__(cls, *args, **kwargs):
-        return dict.__new__(cls)
-
-    def __init__(self, *args, **kwargs):
-        self._args = args
-
-    def __setstate__(self, state):
-        self._state = state
-
-    def __repr__(self):
-        return f'<inert stand-in for {self.__class__.__qualname__}>'
-
-
-def _stand_in(name: str):
-    return type(name.rsplit('.', 1)[-1], (_Inert,), {'__slots__': (), '__module__': 'visionssm.inert'})
+def _stand_in(name: str) -> type:
+    """An allow-listed stand-in for the foreign global ``name``. Whatever the pickle does with it (construct,
+    call, fill items, set state) yields an empty-then-filled OrderedDict: the one container the restricted
+    unpickler lets be filled and given state. Nothing of ``name`` is imported or run."""
+    return type(name.rsplit('.', 1)[-1], (), {
+        '__new__': staticmethod(lambda cls, *args, **kwargs: collections.OrderedDict()),
+        '__module__': 'visionssm.inert',
+    })
 
 
 def load_checkpoint_file(path: str | os.PathLike) -> Any:
@@ -66,9 +55,13 @@ def load_checkpoint_file(path: str | os.PathLike) -> Any:
         if not foreign:
             raise ValueError(_not_a_checkpoint(path, first_error)) from first_error
         _logger.info('checkpoint %s pickles non-tensor objects, kept inert: %s', path, ', '.join(foreign))
-        with torch.serialization.safe_globals([(_stand_in(g), g) for g in foreign]):
-            return torch.load(path, map_location='cpu', weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
+        try:
+            with torch.serialization.safe_globals([(_stand_in(g), g) for g in foreign]):
+                return torch.load(path, map_location='cpu', weights_only=True)
+        except pickle.UnpicklingError as e:  # e.g. a global of a module PyTorch blocks outright (os, subprocess)
+            raise ValueError(f'{path} was refused: its pickle references {", ".join(foreign)}, which cannot be '
+                             f'loaded safely even as inert objects') from e
+    except Exception as e:  # truncated, text, or another format: torch.load fails in many ways
         raise ValueError(_not_a_checkpoint(path, e)) from e
 
 
@@ -137,7 +130,7 @@ def load_converted(
             if key not in own or own[key].shape != state_dict[key].shape:
                 skipped.append(key)
                 del state_dict[key]
-    mismatched = [f'{k}: {tuple(v.shape)} in {source}, {tuple(own[k].shape)} in the model'
+    mismatched = [f'{k}: {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} in the model'
                   for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
     missing = [k for k in own if k not in state_dict and not (skipped and k.startswith(head_prefix))]
     unexpected = [k for k in state_dict if k not in own]

@@ -2,9 +2,9 @@
 from visionssm.kernels.routes import (
     Route, RoutePlan, bidirectional_routes, cross_routes, grouped_routes, lattice_routes, plan_routes,
 )
-from .selective_scan import BACKENDS, selective_scan
+from .selective_scan import BACKENDS, count_scan_flops, selective_scan
 
 __all__ = [
-    'selective_scan', 'BACKENDS', 'Route', 'RoutePlan', 'plan_routes',
+    'selective_scan', 'BACKENDS', 'count_scan_flops', 'Route', 'RoutePlan', 'plan_routes',
     'cross_routes', 'bidirectional_routes', 'lattice_routes', 'grouped_routes',
 ]

@@ -6,6 +6,8 @@ reference (CPU, oracle) now; the Triton kernel registers itself in ``BACKENDS`` 
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -13,12 +15,41 @@ import torch
 from visionssm.kernels.reference import selective_scan_reference
 from visionssm.kernels.routes import Route, plan_routes
 
-__all__ = ['selective_scan', 'BACKENDS']
+__all__ = ['selective_scan', 'BACKENDS', 'count_scan_flops']
 
 # name -> (callable with selective_scan_reference's signature, predicate: can it run on these tensors?)
 BACKENDS: dict[str, tuple[Callable, Callable[[torch.Tensor], bool]]] = {
     'reference': (selective_scan_reference, lambda u: True),
 }
+
+
+def _register_triton_backend():
+    # The Triton kernels register only where their module exists; it decides itself (``supports``) which tensors
+    # it can take, so a machine without triton or CUDA simply keeps the reference.
+    if importlib.util.find_spec('visionssm.kernels.triton_scan') is None:
+        return
+    from visionssm.kernels.triton_scan import selective_scan_triton, supports
+    BACKENDS['triton'] = (selective_scan_triton, supports)
+
+
+_register_triton_backend()
+_flop_counters: list[list[int]] = []
+
+
+@contextlib.contextmanager
+def count_scan_flops():
+    """Collect the FLOPs of every scan run inside the block: ``with count_scan_flops() as flops: ...; sum(flops)``.
+
+    Per route: ``9*B*L*W*N + B*L*W`` (fvcore's selective-scan count, state-spaces/mamba#110, as VMamba reports).
+    """
+    flops: list[int] = []
+    _flop_counters.append(flops)
+    try:
+        yield flops
+    finally:
+        _flop_counters.remove(flops)
+
+
 _INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _MERGES = ('sum', 'mean')
 
@@ -117,6 +148,10 @@ def selective_scan(
         out_channels = max(r.out_offset for r in routes) + width
     plan = plan_routes(routes, height, width_px, width, in_channels, out_channels)
 
+    if _flop_counters:
+        steps = sum(p.numel() for p in plan.positions)
+        for counter in _flop_counters:
+            counter.append(batch * steps * width * (9 * n_state + 1))
     fn = _select_backend(backend, u)
     flat = lambda t: t.flatten(1, 2) if t is not None else None
     out = fn(flat(u), flat(delta), A, flat(B), flat(C), D, delta_bias, plan,

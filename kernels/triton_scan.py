@@ -1,0 +1,450 @@
+"""Triton multi-route selective scan: forward and backward kernels, plugged into ``visionssm.ops.selective_scan``.
+
+Math (per route k, channel d of the route's W channels, state n; see ``reference.py``)::
+
+    dt_t = softplus(delta_t + delta_bias)          (threshold 20)
+    h_t  = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t
+    y_t  = sum_n C_t[n] * h_t[n] + D * u_t         (or h_t itself with return_hidden)
+
+Layout (flattened channel-last, exactly the reference's; the last dim of every map must have stride 1):
+
+    u      (Bt, P, C_in)      P = H*W positions, route k reads channels [in_offset_k, in_offset_k + W)
+    delta  (Bt, P, K*W)       route k reads channel block k
+    B, C   (Bt, P, K, N)      route k reads group k
+    A      (K*W, N) fp32;  D, delta_bias (K*W,) fp32
+    out    (Bt, P, C_out) or (Bt, P, C_out, N)
+
+Grid (forward and backward alike): ``(Bt, K, cdiv(W, BD))``: one program per (batch, route, block of BD channels).
+The route is a pointer schedule: all routes' positions are concatenated into one int32 index (``pos``) and a
+``(K, 4)`` int32 table holds (start in ``pos``, length, in_offset, out_offset) per route. A program walks its
+route's positions sequentially, loading at each step one contiguous BD-vector of u / delta (lanes over channels,
+coalesced for every route order) and the N-vectors of B / C, and keeps the state ``h [BD, BN]`` in fp32 registers.
+The forward loop is software-pipelined by hand (step t+1's loads and step t+2's position are issued before step
+t's arithmetic). The loop is latency-bound at vision shapes (see kernels/README.md for numbers and what was tried).
+No per-route copy is materialized: the routes merge inside the kernel, by plain stores when every output element
+is written by exactly one route (grouped / lattice / one route) and by fp32 ``atomic_add`` into a zeroed fp32
+buffer otherwise (cross / bidirectional); ``mean`` scales inside the kernel. All offsets are int64.
+
+Backward: the forward saves the state before every chunk of ``CHUNK`` steps (``ckpt (Bt, K, n_chunks, W, N)``,
+only when a gradient is needed). The backward program walks its route's chunks from last to first: it recomputes
+the chunk's states from the checkpoint (sequential forward over CHUNK steps, written to a small per-program
+scratch ``(CHUNK+1, BD, BN)`` that stays in L1/L2), then runs the reverse-time loop over the chunk with the
+adjoint ``g_t = dy_t C_t + a_{t+1} g_{t+1}`` carried in registers across chunks. Per step it writes ddelta
+(plain store: route k owns delta block k), du (fp32 atomic: several routes may read one u element), and dB / dC
+reduced over the program's BD channels with ``tl.sum`` before one atomic per (position, block). dA, dD and
+ddelta_bias accumulate in registers over the whole route and are written once per (batch, route, block) as
+partials, summed over the batch by torch (deterministic).
+
+float64 inputs are handed to the reference (the oracle is exact there; the kernels compute in fp32).
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional
+
+import torch
+
+from .reference import selective_scan_reference
+from .routes import RoutePlan
+
+# Without a GPU, triton can only run kernels in its interpreter (TRITON_INTERPRET=1, read when kernels are
+# decorated): the tests set it before anything imports triton (tests/conftest.py).
+
+try:  # the module must import on machines without triton / CUDA
+    import triton
+    import triton.language as tl
+    _HAS_TRITON = True
+except Exception:  # pragma: no cover - depends on the machine
+    triton = None
+    tl = None
+    _HAS_TRITON = False
+
+__all__ = ['selective_scan_triton', 'supports']
+
+
+def supports(u: torch.Tensor) -> bool:
+    """True for CUDA tensors of dtype fp32/bf16/fp16 when triton imports; never raises."""
+    try:
+        return (_HAS_TRITON and isinstance(u, torch.Tensor) and u.is_cuda
+                and u.dtype in (torch.float32, torch.bfloat16, torch.float16))
+    except Exception:  # pragma: no cover
+        return False
+
+
+if _HAS_TRITON:
+
+    @triton.jit
+    def _softplus(z):
+        # softplus with threshold 20 (as F.softplus); exp(z) directly where 1 + exp(z) rounds to 1.
+        return tl.where(z > 20.0, z, tl.where(z < -15.0, tl.exp(z), tl.log(1.0 + tl.exp(z))))
+
+    @triton.jit
+    def _scan_fwd_kernel(
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, ckpt_ptr, pos_ptr, meta_ptr,
+            su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p,
+            W, N, K, NCK, scale,
+            BD: tl.constexpr, BN: tl.constexpr, CHUNK: tl.constexpr,
+            HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr,
+            ATOMIC: tl.constexpr, SAVE: tl.constexpr):
+        b = tl.program_id(0).to(tl.int64)
+        k = tl.program_id(1)
+        blk = tl.program_id(2)
+        start = tl.load(meta_ptr + k * 4).to(tl.int64)
+        length = tl.load(meta_ptr + k * 4 + 1)
+        in_off = tl.load(meta_ptr + k * 4 + 2).to(tl.int64)
+        out_off = tl.load(meta_ptr + k * 4 + 3).to(tl.int64)
+
+        d = blk * BD + tl.arange(0, BD)
+        n = tl.arange(0, BN)
+        md = d < W
+        mn = n < N
+        mdn = md[:, None] & mn[None, :]
+        ch = k * W + d                                                   # parameter rows of route k
+        A = tl.load(A_ptr + ch[:, None].to(tl.int64) * N + n[None, :], mask=mdn, other=0.0)
+        if HAS_D:
+            Dv = tl.load(D_ptr + ch, mask=md, other=0.0)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + ch, mask=md, other=0.0)
+
+        u_base = u_ptr + b * su_b + in_off + d
+        d_base = delta_ptr + b * sd_b + ch
+        B_base = B_ptr + b * sB_b + k * sB_k + n
+        C_base = C_ptr + b * sC_b + k * sC_k + n
+        if HIDDEN:
+            o_base = out_ptr + b * so_b + (out_off + d)[:, None] * N + n[None, :]
+        else:
+            o_base = out_ptr + b * so_b + out_off + d
+        ck_base = ckpt_ptr + ((b * K + k) * NCK) * W * N + d[:, None] * N + n[None, :]
+
+        h = tl.zeros([BD, BN], dtype=tl.float32)
+        # software pipelining by hand: the loads of step t+1 (and the position of step t+2) are issued before
+        # step t's arithmetic, so a step waits for about one memory latency instead of two dependent ones
+        p_n = tl.load(pos_ptr + start).to(tl.int64)
+        p_nn = tl.load(pos_ptr + start + 1, mask=length > 1, other=0).to(tl.int64)
+        u_n = tl.load(u_base + p_n * su_p, mask=md, other=0.0)
+        z_n = tl.load(d_base + p_n * sd_p, mask=md, other=0.0)
+        B_n = tl.load(B_base + p_n * sB_p, mask=mn, other=0.0)
+        C_n = tl.load(C_base + p_n * sC_p, mask=mn & (not HIDDEN), other=0.0)
+        for t in range(0, length):
+            p = p_n
+            u = u_n.to(tl.float32)
+            z = z_n.to(tl.float32)
+            Bt = B_n.to(tl.float32)
+            Cc = C_n
+            nxt = t + 1 < length
+            p_n = p_nn
+            p_nn = tl.load(pos_ptr + start + t + 2, mask=t + 2 < length, other=0).to(tl.int64)
+            u_n = tl.load(u_base + p_n * su_p, mask=md & nxt, other=0.0)
+            z_n = tl.load(d_base + p_n * sd_p, mask=md & nxt, other=0.0)
+            B_n = tl.load(B_base + p_n * sB_p, mask=mn & nxt, other=0.0)
+            C_n = tl.load(C_base + p_n * sC_p, mask=mn & nxt & (not HIDDEN), other=0.0)
+            if HAS_BIAS:
+                z = z + bias
+            if SOFTPLUS:
+                dt = _softplus(z)
+            else:
+                dt = z
+            a = tl.exp(dt[:, None] * A)
+            h = a * h + (dt * u)[:, None] * Bt[None, :]
+            if HIDDEN:
+                y = h * scale
+                ptrs = o_base + p * so_p
+                if ATOMIC:
+                    tl.atomic_add(ptrs, y, mask=mdn)
+                else:
+                    tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=mdn)
+            else:
+                y = tl.sum(h * Cc.to(tl.float32)[None, :], axis=1)
+                if HAS_D:
+                    y = y + Dv * u
+                y = y * scale
+                ptrs = o_base + p * so_p
+                if ATOMIC:
+                    tl.atomic_add(ptrs, y, mask=md)
+                else:
+                    tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=md)
+            if SAVE:
+                # slot c holds the state before chunk c (slot 0, the zero state, is never written)
+                c = (t + 1) // CHUNK
+                tl.store(ck_base + c.to(tl.int64) * W * N, h,
+                         mask=mdn & ((t + 1) % CHUNK == 0) & (c < NCK))
+
+    @triton.jit
+    def _scan_bwd_kernel(
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dout_ptr, ckpt_ptr, scratch_ptr,
+            pos_ptr, meta_ptr,
+            du_ptr, ddelta_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+            su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p,
+            W, N, K, NCK, scale,
+            BD: tl.constexpr, BN: tl.constexpr, CHUNK: tl.constexpr,
+            HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr):
+        b = tl.program_id(0).to(tl.int64)
+        k = tl.program_id(1)
+        blk = tl.program_id(2)
+        nblk = tl.num_programs(2)
+        start = tl.load(meta_ptr + k * 4).to(tl.int64)
+        length = tl.load(meta_ptr + k * 4 + 1)
+        in_off = tl.load(meta_ptr + k * 4 + 2).to(tl.int64)
+        out_off = tl.load(meta_ptr + k * 4 + 3).to(tl.int64)
+
+        d = blk * BD + tl.arange(0, BD)
+        n = tl.arange(0, BN)
+        md = d < W
+        mn = n < N
+        mdn = md[:, None] & mn[None, :]
+        ch = k * W + d
+        A = tl.load(A_ptr + ch[:, None].to(tl.int64) * N + n[None, :], mask=mdn, other=0.0)
+        if HAS_D:
+            Dv = tl.load(D_ptr + ch, mask=md, other=0.0)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + ch, mask=md, other=0.0)
+
+        # same layout as the forward (strides of u / delta / B / C are shared with their gradients:
+        # du (Bt, P, C_in), ddelta (Bt, P, K*W), dB / dC (Bt, P, K, N) are allocated contiguous like the inputs)
+        u_base = u_ptr + b * su_b + in_off + d
+        du_base = du_ptr + b * su_b + in_off + d
+        d_base = delta_ptr + b * sd_b + ch
+        dd_base = ddelta_ptr + b * sd_b + ch
+        B_base = B_ptr + b * sB_b + k * sB_k + n
+        dB_base = dB_ptr + b * sB_b + k * sB_k + n
+        C_base = C_ptr + b * sC_b + k * sC_k + n
+        dC_base = dC_ptr + b * sC_b + k * sC_k + n
+        if HIDDEN:
+            o_base = dout_ptr + b * so_b + (out_off + d)[:, None] * N + n[None, :]
+        else:
+            o_base = dout_ptr + b * so_b + out_off + d
+        ck_base = ckpt_ptr + ((b * K + k) * NCK) * W * N + d[:, None] * N + n[None, :]
+        pid = (b * K + k) * nblk + blk
+        tile = tl.arange(0, BD)[:, None] * BN + n[None, :]
+        sc_base = scratch_ptr + pid * (CHUNK + 1) * BD * BN + tile
+
+        dA_acc = tl.zeros([BD, BN], dtype=tl.float32)
+        dD_acc = tl.zeros([BD], dtype=tl.float32)
+        dbias_acc = tl.zeros([BD], dtype=tl.float32)
+        carry = tl.zeros([BD, BN], dtype=tl.float32)    # a_{t+1} * g_{t+1}
+        n_chunks = (length + CHUNK - 1) // CHUNK
+        for cj in range(0, n_chunks):
+            c = n_chunks - 1 - cj
+            t0 = c * CHUNK
+            steps = tl.minimum(length - t0, CHUNK)
+            # 1) recompute the chunk's states from its checkpoint into the scratch (slot i+1 = h_{t0+i})
+            h = tl.load(ck_base + c.to(tl.int64) * W * N, mask=mdn & (c > 0), other=0.0)
+            tl.store(sc_base, h)
+            for i in range(0, steps):
+                p = tl.load(pos_ptr + start + t0 + i).to(tl.int64)
+                u = tl.load(u_base + p * su_p, mask=md, other=0.0).to(tl.float32)
+                z = tl.load(d_base + p * sd_p, mask=md, other=0.0).to(tl.float32)
+                Bt = tl.load(B_base + p * sB_p, mask=mn, other=0.0).to(tl.float32)
+                if HAS_BIAS:
+                    z = z + bias
+                if SOFTPLUS:
+                    dt = _softplus(z)
+                else:
+                    dt = z
+                h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
+                tl.store(sc_base + (i + 1) * BD * BN, h)
+            tl.debug_barrier()
+            # 2) reverse-time loop over the chunk
+            for j in range(0, steps):
+                i = steps - 1 - j
+                p = tl.load(pos_ptr + start + t0 + i).to(tl.int64)
+                u = tl.load(u_base + p * su_p, mask=md, other=0.0).to(tl.float32)
+                z = tl.load(d_base + p * sd_p, mask=md, other=0.0).to(tl.float32)
+                Bt = tl.load(B_base + p * sB_p, mask=mn, other=0.0).to(tl.float32)
+                if HAS_BIAS:
+                    z = z + bias
+                if SOFTPLUS:
+                    dt = _softplus(z)
+                else:
+                    dt = z
+                a = tl.exp(dt[:, None] * A)
+                h_prev = tl.load(sc_base + i * BD * BN)
+                if HIDDEN:
+                    dy = tl.load(o_base + p * so_p, mask=mdn, other=0.0).to(tl.float32) * scale
+                    g = dy + carry
+                else:
+                    dy = tl.load(o_base + p * so_p, mask=md, other=0.0).to(tl.float32) * scale
+                    Ct = tl.load(C_base + p * sC_p, mask=mn, other=0.0).to(tl.float32)
+                    h_t = tl.load(sc_base + (i + 1) * BD * BN)
+                    g = dy[:, None] * Ct[None, :] + carry
+                    dCt = tl.sum(dy[:, None] * h_t, axis=0)
+                    tl.atomic_add(dC_base + p * sC_p, dCt, mask=mn)
+                ah = a * h_prev
+                gB = g * Bt[None, :]
+                du = tl.sum(gB, axis=1) * dt
+                if HAS_D:
+                    if not HIDDEN:
+                        du += Dv * dy
+                        dD_acc += dy * u
+                tl.atomic_add(du_base + p * su_p, du, mask=md)
+                dBt = tl.sum(g * (dt * u)[:, None], axis=0)
+                tl.atomic_add(dB_base + p * sB_p, dBt, mask=mn)
+                ddt = tl.sum(g * (A * ah), axis=1) + tl.sum(gB, axis=1) * u
+                dA_acc += (g * ah) * dt[:, None]
+                carry = a * g
+                if SOFTPLUS:
+                    dz = tl.where(z > 20.0, ddt, ddt / (1.0 + tl.exp(-z)))
+                else:
+                    dz = ddt
+                dbias_acc += dz
+                tl.store(dd_base + p * sd_p, dz.to(ddelta_ptr.dtype.element_ty), mask=md)
+            tl.debug_barrier()
+
+        # per-(batch) partials: dA (Bt, K*W, N), dD / dbias (Bt, K*W)
+        tl.store(dA_ptr + (b * K * W + ch[:, None]) * N + n[None, :], dA_acc, mask=mdn)
+        if HAS_D:
+            tl.store(dD_ptr + b * K * W + ch, dD_acc, mask=md)
+        if HAS_BIAS:
+            tl.store(dbias_ptr + b * K * W + ch, dbias_acc, mask=md)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# host side
+
+@functools.lru_cache(maxsize=256)
+def _route_tables(plan: RoutePlan, device: torch.device):
+    """(pos int32 (sum L_k,), meta int32 (K, 4): start, length, in_offset, out_offset), cached per plan/device."""
+    pos = torch.cat([p.to(torch.int32) for p in plan.positions])
+    meta, start = [], 0
+    for r, p in zip(plan.routes, plan.positions):
+        meta.append((start, p.numel(), r.in_offset, r.out_offset))
+        start += p.numel()
+    return pos.to(device), torch.tensor(meta, dtype=torch.int32).to(device)
+
+
+def _pow2(x: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(1, x))))
+
+
+def _config(width: int, n_state: int):
+    """(BD, BN, CHUNK, num_warps). State tile BD*BN ~ 64..512 fp32; chunk keeps the bwd scratch small."""
+    bn = _pow2(n_state)
+    bd = max(16, min(64, 512 // bn))
+    bd = min(bd, max(16, _pow2(width)))
+    chunk = 64 if bn <= 2 else (32 if bn <= 8 else 16)
+    elems = bd * bn
+    num_warps = 1 if elems <= 64 else (2 if elems <= 128 else 4)
+    return bd, bn, chunk, num_warps
+
+
+def _prep(t: Optional[torch.Tensor]):
+    if t is None:
+        return None
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+class _TritonScan(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, plan, delta_softplus, return_hidden, mean, out_dtype,
+                need_grad):
+        u, delta, B, C = _prep(u), _prep(delta), _prep(B), _prep(C)
+        A32 = A.detach().float().contiguous()
+        D32 = D.detach().float().contiguous() if D is not None else None
+        bias32 = delta_bias.detach().float().contiguous() if delta_bias is not None else None
+        batch, num_pos, _ = u.shape
+        K, W, N = plan.num_routes, plan.width, A.shape[-1]
+        BD, BN, CHUNK, num_warps = _config(W, N)
+        pos, meta = _route_tables(plan, u.device)
+        Lmax = max(p.numel() for p in plan.positions)
+        nck = max(1, -(-Lmax // CHUNK))
+        scale = 1.0 / plan.multiplicity if (mean and plan.multiplicity > 1) else 1.0
+        atomic = plan.multiplicity > 1
+        out_dtype = out_dtype or u.dtype
+        shape = (batch, num_pos, plan.out_channels) + ((N,) if return_hidden else ())
+        out = torch.zeros(shape, device=u.device, dtype=torch.float32) if atomic else \
+            torch.empty(shape, device=u.device, dtype=out_dtype)
+        ckpt = torch.empty((batch, K, nck, W, N), device=u.device, dtype=torch.float32) if need_grad else out
+        Cx = C if C is not None else B
+        grid = (batch, K, triton.cdiv(W, BD))
+        _scan_fwd_kernel[grid](
+            u, delta, A32, B, Cx, D32 if D32 is not None else A32, bias32 if bias32 is not None else A32,
+            out, ckpt, pos, meta,
+            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
+            B.stride(0), B.stride(1), B.stride(2), Cx.stride(0), Cx.stride(1), Cx.stride(2),
+            out.stride(0), out.stride(1),
+            W, N, K, nck, scale,
+            BD=BD, BN=BN, CHUNK=CHUNK, HAS_D=(D is not None and not return_hidden),
+            HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), HIDDEN=bool(return_hidden),
+            ATOMIC=atomic, SAVE=bool(need_grad), num_warps=num_warps)
+        if out.dtype != out_dtype:
+            out = out.to(out_dtype)
+        if need_grad:
+            ctx.save_for_backward(u, delta, A32, B, C, D32, bias32, ckpt)
+            ctx.cfg = (plan, bool(delta_softplus), bool(return_hidden), scale, nck, (BD, BN, CHUNK, num_warps))
+            ctx.dtypes = (A.dtype, None if D is None else D.dtype, None if delta_bias is None else delta_bias.dtype)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        u, delta, A32, B, C, D32, bias32, ckpt = ctx.saved_tensors
+        plan, softplus, hidden, scale, nck, (BD, BN, CHUNK, num_warps) = ctx.cfg
+        A_dtype, D_dtype, bias_dtype = ctx.dtypes
+        batch, num_pos, _ = u.shape
+        K, W, N = plan.num_routes, plan.width, A32.shape[-1]
+        dev = u.device
+        pos, meta = _route_tables(plan, dev)
+        dout = dout.contiguous()
+        u = u.contiguous()
+        delta = delta.contiguous()
+        B = B.contiguous()
+        C = C.contiguous() if C is not None else None
+        du = torch.zeros(u.shape, device=dev, dtype=torch.float32)
+        ddelta = torch.zeros(delta.shape, device=dev, dtype=delta.dtype)   # every element written once or 0
+        dB = torch.zeros(B.shape, device=dev, dtype=torch.float32)
+        dC = torch.zeros(B.shape, device=dev, dtype=torch.float32) if C is not None else dB
+        dA = torch.empty((batch, K * W, N), device=dev, dtype=torch.float32)
+        has_d = D32 is not None and not hidden
+        dD = torch.empty((batch, K * W), device=dev, dtype=torch.float32) if has_d else dA
+        dbias = torch.empty((batch, K * W), device=dev, dtype=torch.float32) if bias32 is not None else dA
+        nblk = triton.cdiv(W, BD)
+        scratch = torch.empty((batch * K * nblk, CHUNK + 1, BD, BN), device=dev, dtype=torch.float32)
+        Cx = C if C is not None else B
+        grid = (batch, K, nblk)
+        _scan_bwd_kernel[grid](
+            u, delta, A32, B, Cx, D32 if D32 is not None else A32, bias32 if bias32 is not None else A32,
+            dout, ckpt, scratch, pos, meta,
+            du, ddelta, dB, dC, dA, dD, dbias,
+            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
+            B.stride(0), B.stride(1), B.stride(2), Cx.stride(0), Cx.stride(1), Cx.stride(2),
+            dout.stride(0), dout.stride(1),
+            W, N, K, nck, scale,
+            BD=BD, BN=BN, CHUNK=CHUNK, HAS_D=has_d, HAS_BIAS=bias32 is not None,
+            SOFTPLUS=softplus, HIDDEN=hidden, num_warps=num_warps)
+        gA = dA.sum(0).to(A_dtype)
+        gD = None
+        if D_dtype is not None:
+            gD = dD.sum(0).to(D_dtype) if has_d else None   # D is unused with return_hidden
+        gbias = dbias.sum(0).to(bias_dtype) if bias_dtype is not None else None
+        gC = dC.to(C.dtype) if C is not None else None
+        return (du.to(u.dtype), ddelta, gA, dB.to(B.dtype), gC, gD, gbias,
+                None, None, None, None, None, None)
+
+
+def selective_scan_triton(
+        u: torch.Tensor,
+        delta: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: Optional[torch.Tensor],
+        D: Optional[torch.Tensor],
+        delta_bias: Optional[torch.Tensor],
+        plan: RoutePlan,
+        delta_softplus: bool = True,
+        return_hidden: bool = False,
+        mean: bool = False,
+        out_dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """Triton backend with ``selective_scan_reference``'s signature and semantics; differentiable.
+
+    Runs on CUDA tensors, or on CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1`` set before triton
+    is imported; used by the tests). float64 inputs go to the reference.
+    """
+    if not _HAS_TRITON or u.dtype == torch.float64:
+        return selective_scan_reference(u, delta, A, B, C, D, delta_bias, plan, delta_softplus=delta_softplus,
+                                        return_hidden=return_hidden, mean=mean, out_dtype=out_dtype)
+    tensors = (u, delta, A, B, C, D, delta_bias)
+    need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    return _TritonScan.apply(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, return_hidden, mean,
+                             out_dtype, need_grad)

@@ -1,0 +1,8 @@
+import os
+
+import torch
+
+# Without CUDA the Triton kernels run in Triton's interpreter on CPU tensors. The switch is read when kernels are
+# decorated, so it must be set before anything (timm → torch._inductor, visionssm) imports triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault('TRITON_INTERPRET', '1')

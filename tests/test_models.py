@@ -1,0 +1,184 @@
+"""The timm contract, for every registered visionssm model (new families are covered by registering them).
+
+Models run at 64 px (the smallest size all stages exist at) with batch 2; large variants are slow only to build.
+"""
+import functools
+
+import pytest
+import timm
+import torch
+from timm.models import group_parameters
+
+import visionssm
+from visionssm.models import FAMILIES
+
+MODELS = timm.list_models(module=list(FAMILIES))
+RELEASED = [m for m in MODELS if not m.startswith('test_')]
+SIZE = 64
+
+
+@functools.lru_cache(maxsize=None)
+def _model(name):
+    torch.manual_seed(0)
+    return timm.create_model(name).eval()
+
+
+def _input(batch=2, size=(SIZE, SIZE), seed=0):
+    return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_every_family_is_registered():
+    assert set(timm.list_models(module='vmamba')) == {
+        'test_vmamba', 'vmamba_tiny_s1l8', 'vmamba_small_s1l20', 'vmamba_base_s1l20', 'vmamba_tiny_s2l5',
+        'vmamba_small_s2l15', 'vmamba_base_s2l15', 'vmamba_vanilla_tiny', 'vmamba_vanilla_small',
+        'vmamba_vanilla_base'}
+    assert set(MODELS) >= set(timm.list_models(module='vmamba'))
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_forward_features_and_head(name):
+    model = _model(name)
+    x = _input()
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        logits = model.forward_head(feats)
+        pre = model.forward_head(feats, pre_logits=True)
+        full = model(x)
+    assert feats.shape == (2, SIZE // 32, SIZE // 32, model.num_features)  # channel-last, like timm's NHWC models
+    assert pre.shape == (2, model.num_features)
+    assert logits.shape == (2, model.num_classes) == full.shape
+    assert torch.isfinite(full).all()
+    torch.testing.assert_close(full, logits)
+
+
+@pytest.mark.parametrize('name', MODELS)
+@pytest.mark.parametrize('size', [(67, 45), (33, 97)])
+def test_odd_and_non_square_inputs(name, size):
+    model = _model(name)
+    with torch.no_grad():
+        out = model(_input(1, size))
+        feats = model.forward_intermediates(_input(1, size), intermediates_only=True)
+    assert out.shape == (1, model.num_classes) and torch.isfinite(out).all()
+    # Every stage halves with rounding up (padded stride-2 layers), from a stride-4 stem.
+    h, w = feats[0].shape[-2:]
+    for f in feats[1:]:
+        assert f.shape[-2:] == (-(-h // 2), -(-w // 2))
+        h, w = f.shape[-2:]
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_reset_classifier(name):
+    model = timm.create_model(name, num_classes=7).eval()
+    x = _input(1)
+    with torch.no_grad():
+        assert model(x).shape == (1, 7)
+        model.reset_classifier(0)
+        assert model(x).shape == (1, model.num_features)
+        model.reset_classifier(5, 'max')
+        assert model(x).shape == (1, 5)
+    assert model.get_classifier().out_features == 5
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_features_only(name):
+    model = timm.create_model(name, features_only=True).eval()
+    info = model.feature_info
+    assert info.reduction() == [4, 8, 16, 32]
+    with torch.no_grad():
+        feats = model(_input())
+    assert [f.shape[1] for f in feats] == info.channels()
+    assert [f.shape[-1] for f in feats] == [SIZE // r for r in info.reduction()]
+    assert all(f.is_contiguous() for f in feats)  # NCHW
+
+    subset = timm.create_model(name, features_only=True, out_indices=(1, 3)).eval()
+    assert subset.feature_info.reduction() == [8, 32]
+    with torch.no_grad():
+        assert [f.shape[1] for f in subset(_input())] == [info.channels()[1], info.channels()[3]]
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_forward_intermediates(name):
+    model = _model(name)
+    x = _input()
+    with torch.no_grad():
+        final, inter = model.forward_intermediates(x)
+        only = model.forward_intermediates(x, indices=[0, 2], intermediates_only=True, output_fmt='NHWC')
+        normed = model.forward_intermediates(x, indices=1, norm=True, intermediates_only=True)
+        torch.testing.assert_close(final, model.forward_features(x))
+    assert len(inter) == 4 and [t.shape[1] for t in inter] == [f['num_chs'] for f in model.feature_info]
+    torch.testing.assert_close(only[0], inter[0].permute(0, 2, 3, 1))
+    torch.testing.assert_close(only[1], inter[2].permute(0, 2, 3, 1))
+    torch.testing.assert_close(normed[0], final.permute(0, 3, 1, 2))  # last stage + final norm
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_prune_intermediate_layers(name):
+    model = timm.create_model(name).eval()
+    x = _input()
+    with torch.no_grad():
+        want = model.forward_intermediates(x, indices=[1], intermediates_only=True)
+        assert model.prune_intermediate_layers([1]) == [1]
+        got = model.forward_intermediates(x, indices=[1], intermediates_only=True)
+    assert len(model.stages) == 2
+    torch.testing.assert_close(got[0], want[0])
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_grad_checkpointing_and_backward(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=3)
+    model.train()
+    x = _input(1)
+    with torch.random.fork_rng():
+        plain = model(x)
+    model.set_grad_checkpointing(True)
+    assert all(stage.grad_checkpointing for stage in model.stages)
+    with torch.random.fork_rng():
+        ckpt = model(x)
+    torch.testing.assert_close(ckpt, plain)
+    ckpt.square().sum().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not no_grad, f'parameters without a finite gradient: {no_grad[:5]}'
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_group_matcher_and_no_weight_decay(name):
+    with torch.device('meta'):
+        model = timm.create_model(name)
+    names = {n for n, _ in model.named_parameters()}
+    for coarse in (True, False):
+        groups = group_parameters(model, model.group_matcher(coarse=coarse))
+        assert set().union(*map(set, groups.values())) == names
+    assert len(group_parameters(model, model.group_matcher(coarse=True))) == 1 + len(model.stages) + 1
+    nwd = model.no_weight_decay()
+    a_logs = {n for n in names if n.endswith('A_logs')}
+    assert a_logs and a_logs <= nwd <= names
+
+
+@pytest.mark.parametrize('name', RELEASED)
+def test_pretrained_cfg_points_at_official_weights(name):
+    cfg = timm.create_model(name, pretrained=False).pretrained_cfg
+    assert cfg['url'].startswith('https://github.com/MzeroMiko/VMamba/releases/download/')
+    assert cfg['mean'] == (0.485, 0.456, 0.406) and cfg['std'] == (0.229, 0.224, 0.225)
+    assert cfg['crop_pct'] == 0.875 and cfg['input_size'] == (3, 224, 224) and cfg['license'] == 'mit'
+    with torch.device('meta'):
+        model = timm.create_model(name)
+    assert cfg['first_conv'] + '.weight' in model.state_dict()
+    assert cfg['classifier'] + '.weight' in model.state_dict()
+
+
+def test_in_chans_and_drop_path():
+    model = timm.create_model('test_vmamba', in_chans=1, drop_path_rate=0.3, num_classes=4).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 64, 64)).shape == (1, 4)
+    rates = [b.drop_path.drop_prob for s in model.stages for b in s.blocks if hasattr(b.drop_path, 'drop_prob')]
+    assert rates == pytest.approx(sorted(rates)) and rates[-1] == pytest.approx(0.3)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match=r"stem must be 'v1' or 'v2', got 'v9'"):
+        timm.create_model('test_vmamba', stem='v9')
+    with pytest.raises(ValueError, match=r"downsample must be 'v1', 'v2' or 'v3', got 'v7'"):
+        timm.create_model('test_vmamba', downsample='v7')
+    with pytest.raises(ValueError, match=r'dims has 3 entries but depths has 4'):
+        timm.create_model('test_vmamba', dims=(8, 16, 32))

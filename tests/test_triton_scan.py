@@ -1,0 +1,233 @@
+"""Triton multi-route selective scan vs the float64 reference: forward and every gradient, every route kind.
+
+Without CUDA the kernels run under the Triton interpreter on CPU tensors (small shapes; the kernel entry is called
+directly, ``supports()`` only governs auto-dispatch). With CUDA the same cases run on the GPU, plus larger
+``@pytest.mark.gpu`` cases.
+"""
+import os
+import sys
+
+import pytest
+import torch
+
+_CUDA = torch.cuda.is_available()
+if not _CUDA:
+    # must precede triton's import (kernels are wrapped for the interpreter when decorated)
+    os.environ['TRITON_INTERPRET'] = '1'
+
+pytest.importorskip('triton')
+
+try:
+    from visionssm.kernels import routes as R
+    from visionssm.kernels import triton_scan as TS
+    from visionssm.kernels.reference import selective_scan_reference
+except ImportError:  # a machine without the package's other dependencies (e.g. timm on the GPU box)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from kernels import routes as R
+    from kernels import triton_scan as TS
+    from kernels.reference import selective_scan_reference
+
+# triton may have been imported (e.g. by torch._inductor through timm, when another test module imported visionssm
+# first) before TRITON_INTERPRET could be set: then the kernels cannot run on CPU in this process, and the whole
+# file runs once in a fresh interpreter process instead (test_cpu_cases_in_fresh_process).
+_NEEDS_SUBPROCESS = not _CUDA and not type(TS._scan_fwd_kernel).__name__.startswith('Interpreted')
+
+if _NEEDS_SUBPROCESS:
+    def test_cpu_cases_in_fresh_process():
+        import subprocess
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, TRITON_INTERPRET='1')
+        r = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-p', 'no:xdist',
+                            os.path.abspath(__file__)], env=env, cwd=root, capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+
+DEV = 'cuda' if _CUDA else 'cpu'
+TOL = {torch.float32: 2e-4, torch.float16: 4e-3, torch.bfloat16: 2.5e-2}
+
+
+def _make(plan, batch, n_state, dtype, hidden=False, seed=0, device=DEV, bias=True, D=True):
+    g = torch.Generator().manual_seed(seed)
+    K, W, P = plan.num_routes, plan.width, plan.height * plan.width_px
+    r = lambda *s: torch.randn(*s, generator=g)
+    t = dict(
+        u=r(batch, P, plan.in_channels),
+        delta=r(batch, P, K * W) * 0.5 - 0.5,
+        A=-torch.exp(r(K * W, n_state) * 0.5),
+        B=r(batch, P, K, n_state),
+        C=None if hidden else r(batch, P, K, n_state),
+        D=r(K * W) if (D and not hidden) else None,
+        delta_bias=r(K * W) * 0.2 if bias else None,
+    )
+    low = ('u', 'delta', 'B', 'C')
+    out = {}
+    for k, v in t.items():
+        if v is None:
+            out[k] = None
+        else:
+            out[k] = v.to(dtype if k in low else torch.float32).to(device)
+    return out
+
+
+def _run(fn, inputs, plan, grad_out, upcast, **kw):
+    leaf = {}
+    for k, v in inputs.items():
+        if v is None:
+            leaf[k] = None
+        else:
+            v = v.detach()
+            if upcast:
+                v = v.double()
+            leaf[k] = v.requires_grad_(True)
+    out = fn(leaf['u'], leaf['delta'], leaf['A'], leaf['B'], leaf['C'], leaf['D'], leaf['delta_bias'], plan, **kw)
+    out.backward(grad_out.to(out.dtype))
+    grads = {k: (v.grad if v is not None else None) for k, v in leaf.items()}
+    return out.detach(), grads
+
+
+def _close(name, got, want, dtype):
+    got, want = got.double().cpu(), want.double().cpu()
+    assert got.shape == want.shape, (name, got.shape, want.shape)
+    err = (got - want).abs().max().item() if got.numel() else 0.0
+    scale = max(want.abs().max().item(), 1e-3) if want.numel() else 1.0
+    assert err <= TOL[dtype] * scale, f'{name}: max abs err {err:.3g} vs scale {scale:.3g} ({dtype})'
+
+
+def _check(routes, height, width_px, width, in_ch, out_ch, batch, n_state, dtype, hidden=False, mean=False,
+           softplus=True, bias=True, D=True, seed=0, device=DEV):
+    if _NEEDS_SUBPROCESS:
+        pytest.skip('runs in test_cpu_cases_in_fresh_process')
+    plan = R.plan_routes(routes, height, width_px, width, in_ch, out_ch)
+    inputs = _make(plan, batch, n_state, dtype, hidden=hidden, seed=seed, device=device, bias=bias, D=D)
+    kw = dict(delta_softplus=softplus, return_hidden=hidden, mean=mean)
+    shape = (batch, height * width_px, out_ch) + ((n_state,) if hidden else ())
+    grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1)).to(dtype).to(device)
+    want, want_g = _run(selective_scan_reference, inputs, plan, grad_out, upcast=True, **kw)
+    got, got_g = _run(TS.selective_scan_triton, inputs, plan, grad_out, upcast=False, **kw)
+    assert got.dtype == dtype
+    _close('out', got, want, dtype)
+    for k in inputs:
+        if inputs[k] is None:
+            continue
+        if want_g[k] is None:
+            assert got_g[k] is None or not got_g[k].abs().any(), k
+            continue
+        assert got_g[k] is not None, f'no gradient for {k}'
+        assert got_g[k].dtype == inputs[k].dtype, (k, got_g[k].dtype)
+        _close(f'grad {k}', got_g[k], want_g[k], dtype)
+
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=str)
+def test_cross(dtype):
+    _check(R.cross_routes(), 3, 4, 5, 5, 5, batch=2, n_state=2, dtype=dtype)
+
+
+def test_cross_odd_nonsquare_nstate3_mean():
+    _check(R.cross_routes(), 3, 5, 6, 6, 6, batch=1, n_state=3, dtype=torch.float32, mean=True, seed=3)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=str)
+def test_bidirectional_sequence_mean(dtype):
+    _check(R.bidirectional_routes(4), 1, 9, 4, 8, 4, batch=2, n_state=4, dtype=dtype, mean=True, seed=1)
+
+
+@pytest.mark.parametrize('hw', [(5, 3), (4, 6)])
+def test_lattice(hw):
+    _check(R.lattice_routes(), *hw, 3, 3, 3, batch=2, n_state=2, dtype=torch.float32, seed=2)
+
+
+def test_lattice_fp16():
+    _check(R.lattice_routes(), 5, 5, 4, 4, 4, batch=1, n_state=1, dtype=torch.float16, seed=4)
+
+
+def test_grouped():
+    _check(R.grouped_routes(3), 3, 4, 3, 12, 12, batch=2, n_state=1, dtype=torch.float32, seed=5)
+
+
+@pytest.mark.parametrize('dtype', DTYPES, ids=str)
+def test_return_hidden_one_route(dtype):
+    _check((R.Route('col', reverse=True),), 3, 4, 3, 3, 3, batch=2, n_state=3, dtype=dtype, hidden=True, seed=6)
+
+
+def test_single_position():
+    _check(R.cross_routes(), 1, 1, 3, 3, 3, batch=2, n_state=2, dtype=torch.float32, seed=7)
+
+
+def test_no_softplus_no_bias_no_D():
+    _check(R.cross_routes()[:2], 2, 3, 3, 3, 3, batch=1, n_state=2, dtype=torch.float32, softplus=False,
+           bias=False, D=False, seed=8)
+
+
+def test_channels_wider_than_block_and_offsets():
+    # W > BD (several channel blocks: dB / dC reduced across blocks by atomics), routes with channel offsets
+    routes = (R.Route('row', in_offset=0), R.Route('col', reverse=True, in_offset=3))
+    _check(routes, 2, 3, 20, 23, 20, batch=1, n_state=1, dtype=torch.float32, seed=9)
+
+
+def test_chunked_backward_long_route():
+    # longer than one backward chunk (CHUNK=16 at N=16): checkpoints across chunks
+    _check(R.bidirectional_routes(2), 1, 37, 2, 4, 2, batch=1, n_state=16, dtype=torch.float32, seed=10)
+
+
+def test_no_grad_forward_only():
+    if _NEEDS_SUBPROCESS:
+        pytest.skip('runs in test_cpu_cases_in_fresh_process')
+    plan = R.plan_routes(R.cross_routes(), 2, 3, 3, 3, 3)
+    x = _make(plan, 1, 2, torch.float32)
+    with torch.no_grad():
+        got = TS.selective_scan_triton(*x.values(), plan, out_dtype=torch.float32)
+        want = selective_scan_reference(*x.values(), plan, out_dtype=torch.float32)
+    _close('out', got, want, torch.float32)
+
+
+def test_supports_never_raises():
+    assert TS.supports(torch.zeros(1)) is False
+    assert TS.supports(None) is False
+
+
+# ---------------------------------------------------------------------------------------------------- GPU, larger
+
+gpu = pytest.mark.skipif(not _CUDA, reason='needs CUDA')
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize('dtype', DTYPES, ids=str)
+def test_gpu_cross_vmamba_like(dtype):
+    _check(R.cross_routes(), 14, 14, 96, 96, 96, batch=4, n_state=1, dtype=dtype, seed=11)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=str)
+def test_gpu_vim_like(dtype):
+    _check(R.bidirectional_routes(192), 1, 197, 192, 384, 192, batch=3, n_state=16, dtype=dtype, mean=True,
+           seed=12)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_lattice_grouped_hidden():
+    _check(R.lattice_routes(), 15, 17, 48, 48, 48, batch=2, n_state=16, dtype=torch.float32, seed=13)
+    _check(R.grouped_routes(40), 13, 11, 40, 160, 160, batch=2, n_state=4, dtype=torch.bfloat16, seed=14)
+    _check((R.Route('row'),), 9, 23, 64, 64, 64, batch=2, n_state=8, dtype=torch.float32, hidden=True, seed=15)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_dispatch_through_op():
+    try:
+        from visionssm.ops.selective_scan import BACKENDS, selective_scan
+    except ImportError:
+        pytest.skip('visionssm package not importable here')
+    assert 'triton' in BACKENDS
+    u = torch.randn(2, 8, 8, 16, device='cuda')
+    delta = torch.randn(2, 8, 8, 64, device='cuda')
+    A = -torch.rand(64, 2, device='cuda')
+    B = torch.randn(2, 8, 8, 4, 2, device='cuda')
+    C = torch.randn(2, 8, 8, 4, 2, device='cuda')
+    y = selective_scan(u, delta, A, B, C, routes=R.cross_routes())
+    y_ref = selective_scan(u, delta, A, B, C, routes=R.cross_routes(), backend='reference')
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
