@@ -13,7 +13,7 @@ demo: $(VENV)/.deps
 	$(PY) tools/benchmark.py --quick
 
 test: $(VENV)/.deps
-	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 -rs --durations=15 $(PYTEST_ARGS)
 
 install: $(VENV)/.deps
 

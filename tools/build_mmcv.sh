@@ -25,5 +25,5 @@ if [ -z "$wheel" ]; then
     wheel=$(ls "$cache"/mmcv-"$MMCV_VERSION"-*.whl | head -n 1)
 fi
 echo "[build_mmcv] installing $wheel"
-"$PY" -m pip install -q --no-deps "$wheel"
+"$PY" -m pip install -q "$wheel"
 "$PY" -c 'import mmcv, mmcv.ops; from mmcv import _ext; print("[build_mmcv] mmcv", mmcv.__version__, "with compiled ops")'
