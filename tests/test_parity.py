@@ -13,7 +13,9 @@ from safetensors.torch import load_file
 import visionssm
 from visionssm.models import vmamba
 
-PARITY = Path(os.environ.get('VISIONSSM_PARITY_DIR', Path(__file__).resolve().parents[2] / 'shared' / 'parity'))
+_CANDIDATES = [os.environ.get('VISIONSSM_PARITY_DIR'), Path(__file__).resolve().parents[2] / 'shared' / 'parity',
+               '/work/shared/parity']
+PARITY = next((Path(p) for p in _CANDIDATES if p and Path(p).is_dir()), Path(_CANDIDATES[1]))
 pytestmark = pytest.mark.skipif(
     not PARITY.is_dir(), reason=f'parity fixtures not found at {PARITY} (set VISIONSSM_PARITY_DIR)')
 

@@ -162,7 +162,9 @@ def run(
 
 
 def format_table(results: list[dict], gflops_size: int = 224) -> str:
-    head = f'| model | params (M) | GFLOPs @{gflops_size} | images/s | latency (ms/batch) | peak memory (MiB) |'
+    rss = any(r.get('peak_mem_kind') == 'process RSS' for r in results)
+    memory = 'peak RSS of its process (MiB)' if rss else 'peak memory (MiB)'
+    head = f'| model | params (M) | GFLOPs @{gflops_size} | images/s | latency (ms/batch) | {memory} |'
     lines = [head, '|' + '---|' * 6]
     for r in results:
         if r['status'] == 'ok':
