@@ -158,13 +158,22 @@ def test_group_matcher_and_no_weight_decay(name):
 @pytest.mark.parametrize('name', RELEASED)
 def test_pretrained_cfg_points_at_official_weights(name):
     cfg = timm.create_model(name, pretrained=False).pretrained_cfg
-    assert cfg['url'].startswith('https://github.com/MzeroMiko/VMamba/releases/download/')
-    assert cfg['mean'] == (0.485, 0.456, 0.406) and cfg['std'] == (0.229, 0.224, 0.225)
-    assert cfg['crop_pct'] == 0.875 and cfg['input_size'] == (3, 224, 224) and cfg['license'] == 'mit'
+    assert (cfg.get('url') or cfg.get('hf_hub_id')), f'{name} has no weight location'
+    assert cfg['origin_url'].startswith('https://github.com/') and cfg['license']
+    assert len(cfg['mean']) == len(cfg['std']) == 3 and 0 < cfg['crop_pct'] <= 1
+    assert cfg['input_size'][0] == 3 and cfg['num_classes'] > 0
     with torch.device('meta'):
         model = timm.create_model(name)
     assert cfg['first_conv'] + '.weight' in model.state_dict()
     assert cfg['classifier'] + '.weight' in model.state_dict()
+
+
+@pytest.mark.parametrize('name', timm.list_models(module='vmamba', exclude_filters=['test_*']))
+def test_vmamba_weights_are_the_official_releases(name):
+    cfg = timm.create_model(name, pretrained=False).pretrained_cfg
+    assert cfg['url'].startswith('https://github.com/MzeroMiko/VMamba/releases/download/%23v')
+    assert cfg['mean'] == (0.485, 0.456, 0.406) and cfg['std'] == (0.229, 0.224, 0.225)
+    assert cfg['crop_pct'] == 0.875 and cfg['input_size'] == (3, 224, 224) and cfg['license'] == 'mit'
 
 
 def test_in_chans_and_drop_path():
