@@ -27,6 +27,9 @@ except ImportError:  # run from a checkout without the package installed
     from kernels import routes as R
     from kernels.reference import selective_scan_reference
     from kernels.triton_scan import selective_scan_triton
+    from kernels import triton_scan as TS
+else:
+    from visionssm.kernels import triton_scan as TS
 
 
 def cases(batch):
@@ -105,7 +108,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--batch', type=int, default=128)
     ap.add_argument('--no-ref', action='store_true', help='skip the reference timings')
+    ap.add_argument('--sweep', action='store_true',
+                    help='time the sequential kernels and several tile shapes (BT, BD, num_warps) of the tiled ones')
     args = ap.parse_args()
+    if args.sweep:
+        return sweep(args.batch)
     import triton
     print(f'GPU: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}  '
           f'batch {args.batch}  bf16')
@@ -131,6 +138,38 @@ def main():
     print('|---|---|---|---|---|---|---|---|---|')
     for r in rows:
         print('| %s | %.3f | %.0f | %.2f | %.1fx | %.3f | %.0f | %.2f | %.1fx |' % r)
+
+
+SWEEP_N1 = [(32, 32, 4, 2), (32, 32, 4, 4), (64, 32, 4, 2), (16, 32, 2, 2), (32, 16, 2, 2), (32, 64, 4, 4)]
+SWEEP_N16 = [(8, 16, 4, 4), (16, 16, 4, 4), (8, 8, 2, 2), (4, 16, 2, 2)]
+
+
+def sweep(batch):
+    import triton
+    print(f'GPU: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}  '
+          f'batch {batch}  bf16  (sweep: ms fwd / fwd+bwd)')
+    todo, _ = cases(batch)
+    # diagnostic: stage 1 with the grouped pattern (4 routes, own channel groups, plain stores, no atomics)
+    todo.append(('s1 grouped 4x96 (no atomics)', R.plan_routes(R.grouped_routes(96), 56, 56, 96, 384, 384), 1,
+                 False))
+    for name, plan, n_state, mean in todo:
+        x = make_inputs(plan, batch, n_state)
+        fb, tb = io_bytes(plan, batch, n_state)
+        variants = [('sequential', None)] + [(f'tiled BT={c[0]} BD={c[1]} w={c[2]}/{c[3]}', c)
+                                             for c in (SWEEP_N1 if n_state == 1 else SWEEP_N16)]
+        for vname, cfg in variants:
+            TS.FORCE_KERNEL = 'sequential' if cfg is None else 'tiled'
+            TS._TILE_OVERRIDE = cfg
+            try:
+                t_f = bench_one(selective_scan_triton, x, plan, mean, False)
+                t_t = bench_one(selective_scan_triton, x, plan, mean, True)
+                print(f'{name:38s} {vname:28s} fwd {t_f:8.3f} ms {fb / t_f / 1e6:6.0f} GB/s   '
+                      f'fwd+bwd {t_t:8.3f} ms {tb / t_t / 1e6:6.0f} GB/s', flush=True)
+            except Exception as e:  # a tile shape that does not compile / fit
+                print(f'{name:38s} {vname:28s} failed: {type(e).__name__}: {str(e)[:200]}', flush=True)
+        TS.FORCE_KERNEL, TS._TILE_OVERRIDE = None, None
+        del x
+        torch.cuda.empty_cache()
 
 
 if __name__ == '__main__':

@@ -35,6 +35,12 @@ reduced over the program's BD channels with ``tl.sum`` before one atomic per (po
 ddelta_bias accumulate in registers over the whole route and are written once per (batch, route, block) as
 partials, summed over the batch by torch (deterministic).
 
+Tiled variant (``_scan_*_tiled_kernel``, chosen by ``_use_tiled`` for long routes at N = 1): one tile of BT steps
+per iteration, ``[BT, BD, BN]`` decay / drive formed in parallel and scanned along time with
+``tl.associative_scan`` plus the carried state; the backward recomputes each tile from its checkpoint (CHUNK = BT)
+and gets the adjoint from a reverse scan of ``(a_{t+1}, dy_t C_t)``. All atomics are ``sem='relaxed'`` (plain
+commutative adds; the default acq_rel made them the dominant cost). See kernels/README.md.
+
 float64 inputs are handed to the reference (the oracle is exact there; the kernels compute in fp32).
 """
 from __future__ import annotations
@@ -151,7 +157,7 @@ if _HAS_TRITON:
                 y = h * scale
                 ptrs = o_base + p * so_p
                 if ATOMIC:
-                    tl.atomic_add(ptrs, y, mask=mdn)
+                    tl.atomic_add(ptrs, y, mask=mdn, sem='relaxed')
                 else:
                     tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=mdn)
             else:
@@ -161,7 +167,7 @@ if _HAS_TRITON:
                 y = y * scale
                 ptrs = o_base + p * so_p
                 if ATOMIC:
-                    tl.atomic_add(ptrs, y, mask=md)
+                    tl.atomic_add(ptrs, y, mask=md, sem='relaxed')
                 else:
                     tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=md)
             if SAVE:
@@ -269,7 +275,7 @@ if _HAS_TRITON:
                     h_t = tl.load(sc_base + (i + 1) * BD * BN)
                     g = dy[:, None] * Ct[None, :] + carry
                     dCt = tl.sum(dy[:, None] * h_t, axis=0)
-                    tl.atomic_add(dC_base + p * sC_p, dCt, mask=mn)
+                    tl.atomic_add(dC_base + p * sC_p, dCt, mask=mn, sem='relaxed')
                 ah = a * h_prev
                 gB = g * Bt[None, :]
                 du = tl.sum(gB, axis=1) * dt
@@ -277,9 +283,9 @@ if _HAS_TRITON:
                     if not HIDDEN:
                         du += Dv * dy
                         dD_acc += dy * u
-                tl.atomic_add(du_base + p * su_p, du, mask=md)
+                tl.atomic_add(du_base + p * su_p, du, mask=md, sem='relaxed')
                 dBt = tl.sum(g * (dt * u)[:, None], axis=0)
-                tl.atomic_add(dB_base + p * sB_p, dBt, mask=mn)
+                tl.atomic_add(dB_base + p * sB_p, dBt, mask=mn, sem='relaxed')
                 ddt = tl.sum(g * (A * ah), axis=1) + tl.sum(gB, axis=1) * u
                 dA_acc += (g * ah) * dt[:, None]
                 carry = a * g
@@ -292,6 +298,222 @@ if _HAS_TRITON:
             tl.debug_barrier()
 
         # per-(batch) partials: dA (Bt, K*W, N), dD / dbias (Bt, K*W)
+        tl.store(dA_ptr + (b * K * W + ch[:, None]) * N + n[None, :], dA_acc, mask=mdn)
+        if HAS_D:
+            tl.store(dD_ptr + b * K * W + ch, dD_acc, mask=md)
+        if HAS_BIAS:
+            tl.store(dbias_ptr + b * K * W + ch, dbias_acc, mask=md)
+
+
+    @triton.jit
+    def _first_order(a1, b1, a2, b2):
+        # (a1, b1) is the accumulated prefix in scan direction, (a2, b2) the current element: h = a2 * h_prev + b2
+        return a1 * a2, a2 * b1 + b2
+
+    @triton.jit
+    def _scan_fwd_tiled_kernel(
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, ckpt_ptr, pos_ptr, meta_ptr,
+            su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p,
+            W, N, K, NCK, scale,
+            BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+            HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr,
+            ATOMIC: tl.constexpr, SAVE: tl.constexpr):
+        # time tiles: per iteration load [BT, BD] of u / delta and [BT, BN] of B / C (BT independent rows in
+        # flight), form decay and drive for the whole tile, scan them along time (axis 0) with the carried state.
+        b = tl.program_id(0).to(tl.int64)
+        k = tl.program_id(1)
+        blk = tl.program_id(2)
+        start = tl.load(meta_ptr + k * 4).to(tl.int64)
+        length = tl.load(meta_ptr + k * 4 + 1)
+        in_off = tl.load(meta_ptr + k * 4 + 2).to(tl.int64)
+        out_off = tl.load(meta_ptr + k * 4 + 3).to(tl.int64)
+
+        r = tl.arange(0, BT)
+        d = blk * BD + tl.arange(0, BD)
+        n = tl.arange(0, BN)
+        md = d < W
+        mn = n < N
+        mdn = md[:, None] & mn[None, :]
+        ch = k * W + d
+        A = tl.load(A_ptr + ch[:, None].to(tl.int64) * N + n[None, :], mask=mdn, other=0.0)[None, :, :]
+        if HAS_D:
+            Dv = tl.load(D_ptr + ch, mask=md, other=0.0)[None, :]
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + ch, mask=md, other=0.0)[None, :]
+
+        u_base = u_ptr + b * su_b + in_off + d[None, :]
+        d_base = delta_ptr + b * sd_b + ch[None, :]
+        B_base = B_ptr + b * sB_b + k * sB_k + n[None, :]
+        C_base = C_ptr + b * sC_b + k * sC_k + n[None, :]
+        if HIDDEN:
+            o_base = out_ptr + b * so_b + ((out_off + d)[:, None] * N + n[None, :])[None, :, :]
+        else:
+            o_base = out_ptr + b * so_b + out_off + d[None, :]
+        ck_base = ckpt_ptr + ((b * K + k) * NCK) * W * N + d[:, None] * N + n[None, :]
+
+        h = tl.zeros([BD, BN], dtype=tl.float32)
+        for t0 in range(0, length, BT):
+            t = t0 + r
+            mt = t < length
+            p = tl.load(pos_ptr + start + t, mask=mt, other=0).to(tl.int64)[:, None]
+            mtd = mt[:, None] & md[None, :]
+            mtn = mt[:, None] & mn[None, :]
+            u = tl.load(u_base + p * su_p, mask=mtd, other=0.0).to(tl.float32)
+            z = tl.load(d_base + p * sd_p, mask=mtd, other=0.0).to(tl.float32)
+            Bt = tl.load(B_base + p * sB_p, mask=mtn, other=0.0).to(tl.float32)
+            if not HIDDEN:
+                Ct = tl.load(C_base + p * sC_p, mask=mtn, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                z = z + bias
+            if SOFTPLUS:
+                dt = _softplus(z)
+            else:
+                dt = z
+            a = tl.exp(dt[:, :, None] * A)
+            a = tl.where(mt[:, None, None], a, 1.0)            # rows past the end: identity steps
+            x = (dt * u)[:, :, None] * Bt[:, None, :]
+            pa, sx = tl.associative_scan((a, x), 0, _first_order)
+            hs = pa * h[None, :, :] + sx                        # [BT, BD, BN]
+            h = tl.sum(tl.where((r == BT - 1)[:, None, None], hs, 0.0), axis=0)
+            if HIDDEN:
+                y = hs * scale
+                ptrs = o_base + p[:, :, None] * so_p
+                m3 = mt[:, None, None] & mdn[None, :, :]
+                if ATOMIC:
+                    tl.atomic_add(ptrs, y, mask=m3, sem='relaxed')
+                else:
+                    tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=m3)
+            else:
+                y = tl.sum(hs * Ct[:, None, :], axis=2)
+                if HAS_D:
+                    y = y + Dv * u
+                y = y * scale
+                ptrs = o_base + p * so_p
+                if ATOMIC:
+                    tl.atomic_add(ptrs, y, mask=mtd, sem='relaxed')
+                else:
+                    tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=mtd)
+            if SAVE:
+                # slot c holds the state before tile c (CHUNK == BT; slot 0, the zero state, is never written)
+                c = t0 // BT + 1
+                tl.store(ck_base + c.to(tl.int64) * W * N, h, mask=mdn & (c < NCK))
+
+    @triton.jit
+    def _scan_bwd_tiled_kernel(
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dout_ptr, ckpt_ptr,
+            pos_ptr, meta_ptr,
+            du_ptr, ddelta_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+            su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p,
+            W, N, K, NCK, scale,
+            BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
+            HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr):
+        # tiles from last to first: recompute the tile's states from its checkpoint with a forward scan, then
+        # the adjoint g_t = dy_t C_t + a_{t+1} g_{t+1} with a reverse scan (a_{t+1} from a one-row-shifted load)
+        b = tl.program_id(0).to(tl.int64)
+        k = tl.program_id(1)
+        blk = tl.program_id(2)
+        start = tl.load(meta_ptr + k * 4).to(tl.int64)
+        length = tl.load(meta_ptr + k * 4 + 1)
+        in_off = tl.load(meta_ptr + k * 4 + 2).to(tl.int64)
+        out_off = tl.load(meta_ptr + k * 4 + 3).to(tl.int64)
+
+        r = tl.arange(0, BT)
+        d = blk * BD + tl.arange(0, BD)
+        n = tl.arange(0, BN)
+        md = d < W
+        mn = n < N
+        mdn = md[:, None] & mn[None, :]
+        ch = k * W + d
+        A = tl.load(A_ptr + ch[:, None].to(tl.int64) * N + n[None, :], mask=mdn, other=0.0)[None, :, :]
+        if HAS_D:
+            Dv = tl.load(D_ptr + ch, mask=md, other=0.0)[None, :]
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + ch, mask=md, other=0.0)[None, :]
+
+        u_base = u_ptr + b * su_b + in_off + d[None, :]
+        du_base = du_ptr + b * su_b + in_off + d[None, :]
+        d_base = delta_ptr + b * sd_b + ch[None, :]
+        dd_base = ddelta_ptr + b * sd_b + ch[None, :]
+        B_base = B_ptr + b * sB_b + k * sB_k + n[None, :]
+        dB_base = dB_ptr + b * sB_b + k * sB_k + n[None, :]
+        C_base = C_ptr + b * sC_b + k * sC_k + n[None, :]
+        dC_base = dC_ptr + b * sC_b + k * sC_k + n[None, :]
+        if HIDDEN:
+            o_base = dout_ptr + b * so_b + ((out_off + d)[:, None] * N + n[None, :])[None, :, :]
+        else:
+            o_base = dout_ptr + b * so_b + out_off + d[None, :]
+        ck_base = ckpt_ptr + ((b * K + k) * NCK) * W * N + d[:, None] * N + n[None, :]
+
+        dA_acc = tl.zeros([BD, BN], dtype=tl.float32)
+        dD_acc = tl.zeros([BD], dtype=tl.float32)
+        dbias_acc = tl.zeros([BD], dtype=tl.float32)
+        g_next = tl.zeros([BD, BN], dtype=tl.float32)      # g at the first step of the tile after this one
+        n_tiles = (length + BT - 1) // BT
+        for cj in range(0, n_tiles):
+            c = n_tiles - 1 - cj
+            t0 = c * BT
+            t = t0 + r
+            mt = t < length
+            mt1 = (t + 1) < length
+            p = tl.load(pos_ptr + start + t, mask=mt, other=0).to(tl.int64)[:, None]
+            p1 = tl.load(pos_ptr + start + t + 1, mask=mt1, other=0).to(tl.int64)[:, None]
+            mtd = mt[:, None] & md[None, :]
+            mtn = mt[:, None] & mn[None, :]
+            u = tl.load(u_base + p * su_p, mask=mtd, other=0.0).to(tl.float32)
+            z = tl.load(d_base + p * sd_p, mask=mtd, other=0.0).to(tl.float32)
+            z1 = tl.load(d_base + p1 * sd_p, mask=mt1[:, None] & md[None, :], other=0.0).to(tl.float32)
+            Bt = tl.load(B_base + p * sB_p, mask=mtn, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                z = z + bias
+                z1 = z1 + bias
+            if SOFTPLUS:
+                dt = _softplus(z)
+                dt1 = _softplus(z1)
+            else:
+                dt = z
+                dt1 = z1
+            a = tl.where(mt[:, None, None], tl.exp(dt[:, :, None] * A), 1.0)
+            a1 = tl.where(mt1[:, None, None], tl.exp(dt1[:, :, None] * A), 0.0)   # a_{t+1}
+            dtu = dt * u
+            x = dtu[:, :, None] * Bt[:, None, :]
+            # 1) states of the tile from its checkpoint
+            h0 = tl.load(ck_base + c.to(tl.int64) * W * N, mask=mdn & (c > 0), other=0.0)
+            pa, sx = tl.associative_scan((a, x), 0, _first_order)
+            hs = pa * h0[None, :, :] + sx
+            ah = hs - x                                          # a_t * h_{t-1}
+            # 2) adjoint
+            if HIDDEN:
+                m3 = mt[:, None, None] & mdn[None, :, :]
+                beta = tl.load(o_base + p[:, :, None] * so_p, mask=m3, other=0.0).to(tl.float32) * scale
+            else:
+                dy = tl.load(o_base + p * so_p, mask=mtd, other=0.0).to(tl.float32) * scale
+                Ct = tl.load(C_base + p * sC_p, mask=mtn, other=0.0).to(tl.float32)
+                beta = dy[:, :, None] * Ct[:, None, :]
+                dCt = tl.sum(dy[:, :, None] * hs, axis=1)
+                tl.atomic_add(dC_base + p * sC_p, dCt, mask=mtn, sem='relaxed')
+            pg, sg = tl.associative_scan((a1, beta), 0, _first_order, reverse=True)
+            g = sg + pg * g_next[None, :, :]
+            g_next = tl.sum(tl.where((r == 0)[:, None, None], g, 0.0), axis=0)
+            gB = tl.sum(g * Bt[:, None, :], axis=2)               # [BT, BD]
+            du = gB * dt
+            if HAS_D:
+                if not HIDDEN:
+                    du += Dv * dy
+                    dD_acc += tl.sum(dy * u, axis=0)
+            tl.atomic_add(du_base + p * su_p, du, mask=mtd, sem='relaxed')
+            dBt = tl.sum(g * dtu[:, :, None], axis=1)             # [BT, BN]
+            tl.atomic_add(dB_base + p * sB_p, dBt, mask=mtn, sem='relaxed')
+            gah = g * ah
+            ddt = tl.sum(gah * A, axis=2) + gB * u
+            dA_acc += tl.sum(gah * dt[:, :, None], axis=0)
+            if SOFTPLUS:
+                dz = tl.where(z > 20.0, ddt, ddt / (1.0 + tl.exp(-z)))
+            else:
+                dz = ddt
+            dz = tl.where(mtd, dz, 0.0)
+            dbias_acc += tl.sum(dz, axis=0)
+            tl.store(dd_base + p * sd_p, dz.to(ddelta_ptr.dtype.element_ty), mask=mtd)
+
         tl.store(dA_ptr + (b * K * W + ch[:, None]) * N + n[None, :], dA_acc, mask=mdn)
         if HAS_D:
             tl.store(dD_ptr + b * K * W + ch, dD_acc, mask=md)
@@ -328,6 +550,39 @@ def _config(width: int, n_state: int):
     return bd, bn, chunk, num_warps
 
 
+# Kernel choice (measured on an H100 at batch 128, kernels/README.md): the tiled kernels (time tiles of BT steps,
+# scan along time inside the tile) win for long routes at N = 1 (VMamba-T stage 1 forward and backward, stage 2
+# forward without gradients); the sequential kernels win for short routes (stages 3-4) and at N = 16 (Vim).
+# ``FORCE_KERNEL`` ('tiled' / 'sequential') and ``_TILE_OVERRIDE`` (BT, BD, warps fwd[, warps bwd]) are for tests
+# and benchmarks.
+FORCE_KERNEL = None
+_TILE_OVERRIDE = None
+
+
+def _use_tiled(n_state: int, route_len: int, need_grad: bool) -> bool:
+    if FORCE_KERNEL is not None:
+        return FORCE_KERNEL == 'tiled'
+    if _TILE_OVERRIDE is not None:
+        return True
+    return n_state == 1 and (route_len >= 2048 or (not need_grad and route_len >= 512))
+
+
+def _tile_config(width: int, n_state: int, need_grad: bool):
+    """(BT, BD, BN, num_warps forward, num_warps backward) of the tiled kernels."""
+    bn = _pow2(n_state)
+    if _TILE_OVERRIDE is not None:
+        bt, bd, nw = _TILE_OVERRIDE[:3]
+        nwb = _TILE_OVERRIDE[3] if len(_TILE_OVERRIDE) > 3 else nw
+    elif bn == 1:
+        bt, bd, nw, nwb = (32, 32, 4, 2) if need_grad else (16, 32, 2, 2)
+    elif bn <= 4:
+        bt, bd, nw, nwb = 16, 16, 4, 4
+    else:
+        bt, bd, nw, nwb = 4, 16, 2, 2
+    bd = min(bd, max(8, _pow2(width)))
+    return bt, bd, bn, nw, nwb
+
+
 def _prep(t: Optional[torch.Tensor]):
     if t is None:
         return None
@@ -345,9 +600,15 @@ class _TritonScan(torch.autograd.Function):
         bias32 = delta_bias.detach().float().contiguous() if delta_bias is not None else None
         batch, num_pos, _ = u.shape
         K, W, N = plan.num_routes, plan.width, A.shape[-1]
-        BD, BN, CHUNK, num_warps = _config(W, N)
-        pos, meta = _route_tables(plan, u.device)
         Lmax = max(p.numel() for p in plan.positions)
+        tiled = _use_tiled(N, Lmax, bool(need_grad))
+        if tiled:
+            BT, BD, BN, num_warps, nw_bwd = _tile_config(W, N, bool(need_grad))
+            CHUNK = BT
+        else:
+            BD, BN, CHUNK, num_warps = _config(W, N)
+            nw_bwd = num_warps
+        pos, meta = _route_tables(plan, u.device)
         nck = max(1, -(-Lmax // CHUNK))
         scale = 1.0 / plan.multiplicity if (mean and plan.multiplicity > 1) else 1.0
         atomic = plan.multiplicity > 1
@@ -358,28 +619,32 @@ class _TritonScan(torch.autograd.Function):
         ckpt = torch.empty((batch, K, nck, W, N), device=u.device, dtype=torch.float32) if need_grad else out
         Cx = C if C is not None else B
         grid = (batch, K, triton.cdiv(W, BD))
-        _scan_fwd_kernel[grid](
-            u, delta, A32, B, Cx, D32 if D32 is not None else A32, bias32 if bias32 is not None else A32,
-            out, ckpt, pos, meta,
-            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
-            B.stride(0), B.stride(1), B.stride(2), Cx.stride(0), Cx.stride(1), Cx.stride(2),
-            out.stride(0), out.stride(1),
-            W, N, K, nck, scale,
-            BD=BD, BN=BN, CHUNK=CHUNK, HAS_D=(D is not None and not return_hidden),
-            HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), HIDDEN=bool(return_hidden),
-            ATOMIC=atomic, SAVE=bool(need_grad), num_warps=num_warps)
+        args = (u, delta, A32, B, Cx, D32 if D32 is not None else A32, bias32 if bias32 is not None else A32,
+                out, ckpt, pos, meta,
+                u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
+                B.stride(0), B.stride(1), B.stride(2), Cx.stride(0), Cx.stride(1), Cx.stride(2),
+                out.stride(0), out.stride(1),
+                W, N, K, nck, scale)
+        flags = dict(HAS_D=(D is not None and not return_hidden), HAS_BIAS=delta_bias is not None,
+                     SOFTPLUS=bool(delta_softplus), HIDDEN=bool(return_hidden), ATOMIC=atomic,
+                     SAVE=bool(need_grad), num_warps=num_warps)
+        if tiled:
+            _scan_fwd_tiled_kernel[grid](*args, BT=BT, BD=BD, BN=BN, **flags)
+        else:
+            _scan_fwd_kernel[grid](*args, BD=BD, BN=BN, CHUNK=CHUNK, **flags)
         if out.dtype != out_dtype:
             out = out.to(out_dtype)
         if need_grad:
             ctx.save_for_backward(u, delta, A32, B, C, D32, bias32, ckpt)
-            ctx.cfg = (plan, bool(delta_softplus), bool(return_hidden), scale, nck, (BD, BN, CHUNK, num_warps))
+            ctx.cfg = (plan, bool(delta_softplus), bool(return_hidden), scale, nck, tiled,
+                       (BD, BN, CHUNK, nw_bwd))
             ctx.dtypes = (A.dtype, None if D is None else D.dtype, None if delta_bias is None else delta_bias.dtype)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         u, delta, A32, B, C, D32, bias32, ckpt = ctx.saved_tensors
-        plan, softplus, hidden, scale, nck, (BD, BN, CHUNK, num_warps) = ctx.cfg
+        plan, softplus, hidden, scale, nck, tiled, (BD, BN, CHUNK, num_warps) = ctx.cfg
         A_dtype, D_dtype, bias_dtype = ctx.dtypes
         batch, num_pos, _ = u.shape
         K, W, N = plan.num_routes, plan.width, A32.shape[-1]
@@ -399,19 +664,22 @@ class _TritonScan(torch.autograd.Function):
         dD = torch.empty((batch, K * W), device=dev, dtype=torch.float32) if has_d else dA
         dbias = torch.empty((batch, K * W), device=dev, dtype=torch.float32) if bias32 is not None else dA
         nblk = triton.cdiv(W, BD)
-        scratch = torch.empty((batch * K * nblk, CHUNK + 1, BD, BN), device=dev, dtype=torch.float32)
         Cx = C if C is not None else B
         grid = (batch, K, nblk)
-        _scan_bwd_kernel[grid](
-            u, delta, A32, B, Cx, D32 if D32 is not None else A32, bias32 if bias32 is not None else A32,
-            dout, ckpt, scratch, pos, meta,
-            du, ddelta, dB, dC, dA, dD, dbias,
-            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
-            B.stride(0), B.stride(1), B.stride(2), Cx.stride(0), Cx.stride(1), Cx.stride(2),
-            dout.stride(0), dout.stride(1),
-            W, N, K, nck, scale,
-            BD=BD, BN=BN, CHUNK=CHUNK, HAS_D=has_d, HAS_BIAS=bias32 is not None,
-            SOFTPLUS=softplus, HIDDEN=hidden, num_warps=num_warps)
+        strides = (u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
+                   B.stride(0), B.stride(1), B.stride(2), Cx.stride(0), Cx.stride(1), Cx.stride(2),
+                   dout.stride(0), dout.stride(1), W, N, K, nck, scale)
+        params = (u, delta, A32, B, Cx, D32 if D32 is not None else A32, bias32 if bias32 is not None else A32)
+        grads = (du, ddelta, dB, dC, dA, dD, dbias)
+        flags = dict(HAS_D=has_d, HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HIDDEN=hidden,
+                     num_warps=num_warps)
+        if tiled:
+            _scan_bwd_tiled_kernel[grid](*params, dout, ckpt, pos, meta, *grads, *strides,
+                                         BT=CHUNK, BD=BD, BN=BN, **flags)
+        else:
+            scratch = torch.empty((batch * K * nblk, CHUNK + 1, BD, BN), device=dev, dtype=torch.float32)
+            _scan_bwd_kernel[grid](*params, dout, ckpt, scratch, pos, meta, *grads, *strides,
+                                   BD=BD, BN=BN, CHUNK=CHUNK, **flags)
         gA = dA.sum(0).to(A_dtype)
         gD = None
         if D_dtype is not None:

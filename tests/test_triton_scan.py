@@ -93,9 +93,21 @@ def _close(name, got, want, dtype):
 
 
 def _check(routes, height, width_px, width, in_ch, out_ch, batch, n_state, dtype, hidden=False, mean=False,
-           softplus=True, bias=True, D=True, seed=0, device=DEV):
+           softplus=True, bias=True, D=True, seed=0, device=DEV, kernel=None, tile=None):
+    """``kernel``: None (the backend's own choice), 'tiled' or 'sequential'; ``tile``: (BT, BD, warps) override."""
     if _NEEDS_SUBPROCESS:
         pytest.skip('runs in test_cpu_cases_in_fresh_process')
+    saved = TS.FORCE_KERNEL, TS._TILE_OVERRIDE
+    TS.FORCE_KERNEL, TS._TILE_OVERRIDE = kernel, tile
+    try:
+        _check_impl(routes, height, width_px, width, in_ch, out_ch, batch, n_state, dtype, hidden, mean, softplus,
+                    bias, D, seed, device)
+    finally:
+        TS.FORCE_KERNEL, TS._TILE_OVERRIDE = saved
+
+
+def _check_impl(routes, height, width_px, width, in_ch, out_ch, batch, n_state, dtype, hidden, mean, softplus,
+                bias, D, seed, device):
     plan = R.plan_routes(routes, height, width_px, width, in_ch, out_ch)
     inputs = _make(plan, batch, n_state, dtype, hidden=hidden, seed=seed, device=device, bias=bias, D=D)
     kw = dict(delta_softplus=softplus, return_hidden=hidden, mean=mean)
@@ -171,6 +183,40 @@ def test_chunked_backward_long_route():
     _check(R.bidirectional_routes(2), 1, 37, 2, 4, 2, batch=1, n_state=16, dtype=torch.float32, seed=10)
 
 
+# The tiled kernels (time tiles + scan along time) are picked for long routes at N = 1 only; these cases force
+# them on every route kind, with small tiles (several tiles per route: carries, checkpoints) where it matters.
+TILED_CASES = {
+    'cross_fp32_multitile': dict(routes=R.cross_routes(), height=5, width_px=6, width=5, in_ch=5, out_ch=5, batch=2,
+                                 n_state=1, dtype=torch.float32, tile=(4, 8, 2, 2)),
+    'cross_bf16': dict(routes=R.cross_routes(), height=3, width_px=4, width=5, in_ch=5, out_ch=5, batch=2, n_state=2,
+                       dtype=torch.bfloat16),
+    'cross_nstate3_mean': dict(routes=R.cross_routes(), height=3, width_px=5, width=6, in_ch=6, out_ch=6, batch=1,
+                               n_state=3, dtype=torch.float32, mean=True, seed=3, tile=(4, 8, 2)),
+    'bidirectional_mean_fp16': dict(routes=R.bidirectional_routes(4), height=1, width_px=9, width=4, in_ch=8,
+                                    out_ch=4, batch=2, n_state=4, dtype=torch.float16, mean=True, seed=1),
+    'lattice': dict(routes=R.lattice_routes(), height=5, width_px=3, width=3, in_ch=3, out_ch=3, batch=2,
+                    n_state=2, dtype=torch.float32, seed=2),
+    'grouped': dict(routes=R.grouped_routes(3), height=3, width_px=4, width=3, in_ch=12, out_ch=12, batch=2,
+                    n_state=1, dtype=torch.float32, seed=5, tile=(4, 8, 2)),
+    'hidden_one_route': dict(routes=(R.Route('col', reverse=True),), height=3, width_px=4, width=3, in_ch=3,
+                             out_ch=3, batch=2, n_state=3, dtype=torch.float32, hidden=True, seed=6, tile=(4, 8, 2)),
+    'single_position': dict(routes=R.cross_routes(), height=1, width_px=1, width=3, in_ch=3, out_ch=3, batch=2,
+                            n_state=2, dtype=torch.float32, seed=7),
+    'no_softplus_bias_D': dict(routes=R.cross_routes()[:2], height=2, width_px=3, width=3, in_ch=3, out_ch=3,
+                               batch=1, n_state=2, dtype=torch.float32, softplus=False, bias=False, D=False, seed=8),
+    'blocks_and_offsets': dict(routes=(R.Route('row', in_offset=0), R.Route('col', reverse=True, in_offset=3)),
+                               height=2, width_px=3, width=20, in_ch=23, out_ch=20, batch=1, n_state=1,
+                               dtype=torch.float32, seed=9, tile=(4, 8, 2)),
+    'long_route_nstate16': dict(routes=R.bidirectional_routes(2), height=1, width_px=37, width=2, in_ch=4, out_ch=2,
+                                batch=1, n_state=16, dtype=torch.float32, seed=10, tile=(8, 16, 2)),
+}
+
+
+@pytest.mark.parametrize('case', list(TILED_CASES), ids=str)
+def test_tiled_kernels(case):
+    _check(kernel='tiled', **TILED_CASES[case])
+
+
 def test_no_grad_forward_only():
     if _NEEDS_SUBPROCESS:
         pytest.skip('runs in test_cpu_cases_in_fresh_process')
@@ -192,27 +238,51 @@ def test_supports_never_raises():
 gpu = pytest.mark.skipif(not _CUDA, reason='needs CUDA')
 
 
+KERNELS = ['sequential', 'tiled']
+
+
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize('kernel', KERNELS)
 @pytest.mark.parametrize('dtype', DTYPES, ids=str)
-def test_gpu_cross_vmamba_like(dtype):
-    _check(R.cross_routes(), 14, 14, 96, 96, 96, batch=4, n_state=1, dtype=dtype, seed=11)
+def test_gpu_cross_vmamba_like(dtype, kernel):
+    _check(R.cross_routes(), 14, 14, 96, 96, 96, batch=4, n_state=1, dtype=dtype, seed=11, kernel=kernel)
 
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize('grad', [True, False])
+def test_gpu_long_route_default_choice(grad):
+    # L = 2304: the backend's own choice is the tiled kernel here (both with and without gradients)
+    plan = R.plan_routes(R.cross_routes(), 48, 48, 40, 40, 40)
+    assert TS._use_tiled(1, 2304, grad)
+    _check(R.cross_routes(), 48, 48, 40, 40, 40, batch=2, n_state=1, dtype=torch.bfloat16, seed=16)
+    if not grad:
+        x = _make(plan, 2, 1, torch.bfloat16)
+        with torch.no_grad():
+            got = TS.selective_scan_triton(*x.values(), plan)
+        want = selective_scan_reference(*x.values(), plan)
+        _close('out', got, want, torch.bfloat16)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize('kernel', KERNELS)
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=str)
-def test_gpu_vim_like(dtype):
+def test_gpu_vim_like(dtype, kernel):
     _check(R.bidirectional_routes(192), 1, 197, 192, 384, 192, batch=3, n_state=16, dtype=dtype, mean=True,
-           seed=12)
+           seed=12, kernel=kernel)
 
 
 @pytest.mark.gpu
 @gpu
-def test_gpu_lattice_grouped_hidden():
-    _check(R.lattice_routes(), 15, 17, 48, 48, 48, batch=2, n_state=16, dtype=torch.float32, seed=13)
-    _check(R.grouped_routes(40), 13, 11, 40, 160, 160, batch=2, n_state=4, dtype=torch.bfloat16, seed=14)
-    _check((R.Route('row'),), 9, 23, 64, 64, 64, batch=2, n_state=8, dtype=torch.float32, hidden=True, seed=15)
+@pytest.mark.parametrize('kernel', KERNELS)
+def test_gpu_lattice_grouped_hidden(kernel):
+    _check(R.lattice_routes(), 15, 17, 48, 48, 48, batch=2, n_state=16, dtype=torch.float32, seed=13, kernel=kernel)
+    _check(R.grouped_routes(40), 13, 11, 40, 160, 160, batch=2, n_state=4, dtype=torch.bfloat16, seed=14,
+           kernel=kernel)
+    _check((R.Route('row'),), 9, 23, 64, 64, 64, batch=2, n_state=8, dtype=torch.float32, hidden=True, seed=15,
+           kernel=kernel)
 
 
 @pytest.mark.gpu
