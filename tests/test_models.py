@@ -176,6 +176,18 @@ def test_vmamba_weights_are_the_official_releases(name):
     assert cfg['crop_pct'] == 0.875 and cfg['input_size'] == (3, 224, 224) and cfg['license'] == 'mit'
 
 
+@pytest.mark.parametrize('name', [m for m in MODELS if m.startswith('test_')])
+def test_bfloat16_autocast(name):
+    model = _model(name)
+    x = _input()
+    with torch.no_grad():
+        want = model(x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            got = model(x)
+    assert got.shape == want.shape and torch.isfinite(got).all()
+    assert (got.float() - want).abs().max() <= 0.1 * want.abs().max() + 0.05
+
+
 def test_in_chans_and_drop_path():
     model = timm.create_model('test_vmamba', in_chans=1, drop_path_rate=0.3, num_classes=4).eval()
     with torch.no_grad():

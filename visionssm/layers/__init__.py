@@ -1,3 +1,3 @@
 """Layers shared across families."""
 from .patch import ConvDownsample, ConvStem, PatchEmbed, PatchMerging
-from .ss2d import SS2D, init_dt_bias
+from .ss2d import SS2D, full_precision, init_dt_bias

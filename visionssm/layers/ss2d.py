@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from visionssm.ops import Route, cross_routes, selective_scan
 
-__all__ = ['SS2D', 'init_dt_bias']
+__all__ = ['SS2D', 'init_dt_bias', 'full_precision']
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -25,7 +25,7 @@ def init_dt_bias(shape, dt_min: float = 1e-3, dt_max: float = 0.1, dt_floor: flo
     return dt + torch.log(-torch.expm1(-dt))  # inverse softplus
 
 
-def _full_precision(t: torch.Tensor) -> torch.Tensor:
+def full_precision(t: torch.Tensor) -> torch.Tensor:
     """Scan parameters in at least float32 (float64 stays float64 for exact reference runs)."""
     return t.float() if t.dtype in _LOW_PRECISION else t
 
@@ -114,9 +114,11 @@ class SS2D(nn.Module):
         x_dbl = torch.einsum('bhwd,kcd->bhwkc', x, self.x_proj_weight)
         dts, B, C = torch.split(x_dbl, [rank, n, n], dim=-1)
         dts = torch.einsum('bhwkr,kdr->bhwkd', dts, self.dt_projs_weight).flatten(-2)
+        # Autocast may leave the projections in another dtype than x (CPU autocast keeps some einsums in fp32).
+        dts, B, C = (t.to(x.dtype).contiguous() for t in (dts, B, C))
         return selective_scan(
-            x, dts.contiguous(), -torch.exp(_full_precision(self.A_logs)), B.contiguous(), C.contiguous(),
-            _full_precision(self.Ds), _full_precision(self.dt_projs_bias).flatten(),
+            x, dts, -torch.exp(full_precision(self.A_logs)), B, C,
+            full_precision(self.Ds), full_precision(self.dt_projs_bias).flatten(),
             routes=self.routes, merge='sum', delta_softplus=True,
             out_dtype=torch.float32 if x.dtype in _LOW_PRECISION else None,
         )

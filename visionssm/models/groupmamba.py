@@ -1,0 +1,687 @@
+"""GroupMamba: parameter-efficient and accurate group visual state space model.
+
+Paper: "GroupMamba: Efficient Group-Based Visual State Space Model", Shaker et al., CVPR 2025 —
+https://arxiv.org/abs/2407.13772
+Official code and weights: https://github.com/Amshaker/GroupMamba (MIT licence), read at commit c1800ed2.
+
+A hierarchical backbone whose token mixer, the modulated group Mamba layer, splits the channels into four groups and
+scans group k in direction k (row, column, row reversed, column reversed), each group with its own SSM parameters;
+the concatenated result is multiplied by the normed input and by a channel-affinity modulation (CAM, a squeeze-and-
+excitation gate), normed again with the same LayerNorm and projected. After the last stage a "class block" runs the
+same layer (on a 1x1 map) and an MLP on the mean token; a classification head and a DeiT distillation head read it.
+
+This is a re-implementation on visionssm's shared scan op: the four per-group SS2D modules of the original are one
+``GroupedSS2D`` whose parameters are stacked over the groups and whose scan is a single ``selective_scan`` call over
+``grouped_routes`` (channel group k read and written along route k). Everything is channel-last. Official
+checkpoints (raw EMA state dicts, per-group ``mamba_g{1..4}`` keys) convert at load time in ``checkpoint_filter_fn``;
+``from_official`` builds the model equal to an official ``GroupMamba(**kwargs)``.
+
+Differences from the original, all deliberate:
+
+* Gradients are correct on non-square maps: the official ``CrossScan_2/_4.backward`` reshape the gradient as
+  (H, W) instead of (W, H), so it trains with wrong gradients whenever H != W. Here the routes are index maps of
+  the one op, whose backward is the exact adjoint.
+* The distillation head (``head_dist``, the official ``dist_head``) is kept by default (``distillation=True``):
+  parameter counts equal the official ones and eval logits are ``(head + head_dist) / 2`` as in the original.
+  With ``distillation=False`` there is no second head and an official checkpoint's two heads are folded into
+  ``head`` (their average: the same eval logits, since both are linear). In training the original returns the pair
+  ``(head, dist_head)``; here that happens only after ``set_distilled_training(True)`` (timm's DeiT convention), so
+  the model is a plain classifier by default.
+* The original casts float16 inputs of each group layer to float32; here the scan itself runs in full precision
+  for low-precision inputs (the shared op's policy) and the rest follows the input dtype.
+"""
+from __future__ import annotations
+
+import math
+import re
+from functools import partial
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+from visionssm.layers import ConvDownsample, full_precision, init_dt_bias
+from visionssm.ops import grouped_routes, selective_scan
+from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted
+
+__all__ = [
+    'GroupMamba', 'GroupedSS2D', 'GroupMambaMixer', 'GroupMambaBlock', 'GroupMambaStage', 'ClassBlock',
+    'checkpoint_filter_fn', 'from_official',
+]
+
+_NUM_GROUPS = 4  # one per scan direction of grouped_routes
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class GroupedSS2D(nn.Module):
+    """Four independent SS2D mixers (the official ``mamba_g1..4``), one per channel group, in one module.
+
+    Group k takes channels ``[k*C/4, (k+1)*C/4)`` and is scanned along direction k of ``grouped_routes``: in_proj →
+    (x, z) → SiLU(depthwise conv(x)) → selective scan → out_norm → · SiLU(z) → out_proj, every step with the group's
+    own weights. The weights are stacked over the groups (leading dim 4, or 4 blocks of rows for the depthwise conv,
+    ``A_logs`` and ``Ds``) so the whole layer is a few batched einsums and one scan call.
+
+    Args:
+        dim: model width C (divisible by 4).
+        d_state: N, states per channel (1 in GroupMamba).
+        ssm_ratio: inner width of a group over its input width (1 in GroupMamba).
+        dt_rank: rank R of the Δ projection; 'auto' = ceil(C / 4 / 16).
+        d_conv: depthwise kernel size.
+        conv_bias: bias in the depthwise conv.
+        act_layer: activation after the conv and of the gate.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            d_state: int = 1,
+            ssm_ratio: float = 1.0,
+            dt_rank: Union[int, str] = 'auto',
+            d_conv: int = 3,
+            conv_bias: bool = True,
+            act_layer: Type[nn.Module] = nn.SiLU,
+    ):
+        super().__init__()
+        if dim % _NUM_GROUPS:
+            raise ValueError(f'GroupMamba widths must be divisible by {_NUM_GROUPS} (one group per scan direction), '
+                             f'got {dim}')
+        groups = _NUM_GROUPS
+        self.group_dim = group_dim = dim // groups
+        self.d_inner = d_inner = int(ssm_ratio * group_dim)
+        self.d_state = d_state
+        self.dt_rank = math.ceil(group_dim / 16) if dt_rank == 'auto' else int(dt_rank)
+        self.routes = grouped_routes(d_inner)
+
+        self.in_proj_weight = nn.Parameter(torch.empty(groups, 2 * d_inner, group_dim))
+        self.conv = nn.Conv2d(groups * d_inner, groups * d_inner, d_conv, padding=(d_conv - 1) // 2,
+                              groups=groups * d_inner, bias=conv_bias)
+        self.act = act_layer()
+        bound = 1 / math.sqrt(d_inner)  # nn.Linear's default init, as the original's stacked temporary layers
+        self.x_proj_weight = nn.Parameter(
+            torch.empty(groups, self.dt_rank + 2 * d_state, d_inner).uniform_(-bound, bound))
+        dt_std = self.dt_rank ** -0.5
+        self.dt_projs_weight = nn.Parameter(torch.empty(groups, d_inner, self.dt_rank).uniform_(-dt_std, dt_std))
+        self.dt_projs_bias = nn.Parameter(init_dt_bias((groups, d_inner)))
+        self.A_logs = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(
+            groups * d_inner, 1))
+        self.Ds = nn.Parameter(torch.ones(groups * d_inner))
+        # Per-group LayerNorm(d_inner) (eps 1e-5) and bias-free out_proj, stacked.
+        self.out_norm_weight = nn.Parameter(torch.ones(groups, d_inner))
+        self.out_norm_bias = nn.Parameter(torch.zeros(groups, d_inner))
+        self.out_norm_eps = 1e-5
+        self.out_proj_weight = nn.Parameter(torch.empty(groups, group_dim, d_inner))
+        trunc_normal_(self.in_proj_weight, std=.02)
+        trunc_normal_(self.out_proj_weight, std=.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, C)`` → ``(B, H, W, C)``; group k of the output comes from group k of the input only."""
+        groups, d_inner = _NUM_GROUPS, self.d_inner
+        xz = torch.einsum('bhwgc,gec->bhwge', x.unflatten(-1, (groups, self.group_dim)), self.in_proj_weight)
+        x, z = xz.split(d_inner, dim=-1)
+        x = x.flatten(-2)
+        # NHWC viewed as NCHW with channels-last strides: the depthwise conv needs no copy of its input.
+        x = self.act(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+        y = self.scan(x).unflatten(-1, (groups, d_inner))
+        y = F.layer_norm(y, (d_inner,), eps=self.out_norm_eps) * self.out_norm_weight + self.out_norm_bias
+        y = y.to(x.dtype) * self.act(z)
+        return torch.einsum('bhwgd,ged->bhwge', y, self.out_proj_weight).flatten(-2)
+
+    def scan(self, x: torch.Tensor) -> torch.Tensor:
+        """Selective scan of the inner map ``x (B, H, W, 4*D)``, group k along route k: ``(B, H, W, 4*D)``."""
+        rank, n = self.dt_rank, self.d_state
+        x_dbl = torch.einsum('bhwgd,gcd->bhwgc', x.unflatten(-1, (_NUM_GROUPS, self.d_inner)), self.x_proj_weight)
+        dts, B, C = torch.split(x_dbl, [rank, n, n], dim=-1)
+        dts = torch.einsum('bhwgr,gdr->bhwgd', dts, self.dt_projs_weight).flatten(-2)
+        dts, B, C = (t.to(x.dtype).contiguous() for t in (dts, B, C))  # autocast may leave them in another dtype
+        return selective_scan(
+            x, dts, -torch.exp(full_precision(self.A_logs)), B, C,
+            full_precision(self.Ds), full_precision(self.dt_projs_bias).flatten(),
+            routes=self.routes, merge='sum', delta_softplus=True,
+            out_dtype=torch.float32 if x.dtype in _LOW_PRECISION else None,
+        )
+
+
+class GroupMambaMixer(nn.Module):
+    """The modulated group Mamba layer (official ``GroupMambaLayer``), channel-last.
+
+    ``x = LN(x)``; ``y = GroupedSS2D(x) * skip_scale * x * CAM(x)``; ``out = proj(LN(y))`` with the *same* LN.
+    CAM (channel affinity modulation) is ``sigmoid(fc2(relu(fc1(mean_hw(x)))))``, reduction ``cam_reduction``.
+    """
+
+    def __init__(self, dim: int, d_state: int = 1, ssm_ratio: float = 1.0, d_conv: int = 3, cam_reduction: int = 16):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, dim // cam_reduction)
+        self.fc2 = nn.Linear(dim // cam_reduction, dim)
+        self.ssm = GroupedSS2D(dim, d_state=d_state, ssm_ratio=ssm_ratio, d_conv=d_conv)
+        self.skip_scale = nn.Parameter(torch.ones(1))
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        cam = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean(dim=(1, 2))))))
+        y = self.ssm(x) * self.skip_scale * x
+        y = y * cam[:, None, None, :]
+        return self.proj(self.norm(y))
+
+
+class ConvMlp(nn.Module):
+    """PVTv2's feed-forward, channel-last: fc1 → depthwise 3x3 conv → act → fc2."""
+
+    def __init__(self, dim: int, hidden_dim: int, act_layer: Type[nn.Module] = nn.GELU):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim)
+        self.act = act_layer()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc1(x)
+        x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.fc2(self.act(x))
+
+
+class GroupMambaBlock(nn.Module):
+    """``x + mixer(x)`` (the mixer normalizes its own input), then ``x + ConvMlp(norm2(x))``."""
+
+    def __init__(
+            self,
+            dim: int,
+            mlp_ratio: float = 4.0,
+            drop_path: float = 0.,
+            norm_layer: Type[nn.Module] = nn.LayerNorm,
+            **mixer_kwargs,
+    ):
+        super().__init__()
+        self.mixer = GroupMambaMixer(dim, **mixer_kwargs)
+        self.norm2 = norm_layer(dim)
+        self.mlp = ConvMlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.mixer(x))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class GroupMambaStage(nn.Module):
+    """Downsample (none in the first stage), ``depth`` blocks, then the stage norm (none after the last stage:
+    the original's last norm acts on the class token only). Channel-last in and out."""
+
+    def __init__(
+            self,
+            in_dim: int,
+            dim: int,
+            depth: int,
+            mlp_ratio: float,
+            downsample: bool = True,
+            final_norm: bool = True,
+            drop_path: Sequence[float] = (),
+            norm_layer: Type[nn.Module] = nn.LayerNorm,
+            **mixer_kwargs,
+    ):
+        super().__init__()
+        self.grad_checkpointing = False
+        # The stem and downsampling LayerNorms keep the default eps (1e-5), unlike the blocks' norm_layer.
+        self.downsample = ConvDownsample(in_dim, dim, kernel_size=3, norm_layer=nn.LayerNorm) \
+            if downsample else nn.Identity()
+        self.blocks = nn.Sequential(*[
+            GroupMambaBlock(dim, mlp_ratio, drop_path=drop_path[i] if drop_path else 0., norm_layer=norm_layer,
+                            **mixer_kwargs)
+            for i in range(depth)])
+        self.norm = norm_layer(dim) if final_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return self.norm(x)
+
+
+class Stem(nn.Module):
+    """Conv7x7/2 (no bias) → BN → ReLU → 2 x (conv3x3 → BN → ReLU) → conv3x3/2 → LayerNorm. NCHW in, NHWC out."""
+
+    def __init__(self, in_chans: int = 3, hidden_dim: int = 32, dim: int = 64):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_chans, hidden_dim, 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm2d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, bias=False),
+            nn.BatchNorm2d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, bias=False),
+            nn.BatchNorm2d(hidden_dim),
+            nn.ReLU(inplace=True),
+        )
+        self.proj = nn.Conv2d(hidden_dim, dim, 3, stride=2, padding=1)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(self.conv(x)).permute(0, 2, 3, 1))
+
+
+class ClassBlock(nn.Module):
+    """The post-network block on the class token ``(B, 1, 1, C)``: ``x + norm1(mixer(x))``, ``x + mlp(norm2(x))``.
+
+    The mixer sees a 1x1 map: its scans have length 1 (A never enters) and the depthwise convs use only their centre.
+    """
+
+    def __init__(self, dim: int, mlp_ratio: float = 4.0, norm_layer: Type[nn.Module] = nn.LayerNorm,
+                 **mixer_kwargs):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.norm2 = norm_layer(dim)
+        self.mixer = GroupMambaMixer(dim, **mixer_kwargs)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.norm1(self.mixer(x))
+        return x + self.mlp(self.norm2(x))
+
+
+_POOLS = ('avg', 'max', '')
+
+
+class GroupMamba(nn.Module):
+    """GroupMamba backbone and classifier.
+
+    Args:
+        in_chans: input image channels.
+        num_classes: classifier outputs (0 for none).
+        global_pool: how the class token is initialized from the last map: 'avg' (the original) or 'max';
+            '' for no head at all (``forward_head`` returns the map).
+        depths: blocks per stage.
+        embed_dims: widths per stage (divisible by 4).
+        mlp_ratios: ConvMlp hidden width over model width, per stage; the class block uses the last.
+        stem_hidden_dim: width of the stem's stride-2 convolutions.
+        d_state: SSM states per channel.
+        ssm_ratio: inner width of a channel group over its width.
+        ssm_conv: depthwise conv size in the SSM.
+        cam_reduction: channel-affinity bottleneck reduction.
+        distillation: keep the distillation head (in the official checkpoints); logits average both heads.
+        drop_rate: dropout before the classifier.
+        drop_path_rate: stochastic depth, linearly increasing over blocks.
+        norm_layer: norm of the blocks' MLP branch, the stage norms, the class block and the final norm.
+    """
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            depths: Sequence[int] = (3, 4, 9, 3),
+            embed_dims: Sequence[int] = (64, 128, 348, 448),
+            mlp_ratios: Sequence[float] = (8, 8, 4, 4),
+            stem_hidden_dim: int = 32,
+            d_state: int = 1,
+            ssm_ratio: float = 1.0,
+            ssm_conv: int = 3,
+            cam_reduction: int = 16,
+            distillation: bool = True,
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            norm_layer: Type[nn.Module] = partial(nn.LayerNorm, eps=1e-6),
+    ):
+        super().__init__()
+        num_stages = len(depths)
+        if len(embed_dims) != num_stages or len(mlp_ratios) != num_stages:
+            raise ValueError(f'embed_dims ({len(embed_dims)}) and mlp_ratios ({len(mlp_ratios)}) need one entry per '
+                             f'stage of depths ({num_stages})')
+        if global_pool not in _POOLS:
+            raise ValueError(f'global_pool must be one of {_POOLS}, got {global_pool!r}')
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = embed_dims[-1]
+        self.drop_rate = drop_rate
+        self.distilled_training = False
+        mixer_kwargs = dict(d_state=d_state, ssm_ratio=ssm_ratio, d_conv=ssm_conv, cam_reduction=cam_reduction)
+
+        self.stem = Stem(in_chans, stem_hidden_dim, embed_dims[0])
+        dpr = [x.tolist() for x in torch.linspace(0, drop_path_rate, sum(depths), device='cpu').split(list(depths))]
+        self.stages = nn.Sequential()
+        self.feature_info = []
+        for i in range(num_stages):
+            self.stages.append(GroupMambaStage(
+                embed_dims[max(i - 1, 0)], embed_dims[i], depths[i], mlp_ratios[i], downsample=i > 0,
+                final_norm=i < num_stages - 1, drop_path=dpr[i], norm_layer=norm_layer, **mixer_kwargs,
+            ))
+            self.feature_info.append(dict(num_chs=embed_dims[i], reduction=4 * 2 ** i, module=f'stages.{i}'))
+        self.class_block = ClassBlock(self.num_features, mlp_ratios[-1], norm_layer=norm_layer, **mixer_kwargs)
+        self.norm = norm_layer(self.num_features)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head_dist = (nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()) \
+            if distillation else None
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module):
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+            nn.init.normal_(m.weight, 0, math.sqrt(2.0 / fan_out))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        # A (as log), D and the skip scale are not weights to shrink.
+        return {n for n, _ in self.named_parameters() if n.endswith(('.A_logs', '.Ds', '.skip_scale'))}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r'^stem',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.downsample', (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
+                (r'^stages\.(\d+)\.norm', (99998,)),
+                (r'^class_block|^norm', (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def set_distilled_training(self, enable: bool = True):
+        """In training mode, return ``(head, head_dist)`` logits for a distillation loss (as the original)."""
+        self.distilled_training = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in _POOLS:
+                raise ValueError(f'global_pool must be one of {_POOLS}, got {global_pool!r}')
+            self.global_pool = global_pool
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if self.head_dist is not None:
+            self.head_dist = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def load_pretrained(self, checkpoint_path: str):
+        """Load an official (or our own) checkpoint file, converting it; used by ``pretrained=True``."""
+        state_dict = extract_state_dict(load_checkpoint_file(checkpoint_path), ('model', 'state_dict', 'model_ema'),
+                                        source=str(checkpoint_path))
+        load_converted(self, state_dict, checkpoint_filter_fn, source=str(checkpoint_path), head_prefix='head',
+                       first_conv='stem.conv.0')
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Stage outputs (strides 4..32) and, unless ``intermediates_only``, the final features.
+
+        Stages 1-3 end with their norm (the map the next stage reads); the last stage's map has none, since the
+        original's final norm acts on the class token, so ``norm`` changes nothing here.
+
+        Args:
+            indices: last n stages if int, all if None, else the stage indices to return.
+            norm: accepted for the timm API; no norm applies to the last map.
+            stop_early: stop after the last requested stage.
+            output_fmt: 'NCHW' or 'NHWC'.
+        """
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        stages = self.stages[:max_index + 1] if stop_early and not torch.jit.is_scripting() else self.stages
+        intermediates = []
+        x = self.stem(x)
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                intermediates.append(x.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW' else x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages (and class block / norm / head) that the requested intermediates do not need."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if prune_head:
+            self.class_block = nn.Identity()
+            self.norm = nn.Identity()
+            self.reset_classifier(0, '')
+        elif prune_norm:
+            self.norm = nn.Identity()
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Last-stage map, channel-last ``(B, H/32, W/32, C)`` (no norm: see ``forward_intermediates``)."""
+        return self.stages(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Class token = pooled map → class block → norm (→ heads)."""
+        if not self.global_pool:
+            return x
+        cls = x.amax(dim=(1, 2), keepdim=True) if self.global_pool == 'max' else x.mean(dim=(1, 2), keepdim=True)
+        x = self.head_drop(self.norm(self.class_block(cls).flatten(1)))
+        if pre_logits:
+            return x
+        if self.head_dist is None:
+            return self.head(x)
+        x, x_dist = self.head(x), self.head_dist(x)
+        if self.distilled_training and self.training and not torch.jit.is_scripting():
+            return x, x_dist
+        return (x + x_dist) / 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# --- official state dict → ours --------------------------------------------------------------------------------
+
+_OFFICIAL_RENAMES = (
+    (r'^patch_embed1\.', 'stem.'),
+    (r'^patch_embed(\d+)\.proj\.', lambda m: f'stages.{int(m[1]) - 1}.downsample.conv.'),
+    (r'^patch_embed(\d+)\.norm\.', lambda m: f'stages.{int(m[1]) - 1}.downsample.norm.'),
+    (r'^block(\d+)\.(\d+)\.attn\.', lambda m: f'stages.{int(m[1]) - 1}.blocks.{m[2]}.mixer.'),
+    (r'^block(\d+)\.(\d+)\.mlp\.dwconv\.dwconv\.', lambda m: f'stages.{int(m[1]) - 1}.blocks.{m[2]}.mlp.dwconv.'),
+    (r'^block(\d+)\.(\d+)\.', lambda m: f'stages.{int(m[1]) - 1}.blocks.{m[2]}.'),
+    (r'^post_network\.0\.attn\.', 'class_block.mixer.'),
+    (r'^post_network\.0\.', 'class_block.'),
+    (r'^dist_head\.', 'head_dist.'),
+    (r'^norm(\d+)\.', lambda m: f'stages.{int(m[1]) - 1}.norm.'),
+)
+# Per-group SS2D tensor (official name under mamba_g{k}.) → (our GroupedSS2D name, how the 4 groups combine).
+_GROUP_PARAMS = {
+    'in_proj.weight': ('in_proj_weight', 'stack'),
+    'conv2d.weight': ('conv.weight', 'cat'),
+    'conv2d.bias': ('conv.bias', 'cat'),
+    'x_proj_weight': ('x_proj_weight', 'cat'),        # (1, R+2N, D) each
+    'dt_projs_weight': ('dt_projs_weight', 'cat'),    # (1, D, R) each
+    'dt_projs_bias': ('dt_projs_bias', 'cat'),        # (1, D) each
+    'A_logs': ('A_logs', 'cat'),                      # (D, N) each
+    'Ds': ('Ds', 'cat'),
+    'out_norm.weight': ('out_norm_weight', 'stack'),
+    'out_norm.bias': ('out_norm_bias', 'stack'),
+    'out_proj.weight': ('out_proj_weight', 'stack'),
+}
+_GROUP_KEY = re.compile(r'^(.*\.)mamba_g([1-4])\.(.+)$')
+
+
+def _rename(key: str, num_stages: int) -> str:
+    if key.startswith(f'norm{num_stages}.'):  # the last stage norm is the final norm of the class token
+        return 'norm.' + key[len(f'norm{num_stages}.'):]
+    for pattern, repl in _OFFICIAL_RENAMES:
+        key, n = re.subn(pattern, repl, key)
+        if n:
+            break
+    return key
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: GroupMamba) -> Dict[str, torch.Tensor]:
+    """Convert an official GroupMamba state dict to this module tree.
+
+    Renames the modules, stacks the four per-group SS2D modules (``mamba_g1..4``) into ``GroupedSS2D``, and, when
+    ``model`` has no distillation head, folds the official ``dist_head`` into ``head`` (the average of the two, which
+    gives the same eval logits). Our own state dicts pass through unchanged.
+    """
+    if any(k.startswith(('stem.', 'stages.')) for k in state_dict):
+        return dict(state_dict)
+    out: Dict[str, torch.Tensor] = {}
+    groups: Dict[Tuple[str, str], Dict[int, torch.Tensor]] = {}
+    for key, value in state_dict.items():
+        key = _rename(key, len(model.stages))
+        m = _GROUP_KEY.match(key)
+        if m and m[3] in _GROUP_PARAMS:
+            groups.setdefault((m[1], m[3]), {})[int(m[2]) - 1] = value
+            continue
+        out[key] = value
+    for (prefix, name), parts in groups.items():
+        ours, how = _GROUP_PARAMS[name]
+        if sorted(parts) != list(range(_NUM_GROUPS)):
+            missing = [f'mamba_g{k + 1}' for k in range(_NUM_GROUPS) if k not in parts]
+            raise ValueError(f'official checkpoint lacks {", ".join(missing)} for {prefix}ssm.{ours}')
+        tensors = [parts[k] for k in range(_NUM_GROUPS)]
+        out[f'{prefix}ssm.{ours}'] = torch.stack(tensors) if how == 'stack' else torch.cat(tensors)
+    if getattr(model, 'head_dist', None) is None and any(k.startswith('head_dist.') for k in out):
+        for suffix in ('weight', 'bias'):
+            dist = out.pop(f'head_dist.{suffix}', None)
+            if dist is not None and f'head.{suffix}' in out:
+                out[f'head.{suffix}'] = (out[f'head.{suffix}'] + dist) / 2
+    return out
+
+
+def _create_groupmamba(variant: str, pretrained: bool = False, **kwargs) -> GroupMamba:
+    # Every weight source (url, or a `file` overlay) goes through GroupMamba.load_pretrained, which converts it.
+    overlay = kwargs.get('pretrained_cfg_overlay')
+    if overlay is not None:
+        kwargs['pretrained_cfg_overlay'] = dict(overlay, custom_load=overlay.get('custom_load', True))
+    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
+    return build_model_with_cfg(
+        GroupMamba, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
+
+
+# --- from_official: the official GroupMamba constructor's arguments, mapped to ours --------------------------------
+
+def _layer_norm_eps(norm_layer: Any) -> float:
+    """The eps of the official ``norm_layer`` argument: ``nn.LayerNorm``, ``partial(nn.LayerNorm, eps=...)``, or
+    either written as a string (as the parity fixtures record it)."""
+    if isinstance(norm_layer, str):
+        if 'LayerNorm' not in norm_layer:
+            raise ValueError(f'norm_layer must be a LayerNorm, got {norm_layer!r}')
+        m = re.search(r'eps\s*=\s*([0-9.eE+-]+)', norm_layer)
+        return float(m[1]) if m else 1e-5
+    if norm_layer is nn.LayerNorm:
+        return 1e-5
+    if isinstance(norm_layer, partial) and norm_layer.func is nn.LayerNorm and not norm_layer.args \
+            and set(norm_layer.keywords) <= {'eps'}:
+        return float(norm_layer.keywords.get('eps', 1e-5))
+    raise ValueError(f'norm_layer must be nn.LayerNorm or partial(nn.LayerNorm, eps=...), got {norm_layer!r}')
+
+
+def from_official(checkpoint: Optional[str] = None, **official_kwargs) -> GroupMamba:
+    """The GroupMamba equal to the official ``GroupMamba(**official_kwargs)``, optionally loaded from an official
+    file (raw EMA state dict)."""
+    kw = dict(official_kwargs)
+    args: Dict[str, Any] = dict(  # the official class's defaults
+        stem_hidden_dim=32, embed_dims=(64, 128, 348, 448), mlp_ratios=(8, 8, 4, 4), depths=(3, 4, 6, 3),
+        distillation=True, drop_path_rate=0.)
+    args['norm_layer'] = partial(nn.LayerNorm, eps=_layer_norm_eps(kw.pop('norm_layer', nn.LayerNorm)))
+    num_stages = kw.pop('num_stages', 4)
+    renames = ('in_chans', 'num_classes', 'stem_hidden_dim', 'embed_dims', 'mlp_ratios', 'drop_path_rate', 'depths',
+               'distillation')
+    unknown = sorted(set(kw) - set(renames))
+    if unknown:
+        raise ValueError(f'unknown GroupMamba arguments: {unknown}')
+    args.update(kw)
+    if num_stages != len(args['depths']):
+        raise ValueError(f'num_stages ({num_stages}) must equal len(depths) ({len(args["depths"])})')
+    model = GroupMamba(**args)
+    if checkpoint is not None:
+        model.load_pretrained(checkpoint)
+    return model
+
+
+def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
+    return {
+        'url': url, 'custom_load': True,
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
+        'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225),
+        'first_conv': 'stem.conv.0', 'classifier': 'head',
+        'license': 'mit', 'origin_url': 'https://github.com/Amshaker/GroupMamba',
+        'paper_ids': 'arXiv:2407.13772',
+        'paper_name': 'GroupMamba: Efficient Group-Based Visual State Space Model',
+        **kwargs,
+    }
+
+
+# The README's Hugging Face repositories (Google Drive mirrors are listed there too). The base file name is
+# inferred from the tiny/small naming; its repository is the README's.
+_HF = 'https://huggingface.co/Abdelrahman-shaker/'
+
+default_cfgs = generate_default_cfgs({
+    'groupmamba_tiny.in1k': _cfg(_HF + 'GroupMamba-Tiny/resolve/main/groupmamba_tiny_ema.pth'),
+    'groupmamba_small.in1k': _cfg(_HF + 'GroupMamba-Small/resolve/main/groupmamba_small_ema.pth'),
+    'groupmamba_base.in1k': _cfg(_HF + 'GroupMamba-Base/resolve/main/groupmamba_base_ema.pth'),
+    'test_groupmamba.untrained': _cfg(input_size=(3, 64, 64), pool_size=(2, 2)),
+})
+
+# Released models: d_state 1, group ssm_ratio 1, MLP ratios 8-8-4-4, LayerNorm eps 1e-6, distillation head.
+# drop_path_rate 0.05 is what the official training hard-codes.
+
+
+@register_model
+def groupmamba_tiny(pretrained: bool = False, **kwargs) -> GroupMamba:
+    """GroupMamba-T (23.4M with the distillation head, 83.3% IN-1k)."""
+    model_args = dict(stem_hidden_dim=32, embed_dims=(64, 128, 348, 448), mlp_ratios=(8, 8, 4, 4),
+                      depths=(3, 4, 9, 3), drop_path_rate=0.05)
+    return _create_groupmamba('groupmamba_tiny', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def groupmamba_small(pretrained: bool = False, **kwargs) -> GroupMamba:
+    """GroupMamba-S (34.8M with the distillation head, 83.9% IN-1k)."""
+    model_args = dict(stem_hidden_dim=64, embed_dims=(64, 128, 348, 512), mlp_ratios=(8, 8, 4, 4),
+                      depths=(3, 4, 16, 3), drop_path_rate=0.05)
+    return _create_groupmamba('groupmamba_small', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def groupmamba_base(pretrained: bool = False, **kwargs) -> GroupMamba:
+    """GroupMamba-B (57.2M with the distillation head, 84.5% IN-1k)."""
+    model_args = dict(stem_hidden_dim=64, embed_dims=(96, 192, 424, 512), mlp_ratios=(8, 8, 4, 4),
+                      depths=(3, 6, 21, 3), drop_path_rate=0.05)
+    return _create_groupmamba('groupmamba_base', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def test_groupmamba(pretrained: bool = False, **kwargs) -> GroupMamba:
+    """A tiny GroupMamba for tests and demos."""
+    model_args = dict(stem_hidden_dim=8, embed_dims=(16, 32, 48, 64), mlp_ratios=(4, 4, 2, 2), depths=(1, 1, 2, 1),
+                      drop_path_rate=0.)
+    return _create_groupmamba('test_groupmamba', pretrained, **dict(model_args, **kwargs))

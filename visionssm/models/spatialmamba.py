@@ -1,0 +1,552 @@
+"""Spatial-Mamba: Effective Visual State Space Models via Structure-Aware State Fusion.
+
+Paper: "Spatial-Mamba: Effective Visual State Space Models via Structure-Aware State Fusion", Xiao et al.,
+2024 — https://arxiv.org/abs/2410.15091
+Official code and weights: https://github.com/EdwardChasel/Spatial-Mamba (Apache-2.0 licence), read at commit
+71221eb.
+
+A hierarchical backbone (MLLA-style conv stem and inverted-bottleneck downsampling, conv position encodings in
+every block) whose token mixer runs one row-major selective scan at d_state 1 and returns the hidden states; the
+states are then fused over the 2-D neighbourhood by three dilated (1, 3, 5) replicate-padded depthwise 3x3
+convolutions, and only then observed: ``y = C * fuse(h) + D * x``.
+
+This is a re-implementation on visionssm's shared scan op (``return_hidden=True`` on one ``'row'`` route), channel-
+last throughout. The state fusion is always computed from the current weights: the official eval path caches a
+merged 11x11 kernel on the first eval forward and never refreshes it, so it goes stale after any later weight
+change; here there is no cache to go stale. Official checkpoints convert at load time in ``checkpoint_filter_fn``;
+``from_official`` builds the model equal to an official ``SpatialMamba(**kwargs)``.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+from visionssm.layers import SS2D
+from visionssm.ops import Route, selective_scan
+from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted
+
+__all__ = [
+    'SpatialMamba', 'SpatialMambaBlock', 'SpatialMambaStage', 'StructureAwareSSM', 'StateFusion',
+    'checkpoint_filter_fn', 'from_official',
+]
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class ConvNormAct(nn.Module):
+    """Conv2d → optional BatchNorm → optional activation (the MLLA ``ConvLayer``). NCHW in and out."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 3, stride: int = 1, groups: int = 1,
+                 bias: bool = False, norm: bool = True, act_layer: Optional[Type[nn.Module]] = nn.ReLU):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride=stride, padding=kernel_size // 2, groups=groups,
+                              bias=bias)
+        self.norm = nn.BatchNorm2d(out_chs) if norm else nn.Identity()
+        self.act = act_layer() if act_layer is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.conv(x)))
+
+
+class Stem(nn.Module):
+    """MLLA stem, stride 4: conv-BN-ReLU s2 to C/2, a residual pair of conv-BN at C/2, conv-BN-ReLU s2 to 4C,
+    1x1 conv-BN to C. Takes NCHW images, returns channel-last; odd sizes round up."""
+
+    def __init__(self, in_chans: int = 3, dim: int = 64):
+        super().__init__()
+        half = dim // 2
+        self.conv1 = ConvNormAct(in_chans, half, 3, stride=2)
+        self.conv2 = nn.Sequential(ConvNormAct(half, half, 3), ConvNormAct(half, half, 3, act_layer=None))
+        self.conv3 = nn.Sequential(ConvNormAct(half, dim * 4, 3, stride=2), ConvNormAct(dim * 4, dim, 1, act_layer=None))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        x = self.conv2(x) + x
+        return self.conv3(x).permute(0, 2, 3, 1)
+
+
+class Downsample(nn.Module):
+    """MLLA downsampling, an inverted bottleneck with stride 2: 1x1 conv (bias) + ReLU to 4x ``out_dim``,
+    depthwise 3x3 s2 conv (bias) + ReLU, 1x1 conv (bias) + BN to ``out_dim``. Channel-last in and out."""
+
+    def __init__(self, dim: int, out_dim: int, ratio: float = 4.0):
+        super().__init__()
+        hidden = int(out_dim * ratio)
+        self.pw1 = ConvNormAct(dim, hidden, 1, bias=True, norm=False)
+        self.dw = ConvNormAct(hidden, hidden, 3, stride=2, groups=hidden, bias=True, norm=False)
+        self.pw2 = ConvNormAct(hidden, out_dim, 1, bias=True, act_layer=None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pw2(self.dw(self.pw1(x.permute(0, 3, 1, 2)))).permute(0, 2, 3, 1)
+
+
+class StateFusion(nn.Module):
+    """Structure-aware state fusion: ``sum_i alpha_i * DWConv3x3_{dilation d_i}(h)`` with d = (1, 3, 5), each
+    branch replicate-padded (border indices clamped), no bias. Channel-last ``(B, H, W, D)`` in and out.
+
+    Computed from the current kernels on every call, in training and eval alike. The official eval path merges the
+    branches once into an 11x11 kernel (replicate padding 5) and caches it; with replicate padding the two forms
+    are the same function, but the cache goes stale when the weights change, and this form has none.
+    """
+    dilations = (1, 3, 5)
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.kernel_3 = nn.Parameter(torch.ones(dim, 1, 3, 3))
+        self.kernel_3_1 = nn.Parameter(torch.ones(dim, 1, 3, 3))
+        self.kernel_3_2 = nn.Parameter(torch.ones(dim, 1, 3, 3))
+        self.alpha = nn.Parameter(torch.ones(3))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        # Full precision even under autocast: the states can be large, and fp16 convs of them overflow (official #27).
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            h = h.permute(0, 3, 1, 2)
+            out = None
+            for alpha, kernel, d in zip(self.alpha, (self.kernel_3, self.kernel_3_1, self.kernel_3_2), self.dilations):
+                branch = F.conv2d(F.pad(h, (d, d, d, d), mode='replicate'), kernel.to(h.dtype), dilation=d,
+                                  groups=self.dim)
+                branch = alpha.to(h.dtype) * branch
+                out = branch if out is None else out + branch
+        return out.permute(0, 2, 3, 1)
+
+
+class StructureAwareSSM(SS2D):
+    """The Spatial-Mamba token mixer: SS2D's gated in_proj → dwconv → SiLU, then a hidden-state scan along one
+    row-major route at d_state 1, the state fusion, the observation ``C * h + D * x``, out_norm, ``* SiLU(z)``,
+    out_proj.
+
+    Parameters keep the official names; the per-route tensors carry a leading route axis of 1
+    (``x_proj_weight (1, R+2, D)``, ``dt_projs_weight (1, D, R)``, ``dt_projs_bias (1, D)``).
+
+    Args:
+        dim: model width C.
+        ssm_ratio: inner width D = int(ssm_ratio * C).
+        dt_rank: rank R of the Δ projection; 'auto' = ceil(C / 16).
+        d_conv: depthwise kernel size.
+        conv_bias: bias in the depthwise conv.
+        proj_drop: dropout after out_proj.
+    """
+
+    def __init__(self, dim: int, ssm_ratio: float = 2.0, dt_rank: Union[int, str] = 'auto', d_conv: int = 3,
+                 conv_bias: bool = True, proj_drop: float = 0.):
+        super().__init__(dim, d_state=1, ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=d_conv, conv_bias=conv_bias,
+                         gate=True, routes=(Route('row'),), act_layer=nn.SiLU, proj_drop=proj_drop)
+        self.state_fusion = StateFusion(self.d_inner)
+
+    def scan(self, x: torch.Tensor) -> torch.Tensor:
+        """``C * fuse(h) + D * x`` for the inner map ``x (B, H, W, D)``; float32 for low-precision inputs."""
+        x_dbl = torch.einsum('bhwd,kcd->bhwkc', x, self.x_proj_weight)
+        dts, B, C = torch.split(x_dbl, [self.dt_rank, 1, 1], dim=-1)
+        dts = torch.einsum('bhwkr,kdr->bhwkd', dts, self.dt_projs_weight).flatten(-2)
+        full = torch.float32 if x.dtype in _LOW_PRECISION else x.dtype
+        A = -torch.exp(self.A_logs.to(torch.promote_types(self.A_logs.dtype, torch.float32)))
+        # Autocast may leave the projections in another dtype than x (CPU autocast does); the op wants one dtype.
+        h = selective_scan(
+            x, dts.to(x.dtype).contiguous(), A, B.to(x.dtype).contiguous(), None, None,
+            self.dt_projs_bias.to(A.dtype).flatten(),
+            routes=self.routes, delta_softplus=True, return_hidden=True, out_dtype=full,
+        ).squeeze(-1)
+        h = self.state_fusion(h)
+        return h * C[..., 0, :].to(full) + x.to(full) * self.Ds.to(full)
+
+
+class SpatialMambaBlock(nn.Module):
+    """``x + cpe1(x)``, ``x + SSM(norm1(x))``, ``x + cpe2(x)``, ``x + MLP(norm2(x))``; cpe = depthwise 3x3 conv."""
+
+    def __init__(
+            self,
+            dim: int,
+            ssm_ratio: float = 2.0,
+            mlp_ratio: float = 4.0,
+            drop_path: float = 0.,
+            attn_drop: float = 0.,
+            norm_layer: Type[nn.Module] = nn.LayerNorm,
+            act_layer: Type[nn.Module] = nn.GELU,
+    ):
+        super().__init__()
+        self.cpe1 = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.norm1 = norm_layer(dim)
+        self.mixer = StructureAwareSSM(dim, ssm_ratio=ssm_ratio, proj_drop=attn_drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.cpe2 = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.cpe1(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = x + self.drop_path(self.mixer(self.norm1(x)))
+        x = x + self.cpe2(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class SpatialMambaStage(nn.Module):
+    """Downsample (none in the first stage), then ``depth`` blocks. Channel-last in and out."""
+
+    def __init__(
+            self,
+            in_dim: int,
+            dim: int,
+            depth: int,
+            downsample: bool = False,
+            drop_path: Sequence[float] = (),
+            **block_kwargs,
+    ):
+        super().__init__()
+        self.grad_checkpointing = False
+        self.downsample = Downsample(in_dim, dim) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(*[
+            SpatialMambaBlock(dim, drop_path=drop_path[i] if drop_path else 0., **block_kwargs)
+            for i in range(depth)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+class SpatialMamba(nn.Module):
+    """Spatial-Mamba backbone and classifier.
+
+    Args:
+        in_chans: input image channels.
+        num_classes: classifier outputs (0 for none).
+        global_pool: 'avg', 'max', ... or '' (timm's SelectAdaptivePool2d types).
+        depths: blocks per stage.
+        dims: widths per stage, or the first width (doubled at every stage).
+        ssm_ratio: inner width of the SSM over model width.
+        mlp_ratio: MLP hidden width over model width.
+        drop_rate: dropout before the classifier.
+        pos_drop_rate: dropout after the stem (the official ``drop_rate``).
+        attn_drop_rate: dropout after the SSM's out_proj.
+        drop_path_rate: stochastic depth, linearly increasing over blocks.
+        norm_layer: norm of the blocks and the final norm.
+        act_layer: MLP activation.
+    """
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            depths: Sequence[int] = (2, 4, 8, 4),
+            dims: Union[int, Sequence[int]] = 64,
+            ssm_ratio: float = 2.0,
+            mlp_ratio: float = 4.0,
+            drop_rate: float = 0.,
+            pos_drop_rate: float = 0.,
+            attn_drop_rate: float = 0.,
+            drop_path_rate: float = 0.1,
+            norm_layer: Type[nn.Module] = nn.LayerNorm,
+            act_layer: Type[nn.Module] = nn.GELU,
+    ):
+        super().__init__()
+        num_stages = len(depths)
+        if isinstance(dims, int):
+            dims = [dims * 2 ** i for i in range(num_stages)]
+        if len(dims) != num_stages:
+            raise ValueError(f'dims has {len(dims)} entries but depths has {num_stages}')
+        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.drop_rate = drop_rate
+
+        self.stem = Stem(in_chans, dims[0])
+        self.pos_drop = nn.Dropout(pos_drop_rate) if pos_drop_rate > 0. else nn.Identity()
+        dpr = [x.tolist() for x in torch.linspace(0, drop_path_rate, sum(depths), device='cpu').split(list(depths))]
+        self.stages = nn.Sequential()
+        self.feature_info = []
+        for i in range(num_stages):
+            self.stages.append(SpatialMambaStage(
+                dims[max(i - 1, 0)], dims[i], depths[i], downsample=i > 0, drop_path=dpr[i],
+                ssm_ratio=ssm_ratio, mlp_ratio=mlp_ratio, attn_drop=attn_drop_rate, norm_layer=norm_layer,
+                act_layer=act_layer,
+            ))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f'stages.{i}'))
+        self.norm = norm_layer(self.num_features)
+        self.head = ClassifierHead(
+            self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt='NHWC')
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module):
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        # The SSM's A (as log) and D are not weights to shrink: decay would push A towards -1 and D towards 0.
+        return {n for n, _ in self.named_parameters() if n.endswith(('.A_logs', '.Ds'))}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r'^stem',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.downsample', (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
+                (r'^norm', (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        self.num_classes = num_classes
+        self.head.reset(num_classes, pool_type=global_pool)
+
+    def load_pretrained(self, checkpoint_path: str):
+        """Load an official (or our own) checkpoint file, converting it; used by ``pretrained=True``."""
+        state_dict = extract_state_dict(load_checkpoint_file(checkpoint_path), ('model', 'state_dict'),
+                                        source=str(checkpoint_path))
+        load_converted(self, state_dict, checkpoint_filter_fn, source=str(checkpoint_path),
+                       first_conv='stem.conv1.conv')
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Stage outputs (strides 4..32, before the next downsampling, as the official dense backbone takes them)
+        and, unless ``intermediates_only``, the final features.
+
+        Args:
+            indices: last n stages if int, all if None, else the stage indices to return.
+            norm: apply the final norm to the last stage's output when it is returned.
+            stop_early: stop after the last requested stage.
+            output_fmt: 'NCHW' or 'NHWC'.
+        """
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last = len(self.stages) - 1
+        stages = self.stages[:max_index + 1] if stop_early and not torch.jit.is_scripting() else self.stages
+        intermediates = []
+        x = self.pos_drop(self.stem(x))
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                y = self.norm(x) if norm and i == last else x
+                intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW' else y)
+        if intermediates_only:
+            return intermediates
+        if i == last:
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages (and norm / head) that the requested intermediates do not need."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if prune_norm or max_index < len(self.feature_info) - 1:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normed last-stage map, channel-last ``(B, H/32, W/32, C)``."""
+        return self.norm(self.stages(self.pos_drop(self.stem(x))))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# Official state-dict names → ours. The official downsample ends stage i; ours starts stage i + 1.
+_DOWNSAMPLE_PARTS = {'0': 'pw1', '1': 'dw', '2': 'pw2'}
+_OFFICIAL_RENAMES = (
+    (r'^patch_embed\.', 'stem.'),
+    (r'^layers\.(\d+)\.blocks\.(\d+)\.ln_1\.', r'stages.\1.blocks.\2.norm1.'),
+    (r'^layers\.(\d+)\.blocks\.(\d+)\.ln_2\.', r'stages.\1.blocks.\2.norm2.'),
+    (r'^layers\.(\d+)\.blocks\.(\d+)\.self_attention\.conv2d\.', r'stages.\1.blocks.\2.mixer.conv.'),
+    (r'^layers\.(\d+)\.blocks\.(\d+)\.self_attention\.', r'stages.\1.blocks.\2.mixer.'),
+    (r'^layers\.(\d+)\.blocks\.(\d+)\.', r'stages.\1.blocks.\2.'),
+    (r'^layers\.(\d+)\.downsample\.conv\.(\d)\.',
+     lambda m: f'stages.{int(m[1]) + 1}.downsample.{_DOWNSAMPLE_PARTS[m[2]]}.'),
+    (r'^head\.', 'head.fc.'),
+)
+# Official per-route tensors have no route axis (one route); ours have a leading axis of 1.
+_ROUTE_AXIS = ('.mixer.x_proj_weight', '.mixer.dt_projs_weight', '.mixer.dt_projs_bias')
+
+
+def _rename(key: str) -> str:
+    for pattern, repl in _OFFICIAL_RENAMES:
+        key, n = re.subn(pattern, repl, key)
+        if n:
+            break
+    return key
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: SpatialMamba) -> Dict[str, torch.Tensor]:
+    """Convert an official Spatial-Mamba state dict (classifier or dense backbone) to this module tree.
+
+    Our own state dicts pass through unchanged. The official eval-time merged fusion kernel
+    (``state_fusion._merge_weight``) is a cached attribute, not state; it is dropped should a file carry it.
+    """
+    if any(k.startswith(('stem.', 'stages.')) for k in state_dict):
+        return dict(state_dict)
+    out = {}
+    for key, value in state_dict.items():
+        # The dense backbone's per-stage output norms are not part of a classifier.
+        if key.startswith('outnorm') or key.endswith('._merge_weight'):
+            continue
+        key = _rename(key)
+        if key.endswith(_ROUTE_AXIS) and value.dim() in (1, 2):
+            value = value.unsqueeze(0)
+        out[key] = value
+    return out
+
+
+def _create_spatialmamba(variant: str, pretrained: bool = False, **kwargs) -> SpatialMamba:
+    # The official files are training checkpoints ({'model', 'model_ema', 'optimizer', ...}): every weight source
+    # (url, or a `file` overlay) goes through SpatialMamba.load_pretrained, which reads and converts them safely.
+    overlay = kwargs.get('pretrained_cfg_overlay')
+    if overlay is not None:
+        kwargs['pretrained_cfg_overlay'] = dict(overlay, custom_load=overlay.get('custom_load', True))
+    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
+    return build_model_with_cfg(
+        SpatialMamba, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
+
+
+# --- from_official: the official SpatialMamba constructor's arguments, mapped to ours ---------------------------
+
+def from_official(checkpoint: Optional[str] = None, **official_kwargs) -> SpatialMamba:
+    """The SpatialMamba equal to the official ``SpatialMamba(**official_kwargs)``, optionally loaded from an
+    official file.
+
+    Raises ValueError for arguments that select code the released models do not use or that the official code
+    cannot run.
+    """
+    kw = dict(official_kwargs)
+    d_state = kw.pop('d_state', 1)
+    if d_state != 1:  # the official forward reshapes the states as (b, d, 1, l): only N = 1 runs (#2, #12)
+        raise ValueError(f'd_state must be 1 (the official state fusion only runs with one state), got {d_state!r}')
+    dt_init = kw.pop('dt_init', 'random')
+    if dt_init != 'random':
+        raise ValueError(f"dt_init must be 'random' (every released model), got {dt_init!r}")
+    norm_layer = kw.pop('norm_layer', nn.LayerNorm)
+    if norm_layer is not nn.LayerNorm:
+        raise ValueError(f'norm_layer must be nn.LayerNorm (every released model), got {norm_layer!r}')
+    if kw.pop('patch_norm', True) is not True:
+        raise ValueError('patch_norm=False is not supported (the official stem ignores it; no released model sets it)')
+    # The official Stem has a fixed stride of 4 whatever patch_size says; img_size only sizes an unused pos-embed.
+    kw.pop('patch_size', None)
+    kw.pop('img_size', None)
+    use_checkpoint = kw.pop('use_checkpoint', False)
+    renames = dict(
+        in_chans='in_chans', num_classes='num_classes', depths='depths', dims='dims', mlp_ratio='mlp_ratio',
+        drop_rate='pos_drop_rate', attn_drop_rate='attn_drop_rate', drop_path_rate='drop_path_rate',
+    )
+    unknown = sorted(set(kw) - set(renames))
+    if unknown:
+        raise ValueError(f'unknown SpatialMamba arguments: {unknown}')
+    # The official SpatialMamba's own defaults, where they differ from ours.
+    args: Dict[str, Any] = dict(depths=(2, 2, 9, 2), dims=(96, 192, 384, 768), drop_path_rate=0.1)
+    args.update({renames[k]: v for k, v in kw.items()})
+    dims = args['dims']
+    if not isinstance(dims, int):
+        dims = list(dims)
+        if any(b != 2 * a for a, b in zip(dims, dims[1:])):
+            raise ValueError(f'dims must double at every stage (the official downsampling outputs 2x its input), '
+                             f'got {dims}')
+    args['dims'] = dims
+    args['depths'] = tuple(args['depths'])
+    model = SpatialMamba(**args)
+    model.set_grad_checkpointing(use_checkpoint)
+    if checkpoint is not None:
+        model.load_pretrained(checkpoint)
+    return model
+
+
+def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
+    return {
+        'url': url, 'custom_load': True,
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
+        'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225),
+        'first_conv': 'stem.conv1.conv', 'classifier': 'head.fc',
+        'license': 'apache-2.0', 'origin_url': 'https://github.com/EdwardChasel/Spatial-Mamba',
+        'paper_ids': 'arXiv:2410.15091',
+        'paper_name': 'Spatial-Mamba: Effective Visual State Space Models via Structure-Aware State Fusion',
+        **kwargs,
+    }
+
+
+def _drive(file_id: str) -> str:
+    return f'https://drive.google.com/uc?export=download&id={file_id}'
+
+
+# The official README links Google Drive files; Drive may answer large files with a confirmation page instead of
+# the file, in which case download it by hand and pass pretrained_cfg_overlay=dict(file=...).
+_DRIVE_NOTE = ('Google Drive link from the official README; if the download returns a web page, fetch the file by '
+               'hand and pass pretrained_cfg_overlay=dict(file=path).',)
+
+default_cfgs = generate_default_cfgs({
+    'spatialmamba_tiny.in1k': _cfg(_drive('19kXoqGSTuKKs4AHbdUSrdKZTwTWenLIW'), notes=_DRIVE_NOTE),
+    'spatialmamba_small.in1k': _cfg(_drive('1Wb3sYoWLpgmWrmHMYKwdgDwGPZaqM28O'), notes=_DRIVE_NOTE),
+    'spatialmamba_base.in1k': _cfg(_drive('1k8dHp2QRCOqBSgAi36YkhZp_O8LqOPjM'), notes=_DRIVE_NOTE),
+    'test_spatialmamba.untrained': _cfg(input_size=(3, 64, 64), pool_size=(2, 2)),
+})
+
+
+@register_model
+def spatialmamba_tiny(pretrained: bool = False, **kwargs) -> SpatialMamba:
+    """Spatial-Mamba-T (26.7M)."""
+    model_args = dict(depths=(2, 4, 8, 4), dims=64, drop_path_rate=0.2)
+    return _create_spatialmamba('spatialmamba_tiny', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def spatialmamba_small(pretrained: bool = False, **kwargs) -> SpatialMamba:
+    """Spatial-Mamba-S (43.1M)."""
+    model_args = dict(depths=(2, 4, 21, 5), dims=64, drop_path_rate=0.3)
+    return _create_spatialmamba('spatialmamba_small', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def spatialmamba_base(pretrained: bool = False, **kwargs) -> SpatialMamba:
+    """Spatial-Mamba-B (95.7M)."""
+    model_args = dict(depths=(2, 4, 21, 5), dims=96, drop_path_rate=0.5)
+    return _create_spatialmamba('spatialmamba_base', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def test_spatialmamba(pretrained: bool = False, **kwargs) -> SpatialMamba:
+    """A tiny Spatial-Mamba for tests and demos."""
+    model_args = dict(depths=(1, 1, 2, 1), dims=16, drop_path_rate=0.0)
+    return _create_spatialmamba('test_spatialmamba', pretrained, **dict(model_args, **kwargs))
