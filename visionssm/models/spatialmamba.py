@@ -18,6 +18,7 @@ change; here there is no cache to go stale. Official checkpoints convert at load
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
 
@@ -107,7 +108,9 @@ class StateFusion(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         # Full precision even under autocast: the states can be large, and fp16 convs of them overflow (official #27).
-        with torch.autocast(device_type=h.device.type, enabled=False):
+        no_autocast = (torch.autocast(h.device.type, enabled=False) if h.device.type in ('cpu', 'cuda')
+                       else contextlib.nullcontext())  # e.g. the meta device (FLOP counting) has no autocast
+        with no_autocast:
             h = h.permute(0, 3, 1, 2)
             out = None
             for alpha, kernel, d in zip(self.alpha, (self.kernel_3, self.kernel_3_1, self.kernel_3_2), self.dilations):
