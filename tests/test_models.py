@@ -1,6 +1,9 @@
 """The timm contract, for every registered visionssm model (new families are covered by registering them).
 
 Models run at 64 px (the smallest size all stages exist at) with batch 2; large variants are slow only to build.
+Hierarchical models (feature maps at several reductions, ``stages``) and plain ones (Vim: every block at the stem
+stride, ``blocks``, token features) share the tests; where the contract differs, the test branches on
+``_hierarchical``, read from the model's ``feature_info`` reductions.
 """
 import functools
 
@@ -21,6 +24,15 @@ SIZE = 64
 def _model(name):
     torch.manual_seed(0)
     return timm.create_model(name).eval()
+
+
+def _hierarchical(model) -> bool:
+    return len({f['reduction'] for f in model.feature_info}) > 1
+
+
+def _units(model):
+    """The stacked units that intermediates index: stages (hierarchical) or blocks (plain)."""
+    return model.stages if _hierarchical(model) else model.blocks
 
 
 def _input(batch=2, size=(SIZE, SIZE), seed=0):
@@ -44,7 +56,10 @@ def test_forward_features_and_head(name):
         logits = model.forward_head(feats)
         pre = model.forward_head(feats, pre_logits=True)
         full = model(x)
-    assert feats.shape == (2, SIZE // 32, SIZE // 32, model.num_features)  # channel-last, like timm's NHWC models
+    if _hierarchical(model):
+        assert feats.shape == (2, SIZE // 32, SIZE // 32, model.num_features)  # channel-last, like timm's NHWC models
+    else:  # tokens, like timm's ViTs
+        assert feats.dim() == 3 and feats.shape[0] == 2 and feats.shape[-1] == model.num_features
     assert pre.shape == (2, model.num_features)
     assert logits.shape == (2, model.num_classes) == full.shape
     assert torch.isfinite(full).all()
@@ -59,6 +74,9 @@ def test_odd_and_non_square_inputs(name, size):
         out = model(_input(1, size))
         feats = model.forward_intermediates(_input(1, size), intermediates_only=True)
     assert out.shape == (1, model.num_classes) and torch.isfinite(out).all()
+    if not _hierarchical(model):  # every block keeps the stem's grid
+        assert all(f.shape == feats[0].shape for f in feats) and feats[0].shape[1] == model.num_features
+        return
     # Every stage halves with rounding up (padded stride-2 layers), from a stride-4 stem.
     h, w = feats[0].shape[-2:]
     for f in feats[1:]:
@@ -87,7 +105,14 @@ def test_features_only(name):
     with torch.no_grad():
         feats = model(_input())
     assert [f.shape[1] for f in feats] == info.channels()
-    assert [f.shape[-1] for f in feats] == [SIZE // r for r in info.reduction()]
+    backbone = _model(name)
+    if _hierarchical(backbone):
+        assert [f.shape[-1] for f in feats] == [SIZE // r for r in info.reduction()]
+    else:  # a simple feature pyramid rescaled from the plain map at the stem stride s (up by deconv, down by pool)
+        s = backbone.feature_info[0]['reduction']
+        with torch.no_grad():
+            base = backbone.forward_intermediates(_input(), indices=1, intermediates_only=True)[0].shape[-1]
+        assert [f.shape[-1] for f in feats] == [base * s // r if r < s else base // (r // s) for r in info.reduction()]
     assert all(f.is_contiguous() for f in feats)  # NCHW
 
     subset = timm.create_model(name, features_only=True, out_indices=(1, 3)).eval()
@@ -105,10 +130,16 @@ def test_forward_intermediates(name):
         only = model.forward_intermediates(x, indices=[0, 2], intermediates_only=True, output_fmt='NHWC')
         normed = model.forward_intermediates(x, indices=1, norm=True, intermediates_only=True)
         torch.testing.assert_close(final, model.forward_features(x))
-    assert len(inter) == 4 and [t.shape[1] for t in inter] == [f['num_chs'] for f in model.feature_info]
+    assert len(inter) == len(model.feature_info) and [t.shape[1] for t in inter] == [
+        f['num_chs'] for f in model.feature_info]
     torch.testing.assert_close(only[0], inter[0].permute(0, 2, 3, 1))
     torch.testing.assert_close(only[1], inter[2].permute(0, 2, 3, 1))
-    torch.testing.assert_close(normed[0], final.permute(0, 3, 1, 2))  # last stage + final norm
+    if _hierarchical(model):
+        torch.testing.assert_close(normed[0], final.permute(0, 3, 1, 2))  # last stage + final norm
+    else:  # last block + final norm: the final tokens without the class token
+        flat = normed[0].flatten(2).transpose(1, 2)
+        assert any(torch.allclose(torch.cat([final[:, :p], final[:, p + 1:]], 1), flat, atol=1e-5, rtol=1e-5)
+                   for p in range(final.shape[1]))
 
 
 @pytest.mark.parametrize('name', MODELS)
@@ -119,7 +150,7 @@ def test_prune_intermediate_layers(name):
         want = model.forward_intermediates(x, indices=[1], intermediates_only=True)
         assert model.prune_intermediate_layers([1]) == [1]
         got = model.forward_intermediates(x, indices=[1], intermediates_only=True)
-    assert len(model.stages) == 2
+    assert len(_units(model)) == 2
     torch.testing.assert_close(got[0], want[0])
 
 
@@ -132,7 +163,10 @@ def test_grad_checkpointing_and_backward(name):
     with torch.random.fork_rng():
         plain = model(x)
     model.set_grad_checkpointing(True)
-    assert all(stage.grad_checkpointing for stage in model.stages)
+    if _hierarchical(model):
+        assert all(stage.grad_checkpointing for stage in model.stages)
+    else:
+        assert model.grad_checkpointing
     with torch.random.fork_rng():
         ckpt = model(x)
     torch.testing.assert_close(ckpt, plain)
@@ -149,9 +183,9 @@ def test_group_matcher_and_no_weight_decay(name):
     for coarse in (True, False):
         groups = group_parameters(model, model.group_matcher(coarse=coarse))
         assert set().union(*map(set, groups.values())) == names
-    assert len(group_parameters(model, model.group_matcher(coarse=True))) == 1 + len(model.stages) + 1
+    assert len(group_parameters(model, model.group_matcher(coarse=True))) == 1 + len(_units(model)) + 1
     nwd = model.no_weight_decay()
-    a_logs = {n for n in names if n.endswith('A_logs')}
+    a_logs = {n for n in names if n.endswith(('A_logs', 'A_log', 'A_b_log'))}
     assert a_logs and a_logs <= nwd <= names
 
 

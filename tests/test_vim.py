@@ -1,0 +1,224 @@
+"""Vim: faithfulness to hustvl/Vim (manifests, the reduced fixture), the middle class token, both scan directions,
+and position-embedding interpolation for other input sizes."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import visionssm
+from visionssm.models import vim
+from visionssm.ops import Route, selective_scan
+
+_CANDIDATES = [os.environ.get('VISIONSSM_PARITY_DIR'), Path(__file__).resolve().parents[2] / 'shared' / 'parity',
+               '/work/shared/parity']
+PARITY = next((Path(p) for p in _CANDIDATES if p and Path(p).is_dir()), Path(_CANDIDATES[1]))
+needs_parity = pytest.mark.skipif(
+    not PARITY.is_dir(), reason=f'parity fixtures not found at {PARITY} (set VISIONSSM_PARITY_DIR)')
+VARIANTS = ['vim_tiny', 'vim_small', 'vim_base', 'vim_tiny_stride8', 'vim_small_stride8']
+
+
+def _fixture():
+    from safetensors.torch import load_file
+    meta = json.loads((PARITY / 'vim' / 'vim_small.json').read_text())
+    io = load_file(PARITY / 'vim' / meta['io_file'])
+    model = visionssm.from_official('vim', PARITY / 'vim' / meta['weights_file'], **meta['official']['kwargs'])
+    return meta, io, model.eval()
+
+
+def test_variants_are_registered():
+    assert set(timm.list_models(module='vim')) == set(VARIANTS) | {'test_vim'}
+
+
+@needs_parity
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_manifest_maps_key_for_key(variant):
+    manifest = json.loads((PARITY / 'manifests' / f'{variant}.json').read_text())
+    with torch.device('meta'):
+        model = timm.create_model(variant)
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    official = {k: torch.empty(shape, device='meta') for k, shape in manifest['keys'].items()}
+    assert {k: tuple(v.shape) for k, v in vim.checkpoint_filter_fn(official, model).items()} == own
+    assert sum(p.numel() for p in model.parameters()) == manifest['num_params']
+    assert len(own) == manifest['num_state_dict_tensors']
+    stride = 8 if 'stride8' in variant else 16
+    assert model.patch_embed.stride == stride and model.pos_embed.shape[1] == ((224 - 16) // stride + 1) ** 2 + 1
+
+
+@needs_parity
+def test_fixture_reproduces_official_logits():
+    meta, io, model = _fixture()
+    tol64, tol32 = meta['recommended_tolerance']['float64_run'], meta['recommended_tolerance']['float32_run']
+    with torch.no_grad():
+        model.double()
+        x = io['input'].double()
+        torch.testing.assert_close(model(x), io['logits'], atol=tol64['atol'], rtol=tol64['rtol'])
+        pre = model.forward_head(model.forward_features(x), pre_logits=True)
+        torch.testing.assert_close(pre, io['pre_logits'], atol=tol64['atol'], rtol=tol64['rtol'])
+        logits32 = model.float()(io['input'])
+    torch.testing.assert_close(logits32.double(), io['logits'], atol=tol32['atol'], rtol=tol32['rtol'])
+
+
+@needs_parity
+def test_fixture_through_timm_pretrained_file():
+    meta = json.loads((PARITY / 'vim' / 'vim_small.json').read_text())
+    from safetensors.torch import load_file
+    io = load_file(PARITY / 'vim' / meta['io_file'])
+    kw = meta['official']['kwargs']
+    model = timm.create_model('vim_tiny', pretrained=True, img_size=kw['img_size'], embed_dim=kw['embed_dim'],
+                              depth=kw['depth'], num_classes=kw['num_classes'],
+                              pretrained_cfg_overlay=dict(file=str(PARITY / 'vim' / meta['weights_file']))).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.double()(io['input'].double()), io['logits'], atol=1e-7, rtol=1e-7)
+
+
+def _forward_only_mixer(mixer, x):
+    """The official slow path (``use_fast_path=False``): the forward direction only, ``*_b`` unused."""
+    x, z = mixer.in_proj(x).chunk(2, dim=-1)
+    k = mixer.d_conv
+    u = F.silu(F.conv1d(F.pad(x.transpose(1, 2), (k - 1, 0)), mixer.conv1d.weight, mixer.conv1d.bias,
+                        groups=mixer.d_inner)).transpose(1, 2)
+    r, n = mixer.dt_rank, mixer.d_state
+    dt, B, C = F.linear(u, mixer.x_proj.weight).split([r, n, n], dim=-1)
+    y = selective_scan(u.contiguous(), F.linear(dt, mixer.dt_proj.weight).contiguous(), -torch.exp(mixer.A_log),
+                       B[..., None, :].contiguous(), C[..., None, :].contiguous(), mixer.D, mixer.dt_proj.bias,
+                       routes=(Route('row'),))
+    return mixer.out_proj(y * F.silu(z))
+
+
+def _reference_mixer(mixer, x):
+    """Both directions the official way: the backward one on the flipped sequence, gated, flipped back, /2."""
+    def direction(xz, conv, x_proj, dt_proj, a_log, d):
+        x, z = xz.chunk(2, dim=-1)
+        k = mixer.d_conv
+        u = F.silu(F.conv1d(F.pad(x.transpose(1, 2), (k - 1, 0)), conv.weight, conv.bias,
+                            groups=mixer.d_inner)).transpose(1, 2)
+        r, n = mixer.dt_rank, mixer.d_state
+        dt, B, C = F.linear(u, x_proj.weight).split([r, n, n], dim=-1)
+        y = selective_scan(u.contiguous(), F.linear(dt, dt_proj.weight).contiguous(), -torch.exp(a_log),
+                           B[..., None, :].contiguous(), C[..., None, :].contiguous(), d, dt_proj.bias,
+                           routes=(Route('row'),))
+        return y * F.silu(z)
+    xz = mixer.in_proj(x)
+    y_f = direction(xz, mixer.conv1d, mixer.x_proj, mixer.dt_proj, mixer.A_log, mixer.D)
+    y_b = direction(xz.flip(1), mixer.conv1d_b, mixer.x_proj_b, mixer.dt_proj_b, mixer.A_b_log, mixer.D_b)
+    return mixer.out_proj((y_f + y_b.flip(1)) / 2)
+
+
+@needs_parity
+def test_both_directions_run_not_the_official_slow_path():
+    meta, io, model = _fixture()
+    model.double()
+    mixer = model.blocks[1].mixer
+    x = torch.randn(2, 17, model.embed_dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = mixer(x)
+        torch.testing.assert_close(ours, _reference_mixer(mixer, x), atol=1e-12, rtol=1e-12)
+        assert (ours - _forward_only_mixer(mixer, x)).abs().max() > 1e-2
+        # The whole model with forward-only mixers is far from the official logits; ours matches them.
+        full = model(io['input'].double())
+        originals = [b.mixer.forward for b in model.blocks]
+        try:
+            for b in model.blocks:
+                b.mixer.forward = (lambda m: (lambda t: _forward_only_mixer(m, t)))(b.mixer)
+            slow = model(io['input'].double())
+        finally:
+            for b, f in zip(model.blocks, originals):
+                b.mixer.forward = f
+    torch.testing.assert_close(full, io['logits'], atol=1e-7, rtol=1e-7)
+    assert (slow - io['logits']).abs().max() > 0.1
+    # Every backward-direction parameter gets a gradient.
+    model.float().zero_grad()
+    model(io['input']).sum().backward()
+    for name, p in model.named_parameters():
+        if name.endswith(('_b.weight', '_b.bias', 'A_b_log', 'D_b')):
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_middle_class_token():
+    model = timm.create_model('test_vim').eval()
+    x = torch.randn(2, 3, 64, 64)
+    seen = {}
+    model.blocks[0].register_forward_pre_hook(lambda m, args: seen.setdefault('tokens', args[0]))
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        pooled = model.forward_head(feats, pre_logits=True)
+    num_patches = 16  # 4 x 4 at 64 px
+    mid = num_patches // 2
+    assert feats.shape == (2, num_patches + 1, model.embed_dim)
+    torch.testing.assert_close(pooled, feats[:, mid])
+    want = model.cls_token[0, 0] + model.pos_embed[0, mid]
+    torch.testing.assert_close(seen['tokens'][0, mid], want.detach())
+
+
+@pytest.mark.parametrize('size', [(96, 64), (128, 128), (33, 97)])
+def test_other_input_sizes_interpolate_pos_embed(size):
+    model = timm.create_model('test_vim').eval()
+    x = torch.randn(1, 3, *size)
+    grid = model.patch_embed.dynamic_grid(*size)
+    with torch.no_grad():
+        out = model(x)
+        feats = model.forward_features(x)
+        maps = model.forward_intermediates(x, indices=1, intermediates_only=True)
+    assert out.shape == (1, model.num_classes) and torch.isfinite(out).all()
+    assert feats.shape[1] == grid[0] * grid[1] + 1
+    assert maps[0].shape == (1, model.embed_dim, *grid)
+
+
+def test_resample_pos_embed_keeps_the_class_slot():
+    grid = (4, 4)
+    patches = torch.arange(16.).view(1, 16, 1).expand(1, 16, 3)
+    cls = torch.full((1, 1, 3), -7.)
+    pos = torch.cat([patches[:, :8], cls, patches[:, 8:]], 1)
+    assert vim.resample_pos_embed(pos, grid) is pos
+    out = vim.resample_pos_embed(pos, (6, 2), grid)
+    assert out.shape == (1, 13, 3)
+    torch.testing.assert_close(out[:, 6], cls[:, 0])  # at the new M // 2
+    assert (torch.cat([out[:, :6], out[:, 7:]], 1) >= -0.5).all()  # the class slot was not interpolated in
+
+
+def test_stride8_checkpoint_from_patch16_resamples():
+    src = timm.create_model('test_vim')
+    dst = timm.create_model('test_vim', stride=8)
+    converted = vim.checkpoint_filter_fn(src.state_dict(), dst)
+    assert converted['pos_embed'].shape == dst.pos_embed.shape
+    dst.load_state_dict(converted)
+
+
+def test_feature_pyramid():
+    model = timm.create_model('test_vim', features_only=True).eval()
+    assert model.feature_info.reduction() == [4, 8, 16, 32]
+    assert model.block_indices == [0, 1, 2, 3]
+    with torch.no_grad():
+        feats = model(torch.randn(2, 3, 64, 64))
+    assert [tuple(f.shape) for f in feats] == [(2, 32, 16, 16), (2, 32, 8, 8), (2, 32, 4, 4), (2, 32, 2, 2)]
+    s8 = timm.create_model('test_vim', stride=8, features_only=True, out_indices=(0, 3)).eval()
+    with torch.no_grad():
+        feats = s8(torch.randn(1, 3, 64, 64))
+    assert [tuple(f.shape[-2:]) for f in feats] == [(14, 14), (1, 1)]  # from the 7 x 7 stride-8 grid
+
+
+def test_no_weight_decay_and_pretrained_cfgs():
+    with torch.device('meta'):
+        model = timm.create_model('vim_tiny')
+    nwd = model.no_weight_decay()
+    assert {'pos_embed', 'cls_token', 'blocks.0.mixer.A_log', 'blocks.0.mixer.A_b_log', 'blocks.23.mixer.D_b'} <= nwd
+    for name in VARIANTS:
+        cfg = timm.models.get_pretrained_cfg(name)
+        assert cfg.url.startswith('https://huggingface.co/hustvl/Vim-')
+        assert cfg.license == 'apache-2.0' and cfg.crop_pct == 0.875 and cfg.interpolation == 'bicubic'
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(if_rope=True), r'if_rope=True is not supported'),
+    (dict(bimamba_type='v1'), r"bimamba_type='v1' is not supported"),
+    (dict(use_middle_cls_token=False), r'use_middle_cls_token=False is not supported'),
+    (dict(flip_img_sequences_ratio=0.5), r'flip_img_sequences_ratio > 0 is not supported'),
+    (dict(window=3), r"unknown VisionMamba arguments: \['window'\]"),
+])
+def test_from_official_rejects_unreleased_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        visionssm.from_official('vim', embed_dim=32, depth=1, img_size=64, **kwargs)

@@ -1,0 +1,585 @@
+"""EfficientVMamba: atrous selective scan for light-weight visual Mamba.
+
+Paper: "EfficientVMamba: Atrous Selective Scan for Light Weight Visual Mamba", Pei et al., 2024 —
+https://arxiv.org/abs/2403.09977
+Official code and weights: https://github.com/TerryPei/EfficientVMamba (Apache 2.0 licence, per its README), read at
+commit 0bc5ee28; weights on the Hugging Face hub (TerryPei/EfficientVMamba-{Tiny,Small,Base}).
+
+A four-stage hierarchy. Stages 1-2 are EVSS blocks: ``x + SE(ES2D(LN x)) + SE(ConvBranch(LN x))`` with one shared
+channel attention (SE) for both branches and no MLP in the released models. ES2D is SS2D whose four routes are the
+stride-2 sub-lattices of the map ("atrous" scan: each pixel is scanned exactly once, by one of four sequences of a
+quarter of the length). Stages 3-4 are MobileNetV2 inverted residuals with squeeze-excitation.
+
+This is a re-implementation on visionssm's shared scan op (the routes are ``lattice_routes()``), channel-last
+throughout. Official checkpoints convert at load time in ``checkpoint_filter_fn``; ``from_official`` builds the
+model equal to an official ``EfficientVSSM(**kwargs)``.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._efficientnet_blocks import InvertedResidual, SqueezeExcite
+from timm.models._features import feature_take_indices
+
+from visionssm.layers import SS2D, ConvDownsample, PatchEmbed, PatchMerging
+from visionssm.ops import lattice_routes
+from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted
+
+__all__ = ['EfficientVMamba', 'AtrousSS2D', 'EVSSBlock', 'BiAttn', 'EfficientVMambaStage', 'checkpoint_filter_fn',
+           'from_official']
+
+_logger = logging.getLogger(__name__)
+
+
+class AtrousSS2D(SS2D):
+    """SS2D over the four stride-2 sub-lattices (the official ES2D with step 2), gated, conv with bias.
+
+    Routes: ``[0::2, 0::2]`` row-major, ``[1::2, 0::2]`` column-major, ``[0::2, 1::2]`` row-major,
+    ``[1::2, 1::2]`` column-major; they tile the map, so the merge is a plain scatter.
+    """
+
+    def __init__(self, dim: int, **kwargs):
+        super().__init__(dim, routes=lattice_routes(), **kwargs)
+
+    def scan(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[1:3]
+        if height % 2 or width % 2:
+            # The original pads odd maps with zeros at the bottom/right before forming the sub-lattices, so every
+            # sequence has ceil(H/2) * ceil(W/2) steps and the padded zeros sit inside the scans (they decay the
+            # state). Padding the map itself reproduces that exactly: the projections of zero are zero there too.
+            x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
+            return super().scan(x)[:, :height, :width]
+        return super().scan(x)
+
+
+class BiAttn(nn.Module):
+    """Channel attention of the EVSS block: ``x * sigmoid(fc2(act(fc1(mean_hw(norm(x))))))``, channel-last.
+
+    The pooled statistic is taken from the normed input, the gate multiplies the un-normed one.
+    """
+
+    def __init__(self, dim: int, rd_ratio: float = 0.125, act_layer: Type[nn.Module] = nn.GELU,
+                 gate_layer: Type[nn.Module] = nn.Sigmoid):
+        super().__init__()
+        rd_dim = int(dim * rd_ratio)
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, rd_dim)
+        self.act = act_layer()
+        self.fc2 = nn.Linear(rd_dim, dim)
+        self.gate = gate_layer()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.norm(x).mean((1, 2), keepdim=True)
+        return x * self.gate(self.fc2(self.act(self.fc1(s))))
+
+
+class EVSSBlock(nn.Module):
+    """``x + DropPath(SE(ES2D(n)) + SE(ConvBranch(n)))`` with ``n = norm1(x)`` and one SE module shared by both
+    branches; then ``x + MLP(norm2(x))`` when ``mlp_ratio > 0`` (0 in every released model)."""
+
+    def __init__(
+            self,
+            dim: int,
+            d_state: int = 16,
+            ssm_ratio: float = 2.0,
+            dt_rank: Union[int, str] = 'auto',
+            d_conv: int = 3,
+            mlp_ratio: float = 0.,
+            drop_path: float = 0.,
+            proj_drop: float = 0.,
+            norm_layer: Type[nn.Module] = nn.LayerNorm,
+            act_layer: Type[nn.Module] = nn.GELU,
+            ssm_act_layer: Type[nn.Module] = nn.SiLU,
+    ):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.mixer = AtrousSS2D(
+            dim, d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=d_conv, conv_bias=True, gate=True,
+            act_layer=ssm_act_layer, proj_drop=proj_drop,
+        )
+        self.conv_branch = nn.Sequential(OrderedDict(
+            conv_dw=nn.Conv2d(dim, dim, 3, padding=1, groups=dim),
+            bn=nn.BatchNorm2d(dim),
+            act=nn.GELU(),
+            conv_pw=nn.Conv2d(dim, dim, 1),
+        ))
+        self.se = BiAttn(dim)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        if mlp_ratio > 0:
+            self.norm2 = norm_layer(dim)
+            self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        else:
+            self.norm2 = self.mlp = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm1(x)
+        ssm = self.mixer(y)
+        conv = self.conv_branch(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = x + self.drop_path(self.se(ssm) + self.se(conv))
+        if self.mlp is not None:
+            x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x
+
+
+def _inverted_residual(dim: int, drop_path: float) -> InvertedResidual:
+    """MobileNetV2 block of stages 3-4: 1x1 expand (x4) → BN-ReLU → 3x3 depthwise → BN-ReLU → SE (ReLU, reduction
+    ``max(1, int(0.125 * mid))``) → 1x1 project → BN, plus the residual. NCHW."""
+    return InvertedResidual(dim, dim, dw_kernel_size=3, exp_ratio=4.0, act_layer=nn.ReLU, se_layer=_se_layer,
+                            drop_path_rate=drop_path)
+
+
+def _se_layer(chs: int, **kwargs) -> SqueezeExcite:
+    return SqueezeExcite(chs, rd_channels=max(1, int(chs * 0.125)), **kwargs)
+
+
+class EfficientVMambaStage(nn.Module):
+    """Downsample (none in the first stage), then ``depth`` EVSS blocks (``ssm=True``) or inverted residuals.
+    Channel-last in and out."""
+
+    def __init__(
+            self,
+            in_dim: int,
+            dim: int,
+            depth: int,
+            ssm: bool = True,
+            downsample: Optional[str] = None,
+            drop_path: Sequence[float] = (),
+            norm_layer: Type[nn.Module] = nn.LayerNorm,
+            **block_kwargs,
+    ):
+        super().__init__()
+        self.grad_checkpointing = False
+        self.ssm = ssm
+        if downsample is None:
+            self.downsample = nn.Identity()
+        elif downsample == 'v1':
+            self.downsample = PatchMerging(in_dim, dim, norm_layer=norm_layer)
+        elif downsample == 'v2':
+            self.downsample = ConvDownsample(in_dim, dim, kernel_size=2, norm_layer=norm_layer)
+        else:
+            raise ValueError(f"downsample must be 'v1' or 'v2', got {downsample!r}")
+        dpr = [drop_path[i] if drop_path else 0. for i in range(depth)]
+        if ssm:
+            blocks = [EVSSBlock(dim, drop_path=dpr[i], norm_layer=norm_layer, **block_kwargs) for i in range(depth)]
+        else:
+            blocks = [_inverted_residual(dim, dpr[i]) for i in range(depth)]
+        self.blocks = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        if not self.ssm:
+            x = x.permute(0, 3, 1, 2)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return x if self.ssm else x.permute(0, 2, 3, 1)
+
+
+class EfficientVMamba(nn.Module):
+    """EfficientVMamba backbone and classifier.
+
+    Args:
+        in_chans: input image channels.
+        num_classes: classifier outputs (0 for none).
+        global_pool: 'avg', 'max', ... or '' (timm's SelectAdaptivePool2d types).
+        depths: blocks per stage.
+        dims: widths per stage, or the first width (doubled at every stage).
+        ssm_stages: how many leading stages are EVSS stages; the rest are inverted-residual stages (2 in the
+            released models).
+        d_state: SSM states per channel (16 in every official model: its constructor ignores the argument).
+        ssm_ratio: ES2D inner width over model width.
+        dt_rank: rank of the Δ projection ('auto' = ceil(dim / 16)).
+        ssm_conv: ES2D depthwise conv size.
+        mlp_ratio: MLP hidden width over model width in the EVSS blocks; 0 for none (the released models).
+        downsample: 'v1' (patch merging, the released models) or 'v2' (2x2 stride-2 conv).
+        patch_size: stem stride, 4.
+        drop_rate: dropout before the classifier.
+        proj_drop_rate: dropout after ES2D and in the MLP.
+        drop_path_rate: stochastic depth, linearly increasing over blocks.
+        norm_layer: norm for the blocks, stem, downsampling and the final norm.
+        act_layer: MLP activation.
+        ssm_act_layer: ES2D activation.
+    """
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            depths: Sequence[int] = (2, 2, 4, 2),
+            dims: Union[int, Sequence[int]] = 48,
+            ssm_stages: int = 2,
+            d_state: int = 16,
+            ssm_ratio: float = 2.0,
+            dt_rank: Union[int, str] = 'auto',
+            ssm_conv: int = 3,
+            mlp_ratio: float = 0.,
+            downsample: str = 'v1',
+            patch_size: int = 4,
+            drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            drop_path_rate: float = 0.1,
+            norm_layer: Type[nn.Module] = nn.LayerNorm,
+            act_layer: Type[nn.Module] = nn.GELU,
+            ssm_act_layer: Type[nn.Module] = nn.SiLU,
+    ):
+        super().__init__()
+        num_stages = len(depths)
+        if isinstance(dims, int):
+            dims = [dims * 2 ** i for i in range(num_stages)]
+        if len(dims) != num_stages:
+            raise ValueError(f'dims has {len(dims)} entries but depths has {num_stages}')
+        if downsample not in ('v1', 'v2'):
+            raise ValueError(f"downsample must be 'v1' or 'v2', got {downsample!r}")
+        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.drop_rate = drop_rate
+
+        self.stem = PatchEmbed(in_chans, dims[0], patch_size=patch_size, norm_layer=norm_layer)
+        dpr = [x.tolist() for x in torch.linspace(0, drop_path_rate, sum(depths), device='cpu').split(list(depths))]
+        self.stages = nn.Sequential()
+        self.feature_info = []
+        for i in range(num_stages):
+            ssm = i < ssm_stages
+            block_kwargs = dict(
+                d_state=d_state, ssm_ratio=ssm_ratio, dt_rank=dt_rank, d_conv=ssm_conv, mlp_ratio=mlp_ratio,
+                proj_drop=proj_drop_rate, act_layer=act_layer, ssm_act_layer=ssm_act_layer,
+            ) if ssm else {}
+            self.stages.append(EfficientVMambaStage(
+                dims[max(i - 1, 0)], dims[i], depths[i], ssm=ssm, downsample=downsample if i > 0 else None,
+                drop_path=dpr[i], norm_layer=norm_layer, **block_kwargs,
+            ))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=patch_size * 2 ** i, module=f'stages.{i}'))
+        self.norm = norm_layer(self.num_features)
+        self.head = ClassifierHead(
+            self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt='NHWC')
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module):
+        # As the original: trunc-normal Linear layers, unit LayerNorms; convolutions keep PyTorch's init.
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        # The SSM's A (as log) and D are not weights to shrink: decay would push A towards -1 and D towards 0.
+        return {n for n, _ in self.named_parameters() if n.endswith(('.A_logs', '.Ds'))}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r'^stem',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.downsample', (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
+                (r'^norm', (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        self.num_classes = num_classes
+        self.head.reset(num_classes, pool_type=global_pool)
+
+    def load_pretrained(self, checkpoint_path: str):
+        """Load an official (or our own) checkpoint file, converting it; used by ``pretrained=True``."""
+        state_dict = extract_state_dict(load_checkpoint_file(checkpoint_path), ('state_dict', 'model'),
+                                        source=str(checkpoint_path))
+        load_converted(self, state_dict, checkpoint_filter_fn, source=str(checkpoint_path), first_conv='stem.proj')
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Stage outputs (strides 4..32) and, unless ``intermediates_only``, the final features.
+
+        Args:
+            indices: last n stages if int, all if None, else the stage indices to return.
+            norm: apply the final norm to the last stage's output when it is returned.
+            stop_early: stop after the last requested stage.
+            output_fmt: 'NCHW' or 'NHWC'.
+        """
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last = len(self.stages) - 1
+        stages = self.stages[:max_index + 1] if stop_early and not torch.jit.is_scripting() else self.stages
+        intermediates = []
+        x = self.stem(x)
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take_indices:
+                y = self.norm(x) if norm and i == last else x
+                intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW' else y)
+        if intermediates_only:
+            return intermediates
+        if i == last:
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages (and norm / head) that the requested intermediates do not need."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        if prune_norm or max_index < len(self.feature_info) - 1:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normed last-stage map, channel-last ``(B, H/32, W/32, C)``."""
+        return self.norm(self.stages(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# Official state-dict names → ours. The official loader also renames pre-refactor VMamba names (inherited
+# ``VSSM._load_from_state_dict``); those are first brought to the current official names.
+_LEGACY_RENAMES = (
+    (r'^patch_embed\.proj\.', 'patch_embed.0.'),
+    (r'^patch_embed\.norm\.', 'patch_embed.2.'),
+    (r'^(layers\.\d+\.blocks\.\d+)\.ln_1\.', r'\1.norm.'),
+    (r'^(layers\.\d+\.blocks\.\d+)\.self_attention\.', r'\1.op.'),
+    (r'^norm\.', 'classifier.norm.'),
+    (r'^head\.', 'classifier.head.'),
+)
+# Inside an EVSS block (after ``layers.i.blocks.j.``) and inside an inverted residual (after ``layers.i.j.``).
+_EVSS_RENAMES = (
+    (r'^norm\.', 'norm1.'),
+    (r'^op\.conv2d\.', 'mixer.conv.'),
+    (r'^op\.', 'mixer.'),
+    (r'^conv_branch\.0\.', 'conv_branch.conv_dw.'),
+    (r'^conv_branch\.1\.', 'conv_branch.bn.'),
+    (r'^conv_branch\.3\.', 'conv_branch.conv_pw.'),
+    (r'^se\.global_reduce\.', 'se.fc1.'),
+    (r'^se\.channel_select\.', 'se.fc2.'),
+)
+_IR_RENAMES = (
+    (r'^conv_pw\.0\.', 'conv_pw.'),
+    (r'^conv_pw\.1\.', 'bn1.'),
+    (r'^conv_dw\.0\.', 'conv_dw.'),
+    (r'^conv_dw\.1\.', 'bn2.'),
+    (r'^conv_pw2\.0\.', 'conv_pwl.'),
+    (r'^conv_pw2\.1\.', 'bn3.'),
+    (r'^se\.', 'se.'),
+)
+# The official downsample ends stage i (``layers.i.downsample`` in EVSS stages, the last entry of the
+# ``Sequential(Permute, IR..., Permute, downsample)`` in IR stages); ours starts stage i + 1.
+_DOWNSAMPLE_RENAMES = (
+    (r'^(reduction|norm)\.', r'\1.'),  # v1: PatchMerging2D
+    (r'^1\.', 'conv.'),  # v2: Sequential(Permute, Conv2d, Permute, LayerNorm)
+    (r'^3\.', 'norm.'),
+)
+
+
+def _rename(key: str, rules) -> Optional[str]:
+    for pattern, repl in rules:
+        new, n = re.subn(pattern, repl, key)
+        if n:
+            return new
+    return None
+
+
+def _convert_key(key: str) -> Optional[str]:
+    """Our name for an official key, or None when no rule applies."""
+    key = _rename(key, _LEGACY_RENAMES) or key
+    if key.startswith('patch_embed.0.'):
+        return 'stem.proj.' + key[len('patch_embed.0.'):]
+    if key.startswith('patch_embed.2.'):
+        return 'stem.norm.' + key[len('patch_embed.2.'):]
+    if key.startswith('classifier.norm.'):
+        return 'norm.' + key[len('classifier.norm.'):]
+    if key.startswith('classifier.head.'):
+        return 'head.fc.' + key[len('classifier.head.'):]
+    m = re.match(r'^layers\.(\d+)\.blocks\.(\d+)\.(.*)$', key)
+    if m:
+        rest = _rename(m[3], _EVSS_RENAMES) or m[3]  # norm2 / mlp.fc1 / mlp.fc2 keep their names
+        return f'stages.{m[1]}.blocks.{m[2]}.{rest}'
+    m = re.match(r'^layers\.(\d+)\.downsample\.(.*)$', key)
+    if m:
+        rest = _rename(m[2], _DOWNSAMPLE_RENAMES)
+        return rest and f'stages.{int(m[1]) + 1}.downsample.{rest}'
+    m = re.match(r'^layers\.(\d+)\.(\d+)\.(.*)$', key)
+    if m:
+        rest = _rename(m[3], _IR_RENAMES)
+        if rest is not None:  # index 0 is a Permute: IR j sits at j + 1
+            return f'stages.{m[1]}.blocks.{int(m[2]) - 1}.{rest}'
+        rest = _rename(m[3], _DOWNSAMPLE_RENAMES)
+        return rest and f'stages.{int(m[1]) + 1}.downsample.{rest}'
+    return None
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EfficientVMamba) -> Dict[str, torch.Tensor]:
+    """Convert an official EfficientVMamba state dict to this module tree.
+
+    Accepts the keys with or without the ``module.module.`` prefix of the released training wrapper (the official
+    loader strips it). Our own state dicts pass through unchanged; the mm backbone's ``outnorm{i}`` are dropped.
+
+    Raises:
+        ValueError: a key that no official name maps from (names it).
+    """
+    state_dict = {re.sub(r'^(module\.)+', '', k): v for k, v in state_dict.items()}
+    if any(k.startswith(('stem.', 'stages.')) for k in state_dict):
+        return dict(state_dict)
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith('outnorm'):  # the official mm backbone's output norms; not part of a classifier
+            continue
+        new = _convert_key(key)
+        if new is None:
+            raise ValueError(f'official EfficientVMamba key {key!r} has no counterpart in {type(model).__name__}')
+        out[new] = value
+    return out
+
+
+def _create_efficientvmamba(variant: str, pretrained: bool = False, **kwargs) -> EfficientVMamba:
+    # The released .ckpt files go through EfficientVMamba.load_pretrained, which reads them safely and converts them.
+    overlay = kwargs.get('pretrained_cfg_overlay')
+    if overlay is not None:
+        kwargs['pretrained_cfg_overlay'] = dict(overlay, custom_load=overlay.get('custom_load', True))
+    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
+    return build_model_with_cfg(
+        EfficientVMamba, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
+
+
+# --- from_official: the official EfficientVSSM constructor's arguments, mapped to ours ----------------------------
+
+# Accepted by EfficientVSSM but never reaching a layer (its _make_layer swallows them, or nothing reads them): the
+# official model is the same whatever they are. d_state and dt_rank are fixed at 16 and 'auto'.
+_IGNORED = dict(d_state=16, dt_rank='auto', attn_drop_rate=0., shared_ssm=False, softmax_version=False, drop_rate=0.)
+
+
+def from_official(checkpoint: Optional[str] = None, **official_kwargs) -> EfficientVMamba:
+    """The EfficientVMamba equal to the official ``EfficientVSSM(**official_kwargs)``, optionally loaded from an
+    official file.
+
+    Raises ValueError for arguments that select code the released models do not use.
+    """
+    kw = dict(official_kwargs)
+    for name, used in _IGNORED.items():
+        if name in kw and kw.pop(name) != used:
+            _logger.warning('EfficientVSSM ignores %s=%r (the official model always behaves as %r); so do we',
+                            name, official_kwargs[name], used)
+    step_size = kw.pop('step_size', 2)
+    if step_size != 2:
+        raise ValueError(f'step_size must be 2 (the official scan/merge only tile the map for 2), got {step_size}')
+    if not kw.pop('patch_norm', True):
+        raise ValueError('patch_norm=False is not supported (no released EfficientVMamba uses it)')
+    norm_layer = kw.pop('norm_layer', nn.LayerNorm)
+    use_checkpoint = kw.pop('use_checkpoint', False)
+    renames = dict(
+        patch_size='patch_size', in_chans='in_chans', num_classes='num_classes', depths='depths', dims='dims',
+        ssm_ratio='ssm_ratio', mlp_ratio='mlp_ratio', drop_path_rate='drop_path_rate',
+        downsample_version='downsample',
+    )
+    unknown = sorted(set(kw) - set(renames))
+    if unknown:
+        raise ValueError(f'unknown EfficientVSSM arguments: {unknown}')
+    args: Dict[str, Any] = dict(  # the official EfficientVSSM's own defaults, where they differ from ours
+        depths=(2, 2, 9, 2), dims=(96, 192, 384, 768), mlp_ratio=4.0, downsample='v2', norm_layer=norm_layer)
+    args.update({renames[k]: v for k, v in kw.items()})
+    model = EfficientVMamba(**args)
+    model.set_grad_checkpointing(use_checkpoint)
+    if checkpoint is not None:
+        model.load_pretrained(checkpoint)
+    return model
+
+
+def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
+    return {
+        'url': url, 'custom_load': True,
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
+        'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225),
+        'first_conv': 'stem.proj', 'classifier': 'head.fc',
+        'license': 'apache-2.0', 'origin_url': 'https://github.com/TerryPei/EfficientVMamba',
+        'paper_ids': 'arXiv:2403.09977',
+        'paper_name': 'EfficientVMamba: Atrous Selective Scan for Light Weight Visual Mamba',
+        **kwargs,
+    }
+
+
+# The official README links these hub repos; a direct url because timm's custom-load path (needed to unwrap and
+# convert the .ckpt safely) downloads urls only.
+_HF = 'https://huggingface.co/TerryPei/'
+
+default_cfgs = generate_default_cfgs({
+    'efficientvmamba_tiny.in1k': _cfg(_HF + 'EfficientVMamba-Tiny/resolve/main/efficient_vmamba_tiny.ckpt'),
+    'efficientvmamba_small.in1k': _cfg(_HF + 'EfficientVMamba-Small/resolve/main/efficient_vmamba_small.ckpt'),
+    'efficientvmamba_base.in1k': _cfg(_HF + 'EfficientVMamba-Base/resolve/main/efficient_vmamba_base.ckpt'),
+    'test_efficientvmamba.untrained': _cfg(input_size=(3, 64, 64), pool_size=(2, 2)),
+})
+
+# Released models: EVSS stages 1-2 (ES2D, d_state 16, ssm_ratio 2, no MLP), inverted-residual stages 3-4, patch
+# merging. Widths and depths from the training logs (the repo's small yaml says 96; the checkpoint has 64).
+_RELEASED = dict(ssm_stages=2, d_state=16, ssm_ratio=2.0, mlp_ratio=0.0, downsample='v1')
+
+
+@register_model
+def efficientvmamba_tiny(pretrained: bool = False, **kwargs) -> EfficientVMamba:
+    """EfficientVMamba-T (6.5M)."""
+    model_args = dict(depths=(2, 2, 4, 2), dims=48, drop_path_rate=0.1, **_RELEASED)
+    return _create_efficientvmamba('efficientvmamba_tiny', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def efficientvmamba_small(pretrained: bool = False, **kwargs) -> EfficientVMamba:
+    """EfficientVMamba-S (11.3M)."""
+    model_args = dict(depths=(2, 2, 4, 2), dims=64, drop_path_rate=0.1, **_RELEASED)
+    return _create_efficientvmamba('efficientvmamba_small', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def efficientvmamba_base(pretrained: bool = False, **kwargs) -> EfficientVMamba:
+    """EfficientVMamba-B (33.7M)."""
+    model_args = dict(depths=(2, 2, 9, 2), dims=96, drop_path_rate=0.1, **_RELEASED)
+    return _create_efficientvmamba('efficientvmamba_base', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def test_efficientvmamba(pretrained: bool = False, **kwargs) -> EfficientVMamba:
+    """A tiny EfficientVMamba for tests and demos."""
+    model_args = dict(depths=(1, 2, 1, 1), dims=16, drop_path_rate=0.0, **_RELEASED)
+    return _create_efficientvmamba('test_efficientvmamba', pretrained, **dict(model_args, **kwargs))

@@ -1,0 +1,655 @@
+"""Vim: Vision Mamba, a plain (ViT-like) stack of bidirectional Mamba blocks.
+
+Paper: "Vision Mamba: Efficient Visual Representation Learning with Bidirectional State Space Model", Zhu et al.,
+ICML 2024 — https://arxiv.org/abs/2401.09417
+Official code and weights: https://github.com/hustvl/Vim (Apache-2.0), read at commit dd0358ad
+(``vim/models_mamba.py``, ``mamba-1p1p1/mamba_ssm/modules/mamba_simple.py``); weights on the Hugging Face hub
+(``hustvl/Vim-{tiny,small,base}-midclstok``).
+
+Patch stem (k16, stride 16, or stride 8 for the "+" fine-tuned models), one class token inserted in the *middle* of
+the token sequence (index ``M // 2``), an absolute position embedding added after the insertion, then ``depth``
+pre-norm residual blocks ``x + mixer(RMSNorm(x))`` with no MLP, a final RMSNorm and a linear head on the middle
+token. The mixer is the official "bimamba v2": one ``in_proj``, a forward and a backward direction with their own
+causal conv1d, ``x_proj``, ``dt_proj``, ``A_log`` and ``D``, and ``out_proj((y_f + flip(y_b)) / 2)``. Here both
+directions are one call of the shared scan op over ``bidirectional_routes``.
+
+Differences from the official module (none change the released models' outputs):
+
+* The official block is "add → norm → mixer" returning ``(hidden, residual)``; here it is the equivalent
+  ``x + drop_path(mixer(norm(x)))``. The official drop-path schedule (block i drops the *previous* block's output
+  with rate ``[0] + linspace(0, p, depth)``, plus a final drop before ``norm_f``) is exactly a per-block
+  ``linspace(0, p, depth)`` on each block's own output, which is what is used.
+* The official forward asserts the training input size; here the position embedding is interpolated (bicubic, the
+  class-token slot at ``M // 2`` kept out of the interpolation and re-inserted at the new ``M // 2``).
+* The official slow path (``use_fast_path=False``) silently drops the backward direction; both always run here.
+* ``features_only`` adds a ViTDet-style simple feature pyramid (``VimFeaturePyramid``) that is not part of the
+  classification checkpoint.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, resample_abs_pos_embed, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import FeatureInfo, feature_take_indices
+
+from visionssm.layers import full_precision, init_dt_bias
+from visionssm.ops import bidirectional_routes, selective_scan
+from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted
+
+__all__ = ['Vim', 'VimBlock', 'BiMambaMixer', 'VimFeaturePyramid', 'RMSNorm', 'checkpoint_filter_fn',
+           'resample_pos_embed', 'from_official']
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm without bias, computed in at least float32 (the official Triton kernel's precision)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = full_precision(x)
+        y = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + self.eps) * self.weight.to(x.dtype)
+        return y.to(self.weight.dtype)  # the residual stays in full precision, the mixer gets the model's dtype
+
+
+class BiMambaMixer(nn.Module):
+    """Official ``Mamba(bimamba_type='v2', if_divide_out=True)`` on a token sequence ``(B, L, C)``.
+
+    Parameter names are the official ones (``conv1d_b``, ``x_proj_b``, ``dt_proj_b``, ``A_b_log``, ``D_b`` for the
+    backward direction), so checkpoints load without reshaping; the per-direction tensors are concatenated for the
+    one scan call.
+
+    Args:
+        dim: model width C.
+        d_state: N, states per channel.
+        expand: inner width E = expand * C.
+        dt_rank: rank R of the Δ projection; 'auto' = ceil(C / 16).
+        d_conv: causal depthwise conv size.
+        conv_bias: bias in the convs.
+        divide_out: average the two directions (``if_divide_out``, all releases) instead of summing them.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            d_state: int = 16,
+            expand: int = 2,
+            dt_rank: Union[int, str] = 'auto',
+            d_conv: int = 4,
+            conv_bias: bool = True,
+            divide_out: bool = True,
+    ):
+        super().__init__()
+        self.d_inner = d_inner = int(expand * dim)
+        self.d_state = d_state
+        self.dt_rank = math.ceil(dim / 16) if dt_rank == 'auto' else int(dt_rank)
+        self.d_conv = d_conv
+        self.merge = 'mean' if divide_out else 'sum'
+        self.routes = bidirectional_routes(d_inner)
+
+        self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)
+        dt_std = self.dt_rank ** -0.5
+        for suffix in ('', '_b'):
+            # The convs are applied functionally (see _conv); padding is only the official module's attribute.
+            self.add_module('conv1d' + suffix, nn.Conv1d(
+                d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=conv_bias))
+            self.add_module('x_proj' + suffix, nn.Linear(d_inner, self.dt_rank + 2 * d_state, bias=False))
+            dt_proj = nn.Linear(self.dt_rank, d_inner, bias=True)
+            nn.init.uniform_(dt_proj.weight, -dt_std, dt_std)
+            with torch.no_grad():
+                dt_proj.bias.copy_(init_dt_bias(d_inner))
+            dt_proj.bias._no_reinit = True
+            self.add_module('dt_proj' + suffix, dt_proj)
+        # S4D-real: A = -(1..N) for every channel, in each direction.
+        a_log = torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1)
+        self.A_log = nn.Parameter(a_log.clone())
+        self.A_b_log = nn.Parameter(a_log.clone())
+        self.D = nn.Parameter(torch.ones(d_inner))
+        self.D_b = nn.Parameter(torch.ones(d_inner))
+        self.out_proj = nn.Linear(d_inner, dim, bias=False)
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        """Both directions' SiLU(causal conv1d) in position order: ``(B, L, E)`` → ``(B, L, 2E)``.
+
+        The backward branch, a causal conv over the flipped sequence flipped back, is an anti-causal conv of ``x``
+        with the kernel reversed; both run as one grouped conv, without flipping any activation.
+        """
+        k = self.d_conv
+        x = x.transpose(1, 2)
+        x = torch.cat([F.pad(x, (k - 1, 0)), F.pad(x, (0, k - 1))], dim=1)
+        weight = torch.cat([self.conv1d.weight, self.conv1d_b.weight.flip(-1)], dim=0)
+        bias = (torch.cat([self.conv1d.bias, self.conv1d_b.bias]) if self.conv1d.bias is not None else None)
+        return F.silu(F.conv1d(x, weight.to(x.dtype), bias.to(x.dtype) if bias is not None else None,
+                               groups=2 * self.d_inner)).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, z = self.in_proj(x).chunk(2, dim=-1)
+        u = self._conv(x)
+        u_f, u_b = u.chunk(2, dim=-1)
+        rank, n = self.dt_rank, self.d_state
+        dt_f, B_f, C_f = F.linear(u_f, self.x_proj.weight.to(u.dtype)).split([rank, n, n], dim=-1)
+        dt_b, B_b, C_b = F.linear(u_b, self.x_proj_b.weight.to(u.dtype)).split([rank, n, n], dim=-1)
+        delta = torch.cat([F.linear(dt_f, self.dt_proj.weight.to(u.dtype)),
+                           F.linear(dt_b, self.dt_proj_b.weight.to(u.dtype))], dim=-1)
+        B = torch.stack([B_f, B_b], dim=-2)  # (B, L, 2, N): per direction, shared by its channels
+        C = torch.stack([C_f, C_b], dim=-2)
+        A = -torch.exp(full_precision(torch.cat([self.A_log, self.A_b_log])))
+        D = full_precision(torch.cat([self.D, self.D_b]))
+        delta_bias = full_precision(torch.cat([self.dt_proj.bias, self.dt_proj_b.bias]))
+        # Autocast may leave the projections in another dtype than u.
+        delta, B, C = (t.to(u.dtype).contiguous() for t in (delta, B, C))
+        y = selective_scan(
+            u.contiguous(), delta, A, B, C, D, delta_bias, routes=self.routes, merge=self.merge,
+            delta_softplus=True, out_channels=self.d_inner,
+            out_dtype=torch.float32 if u.dtype in _LOW_PRECISION else None,
+        )
+        # Officially each direction is gated by SiLU(z) (the backward one by flip(z), flipped back: the same z at
+        # every position) before the average; the gate is common to both, so it is applied once after the merge.
+        y = y * F.silu(z.to(y.dtype))
+        return self.out_proj(y.to(x.dtype))
+
+
+class VimBlock(nn.Module):
+    """``x + drop_path(mixer(RMSNorm(x)))`` on the residual stream (kept in at least float32)."""
+
+    def __init__(self, dim: int, drop_path: float = 0., norm_eps: float = 1e-5, **mixer_kwargs):
+        super().__init__()
+        self.norm = RMSNorm(dim, eps=norm_eps)
+        self.mixer = BiMambaMixer(dim, **mixer_kwargs)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(self.mixer(self.norm(x)))
+
+
+class PatchEmbed(nn.Module):
+    """Conv patch stem (kernel ``patch_size``, stride ``stride``, no padding), tokens out ``(B, H'*W', C)``."""
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, stride: int = 16, in_chans: int = 3,
+                 embed_dim: int = 192):
+        super().__init__()
+        self.patch_size, self.stride = patch_size, stride
+        self.grid_size = self.dynamic_grid(img_size, img_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=stride)
+
+    def dynamic_grid(self, height: int, width: int) -> Tuple[int, int]:
+        return (height - self.patch_size) // self.stride + 1, (width - self.patch_size) // self.stride + 1
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        if x.shape[-2] < self.patch_size or x.shape[-1] < self.patch_size:
+            raise ValueError(f'input of size {tuple(x.shape[-2:])} is smaller than one {self.patch_size}px patch')
+        x = self.proj(x)
+        return x.flatten(2).transpose(1, 2), tuple(x.shape[-2:])
+
+
+def resample_pos_embed(
+        pos_embed: torch.Tensor,
+        new_grid: Sequence[int],
+        old_grid: Optional[Sequence[int]] = None,
+        interpolation: str = 'bicubic',
+) -> torch.Tensor:
+    """Resize a middle-class-token position embedding ``(1, M+1, C)`` (class slot at ``M // 2``) to a new grid.
+
+    The class slot is taken out, the patch slots are interpolated as a 2-D grid, and the class slot is put back at
+    the new ``M' // 2``. (The official ``interpolate_pos_embed`` assumes a leading class token, wrong for these.)
+    """
+    num_patches = pos_embed.shape[1] - 1
+    if old_grid is None:
+        side = math.isqrt(num_patches)
+        if side * side != num_patches:
+            raise ValueError(f'pos_embed has {num_patches} patch slots, not a square grid: pass old_grid')
+        old_grid = (side, side)
+    new_grid, old_grid = tuple(int(g) for g in new_grid), tuple(int(g) for g in old_grid)
+    if new_grid == old_grid:
+        return pos_embed
+    mid = num_patches // 2
+    cls_slot = pos_embed[:, mid:mid + 1]
+    patches = torch.cat([pos_embed[:, :mid], pos_embed[:, mid + 1:]], dim=1)
+    patches = resample_abs_pos_embed(patches, list(new_grid), list(old_grid), num_prefix_tokens=0,
+                                     interpolation=interpolation, antialias=False, verbose=False)
+    new_mid = (new_grid[0] * new_grid[1]) // 2
+    return torch.cat([patches[:, :new_mid], cls_slot, patches[:, new_mid:]], dim=1)
+
+
+class Vim(nn.Module):
+    """Vision Mamba backbone and classifier.
+
+    Args:
+        img_size: training input size (sizes the position embedding; other sizes are interpolated).
+        patch_size: stem kernel.
+        stride: stem stride (16, or 8 for the "+" models).
+        in_chans: input image channels.
+        num_classes: classifier outputs (0 for none).
+        global_pool: 'token' (the middle class token, as released), 'avg' / 'max' over the patch tokens, or ''.
+        embed_dim: model width C.
+        depth: number of blocks.
+        d_state: SSM states per channel.
+        expand: mixer inner width over C.
+        dt_rank: rank of the Δ projection ('auto' = ceil(C / 16)).
+        d_conv: causal conv size.
+        conv_bias: bias in the causal convs.
+        divide_out: average (True, released) or sum the two scan directions.
+        norm_eps: RMSNorm epsilon.
+        residual_in_fp32: keep the residual stream in float32 under low-precision inputs / autocast.
+        drop_rate: dropout after the position embedding (the official ``drop_rate``).
+        drop_path_rate: stochastic depth, linearly increasing over blocks.
+    """
+
+    def __init__(
+            self,
+            img_size: int = 224,
+            patch_size: int = 16,
+            stride: int = 16,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'token',
+            embed_dim: int = 192,
+            depth: int = 24,
+            d_state: int = 16,
+            expand: int = 2,
+            dt_rank: Union[int, str] = 'auto',
+            d_conv: int = 4,
+            conv_bias: bool = True,
+            divide_out: bool = True,
+            norm_eps: float = 1e-5,
+            residual_in_fp32: bool = True,
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+    ):
+        super().__init__()
+        if global_pool not in ('token', 'avg', 'max', ''):
+            raise ValueError(f"global_pool must be 'token', 'avg', 'max' or '', got {global_pool!r}")
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.num_prefix_tokens = 1
+        self.residual_in_fp32 = residual_in_fp32
+        self.grad_checkpointing = False
+
+        self.patch_embed = PatchEmbed(img_size, patch_size, stride, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
+        self.pos_drop = nn.Dropout(drop_rate)
+
+        dpr = torch.linspace(0, drop_path_rate, depth, device='cpu').tolist()
+        self.blocks = nn.Sequential(*[
+            VimBlock(embed_dim, drop_path=dpr[i], norm_eps=norm_eps, d_state=d_state, expand=expand,
+                     dt_rank=dt_rank, d_conv=d_conv, conv_bias=conv_bias, divide_out=divide_out)
+            for i in range(depth)])
+        self.feature_info = [dict(num_chs=embed_dim, reduction=stride, module=f'blocks.{i}') for i in range(depth)]
+        self.norm = RMSNorm(embed_dim, eps=norm_eps)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights(depth)
+
+    def _init_weights(self, depth: int):
+        # As the official: lecun-normal stem, trunc-normal head / tokens, zero Linear biases except Δ's, and the
+        # GPT-2 rescale of out_proj by 1/sqrt(depth).
+        from timm.layers import lecun_normal_
+        lecun_normal_(self.patch_embed.proj.weight)
+        nn.init.zeros_(self.patch_embed.proj.bias)
+        if isinstance(self.head, nn.Linear):
+            trunc_normal_(self.head.weight, std=.02)
+            nn.init.zeros_(self.head.bias)
+        trunc_normal_(self.pos_embed, std=.02)
+        trunc_normal_(self.cls_token, std=.02)
+        for name, m in self.blocks.named_modules():
+            if isinstance(m, nn.Linear) and m.bias is not None and not getattr(m.bias, '_no_reinit', False):
+                nn.init.zeros_(m.bias)
+            if name.endswith('out_proj'):
+                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5))
+                with torch.no_grad():
+                    m.weight /= math.sqrt(depth)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        # The tokens, and the SSM's A (as log) and D: decay would push A towards -1 and D towards 0.
+        return {'pos_embed', 'cls_token'} | {
+            n for n, _ in self.named_parameters() if n.endswith(('.A_log', '.A_b_log', '.D', '.D_b'))}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r'^cls_token|^pos_embed|^patch_embed',
+            blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        if global_pool is not None:
+            if global_pool not in ('token', 'avg', 'max', ''):
+                raise ValueError(f"global_pool must be 'token', 'avg', 'max' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def load_pretrained(self, checkpoint_path: str):
+        """Load an official (or our own) checkpoint file, converting it; used by ``pretrained=True``."""
+        # The official files are DeiT-style: weights under 'model' (also 'model_ema', 'optimizer', pickled args).
+        state_dict = extract_state_dict(load_checkpoint_file(checkpoint_path), ('model', 'state_dict'),
+                                        source=str(checkpoint_path))
+        load_converted(self, state_dict, checkpoint_filter_fn, source=str(checkpoint_path), head_prefix='head.',
+                       first_conv='patch_embed.proj')
+
+    def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """Patch tokens with the class token at ``M // 2`` and the position embedding added: ``(B, M+1, C)``."""
+        x, grid = self.patch_embed(x)
+        mid = x.shape[1] // 2
+        x = torch.cat([x[:, :mid], self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x[:, mid:]], dim=1)
+        x = x + resample_pos_embed(self.pos_embed, grid, self.patch_embed.grid_size).to(x.dtype)
+        x = self.pos_drop(x)
+        if self.residual_in_fp32:
+            x = full_precision(x)
+        return x, grid
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Block outputs as maps at the stem stride, without the class token, and the final features.
+
+        Args:
+            indices: last n blocks if int, all if None, else the block indices to return.
+            norm: apply the final norm to the returned block outputs.
+            stop_early: stop after the last requested block.
+            output_fmt: 'NCHW' or 'NHWC'.
+        """
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        blocks = self.blocks[:max_index + 1] if stop_early and not torch.jit.is_scripting() else self.blocks
+        x, (gh, gw) = self._embed(x)
+        mid = gh * gw // 2
+        intermediates = []
+        for i, block in enumerate(blocks):
+            x = block(x)
+            if i in take_indices:
+                y = self.norm(x) if norm else x
+                y = torch.cat([y[:, :mid], y[:, mid + 1:]], dim=1).unflatten(1, (gh, gw))
+                intermediates.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == 'NCHW' else y)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the blocks (and norm / head) that the requested intermediates do not need."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        self.feature_info = self.feature_info[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normed tokens ``(B, M+1, C)``, the class token at ``M // 2``."""
+        x, _ = self._embed(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool:
+            mid = (x.shape[1] - 1) // 2  # the class token of M+1 tokens sits at M // 2
+            if self.global_pool == 'token':
+                x = x[:, mid]
+            else:
+                patches = torch.cat([x[:, :mid], x[:, mid + 1:]], dim=1)
+                x = patches.mean(1) if self.global_pool == 'avg' else patches.amax(1)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class VimFeaturePyramid(nn.Module):
+    """``features_only`` for Vim: a ViTDet-style simple feature pyramid over the plain backbone.
+
+    Level ``i`` (reduction 4, 8, 16, 32) takes the output of block ``block_indices[i]`` (default: the last block of
+    each quarter, e.g. 5/11/17/23 as in the official UperNet config) as an NCHW map at the stem stride ``s`` and
+    rescales it like the official ``seg/backbone/vim.py`` ``fpn1..4``: 2x2 stride-2 transposed convs (BatchNorm +
+    GELU between two of them) to go finer, identity at ``s``, max-pooling to go coarser. These layers are new: they
+    are not in the classification checkpoint and start at their initialization.
+    """
+
+    def __init__(
+            self,
+            model: Vim,
+            out_indices: Sequence[int] = (0, 1, 2, 3),
+            block_indices: Optional[Sequence[int]] = None,
+            reductions: Sequence[int] = (4, 8, 16, 32),
+            **kwargs,
+    ):
+        super().__init__()
+        kwargs.pop('feature_cls', None)
+        kwargs.pop('flatten_sequential', None)
+        if kwargs:
+            raise ValueError(f'unknown feature options for Vim: {sorted(kwargs)}')
+        depth, dim = len(model.blocks), model.embed_dim
+        stride = model.patch_embed.stride
+        if block_indices is None:
+            block_indices = [max((i + 1) * depth // len(reductions) - 1, 0) for i in range(len(reductions))]
+        if len(block_indices) != len(reductions):
+            raise ValueError(f'block_indices needs one block per level ({len(reductions)}), got {block_indices}')
+        out_indices = tuple(out_indices)
+        if not out_indices or min(out_indices) < 0 or max(out_indices) >= len(reductions):
+            raise ValueError(f'out_indices must index the {len(reductions)} pyramid levels, got {out_indices}')
+        self.out_indices = out_indices
+        self.block_indices = [int(block_indices[i]) for i in out_indices]
+        model.prune_intermediate_layers(max(self.block_indices), prune_norm=True, prune_head=True)
+        self.model = model
+        self.fpn = nn.ModuleList([self._level(dim, stride, reductions[i]) for i in out_indices])
+        self.feature_info = FeatureInfo(
+            [dict(num_chs=dim, reduction=reductions[i], module=f'fpn.{j}') for j, i in enumerate(out_indices)],
+            tuple(range(len(out_indices))))
+
+    @staticmethod
+    def _level(dim: int, stride: int, reduction: int) -> nn.Module:
+        if reduction == stride:
+            return nn.Identity()
+        ratio = max(reduction, stride) // min(reduction, stride)
+        if ratio * min(reduction, stride) != max(reduction, stride) or ratio & (ratio - 1):
+            raise ValueError(f'pyramid reduction {reduction} is not a power-of-two multiple of the stride {stride}')
+        if reduction > stride:
+            return nn.MaxPool2d(kernel_size=ratio, stride=ratio)
+        layers: List[nn.Module] = []
+        for k in range(int(math.log2(ratio))):
+            if k:
+                layers += [nn.BatchNorm2d(dim), nn.GELU()]
+            layers.append(nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2))
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        unique = sorted(set(self.block_indices))
+        maps = dict(zip(unique, self.model.forward_intermediates(x, indices=unique, intermediates_only=True)))
+        return [op(maps[b]).contiguous() for op, b in zip(self.fpn, self.block_indices)]
+
+
+# Official state-dict names → ours.
+_OFFICIAL_RENAMES = (
+    (r'^layers\.(\d+)\.', r'blocks.\1.'),
+    (r'^norm_f\.', 'norm.'),
+)
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: Vim) -> Dict[str, torch.Tensor]:
+    """Convert an official Vim state dict (``VisionMamba``) to this module tree.
+
+    Our own state dicts pass through the renames unchanged. A position embedding for another grid (e.g. a patch16
+    checkpoint into a stride-8 model, as the official "+" fine-tuning starts) is resampled around its middle class
+    slot.
+    """
+    own = model.state_dict()
+    out = {}
+    for key, value in state_dict.items():
+        for pattern, repl in _OFFICIAL_RENAMES:
+            key, n = re.subn(pattern, repl, key)
+            if n:
+                break
+        if key == 'pos_embed' and key in own and value.shape != own[key].shape and value.device.type != 'meta':
+            value = resample_pos_embed(value, model.patch_embed.grid_size)
+        out[key] = value
+    return out
+
+
+def _create_vim(variant: str, pretrained: bool = False, **kwargs) -> Vim:
+    # Official files pickle argparse args: every weight source goes through Vim.load_pretrained, which reads them
+    # safely and converts them.
+    overlay = kwargs.get('pretrained_cfg_overlay')
+    if overlay is not None:
+        kwargs['pretrained_cfg_overlay'] = dict(overlay, custom_load=overlay.get('custom_load', True))
+    feature_cfg = dict(out_indices=kwargs.pop('out_indices', (0, 1, 2, 3)), feature_cls=VimFeaturePyramid)
+    if 'block_indices' in kwargs:
+        feature_cfg['block_indices'] = kwargs.pop('block_indices')
+    return build_model_with_cfg(
+        Vim, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=feature_cfg,
+        **kwargs,
+    )
+
+
+# --- from_official: the official VisionMamba constructor's arguments, mapped to ours ----------------------------
+
+_REQUIRED = dict(  # official flag -> the only value the released models (and this implementation) use
+    rms_norm=True, if_abs_pos_embed=True, if_rope=False, bimamba_type='v2', if_bimamba=False, if_cls_token=True,
+    use_middle_cls_token=True, use_double_cls_token=False, if_bidirectional=False, init_layer_scale=None,
+)
+
+
+def from_official(checkpoint: Optional[str] = None, **official_kwargs) -> Vim:
+    """The Vim equal to the official ``VisionMamba(**official_kwargs)``, optionally loaded from an official file.
+
+    Raises ValueError for arguments that select code the released models do not use.
+    """
+    kw = dict(official_kwargs)
+    for flag, expected in _REQUIRED.items():
+        value = kw.pop(flag, expected)
+        if value != expected:
+            raise ValueError(f'{flag}={value!r} is not supported (the released Vim models use {expected!r})')
+    if kw.pop('flip_img_sequences_ratio', -1.) > 0:
+        raise ValueError('flip_img_sequences_ratio > 0 is not supported (random sequence flips, no release uses it)')
+    if kw.pop('ssm_cfg', None):
+        raise ValueError('ssm_cfg is not supported (no released Vim sets it)')
+    final_pool = kw.pop('final_pool_type', 'none')
+    if final_pool not in ('none', 'mean', 'max', 'all'):
+        raise ValueError(f"final_pool_type must be 'none', 'mean', 'max' or 'all', got {final_pool!r}")
+    # Ignored by the official model too: the pool type with a class token, the fused/unfused add-norm choice
+    # (same math), RoPE sizes without RoPE, init options, factory kwargs, and vim_base's misspelt 'if_devide_out'.
+    for ignored in ('fused_add_norm', 'if_rope_residual', 'ft_seq_len', 'pt_hw_seq_len', 'initializer_cfg',
+                    'device', 'dtype', 'if_devide_out'):
+        kw.pop(ignored, None)
+    renames = dict(
+        img_size='img_size', patch_size='patch_size', stride='stride', depth='depth', embed_dim='embed_dim',
+        d_state='d_state', channels='in_chans', num_classes='num_classes', drop_rate='drop_rate',
+        drop_path_rate='drop_path_rate', norm_epsilon='norm_eps', residual_in_fp32='residual_in_fp32',
+        if_divide_out='divide_out',
+    )
+    unknown = sorted(set(kw) - set(renames))
+    if unknown:
+        raise ValueError(f'unknown VisionMamba arguments: {unknown}')
+    args: Dict[str, Any] = dict(drop_path_rate=0.1)  # the official default, where it differs from ours
+    args.update({renames[k]: v for k, v in kw.items()})
+    model = Vim(**args)
+    if checkpoint is not None:
+        model.load_pretrained(checkpoint)
+    return model
+
+
+def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
+    return {
+        'url': url, 'custom_load': True,
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
+        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
+        'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225),
+        'first_conv': 'patch_embed.proj', 'classifier': 'head',
+        'license': 'apache-2.0', 'origin_url': 'https://github.com/hustvl/Vim',
+        'paper_ids': 'arXiv:2401.09417',
+        'paper_name': 'Vision Mamba: Efficient Visual Representation Learning with Bidirectional State Space Model',
+        **kwargs,
+    }
+
+
+_HF = 'https://huggingface.co/hustvl/'
+
+default_cfgs = generate_default_cfgs({
+    'vim_tiny.in1k': _cfg(_HF + 'Vim-tiny-midclstok/resolve/main/vim_t_midclstok_76p1acc.pth'),
+    'vim_tiny_stride8.in1k': _cfg(_HF + 'Vim-tiny-midclstok/resolve/main/vim_t_midclstok_ft_78p3acc.pth'),
+    'vim_small.in1k': _cfg(_HF + 'Vim-small-midclstok/resolve/main/vim_s_midclstok_80p5acc.pth'),
+    'vim_small_stride8.in1k': _cfg(_HF + 'Vim-small-midclstok/resolve/main/vim_s_midclstok_ft_81p6acc.pth'),
+    # The official README links only the repository; this file name is the repository's, not re-verified here.
+    'vim_base.in1k': _cfg(_HF + 'Vim-base-midclstok/resolve/main/vim_b_midclstok_81p9acc.pth'),
+    'test_vim.untrained': _cfg(input_size=(3, 64, 64)),
+})
+
+
+@register_model
+def vim_tiny(pretrained: bool = False, **kwargs) -> Vim:
+    """Vim-Ti (7.1M), official ``vim_tiny_patch16_224_bimambav2_..._midclstok_div2``."""
+    model_args = dict(embed_dim=192, depth=24, drop_path_rate=0.0)
+    return _create_vim('vim_tiny', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vim_tiny_stride8(pretrained: bool = False, **kwargs) -> Vim:
+    """Vim-Ti+ (7.3M): patch 16, stride 8 (27x27 tokens at 224), fine-tuned from Vim-Ti."""
+    model_args = dict(embed_dim=192, depth=24, stride=8, drop_path_rate=0.0)
+    return _create_vim('vim_tiny_stride8', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vim_small(pretrained: bool = False, **kwargs) -> Vim:
+    """Vim-S (25.8M)."""
+    model_args = dict(embed_dim=384, depth=24, drop_path_rate=0.05)
+    return _create_vim('vim_small', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vim_small_stride8(pretrained: bool = False, **kwargs) -> Vim:
+    """Vim-S+ (26.0M): patch 16, stride 8, fine-tuned from Vim-S."""
+    model_args = dict(embed_dim=384, depth=24, stride=8, drop_path_rate=0.05)
+    return _create_vim('vim_small_stride8', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def vim_base(pretrained: bool = False, **kwargs) -> Vim:
+    """Vim-B (97.6M)."""
+    model_args = dict(embed_dim=768, depth=24, drop_path_rate=0.1)
+    return _create_vim('vim_base', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def test_vim(pretrained: bool = False, **kwargs) -> Vim:
+    """A tiny Vim for tests and demos."""
+    model_args = dict(img_size=64, embed_dim=32, depth=4, drop_path_rate=0.0)
+    return _create_vim('test_vim', pretrained, **dict(model_args, **kwargs))
