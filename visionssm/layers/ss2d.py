@@ -10,7 +10,6 @@ from typing import Sequence, Type, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from visionssm.ops import Route, cross_routes, selective_scan
 
@@ -110,7 +109,7 @@ class SS2D(nn.Module):
 
         Low-precision inputs return float32 (the state and the merge stay in full precision up to out_norm).
         """
-        num_routes, rank, n = len(self.routes), self.dt_rank, self.d_state
+        rank, n = self.dt_rank, self.d_state
         x_dbl = torch.einsum('bhwd,kcd->bhwkc', x, self.x_proj_weight)
         dts, B, C = torch.split(x_dbl, [rank, n, n], dim=-1)
         dts = torch.einsum('bhwkr,kdr->bhwkd', dts, self.dt_projs_weight).flatten(-2)
