@@ -3,8 +3,6 @@ non-square maps (the official CrossScan_2/_4 backward is wrong there).
 
 The fixtures live in ../shared/parity (made by running the official code); located as in test_parity.py."""
 import json
-import os
-from pathlib import Path
 
 import pytest
 import timm
@@ -15,11 +13,7 @@ from safetensors.torch import load_file
 import visionssm
 from visionssm.models.groupmamba import GroupedSS2D, checkpoint_filter_fn
 
-_CANDIDATES = [os.environ.get('VISIONSSM_PARITY_DIR'), Path(__file__).resolve().parents[2] / 'shared' / 'parity',
-               '/work/shared/parity']
-PARITY = next((Path(p) for p in _CANDIDATES if p and Path(p).is_dir()), Path(_CANDIDATES[1]))
-needs_parity = pytest.mark.skipif(
-    not PARITY.is_dir(), reason=f'parity fixtures not found at {PARITY} (set VISIONSSM_PARITY_DIR)')
+from _parity import PARITY, needs_parity
 
 
 def _manifests():

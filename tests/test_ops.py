@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from visionssm.ops import (
     Route, bidirectional_routes, cross_routes, grouped_routes, lattice_routes, plan_routes, selective_scan,

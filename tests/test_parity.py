@@ -2,8 +2,6 @@
 code): every manifest maps key for key and shape for shape, parameter counts are the official ones, and the
 numeric fixtures reproduce the official logits through ``from_official`` and through timm's pretrained path."""
 import json
-import os
-from pathlib import Path
 
 import pytest
 import timm
@@ -13,11 +11,8 @@ from safetensors.torch import load_file
 import visionssm
 from visionssm.models import vmamba
 
-_CANDIDATES = [os.environ.get('VISIONSSM_PARITY_DIR'), Path(__file__).resolve().parents[2] / 'shared' / 'parity',
-               '/work/shared/parity']
-PARITY = next((Path(p) for p in _CANDIDATES if p and Path(p).is_dir()), Path(_CANDIDATES[1]))
-pytestmark = pytest.mark.skipif(
-    not PARITY.is_dir(), reason=f'parity fixtures not found at {PARITY} (set VISIONSSM_PARITY_DIR)')
+from _parity import PARITY, needs_parity
+pytestmark = needs_parity
 
 FILTERS = {'vmamba': vmamba.checkpoint_filter_fn}
 

@@ -1,8 +1,6 @@
 """Spatial-Mamba: faithfulness to the official implementation (manifests and the numeric fixture in ../shared/parity),
 the state fusion's replicate-padding semantics, and no stale fused kernel after a weight change."""
 import json
-import os
-from pathlib import Path
 
 import pytest
 import timm
@@ -14,11 +12,7 @@ import visionssm
 from visionssm.models import spatialmamba
 from visionssm.models.spatialmamba import StateFusion, checkpoint_filter_fn
 
-_CANDIDATES = [os.environ.get('VISIONSSM_PARITY_DIR'), Path(__file__).resolve().parents[2] / 'shared' / 'parity',
-               '/work/shared/parity']
-PARITY = next((Path(p) for p in _CANDIDATES if p and Path(p).is_dir()), Path(_CANDIDATES[1]))
-needs_parity = pytest.mark.skipif(
-    not PARITY.is_dir(), reason=f'parity fixtures not found at {PARITY} (set VISIONSSM_PARITY_DIR)')
+from _parity import PARITY, needs_parity
 
 
 def _manifests():

@@ -1,8 +1,6 @@
 """Vim: faithfulness to hustvl/Vim (manifests, the reduced fixture), the middle class token, both scan directions,
 and position-embedding interpolation for other input sizes."""
 import json
-import os
-from pathlib import Path
 
 import pytest
 import timm
@@ -13,11 +11,7 @@ import visionssm
 from visionssm.models import vim
 from visionssm.ops import Route, selective_scan
 
-_CANDIDATES = [os.environ.get('VISIONSSM_PARITY_DIR'), Path(__file__).resolve().parents[2] / 'shared' / 'parity',
-               '/work/shared/parity']
-PARITY = next((Path(p) for p in _CANDIDATES if p and Path(p).is_dir()), Path(_CANDIDATES[1]))
-needs_parity = pytest.mark.skipif(
-    not PARITY.is_dir(), reason=f'parity fixtures not found at {PARITY} (set VISIONSSM_PARITY_DIR)')
+from _parity import PARITY, needs_parity
 VARIANTS = ['vim_tiny', 'vim_small', 'vim_base', 'vim_tiny_stride8', 'vim_small_stride8']
 
 

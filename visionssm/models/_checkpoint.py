@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-__all__ = ['load_checkpoint_file', 'extract_state_dict', 'load_converted']
+__all__ = ['load_checkpoint_file', 'extract_state_dict', 'load_converted', 'load_through_model']
 
 _logger = logging.getLogger(__name__)
 
@@ -143,3 +143,13 @@ def load_converted(
     model.load_state_dict(state_dict, strict=not skipped)
     if skipped:
         _logger.info('classifier left at initialization (checkpoint head has another size): %s', skipped)
+
+
+def load_through_model(kwargs: dict) -> dict:
+    """Make every weight source of ``timm.create_model`` (the cfg url, or a ``file`` overlay, for which timm would
+    reset ``custom_load``) go through the model's ``load_pretrained``: official files need the safe loader and the
+    conversion. Returns ``kwargs`` with the overlay adjusted."""
+    overlay = kwargs.get('pretrained_cfg_overlay')
+    if overlay is not None:
+        kwargs['pretrained_cfg_overlay'] = dict(overlay, custom_load=overlay.get('custom_load', True))
+    return kwargs

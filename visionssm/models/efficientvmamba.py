@@ -30,6 +30,7 @@ from timm.models._efficientnet_blocks import InvertedResidual, SqueezeExcite
 
 from visionssm.layers import SS2D, ConvDownsample, PatchEmbed, PatchMerging
 from visionssm.ops import lattice_routes
+from ._checkpoint import load_through_model
 from ._hierarchical import HierarchicalBackbone
 
 __all__ = ['EfficientVMamba', 'AtrousSS2D', 'EVSSBlock', 'BiAttn', 'EfficientVMambaStage', 'checkpoint_filter_fn',
@@ -379,10 +380,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: EfficientVM
 
 
 def _create_efficientvmamba(variant: str, pretrained: bool = False, **kwargs) -> EfficientVMamba:
-    # The released .ckpt files go through EfficientVMamba.load_pretrained, which reads them safely and converts them.
-    overlay = kwargs.get('pretrained_cfg_overlay')
-    if overlay is not None:
-        kwargs['pretrained_cfg_overlay'] = dict(overlay, custom_load=overlay.get('custom_load', True))
+    load_through_model(kwargs)  # official files need the safe loader and the conversion
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
     return build_model_with_cfg(
         EfficientVMamba, variant, pretrained,

@@ -46,7 +46,7 @@ from timm.models._features import feature_take_indices
 
 from visionssm.layers import ConvDownsample, full_precision, init_dt_bias
 from visionssm.ops import grouped_routes, selective_scan
-from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted
+from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted, load_through_model
 
 __all__ = [
     'GroupMamba', 'GroupedSS2D', 'GroupMambaMixer', 'GroupMambaBlock', 'GroupMambaStage', 'ClassBlock',
@@ -572,10 +572,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: GroupMamba)
 
 
 def _create_groupmamba(variant: str, pretrained: bool = False, **kwargs) -> GroupMamba:
-    # Every weight source (url, or a `file` overlay) goes through GroupMamba.load_pretrained, which converts it.
-    overlay = kwargs.get('pretrained_cfg_overlay')
-    if overlay is not None:
-        kwargs['pretrained_cfg_overlay'] = dict(overlay, custom_load=overlay.get('custom_load', True))
+    load_through_model(kwargs)  # official files need the safe loader and the conversion
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
     return build_model_with_cfg(
         GroupMamba, variant, pretrained,

@@ -30,6 +30,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 
 from visionssm.layers import SS2D
 from visionssm.ops import Route, selective_scan
+from ._checkpoint import load_through_model
 from ._hierarchical import HierarchicalBackbone
 
 __all__ = [
@@ -341,11 +342,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: SpatialMamb
 
 
 def _create_spatialmamba(variant: str, pretrained: bool = False, **kwargs) -> SpatialMamba:
-    # The official files are training checkpoints ({'model', 'model_ema', 'optimizer', ...}): every weight source
-    # (url, or a `file` overlay) goes through SpatialMamba.load_pretrained, which reads and converts them safely.
-    overlay = kwargs.get('pretrained_cfg_overlay')
-    if overlay is not None:
-        kwargs['pretrained_cfg_overlay'] = dict(overlay, custom_load=overlay.get('custom_load', True))
+    load_through_model(kwargs)  # official files need the safe loader and the conversion
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
     return build_model_with_cfg(
         SpatialMamba, variant, pretrained,

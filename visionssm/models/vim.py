@@ -40,7 +40,7 @@ from timm.models._features import FeatureInfo, feature_take_indices
 
 from visionssm.layers import full_precision, init_dt_bias
 from visionssm.ops import bidirectional_routes, selective_scan
-from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted
+from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted, load_through_model
 
 __all__ = ['Vim', 'VimBlock', 'BiMambaMixer', 'VimFeaturePyramid', 'RMSNorm', 'checkpoint_filter_fn',
            'resample_pos_embed', 'from_official']
@@ -523,11 +523,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: Vim) -> Dic
 
 
 def _create_vim(variant: str, pretrained: bool = False, **kwargs) -> Vim:
-    # Official files pickle argparse args: every weight source goes through Vim.load_pretrained, which reads them
-    # safely and converts them.
-    overlay = kwargs.get('pretrained_cfg_overlay')
-    if overlay is not None:
-        kwargs['pretrained_cfg_overlay'] = dict(overlay, custom_load=overlay.get('custom_load', True))
+    load_through_model(kwargs)  # official files need the safe loader and the conversion
     feature_cfg = dict(out_indices=kwargs.pop('out_indices', (0, 1, 2, 3)), feature_cls=VimFeaturePyramid)
     if 'block_indices' in kwargs:
         feature_cfg['block_indices'] = kwargs.pop('block_indices')

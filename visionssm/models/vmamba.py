@@ -25,6 +25,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 
 from visionssm.layers import SS2D, ConvDownsample, ConvStem, PatchEmbed, PatchMerging
 from visionssm.ops import cross_routes
+from ._checkpoint import load_through_model
 from ._hierarchical import HierarchicalBackbone
 
 __all__ = ['VMamba', 'VSSBlock', 'VMambaStage', 'checkpoint_filter_fn', 'from_official']
@@ -266,11 +267,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: VMamba) -> 
 
 
 def _create_vmamba(variant: str, pretrained: bool = False, **kwargs) -> VMamba:
-    # Official files pickle a yacs config: every weight source (url, or a `file` overlay) goes through
-    # VMamba.load_pretrained, which reads them safely and converts them.
-    overlay = kwargs.get('pretrained_cfg_overlay')
-    if overlay is not None:
-        kwargs['pretrained_cfg_overlay'] = dict(overlay, custom_load=overlay.get('custom_load', True))
+    load_through_model(kwargs)  # official files need the safe loader and the conversion
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
     return build_model_with_cfg(
         VMamba, variant, pretrained,
