@@ -1,0 +1,5 @@
+"""mmengine / MMDetection / MMSegmentation frontends: everything registered in the ``visionssm`` scope.
+
+Needs the ``det``/``seg`` extras (mmengine, full mmcv); the core package never imports this.
+"""
+from ..registry import MODELS  # noqa: F401  (creates the scope before the modules below register into it)
