@@ -104,10 +104,39 @@ def bench_one(fn, x, plan, mean, train):
     return timeit(run)
 
 
+def make_unfused(plan, x):
+    """The unfused pipeline in this codebase, as the official VMamba path runs it: an explicit cross-scan copy of
+    u into route order (B, L, K*W), one single-direction scan per route over its own copy (delta / B / C arrive in
+    route order, as x_proj on the copied sequences produces them: permuted once here, outside the timing), fp32
+    route outputs, then the cross-merge (a scatter-add back onto the map). Same signature as the fused op."""
+    K, W = plan.num_routes, plan.width
+    L = plan.positions[0].numel()
+    pos = [p.to(x['u'].device) for p in plan.positions]
+    seq_plan = R.plan_routes(tuple(R.Route('row', in_offset=k * W, out_offset=k * W) for k in range(K)),
+                             1, L, W, K * W, K * W)
+    delta_seq = torch.cat([x['delta'][:, pos[k], k * W:(k + 1) * W] for k in range(K)], -1)
+    B_seq = torch.stack([x['B'][:, pos[k], k] for k in range(K)], 2)
+    C_seq = torch.stack([x['C'][:, pos[k], k] for k in range(K)], 2)
+
+    def run(u, delta, A, B, C, D, delta_bias, plan_, mean=False):
+        xs = torch.cat([u[:, pos[k], r.in_offset:r.in_offset + W] for k, r in enumerate(plan.routes)], -1)
+        ys = selective_scan_triton(xs, delta_seq, A, B_seq, C_seq, D, delta_bias, seq_plan,
+                                   out_dtype=torch.float32)
+        y = torch.zeros(u.shape[0], u.shape[1], plan.out_channels, device=u.device, dtype=torch.float32)
+        for k, r in enumerate(plan.routes):
+            y[:, :, r.out_offset:r.out_offset + W].index_add_(1, pos[k], ys[..., k * W:(k + 1) * W])
+        if mean:
+            y = y / plan.multiplicity
+        return y.to(u.dtype)
+    return run
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--batch', type=int, default=128)
     ap.add_argument('--no-ref', action='store_true', help='skip the reference timings')
+    ap.add_argument('--copy-gbs', type=float, default=2999.0,
+                    help='device copy bandwidth for the %% column (H100 measured: shared/notes/anchors-h100.md)')
     ap.add_argument('--sweep', action='store_true',
                     help='time the sequential kernels and several tile shapes (BT, BD, num_warps) of the tiled ones')
     args = ap.parse_args()
@@ -123,25 +152,36 @@ def main():
         fb, tb = io_bytes(plan, batch, n_state)
         t_f = bench_one(selective_scan_triton, x, plan, mean, False)
         t_t = bench_one(selective_scan_triton, x, plan, mean, True)
+        unfused = make_unfused(plan, x)
+        u_f = bench_one(unfused, x, plan, mean, False)
+        u_t = bench_one(unfused, x, plan, mean, True)
         if args.no_ref:
             r_f = r_t = float('nan')
         else:
             r_f = bench_one(selective_scan_reference, x, plan, mean, False)
             r_t = bench_one(selective_scan_reference, x, plan, mean, True)
-        rows.append((name, t_f, fb / t_f / 1e6, r_f, r_f / t_f, t_t, tb / t_t / 1e6, r_t, r_t / t_t))
+        rows.append((name, t_f, fb / t_f / 1e6, 100 * fb / t_f / 1e6 / args.copy_gbs, t_t, tb / t_t / 1e6,
+                     t_t / t_f, u_f / t_f, u_t / t_t, r_f / t_f, r_t / t_t))
         print('  done', name, flush=True)
-        del x
+        del x, unfused
         torch.cuda.empty_cache()
     print()
-    print('| shape (batch %d, bf16) | fwd ms | fwd GB/s | ref fwd ms | fwd speedup | fwd+bwd ms | fwd+bwd GB/s '
-          '| ref fwd+bwd ms | fwd+bwd speedup |' % batch)
-    print('|---|---|---|---|---|---|---|---|---|')
+    print(f'| shape (batch {batch}, bf16) | fwd ms | fwd GB/s | % of copy BW | fwd+bwd ms | fwd+bwd GB/s '
+          '| fwd+bwd / fwd | vs unfused fwd | vs unfused fwd+bwd | vs reference fwd | vs reference fwd+bwd |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|')
     for r in rows:
-        print('| %s | %.3f | %.0f | %.2f | %.1fx | %.3f | %.0f | %.2f | %.1fx |' % r)
+        print('| %s | %.3f | %.0f | %.0f%% | %.3f | %.0f | %.2f | %.1fx | %.1fx | %.1fx | %.1fx |' % r)
+    # the VMamba-T pass equivalent: 14 SS2D layers at depths 2/2/8/2
+    depth = (2, 2, 8, 2)
+    fwd = sum(d * r[1] for d, r in zip(depth, rows))
+    both = sum(d * r[4] for d, r in zip(depth, rows))
+    print(f'\nVMamba-T pass equivalent (2*s1 + 2*s2 + 8*s3 + 2*s4): forward {fwd:.2f} ms, '
+          f'forward+backward {both:.2f} ms')
 
 
-SWEEP_N1 = [(32, 32, 4, 2), (32, 32, 4, 4), (64, 32, 4, 2), (16, 32, 2, 2), (32, 16, 2, 2), (32, 64, 4, 4)]
-SWEEP_N16 = [(8, 16, 4, 4), (16, 16, 4, 4), (8, 8, 2, 2), (4, 16, 2, 2)]
+SWEEP_RT_N1 = [(32, 1), (64, 2), (128, 4), (32, 1, 2)]
+SWEEP_RT_N16 = [(16, 4), (32, 4), (16, 2), (8, 2)]
+OLD = [('sequential', None), ('tiled', (32, 32, 4, 2))]
 
 
 def sweep(batch):
@@ -155,19 +195,21 @@ def sweep(batch):
     for name, plan, n_state, mean in todo:
         x = make_inputs(plan, batch, n_state)
         fb, tb = io_bytes(plan, batch, n_state)
-        variants = [('sequential', None)] + [(f'tiled BT={c[0]} BD={c[1]} w={c[2]}/{c[3]}', c)
-                                             for c in (SWEEP_N1 if n_state == 1 else SWEEP_N16)]
-        for vname, cfg in variants:
-            TS.FORCE_KERNEL = 'sequential' if cfg is None else 'tiled'
-            TS._TILE_OVERRIDE = cfg
+        variants = [(f'rt BD={c[0]} w={c[1]}' + (f' tpc={c[2]}' if len(c) > 2 else ''), 'rt', c)
+                    for c in (SWEEP_RT_N1 if n_state == 1 else SWEEP_RT_N16)]
+        variants += [(kind, kind, cfg) for kind, cfg in OLD if n_state == 1 or kind == 'sequential']
+        for vname, kind, cfg in variants:
+            TS.FORCE_KERNEL = kind
+            TS._RT_OVERRIDE = cfg if kind == 'rt' else None
+            TS._TILE_OVERRIDE = cfg if kind == 'tiled' else None
             try:
                 t_f = bench_one(selective_scan_triton, x, plan, mean, False)
                 t_t = bench_one(selective_scan_triton, x, plan, mean, True)
-                print(f'{name:38s} {vname:28s} fwd {t_f:8.3f} ms {fb / t_f / 1e6:6.0f} GB/s   '
+                print(f'{name:38s} {vname:26s} fwd {t_f:8.3f} ms {fb / t_f / 1e6:6.0f} GB/s   '
                       f'fwd+bwd {t_t:8.3f} ms {tb / t_t / 1e6:6.0f} GB/s', flush=True)
-            except Exception as e:  # a tile shape that does not compile / fit
-                print(f'{name:38s} {vname:28s} failed: {type(e).__name__}: {str(e)[:200]}', flush=True)
-        TS.FORCE_KERNEL, TS._TILE_OVERRIDE = None, None
+            except Exception as e:  # a configuration that does not compile / fit
+                print(f'{name:38s} {vname:26s} failed: {type(e).__name__}: {str(e)[:200]}', flush=True)
+        TS.FORCE_KERNEL, TS._TILE_OVERRIDE, TS._RT_OVERRIDE = None, None, None
         del x
         torch.cuda.empty_cache()
 

@@ -520,19 +520,321 @@ if _HAS_TRITON:
         if HAS_BIAS:
             tl.store(dbias_ptr + b * K * W + ch, dbias_acc, mask=md)
 
+    # ------------------------------------------------------------------------------------------------------------
+    # Register-tiled kernels: time tiles of 8 steps with the time axis inside each thread.
+    #
+    # A program loads a [BD, 8] tile of u / delta (and [BN, 8] of B / C) at the route's next 8 positions while it
+    # computes the current tile (one tile in flight: 8x fewer dependent memory latencies than one step per
+    # iteration). Decay and drive are formed for the whole tile in parallel; the recurrence itself runs on the 8
+    # per-step slices (``_unpack8``: reshape + split, so the time axis sits inside each thread and the 8 steps cost
+    # 8 FMAs, no shuffles and no shared-memory scan levels).
+
+    @triton.jit
+    def _unpack8(x):
+        # [BD, BN, 8] -> its 8 time slices [BD, BN], in order (t = 4i + 2j + k after the reshape)
+        x = tl.reshape(x, [x.shape[0], x.shape[1], 2, 2, 2])
+        e, o = tl.split(x)
+        e0, e1 = tl.split(e)
+        o0, o1 = tl.split(o)
+        x0, x4 = tl.split(e0)
+        x2, x6 = tl.split(e1)
+        x1, x5 = tl.split(o0)
+        x3, x7 = tl.split(o1)
+        return x0, x1, x2, x3, x4, x5, x6, x7
+
+    @triton.jit
+    def _pack8(x0, x1, x2, x3, x4, x5, x6, x7):
+        # inverse of _unpack8: joins create the i, j, k axes in that order
+        x = tl.join(tl.join(tl.join(x0, x4), tl.join(x2, x6)), tl.join(tl.join(x1, x5), tl.join(x3, x7)))
+        return tl.reshape(x, [x.shape[0], x.shape[1], 8])
+
+    @triton.jit
+    def _forward8(h, a, x):
+        # h_t = a_t h_{t-1} + x_t over one tile; returns (states [BD, BN, 8], states shifted by one: h_{t-1})
+        a0, a1, a2, a3, a4, a5, a6, a7 = _unpack8(a)
+        x0, x1, x2, x3, x4, x5, x6, x7 = _unpack8(x)
+        h0 = a0 * h + x0
+        h1 = a1 * h0 + x1
+        h2 = a2 * h1 + x2
+        h3 = a3 * h2 + x3
+        h4 = a4 * h3 + x4
+        h5 = a5 * h4 + x5
+        h6 = a6 * h5 + x6
+        h7 = a7 * h6 + x7
+        return _pack8(h0, h1, h2, h3, h4, h5, h6, h7), _pack8(h, h0, h1, h2, h3, h4, h5, h6), h7
+
+    @triton.jit
+    def _adjoint8(g_next, a, beta):
+        # g_t = beta_t + a_{t+1} g_{t+1}, from the tile's last step back; g_next = a_{t_end+1} g_{t_end+1}
+        a0, a1, a2, a3, a4, a5, a6, a7 = _unpack8(a)
+        b0, b1, b2, b3, b4, b5, b6, b7 = _unpack8(beta)
+        g7 = b7 + g_next
+        g6 = b6 + a7 * g7
+        g5 = b5 + a6 * g6
+        g4 = b4 + a5 * g5
+        g3 = b3 + a4 * g4
+        g2 = b2 + a3 * g3
+        g1 = b1 + a2 * g2
+        g0 = b0 + a1 * g1
+        return _pack8(g0, g1, g2, g3, g4, g5, g6, g7), a0 * g0
+
+    @triton.jit
+    def _scan_fwd_rt_kernel(
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, ckpt_ptr, pos_ptr, meta_ptr,
+            su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p,
+            W, N, K, NCK, scale,
+            BD: tl.constexpr, BN: tl.constexpr, TILES_PER_CKPT: tl.constexpr,
+            HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr,
+            ATOMIC: tl.constexpr, SAVE: tl.constexpr):
+        b = tl.program_id(0).to(tl.int64)
+        k = tl.program_id(1)
+        blk = tl.program_id(2)
+        start = tl.load(meta_ptr + k * 4).to(tl.int64)
+        length = tl.load(meta_ptr + k * 4 + 1)
+        in_off = tl.load(meta_ptr + k * 4 + 2).to(tl.int64)
+        out_off = tl.load(meta_ptr + k * 4 + 3).to(tl.int64)
+
+        r = tl.arange(0, 8)
+        d = blk * BD + tl.arange(0, BD)
+        n = tl.arange(0, BN)
+        md = d < W
+        mn = n < N
+        mdn = md[:, None] & mn[None, :]
+        ch = k * W + d
+        A = tl.load(A_ptr + ch[:, None].to(tl.int64) * N + n[None, :], mask=mdn, other=0.0)[:, :, None]
+        if HAS_D:
+            Dv = tl.load(D_ptr + ch, mask=md, other=0.0)[:, None]
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + ch, mask=md, other=0.0)[:, None]
+
+        u_base = u_ptr + b * su_b + in_off + d[:, None]                     # [BD, 1] + positions [1, 8]
+        d_base = delta_ptr + b * sd_b + ch[:, None]
+        B_base = B_ptr + b * sB_b + k * sB_k + n[:, None]                   # [BN, 1]
+        C_base = C_ptr + b * sC_b + k * sC_k + n[:, None]
+        if HIDDEN:
+            o_base = out_ptr + b * so_b + ((out_off + d)[:, None] * N + n[None, :])[:, :, None]
+        else:
+            o_base = out_ptr + b * so_b + out_off + d[:, None]
+        ck_base = ckpt_ptr + ((b * K + k) * NCK) * W * N + d[:, None] * N + n[None, :]
+
+        # tile 0 in flight before the loop; each iteration issues the next tile's loads, then computes this one
+        mt_n = r < length
+        p_n = tl.load(pos_ptr + start + r, mask=mt_n, other=0).to(tl.int64)[None, :]
+        u_n = tl.load(u_base + p_n * su_p, mask=md[:, None] & mt_n[None, :], other=0.0)
+        z_n = tl.load(d_base + p_n * sd_p, mask=md[:, None] & mt_n[None, :], other=0.0)
+        B_n = tl.load(B_base + p_n * sB_p, mask=mn[:, None] & mt_n[None, :], other=0.0)
+        if not HIDDEN:
+            C_n = tl.load(C_base + p_n * sC_p, mask=mn[:, None] & mt_n[None, :], other=0.0)
+        h = tl.zeros([BD, BN], dtype=tl.float32)
+        for t0 in range(0, length, 8):
+            mt = mt_n
+            p = p_n
+            u = u_n.to(tl.float32)
+            z = z_n.to(tl.float32)
+            Bt = B_n.to(tl.float32)
+            if not HIDDEN:
+                Ct = C_n.to(tl.float32)
+            mt_n = (t0 + 8 + r) < length
+            p_n = tl.load(pos_ptr + start + t0 + 8 + r, mask=mt_n, other=0).to(tl.int64)[None, :]
+            u_n = tl.load(u_base + p_n * su_p, mask=md[:, None] & mt_n[None, :], other=0.0)
+            z_n = tl.load(d_base + p_n * sd_p, mask=md[:, None] & mt_n[None, :], other=0.0)
+            B_n = tl.load(B_base + p_n * sB_p, mask=mn[:, None] & mt_n[None, :], other=0.0)
+            if not HIDDEN:
+                C_n = tl.load(C_base + p_n * sC_p, mask=mn[:, None] & mt_n[None, :], other=0.0)
+
+            if HAS_BIAS:
+                z = z + bias
+            if SOFTPLUS:
+                dt = _softplus(z)
+            else:
+                dt = z
+            # steps past the route's end are identity steps (a = 1, x = 0: u was loaded as 0)
+            a = tl.where(mt[None, None, :], tl.exp(dt[:, None, :] * A), 1.0)     # [BD, BN, 8]
+            x = (dt * u)[:, None, :] * Bt[None, :, :]
+            hs, hp, h = _forward8(h, a, x)
+            mtd = md[:, None] & mt[None, :]
+            if HIDDEN:
+                ptrs = o_base + p[:, None, :] * so_p
+                m3 = mdn[:, :, None] & mt[None, None, :]
+                if ATOMIC:
+                    tl.atomic_add(ptrs, hs * scale, mask=m3, sem='relaxed')
+                else:
+                    tl.store(ptrs, (hs * scale).to(out_ptr.dtype.element_ty), mask=m3)
+            else:
+                y = tl.sum(hs * Ct[None, :, :], axis=1)                             # [BD, 8]
+                if HAS_D:
+                    y = y + Dv * u
+                y = y * scale
+                if ATOMIC:
+                    tl.atomic_add(o_base + p * so_p, y, mask=mtd, sem='relaxed')
+                else:
+                    tl.store(o_base + p * so_p, y.to(out_ptr.dtype.element_ty), mask=mtd)
+            if SAVE:
+                # slot c holds the state before checkpoint chunk c (8 * TILES_PER_CKPT steps; slot 0 = zeros)
+                tile = t0 // 8 + 1
+                c = tile // TILES_PER_CKPT
+                tl.store(ck_base + c.to(tl.int64) * W * N, h, mask=mdn & (tile % TILES_PER_CKPT == 0) & (c < NCK))
+
+    @triton.jit
+    def _scan_bwd_rt_kernel(
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dout_ptr, ckpt_ptr, scratch_ptr,
+            pos_ptr, meta_ptr,
+            du_ptr, ddelta_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+            su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p,
+            W, N, K, NCK, scale,
+            BD: tl.constexpr, BN: tl.constexpr, TILES_PER_CKPT: tl.constexpr,
+            HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr,
+            DU_ATOMIC: tl.constexpr):
+        # Checkpoint chunks from last to first. With more than one tile per chunk, the chunk's tile-entry states
+        # are first recomputed from its checkpoint into a per-program scratch (L1/L2 resident); then the tiles run
+        # from last to first: states from the entry state (_forward8), the adjoint (_adjoint8) carried across
+        # tiles as a_{t+1} g_{t+1}, and every gradient formed on the whole tile. dB / dC are reduced over the
+        # program's BD channels before one atomic per (position, state).
+        b = tl.program_id(0).to(tl.int64)
+        k = tl.program_id(1)
+        blk = tl.program_id(2)
+        prog = (b * K + k) * tl.num_programs(2) + blk
+        start = tl.load(meta_ptr + k * 4).to(tl.int64)
+        length = tl.load(meta_ptr + k * 4 + 1)
+        in_off = tl.load(meta_ptr + k * 4 + 2).to(tl.int64)
+        out_off = tl.load(meta_ptr + k * 4 + 3).to(tl.int64)
+
+        r = tl.arange(0, 8)
+        d = blk * BD + tl.arange(0, BD)
+        n = tl.arange(0, BN)
+        md = d < W
+        mn = n < N
+        mdn = md[:, None] & mn[None, :]
+        ch = k * W + d
+        A = tl.load(A_ptr + ch[:, None].to(tl.int64) * N + n[None, :], mask=mdn, other=0.0)[:, :, None]
+        if HAS_D:
+            Dv = tl.load(D_ptr + ch, mask=md, other=0.0)[:, None]
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + ch, mask=md, other=0.0)[:, None]
+
+        u_base = u_ptr + b * su_b + in_off + d[:, None]
+        du_base = du_ptr + b * su_b + in_off + d[:, None]
+        d_base = delta_ptr + b * sd_b + ch[:, None]
+        dd_base = ddelta_ptr + b * sd_b + ch[:, None]
+        B_base = B_ptr + b * sB_b + k * sB_k + n[:, None]
+        dB_base = dB_ptr + b * sB_b + k * sB_k + n[:, None]
+        C_base = C_ptr + b * sC_b + k * sC_k + n[:, None]
+        dC_base = dC_ptr + b * sC_b + k * sC_k + n[:, None]
+        if HIDDEN:
+            o_base = dout_ptr + b * so_b + ((out_off + d)[:, None] * N + n[None, :])[:, :, None]
+        else:
+            o_base = dout_ptr + b * so_b + out_off + d[:, None]
+        st_off = d[:, None] * N + n[None, :]
+        ck_base = ckpt_ptr + ((b * K + k) * NCK) * W * N + st_off
+        sc_base = scratch_ptr + prog * TILES_PER_CKPT * BD * BN + (tl.arange(0, BD)[:, None] * BN + n[None, :])
+
+        dA_acc = tl.zeros([BD, BN], dtype=tl.float32)
+        dD_acc = tl.zeros([BD, 1], dtype=tl.float32)
+        dbias_acc = tl.zeros([BD, 1], dtype=tl.float32)
+        g_next = tl.zeros([BD, BN], dtype=tl.float32)
+        n_tiles = (length + 7) // 8
+        n_chunks = (n_tiles + TILES_PER_CKPT - 1) // TILES_PER_CKPT
+        for cj in range(0, n_chunks):
+            c = n_chunks - 1 - cj
+            h_c = tl.load(ck_base + c.to(tl.int64) * W * N, mask=mdn & (c > 0), other=0.0)
+            first = c * TILES_PER_CKPT
+            last = tl.minimum(first + TILES_PER_CKPT, n_tiles)
+            if TILES_PER_CKPT > 1:
+                h = h_c
+                for j in range(first, last):
+                    tl.store(sc_base + (j - first) * BD * BN, h)
+                    t = j * 8 + r
+                    mt = t < length
+                    p = tl.load(pos_ptr + start + t, mask=mt, other=0).to(tl.int64)[None, :]
+                    mtd = md[:, None] & mt[None, :]
+                    u = tl.load(u_base + p * su_p, mask=mtd, other=0.0).to(tl.float32)
+                    z = tl.load(d_base + p * sd_p, mask=mtd, other=0.0).to(tl.float32)
+                    Bt = tl.load(B_base + p * sB_p, mask=mn[:, None] & mt[None, :], other=0.0).to(tl.float32)
+                    if HAS_BIAS:
+                        z = z + bias
+                    if SOFTPLUS:
+                        dt = _softplus(z)
+                    else:
+                        dt = z
+                    a = tl.where(mt[None, None, :], tl.exp(dt[:, None, :] * A), 1.0)
+                    hs, hp, h = _forward8(h, a, (dt * u)[:, None, :] * Bt[None, :, :])
+                tl.debug_barrier()
+            for jj in range(first, last):
+                j = last - 1 - (jj - first)
+                if TILES_PER_CKPT > 1:
+                    h_in = tl.load(sc_base + (j - first) * BD * BN)
+                else:
+                    h_in = h_c
+                t = j * 8 + r
+                mt = t < length
+                p = tl.load(pos_ptr + start + t, mask=mt, other=0).to(tl.int64)[None, :]
+                mtd = md[:, None] & mt[None, :]
+                mtn = mn[:, None] & mt[None, :]
+                u = tl.load(u_base + p * su_p, mask=mtd, other=0.0).to(tl.float32)
+                z = tl.load(d_base + p * sd_p, mask=mtd, other=0.0).to(tl.float32)
+                Bt = tl.load(B_base + p * sB_p, mask=mtn, other=0.0).to(tl.float32)
+                if HAS_BIAS:
+                    z = z + bias
+                if SOFTPLUS:
+                    dt = _softplus(z)
+                else:
+                    dt = z
+                a = tl.where(mt[None, None, :], tl.exp(dt[:, None, :] * A), 1.0)
+                dtu = dt * u
+                hs, hp, h_end = _forward8(h_in, a, dtu[:, None, :] * Bt[None, :, :])
+                if HIDDEN:
+                    beta = tl.load(o_base + p[:, None, :] * so_p, mask=mdn[:, :, None] & mt[None, None, :],
+                                   other=0.0).to(tl.float32) * scale
+                else:
+                    dy = tl.load(o_base + p * so_p, mask=mtd, other=0.0).to(tl.float32) * scale
+                    Ct = tl.load(C_base + p * sC_p, mask=mtn, other=0.0).to(tl.float32)
+                    beta = dy[:, None, :] * Ct[None, :, :]
+                    tl.atomic_add(dC_base + p * sC_p, tl.sum(dy[:, None, :] * hs, axis=0), mask=mtn,
+                                  sem='relaxed')
+                g, g_next = _adjoint8(g_next, a, beta)
+                gB = tl.sum(g * Bt[None, :, :], axis=1)                        # [BD, 8]
+                du = gB * dt
+                if HAS_D:
+                    if not HIDDEN:
+                        du += Dv * dy
+                        dD_acc += tl.sum(dy * u, axis=1, keep_dims=True)
+                if DU_ATOMIC:
+                    tl.atomic_add(du_base + p * su_p, du, mask=mtd, sem='relaxed')
+                else:
+                    tl.store(du_base + p * su_p, du.to(du_ptr.dtype.element_ty), mask=mtd)
+                tl.atomic_add(dB_base + p * sB_p, tl.sum(g * dtu[:, None, :], axis=0), mask=mtn, sem='relaxed')
+                gah = g * a * hp                                                 # dL/da_t * a_t
+                ddt = tl.sum(gah * A, axis=1) + gB * u
+                dA_acc += tl.sum(gah * dt[:, None, :], axis=2)
+                if SOFTPLUS:
+                    dz = tl.where(z > 20.0, ddt, ddt / (1.0 + tl.exp(-z)))
+                else:
+                    dz = ddt
+                dz = tl.where(mtd, dz, 0.0)
+                dbias_acc += tl.sum(dz, axis=1, keep_dims=True)
+                tl.store(dd_base + p * sd_p, dz.to(ddelta_ptr.dtype.element_ty), mask=mtd)
+
+        tl.store(dA_ptr + (b * K * W + ch[:, None]) * N + n[None, :], dA_acc, mask=mdn)
+        if HAS_D:
+            tl.store(dD_ptr + b * K * W + ch[:, None], dD_acc, mask=md[:, None])
+        if HAS_BIAS:
+            tl.store(dbias_ptr + b * K * W + ch[:, None], dbias_acc, mask=md[:, None])
 
 # ----------------------------------------------------------------------------------------------------------------
 # host side
 
 @functools.lru_cache(maxsize=256)
 def _route_tables(plan: RoutePlan, device: torch.device):
-    """(pos int32 (sum L_k,), meta int32 (K, 4): start, length, in_offset, out_offset), cached per plan/device."""
+    """(pos int32 (sum L_k,), meta int32 (K, 4): start, length, in_offset, out_offset, readers), cached per
+    plan/device; ``readers`` is the most routes that read one input element (1: du needs no atomics)."""
     pos = torch.cat([p.to(torch.int32) for p in plan.positions])
     meta, start = [], 0
+    reads = torch.zeros(plan.height * plan.width_px, plan.in_channels, dtype=torch.int32)
     for r, p in zip(plan.routes, plan.positions):
         meta.append((start, p.numel(), r.in_offset, r.out_offset))
         start += p.numel()
-    return pos.to(device), torch.tensor(meta, dtype=torch.int32).to(device)
+        reads[p, r.in_offset:r.in_offset + plan.width] += 1
+    return pos.to(device), torch.tensor(meta, dtype=torch.int32).to(device), int(reads.max())
 
 
 def _pow2(x: int) -> int:
@@ -550,21 +852,37 @@ def _config(width: int, n_state: int):
     return bd, bn, chunk, num_warps
 
 
-# Kernel choice (measured on an H100 at batch 128, kernels/README.md): the tiled kernels (time tiles of BT steps,
-# scan along time inside the tile) win for long routes at N = 1 (VMamba-T stage 1 forward and backward, stage 2
-# forward without gradients); the sequential kernels win for short routes (stages 3-4) and at N = 16 (Vim).
-# ``FORCE_KERNEL`` ('tiled' / 'sequential') and ``_TILE_OVERRIDE`` (BT, BD, warps fwd[, warps bwd]) are for tests
-# and benchmarks.
+# Kernel choice. ``rt`` (register-tiled, 8-step tiles with time inside each thread) is the default for every
+# shape; ``tiled`` (associative scan over BT-step tiles) and ``sequential`` (one step per iteration) are the earlier
+# designs, kept selectable for the benchmark's comparison (kernels/README.md has the measurements).
+# ``FORCE_KERNEL`` ('rt' / 'tiled' / 'sequential'), ``_TILE_OVERRIDE`` (BT, BD, warps fwd[, warps bwd]) of the tiled
+# kernels and ``_RT_OVERRIDE`` (BD, warps[, tiles per checkpoint]) of the rt kernels are for tests and benchmarks.
 FORCE_KERNEL = None
 _TILE_OVERRIDE = None
+_RT_OVERRIDE = None
 
 
-def _use_tiled(n_state: int, route_len: int, need_grad: bool) -> bool:
+def _kernel_kind() -> str:
     if FORCE_KERNEL is not None:
-        return FORCE_KERNEL == 'tiled'
-    if _TILE_OVERRIDE is not None:
-        return True
-    return n_state == 1 and (route_len >= 2048 or (not need_grad and route_len >= 512))
+        return FORCE_KERNEL
+    return 'tiled' if _TILE_OVERRIDE is not None else 'rt'
+
+
+def _rt_config(width: int, n_state: int):
+    """(BD, BN, num_warps, tiles per checkpoint) of the register-tiled kernels."""
+    bn = _pow2(n_state)
+    if _RT_OVERRIDE is not None:
+        bd, nw = _RT_OVERRIDE[:2]
+        tpc = _RT_OVERRIDE[2] if len(_RT_OVERRIDE) > 2 else max(1, min(8, bn))
+    elif bn == 1:
+        bd, nw, tpc = 32, 1, 1
+    elif bn <= 4:
+        bd, nw, tpc = 32, 2, bn
+    else:
+        bd, nw, tpc = 16, 4, 8
+    # checkpoints every 8 * tpc steps: one per tile at N = 1 (the backward then recomputes nothing), fewer for
+    # larger states, whose tile-entry states the backward recomputes into a small per-program scratch
+    return min(bd, max(8, _pow2(width))), bn, nw, tpc
 
 
 def _tile_config(width: int, n_state: int, need_grad: bool):
@@ -601,14 +919,17 @@ class _TritonScan(torch.autograd.Function):
         batch, num_pos, _ = u.shape
         K, W, N = plan.num_routes, plan.width, A.shape[-1]
         Lmax = max(p.numel() for p in plan.positions)
-        tiled = _use_tiled(N, Lmax, bool(need_grad))
-        if tiled:
+        kind = _kernel_kind()
+        if kind == 'rt':
+            BD, BN, num_warps, tpc = _rt_config(W, N)
+            CHUNK, nw_bwd = 8 * tpc, num_warps
+        elif kind == 'tiled':
             BT, BD, BN, num_warps, nw_bwd = _tile_config(W, N, bool(need_grad))
             CHUNK = BT
         else:
             BD, BN, CHUNK, num_warps = _config(W, N)
             nw_bwd = num_warps
-        pos, meta = _route_tables(plan, u.device)
+        pos, meta, _ = _route_tables(plan, u.device)
         nck = max(1, -(-Lmax // CHUNK))
         scale = 1.0 / plan.multiplicity if (mean and plan.multiplicity > 1) else 1.0
         atomic = plan.multiplicity > 1
@@ -628,7 +949,9 @@ class _TritonScan(torch.autograd.Function):
         flags = dict(HAS_D=(D is not None and not return_hidden), HAS_BIAS=delta_bias is not None,
                      SOFTPLUS=bool(delta_softplus), HIDDEN=bool(return_hidden), ATOMIC=atomic,
                      SAVE=bool(need_grad), num_warps=num_warps)
-        if tiled:
+        if kind == 'rt':
+            _scan_fwd_rt_kernel[grid](*args, BD=BD, BN=BN, TILES_PER_CKPT=tpc, **flags)
+        elif kind == 'tiled':
             _scan_fwd_tiled_kernel[grid](*args, BT=BT, BD=BD, BN=BN, **flags)
         else:
             _scan_fwd_kernel[grid](*args, BD=BD, BN=BN, CHUNK=CHUNK, **flags)
@@ -636,7 +959,7 @@ class _TritonScan(torch.autograd.Function):
             out = out.to(out_dtype)
         if need_grad:
             ctx.save_for_backward(u, delta, A32, B, C, D32, bias32, ckpt)
-            ctx.cfg = (plan, bool(delta_softplus), bool(return_hidden), scale, nck, tiled,
+            ctx.cfg = (plan, bool(delta_softplus), bool(return_hidden), scale, nck, kind,
                        (BD, BN, CHUNK, nw_bwd))
             ctx.dtypes = (A.dtype, None if D is None else D.dtype, None if delta_bias is None else delta_bias.dtype)
         return out
@@ -644,18 +967,20 @@ class _TritonScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         u, delta, A32, B, C, D32, bias32, ckpt = ctx.saved_tensors
-        plan, softplus, hidden, scale, nck, tiled, (BD, BN, CHUNK, num_warps) = ctx.cfg
+        plan, softplus, hidden, scale, nck, kind, (BD, BN, CHUNK, num_warps) = ctx.cfg
         A_dtype, D_dtype, bias_dtype = ctx.dtypes
         batch, num_pos, _ = u.shape
         K, W, N = plan.num_routes, plan.width, A32.shape[-1]
         dev = u.device
-        pos, meta = _route_tables(plan, dev)
+        pos, meta, readers = _route_tables(plan, dev)
         dout = dout.contiguous()
         u = u.contiguous()
         delta = delta.contiguous()
         B = B.contiguous()
         C = C.contiguous() if C is not None else None
-        du = torch.zeros(u.shape, device=dev, dtype=torch.float32)
+        # du: fp32 atomics when several routes read one element (cross, bidirectional), else plain stores
+        du_atomic = kind != 'rt' or readers > 1
+        du = torch.zeros(u.shape, device=dev, dtype=torch.float32 if du_atomic else u.dtype)
         ddelta = torch.zeros(delta.shape, device=dev, dtype=delta.dtype)   # every element written once or 0
         dB = torch.zeros(B.shape, device=dev, dtype=torch.float32)
         dC = torch.zeros(B.shape, device=dev, dtype=torch.float32) if C is not None else dB
@@ -673,7 +998,13 @@ class _TritonScan(torch.autograd.Function):
         grads = (du, ddelta, dB, dC, dA, dD, dbias)
         flags = dict(HAS_D=has_d, HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HIDDEN=hidden,
                      num_warps=num_warps)
-        if tiled:
+        if kind == 'rt':
+            tpc = CHUNK // 8
+            scratch = torch.empty((batch * K * nblk * tpc * BD * BN,) if tpc > 1 else (1,), device=dev,
+                                  dtype=torch.float32)
+            _scan_bwd_rt_kernel[grid](*params, dout, ckpt, scratch, pos, meta, *grads, *strides,
+                                      BD=BD, BN=BN, TILES_PER_CKPT=tpc, DU_ATOMIC=du_atomic, **flags)
+        elif kind == 'tiled':
             _scan_bwd_tiled_kernel[grid](*params, dout, ckpt, pos, meta, *grads, *strides,
                                          BT=CHUNK, BD=BD, BN=BN, **flags)
         else:

@@ -93,17 +93,18 @@ def _close(name, got, want, dtype):
 
 
 def _check(routes, height, width_px, width, in_ch, out_ch, batch, n_state, dtype, hidden=False, mean=False,
-           softplus=True, bias=True, D=True, seed=0, device=DEV, kernel=None, tile=None):
-    """``kernel``: None (the backend's own choice), 'tiled' or 'sequential'; ``tile``: (BT, BD, warps) override."""
+           softplus=True, bias=True, D=True, seed=0, device=DEV, kernel=None, tile=None, rt=None):
+    """``kernel``: None (the backend's own choice), 'rt', 'tiled' or 'sequential'; ``tile``: (BT, BD, warps)
+    override of the tiled kernels; ``rt``: (BD, warps, tiles per checkpoint) override of the rt kernels."""
     if _NEEDS_SUBPROCESS:
         pytest.skip('runs in test_cpu_cases_in_fresh_process')
-    saved = TS.FORCE_KERNEL, TS._TILE_OVERRIDE
-    TS.FORCE_KERNEL, TS._TILE_OVERRIDE = kernel, tile
+    saved = TS.FORCE_KERNEL, TS._TILE_OVERRIDE, TS._RT_OVERRIDE
+    TS.FORCE_KERNEL, TS._TILE_OVERRIDE, TS._RT_OVERRIDE = kernel, tile, rt
     try:
         _check_impl(routes, height, width_px, width, in_ch, out_ch, batch, n_state, dtype, hidden, mean, softplus,
                     bias, D, seed, device)
     finally:
-        TS.FORCE_KERNEL, TS._TILE_OVERRIDE = saved
+        TS.FORCE_KERNEL, TS._TILE_OVERRIDE, TS._RT_OVERRIDE = saved
 
 
 def _check_impl(routes, height, width_px, width, in_ch, out_ch, batch, n_state, dtype, hidden, mean, softplus,
@@ -183,7 +184,26 @@ def test_chunked_backward_long_route():
     _check(R.bidirectional_routes(2), 1, 37, 2, 4, 2, batch=1, n_state=16, dtype=torch.float32, seed=10)
 
 
-# The tiled kernels (time tiles + scan along time) are picked for long routes at N = 1 only; these cases force
+# The cases above run the default (rt) kernels with their default configuration. These force other rt
+# configurations: several channel blocks, routes not a multiple of the 8-step tile, and checkpoints every 1 or 2
+# tiles (the backward's recompute-into-scratch path at N = 1, none at N = 4).
+RT_CASES = {
+    'cross_blocks_scratch': dict(routes=R.cross_routes(), height=5, width_px=7, width=20, in_ch=20, out_ch=20,
+                                 batch=2, n_state=1, dtype=torch.float32, seed=17, rt=(8, 1, 2)),
+    'bidirectional_ckpt_every_tile': dict(routes=R.bidirectional_routes(4), height=1, width_px=29, width=4,
+                                          in_ch=8, out_ch=4, batch=1, n_state=4, dtype=torch.bfloat16, mean=True,
+                                          seed=18, rt=(8, 2, 1)),
+    'hidden_scratch': dict(routes=(R.Route('row', reverse=True),), height=3, width_px=9, width=5, in_ch=5,
+                           out_ch=5, batch=1, n_state=2, dtype=torch.float32, hidden=True, seed=19, rt=(8, 1, 3)),
+}
+
+
+@pytest.mark.parametrize('case', list(RT_CASES), ids=str)
+def test_rt_configurations(case):
+    _check(kernel='rt', **RT_CASES[case])
+
+
+# The tiled kernels (time tiles + scan along time), the previous design, kept for comparison; these cases force
 # them on every route kind, with small tiles (several tiles per route: carries, checkpoints) where it matters.
 TILED_CASES = {
     'cross_fp32_multitile': dict(routes=R.cross_routes(), height=5, width_px=6, width=5, in_ch=5, out_ch=5, batch=2,
@@ -238,7 +258,7 @@ def test_supports_never_raises():
 gpu = pytest.mark.skipif(not _CUDA, reason='needs CUDA')
 
 
-KERNELS = ['sequential', 'tiled']
+KERNELS = ['rt', 'sequential', 'tiled']
 
 
 @pytest.mark.gpu
@@ -253,9 +273,9 @@ def test_gpu_cross_vmamba_like(dtype, kernel):
 @gpu
 @pytest.mark.parametrize('grad', [True, False])
 def test_gpu_long_route_default_choice(grad):
-    # L = 2304: the backend's own choice is the tiled kernel here (both with and without gradients)
+    # L = 2304, the backend's own choice (the rt kernels), with and without gradients
     plan = R.plan_routes(R.cross_routes(), 48, 48, 40, 40, 40)
-    assert TS._use_tiled(1, 2304, grad)
+    assert TS._kernel_kind() == 'rt'
     _check(R.cross_routes(), 48, 48, 40, 40, 40, batch=2, n_state=1, dtype=torch.bfloat16, seed=16)
     if not grad:
         x = _make(plan, 2, 1, torch.bfloat16)
