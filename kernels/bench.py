@@ -179,8 +179,8 @@ def main():
           f'forward+backward {both:.2f} ms')
 
 
-SWEEP_RT_N1 = [(32, 1), (64, 2), (128, 4), (32, 1, 2)]
-SWEEP_RT_N16 = [(16, 4), (32, 4), (16, 2), (8, 2)]
+SWEEP_RT_N1 = [(32, 1), (64, 2), (16, 1)]
+SWEEP_RT_N16 = [(16, 4), (8, 2)]
 OLD = [('sequential', None), ('tiled', (32, 32, 4, 2))]
 
 
@@ -195,7 +195,7 @@ def sweep(batch):
     for name, plan, n_state, mean in todo:
         x = make_inputs(plan, batch, n_state)
         fb, tb = io_bytes(plan, batch, n_state)
-        variants = [(f'rt BD={c[0]} w={c[1]}' + (f' tpc={c[2]}' if len(c) > 2 else ''), 'rt', c)
+        variants = [(f'rt BD={c[0]} w={c[1]}', 'rt', c)
                     for c in (SWEEP_RT_N1 if n_state == 1 else SWEEP_RT_N16)]
         variants += [(kind, kind, cfg) for kind, cfg in OLD if n_state == 1 or kind == 'sequential']
         for vname, kind, cfg in variants:

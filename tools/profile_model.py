@@ -1,7 +1,7 @@
 """Where the time goes in one model: torch.profiler over a few inference or training steps, top CUDA kernels.
 
-    python tools/profile.py vmamba_tiny_s1l8 --batch 128 --mode infer --precision bf16
-    python tools/profile.py vmamba_tiny_s1l8 --mode train --channels-last --compile
+    python tools/profile_model.py vmamba_tiny_s1l8 --batch 128 --mode infer --precision bf16
+    python tools/profile_model.py vmamba_tiny_s1l8 --mode train --channels-last --compile
 
 Prints images/s (CUDA events, median of the profiled steps excluded: a separate timed loop) and the kernels
 sorted by total CUDA time, grouped by name. GPU only.
@@ -31,7 +31,7 @@ def main(argv=None):
     ap.add_argument('--top', type=int, default=25)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
-        raise SystemExit('tools/profile.py needs a CUDA device')
+        raise SystemExit('tools/profile_model.py needs a CUDA device')
 
     import timm
     import visionssm  # noqa: F401  (registers the models)
