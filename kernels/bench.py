@@ -178,10 +178,8 @@ def main():
     print(f'\nVMamba-T pass equivalent (2*s1 + 2*s2 + 8*s3 + 2*s4): forward {fwd:.2f} ms, '
           f'forward+backward {both:.2f} ms')
 
-
-SWEEP_RT_N1 = [(32, 1), (64, 2), (16, 1)]
-SWEEP_RT_N16 = [(16, 4), (8, 2)]
-OLD = [('sequential', None), ('tiled', (32, 32, 4, 2))]
+SWEEP_N1 = [(32, 32, 4, 2), (16, 32, 2, 2), (32, 16, 2, 2)]
+SWEEP_N16 = [(8, 16, 4, 4), (4, 16, 2, 2)]
 
 
 def sweep(batch):
@@ -195,21 +193,19 @@ def sweep(batch):
     for name, plan, n_state, mean in todo:
         x = make_inputs(plan, batch, n_state)
         fb, tb = io_bytes(plan, batch, n_state)
-        variants = [(f'rt BD={c[0]} w={c[1]}', 'rt', c)
-                    for c in (SWEEP_RT_N1 if n_state == 1 else SWEEP_RT_N16)]
-        variants += [(kind, kind, cfg) for kind, cfg in OLD if n_state == 1 or kind == 'sequential']
-        for vname, kind, cfg in variants:
-            TS.FORCE_KERNEL = kind
-            TS._RT_OVERRIDE = cfg if kind == 'rt' else None
-            TS._TILE_OVERRIDE = cfg if kind == 'tiled' else None
+        variants = [('sequential', None)] + [(f'tiled BT={c[0]} BD={c[1]} w={c[2]}/{c[3]}', c)
+                                             for c in (SWEEP_N1 if n_state == 1 else SWEEP_N16)]
+        for vname, cfg in variants:
+            TS.FORCE_KERNEL = 'sequential' if cfg is None else 'tiled'
+            TS._TILE_OVERRIDE = cfg
             try:
                 t_f = bench_one(selective_scan_triton, x, plan, mean, False)
                 t_t = bench_one(selective_scan_triton, x, plan, mean, True)
-                print(f'{name:38s} {vname:26s} fwd {t_f:8.3f} ms {fb / t_f / 1e6:6.0f} GB/s   '
+                print(f'{name:38s} {vname:28s} fwd {t_f:8.3f} ms {fb / t_f / 1e6:6.0f} GB/s   '
                       f'fwd+bwd {t_t:8.3f} ms {tb / t_t / 1e6:6.0f} GB/s', flush=True)
-            except Exception as e:  # a configuration that does not compile / fit
-                print(f'{name:38s} {vname:26s} failed: {type(e).__name__}: {str(e)[:200]}', flush=True)
-        TS.FORCE_KERNEL, TS._TILE_OVERRIDE, TS._RT_OVERRIDE = None, None, None
+            except Exception as e:  # a tile shape that does not compile / fit
+                print(f'{name:38s} {vname:28s} failed: {type(e).__name__}: {str(e)[:200]}', flush=True)
+        TS.FORCE_KERNEL, TS._TILE_OVERRIDE = None, None
         del x
         torch.cuda.empty_cache()
 

@@ -96,10 +96,10 @@ if _HAS_TRITON:
         b = tl.program_id(0).to(tl.int64)
         k = tl.program_id(1)
         blk = tl.program_id(2)
-        start = tl.load(meta_ptr + k * 8).to(tl.int64)
-        length = tl.load(meta_ptr + k * 8 + 1)
-        in_off = tl.load(meta_ptr + k * 8 + 2).to(tl.int64)
-        out_off = tl.load(meta_ptr + k * 8 + 3).to(tl.int64)
+        start = tl.load(meta_ptr + k * 4).to(tl.int64)
+        length = tl.load(meta_ptr + k * 4 + 1)
+        in_off = tl.load(meta_ptr + k * 4 + 2).to(tl.int64)
+        out_off = tl.load(meta_ptr + k * 4 + 3).to(tl.int64)
 
         d = blk * BD + tl.arange(0, BD)
         n = tl.arange(0, BN)
@@ -189,10 +189,10 @@ if _HAS_TRITON:
         k = tl.program_id(1)
         blk = tl.program_id(2)
         nblk = tl.num_programs(2)
-        start = tl.load(meta_ptr + k * 8).to(tl.int64)
-        length = tl.load(meta_ptr + k * 8 + 1)
-        in_off = tl.load(meta_ptr + k * 8 + 2).to(tl.int64)
-        out_off = tl.load(meta_ptr + k * 8 + 3).to(tl.int64)
+        start = tl.load(meta_ptr + k * 4).to(tl.int64)
+        length = tl.load(meta_ptr + k * 4 + 1)
+        in_off = tl.load(meta_ptr + k * 4 + 2).to(tl.int64)
+        out_off = tl.load(meta_ptr + k * 4 + 3).to(tl.int64)
 
         d = blk * BD + tl.arange(0, BD)
         n = tl.arange(0, BN)
@@ -323,10 +323,10 @@ if _HAS_TRITON:
         b = tl.program_id(0).to(tl.int64)
         k = tl.program_id(1)
         blk = tl.program_id(2)
-        start = tl.load(meta_ptr + k * 8).to(tl.int64)
-        length = tl.load(meta_ptr + k * 8 + 1)
-        in_off = tl.load(meta_ptr + k * 8 + 2).to(tl.int64)
-        out_off = tl.load(meta_ptr + k * 8 + 3).to(tl.int64)
+        start = tl.load(meta_ptr + k * 4).to(tl.int64)
+        length = tl.load(meta_ptr + k * 4 + 1)
+        in_off = tl.load(meta_ptr + k * 4 + 2).to(tl.int64)
+        out_off = tl.load(meta_ptr + k * 4 + 3).to(tl.int64)
 
         r = tl.arange(0, BT)
         d = blk * BD + tl.arange(0, BD)
@@ -412,10 +412,10 @@ if _HAS_TRITON:
         b = tl.program_id(0).to(tl.int64)
         k = tl.program_id(1)
         blk = tl.program_id(2)
-        start = tl.load(meta_ptr + k * 8).to(tl.int64)
-        length = tl.load(meta_ptr + k * 8 + 1)
-        in_off = tl.load(meta_ptr + k * 8 + 2).to(tl.int64)
-        out_off = tl.load(meta_ptr + k * 8 + 3).to(tl.int64)
+        start = tl.load(meta_ptr + k * 4).to(tl.int64)
+        length = tl.load(meta_ptr + k * 4 + 1)
+        in_off = tl.load(meta_ptr + k * 4 + 2).to(tl.int64)
+        out_off = tl.load(meta_ptr + k * 4 + 3).to(tl.int64)
 
         r = tl.arange(0, BT)
         d = blk * BD + tl.arange(0, BD)
@@ -520,384 +520,19 @@ if _HAS_TRITON:
         if HAS_BIAS:
             tl.store(dbias_ptr + b * K * W + ch, dbias_acc, mask=md)
 
-    # ------------------------------------------------------------------------------------------------------------
-    # Register-tiled kernels (``rt``, the default at N = 1).
-    #
-    # A program walks its route in groups of 32 steps: 4 tiles of 8 steps, loaded as [BD, 8, 4] (u / delta) and
-    # [BN, 8, 4] (B / C) while the previous group computes (one group = 32 steps in flight per program). Decay and
-    # drive are formed for the whole group in parallel; the recurrence runs on 8-step slices whose time axis sits
-    # inside each thread (``_unpack8``: reshape + split), so a step costs one FMA per state, with no shuffles and
-    # no shared-memory scan levels. Positions are computed, not loaded, for the built-in orders (every route whose
-    # positions are two-level affine, ``p = base + (t // inner) * outer + (t % inner) * istride``: rows, columns,
-    # reversed, stride-2 sub-lattices), so no load waits on another.
-
-    @triton.jit
-    def _unpack8(x):
-        # [BD, BN, 8] -> its 8 time slices [BD, BN], in order (t = 4i + 2j + k after the reshape)
-        x = tl.reshape(x, [x.shape[0], x.shape[1], 2, 2, 2])
-        e, o = tl.split(x)
-        e0, e1 = tl.split(e)
-        o0, o1 = tl.split(o)
-        x0, x4 = tl.split(e0)
-        x2, x6 = tl.split(e1)
-        x1, x5 = tl.split(o0)
-        x3, x7 = tl.split(o1)
-        return x0, x1, x2, x3, x4, x5, x6, x7
-
-    @triton.jit
-    def _pack8(x0, x1, x2, x3, x4, x5, x6, x7):
-        # inverse of _unpack8: the joins create the i, j, k axes in that order
-        x = tl.join(tl.join(tl.join(x0, x4), tl.join(x2, x6)), tl.join(tl.join(x1, x5), tl.join(x3, x7)))
-        return tl.reshape(x, [x.shape[0], x.shape[1], 8])
-
-    @triton.jit
-    def _split4(x):
-        # [BD, BN, 8, 4] -> the 4 tiles [BD, BN, 8] of a group, in order (tile = 2 * u1 + u0)
-        x = tl.reshape(x, [x.shape[0], x.shape[1], 8, 2, 2])
-        e, o = tl.split(x)
-        x0, x2 = tl.split(e)
-        x1, x3 = tl.split(o)
-        return x0, x1, x2, x3
-
-    @triton.jit
-    def _join4(x0, x1, x2, x3):
-        x = tl.join(tl.join(x0, x2), tl.join(x1, x3))
-        return tl.reshape(x, [x.shape[0], x.shape[1], 8, 4])
-
-    @triton.jit
-    def _forward8(h, a, x):
-        # h_t = a_t h_{t-1} + x_t over one tile: (states [BD, BN, 8], states before each step, last state)
-        a0, a1, a2, a3, a4, a5, a6, a7 = _unpack8(a)
-        x0, x1, x2, x3, x4, x5, x6, x7 = _unpack8(x)
-        h0 = a0 * h + x0
-        h1 = a1 * h0 + x1
-        h2 = a2 * h1 + x2
-        h3 = a3 * h2 + x3
-        h4 = a4 * h3 + x4
-        h5 = a5 * h4 + x5
-        h6 = a6 * h5 + x6
-        h7 = a7 * h6 + x7
-        return _pack8(h0, h1, h2, h3, h4, h5, h6, h7), _pack8(h, h0, h1, h2, h3, h4, h5, h6), h7
-
-    @triton.jit
-    def _adjoint8(g_in, a, beta):
-        # g_t = beta_t + a_{t+1} g_{t+1} from the tile's last step back, g_in = a_{t+1} g_{t+1} past the tile;
-        # returns (g [BD, BN, 8], a_first * g_first for the tile before)
-        a0, a1, a2, a3, a4, a5, a6, a7 = _unpack8(a)
-        b0, b1, b2, b3, b4, b5, b6, b7 = _unpack8(beta)
-        g7 = b7 + g_in
-        g6 = b6 + a7 * g7
-        g5 = b5 + a6 * g6
-        g4 = b4 + a5 * g5
-        g3 = b3 + a4 * g4
-        g2 = b2 + a3 * g3
-        g1 = b1 + a2 * g2
-        g0 = b0 + a1 * g1
-        return _pack8(g0, g1, g2, g3, g4, g5, g6, g7), a0 * g0
-
-    @triton.jit
-    def _group_positions(pos_ptr, meta_ptr, k, start, length, g0, ARITH: tl.constexpr):
-        # positions [8, 4] of the group starting at step g0 (step = g0 + 8 * tile + s) and their mask
-        t = g0 + tl.arange(0, 8)[:, None] + 8 * tl.arange(0, 4)[None, :]
-        mt = t < length
-        if ARITH:
-            base = tl.load(meta_ptr + k * 8 + 4)
-            inner = tl.load(meta_ptr + k * 8 + 5)
-            istride = tl.load(meta_ptr + k * 8 + 6)
-            outer = tl.load(meta_ptr + k * 8 + 7)
-            p = base + (t // inner) * outer + (t % inner) * istride
-            p = tl.where(mt, p, 0).to(tl.int64)
-        else:
-            p = tl.load(pos_ptr + start + t, mask=mt, other=0).to(tl.int64)
-        return p, mt
-
-    @triton.jit
-    def _scan_fwd_rt_kernel(
-            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, ckpt_ptr, pos_ptr, meta_ptr,
-            su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p,
-            W, N, K, NCK, scale,
-            BD: tl.constexpr, BN: tl.constexpr, ARITH: tl.constexpr,
-            HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr,
-            ATOMIC: tl.constexpr, SAVE: tl.constexpr):
-        b = tl.program_id(0).to(tl.int64)
-        k = tl.program_id(1)
-        blk = tl.program_id(2)
-        start = tl.load(meta_ptr + k * 8).to(tl.int64)
-        length = tl.load(meta_ptr + k * 8 + 1)
-        in_off = tl.load(meta_ptr + k * 8 + 2).to(tl.int64)
-        out_off = tl.load(meta_ptr + k * 8 + 3).to(tl.int64)
-
-        d = blk * BD + tl.arange(0, BD)
-        n = tl.arange(0, BN)
-        md = d < W
-        mn = n < N
-        mdn = md[:, None] & mn[None, :]
-        ch = k * W + d
-        A = tl.load(A_ptr + ch[:, None].to(tl.int64) * N + n[None, :], mask=mdn, other=0.0)[:, :, None, None]
-        if HAS_D:
-            Dv = tl.load(D_ptr + ch, mask=md, other=0.0)[:, None, None]
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + ch, mask=md, other=0.0)[:, None, None]
-
-        # bases [BD | BN, 1, 1] (+ [BN, 1]) to which positions [1, 8, 4] are added
-        u_base = u_ptr + b * su_b + in_off + d[:, None, None]
-        d_base = delta_ptr + b * sd_b + ch[:, None, None]
-        B_base = B_ptr + b * sB_b + k * sB_k + n[:, None, None]
-        C_base = C_ptr + b * sC_b + k * sC_k + n[:, None, None]
-        if HIDDEN:
-            o_base = out_ptr + b * so_b + ((out_off + d)[:, None] * N + n[None, :])[:, :, None, None]
-        else:
-            o_base = out_ptr + b * so_b + out_off + d[:, None, None]
-        ck_base = ckpt_ptr + ((b * K + k) * NCK) * W * N + d[:, None] * N + n[None, :]
-        md3 = md[:, None, None]
-        mn3 = mn[:, None, None]
-
-        p_n, mt_n = _group_positions(pos_ptr, meta_ptr, k, start, length, 0, ARITH)
-        u_n = tl.load(u_base + p_n[None] * su_p, mask=md3 & mt_n[None], other=0.0)
-        z_n = tl.load(d_base + p_n[None] * sd_p, mask=md3 & mt_n[None], other=0.0)
-        B_n = tl.load(B_base + p_n[None] * sB_p, mask=mn3 & mt_n[None], other=0.0)
-        if not HIDDEN:
-            C_n = tl.load(C_base + p_n[None] * sC_p, mask=mn3 & mt_n[None], other=0.0)
-        h = tl.zeros([BD, BN], dtype=tl.float32)
-        for g0 in range(0, length, 32):
-            p = p_n
-            mt = mt_n
-            u = u_n.to(tl.float32)
-            z = z_n.to(tl.float32)
-            Bt = B_n.to(tl.float32)
-            if not HIDDEN:
-                Ct = C_n.to(tl.float32)
-            # the next group's loads go out before this group's arithmetic
-            p_n, mt_n = _group_positions(pos_ptr, meta_ptr, k, start, length, g0 + 32, ARITH)
-            u_n = tl.load(u_base + p_n[None] * su_p, mask=md3 & mt_n[None], other=0.0)
-            z_n = tl.load(d_base + p_n[None] * sd_p, mask=md3 & mt_n[None], other=0.0)
-            B_n = tl.load(B_base + p_n[None] * sB_p, mask=mn3 & mt_n[None], other=0.0)
-            if not HIDDEN:
-                C_n = tl.load(C_base + p_n[None] * sC_p, mask=mn3 & mt_n[None], other=0.0)
-
-            if HAS_BIAS:
-                z = z + bias
-            if SOFTPLUS:
-                dt = _softplus(z)
-            else:
-                dt = z
-            # steps past the route's end are identity steps (a = 1, x = 0: u was loaded as 0)
-            a = tl.where(mt[None, None], tl.exp(dt[:, None] * A), 1.0)             # [BD, BN, 8, 4]
-            x = (dt * u)[:, None] * Bt[None]
-            a0, a1, a2, a3 = _split4(a)
-            x0, x1, x2, x3 = _split4(x)
-            hs0, hp, h = _forward8(h, a0, x0)
-            hs1, hp, h = _forward8(h, a1, x1)
-            hs2, hp, h = _forward8(h, a2, x2)
-            hs3, hp, h = _forward8(h, a3, x3)
-            hs = _join4(hs0, hs1, hs2, hs3)
-            mtd = md3 & mt[None]
-            if HIDDEN:
-                m4 = mdn[:, :, None, None] & mt[None, None]
-                if ATOMIC:
-                    tl.atomic_add(o_base + p[None, None] * so_p, hs * scale, mask=m4, sem='relaxed')
-                else:
-                    tl.store(o_base + p[None, None] * so_p, (hs * scale).to(out_ptr.dtype.element_ty), mask=m4)
-            else:
-                y = tl.sum(hs * Ct[None], axis=1)                                     # [BD, 8, 4]
-                if HAS_D:
-                    y = y + Dv * u
-                y = y * scale
-                if ATOMIC:
-                    tl.atomic_add(o_base + p[None] * so_p, y, mask=mtd, sem='relaxed')
-                else:
-                    tl.store(o_base + p[None] * so_p, y.to(out_ptr.dtype.element_ty), mask=mtd)
-            if SAVE:
-                # slot c holds the state before group c (slot 0, the zero state, is never written)
-                c = g0 // 32 + 1
-                tl.store(ck_base + c.to(tl.int64) * W * N, h, mask=mdn & (c < NCK))
-
-    @triton.jit
-    def _scan_bwd_rt_kernel(
-            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dout_ptr, ckpt_ptr,
-            pos_ptr, meta_ptr,
-            du_ptr, ddelta_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
-            su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p,
-            W, N, K, NCK, scale,
-            BD: tl.constexpr, BN: tl.constexpr, ARITH: tl.constexpr,
-            HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr,
-            DU_ATOMIC: tl.constexpr):
-        # Groups from last to first, the next one (in that order) loading while this one computes. A group's
-        # states come from its checkpoint (the forward saved one per group) through _forward8 on its 4 tiles,
-        # in registers; the adjoint runs back through the tiles with _adjoint8, carried across groups as
-        # a_{t+1} g_{t+1}; every gradient is then formed on the whole group. dB / dC are reduced over the
-        # program's BD channels before one atomic per (position, state); dA / dD / ddelta_bias are per-program
-        # partials (summed over the batch by torch: deterministic).
-        b = tl.program_id(0).to(tl.int64)
-        k = tl.program_id(1)
-        blk = tl.program_id(2)
-        start = tl.load(meta_ptr + k * 8).to(tl.int64)
-        length = tl.load(meta_ptr + k * 8 + 1)
-        in_off = tl.load(meta_ptr + k * 8 + 2).to(tl.int64)
-        out_off = tl.load(meta_ptr + k * 8 + 3).to(tl.int64)
-
-        d = blk * BD + tl.arange(0, BD)
-        n = tl.arange(0, BN)
-        md = d < W
-        mn = n < N
-        mdn = md[:, None] & mn[None, :]
-        ch = k * W + d
-        A = tl.load(A_ptr + ch[:, None].to(tl.int64) * N + n[None, :], mask=mdn, other=0.0)[:, :, None, None]
-        if HAS_D:
-            Dv = tl.load(D_ptr + ch, mask=md, other=0.0)[:, None, None]
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + ch, mask=md, other=0.0)[:, None, None]
-
-        u_base = u_ptr + b * su_b + in_off + d[:, None, None]
-        du_base = du_ptr + b * su_b + in_off + d[:, None, None]
-        d_base = delta_ptr + b * sd_b + ch[:, None, None]
-        dd_base = ddelta_ptr + b * sd_b + ch[:, None, None]
-        B_base = B_ptr + b * sB_b + k * sB_k + n[:, None, None]
-        dB_base = dB_ptr + b * sB_b + k * sB_k + n[:, None, None]
-        C_base = C_ptr + b * sC_b + k * sC_k + n[:, None, None]
-        dC_base = dC_ptr + b * sC_b + k * sC_k + n[:, None, None]
-        if HIDDEN:
-            o_base = dout_ptr + b * so_b + ((out_off + d)[:, None] * N + n[None, :])[:, :, None, None]
-        else:
-            o_base = dout_ptr + b * so_b + out_off + d[:, None, None]
-        ck_base = ckpt_ptr + ((b * K + k) * NCK) * W * N + d[:, None] * N + n[None, :]
-        md3 = md[:, None, None]
-        mn3 = mn[:, None, None]
-
-        dA_acc = tl.zeros([BD, BN], dtype=tl.float32)
-        dD_acc = tl.zeros([BD, 1, 1], dtype=tl.float32)
-        dbias_acc = tl.zeros([BD, 1, 1], dtype=tl.float32)
-        g_in = tl.zeros([BD, BN], dtype=tl.float32)
-        n_groups = (length + 31) // 32
-
-        c = n_groups - 1
-        p_n, mt_n = _group_positions(pos_ptr, meta_ptr, k, start, length, c * 32, ARITH)
-        u_n = tl.load(u_base + p_n[None] * su_p, mask=md3 & mt_n[None], other=0.0)
-        z_n = tl.load(d_base + p_n[None] * sd_p, mask=md3 & mt_n[None], other=0.0)
-        B_n = tl.load(B_base + p_n[None] * sB_p, mask=mn3 & mt_n[None], other=0.0)
-        if HIDDEN:
-            dy_n = tl.load(o_base + p_n[None, None] * so_p, mask=mdn[:, :, None, None] & mt_n[None, None], other=0.0)
-        else:
-            dy_n = tl.load(o_base + p_n[None] * so_p, mask=md3 & mt_n[None], other=0.0)
-            C_n = tl.load(C_base + p_n[None] * sC_p, mask=mn3 & mt_n[None], other=0.0)
-        for cj in range(0, n_groups):
-            c = n_groups - 1 - cj
-            p = p_n
-            mt = mt_n
-            u = u_n.to(tl.float32)
-            z = z_n.to(tl.float32)
-            Bt = B_n.to(tl.float32)
-            dy = dy_n.to(tl.float32) * scale
-            if not HIDDEN:
-                Ct = C_n.to(tl.float32)
-            h_c = tl.load(ck_base + c.to(tl.int64) * W * N, mask=mdn & (c > 0), other=0.0)
-            # the next group (the one before, c - 1; none past the first) loads while this one computes
-            p_n, mt_n = _group_positions(pos_ptr, meta_ptr, k, start, length, (c - 1) * 32, ARITH)
-            mt_n = mt_n & (c > 0)
-            u_n = tl.load(u_base + p_n[None] * su_p, mask=md3 & mt_n[None], other=0.0)
-            z_n = tl.load(d_base + p_n[None] * sd_p, mask=md3 & mt_n[None], other=0.0)
-            B_n = tl.load(B_base + p_n[None] * sB_p, mask=mn3 & mt_n[None], other=0.0)
-            if HIDDEN:
-                dy_n = tl.load(o_base + p_n[None, None] * so_p, mask=mdn[:, :, None, None] & mt_n[None, None],
-                               other=0.0)
-            else:
-                dy_n = tl.load(o_base + p_n[None] * so_p, mask=md3 & mt_n[None], other=0.0)
-                C_n = tl.load(C_base + p_n[None] * sC_p, mask=mn3 & mt_n[None], other=0.0)
-
-            if HAS_BIAS:
-                z = z + bias
-            if SOFTPLUS:
-                dt = _softplus(z)
-            else:
-                dt = z
-            a = tl.where(mt[None, None], tl.exp(dt[:, None] * A), 1.0)             # [BD, BN, 8, 4]
-            dtu = dt * u
-            a0, a1, a2, a3 = _split4(a)
-            x0, x1, x2, x3 = _split4(dtu[:, None] * Bt[None])
-            hs0, hp0, h = _forward8(h_c, a0, x0)
-            hs1, hp1, h = _forward8(h, a1, x1)
-            hs2, hp2, h = _forward8(h, a2, x2)
-            hs3, hp3, h = _forward8(h, a3, x3)
-            hs = _join4(hs0, hs1, hs2, hs3)
-            hp = _join4(hp0, hp1, hp2, hp3)
-            mtd = md3 & mt[None]
-            mtn = mn3 & mt[None]
-            if HIDDEN:
-                beta = dy
-            else:
-                beta = dy[:, None] * Ct[None]
-                tl.atomic_add(dC_base + p[None] * sC_p, tl.sum(dy[:, None] * hs, axis=0), mask=mtn, sem='relaxed')
-            b0, b1, b2, b3 = _split4(beta)
-            g3, g_in = _adjoint8(g_in, a3, b3)
-            g2, g_in = _adjoint8(g_in, a2, b2)
-            g1, g_in = _adjoint8(g_in, a1, b1)
-            g0, g_in = _adjoint8(g_in, a0, b0)
-            g = _join4(g0, g1, g2, g3)
-
-            gB = tl.sum(g * Bt[None], axis=1)                                      # [BD, 8, 4]
-            du = gB * dt
-            if HAS_D:
-                if not HIDDEN:
-                    du += Dv * dy
-                    dD_acc += tl.sum(tl.sum(dy * u, axis=2, keep_dims=True), axis=1, keep_dims=True)
-            if DU_ATOMIC:
-                tl.atomic_add(du_base + p[None] * su_p, du, mask=mtd, sem='relaxed')
-            else:
-                tl.store(du_base + p[None] * su_p, du.to(du_ptr.dtype.element_ty), mask=mtd)
-            tl.atomic_add(dB_base + p[None] * sB_p, tl.sum(g * dtu[:, None], axis=0), mask=mtn, sem='relaxed')
-            gah = g * a * hp                                                       # dL/da_t * a_t
-            ddt = tl.sum(gah * A, axis=1) + gB * u
-            dA_acc += tl.sum(tl.sum(gah * dt[:, None], axis=3), axis=2)
-            if SOFTPLUS:
-                dz = tl.where(z > 20.0, ddt, ddt / (1.0 + tl.exp(-z)))
-            else:
-                dz = ddt
-            dz = tl.where(mtd, dz, 0.0)
-            dbias_acc += tl.sum(tl.sum(dz, axis=2, keep_dims=True), axis=1, keep_dims=True)
-            tl.store(dd_base + p[None] * sd_p, dz.to(ddelta_ptr.dtype.element_ty), mask=mtd)
-
-        tl.store(dA_ptr + (b * K * W + ch[:, None]) * N + n[None, :], dA_acc, mask=mdn)
-        if HAS_D:
-            tl.store(dD_ptr + b * K * W + ch[:, None, None], dD_acc, mask=md3)
-        if HAS_BIAS:
-            tl.store(dbias_ptr + b * K * W + ch[:, None, None], dbias_acc, mask=md3)
 
 # ----------------------------------------------------------------------------------------------------------------
 # host side
 
-def _affine(pos: torch.Tensor):
-    """(base, inner, istride, outer) with ``pos[t] == base + (t // inner) * outer + (t % inner) * istride`` for
-    every t, or None. Rows, columns, their reverses and the stride-2 sub-lattices all have this form."""
-    L = pos.numel()
-    if L <= 1:
-        return (int(pos[0]) if L else 0), 1, 0, 0
-    steps = pos[1:] - pos[:-1]
-    istride = int(steps[0])
-    breaks = torch.nonzero(steps != istride)
-    inner = int(breaks[0]) + 1 if breaks.numel() else L
-    outer = int(pos[inner] - pos[0]) if inner < L else 0
-    t = torch.arange(L)
-    guess = pos[0] + (t // inner) * outer + (t % inner) * istride
-    return (int(pos[0]), inner, istride, outer) if torch.equal(guess, pos) else None
-
-
 @functools.lru_cache(maxsize=256)
 def _route_tables(plan: RoutePlan, device: torch.device):
-    """Per plan/device (cached): the concatenated positions ``pos`` (int32), the ``(K, 8)`` int32 table (start in
-    ``pos``, length, in_offset, out_offset, base, inner, istride, outer), whether every route's positions are
-    affine (then the rt kernels compute them instead of loading them), and the most routes that read one input
-    element (1: du needs no atomics)."""
+    """(pos int32 (sum L_k,), meta int32 (K, 4): start, length, in_offset, out_offset), cached per plan/device."""
     pos = torch.cat([p.to(torch.int32) for p in plan.positions])
     meta, start = [], 0
-    reads = torch.zeros(plan.height * plan.width_px, plan.in_channels, dtype=torch.int32)
-    arith = True
     for r, p in zip(plan.routes, plan.positions):
-        aff = _affine(p)
-        arith = arith and aff is not None
-        meta.append((start, p.numel(), r.in_offset, r.out_offset) + (aff or (0, 1, 0, 0)))
+        meta.append((start, p.numel(), r.in_offset, r.out_offset))
         start += p.numel()
-        reads[p, r.in_offset:r.in_offset + plan.width] += 1
-    return pos.to(device), torch.tensor(meta, dtype=torch.int32).to(device), arith, int(reads.max())
+    return pos.to(device), torch.tensor(meta, dtype=torch.int32).to(device)
 
 
 def _pow2(x: int) -> int:
@@ -915,34 +550,21 @@ def _config(width: int, n_state: int):
     return bd, bn, chunk, num_warps
 
 
-# Kernel choice. ``rt`` (register-tiled, 8-step tiles with time inside each thread) is the default for every
-# shape; ``tiled`` (associative scan over BT-step tiles) and ``sequential`` (one step per iteration) are the earlier
-# designs, kept selectable for the benchmark's comparison (kernels/README.md has the measurements).
-# ``FORCE_KERNEL`` ('rt' / 'tiled' / 'sequential'), ``_TILE_OVERRIDE`` (BT, BD, warps fwd[, warps bwd]) of the tiled
-# kernels and ``_RT_OVERRIDE`` (BD, warps[, tiles per checkpoint]) of the rt kernels are for tests and benchmarks.
+# Kernel choice (measured on an H100 at batch 128, kernels/README.md): the tiled kernels (time tiles of BT steps,
+# scan along time inside the tile) win for long routes at N = 1 (VMamba-T stage 1 forward and backward, stage 2
+# forward without gradients); the sequential kernels win for short routes (stages 3-4) and at N = 16 (Vim).
+# ``FORCE_KERNEL`` ('tiled' / 'sequential') and ``_TILE_OVERRIDE`` (BT, BD, warps fwd[, warps bwd]) are for tests
+# and benchmarks.
 FORCE_KERNEL = None
 _TILE_OVERRIDE = None
-_RT_OVERRIDE = None
 
 
-def _kernel_kind(n_state: int) -> str:
+def _use_tiled(n_state: int, route_len: int, need_grad: bool) -> bool:
     if FORCE_KERNEL is not None:
-        return FORCE_KERNEL
+        return FORCE_KERNEL == 'tiled'
     if _TILE_OVERRIDE is not None:
-        return 'tiled'
-    return 'rt' if n_state == 1 else 'sequential'
-
-
-def _rt_config(width: int, n_state: int):
-    """(BD, BN, num_warps) of the register-tiled kernels (one channel per thread at N = 1)."""
-    bn = _pow2(n_state)
-    if _RT_OVERRIDE is not None:
-        bd, nw = _RT_OVERRIDE
-    elif bn == 1:
-        bd, nw = 32, 1
-    else:
-        bd, nw = 16, 4
-    return min(bd, max(8, _pow2(width))), bn, nw
+        return True
+    return n_state == 1 and (route_len >= 2048 or (not need_grad and route_len >= 512))
 
 
 def _tile_config(width: int, n_state: int, need_grad: bool):
@@ -979,17 +601,14 @@ class _TritonScan(torch.autograd.Function):
         batch, num_pos, _ = u.shape
         K, W, N = plan.num_routes, plan.width, A.shape[-1]
         Lmax = max(p.numel() for p in plan.positions)
-        kind = _kernel_kind(N)
-        if kind == 'rt':
-            BD, BN, num_warps = _rt_config(W, N)
-            CHUNK, nw_bwd = 32, num_warps          # the forward saves the state before every 32-step group
-        elif kind == 'tiled':
+        tiled = _use_tiled(N, Lmax, bool(need_grad))
+        if tiled:
             BT, BD, BN, num_warps, nw_bwd = _tile_config(W, N, bool(need_grad))
             CHUNK = BT
         else:
             BD, BN, CHUNK, num_warps = _config(W, N)
             nw_bwd = num_warps
-        pos, meta, arith, _ = _route_tables(plan, u.device)
+        pos, meta = _route_tables(plan, u.device)
         nck = max(1, -(-Lmax // CHUNK))
         scale = 1.0 / plan.multiplicity if (mean and plan.multiplicity > 1) else 1.0
         atomic = plan.multiplicity > 1
@@ -1009,9 +628,7 @@ class _TritonScan(torch.autograd.Function):
         flags = dict(HAS_D=(D is not None and not return_hidden), HAS_BIAS=delta_bias is not None,
                      SOFTPLUS=bool(delta_softplus), HIDDEN=bool(return_hidden), ATOMIC=atomic,
                      SAVE=bool(need_grad), num_warps=num_warps)
-        if kind == 'rt':
-            _scan_fwd_rt_kernel[grid](*args, BD=BD, BN=BN, ARITH=arith, **flags)
-        elif kind == 'tiled':
+        if tiled:
             _scan_fwd_tiled_kernel[grid](*args, BT=BT, BD=BD, BN=BN, **flags)
         else:
             _scan_fwd_kernel[grid](*args, BD=BD, BN=BN, CHUNK=CHUNK, **flags)
@@ -1019,7 +636,7 @@ class _TritonScan(torch.autograd.Function):
             out = out.to(out_dtype)
         if need_grad:
             ctx.save_for_backward(u, delta, A32, B, C, D32, bias32, ckpt)
-            ctx.cfg = (plan, bool(delta_softplus), bool(return_hidden), scale, nck, kind,
+            ctx.cfg = (plan, bool(delta_softplus), bool(return_hidden), scale, nck, tiled,
                        (BD, BN, CHUNK, nw_bwd))
             ctx.dtypes = (A.dtype, None if D is None else D.dtype, None if delta_bias is None else delta_bias.dtype)
         return out
@@ -1027,20 +644,18 @@ class _TritonScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         u, delta, A32, B, C, D32, bias32, ckpt = ctx.saved_tensors
-        plan, softplus, hidden, scale, nck, kind, (BD, BN, CHUNK, num_warps) = ctx.cfg
+        plan, softplus, hidden, scale, nck, tiled, (BD, BN, CHUNK, num_warps) = ctx.cfg
         A_dtype, D_dtype, bias_dtype = ctx.dtypes
         batch, num_pos, _ = u.shape
         K, W, N = plan.num_routes, plan.width, A32.shape[-1]
         dev = u.device
-        pos, meta, arith, readers = _route_tables(plan, dev)
+        pos, meta = _route_tables(plan, dev)
         dout = dout.contiguous()
         u = u.contiguous()
         delta = delta.contiguous()
         B = B.contiguous()
         C = C.contiguous() if C is not None else None
-        # du: fp32 atomics when several routes read one element (cross, bidirectional), else plain stores
-        du_atomic = kind != 'rt' or readers > 1
-        du = torch.zeros(u.shape, device=dev, dtype=torch.float32 if du_atomic else u.dtype)
+        du = torch.zeros(u.shape, device=dev, dtype=torch.float32)
         ddelta = torch.zeros(delta.shape, device=dev, dtype=delta.dtype)   # every element written once or 0
         dB = torch.zeros(B.shape, device=dev, dtype=torch.float32)
         dC = torch.zeros(B.shape, device=dev, dtype=torch.float32) if C is not None else dB
@@ -1058,10 +673,7 @@ class _TritonScan(torch.autograd.Function):
         grads = (du, ddelta, dB, dC, dA, dD, dbias)
         flags = dict(HAS_D=has_d, HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HIDDEN=hidden,
                      num_warps=num_warps)
-        if kind == 'rt':
-            _scan_bwd_rt_kernel[grid](*params, dout, ckpt, pos, meta, *grads, *strides,
-                                      BD=BD, BN=BN, ARITH=arith, DU_ATOMIC=du_atomic, **flags)
-        elif kind == 'tiled':
+        if tiled:
             _scan_bwd_tiled_kernel[grid](*params, dout, ckpt, pos, meta, *grads, *strides,
                                          BT=CHUNK, BD=BD, BN=BN, **flags)
         else:

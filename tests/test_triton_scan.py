@@ -93,18 +93,17 @@ def _close(name, got, want, dtype):
 
 
 def _check(routes, height, width_px, width, in_ch, out_ch, batch, n_state, dtype, hidden=False, mean=False,
-           softplus=True, bias=True, D=True, seed=0, device=DEV, kernel=None, tile=None, rt=None):
-    """``kernel``: None (the backend's own choice), 'rt', 'tiled' or 'sequential'; ``tile``: (BT, BD, warps)
-    override of the tiled kernels; ``rt``: (BD, warps, tiles per checkpoint) override of the rt kernels."""
+           softplus=True, bias=True, D=True, seed=0, device=DEV, kernel=None, tile=None):
+    """``kernel``: None (the backend's own choice), 'tiled' or 'sequential'; ``tile``: (BT, BD, warps) override."""
     if _NEEDS_SUBPROCESS:
         pytest.skip('runs in test_cpu_cases_in_fresh_process')
-    saved = TS.FORCE_KERNEL, TS._TILE_OVERRIDE, TS._RT_OVERRIDE
-    TS.FORCE_KERNEL, TS._TILE_OVERRIDE, TS._RT_OVERRIDE = kernel, tile, rt
+    saved = TS.FORCE_KERNEL, TS._TILE_OVERRIDE
+    TS.FORCE_KERNEL, TS._TILE_OVERRIDE = kernel, tile
     try:
         _check_impl(routes, height, width_px, width, in_ch, out_ch, batch, n_state, dtype, hidden, mean, softplus,
                     bias, D, seed, device)
     finally:
-        TS.FORCE_KERNEL, TS._TILE_OVERRIDE, TS._RT_OVERRIDE = saved
+        TS.FORCE_KERNEL, TS._TILE_OVERRIDE = saved
 
 
 def _check_impl(routes, height, width_px, width, in_ch, out_ch, batch, n_state, dtype, hidden, mean, softplus,
@@ -184,10 +183,8 @@ def test_chunked_backward_long_route():
     _check(R.bidirectional_routes(2), 1, 37, 2, 4, 2, batch=1, n_state=16, dtype=torch.float32, seed=10)
 
 
-# Every route kind and option, forced on each kernel design: the rt kernels (the default at N = 1; here also at
-# N > 1, with several channel blocks where BD is small, routes that are not a multiple of the 32-step group, and a
-# custom order whose positions must be loaded from the index), and the tiled ones (previous design, kept for the
-# benchmark's comparison) with small tiles (several tiles per route: carries, checkpoints), with small tiles (several tiles per route: carries, checkpoints) where it matters.
+# The tiled kernels (time tiles + scan along time) are picked for long routes at N = 1 only; these cases force
+# them on every route kind, with small tiles (several tiles per route: carries, checkpoints) where it matters.
 TILED_CASES = {
     'cross_fp32_multitile': dict(routes=R.cross_routes(), height=5, width_px=6, width=5, in_ch=5, out_ch=5, batch=2,
                                  n_state=1, dtype=torch.float32, tile=(4, 8, 2, 2)),
@@ -220,34 +217,6 @@ def test_tiled_kernels(case):
     _check(kernel='tiled', **TILED_CASES[case])
 
 
-def _zigzag(h, w):
-    return torch.tensor([r * w + (c if r % 2 == 0 else w - 1 - c) for r in range(h) for c in range(w)])
-
-
-RT_CASES = dict(TILED_CASES,
-                long_blocks=dict(routes=R.cross_routes(), height=7, width_px=11, width=20, in_ch=20, out_ch=20,
-                                 batch=2, n_state=1, dtype=torch.bfloat16, seed=17, rt=(8, 1)),
-                zigzag_index=dict(routes=(R.Route(_zigzag), R.Route(_zigzag, reverse=True)), height=5, width_px=9,
-                                  width=4, in_ch=4, out_ch=4, batch=1, n_state=1, dtype=torch.float32, seed=18))
-
-
-@pytest.mark.parametrize('case', list(RT_CASES), ids=str)
-def test_rt_kernels(case):
-    cfg = {k: v for k, v in RT_CASES[case].items() if k != 'tile'}
-    _check(kernel='rt', **cfg)
-
-
-def test_affine_positions():
-    for route in [R.Route('row'), R.Route('col', reverse=True), R.Route('row', stride=2, offset=(1, 1)),
-                  R.Route('col', stride=2, offset=(1, 0), reverse=True)]:
-        for h, w in [(5, 7), (4, 4), (1, 9)]:
-            pos = route.positions(h, w)
-            base, inner, istride, outer = TS._affine(pos)
-            t = torch.arange(pos.numel())
-            assert torch.equal(base + (t // inner) * outer + (t % inner) * istride, pos), (route, h, w)
-    assert TS._affine(_zigzag(3, 4)) is None
-
-
 def test_no_grad_forward_only():
     if _NEEDS_SUBPROCESS:
         pytest.skip('runs in test_cpu_cases_in_fresh_process')
@@ -269,7 +238,7 @@ def test_supports_never_raises():
 gpu = pytest.mark.skipif(not _CUDA, reason='needs CUDA')
 
 
-KERNELS = ['rt', 'sequential', 'tiled']
+KERNELS = ['sequential', 'tiled']
 
 
 @pytest.mark.gpu
@@ -284,9 +253,9 @@ def test_gpu_cross_vmamba_like(dtype, kernel):
 @gpu
 @pytest.mark.parametrize('grad', [True, False])
 def test_gpu_long_route_default_choice(grad):
-    # L = 2304, the backend's own choice (the rt kernels), with and without gradients
+    # L = 2304: the backend's own choice is the tiled kernel here (both with and without gradients)
     plan = R.plan_routes(R.cross_routes(), 48, 48, 40, 40, 40)
-    assert TS._kernel_kind(1) == 'rt'
+    assert TS._use_tiled(1, 2304, grad)
     _check(R.cross_routes(), 48, 48, 40, 40, 40, batch=2, n_state=1, dtype=torch.bfloat16, seed=16)
     if not grad:
         x = _make(plan, 2, 1, torch.bfloat16)
