@@ -589,105 +589,134 @@ def _prep(t: Optional[torch.Tensor]):
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _kernel_config(plan: RoutePlan, n_state: int, need_grad: bool):
+    """(tiled?, BD, BN, CHUNK, warps forward, warps backward, number of checkpoints) for a plan."""
+    W = plan.width
+    Lmax = max(p.numel() for p in plan.positions)
+    tiled = _use_tiled(n_state, Lmax, need_grad)
+    if tiled:
+        BT, BD, BN, num_warps, nw_bwd = _tile_config(W, n_state, need_grad)
+        CHUNK = BT
+    else:
+        BD, BN, CHUNK, num_warps = _config(W, n_state)
+        nw_bwd = num_warps
+    return tiled, BD, BN, CHUNK, num_warps, nw_bwd, max(1, -(-Lmax // CHUNK))
+
+
+def checkpoint_shape(batch: int, plan: RoutePlan, n_state: int) -> tuple:
+    """Shape of the fp32 states ``triton_forward`` saves for the backward (``need_grad=True``)."""
+    nck = _kernel_config(plan, n_state, True)[-1]
+    return batch, plan.num_routes, nck, plan.width, n_state
+
+
+def triton_forward(u, delta, A, B, C, D, delta_bias, plan: RoutePlan, delta_softplus: bool, return_hidden: bool,
+                   mean: bool, out_dtype: Optional[torch.dtype], need_grad: bool):
+    """Forward kernel on flattened maps: returns ``(out, ckpt)``, ``ckpt`` the states saved for
+    ``triton_backward`` (an empty tensor when ``need_grad`` is False)."""
+    u, delta, B, C = _prep(u), _prep(delta), _prep(B), _prep(C)
+    A32 = A.detach().float().contiguous()
+    D32 = D.detach().float().contiguous() if D is not None else None
+    bias32 = delta_bias.detach().float().contiguous() if delta_bias is not None else None
+    batch, num_pos, _ = u.shape
+    K, W, N = plan.num_routes, plan.width, A.shape[-1]
+    tiled, BD, BN, CHUNK, num_warps, _, nck = _kernel_config(plan, N, need_grad)
+    pos, meta = _route_tables(plan, u.device)
+    scale = 1.0 / plan.multiplicity if (mean and plan.multiplicity > 1) else 1.0
+    atomic = plan.multiplicity > 1
+    out_dtype = out_dtype or u.dtype
+    shape = (batch, num_pos, plan.out_channels) + ((N,) if return_hidden else ())
+    out = torch.zeros(shape, device=u.device, dtype=torch.float32) if atomic else \
+        torch.empty(shape, device=u.device, dtype=out_dtype)
+    # zeros, not empty: slot 0 (the zero state) is never written, and an op's outputs must be deterministic
+    ckpt = torch.zeros((batch, K, nck, W, N) if need_grad else (0,), device=u.device, dtype=torch.float32)
+    Cx = C if C is not None else B
+    grid = (batch, K, triton.cdiv(W, BD))
+    args = (u, delta, A32, B, Cx, D32 if D32 is not None else A32, bias32 if bias32 is not None else A32,
+            out, ckpt if need_grad else out, pos, meta,
+            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
+            B.stride(0), B.stride(1), B.stride(2), Cx.stride(0), Cx.stride(1), Cx.stride(2),
+            out.stride(0), out.stride(1),
+            W, N, K, nck, scale)
+    flags = dict(HAS_D=(D is not None and not return_hidden), HAS_BIAS=delta_bias is not None,
+                 SOFTPLUS=bool(delta_softplus), HIDDEN=bool(return_hidden), ATOMIC=atomic,
+                 SAVE=bool(need_grad), num_warps=num_warps)
+    if tiled:
+        _scan_fwd_tiled_kernel[grid](*args, BT=CHUNK, BD=BD, BN=BN, **flags)
+    else:
+        _scan_fwd_kernel[grid](*args, BD=BD, BN=BN, CHUNK=CHUNK, **flags)
+    if out.dtype != out_dtype:
+        out = out.to(out_dtype)
+    return out, ckpt
+
+
+def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePlan, delta_softplus: bool,
+                    return_hidden: bool, mean: bool):
+    """Backward kernel: ``(du, ddelta, dA, dB, dC, dD, ddelta_bias)`` in the dtypes of the inputs (None for an
+    absent input; dD is None with ``return_hidden``, where D is unused)."""
+    K, W, N = plan.num_routes, plan.width, A.shape[-1]
+    tiled, BD, BN, CHUNK, _, num_warps, nck = _kernel_config(plan, N, True)
+    scale = 1.0 / plan.multiplicity if (mean and plan.multiplicity > 1) else 1.0
+    hidden, softplus = bool(return_hidden), bool(delta_softplus)
+    A32 = A.detach().float().contiguous()
+    D32 = D.detach().float().contiguous() if D is not None else None
+    bias32 = delta_bias.detach().float().contiguous() if delta_bias is not None else None
+    batch, num_pos, _ = u.shape
+    dev = u.device
+    pos, meta = _route_tables(plan, dev)
+    dout = dout.contiguous()
+    u = u.contiguous()
+    delta = delta.contiguous()
+    B = B.contiguous()
+    C = C.contiguous() if C is not None else None
+    du = torch.zeros(u.shape, device=dev, dtype=torch.float32)
+    ddelta = torch.zeros(delta.shape, device=dev, dtype=delta.dtype)   # every element written once or 0
+    dB = torch.zeros(B.shape, device=dev, dtype=torch.float32)
+    dC = torch.zeros(B.shape, device=dev, dtype=torch.float32) if C is not None else dB
+    dA = torch.empty((batch, K * W, N), device=dev, dtype=torch.float32)
+    has_d = D32 is not None and not hidden
+    dD = torch.empty((batch, K * W), device=dev, dtype=torch.float32) if has_d else dA
+    dbias = torch.empty((batch, K * W), device=dev, dtype=torch.float32) if bias32 is not None else dA
+    nblk = triton.cdiv(W, BD)
+    Cx = C if C is not None else B
+    grid = (batch, K, nblk)
+    strides = (u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
+               B.stride(0), B.stride(1), B.stride(2), Cx.stride(0), Cx.stride(1), Cx.stride(2),
+               dout.stride(0), dout.stride(1), W, N, K, nck, scale)
+    params = (u, delta, A32, B, Cx, D32 if D32 is not None else A32, bias32 if bias32 is not None else A32)
+    grads = (du, ddelta, dB, dC, dA, dD, dbias)
+    flags = dict(HAS_D=has_d, HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HIDDEN=hidden,
+                 num_warps=num_warps)
+    if tiled:
+        _scan_bwd_tiled_kernel[grid](*params, dout, ckpt, pos, meta, *grads, *strides,
+                                     BT=CHUNK, BD=BD, BN=BN, **flags)
+    else:
+        scratch = torch.empty((batch * K * nblk, CHUNK + 1, BD, BN), device=dev, dtype=torch.float32)
+        _scan_bwd_kernel[grid](*params, dout, ckpt, scratch, pos, meta, *grads, *strides,
+                               BD=BD, BN=BN, CHUNK=CHUNK, **flags)
+    gA = dA.sum(0).to(A.dtype)
+    gD = dD.sum(0).to(D.dtype) if has_d else None
+    gbias = dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
+    gC = dC.to(C.dtype) if C is not None else None
+    return du.to(u.dtype), ddelta, gA, dB.to(B.dtype), gC, gD, gbias
+
+
 class _TritonScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, delta_bias, plan, delta_softplus, return_hidden, mean, out_dtype,
                 need_grad):
-        u, delta, B, C = _prep(u), _prep(delta), _prep(B), _prep(C)
-        A32 = A.detach().float().contiguous()
-        D32 = D.detach().float().contiguous() if D is not None else None
-        bias32 = delta_bias.detach().float().contiguous() if delta_bias is not None else None
-        batch, num_pos, _ = u.shape
-        K, W, N = plan.num_routes, plan.width, A.shape[-1]
-        Lmax = max(p.numel() for p in plan.positions)
-        tiled = _use_tiled(N, Lmax, bool(need_grad))
-        if tiled:
-            BT, BD, BN, num_warps, nw_bwd = _tile_config(W, N, bool(need_grad))
-            CHUNK = BT
-        else:
-            BD, BN, CHUNK, num_warps = _config(W, N)
-            nw_bwd = num_warps
-        pos, meta = _route_tables(plan, u.device)
-        nck = max(1, -(-Lmax // CHUNK))
-        scale = 1.0 / plan.multiplicity if (mean and plan.multiplicity > 1) else 1.0
-        atomic = plan.multiplicity > 1
-        out_dtype = out_dtype or u.dtype
-        shape = (batch, num_pos, plan.out_channels) + ((N,) if return_hidden else ())
-        out = torch.zeros(shape, device=u.device, dtype=torch.float32) if atomic else \
-            torch.empty(shape, device=u.device, dtype=out_dtype)
-        ckpt = torch.empty((batch, K, nck, W, N), device=u.device, dtype=torch.float32) if need_grad else out
-        Cx = C if C is not None else B
-        grid = (batch, K, triton.cdiv(W, BD))
-        args = (u, delta, A32, B, Cx, D32 if D32 is not None else A32, bias32 if bias32 is not None else A32,
-                out, ckpt, pos, meta,
-                u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
-                B.stride(0), B.stride(1), B.stride(2), Cx.stride(0), Cx.stride(1), Cx.stride(2),
-                out.stride(0), out.stride(1),
-                W, N, K, nck, scale)
-        flags = dict(HAS_D=(D is not None and not return_hidden), HAS_BIAS=delta_bias is not None,
-                     SOFTPLUS=bool(delta_softplus), HIDDEN=bool(return_hidden), ATOMIC=atomic,
-                     SAVE=bool(need_grad), num_warps=num_warps)
-        if tiled:
-            _scan_fwd_tiled_kernel[grid](*args, BT=BT, BD=BD, BN=BN, **flags)
-        else:
-            _scan_fwd_kernel[grid](*args, BD=BD, BN=BN, CHUNK=CHUNK, **flags)
-        if out.dtype != out_dtype:
-            out = out.to(out_dtype)
+        out, ckpt = triton_forward(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, return_hidden, mean,
+                                   out_dtype, need_grad)
         if need_grad:
-            ctx.save_for_backward(u, delta, A32, B, C, D32, bias32, ckpt)
-            ctx.cfg = (plan, bool(delta_softplus), bool(return_hidden), scale, nck, tiled,
-                       (BD, BN, CHUNK, nw_bwd))
-            ctx.dtypes = (A.dtype, None if D is None else D.dtype, None if delta_bias is None else delta_bias.dtype)
+            ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, ckpt)
+            ctx.cfg = (plan, delta_softplus, return_hidden, mean)
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        u, delta, A32, B, C, D32, bias32, ckpt = ctx.saved_tensors
-        plan, softplus, hidden, scale, nck, tiled, (BD, BN, CHUNK, num_warps) = ctx.cfg
-        A_dtype, D_dtype, bias_dtype = ctx.dtypes
-        batch, num_pos, _ = u.shape
-        K, W, N = plan.num_routes, plan.width, A32.shape[-1]
-        dev = u.device
-        pos, meta = _route_tables(plan, dev)
-        dout = dout.contiguous()
-        u = u.contiguous()
-        delta = delta.contiguous()
-        B = B.contiguous()
-        C = C.contiguous() if C is not None else None
-        du = torch.zeros(u.shape, device=dev, dtype=torch.float32)
-        ddelta = torch.zeros(delta.shape, device=dev, dtype=delta.dtype)   # every element written once or 0
-        dB = torch.zeros(B.shape, device=dev, dtype=torch.float32)
-        dC = torch.zeros(B.shape, device=dev, dtype=torch.float32) if C is not None else dB
-        dA = torch.empty((batch, K * W, N), device=dev, dtype=torch.float32)
-        has_d = D32 is not None and not hidden
-        dD = torch.empty((batch, K * W), device=dev, dtype=torch.float32) if has_d else dA
-        dbias = torch.empty((batch, K * W), device=dev, dtype=torch.float32) if bias32 is not None else dA
-        nblk = triton.cdiv(W, BD)
-        Cx = C if C is not None else B
-        grid = (batch, K, nblk)
-        strides = (u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
-                   B.stride(0), B.stride(1), B.stride(2), Cx.stride(0), Cx.stride(1), Cx.stride(2),
-                   dout.stride(0), dout.stride(1), W, N, K, nck, scale)
-        params = (u, delta, A32, B, Cx, D32 if D32 is not None else A32, bias32 if bias32 is not None else A32)
-        grads = (du, ddelta, dB, dC, dA, dD, dbias)
-        flags = dict(HAS_D=has_d, HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HIDDEN=hidden,
-                     num_warps=num_warps)
-        if tiled:
-            _scan_bwd_tiled_kernel[grid](*params, dout, ckpt, pos, meta, *grads, *strides,
-                                         BT=CHUNK, BD=BD, BN=BN, **flags)
-        else:
-            scratch = torch.empty((batch * K * nblk, CHUNK + 1, BD, BN), device=dev, dtype=torch.float32)
-            _scan_bwd_kernel[grid](*params, dout, ckpt, scratch, pos, meta, *grads, *strides,
-                                   BD=BD, BN=BN, CHUNK=CHUNK, **flags)
-        gA = dA.sum(0).to(A_dtype)
-        gD = None
-        if D_dtype is not None:
-            gD = dD.sum(0).to(D_dtype) if has_d else None   # D is unused with return_hidden
-        gbias = dbias.sum(0).to(bias_dtype) if bias_dtype is not None else None
-        gC = dC.to(C.dtype) if C is not None else None
-        return (du.to(u.dtype), ddelta, gA, dB.to(B.dtype), gC, gD, gbias,
-                None, None, None, None, None, None)
+        u, delta, A, B, C, D, delta_bias, ckpt = ctx.saved_tensors
+        grads = triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, *ctx.cfg)
+        return grads + (None,) * 6
 
 
 def selective_scan_triton(

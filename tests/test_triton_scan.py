@@ -4,6 +4,7 @@ Without CUDA the kernels run under the Triton interpreter on CPU tensors (small 
 directly, ``supports()`` only governs auto-dispatch). With CUDA the same cases run on the GPU, plus larger
 ``@pytest.mark.gpu`` cases.
 """
+import importlib
 import os
 import sys
 
@@ -301,3 +302,39 @@ def test_gpu_dispatch_through_op():
     y = selective_scan(u, delta, A, B, C, routes=R.cross_routes())
     y_ref = selective_scan(u, delta, A, B, C, routes=R.cross_routes(), backend='reference')
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- torch.library op
+
+def _op_args(need_grad):
+    S = importlib.import_module('visionssm.ops.selective_scan')   # registers the ops
+    routes = R.cross_routes()
+    plan = R.plan_routes(routes, 2, 3, 3, 3, 3)
+    x = _make(plan, 1, 2, torch.float32)
+    x = {k: (v.requires_grad_(need_grad) if v is not None else None) for k, v in x.items()}
+    return (x['u'], x['delta'], x['A'], x['B'], x['C'], x['D'], x['delta_bias'], S._routes_key(routes), 2, 3, 3,
+            True, False, False, None, need_grad)
+
+
+@pytest.mark.parametrize('need_grad', [False, True])
+def test_op_registration(need_grad):
+    # schema, fake (meta) implementation, autograd registration and dynamic-shape AOT dispatch, all by torch
+    if _NEEDS_SUBPROCESS:
+        pytest.skip('runs in test_cpu_cases_in_fresh_process')
+    torch.library.opcheck(torch.ops.visionssm.selective_scan.default, _op_args(need_grad))
+
+
+def test_op_compiles_without_graph_break():
+    if _NEEDS_SUBPROCESS:
+        pytest.skip('runs in test_cpu_cases_in_fresh_process')
+    args = _op_args(True)
+
+    def loss(u, delta, A, B, C, D, bias):
+        out, _ = torch.ops.visionssm.selective_scan(u, delta, A, B, C, D, bias, *args[7:])
+        return (out * out).sum()
+
+    compiled = torch.compile(loss, fullgraph=True, backend='aot_eager')
+    got = torch.autograd.grad(compiled(*args[:7]), args[:7])
+    want = torch.autograd.grad(loss(*args[:7]), args[:7])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
