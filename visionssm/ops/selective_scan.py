@@ -159,6 +159,9 @@ def selective_scan(
         plan = plan_routes(routes, height, width_px, width, in_channels, out_channels)   # errors name the route
         for counter in _flop_counters:
             counter.append(batch * sum(p.numel() for p in plan.positions) * width * (9 * n_state + 1))
+    if u.device.type == 'meta':   # shape propagation and FLOP counting: nothing to compute
+        out = u.new_empty(grid + (out_channels,) + ((n_state,) if return_hidden else ()), dtype=out_dtype or u.dtype)
+        return out.squeeze(1) if seq else out
     name = _select_backend(backend, u)
     flat = lambda t: t.flatten(1, 2) if t is not None else None
     args = (flat(u), flat(delta), A, flat(B), flat(C), D, delta_bias)
