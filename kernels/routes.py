@@ -27,6 +27,14 @@ Order = Union[str, Callable[[int, int], torch.Tensor]]
 _ORDERS = ('row', 'col')
 
 
+_BY_KEY: dict = {}
+
+
+def route_from_key(key: str) -> 'Route':
+    """The route whose ``key`` is ``key`` (every Route registers itself when constructed)."""
+    return _BY_KEY[key]
+
+
 @dataclass(frozen=True)
 class Route:
     """One scan path over an ``H x W`` grid.
@@ -61,6 +69,9 @@ class Route:
             raise ValueError(f'route offset must satisfy 0 <= offset < stride, got offset {offset} with stride {stride}')
         if self.in_offset < 0 or self.out_offset < 0:
             raise ValueError(f'route channel offsets must be >= 0, got in {self.in_offset}, out {self.out_offset}')
+        # a string naming this route, for op schemas that cannot carry Python objects (see route_from_key)
+        object.__setattr__(self, 'key', repr(self))
+        _BY_KEY.setdefault(self.key, self)
 
     def positions(self, height: int, width: int) -> torch.Tensor:
         """Flat positions ``h * width + w`` in visiting order (int64, CPU)."""

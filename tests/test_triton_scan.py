@@ -307,12 +307,12 @@ def test_gpu_dispatch_through_op():
 # ---------------------------------------------------------------------------------------------- torch.library op
 
 def _op_args(need_grad):
-    S = importlib.import_module('visionssm.ops.selective_scan')   # registers the ops
+    importlib.import_module('visionssm.ops.selective_scan')   # registers the ops
     routes = R.cross_routes()
     plan = R.plan_routes(routes, 2, 3, 3, 3, 3)
     x = _make(plan, 1, 2, torch.float32)
     x = {k: (v.requires_grad_(need_grad) if v is not None else None) for k, v in x.items()}
-    return (x['u'], x['delta'], x['A'], x['B'], x['C'], x['D'], x['delta_bias'], S._routes_key(routes), 2, 3, 3,
+    return (x['u'], x['delta'], x['A'], x['B'], x['C'], x['D'], x['delta_bias'], '|'.join(r.key for r in routes), 2, 3, 3,
             True, False, False, None, need_grad)
 
 
@@ -338,3 +338,21 @@ def test_op_compiles_without_graph_break():
     want = torch.autograd.grad(loss(*args[:7]), args[:7])
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+
+
+def test_model_compiles_fullgraph_through_the_op(monkeypatch):
+    # a whole model, forward and backward, in one graph through the Triton op (on CPU: the interpreter, with the
+    # backend's CUDA-only predicate lifted)
+    if _NEEDS_SUBPROCESS:
+        pytest.skip('runs in test_cpu_cases_in_fresh_process')
+    timm = pytest.importorskip('timm')
+    S = importlib.import_module('visionssm.ops.selective_scan')
+    monkeypatch.setitem(S.BACKENDS, 'triton', (S.BACKENDS['triton'][0], lambda u: True))
+    torch.manual_seed(0)
+    model = timm.create_model('test_vmamba').to(DEV)
+    x = torch.randn(1, 3, 32, 32, device=DEV)
+    compiled = torch.compile(model, fullgraph=True, backend='aot_eager')
+    with torch.no_grad():
+        torch.testing.assert_close(compiled.eval()(x), model.eval()(x))
+    compiled.train()(x).square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from visionssm.kernels.reference import selective_scan_reference
-from visionssm.kernels.routes import Route, plan_routes
+from visionssm.kernels.routes import Route, plan_routes, route_from_key
 
 __all__ = ['selective_scan', 'BACKENDS', 'count_scan_flops']
 
@@ -154,7 +154,7 @@ def selective_scan(
 
     if out_channels is None:
         out_channels = max(r.out_offset for r in routes) + width
-    key = _routes_key(tuple(routes))
+    key = '|'.join(r.key for r in routes)   # plain strings: torch.compile folds this to a constant
     if not torch.compiler.is_compiling():
         plan = plan_routes(routes, height, width_px, width, in_channels, out_channels)   # errors name the route
         for counter in _flop_counters:
@@ -218,21 +218,11 @@ def _as_map(name, t, seq, ranks, grid, grid_str, tail, expected):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# torch.library ops over the Triton kernels. The routes travel as a key into _ROUTES; the op rebuilds the (cached)
-# plan from it and the grid.
-
-_ROUTES: dict[str, tuple[Route, ...]] = {}
-
-
-@torch.compiler.assume_constant_result
-def _routes_key(routes: tuple) -> str:
-    key = repr(routes)
-    _ROUTES.setdefault(key, routes)
-    return key
-
+# torch.library ops over the Triton kernels. The routes travel as their keys joined by '|'; the op rebuilds the
+# (cached) plan from them and the grid.
 
 def _plan(key, height, width_px, A, u, out_channels):
-    routes = _ROUTES[key]
+    routes = tuple(route_from_key(k) for k in key.split('|'))
     return plan_routes(routes, height, width_px, A.shape[0] // len(routes), u.shape[-1], out_channels)
 
 
