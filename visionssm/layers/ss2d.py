@@ -10,6 +10,7 @@ from typing import Sequence, Type, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from visionssm.ops import Route, cross_routes, selective_scan
 
@@ -109,12 +110,26 @@ class SS2D(nn.Module):
 
         Low-precision inputs return float32 (the state and the merge stay in full precision up to out_norm).
         """
-        rank, n = self.dt_rank, self.d_state
-        x_dbl = torch.einsum('bhwd,kcd->bhwkc', x, self.x_proj_weight)
-        dts, B, C = torch.split(x_dbl, [rank, n, n], dim=-1)
-        dts = torch.einsum('bhwkr,kdr->bhwkd', dts, self.dt_projs_weight).flatten(-2)
-        # Autocast may leave the projections in another dtype than x (CPU autocast keeps some einsums in fp32).
-        dts, B, C = (t.to(x.dtype).contiguous() for t in (dts, B, C))
+        rank, n, k = self.dt_rank, self.d_state, len(self.routes)
+        if x.device.type == 'meta':
+            # FLOP counting runs on the meta device: count the architecture's two-step low-rank Δ projection, as
+            # the papers do (the composed form below computes the same values with more, better-shaped FLOPs)
+            x_dbl = torch.einsum('bhwd,kcd->bhwkc', x, self.x_proj_weight)
+            dts, B, C = torch.split(x_dbl, [rank, n, n], dim=-1)
+            dts = torch.einsum('bhwkr,kdr->bhwkd', dts, self.dt_projs_weight).flatten(-2)
+        else:
+            # One GEMM for every route's Δ, B and C, dt_proj composed with the first dt_rank rows of x_proj into a
+            # (D x D) matrix per route. Same parameters and values; no per-route batched matmul with permute copies,
+            # and no dt_rank-wide GEMMs (at dt_rank 6 their weight gradients ran as unaligned kernels that took
+            # ~19% of a VMamba-T training step on an H100, tools/profile_model.py). Δ, B and C are strided views
+            # of the one output, read in place by the scan.
+            w_dt = torch.matmul(self.dt_projs_weight, self.x_proj_weight[:, :rank])          # (K, D, D)
+            weight = torch.cat([w_dt.flatten(0, 1), self.x_proj_weight[:, rank:].flatten(0, 1)])
+            dts, BC = F.linear(x, weight).split([k * self.d_inner, k * 2 * n], dim=-1)
+            BC = BC.unflatten(-1, (k, 2 * n))
+            B, C = BC[..., :n], BC[..., n:]
+        # Autocast may leave the projections in another dtype than x (CPU autocast keeps some matmuls in fp32).
+        dts, B, C = (t.to(x.dtype) for t in (dts, B, C))
         return selective_scan(
             x, dts, -torch.exp(full_precision(self.A_logs)), B, C,
             full_precision(self.Ds), full_precision(self.dt_projs_bias).flatten(),
