@@ -1,0 +1,156 @@
+"""tools/train.py and tools/test.py on a real detection and a real segmentation config, on the synthetic sets.
+
+Each task: train a few iterations with the tiny test backbone (validation and a checkpoint at the end), resume from
+the work dir to train on from the saved iteration with the saved optimizer state, then evaluate the checkpoint with
+tools/test.py. The tools' own entry points run in this process, with their command lines (a subprocess would spend
+most of its time importing torch, mmdet and mmseg again). Only sizes change through --cfg-options: 128 px images,
+narrow heads (32 channels), fewer proposals and sampled RoIs, and a handful of iterations.
+"""
+import json
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from mmengine.registry import DefaultScope
+
+from visionssm.mm.runner import load_local_checkpoint, train_main
+from visionssm.mm.runner import test_main as evaluate_main  # (not a test)
+from visionssm.mm.synthetic import dataset_cfg_options, make_synthetic_data
+
+ROOT = Path(__file__).resolve().parents[1]
+LOADERS = [f'{split}_dataloader' for split in ('train', 'val', 'test')]
+QUIET_LOADERS = {f'{loader}.{key}': value for loader in LOADERS
+                 for key, value in (('num_workers', 0), ('persistent_workers', False))}
+
+DET_CONFIG = 'configs/detection/mask-rcnn_vmamba-t_fpn_albu-1x_coco.py'
+DET_OPTIONS = {
+    'model.backbone.model': 'test_vmamba',
+    'model.backbone.init_cfg': None,  # no ImageNet download
+    'model.neck.in_channels': [16, 32, 64, 128],
+    'model.neck.out_channels': 32,
+    'model.rpn_head.in_channels': 32,
+    'model.rpn_head.feat_channels': 32,
+    'model.roi_head.bbox_roi_extractor.out_channels': 32,
+    'model.roi_head.bbox_head.in_channels': 32,
+    'model.roi_head.bbox_head.fc_out_channels': 64,
+    'model.roi_head.mask_roi_extractor.out_channels': 32,
+    'model.roi_head.mask_head.in_channels': 32,
+    'model.roi_head.mask_head.conv_out_channels': 32,
+    'model.train_cfg.rpn_proposal.max_per_img': 100,
+    'model.train_cfg.rcnn.sampler.num': 32,
+    'model.test_cfg.rpn.max_per_img': 50,
+    'model.test_cfg.rcnn.score_thr': 0.0,  # an untrained head scores below the default 0.05: keep its boxes
+    'model.test_cfg.rcnn.max_per_img': 20,
+    'train_dataloader.batch_size': 1,
+    'train_dataloader.dataset.pipeline.2.scale': (128, 128),  # Resize, before Albu
+    'val_dataloader.dataset.pipeline.1.scale': (128, 128),
+    'test_dataloader.dataset.pipeline.1.scale': (128, 128),
+    'train_cfg.max_epochs': 1,
+}
+SEG_CONFIG = 'configs/segmentation/upernet_vim-t_8xb2-160k_ade20k-512x512.py'
+SEG_OPTIONS = {
+    'model.backbone.model': 'test_vim',
+    'model.backbone.init_cfg': None,
+    'model.data_preprocessor.size': (128, 128),
+    'model.decode_head.in_channels': [32, 32, 32, 32],
+    'model.decode_head.channels': 32,
+    'model.auxiliary_head.in_channels': 32,
+    'model.auxiliary_head.channels': 32,
+    'train_dataloader.dataset.pipeline.2.scale': (256, 128),  # RandomResize
+    'train_dataloader.dataset.pipeline.3.crop_size': (128, 128),
+    'val_dataloader.dataset.pipeline.1.scale': (128, 128),
+    'test_dataloader.dataset.pipeline.1.scale': (128, 128),
+    'train_cfg.max_iters': 2,
+    'train_cfg.val_interval': 2,
+    'default_hooks.checkpoint.interval': 2,
+}
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    return make_synthetic_data(tmp_path_factory.mktemp('synthetic'), num_train=2, num_val=1, size=(128, 128))
+
+
+def test_synthetic_sets_are_deterministic_and_well_formed(tmp_path):
+    first = make_synthetic_data(tmp_path / 'a', num_train=3, num_val=1, size=(64, 96), seed=1)
+    again = make_synthetic_data(tmp_path / 'b', num_train=3, num_val=1, size=(64, 96), seed=1)
+    files = sorted(p.relative_to(tmp_path / 'a') for p in (tmp_path / 'a').rglob('*') if p.is_file())
+    assert len(files) == 3 + 1 + 2 + 2 * (3 + 1)  # coco images and annotation files, ade images and label maps
+    assert all((tmp_path / 'a' / f).read_bytes() == (tmp_path / 'b' / f).read_bytes() for f in files)
+
+    coco = json.loads((first['det'] / 'annotations' / 'instances_train.json').read_text())
+    category_ids = {c['id'] for c in coco['categories']}
+    assert len(category_ids) == 80 and coco['annotations']
+    for ann in coco['annotations']:
+        x, y, w, h = ann['bbox']
+        assert ann['category_id'] in category_ids and 0 <= x and 0 <= y and x + w <= 96 and y + h <= 64
+        assert 0 < ann['area'] <= w * h and len(ann['segmentation'][0]) >= 6
+
+    labels = cv2.imread(str(next((first['seg'] / 'annotations' / 'training').glob('*.png'))), cv2.IMREAD_UNCHANGED)
+    assert labels.shape == (64, 96) and set(np.unique(labels)) <= {0, 1, 23, 120, 150}  # unlabeled, wall, shapes
+    assert again == {'det': tmp_path / 'b' / 'coco', 'seg': tmp_path / 'b' / 'ade'}
+
+
+def _argv(config: str, *args: str, options: dict, name: str) -> list:
+    """A tools/train.py or tools/test.py command line: positional and flag arguments, then the config overrides."""
+    def value(v):
+        if isinstance(v, (list, tuple)):
+            inner = ','.join(map(str, v))
+            return f'[{inner}]' if isinstance(v, list) else f'({inner})'
+        return str(v)
+    # Distinct names per run: mmengine keys its global logger, message hub and visualizer by them.
+    return [str(ROOT / config), *args, '--cfg-options', *(f'{k}={value(v)}' for k, v in options.items()),
+            f'experiment_name={name}', f'visualizer.name={name}']
+
+
+def _latest(work_dir: Path, pattern: str) -> Path:
+    return sorted(work_dir.glob(f'*/{pattern}'))[-1]  # run directories are named by their start time
+
+
+def _learning_rates(log: str) -> list:
+    return [float(lr) for lr in re.findall(r'\(train\).* lr: ([-\de.+]+)', log)]
+
+
+def _optimizer_steps(checkpoint: Path) -> int:
+    state = load_local_checkpoint(str(checkpoint))['optimizer']['state']
+    return int(max(s['step'] for s in state.values()))
+
+
+def _train_resume_test(task, config, options, work_dir, first, second, resumed_epoch):
+    """Runs the three commands; returns the log of the resumed run and the metrics of tools/test.py."""
+    with DefaultScope.overwrite_default_scope('visionssm'):  # the runs switch mmengine's global default scope
+        train_main(_argv(config, '--work-dir', str(work_dir), options=options, name=f'{task}_train'))
+        saved = load_local_checkpoint(str(work_dir / first))['meta']
+        assert saved['iter'] == 2 and _optimizer_steps(work_dir / first) == 2
+        first_lrs = _learning_rates(_latest(work_dir, '*.log').read_text())
+
+        more = {'train_cfg.max_epochs': 2} if first.startswith('epoch') else {'train_cfg.max_iters': 4}
+        train_main(_argv(config, '--work-dir', str(work_dir), '--resume', options={**options, **more},
+                         name=f'{task}_resumed'))
+        log = _latest(work_dir, '*.log').read_text()
+        assert f'resumed epoch: {resumed_epoch}, iter: 2' in log
+        assert _learning_rates(log)[0] > first_lrs[-1]  # the warm-up goes on where it stopped, not from its start
+        assert load_local_checkpoint(str(work_dir / second))['meta']['iter'] == 4
+        assert _optimizer_steps(work_dir / second) == 4  # AdamW went on counting from the saved state
+
+        evaluate_main(_argv(config, str(work_dir / second), '--work-dir', str(work_dir / 'test'), options=options,
+                            name=f'{task}_test'))
+    return log, json.loads(_latest(work_dir / 'test', '*.json').read_text().splitlines()[-1])
+
+
+def test_detection_trains_resumes_and_evaluates(data, tmp_path):
+    options = {**DET_OPTIONS, **QUIET_LOADERS, **dataset_cfg_options('det', data['det']),
+               'default_hooks.logger.interval': 1, 'randomness.seed': 0}
+    log, metrics = _train_resume_test('det', DET_CONFIG, options, tmp_path, 'epoch_1.pth', 'epoch_2.pth', 1)
+    assert 'Epoch(train) [2][1/2]' in log and 'Epoch(train) [1]' not in log
+    assert 0. <= metrics['coco/bbox_mAP'] <= 1. and 0. <= metrics['coco/segm_mAP'] <= 1.
+
+
+def test_segmentation_trains_resumes_and_evaluates(data, tmp_path):
+    options = {**SEG_OPTIONS, **QUIET_LOADERS, **dataset_cfg_options('seg', data['seg']),
+               'default_hooks.logger.interval': 1, 'randomness.seed': 0}
+    log, metrics = _train_resume_test('seg', SEG_CONFIG, options, tmp_path, 'iter_2.pth', 'iter_4.pth', 0)
+    assert 'Iter(train) [3/4]' in log and 'Iter(train) [1/' not in log
+    assert 0. <= metrics['mIoU'] <= 100.

@@ -1,0 +1,134 @@
+"""Image classification in mmengine: any timm model (visionssm's or timm's own) as an mmengine ``BaseModel``."""
+from __future__ import annotations
+
+import difflib
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import timm
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseModel
+from mmengine.structures import BaseDataElement
+
+from ..registry import MODELS
+
+__all__ = ['ImageClassifier', 'create_backbone']
+
+IMAGENET_MEAN = [255 * m for m in timm.data.IMAGENET_DEFAULT_MEAN]
+IMAGENET_STD = [255 * s for s in timm.data.IMAGENET_DEFAULT_STD]
+
+
+def create_backbone(cfg: Dict[str, Any], num_classes: int) -> torch.nn.Module:
+    """``timm.create_model(**cfg, num_classes=num_classes)``, with one clear error for an unknown model name."""
+    cfg = dict(cfg)
+    name = cfg.pop('model_name', None)
+    if not isinstance(name, str):
+        raise ValueError(f"backbone needs model_name, a timm model name (e.g. 'vmamba_tiny_s1l8'), got {name!r}")
+    if ':' not in name and not timm.is_model(name):  # 'hf-hub:...' and 'local-dir:...' are resolved by timm
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f'; did you mean {", ".join(close)}?' if close else "; see timm.list_models('*mamba*')"
+        raise ValueError(f'unknown model {name!r}{hint}')
+    return timm.create_model(name, num_classes=num_classes, **cfg)
+
+
+@MODELS.register_module()
+class ImageClassifier(BaseModel):
+    """A timm model trained with (label-smoothed, optionally mixed-up) cross-entropy.
+
+    Args:
+        backbone: ``timm.create_model`` arguments: ``model_name`` and anything the model accepts
+            (``drop_path_rate``, ``pretrained``, ``pretrained_cfg_overlay=dict(file=...)``, architecture kwargs).
+        num_classes: Size of the head.
+        label_smoothing: Target smoothing of the cross-entropy.
+        mixup: ``timm.data.Mixup`` arguments (``mixup_alpha``, ``cutmix_alpha``, ``prob``, ``switch_prob``, ...),
+            applied to training batches; None for none. Batches must then have an even size (``drop_last=True``).
+        data_preprocessor: Batching and normalisation; default ``ImgDataPreprocessor`` with ImageNet mean/std.
+        init_cfg: mmengine initialisation config (e.g. ``dict(type='Pretrained', checkpoint=...)``).
+
+    Modes: ``loss`` returns ``dict(loss=...)``; ``predict`` returns the data samples with ``pred_score``
+    (softmax) and ``pred_label``; ``tensor`` returns the logits.
+
+    Loading a state dict (``load_from``, ``--resume``, ``init_cfg``) whose keys or shapes differ from the model
+    raises one error that names them: mmengine would only log a warning and go on with random weights.
+    """
+
+    def __init__(
+            self,
+            backbone: Dict[str, Any],
+            num_classes: int,
+            label_smoothing: float = 0.0,
+            mixup: Optional[Dict[str, Any]] = None,
+            data_preprocessor: Optional[Dict[str, Any]] = None,
+            init_cfg: Optional[Union[Dict, List[Dict]]] = None,
+    ):
+        if data_preprocessor is None:
+            data_preprocessor = dict(type='ImgDataPreprocessor', mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        if num_classes < 1:
+            raise ValueError(f'num_classes must be positive, got {num_classes}')
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+        self.backbone = create_backbone(backbone, num_classes)
+        # timm initialised (or loaded) the backbone; mmengine's init_weights must not run a second init over it.
+        self.backbone.is_init = True
+        self.mixup = None
+        if mixup:
+            self.mixup = timm.data.Mixup(**dict(mixup, label_smoothing=label_smoothing, num_classes=num_classes))
+
+    def forward(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None,
+                mode: str = 'tensor'):
+        if mode == 'tensor':
+            return self.backbone(inputs)
+        if mode == 'loss':
+            return self.loss(inputs, data_samples)
+        if mode == 'predict':
+            return self.predict(inputs, data_samples)
+        raise ValueError(f"mode must be 'loss', 'predict' or 'tensor', got {mode!r}")
+
+    def loss(self, inputs: torch.Tensor, data_samples: Sequence[BaseDataElement]) -> Dict[str, torch.Tensor]:
+        labels = torch.stack([s.gt_label for s in data_samples]).to(inputs.device)
+        if self.mixup is None:
+            return dict(loss=F.cross_entropy(self.backbone(inputs), labels, label_smoothing=self.label_smoothing))
+        if len(inputs) % 2:
+            raise ValueError(f'mixup needs an even batch size, got {len(inputs)}: set drop_last=True in the '
+                             'train_dataloader')
+        inputs, soft_targets = self.mixup(inputs, labels)  # smoothing is folded into the soft targets
+        return dict(loss=F.cross_entropy(self.backbone(inputs), soft_targets))
+
+    def predict(self, inputs: torch.Tensor,
+                data_samples: Optional[List[BaseDataElement]] = None) -> List[BaseDataElement]:
+        scores = self.backbone(inputs).float().softmax(dim=-1)
+        if data_samples is None:
+            data_samples = [BaseDataElement() for _ in range(len(scores))]
+        for sample, score in zip(data_samples, scores):
+            sample.set_data(dict(pred_score=score, pred_label=score.argmax()))
+        return data_samples
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        self._check_state_dict(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def _check_state_dict(self, state_dict: Dict[str, torch.Tensor], prefix: str) -> None:
+        model = {k: tuple(v.shape) for k, v in self.state_dict().items()}
+        given = {k[len(prefix):]: tuple(v.shape) for k, v in state_dict.items() if k.startswith(prefix)}
+        shapes = [f'{k}: checkpoint {given[k]} vs model {s}' for k, s in model.items() if k in given and given[k] != s]
+        missing = [k for k in model if k not in given]
+        unexpected = [k for k in given if k not in model]
+        if not (shapes or missing or unexpected):
+            return
+
+        def listed(keys):
+            return ', '.join(keys[:8]) + (f' (and {len(keys) - 8} more)' if len(keys) > 8 else '')
+
+        problems = [f'{what} {listed(keys)}' for what, keys in (
+            ('mismatching shapes:', shapes), ('missing from the checkpoint:', missing),
+            ('not in the model:', unexpected)) if keys]
+        pretrained_cfg = getattr(self.backbone, 'pretrained_cfg', {})
+        head_weight = f'backbone.{pretrained_cfg.get("classifier")}.weight'
+        if head_weight in given and head_weight in model and given[head_weight][0] != model[head_weight][0]:
+            problems.insert(0, f'the checkpoint has {given[head_weight][0]} classes, the config '
+                               f'{model[head_weight][0]} (model.num_classes)')
+        name = pretrained_cfg.get('architecture', type(self.backbone).__name__)
+        raise ValueError(f'checkpoint does not match {name}: ' + '; '.join(problems))
