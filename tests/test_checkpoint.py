@@ -98,3 +98,16 @@ def test_checkpoint_of_another_model_is_refused_by_name(tmp_path):
     torch.save({'model': timm.create_model('test_vmamba', dims=8).state_dict()}, path)
     with pytest.raises(ValueError, match=r'does not fit VMamba: \d+ shape mismatches: stem.conv1.weight'):
         timm.create_model('test_vmamba', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+
+
+def test_numpy_values_in_meta_load_as_numpy(tmp_path):
+    # mmengine checkpoints keep numpy scalars and arrays in their meta: they load as themselves, safely
+    np = pytest.importorskip('numpy')
+    path = tmp_path / 'mm.pth'
+    torch.save({'state_dict': {'w': torch.ones(2)}, 'meta': {'seed': np.int64(3), 'hist': np.arange(4.0),
+                                                             'kind': np.dtype('float32')}}, path)
+    ckpt = load_checkpoint_file(path)
+    assert ckpt['meta']['seed'] == 3 and isinstance(ckpt['meta']['seed'], np.integer)
+    assert np.array_equal(ckpt['meta']['hist'], np.arange(4.0))
+    assert ckpt['meta']['kind'] == np.dtype('float32')
+    assert torch.equal(ckpt['state_dict']['w'], torch.ones(2))

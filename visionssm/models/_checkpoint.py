@@ -9,6 +9,7 @@ intact. The stand-ins are dropped; only state dicts are used.
 from __future__ import annotations
 
 import collections
+import importlib
 import logging
 import os
 import pickle
@@ -30,6 +31,23 @@ def _stand_in(name: str) -> type:
         '__new__': staticmethod(lambda cls, *args, **kwargs: collections.OrderedDict()),
         '__module__': 'visionssm.inert',
     })
+
+
+# numpy's data globals: arrays, dtypes and scalars are rebuilt from bytes, no code of the file's choosing runs.
+# mmengine checkpoints keep numpy values in their meta, so these load as real numpy objects, not stand-ins.
+_NUMPY_DATA = ('numpy.core.multiarray._reconstruct', 'numpy._core.multiarray._reconstruct',
+               'numpy.core.multiarray.scalar', 'numpy._core.multiarray.scalar', 'numpy.ndarray', 'numpy.dtype')
+
+
+def _allowed(name: str):
+    """The entry for ``safe_globals``: numpy's data classes as themselves, anything else as an inert stand-in."""
+    if name in _NUMPY_DATA or name.startswith('numpy.dtypes.'):
+        module, attr = name.rsplit('.', 1)
+        try:
+            return getattr(importlib.import_module(module.replace('numpy.core', 'numpy._core')), attr), name
+        except (ImportError, AttributeError):
+            pass
+    return _stand_in(name), name
 
 
 def load_checkpoint_file(path: str | os.PathLike) -> Any:
@@ -56,7 +74,11 @@ def load_checkpoint_file(path: str | os.PathLike) -> Any:
             raise ValueError(_not_a_checkpoint(path, first_error)) from first_error
         _logger.info('checkpoint %s pickles non-tensor objects, kept inert: %s', path, ', '.join(foreign))
         try:
-            with torch.serialization.safe_globals([(_stand_in(g), g) for g in foreign]):
+            allowed = [_allowed(g) for g in foreign]
+            if any(g.startswith('numpy') for g in foreign):   # a dtype rebuilt by numpy.dtype is of its DType class
+                import numpy.dtypes
+                allowed += [getattr(numpy.dtypes, n) for n in dir(numpy.dtypes) if n.endswith('DType')]
+            with torch.serialization.safe_globals(allowed):
                 return torch.load(path, map_location='cpu', weights_only=True)
         except pickle.UnpicklingError as e:  # e.g. a global of a module PyTorch blocks outright (os, subprocess)
             raise ValueError(f'{path} was refused: its pickle references {", ".join(foreign)}, which cannot be '
