@@ -34,7 +34,7 @@ $(VENV)/.mmcv: $(VENV)/.torch tools/build_mmcv.sh
 
 $(VENV)/.deps: $(VENV)/.mmcv pyproject.toml
 	$(PY) -m pip install -q -e '.[all,dev]' $(TORCH_PINS)
-	$(PY) -c "import visionssm, timm, mmdet.models, mmseg.models, albumentations; print('[install] ok:', visionssm.__version__)"
+	$(PY) -c "import pkg_resources, visionssm, timm, mmdet.models, mmseg.models, albumentations; print('[install] ok:', visionssm.__version__)"
 	touch $@
 
 clean-venv:
