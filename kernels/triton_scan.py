@@ -52,7 +52,7 @@ from typing import Optional
 import torch
 
 from .reference import selective_scan_reference
-from .routes import RoutePlan
+from .routes import RoutePlan, plan_routes, route_from_key
 
 # Without a GPU, triton can only run kernels in its interpreter (TRITON_INTERPRET=1, read when kernels are
 # decorated): the tests set it before anything imports triton (tests/conftest.py).
@@ -700,25 +700,6 @@ def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePla
     return du.to(u.dtype), ddelta, gA, dB.to(B.dtype), gC, gD, gbias
 
 
-class _TritonScan(torch.autograd.Function):
-
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, plan, delta_softplus, return_hidden, mean, out_dtype,
-                need_grad):
-        out, ckpt = triton_forward(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, return_hidden, mean,
-                                   out_dtype, need_grad)
-        if need_grad:
-            ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, ckpt)
-            ctx.cfg = (plan, delta_softplus, return_hidden, mean)
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        u, delta, A, B, C, D, delta_bias, ckpt = ctx.saved_tensors
-        grads = triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, *ctx.cfg)
-        return grads + (None,) * 6
-
-
 def selective_scan_triton(
         u: torch.Tensor,
         delta: torch.Tensor,
@@ -743,5 +724,78 @@ def selective_scan_triton(
                                         return_hidden=return_hidden, mean=mean, out_dtype=out_dtype)
     tensors = (u, delta, A, B, C, D, delta_bias)
     need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    return _TritonScan.apply(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, return_hidden, mean,
-                             out_dtype, need_grad)
+    key = '|'.join(r.key for r in plan.routes)
+    out, _ = torch.ops.visionssm.selective_scan(u, delta, A, B, C, D, delta_bias, key, plan.height, plan.width_px,
+                                                plan.out_channels, bool(delta_softplus), bool(return_hidden),
+                                                bool(mean), out_dtype, need_grad)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# torch.library ops: the one way the kernels are called (``selective_scan_triton`` and ``visionssm.ops``), so
+# torch.compile sees one opaque node per scan. The routes travel as their keys joined by '|' (a schema cannot carry
+# Python objects); the op rebuilds the (cached) plan from them and the grid.
+
+if not hasattr(torch.ops.visionssm, 'selective_scan'):   # one definition per process (see above)
+    def _plan(key, height, width_px, A, u, out_channels):
+        routes = tuple(route_from_key(k) for k in key.split('|'))
+        return plan_routes(routes, height, width_px, A.shape[0] // len(routes), u.shape[-1], out_channels)
+
+
+    @torch.library.custom_op('visionssm::selective_scan', mutates_args=())
+    def _scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: Optional[torch.Tensor],
+                 D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], routes_key: str, height: int,
+                 width_px: int, out_channels: int, delta_softplus: bool, return_hidden: bool, mean: bool,
+                 out_dtype: Optional[torch.dtype], need_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flattened maps in; ``(out, saved)`` out, ``saved`` the kernels' checkpoint states for the backward (empty
+        without ``need_grad``)."""
+        return triton_forward(u, delta, A, B, C, D, delta_bias, _plan(routes_key, height, width_px, A, u, out_channels),
+                              delta_softplus, return_hidden, mean, out_dtype, need_grad)
+
+
+    @_scan_op.register_fake
+    def _(u, delta, A, B, C, D, delta_bias, routes_key, height, width_px, out_channels, delta_softplus,
+          return_hidden, mean, out_dtype, need_grad):
+        n_state = A.shape[1]
+        out = u.new_empty((u.shape[0], u.shape[1], out_channels) + ((n_state,) if return_hidden else ()),
+                          dtype=out_dtype or u.dtype)
+        if not need_grad:
+            return out, u.new_empty(0, dtype=torch.float32)
+        plan = _plan(routes_key, height, width_px, A, u, out_channels)
+        return out, u.new_empty(checkpoint_shape(u.shape[0], plan, n_state), dtype=torch.float32)
+
+
+    @torch.library.custom_op('visionssm::selective_scan_backward', mutates_args=())
+    def _scan_backward_op(dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                          C: Optional[torch.Tensor], D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
+                          saved: torch.Tensor, routes_key: str, height: int, width_px: int, out_channels: int,
+                          delta_softplus: bool, return_hidden: bool, mean: bool) -> list[torch.Tensor]:
+        """Gradients of (u, delta, A, B, C, D, delta_bias); an empty tensor stands for an absent input's."""
+        grads = triton_backward(dout, u, delta, A, B, C, D, delta_bias, saved,
+                                _plan(routes_key, height, width_px, A, u, out_channels),
+                                delta_softplus, return_hidden, mean)
+        return [g if g is not None else u.new_empty(0) for g in grads]
+
+
+    @_scan_backward_op.register_fake
+    def _(dout, u, delta, A, B, C, D, delta_bias, saved, routes_key, height, width_px, out_channels, delta_softplus,
+          return_hidden, mean):
+        like = lambda t, present=True: torch.empty_like(t) if t is not None and present else u.new_empty(0)
+        return [like(u), like(delta), like(A), like(B), like(C), like(D, not return_hidden), like(delta_bias)]
+
+
+    def _setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:7], output[1])
+        ctx.config = inputs[7:14]     # routes_key .. mean (out_dtype and need_grad are not needed)
+
+
+    def _backward(ctx, dout, _dsaved):
+        u, delta, A, B, C, D, delta_bias, saved = ctx.saved_tensors
+        grads = torch.ops.visionssm.selective_scan_backward(dout.contiguous(), u, delta, A, B, C, D, delta_bias, saved,
+                                                            *ctx.config)
+        inputs = (u, delta, A, B, C, D, delta_bias)
+        grads = [g if t is not None and g.shape == t.shape else None for g, t in zip(grads, inputs)]
+        return tuple(grads) + (None,) * 9
+
+
+    torch.library.register_autograd('visionssm::selective_scan', _backward, setup_context=_setup_context)

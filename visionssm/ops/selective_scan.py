@@ -5,9 +5,9 @@ routes for the map's size and dispatches to a backend. Backends live in ``vision
 reference (CPU, oracle) and the Triton kernels (picked for CUDA tensors).
 
 The Triton backend runs as the ``torch.library`` custom ops ``visionssm::selective_scan`` /
-``selective_scan_backward`` with fake (meta) implementations, so ``torch.compile`` traces a whole model through the
-scan without a graph break. The routes reach the op as a string key (an op schema cannot carry Python objects); the
-op resolves them and the grid to a ``RoutePlan`` itself. The reference is plain PyTorch and runs as it is.
+``selective_scan_backward`` (defined in ``kernels/triton_scan.py``, with fake implementations), called here
+directly with the routes as a string key, so ``torch.compile`` traces a whole model through the scan without a graph
+break. The reference is plain PyTorch and runs as it is.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from visionssm.kernels.reference import selective_scan_reference
-from visionssm.kernels.routes import Route, plan_routes, route_from_key
+from visionssm.kernels.routes import Route, plan_routes
 
 __all__ = ['selective_scan', 'BACKENDS', 'count_scan_flops']
 
@@ -26,17 +26,15 @@ __all__ = ['selective_scan', 'BACKENDS', 'count_scan_flops']
 BACKENDS: dict[str, tuple[Callable, Callable[[torch.Tensor], bool]]] = {
     'reference': (selective_scan_reference, lambda u: True),
 }
-_triton = None
 
 
 def _register_triton_backend():
     # The Triton kernels register only where their module exists; it decides itself (``supports``) which tensors
-    # it can take, so a machine without triton or CUDA simply keeps the reference.
-    global _triton
+    # it can take, so a machine without triton or CUDA simply keeps the reference. Importing it defines the
+    # torch.library ops (visionssm::selective_scan) that selective_scan calls for the 'triton' backend.
     if importlib.util.find_spec('visionssm.kernels.triton_scan') is None:
         return
     from visionssm.kernels import triton_scan
-    _triton = triton_scan
     BACKENDS['triton'] = (triton_scan.selective_scan_triton, triton_scan.supports)
 
 
@@ -215,73 +213,3 @@ def _as_map(name, t, seq, ranks, grid, grid_str, tail, expected):
     if tuple(t.shape[3:]) != tail:
         raise ValueError(f'{name} must have trailing shape {tail} for {expected}, got {tuple(t.shape[3:])}')
     return t
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# torch.library ops over the Triton kernels. The routes travel as their keys joined by '|'; the op rebuilds the
-# (cached) plan from them and the grid.
-
-def _plan(key, height, width_px, A, u, out_channels):
-    routes = tuple(route_from_key(k) for k in key.split('|'))
-    return plan_routes(routes, height, width_px, A.shape[0] // len(routes), u.shape[-1], out_channels)
-
-
-@torch.library.custom_op('visionssm::selective_scan', mutates_args=())
-def _scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: Optional[torch.Tensor],
-             D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor], routes_key: str, height: int,
-             width_px: int, out_channels: int, delta_softplus: bool, return_hidden: bool, mean: bool,
-             out_dtype: Optional[torch.dtype], need_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flattened maps in; ``(out, saved)`` out, ``saved`` the kernels' checkpoint states for the backward (empty
-    without ``need_grad``)."""
-    return _triton.triton_forward(u, delta, A, B, C, D, delta_bias, _plan(routes_key, height, width_px, A, u,
-                                                                             out_channels),
-                                  delta_softplus, return_hidden, mean, out_dtype, need_grad)
-
-
-@_scan_op.register_fake
-def _(u, delta, A, B, C, D, delta_bias, routes_key, height, width_px, out_channels, delta_softplus,
-      return_hidden, mean, out_dtype, need_grad):
-    n_state = A.shape[1]
-    out = u.new_empty((u.shape[0], u.shape[1], out_channels) + ((n_state,) if return_hidden else ()),
-                      dtype=out_dtype or u.dtype)
-    if not need_grad:
-        return out, u.new_empty(0, dtype=torch.float32)
-    plan = _plan(routes_key, height, width_px, A, u, out_channels)
-    return out, u.new_empty(_triton.checkpoint_shape(u.shape[0], plan, n_state), dtype=torch.float32)
-
-
-@torch.library.custom_op('visionssm::selective_scan_backward', mutates_args=())
-def _scan_backward_op(dout: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-                      C: Optional[torch.Tensor], D: Optional[torch.Tensor], delta_bias: Optional[torch.Tensor],
-                      saved: torch.Tensor, routes_key: str, height: int, width_px: int, out_channels: int,
-                      delta_softplus: bool, return_hidden: bool, mean: bool) -> list[torch.Tensor]:
-    """Gradients of (u, delta, A, B, C, D, delta_bias); an empty tensor stands for an absent input's."""
-    grads = _triton.triton_backward(dout, u, delta, A, B, C, D, delta_bias, saved,
-                                    _plan(routes_key, height, width_px, A, u, out_channels),
-                                    delta_softplus, return_hidden, mean)
-    return [g if g is not None else u.new_empty(0) for g in grads]
-
-
-@_scan_backward_op.register_fake
-def _(dout, u, delta, A, B, C, D, delta_bias, saved, routes_key, height, width_px, out_channels, delta_softplus,
-      return_hidden, mean):
-    like = lambda t, present=True: torch.empty_like(t) if t is not None and present else u.new_empty(0)
-    return [like(u), like(delta), like(A), like(B), like(C), like(D, not return_hidden), like(delta_bias)]
-
-
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:7], output[1])
-    ctx.config = inputs[7:14]     # routes_key .. mean (out_dtype and need_grad are not needed)
-
-
-def _backward(ctx, dout, _dsaved):
-    u, delta, A, B, C, D, delta_bias, saved = ctx.saved_tensors
-    grads = torch.ops.visionssm.selective_scan_backward(dout.contiguous(), u, delta, A, B, C, D, delta_bias, saved,
-                                                        *ctx.config)
-    inputs = (u, delta, A, B, C, D, delta_bias)
-    grads = [g if t is not None and g.shape == t.shape else None for g, t in zip(grads, inputs)]
-    return tuple(grads) + (None,) * 9
-
-
-if _triton is not None:
-    torch.library.register_autograd('visionssm::selective_scan', _backward, setup_context=_setup_context)
