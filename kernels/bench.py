@@ -137,18 +137,27 @@ def main():
     ap.add_argument('--no-ref', action='store_true', help='skip the reference timings')
     ap.add_argument('--copy-gbs', type=float, default=2999.0,
                     help='device copy bandwidth for the %% column (H100 measured: shared/notes/anchors-h100.md)')
+    ap.add_argument('--only', default='', help='run only the shapes whose name contains this text')
     ap.add_argument('--sweep', action='store_true',
-                    help='time the sequential kernels and several tile shapes (BT, BD, num_warps) of the tiled ones')
+                    help='time the sequential kernels and several chunk shapes (BT, BD, num_warps) of the chunked ones')
     args = ap.parse_args()
     if args.sweep:
-        return sweep(args.batch)
+        return sweep(args.batch, args.only)
     import triton
     print(f'GPU: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}  '
           f'batch {args.batch}  bf16')
     rows = []
     todo, batch = cases(args.batch)
     for name, plan, n_state, mean in todo:
+        if args.only not in name:
+            continue
         x = make_inputs(plan, batch, n_state)
+        with torch.no_grad():   # the fused op against the reference at the benchmark's own shapes
+            args_ = (x['u'], x['delta'], x['A'], x['B'], x['C'], x['D'], x['delta_bias'], plan)
+            y = selective_scan_triton(*args_, mean=mean).float()
+            y_ref = selective_scan_reference(*args_, mean=mean).float()
+            err = ((y - y_ref).norm() / y_ref.norm()).item()
+            del y, y_ref
         fb, tb = io_bytes(plan, batch, n_state)
         t_f = bench_one(selective_scan_triton, x, plan, mean, False)
         t_t = bench_one(selective_scan_triton, x, plan, mean, True)
@@ -162,7 +171,7 @@ def main():
             r_t = bench_one(selective_scan_reference, x, plan, mean, True)
         rows.append((name, t_f, fb / t_f / 1e6, 100 * fb / t_f / 1e6 / args.copy_gbs, t_t, tb / t_t / 1e6,
                      t_t / t_f, u_f / t_f, u_t / t_t, r_f / t_f, r_t / t_t))
-        print('  done', name, flush=True)
+        print(f'  done {name}: forward relative error vs reference {err:.2e}', flush=True)
         del x, unfused
         torch.cuda.empty_cache()
     print()
@@ -171,6 +180,8 @@ def main():
     print('|---|---|---|---|---|---|---|---|---|---|---|')
     for r in rows:
         print('| %s | %.3f | %.0f | %.0f%% | %.3f | %.0f | %.2f | %.1fx | %.1fx | %.1fx | %.1fx |' % r)
+    if sum(r[0].startswith('VMamba-T') for r in rows) < 4:
+        return
     # the VMamba-T pass equivalent: 14 SS2D layers at depths 2/2/8/2
     depth = (2, 2, 8, 2)
     fwd = sum(d * r[1] for d, r in zip(depth, rows))
@@ -178,34 +189,43 @@ def main():
     print(f'\nVMamba-T pass equivalent (2*s1 + 2*s2 + 8*s3 + 2*s4): forward {fwd:.2f} ms, '
           f'forward+backward {both:.2f} ms')
 
-SWEEP_N1 = [(32, 32, 4, 2), (16, 32, 2, 2), (32, 16, 2, 2)]
-SWEEP_N16 = [(8, 16, 4, 4), (4, 16, 2, 2)]
+# chunked kernel shapes (BT, BD, num_warps): forward ones timed forward-only, backward ones in forward+backward
+SWEEP = {1: dict(fwd=[(64, 32, 4), (32, 32, 4), (128, 32, 4), (64, 64, 4)],
+                 bwd=[(32, 32, 4), (16, 32, 2), (64, 32, 4)]),
+         16: dict(fwd=[(8, 16, 4), (16, 16, 4), (4, 16, 2)],
+                  bwd=[(8, 16, 4), (4, 16, 2)])}
 
 
-def sweep(batch):
+def sweep(batch, only=''):
     import triton
     print(f'GPU: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}  '
-          f'batch {batch}  bf16  (sweep: ms fwd / fwd+bwd)')
+          f'batch {batch}  bf16  (sweep: ms)')
     todo, _ = cases(batch)
     # diagnostic: stage 1 with the grouped pattern (4 routes, own channel groups, plain stores, no atomics)
     todo.append(('s1 grouped 4x96 (no atomics)', R.plan_routes(R.grouped_routes(96), 56, 56, 96, 384, 384), 1,
                  False))
     for name, plan, n_state, mean in todo:
+        if only not in name:
+            continue
         x = make_inputs(plan, batch, n_state)
         fb, tb = io_bytes(plan, batch, n_state)
-        variants = [('sequential', None)] + [(f'tiled BT={c[0]} BD={c[1]} w={c[2]}/{c[3]}', c)
-                                             for c in (SWEEP_N1 if n_state == 1 else SWEEP_N16)]
-        for vname, cfg in variants:
-            TS.FORCE_KERNEL = 'sequential' if cfg is None else 'tiled'
-            TS._TILE_OVERRIDE = cfg
+        cfg = SWEEP[n_state]
+        variants = [('sequential', 'fwd', None), ('sequential', 'both', None)]
+        variants += [('chunked', 'fwd', (c, cfg['bwd'][0])) for c in cfg['fwd']]
+        variants += [('chunked', 'both', (cfg['fwd'][0], c)) for c in cfg['bwd']]
+        for kernel, what, over in variants:
+            TS.FORCE_KERNEL, TS._CHUNK_OVERRIDE = kernel, over
+            label = kernel if over is None else f'{kernel} fwd {over[0]} bwd {over[1]}'
             try:
-                t_f = bench_one(selective_scan_triton, x, plan, mean, False)
-                t_t = bench_one(selective_scan_triton, x, plan, mean, True)
-                print(f'{name:38s} {vname:28s} fwd {t_f:8.3f} ms {fb / t_f / 1e6:6.0f} GB/s   '
-                      f'fwd+bwd {t_t:8.3f} ms {tb / t_t / 1e6:6.0f} GB/s', flush=True)
-            except Exception as e:  # a tile shape that does not compile / fit
-                print(f'{name:38s} {vname:28s} failed: {type(e).__name__}: {str(e)[:200]}', flush=True)
-        TS.FORCE_KERNEL, TS._TILE_OVERRIDE = None, None
+                if what == 'fwd':
+                    t = bench_one(selective_scan_triton, x, plan, mean, False)
+                    print(f'{name:36s} {label:44s} fwd     {t:8.3f} ms {fb / t / 1e6:6.0f} GB/s', flush=True)
+                else:
+                    t = bench_one(selective_scan_triton, x, plan, mean, True)
+                    print(f'{name:36s} {label:44s} fwd+bwd {t:8.3f} ms {tb / t / 1e6:6.0f} GB/s', flush=True)
+            except Exception as e:  # a shape that does not compile / fit
+                print(f'{name:36s} {label:44s} {what} failed: {type(e).__name__}: {str(e)[:200]}', flush=True)
+        TS.FORCE_KERNEL, TS._CHUNK_OVERRIDE = None, None
         del x
         torch.cuda.empty_cache()
 

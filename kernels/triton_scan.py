@@ -311,111 +311,53 @@ if _HAS_TRITON:
         return a1 * a2, a2 * b1 + b2
 
     @triton.jit
-    def _scan_fwd_tiled_kernel(
-            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, ckpt_ptr, pos_ptr, meta_ptr,
-            su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p,
-            W, N, K, NCK, scale,
-            BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
-            HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr,
-            ATOMIC: tl.constexpr, SAVE: tl.constexpr):
-        # time tiles: per iteration load [BT, BD] of u / delta and [BT, BN] of B / C (BT independent rows in
-        # flight), form decay and drive for the whole tile, scan them along time (axis 0) with the carried state.
-        b = tl.program_id(0).to(tl.int64)
-        k = tl.program_id(1)
-        blk = tl.program_id(2)
-        start = tl.load(meta_ptr + k * 4).to(tl.int64)
-        length = tl.load(meta_ptr + k * 4 + 1)
-        in_off = tl.load(meta_ptr + k * 4 + 2).to(tl.int64)
-        out_off = tl.load(meta_ptr + k * 4 + 3).to(tl.int64)
-
-        r = tl.arange(0, BT)
-        d = blk * BD + tl.arange(0, BD)
-        n = tl.arange(0, BN)
-        md = d < W
-        mn = n < N
-        mdn = md[:, None] & mn[None, :]
-        ch = k * W + d
-        A = tl.load(A_ptr + ch[:, None].to(tl.int64) * N + n[None, :], mask=mdn, other=0.0)[None, :, :]
-        if HAS_D:
-            Dv = tl.load(D_ptr + ch, mask=md, other=0.0)[None, :]
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + ch, mask=md, other=0.0)[None, :]
-
-        u_base = u_ptr + b * su_b + in_off + d[None, :]
-        d_base = delta_ptr + b * sd_b + ch[None, :]
-        B_base = B_ptr + b * sB_b + k * sB_k + n[None, :]
-        C_base = C_ptr + b * sC_b + k * sC_k + n[None, :]
-        if HIDDEN:
-            o_base = out_ptr + b * so_b + ((out_off + d)[:, None] * N + n[None, :])[None, :, :]
-        else:
-            o_base = out_ptr + b * so_b + out_off + d[None, :]
-        ck_base = ckpt_ptr + ((b * K + k) * NCK) * W * N + d[:, None] * N + n[None, :]
-
-        h = tl.zeros([BD, BN], dtype=tl.float32)
-        for t0 in range(0, length, BT):
-            t = t0 + r
-            mt = t < length
-            p = tl.load(pos_ptr + start + t, mask=mt, other=0).to(tl.int64)[:, None]
-            mtd = mt[:, None] & md[None, :]
-            mtn = mt[:, None] & mn[None, :]
-            u = tl.load(u_base + p * su_p, mask=mtd, other=0.0).to(tl.float32)
-            z = tl.load(d_base + p * sd_p, mask=mtd, other=0.0).to(tl.float32)
-            Bt = tl.load(B_base + p * sB_p, mask=mtn, other=0.0).to(tl.float32)
-            if not HIDDEN:
-                Ct = tl.load(C_base + p * sC_p, mask=mtn, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                z = z + bias
-            if SOFTPLUS:
-                dt = _softplus(z)
-            else:
-                dt = z
-            a = tl.exp(dt[:, :, None] * A)
-            a = tl.where(mt[:, None, None], a, 1.0)            # rows past the end: identity steps
-            x = (dt * u)[:, :, None] * Bt[:, None, :]
-            pa, sx = tl.associative_scan((a, x), 0, _first_order)
-            hs = pa * h[None, :, :] + sx                        # [BT, BD, BN]
-            h = tl.sum(tl.where((r == BT - 1)[:, None, None], hs, 0.0), axis=0)
-            if HIDDEN:
-                y = hs * scale
-                ptrs = o_base + p[:, :, None] * so_p
-                m3 = mt[:, None, None] & mdn[None, :, :]
-                if ATOMIC:
-                    tl.atomic_add(ptrs, y, mask=m3, sem='relaxed')
-                else:
-                    tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=m3)
-            else:
-                y = tl.sum(hs * Ct[:, None, :], axis=2)
-                if HAS_D:
-                    y = y + Dv * u
-                y = y * scale
-                ptrs = o_base + p * so_p
-                if ATOMIC:
-                    tl.atomic_add(ptrs, y, mask=mtd, sem='relaxed')
-                else:
-                    tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=mtd)
-            if SAVE:
-                # slot c holds the state before tile c (CHUNK == BT; slot 0, the zero state, is never written)
-                c = t0 // BT + 1
-                tl.store(ck_base + c.to(tl.int64) * W * N, h, mask=mdn & (c < NCK))
+    def _row(x, r, i):
+        # row i of a [BT, BD, BN] tile (a reduction over the time axis: rows live in different threads)
+        return tl.sum(tl.where((r == i)[:, None, None], x, 0.0), axis=0)
 
     @triton.jit
-    def _scan_bwd_tiled_kernel(
-            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dout_ptr, ckpt_ptr,
-            pos_ptr, meta_ptr,
-            du_ptr, ddelta_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    def _wait_for(bits_ptr, mask, PENDING: tl.constexpr):
+        # spin until every element of the [BD, BN] slot has been written by the program that owns it (a slot holds
+        # PENDING until then); volatile loads bypass L1, so the other program's stores are seen once they reach L2
+        v = tl.load(bits_ptr, mask=mask, other=0, volatile=True)
+        while tl.sum(tl.where(v == PENDING, 1, 0)) > 0:
+            v = tl.load(bits_ptr, mask=mask, other=0, volatile=True)
+        return v.to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _chunk(ticket_ptr, seqs, K, NBLK, NCK, REVERSE: tl.constexpr):
+        # Tickets hand out the chunks in chunk-major order (all sequences' first chunks, then their second, ...;
+        # last to first for the backward): a program that waits for its neighbour chunk holds a later ticket than
+        # that chunk's program, which has therefore started and cannot be starved by waiting programs.
+        ticket = tl.atomic_add(ticket_ptr, 1)
+        c = ticket // seqs
+        if REVERSE:
+            c = NCK - 1 - c
+        s = ticket % seqs
+        blk = s % NBLK
+        k = (s // NBLK) % K
+        b = (s // (NBLK * K)).to(tl.int64)
+        return b, k, blk, c
+
+    @triton.jit
+    def _scan_fwd_chunked_kernel(
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, state_ptr, state_bits_ptr,
+            ticket_ptr, pos_ptr, meta_ptr,
             su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p,
-            W, N, K, NCK, scale,
-            BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr,
-            HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr):
-        # tiles from last to first: recompute the tile's states from its checkpoint with a forward scan, then
-        # the adjoint g_t = dy_t C_t + a_{t+1} g_{t+1} with a reverse scan (a_{t+1} from a one-row-shifted load)
-        b = tl.program_id(0).to(tl.int64)
-        k = tl.program_id(1)
-        blk = tl.program_id(2)
+            W, N, K, NBLK, NCK, seqs, scale,
+            BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr, PENDING: tl.constexpr,
+            HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr,
+            ATOMIC: tl.constexpr):
+        # One program per chunk of BT steps of one (batch, route, channel block): load the chunk's [BT, BD] of
+        # u / delta and [BT, BN] of B / C at once, scan it along time from a zero state (pa: decay products,
+        # sx: states), then take the state entering the chunk from the previous chunk's program (slot c of
+        # ``state``, PENDING until written), publish the state leaving it (slot c + 1) and write the outputs.
+        # The slots are the backward's checkpoints.
+        b, k, blk, c = _chunk(ticket_ptr, seqs, K, NBLK, NCK, False)
         start = tl.load(meta_ptr + k * 4).to(tl.int64)
         length = tl.load(meta_ptr + k * 4 + 1)
-        in_off = tl.load(meta_ptr + k * 4 + 2).to(tl.int64)
-        out_off = tl.load(meta_ptr + k * 4 + 3).to(tl.int64)
+        in_off = tl.multiple_of(tl.load(meta_ptr + k * 4 + 2), VEC).to(tl.int64)
+        out_off = tl.multiple_of(tl.load(meta_ptr + k * 4 + 3), VEC).to(tl.int64)
 
         r = tl.arange(0, BT)
         d = blk * BD + tl.arange(0, BD)
@@ -425,100 +367,164 @@ if _HAS_TRITON:
         mdn = md[:, None] & mn[None, :]
         ch = k * W + d
         A = tl.load(A_ptr + ch[:, None].to(tl.int64) * N + n[None, :], mask=mdn, other=0.0)[None, :, :]
-        if HAS_D:
-            Dv = tl.load(D_ptr + ch, mask=md, other=0.0)[None, :]
+
+        t = c * BT + r
+        mt = t < length
+        p = tl.load(pos_ptr + start + t, mask=mt, other=0).to(tl.int64)[:, None]
+        mtd = mt[:, None] & md[None, :]
+        mtn = mt[:, None] & mn[None, :]
+        u = tl.load(u_ptr + b * su_b + in_off + d[None, :] + p * su_p, mask=mtd, other=0.0).to(tl.float32)
+        z = tl.load(delta_ptr + b * sd_b + ch[None, :] + p * sd_p, mask=mtd, other=0.0).to(tl.float32)
+        Bt = tl.load(B_ptr + b * sB_b + k * sB_k + n[None, :] + p * sB_p, mask=mtn, other=0.0).to(tl.float32)
+        if not HIDDEN:
+            Ct = tl.load(C_ptr + b * sC_b + k * sC_k + n[None, :] + p * sC_p, mask=mtn, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            z = z + tl.load(bias_ptr + ch, mask=md, other=0.0)[None, :]
+        if SOFTPLUS:
+            dt = _softplus(z)
+        else:
+            dt = z
+        a = tl.where(mt[:, None, None], tl.exp(dt[:, :, None] * A), 1.0)    # past the route's end: identity
+        x = (dt * u)[:, :, None] * Bt[:, None, :]
+        pa, sx = tl.associative_scan((a, x), 0, _first_order)
+
+        slot = ((b * K + k) * NCK + c) * W * N + d[:, None] * N + n[None, :]
+        if c > 0:
+            h_in = _wait_for(state_bits_ptr + slot, mdn, PENDING)
+        else:
+            h_in = tl.zeros([BD, BN], dtype=tl.float32)
+        if c + 1 < NCK:   # publish first: the next chunk's program waits for it
+            h_out = _row(pa, r, BT - 1) * h_in + _row(sx, r, BT - 1)
+            tl.store(state_ptr + slot + W * N, h_out, mask=mdn)
+
+        hs = pa * h_in[None, :, :] + sx                                     # [BT, BD, BN]
+        if HIDDEN:
+            y = hs * scale
+            ptrs = out_ptr + b * so_b + ((out_off + d)[:, None] * N + n[None, :])[None, :, :] + p[:, :, None] * so_p
+            m3 = mt[:, None, None] & mdn[None, :, :]
+            if ATOMIC:
+                tl.atomic_add(ptrs, y, mask=m3, sem='relaxed')
+            else:
+                tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=m3)
+        else:
+            y = tl.sum(hs * Ct[:, None, :], axis=2)
+            if HAS_D:
+                y = y + tl.load(D_ptr + ch, mask=md, other=0.0)[None, :] * u
+            y = y * scale
+            ptrs = out_ptr + b * so_b + out_off + d[None, :] + p * so_p
+            if ATOMIC:
+                tl.atomic_add(ptrs, y, mask=mtd, sem='relaxed')
+            else:
+                tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=mtd)
+
+    @triton.jit
+    def _scan_bwd_chunked_kernel(
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dout_ptr, ckpt_ptr, carry_ptr, carry_bits_ptr,
+            ticket_ptr, pos_ptr, meta_ptr,
+            du_ptr, ddelta_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+            su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p,
+            W, N, K, NBLK, NCK, seqs, scale,
+            BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr, PENDING: tl.constexpr,
+            HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr):
+        # Chunks from last to first. A program recomputes its chunk's states from the forward's checkpoint (slot c
+        # of ``ckpt``), scans the adjoint g_t = dy_t C_t + a_{t+1} g_{t+1} backwards over the chunk from zero,
+        # takes the adjoint carried in from the next chunk's program (slot c of ``carry``), publishes its own
+        # first-step adjoint for the previous chunk (slot c - 1), then forms every gradient of the chunk.
+        b, k, blk, c = _chunk(ticket_ptr, seqs, K, NBLK, NCK, True)
+        start = tl.load(meta_ptr + k * 4).to(tl.int64)
+        length = tl.load(meta_ptr + k * 4 + 1)
+        in_off = tl.multiple_of(tl.load(meta_ptr + k * 4 + 2), VEC).to(tl.int64)
+        out_off = tl.multiple_of(tl.load(meta_ptr + k * 4 + 3), VEC).to(tl.int64)
+
+        r = tl.arange(0, BT)
+        d = blk * BD + tl.arange(0, BD)
+        n = tl.arange(0, BN)
+        md = d < W
+        mn = n < N
+        mdn = md[:, None] & mn[None, :]
+        ch = k * W + d
+        A = tl.load(A_ptr + ch[:, None].to(tl.int64) * N + n[None, :], mask=mdn, other=0.0)[None, :, :]
+
+        t = c * BT + r
+        mt = t < length
+        mt1 = (t + 1) < length
+        p = tl.load(pos_ptr + start + t, mask=mt, other=0).to(tl.int64)[:, None]
+        p1 = tl.load(pos_ptr + start + t + 1, mask=mt1, other=0).to(tl.int64)[:, None]
+        mtd = mt[:, None] & md[None, :]
+        mtn = mt[:, None] & mn[None, :]
+        u_off = b * su_b + in_off + d[None, :] + p * su_p
+        d_off = b * sd_b + ch[None, :] + p * sd_p
+        B_off = b * sB_b + k * sB_k + n[None, :] + p * sB_p
+        C_off = b * sC_b + k * sC_k + n[None, :] + p * sC_p
+        u = tl.load(u_ptr + u_off, mask=mtd, other=0.0).to(tl.float32)
+        z = tl.load(delta_ptr + d_off, mask=mtd, other=0.0).to(tl.float32)
+        # delta one step ahead for a_{t+1} (mostly the rows just loaded: cache hits)
+        z1 = tl.load(delta_ptr + b * sd_b + ch[None, :] + p1 * sd_p, mask=mt1[:, None] & md[None, :],
+                     other=0.0).to(tl.float32)
+        Bt = tl.load(B_ptr + B_off, mask=mtn, other=0.0).to(tl.float32)
         if HAS_BIAS:
             bias = tl.load(bias_ptr + ch, mask=md, other=0.0)[None, :]
-
-        u_base = u_ptr + b * su_b + in_off + d[None, :]
-        du_base = du_ptr + b * su_b + in_off + d[None, :]
-        d_base = delta_ptr + b * sd_b + ch[None, :]
-        dd_base = ddelta_ptr + b * sd_b + ch[None, :]
-        B_base = B_ptr + b * sB_b + k * sB_k + n[None, :]
-        dB_base = dB_ptr + b * sB_b + k * sB_k + n[None, :]
-        C_base = C_ptr + b * sC_b + k * sC_k + n[None, :]
-        dC_base = dC_ptr + b * sC_b + k * sC_k + n[None, :]
-        if HIDDEN:
-            o_base = dout_ptr + b * so_b + ((out_off + d)[:, None] * N + n[None, :])[None, :, :]
+            z = z + bias
+            z1 = z1 + bias
+        if SOFTPLUS:
+            dt = _softplus(z)
+            dt1 = _softplus(z1)
         else:
-            o_base = dout_ptr + b * so_b + out_off + d[None, :]
-        ck_base = ckpt_ptr + ((b * K + k) * NCK) * W * N + d[:, None] * N + n[None, :]
-
-        dA_acc = tl.zeros([BD, BN], dtype=tl.float32)
-        dD_acc = tl.zeros([BD], dtype=tl.float32)
-        dbias_acc = tl.zeros([BD], dtype=tl.float32)
-        g_next = tl.zeros([BD, BN], dtype=tl.float32)      # g at the first step of the tile after this one
-        n_tiles = (length + BT - 1) // BT
-        for cj in range(0, n_tiles):
-            c = n_tiles - 1 - cj
-            t0 = c * BT
-            t = t0 + r
-            mt = t < length
-            mt1 = (t + 1) < length
-            p = tl.load(pos_ptr + start + t, mask=mt, other=0).to(tl.int64)[:, None]
-            p1 = tl.load(pos_ptr + start + t + 1, mask=mt1, other=0).to(tl.int64)[:, None]
-            mtd = mt[:, None] & md[None, :]
-            mtn = mt[:, None] & mn[None, :]
-            u = tl.load(u_base + p * su_p, mask=mtd, other=0.0).to(tl.float32)
-            z = tl.load(d_base + p * sd_p, mask=mtd, other=0.0).to(tl.float32)
-            z1 = tl.load(d_base + p1 * sd_p, mask=mt1[:, None] & md[None, :], other=0.0).to(tl.float32)
-            Bt = tl.load(B_base + p * sB_p, mask=mtn, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                z = z + bias
-                z1 = z1 + bias
-            if SOFTPLUS:
-                dt = _softplus(z)
-                dt1 = _softplus(z1)
-            else:
-                dt = z
-                dt1 = z1
-            a = tl.where(mt[:, None, None], tl.exp(dt[:, :, None] * A), 1.0)
-            a1 = tl.where(mt1[:, None, None], tl.exp(dt1[:, :, None] * A), 0.0)   # a_{t+1}
-            dtu = dt * u
-            x = dtu[:, :, None] * Bt[:, None, :]
-            # 1) states of the tile from its checkpoint
-            h0 = tl.load(ck_base + c.to(tl.int64) * W * N, mask=mdn & (c > 0), other=0.0)
-            pa, sx = tl.associative_scan((a, x), 0, _first_order)
-            hs = pa * h0[None, :, :] + sx
-            ah = hs - x                                          # a_t * h_{t-1}
-            # 2) adjoint
-            if HIDDEN:
-                m3 = mt[:, None, None] & mdn[None, :, :]
-                beta = tl.load(o_base + p[:, :, None] * so_p, mask=m3, other=0.0).to(tl.float32) * scale
-            else:
-                dy = tl.load(o_base + p * so_p, mask=mtd, other=0.0).to(tl.float32) * scale
-                Ct = tl.load(C_base + p * sC_p, mask=mtn, other=0.0).to(tl.float32)
-                beta = dy[:, :, None] * Ct[:, None, :]
-                dCt = tl.sum(dy[:, :, None] * hs, axis=1)
-                tl.atomic_add(dC_base + p * sC_p, dCt, mask=mtn, sem='relaxed')
-            pg, sg = tl.associative_scan((a1, beta), 0, _first_order, reverse=True)
-            g = sg + pg * g_next[None, :, :]
-            g_next = tl.sum(tl.where((r == 0)[:, None, None], g, 0.0), axis=0)
-            gB = tl.sum(g * Bt[:, None, :], axis=2)               # [BT, BD]
-            du = gB * dt
-            if HAS_D:
-                if not HIDDEN:
-                    du += Dv * dy
-                    dD_acc += tl.sum(dy * u, axis=0)
-            tl.atomic_add(du_base + p * su_p, du, mask=mtd, sem='relaxed')
-            dBt = tl.sum(g * dtu[:, :, None], axis=1)             # [BT, BN]
-            tl.atomic_add(dB_base + p * sB_p, dBt, mask=mtn, sem='relaxed')
-            gah = g * ah
-            ddt = tl.sum(gah * A, axis=2) + gB * u
-            dA_acc += tl.sum(gah * dt[:, :, None], axis=0)
-            if SOFTPLUS:
-                dz = tl.where(z > 20.0, ddt, ddt / (1.0 + tl.exp(-z)))
-            else:
-                dz = ddt
-            dz = tl.where(mtd, dz, 0.0)
-            dbias_acc += tl.sum(dz, axis=0)
-            tl.store(dd_base + p * sd_p, dz.to(ddelta_ptr.dtype.element_ty), mask=mtd)
-
-        tl.store(dA_ptr + (b * K * W + ch[:, None]) * N + n[None, :], dA_acc, mask=mdn)
+            dt = z
+            dt1 = z1
+        a = tl.where(mt[:, None, None], tl.exp(dt[:, :, None] * A), 1.0)
+        a1 = tl.where(mt1[:, None, None], tl.exp(dt1[:, :, None] * A), 0.0)   # a_{t+1}
+        dtu = dt * u
+        x = dtu[:, :, None] * Bt[:, None, :]
+        # 1) the chunk's states, from its checkpoint
+        slot = ((b * K + k) * NCK + c) * W * N + d[:, None] * N + n[None, :]
+        h0 = tl.load(ckpt_ptr + slot, mask=mdn & (c > 0), other=0.0)
+        pa, sx = tl.associative_scan((a, x), 0, _first_order)
+        hs = pa * h0[None, :, :] + sx
+        ah = hs - x                                          # a_t * h_{t-1}
+        # 2) the adjoint
+        if HIDDEN:
+            m3 = mt[:, None, None] & mdn[None, :, :]
+            o_ptrs = dout_ptr + b * so_b + ((out_off + d)[:, None] * N + n[None, :])[None, :, :] + p[:, :, None] * so_p
+            beta = tl.load(o_ptrs, mask=m3, other=0.0).to(tl.float32) * scale
+        else:
+            dy = tl.load(dout_ptr + b * so_b + out_off + d[None, :] + p * so_p, mask=mtd, other=0.0).to(tl.float32)
+            dy = dy * scale
+            Ct = tl.load(C_ptr + C_off, mask=mtn, other=0.0).to(tl.float32)
+            beta = dy[:, :, None] * Ct[:, None, :]
+            tl.atomic_add(dC_ptr + C_off, tl.sum(dy[:, :, None] * hs, axis=1), mask=mtn, sem='relaxed')
+        pg, sg = tl.associative_scan((a1, beta), 0, _first_order, reverse=True)
+        if c + 1 < NCK:
+            g_in = _wait_for(carry_bits_ptr + slot, mdn, PENDING)
+        else:
+            g_in = tl.zeros([BD, BN], dtype=tl.float32)
+        if c > 0:
+            tl.store(carry_ptr + slot - W * N, _row(pg, r, 0) * g_in + _row(sg, r, 0), mask=mdn)
+        g = sg + pg * g_in[None, :, :]
+        gB = tl.sum(g * Bt[:, None, :], axis=2)               # [BT, BD]
+        du = gB * dt
         if HAS_D:
-            tl.store(dD_ptr + b * K * W + ch, dD_acc, mask=md)
+            if not HIDDEN:
+                du += tl.load(D_ptr + ch, mask=md, other=0.0)[None, :] * dy
+                dD = tl.sum(dy * u, axis=0)
+        tl.atomic_add(du_ptr + u_off, du, mask=mtd, sem='relaxed')
+        tl.atomic_add(dB_ptr + B_off, tl.sum(g * dtu[:, :, None], axis=1), mask=mtn, sem='relaxed')
+        gah = g * ah
+        ddt = tl.sum(gah * A, axis=2) + gB * u
+        if SOFTPLUS:
+            dz = tl.where(z > 20.0, ddt, ddt / (1.0 + tl.exp(-z)))
+        else:
+            dz = ddt
+        dz = tl.where(mtd, dz, 0.0)
+        tl.store(ddelta_ptr + d_off, dz.to(ddelta_ptr.dtype.element_ty), mask=mtd)
+        # per-(batch, chunk) partials of the parameter gradients, summed by torch (deterministic)
+        row = (b * NCK + c) * K * W
+        tl.store(dA_ptr + (row + ch[:, None]) * N + n[None, :], tl.sum(gah * dt[:, :, None], axis=0), mask=mdn)
+        if HAS_D:
+            if not HIDDEN:
+                tl.store(dD_ptr + row + ch, dD, mask=md)
         if HAS_BIAS:
-            tl.store(dbias_ptr + b * K * W + ch, dbias_acc, mask=md)
+            tl.store(dbias_ptr + row + ch, tl.sum(dz, axis=0), mask=md)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -550,37 +556,36 @@ def _config(width: int, n_state: int):
     return bd, bn, chunk, num_warps
 
 
-# Kernel choice (measured on an H100 at batch 128, kernels/README.md): the tiled kernels (time tiles of BT steps,
-# scan along time inside the tile) win for long routes at N = 1 (VMamba-T stage 1 forward and backward, stage 2
-# forward without gradients); the sequential kernels win for short routes (stages 3-4) and at N = 16 (Vim).
-# ``FORCE_KERNEL`` ('tiled' / 'sequential') and ``_TILE_OVERRIDE`` (BT, BD, warps fwd[, warps bwd]) are for tests
-# and benchmarks.
+# Kernel choice: the chunked kernels (one program per chunk of BT steps, chunks chained through their states) by
+# default; the sequential kernels where they measured faster (kernels/README.md). ``FORCE_KERNEL`` ('chunked' /
+# 'sequential') and ``_CHUNK_OVERRIDE`` ((BT, BD, warps) forward, (BT, BD, warps) backward) are for tests and
+# benchmarks.
 FORCE_KERNEL = None
-_TILE_OVERRIDE = None
+_CHUNK_OVERRIDE = None
+# Bit pattern of a signalling NaN: arithmetic never produces one, so it marks a chained state not yet written.
+_PENDING = 0x7F800001
 
 
-def _use_tiled(n_state: int, route_len: int, need_grad: bool) -> bool:
+def _use_chunked(n_state: int, route_len: int) -> bool:
     if FORCE_KERNEL is not None:
-        return FORCE_KERNEL == 'tiled'
-    if _TILE_OVERRIDE is not None:
+        return FORCE_KERNEL == 'chunked'
+    if _CHUNK_OVERRIDE is not None:
         return True
-    return n_state == 1 and (route_len >= 2048 or (not need_grad and route_len >= 512))
+    return n_state == 1
 
 
-def _tile_config(width: int, n_state: int, need_grad: bool):
-    """(BT, BD, BN, num_warps forward, num_warps backward) of the tiled kernels."""
+def _chunk_config(width: int, n_state: int, backward: bool):
+    """(BT, BD, BN, num_warps) of a chunked kernel."""
     bn = _pow2(n_state)
-    if _TILE_OVERRIDE is not None:
-        bt, bd, nw = _TILE_OVERRIDE[:3]
-        nwb = _TILE_OVERRIDE[3] if len(_TILE_OVERRIDE) > 3 else nw
+    if _CHUNK_OVERRIDE is not None:
+        bt, bd, nw = _CHUNK_OVERRIDE[1 if backward else 0]
     elif bn == 1:
-        bt, bd, nw, nwb = (32, 32, 4, 2) if need_grad else (16, 32, 2, 2)
+        bt, bd, nw = (32, 32, 4) if backward else (64, 32, 4)
     elif bn <= 4:
-        bt, bd, nw, nwb = 16, 16, 4, 4
+        bt, bd, nw = 16, 16, 4
     else:
-        bt, bd, nw, nwb = 4, 16, 2, 2
-    bd = min(bd, max(8, _pow2(width)))
-    return bt, bd, bn, nw, nwb
+        bt, bd, nw = 8, 16, 4
+    return bt, min(bd, max(8, _pow2(width))), bn, nw
 
 
 def _prep(t: Optional[torch.Tensor]):
@@ -589,24 +594,37 @@ def _prep(t: Optional[torch.Tensor]):
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _kernel_config(plan: RoutePlan, n_state: int, need_grad: bool):
-    """(tiled?, BD, BN, CHUNK, warps forward, warps backward, number of checkpoints) for a plan."""
-    W = plan.width
+def _kernel_config(plan: RoutePlan, n_state: int, backward: bool):
+    """(chunked?, BT, BD, BN, num_warps, number of checkpoints) of the forward or backward kernel of a plan."""
     Lmax = max(p.numel() for p in plan.positions)
-    tiled = _use_tiled(n_state, Lmax, need_grad)
-    if tiled:
-        BT, BD, BN, num_warps, nw_bwd = _tile_config(W, n_state, need_grad)
-        CHUNK = BT
-    else:
-        BD, BN, CHUNK, num_warps = _config(W, n_state)
-        nw_bwd = num_warps
-    return tiled, BD, BN, CHUNK, num_warps, nw_bwd, max(1, -(-Lmax // CHUNK))
+    if _use_chunked(n_state, Lmax):
+        BT, BD, BN, num_warps = _chunk_config(plan.width, n_state, backward)
+        return True, BT, BD, BN, num_warps, -(-Lmax // BT)
+    BD, BN, CHUNK, num_warps = _config(plan.width, n_state)
+    return False, CHUNK, BD, BN, num_warps, max(1, -(-Lmax // CHUNK))
 
 
 def checkpoint_shape(batch: int, plan: RoutePlan, n_state: int) -> tuple:
-    """Shape of the fp32 states ``triton_forward`` saves for the backward (``need_grad=True``)."""
+    """Shape of the fp32 states ``triton_forward`` saves for the backward (``need_grad=True``): the state entering
+    every chunk of the backward's chunk length."""
     nck = _kernel_config(plan, n_state, True)[-1]
     return batch, plan.num_routes, nck, plan.width, n_state
+
+
+def _vec(plan: RoutePlan) -> int:
+    """Largest power of two (<= 8) dividing every channel offset: lets the compiler vectorize channel loads."""
+    g = math.gcd(plan.width, 8, *(r.in_offset for r in plan.routes), *(r.out_offset for r in plan.routes))
+    return g & -g
+
+
+def _chained_states(batch: int, plan: RoutePlan, nck: int, n_state: int, device, zero_first: bool):
+    """The chained-state buffer of a chunked kernel, every slot PENDING (slot 0 zero with ``zero_first``), and the
+    ticket counter."""
+    state = torch.empty((batch, plan.num_routes, nck, plan.width, n_state), device=device, dtype=torch.float32)
+    state.view(torch.int32).fill_(_PENDING)
+    if zero_first:
+        state[:, :, 0].zero_()
+    return state, torch.zeros(1, device=device, dtype=torch.int32)
 
 
 def triton_forward(u, delta, A, B, C, D, delta_bias, plan: RoutePlan, delta_softplus: bool, return_hidden: bool,
@@ -619,7 +637,6 @@ def triton_forward(u, delta, A, B, C, D, delta_bias, plan: RoutePlan, delta_soft
     bias32 = delta_bias.detach().float().contiguous() if delta_bias is not None else None
     batch, num_pos, _ = u.shape
     K, W, N = plan.num_routes, plan.width, A.shape[-1]
-    tiled, BD, BN, CHUNK, num_warps, _, nck = _kernel_config(plan, N, need_grad)
     pos, meta = _route_tables(plan, u.device)
     scale = 1.0 / plan.multiplicity if (mean and plan.multiplicity > 1) else 1.0
     atomic = plan.multiplicity > 1
@@ -627,23 +644,30 @@ def triton_forward(u, delta, A, B, C, D, delta_bias, plan: RoutePlan, delta_soft
     shape = (batch, num_pos, plan.out_channels) + ((N,) if return_hidden else ())
     out = torch.zeros(shape, device=u.device, dtype=torch.float32) if atomic else \
         torch.empty(shape, device=u.device, dtype=out_dtype)
-    # zeros, not empty: slot 0 (the zero state) is never written, and an op's outputs must be deterministic
-    ckpt = torch.zeros((batch, K, nck, W, N) if need_grad else (0,), device=u.device, dtype=torch.float32)
     Cx = C if C is not None else B
-    grid = (batch, K, triton.cdiv(W, BD))
-    args = (u, delta, A32, B, Cx, D32 if D32 is not None else A32, bias32 if bias32 is not None else A32,
-            out, ckpt if need_grad else out, pos, meta,
-            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
-            B.stride(0), B.stride(1), B.stride(2), Cx.stride(0), Cx.stride(1), Cx.stride(2),
-            out.stride(0), out.stride(1),
-            W, N, K, nck, scale)
+    params = (u, delta, A32, B, Cx, D32 if D32 is not None else A32, bias32 if bias32 is not None else A32, out)
+    strides = (u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
+               B.stride(0), B.stride(1), B.stride(2), Cx.stride(0), Cx.stride(1), Cx.stride(2),
+               out.stride(0), out.stride(1))
     flags = dict(HAS_D=(D is not None and not return_hidden), HAS_BIAS=delta_bias is not None,
-                 SOFTPLUS=bool(delta_softplus), HIDDEN=bool(return_hidden), ATOMIC=atomic,
-                 SAVE=bool(need_grad), num_warps=num_warps)
-    if tiled:
-        _scan_fwd_tiled_kernel[grid](*args, BT=CHUNK, BD=BD, BN=BN, **flags)
+                 SOFTPLUS=bool(delta_softplus), HIDDEN=bool(return_hidden), ATOMIC=atomic)
+    chunked, BT, BD, BN, num_warps, nck = _kernel_config(plan, N, False)
+    if need_grad:   # the checkpoints are the states entering the backward's chunks
+        _, BT, _, _, _, nck = _kernel_config(plan, N, True)
+    nblk = triton.cdiv(W, BD)
+    if chunked:
+        state, ticket = _chained_states(batch, plan, nck, N, u.device, zero_first=True)
+        seqs = batch * K * nblk
+        _scan_fwd_chunked_kernel[(seqs * nck,)](
+            *params, state, state.view(torch.int32), ticket, pos, meta, *strides, W, N, K, nblk, nck, seqs, scale,
+            BT=BT, BD=BD, BN=BN, VEC=_vec(plan), PENDING=_PENDING, num_warps=num_warps, **flags)
+        ckpt = state if need_grad else state.new_empty(0)
     else:
-        _scan_fwd_kernel[grid](*args, BD=BD, BN=BN, CHUNK=CHUNK, **flags)
+        # zeros, not empty: slot 0 (the zero state) is never written, and an op's outputs must be deterministic
+        ckpt = torch.zeros((batch, K, nck, W, N) if need_grad else (0,), device=u.device, dtype=torch.float32)
+        _scan_fwd_kernel[(batch, K, nblk)](*params, ckpt if need_grad else out, pos, meta, *strides, W, N, K, nck,
+                                           scale, BD=BD, BN=BN, CHUNK=BT, SAVE=bool(need_grad),
+                                           num_warps=num_warps, **flags)
     if out.dtype != out_dtype:
         out = out.to(out_dtype)
     return out, ckpt
@@ -654,7 +678,7 @@ def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePla
     """Backward kernel: ``(du, ddelta, dA, dB, dC, dD, ddelta_bias)`` in the dtypes of the inputs (None for an
     absent input; dD is None with ``return_hidden``, where D is unused)."""
     K, W, N = plan.num_routes, plan.width, A.shape[-1]
-    tiled, BD, BN, CHUNK, _, num_warps, nck = _kernel_config(plan, N, True)
+    chunked, BT, BD, BN, num_warps, nck = _kernel_config(plan, N, True)
     scale = 1.0 / plan.multiplicity if (mean and plan.multiplicity > 1) else 1.0
     hidden, softplus = bool(return_hidden), bool(delta_softplus)
     A32 = A.detach().float().contiguous()
@@ -672,27 +696,29 @@ def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePla
     ddelta = torch.zeros(delta.shape, device=dev, dtype=delta.dtype)   # every element written once or 0
     dB = torch.zeros(B.shape, device=dev, dtype=torch.float32)
     dC = torch.zeros(B.shape, device=dev, dtype=torch.float32) if C is not None else dB
-    dA = torch.empty((batch, K * W, N), device=dev, dtype=torch.float32)
+    parts = batch * nck if chunked else batch     # partial sums of the parameter gradients, summed below
+    dA = torch.empty((parts, K * W, N), device=dev, dtype=torch.float32)
     has_d = D32 is not None and not hidden
-    dD = torch.empty((batch, K * W), device=dev, dtype=torch.float32) if has_d else dA
-    dbias = torch.empty((batch, K * W), device=dev, dtype=torch.float32) if bias32 is not None else dA
+    dD = torch.empty((parts, K * W), device=dev, dtype=torch.float32) if has_d else dA
+    dbias = torch.empty((parts, K * W), device=dev, dtype=torch.float32) if bias32 is not None else dA
     nblk = triton.cdiv(W, BD)
     Cx = C if C is not None else B
-    grid = (batch, K, nblk)
     strides = (u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
                B.stride(0), B.stride(1), B.stride(2), Cx.stride(0), Cx.stride(1), Cx.stride(2),
-               dout.stride(0), dout.stride(1), W, N, K, nck, scale)
+               dout.stride(0), dout.stride(1))
     params = (u, delta, A32, B, Cx, D32 if D32 is not None else A32, bias32 if bias32 is not None else A32)
     grads = (du, ddelta, dB, dC, dA, dD, dbias)
-    flags = dict(HAS_D=has_d, HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HIDDEN=hidden,
-                 num_warps=num_warps)
-    if tiled:
-        _scan_bwd_tiled_kernel[grid](*params, dout, ckpt, pos, meta, *grads, *strides,
-                                     BT=CHUNK, BD=BD, BN=BN, **flags)
+    flags = dict(HAS_D=has_d, HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HIDDEN=hidden, num_warps=num_warps)
+    if chunked:
+        carry, ticket = _chained_states(batch, plan, nck, N, dev, zero_first=False)
+        seqs = batch * K * nblk
+        _scan_bwd_chunked_kernel[(seqs * nck,)](
+            *params, dout, ckpt, carry, carry.view(torch.int32), ticket, pos, meta, *grads, *strides,
+            W, N, K, nblk, nck, seqs, scale, BT=BT, BD=BD, BN=BN, VEC=_vec(plan), PENDING=_PENDING, **flags)
     else:
-        scratch = torch.empty((batch * K * nblk, CHUNK + 1, BD, BN), device=dev, dtype=torch.float32)
-        _scan_bwd_kernel[grid](*params, dout, ckpt, scratch, pos, meta, *grads, *strides,
-                               BD=BD, BN=BN, CHUNK=CHUNK, **flags)
+        scratch = torch.empty((batch * K * nblk, BT + 1, BD, BN), device=dev, dtype=torch.float32)
+        _scan_bwd_kernel[(batch, K, nblk)](*params, dout, ckpt, scratch, pos, meta, *grads, *strides,
+                                           W, N, K, nck, scale, BD=BD, BN=BN, CHUNK=BT, **flags)
     gA = dA.sum(0).to(A.dtype)
     gD = dD.sum(0).to(D.dtype) if has_d else None
     gbias = dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None

@@ -95,16 +95,19 @@ def _close(name, got, want, dtype):
 
 def _check(routes, height, width_px, width, in_ch, out_ch, batch, n_state, dtype, hidden=False, mean=False,
            softplus=True, bias=True, D=True, seed=0, device=DEV, kernel=None, tile=None):
-    """``kernel``: None (the backend's own choice), 'tiled' or 'sequential'; ``tile``: (BT, BD, warps) override."""
+    """``kernel``: None (the backend's own choice), 'chunked' or 'sequential'; ``tile``: the chunked kernels'
+    ((BT, BD, warps) forward, (BT, BD, warps) backward), or one triple for both."""
     if _NEEDS_SUBPROCESS:
         pytest.skip('runs in test_cpu_cases_in_fresh_process')
-    saved = TS.FORCE_KERNEL, TS._TILE_OVERRIDE
-    TS.FORCE_KERNEL, TS._TILE_OVERRIDE = kernel, tile
+    if tile is not None and not isinstance(tile[0], tuple):
+        tile = (tile, tile)
+    saved = TS.FORCE_KERNEL, TS._CHUNK_OVERRIDE
+    TS.FORCE_KERNEL, TS._CHUNK_OVERRIDE = kernel, (tile if kernel != 'sequential' else None)
     try:
         _check_impl(routes, height, width_px, width, in_ch, out_ch, batch, n_state, dtype, hidden, mean, softplus,
                     bias, D, seed, device)
     finally:
-        TS.FORCE_KERNEL, TS._TILE_OVERRIDE = saved
+        TS.FORCE_KERNEL, TS._CHUNK_OVERRIDE = saved
 
 
 def _check_impl(routes, height, width_px, width, in_ch, out_ch, batch, n_state, dtype, hidden, mean, softplus,
@@ -184,19 +187,20 @@ def test_chunked_backward_long_route():
     _check(R.bidirectional_routes(2), 1, 37, 2, 4, 2, batch=1, n_state=16, dtype=torch.float32, seed=10)
 
 
-# The tiled kernels (time tiles + scan along time) are picked for long routes at N = 1 only; these cases force
-# them on every route kind, with small tiles (several tiles per route: carries, checkpoints) where it matters.
-TILED_CASES = {
-    'cross_fp32_multitile': dict(routes=R.cross_routes(), height=5, width_px=6, width=5, in_ch=5, out_ch=5, batch=2,
-                                 n_state=1, dtype=torch.float32, tile=(4, 8, 2, 2)),
+# Both kernels on every route kind. The chunked ones get small chunks where it matters: several chunks per route
+# chain their states (forward) and adjoints (backward) through the PENDING slots, routes of unequal length (odd
+# lattices) end in different chunks, several channel blocks share dB / dC.
+KERNEL_CASES = {
+    'cross_fp32_multichunk': dict(routes=R.cross_routes(), height=5, width_px=6, width=5, in_ch=5, out_ch=5, batch=2,
+                                  n_state=1, dtype=torch.float32, tile=(4, 8, 2)),
     'cross_bf16': dict(routes=R.cross_routes(), height=3, width_px=4, width=5, in_ch=5, out_ch=5, batch=2, n_state=2,
                        dtype=torch.bfloat16),
     'cross_nstate3_mean': dict(routes=R.cross_routes(), height=3, width_px=5, width=6, in_ch=6, out_ch=6, batch=1,
                                n_state=3, dtype=torch.float32, mean=True, seed=3, tile=(4, 8, 2)),
     'bidirectional_mean_fp16': dict(routes=R.bidirectional_routes(4), height=1, width_px=9, width=4, in_ch=8,
                                     out_ch=4, batch=2, n_state=4, dtype=torch.float16, mean=True, seed=1),
-    'lattice': dict(routes=R.lattice_routes(), height=5, width_px=3, width=3, in_ch=3, out_ch=3, batch=2,
-                    n_state=2, dtype=torch.float32, seed=2),
+    'lattice_unequal_lengths': dict(routes=R.lattice_routes(), height=5, width_px=3, width=3, in_ch=3, out_ch=3,
+                                    batch=2, n_state=2, dtype=torch.float32, seed=2, tile=(2, 8, 1)),
     'grouped': dict(routes=R.grouped_routes(3), height=3, width_px=4, width=3, in_ch=12, out_ch=12, batch=2,
                     n_state=1, dtype=torch.float32, seed=5, tile=(4, 8, 2)),
     'hidden_one_route': dict(routes=(R.Route('col', reverse=True),), height=3, width_px=4, width=3, in_ch=3,
@@ -210,12 +214,16 @@ TILED_CASES = {
                                dtype=torch.float32, seed=9, tile=(4, 8, 2)),
     'long_route_nstate16': dict(routes=R.bidirectional_routes(2), height=1, width_px=37, width=2, in_ch=4, out_ch=2,
                                 batch=1, n_state=16, dtype=torch.float32, seed=10, tile=(8, 16, 2)),
+    # forward and backward chunk lengths differ: with gradients the forward chains at the backward's length
+    'fwd_bwd_chunks_differ': dict(routes=R.cross_routes(), height=4, width_px=5, width=4, in_ch=4, out_ch=4,
+                                  batch=1, n_state=1, dtype=torch.float32, seed=17, tile=((8, 8, 2), (2, 4, 1))),
 }
 
 
-@pytest.mark.parametrize('case', list(TILED_CASES), ids=str)
-def test_tiled_kernels(case):
-    _check(kernel='tiled', **TILED_CASES[case])
+@pytest.mark.parametrize('kernel', ['chunked', 'sequential'])
+@pytest.mark.parametrize('case', list(KERNEL_CASES), ids=str)
+def test_kernels(case, kernel):
+    _check(kernel=kernel, **KERNEL_CASES[case])
 
 
 def test_no_grad_forward_only():
@@ -239,7 +247,7 @@ def test_supports_never_raises():
 gpu = pytest.mark.skipif(not _CUDA, reason='needs CUDA')
 
 
-KERNELS = ['sequential', 'tiled']
+KERNELS = ['sequential', 'chunked']
 
 
 @pytest.mark.gpu
@@ -254,9 +262,9 @@ def test_gpu_cross_vmamba_like(dtype, kernel):
 @gpu
 @pytest.mark.parametrize('grad', [True, False])
 def test_gpu_long_route_default_choice(grad):
-    # L = 2304: the backend's own choice is the tiled kernel here (both with and without gradients)
+    # L = 2304 at N = 1: the backend's own choice is the chunked kernel (both with and without gradients)
     plan = R.plan_routes(R.cross_routes(), 48, 48, 40, 40, 40)
-    assert TS._use_tiled(1, 2304, grad)
+    assert TS._use_chunked(1, 2304)
     _check(R.cross_routes(), 48, 48, 40, 40, 40, batch=2, n_state=1, dtype=torch.bfloat16, seed=16)
     if not grad:
         x = _make(plan, 2, 1, torch.bfloat16)
