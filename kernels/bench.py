@@ -190,10 +190,10 @@ def main():
           f'forward+backward {both:.2f} ms')
 
 # chunked kernel shapes (BT, BD, num_warps): forward ones timed forward-only, backward ones in forward+backward
-SWEEP = {1: dict(fwd=[(64, 32, 4), (32, 32, 4), (128, 32, 4), (64, 64, 4)],
-                 bwd=[(32, 32, 4), (16, 32, 2), (64, 32, 4)]),
-         16: dict(fwd=[(8, 16, 4), (16, 16, 4), (4, 16, 2)],
-                  bwd=[(8, 16, 4), (4, 16, 2)])}
+SWEEP = {1: dict(fwd=[(64, 32, 1), (32, 32, 1), (64, 32, 4), (128, 32, 4), (64, 64, 2)],
+                 bwd=[(32, 32, 1), (16, 32, 1), (32, 32, 4), (16, 32, 2)]),
+         16: dict(fwd=[(8, 16, 4), (16, 16, 1), (8, 16, 1)],
+                  bwd=[(8, 16, 4), (8, 16, 1)])}
 
 
 def sweep(batch, only=''):
@@ -210,22 +210,24 @@ def sweep(batch, only=''):
         x = make_inputs(plan, batch, n_state)
         fb, tb = io_bytes(plan, batch, n_state)
         cfg = SWEEP[n_state]
-        variants = [('sequential', 'fwd', None), ('sequential', 'both', None)]
-        variants += [('chunked', 'fwd', (c, cfg['bwd'][0])) for c in cfg['fwd']]
-        variants += [('chunked', 'both', (cfg['fwd'][0], c)) for c in cfg['bwd']]
-        for kernel, what, over in variants:
-            TS.FORCE_KERNEL, TS._CHUNK_OVERRIDE = kernel, over
-            label = kernel if over is None else f'{kernel} fwd {over[0]} bwd {over[1]}'
+        first = (cfg['fwd'][0], cfg['bwd'][0])
+        variants = [(m, 'sequential', w, None) for m in ('routes', 'atomic') for w in ('fwd', 'both')]
+        variants += [('routes', 'chunked', 'fwd', (c, cfg['bwd'][0])) for c in cfg['fwd']]
+        variants += [('routes', 'chunked', 'both', (cfg['fwd'][0], c)) for c in cfg['bwd']]
+        variants += [('atomic', 'chunked', w, first) for w in ('fwd', 'both')]
+        for merge, kernel, what, over in variants:
+            TS.FORCE_KERNEL, TS._CHUNK_OVERRIDE, TS.MERGE = kernel, over, merge
+            label = f'{merge} ' + (kernel if over is None else f'{kernel} fwd {over[0]} bwd {over[1]}')
             try:
                 if what == 'fwd':
                     t = bench_one(selective_scan_triton, x, plan, mean, False)
-                    print(f'{name:36s} {label:44s} fwd     {t:8.3f} ms {fb / t / 1e6:6.0f} GB/s', flush=True)
+                    print(f'{name:36s} {label:52s} fwd     {t:8.3f} ms {fb / t / 1e6:6.0f} GB/s', flush=True)
                 else:
                     t = bench_one(selective_scan_triton, x, plan, mean, True)
-                    print(f'{name:36s} {label:44s} fwd+bwd {t:8.3f} ms {tb / t / 1e6:6.0f} GB/s', flush=True)
+                    print(f'{name:36s} {label:52s} fwd+bwd {t:8.3f} ms {tb / t / 1e6:6.0f} GB/s', flush=True)
             except Exception as e:  # a shape that does not compile / fit
-                print(f'{name:36s} {label:44s} {what} failed: {type(e).__name__}: {str(e)[:200]}', flush=True)
-        TS.FORCE_KERNEL, TS._CHUNK_OVERRIDE = None, None
+                print(f'{name:36s} {label:52s} {what} failed: {type(e).__name__}: {str(e)[:200]}', flush=True)
+        TS.FORCE_KERNEL, TS._CHUNK_OVERRIDE, TS.MERGE = None, None, 'routes'
         del x
         torch.cuda.empty_cache()
 

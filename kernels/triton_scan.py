@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Optional
 
 import torch
@@ -60,6 +61,8 @@ from .routes import RoutePlan, plan_routes, route_from_key
 try:  # the module must import on machines without triton / CUDA
     import triton
     import triton.language as tl
+    from triton.language.extra import libdevice
+    _FAST_LOG = tl.constexpr(os.environ.get('TRITON_INTERPRET', '0') != '1')
     _HAS_TRITON = True
 except Exception:  # pragma: no cover - depends on the machine
     triton = None
@@ -82,8 +85,15 @@ if _HAS_TRITON:
 
     @triton.jit
     def _softplus(z):
-        # softplus with threshold 20 (as F.softplus); exp(z) directly where 1 + exp(z) rounds to 1.
-        return tl.where(z > 20.0, z, tl.where(z < -15.0, tl.exp(z), tl.log(1.0 + tl.exp(z))))
+        # softplus with threshold 20 (as F.softplus); exp(z) directly where 1 + exp(z) rounds to 1. On the GPU the
+        # log is the hardware approximation (tl.log is a libdevice polynomial of ~20 instructions, a sixth of the
+        # forward's per-element cost); the interpreter has no libdevice.
+        e = tl.exp(z)
+        if _FAST_LOG:
+            sp = libdevice.fast_logf(1.0 + e)
+        else:
+            sp = tl.log(1.0 + e)
+        return tl.where(z > 20.0, z, tl.where(z < -15.0, e, sp))
 
     @triton.jit
     def _scan_fwd_kernel(
@@ -96,10 +106,10 @@ if _HAS_TRITON:
         b = tl.program_id(0).to(tl.int64)
         k = tl.program_id(1)
         blk = tl.program_id(2)
-        start = tl.load(meta_ptr + k * 4).to(tl.int64)
-        length = tl.load(meta_ptr + k * 4 + 1)
-        in_off = tl.load(meta_ptr + k * 4 + 2).to(tl.int64)
-        out_off = tl.load(meta_ptr + k * 4 + 3).to(tl.int64)
+        start = tl.load(meta_ptr + k * 5).to(tl.int64)
+        length = tl.load(meta_ptr + k * 5 + 1)
+        in_off = tl.load(meta_ptr + k * 5 + 2).to(tl.int64)
+        out_off = tl.load(meta_ptr + k * 5 + 3).to(tl.int64)
 
         d = blk * BD + tl.arange(0, BD)
         n = tl.arange(0, BN)
@@ -181,18 +191,20 @@ if _HAS_TRITON:
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dout_ptr, ckpt_ptr, scratch_ptr,
             pos_ptr, meta_ptr,
             du_ptr, ddelta_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
-            su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p,
+            su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p, sdu_b, sdu_p,
             W, N, K, NCK, scale,
             BD: tl.constexpr, BN: tl.constexpr, CHUNK: tl.constexpr,
-            HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr):
+            HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr,
+            DU_ATOMIC: tl.constexpr):
         b = tl.program_id(0).to(tl.int64)
         k = tl.program_id(1)
         blk = tl.program_id(2)
         nblk = tl.num_programs(2)
-        start = tl.load(meta_ptr + k * 4).to(tl.int64)
-        length = tl.load(meta_ptr + k * 4 + 1)
-        in_off = tl.load(meta_ptr + k * 4 + 2).to(tl.int64)
-        out_off = tl.load(meta_ptr + k * 4 + 3).to(tl.int64)
+        start = tl.load(meta_ptr + k * 5).to(tl.int64)
+        length = tl.load(meta_ptr + k * 5 + 1)
+        in_off = tl.load(meta_ptr + k * 5 + 2).to(tl.int64)
+        out_off = tl.load(meta_ptr + k * 5 + 3).to(tl.int64)
+        du_off = tl.load(meta_ptr + k * 5 + 4).to(tl.int64)
 
         d = blk * BD + tl.arange(0, BD)
         n = tl.arange(0, BN)
@@ -206,10 +218,10 @@ if _HAS_TRITON:
         if HAS_BIAS:
             bias = tl.load(bias_ptr + ch, mask=md, other=0.0)
 
-        # same layout as the forward (strides of u / delta / B / C are shared with their gradients:
-        # du (Bt, P, C_in), ddelta (Bt, P, K*W), dB / dC (Bt, P, K, N) are allocated contiguous like the inputs)
+        # same layout as the forward (strides of delta / B / C are shared with their gradients: ddelta (Bt, P, K*W),
+        # dB / dC (Bt, P, K, N) are allocated contiguous like the inputs; du has its own, see triton_backward)
         u_base = u_ptr + b * su_b + in_off + d
-        du_base = du_ptr + b * su_b + in_off + d
+        du_base = du_ptr + b * sdu_b + du_off + d
         d_base = delta_ptr + b * sd_b + ch
         dd_base = ddelta_ptr + b * sd_b + ch
         B_base = B_ptr + b * sB_b + k * sB_k + n
@@ -283,7 +295,10 @@ if _HAS_TRITON:
                     if not HIDDEN:
                         du += Dv * dy
                         dD_acc += dy * u
-                tl.atomic_add(du_base + p * su_p, du, mask=md, sem='relaxed')
+                if DU_ATOMIC:
+                    tl.atomic_add(du_base + p * sdu_p, du, mask=md, sem='relaxed')
+                else:
+                    tl.store(du_base + p * sdu_p, du.to(du_ptr.dtype.element_ty), mask=md)
                 dBt = tl.sum(g * (dt * u)[:, None], axis=0)
                 tl.atomic_add(dB_base + p * sB_p, dBt, mask=mn, sem='relaxed')
                 ddt = tl.sum(g * (A * ah), axis=1) + tl.sum(gB, axis=1) * u
@@ -354,10 +369,10 @@ if _HAS_TRITON:
         # ``state``, PENDING until written), publish the state leaving it (slot c + 1) and write the outputs.
         # The slots are the backward's checkpoints.
         b, k, blk, c = _chunk(ticket_ptr, seqs, K, NBLK, NCK, False)
-        start = tl.load(meta_ptr + k * 4).to(tl.int64)
-        length = tl.load(meta_ptr + k * 4 + 1)
-        in_off = tl.multiple_of(tl.load(meta_ptr + k * 4 + 2), VEC).to(tl.int64)
-        out_off = tl.multiple_of(tl.load(meta_ptr + k * 4 + 3), VEC).to(tl.int64)
+        start = tl.load(meta_ptr + k * 5).to(tl.int64)
+        length = tl.load(meta_ptr + k * 5 + 1)
+        in_off = tl.multiple_of(tl.load(meta_ptr + k * 5 + 2), VEC).to(tl.int64)
+        out_off = tl.multiple_of(tl.load(meta_ptr + k * 5 + 3), VEC).to(tl.int64)
 
         r = tl.arange(0, BT)
         d = blk * BD + tl.arange(0, BD)
@@ -422,19 +437,21 @@ if _HAS_TRITON:
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dout_ptr, ckpt_ptr, carry_ptr, carry_bits_ptr,
             ticket_ptr, pos_ptr, meta_ptr,
             du_ptr, ddelta_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
-            su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p,
+            su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p, sdu_b, sdu_p,
             W, N, K, NBLK, NCK, seqs, scale,
             BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr, PENDING: tl.constexpr,
-            HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr):
+            HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr,
+            DU_ATOMIC: tl.constexpr):
         # Chunks from last to first. A program recomputes its chunk's states from the forward's checkpoint (slot c
         # of ``ckpt``), scans the adjoint g_t = dy_t C_t + a_{t+1} g_{t+1} backwards over the chunk from zero,
         # takes the adjoint carried in from the next chunk's program (slot c of ``carry``), publishes its own
         # first-step adjoint for the previous chunk (slot c - 1), then forms every gradient of the chunk.
         b, k, blk, c = _chunk(ticket_ptr, seqs, K, NBLK, NCK, True)
-        start = tl.load(meta_ptr + k * 4).to(tl.int64)
-        length = tl.load(meta_ptr + k * 4 + 1)
-        in_off = tl.multiple_of(tl.load(meta_ptr + k * 4 + 2), VEC).to(tl.int64)
-        out_off = tl.multiple_of(tl.load(meta_ptr + k * 4 + 3), VEC).to(tl.int64)
+        start = tl.load(meta_ptr + k * 5).to(tl.int64)
+        length = tl.load(meta_ptr + k * 5 + 1)
+        in_off = tl.multiple_of(tl.load(meta_ptr + k * 5 + 2), VEC).to(tl.int64)
+        out_off = tl.multiple_of(tl.load(meta_ptr + k * 5 + 3), VEC).to(tl.int64)
+        du_off = tl.multiple_of(tl.load(meta_ptr + k * 5 + 4), VEC).to(tl.int64)
 
         r = tl.arange(0, BT)
         d = blk * BD + tl.arange(0, BD)
@@ -507,7 +524,11 @@ if _HAS_TRITON:
             if not HIDDEN:
                 du += tl.load(D_ptr + ch, mask=md, other=0.0)[None, :] * dy
                 dD = tl.sum(dy * u, axis=0)
-        tl.atomic_add(du_ptr + u_off, du, mask=mtd, sem='relaxed')
+        du_ptrs = du_ptr + b * sdu_b + du_off + d[None, :] + p * sdu_p
+        if DU_ATOMIC:
+            tl.atomic_add(du_ptrs, du, mask=mtd, sem='relaxed')
+        else:
+            tl.store(du_ptrs, du.to(du_ptr.dtype.element_ty), mask=mtd)
         tl.atomic_add(dB_ptr + B_off, tl.sum(g * dtu[:, :, None], axis=1), mask=mtn, sem='relaxed')
         gah = g * ah
         ddt = tl.sum(gah * A, axis=2) + gB * u
@@ -531,14 +552,44 @@ if _HAS_TRITON:
 # host side
 
 @functools.lru_cache(maxsize=256)
-def _route_tables(plan: RoutePlan, device: torch.device):
-    """(pos int32 (sum L_k,), meta int32 (K, 4): start, length, in_offset, out_offset), cached per plan/device."""
+def _route_tables(plan: RoutePlan, device: torch.device, out_step: int = 0, du_step: int = 0):
+    """(pos int32 (sum L_k,), meta int32 (K, 5)), cached. Row k of meta: start in pos, length, input channel
+    offset, output channel offset + k * out_step, du channel offset (the input's) + k * du_step; the steps place each
+    route's output / du in its own block of a per-route buffer (``MERGE = 'routes'``)."""
     pos = torch.cat([p.to(torch.int32) for p in plan.positions])
     meta, start = [], 0
-    for r, p in zip(plan.routes, plan.positions):
-        meta.append((start, p.numel(), r.in_offset, r.out_offset))
+    for k, (r, p) in enumerate(zip(plan.routes, plan.positions)):
+        meta.append((start, p.numel(), r.in_offset, r.out_offset + k * out_step, r.in_offset + k * du_step))
         start += p.numel()
     return pos.to(device), torch.tensor(meta, dtype=torch.int32).to(device)
+
+
+@functools.lru_cache(maxsize=256)
+def _input_sharing(plan: RoutePlan) -> tuple[int, bool]:
+    """(most routes reading one input element, whether every input element is read) for du's merge."""
+    num_pos = plan.height * plan.width_px
+    W = plan.width
+    bounds = sorted({0, plan.in_channels} | {r.in_offset for r in plan.routes} | {r.in_offset + W for r in plan.routes})
+    most, covered = 0, True
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        count = torch.zeros(num_pos, dtype=torch.int32)
+        for r, p in zip(plan.routes, plan.positions):
+            if r.in_offset <= lo and hi <= r.in_offset + W:
+                count[p] += 1
+        most, covered = max(most, int(count.max())), covered and bool(count.min() > 0)
+    return most, covered
+
+
+def _every_route_writes_everything(plan: RoutePlan) -> bool:
+    num_pos = plan.height * plan.width_px
+    return plan.width == plan.out_channels and all(
+        r.out_offset == 0 and p.numel() == num_pos for r, p in zip(plan.routes, plan.positions))
+
+
+def _every_route_reads_everything(plan: RoutePlan) -> bool:
+    num_pos = plan.height * plan.width_px
+    return plan.width == plan.in_channels and all(
+        r.in_offset == 0 and p.numel() == num_pos for r, p in zip(plan.routes, plan.positions))
 
 
 def _pow2(x: int) -> int:
@@ -562,6 +613,11 @@ def _config(width: int, n_state: int):
 # benchmarks.
 FORCE_KERNEL = None
 _CHUNK_OVERRIDE = None
+# Where several routes write one element (the cross and bidirectional outputs; du where routes read the same input),
+# 'routes' gives each route its own block of a buffer that torch sums afterwards (plain stores, deterministic, the
+# buffer in the output's / input's dtype, summed with fp32 accumulation); 'atomic' adds into one fp32 buffer inside
+# the kernel. Measured on the H100 in kernels/README.md.
+MERGE = 'routes'
 # Bit pattern of a signalling NaN: arithmetic never produces one, so it marks a chained state not yet written.
 _PENDING = 0x7F800001
 
@@ -637,13 +693,19 @@ def triton_forward(u, delta, A, B, C, D, delta_bias, plan: RoutePlan, delta_soft
     bias32 = delta_bias.detach().float().contiguous() if delta_bias is not None else None
     batch, num_pos, _ = u.shape
     K, W, N = plan.num_routes, plan.width, A.shape[-1]
-    pos, meta = _route_tables(plan, u.device)
     scale = 1.0 / plan.multiplicity if (mean and plan.multiplicity > 1) else 1.0
-    atomic = plan.multiplicity > 1
     out_dtype = out_dtype or u.dtype
-    shape = (batch, num_pos, plan.out_channels) + ((N,) if return_hidden else ())
-    out = torch.zeros(shape, device=u.device, dtype=torch.float32) if atomic else \
-        torch.empty(shape, device=u.device, dtype=out_dtype)
+    hidden = (N,) if return_hidden else ()
+    shared = plan.multiplicity > 1
+    atomic = shared and MERGE == 'atomic'
+    if shared and not atomic:      # one output block per route, summed below
+        alloc = torch.empty if _every_route_writes_everything(plan) else torch.zeros
+        out = alloc((batch, num_pos, K * plan.out_channels) + hidden, device=u.device, dtype=out_dtype)
+    elif atomic:
+        out = torch.zeros((batch, num_pos, plan.out_channels) + hidden, device=u.device, dtype=torch.float32)
+    else:
+        out = torch.empty((batch, num_pos, plan.out_channels) + hidden, device=u.device, dtype=out_dtype)
+    pos, meta = _route_tables(plan, u.device, plan.out_channels if (shared and not atomic) else 0)
     Cx = C if C is not None else B
     params = (u, delta, A32, B, Cx, D32 if D32 is not None else A32, bias32 if bias32 is not None else A32, out)
     strides = (u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
@@ -668,6 +730,8 @@ def triton_forward(u, delta, A, B, C, D, delta_bias, plan: RoutePlan, delta_soft
         _scan_fwd_kernel[(batch, K, nblk)](*params, ckpt if need_grad else out, pos, meta, *strides, W, N, K, nck,
                                            scale, BD=BD, BN=BN, CHUNK=BT, SAVE=bool(need_grad),
                                            num_warps=num_warps, **flags)
+    if shared and not atomic:
+        out = out.view(batch, num_pos, K, plan.out_channels, *hidden).sum(2)
     if out.dtype != out_dtype:
         out = out.to(out_dtype)
     return out, ckpt
@@ -686,13 +750,22 @@ def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePla
     bias32 = delta_bias.detach().float().contiguous() if delta_bias is not None else None
     batch, num_pos, _ = u.shape
     dev = u.device
-    pos, meta = _route_tables(plan, dev)
     dout = dout.contiguous()
     u = u.contiguous()
     delta = delta.contiguous()
     B = B.contiguous()
     C = C.contiguous() if C is not None else None
-    du = torch.zeros(u.shape, device=dev, dtype=torch.float32)
+    readers, covered = _input_sharing(plan)
+    du_atomic = readers > 1 and MERGE == 'atomic'
+    du_parts = readers > 1 and not du_atomic
+    if du_parts:     # one du block per route, summed below
+        alloc = torch.empty if _every_route_reads_everything(plan) else torch.zeros
+        du = alloc((batch, num_pos, K * u.shape[-1]), device=dev, dtype=u.dtype)
+    elif du_atomic:
+        du = torch.zeros(u.shape, device=dev, dtype=torch.float32)
+    else:
+        du = (torch.empty if covered else torch.zeros)(u.shape, device=dev, dtype=u.dtype)
+    pos, meta = _route_tables(plan, dev, 0, u.shape[-1] if du_parts else 0)
     ddelta = torch.zeros(delta.shape, device=dev, dtype=delta.dtype)   # every element written once or 0
     dB = torch.zeros(B.shape, device=dev, dtype=torch.float32)
     dC = torch.zeros(B.shape, device=dev, dtype=torch.float32) if C is not None else dB
@@ -705,10 +778,11 @@ def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePla
     Cx = C if C is not None else B
     strides = (u.stride(0), u.stride(1), delta.stride(0), delta.stride(1),
                B.stride(0), B.stride(1), B.stride(2), Cx.stride(0), Cx.stride(1), Cx.stride(2),
-               dout.stride(0), dout.stride(1))
+               dout.stride(0), dout.stride(1), du.stride(0), du.stride(1))
     params = (u, delta, A32, B, Cx, D32 if D32 is not None else A32, bias32 if bias32 is not None else A32)
     grads = (du, ddelta, dB, dC, dA, dD, dbias)
-    flags = dict(HAS_D=has_d, HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HIDDEN=hidden, num_warps=num_warps)
+    flags = dict(HAS_D=has_d, HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HIDDEN=hidden, DU_ATOMIC=du_atomic,
+                 num_warps=num_warps)
     if chunked:
         carry, ticket = _chained_states(batch, plan, nck, N, dev, zero_first=False)
         seqs = batch * K * nblk
@@ -723,6 +797,8 @@ def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePla
     gD = dD.sum(0).to(D.dtype) if has_d else None
     gbias = dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
     gC = dC.to(C.dtype) if C is not None else None
+    if du_parts:
+        du = du.view(batch, num_pos, K, u.shape[-1]).sum(2)
     return du.to(u.dtype), ddelta, gA, dB.to(B.dtype), gC, gD, gbias
 
 

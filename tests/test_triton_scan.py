@@ -226,6 +226,14 @@ def test_kernels(case, kernel):
     _check(kernel=kernel, **KERNEL_CASES[case])
 
 
+@pytest.mark.parametrize('kernel', ['chunked', 'sequential'])
+@pytest.mark.parametrize('case', ['cross_fp32_multichunk', 'bidirectional_mean_fp16', 'blocks_and_offsets'])
+def test_atomic_merge(case, kernel, monkeypatch):
+    # the in-kernel fp32 atomic merge (MERGE = 'atomic') instead of per-route blocks summed afterwards
+    monkeypatch.setattr(TS, 'MERGE', 'atomic')
+    _check(kernel=kernel, **KERNEL_CASES[case])
+
+
 def test_no_grad_forward_only():
     if _NEEDS_SUBPROCESS:
         pytest.skip('runs in test_cpu_cases_in_fresh_process')
