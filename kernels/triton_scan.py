@@ -607,8 +607,8 @@ def _config(width: int, n_state: int):
     return bd, bn, chunk, num_warps
 
 
-# Kernel choice: the chunked kernels (one program per chunk of BT steps, chunks chained through their states) by
-# default; the sequential kernels where they measured faster (kernels/README.md). ``FORCE_KERNEL`` ('chunked' /
+# Kernel choice (``_use_chunked``): the chunked kernels (one program per chunk of BT steps, chunks chained through
+# their states) where they measured faster, the sequential kernels elsewhere. ``FORCE_KERNEL`` ('chunked' /
 # 'sequential') and ``_CHUNK_OVERRIDE`` ((BT, BD, warps) forward, (BT, BD, warps) backward) are for tests and
 # benchmarks.
 FORCE_KERNEL = None
@@ -627,7 +627,9 @@ def _use_chunked(n_state: int, route_len: int) -> bool:
         return FORCE_KERNEL == 'chunked'
     if _CHUNK_OVERRIDE is not None:
         return True
-    return n_state == 1
+    # measured (kernels/README.md): the chunked kernels win on long routes at N = 1 (VMamba-T stages 1-2), the
+    # sequential ones on short routes (stages 3-4) and at N = 16 (Vim, EfficientVMamba)
+    return n_state == 1 and route_len >= 512
 
 
 def _chunk_config(width: int, n_state: int, backward: bool):
@@ -636,7 +638,7 @@ def _chunk_config(width: int, n_state: int, backward: bool):
     if _CHUNK_OVERRIDE is not None:
         bt, bd, nw = _CHUNK_OVERRIDE[1 if backward else 0]
     elif bn == 1:
-        bt, bd, nw = (32, 32, 4) if backward else (64, 32, 4)
+        bt, bd, nw = 32, 32, 1
     elif bn <= 4:
         bt, bd, nw = 16, 16, 4
     else:
