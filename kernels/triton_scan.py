@@ -337,6 +337,11 @@ if _HAS_TRITON:
         v = tl.load(bits_ptr, mask=mask, other=0, volatile=True)
         while tl.sum(tl.where(v == PENDING, 1, 0)) > 0:
             v = tl.load(bits_ptr, mask=mask, other=0, volatile=True)
+        # When the [BD, BN] slot has fewer elements than the program has threads, the layout holds each element in
+        # several threads, and the count above saw one copy of each: another copy may still hold PENDING (it gave
+        # NaN outputs on the H100). Every element is in L2 now, so every thread loads its own once more.
+        tl.debug_barrier()
+        v = tl.load(bits_ptr, mask=mask, other=0, volatile=True)
         return v.to(tl.float32, bitcast=True)
 
     @triton.jit
