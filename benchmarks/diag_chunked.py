@@ -41,3 +41,22 @@ for i in range(40):
     y, ck = TS.triton_forward(u, d, A, B, B, None, None, plan, True, False, False, None, True)
     bad += int((~torch.isfinite(y.float())).any())
 print('stress: runs with non-finite output', bad, 'of 40')
+# stress, the default configuration (N = 1, 32-step chunks, one warp) at a stage-1 shape, forward and backward
+bad = worst = 0
+for i in range(10):
+    torch.manual_seed(100 + i)
+    plan = R.plan_routes(R.cross_routes(), 56, 56, 96, 96, 96)
+    x = [torch.randn(8, 3136, 96, device='cuda').bfloat16(), (torch.randn(8, 3136, 384, device='cuda') * .5 - .5).bfloat16(),
+         -torch.exp(torch.randn(384, 1, device='cuda') * .5), torch.randn(8, 3136, 4, 1, device='cuda').bfloat16(),
+         torch.randn(8, 3136, 4, 1, device='cuda').bfloat16(), torch.randn(384, device='cuda'), torch.randn(384, device='cuda') * .2]
+    outs = []
+    for kernel in ('chunked', 'sequential'):
+        TS.FORCE_KERNEL = kernel
+        leaves = [t.detach().requires_grad_(True) for t in x]
+        y = TS.selective_scan_triton(*leaves, plan)
+        y.float().square().sum().backward()
+        outs.append([y.float()] + [t.grad.float() for t in leaves])
+    bad += int(any((~torch.isfinite(t)).any() for t in outs[0]))
+    worst = max([worst] + [((a - b).norm() / b.norm()).item() for a, b in zip(*outs)])
+TS.FORCE_KERNEL = None
+print(f'stress N=1 chunked vs sequential, fwd+bwd: non-finite runs {bad} of 10, worst relative difference {worst:.2e}')

@@ -331,18 +331,20 @@ if _HAS_TRITON:
         return tl.sum(tl.where((r == i)[:, None, None], x, 0.0), axis=0)
 
     @triton.jit
-    def _wait_for(bits_ptr, mask, PENDING: tl.constexpr):
-        # spin until every element of the [BD, BN] slot has been written by the program that owns it (a slot holds
-        # PENDING until then); volatile loads bypass L1, so the other program's stores are seen once they reach L2
-        v = tl.load(bits_ptr, mask=mask, other=0, volatile=True)
-        while tl.sum(tl.where(v == PENDING, 1, 0)) > 0:
-            v = tl.load(bits_ptr, mask=mask, other=0, volatile=True)
-        # When the [BD, BN] slot has fewer elements than the program has threads, the layout holds each element in
-        # several threads, and the count above saw one copy of each: another copy may still hold PENDING (it gave
-        # NaN outputs on the H100). Every element is in L2 now, so every thread loads its own once more.
+    def _publish(ptrs, value, mask, flag_ptr):
+        # every thread's part of the slot is stored before one thread raises the slot's flag (release)
+        tl.store(ptrs, value, mask=mask)
         tl.debug_barrier()
-        v = tl.load(bits_ptr, mask=mask, other=0, volatile=True)
-        return v.to(tl.float32, bitcast=True)
+        tl.atomic_xchg(flag_ptr, 1, sem='release')
+
+    @triton.jit
+    def _wait_for(ptrs, mask, flag_ptr):
+        # one thread spins on the flag (acquire; its value reaches every thread through the program's barrier), then
+        # every thread loads its part of the slot past L1
+        f = tl.atomic_add(flag_ptr, 0, sem='acquire')
+        while f == 0:
+            f = tl.atomic_add(flag_ptr, 0, sem='acquire')
+        return tl.load(ptrs, mask=mask, other=0.0, volatile=True)
 
     @triton.jit
     def _chunk(ticket_ptr, seqs, K, NBLK, NCK, REVERSE: tl.constexpr):
@@ -357,23 +359,23 @@ if _HAS_TRITON:
         blk = s % NBLK
         k = (s // NBLK) % K
         b = (s // (NBLK * K)).to(tl.int64)
-        return b, k, blk, c
+        return b, k, blk, c, s
 
     @triton.jit
     def _scan_fwd_chunked_kernel(
-            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, state_ptr, state_bits_ptr,
-            ticket_ptr, pos_ptr, meta_ptr,
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, state_ptr, sync_ptr, pos_ptr, meta_ptr,
             su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p,
             W, N, K, NBLK, NCK, seqs, scale,
-            BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr, PENDING: tl.constexpr,
+            BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
             HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr,
             ATOMIC: tl.constexpr):
         # One program per chunk of BT steps of one (batch, route, channel block): load the chunk's [BT, BD] of
         # u / delta and [BT, BN] of B / C at once, scan it along time from a zero state (pa: decay products,
         # sx: states), then take the state entering the chunk from the previous chunk's program (slot c of
-        # ``state``, PENDING until written), publish the state leaving it (slot c + 1) and write the outputs.
+        # ``state``, once its flag is up), publish the state leaving it (slot c + 1) and write the outputs.
         # The slots are the backward's checkpoints.
-        b, k, blk, c = _chunk(ticket_ptr, seqs, K, NBLK, NCK, False)
+        b, k, blk, c, s = _chunk(sync_ptr, seqs, K, NBLK, NCK, False)
+        flags = sync_ptr + 1 + s * NCK          # flag of slot j: flags + j
         start = tl.load(meta_ptr + k * 5).to(tl.int64)
         length = tl.load(meta_ptr + k * 5 + 1)
         in_off = tl.multiple_of(tl.load(meta_ptr + k * 5 + 2), VEC).to(tl.int64)
@@ -410,12 +412,12 @@ if _HAS_TRITON:
 
         slot = ((b * K + k) * NCK + c) * W * N + d[:, None] * N + n[None, :]
         if c > 0:
-            h_in = _wait_for(state_bits_ptr + slot, mdn, PENDING)
+            h_in = _wait_for(state_ptr + slot, mdn, flags + c)
         else:
             h_in = tl.zeros([BD, BN], dtype=tl.float32)
         if c + 1 < NCK:   # publish first: the next chunk's program waits for it
             h_out = _row(pa, r, BT - 1) * h_in + _row(sx, r, BT - 1)
-            tl.store(state_ptr + slot + W * N, h_out, mask=mdn)
+            _publish(state_ptr + slot + W * N, h_out, mdn, flags + c + 1)
 
         hs = pa * h_in[None, :, :] + sx                                     # [BT, BD, BN]
         if HIDDEN:
@@ -439,19 +441,20 @@ if _HAS_TRITON:
 
     @triton.jit
     def _scan_bwd_chunked_kernel(
-            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dout_ptr, ckpt_ptr, carry_ptr, carry_bits_ptr,
-            ticket_ptr, pos_ptr, meta_ptr,
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dout_ptr, ckpt_ptr, carry_ptr, sync_ptr,
+            pos_ptr, meta_ptr,
             du_ptr, ddelta_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
             su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p, sdu_b, sdu_p,
             W, N, K, NBLK, NCK, seqs, scale,
-            BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr, PENDING: tl.constexpr,
+            BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
             HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr,
             DU_ATOMIC: tl.constexpr):
         # Chunks from last to first. A program recomputes its chunk's states from the forward's checkpoint (slot c
         # of ``ckpt``), scans the adjoint g_t = dy_t C_t + a_{t+1} g_{t+1} backwards over the chunk from zero,
         # takes the adjoint carried in from the next chunk's program (slot c of ``carry``), publishes its own
         # first-step adjoint for the previous chunk (slot c - 1), then forms every gradient of the chunk.
-        b, k, blk, c = _chunk(ticket_ptr, seqs, K, NBLK, NCK, True)
+        b, k, blk, c, s = _chunk(sync_ptr, seqs, K, NBLK, NCK, True)
+        flags = sync_ptr + 1 + s * NCK          # flag of slot j: flags + j
         start = tl.load(meta_ptr + k * 5).to(tl.int64)
         length = tl.load(meta_ptr + k * 5 + 1)
         in_off = tl.multiple_of(tl.load(meta_ptr + k * 5 + 2), VEC).to(tl.int64)
@@ -517,11 +520,11 @@ if _HAS_TRITON:
             tl.atomic_add(dC_ptr + C_off, tl.sum(dy[:, :, None] * hs, axis=1), mask=mtn, sem='relaxed')
         pg, sg = tl.associative_scan((a1, beta), 0, _first_order, reverse=True)
         if c + 1 < NCK:
-            g_in = _wait_for(carry_bits_ptr + slot, mdn, PENDING)
+            g_in = _wait_for(carry_ptr + slot, mdn, flags + c)
         else:
             g_in = tl.zeros([BD, BN], dtype=tl.float32)
         if c > 0:
-            tl.store(carry_ptr + slot - W * N, _row(pg, r, 0) * g_in + _row(sg, r, 0), mask=mdn)
+            _publish(carry_ptr + slot - W * N, _row(pg, r, 0) * g_in + _row(sg, r, 0), mdn, flags + c - 1)
         g = sg + pg * g_in[None, :, :]
         gB = tl.sum(g * Bt[:, None, :], axis=2)               # [BT, BD]
         du = gB * dt
@@ -623,8 +626,6 @@ _CHUNK_OVERRIDE = None
 # buffer in the output's / input's dtype, summed with fp32 accumulation); 'atomic' adds into one fp32 buffer inside
 # the kernel. Measured on the H100 in kernels/README.md.
 MERGE = 'routes'
-# Bit pattern of a signalling NaN: arithmetic never produces one, so it marks a chained state not yet written.
-_PENDING = 0x7F800001
 
 
 def _use_chunked(n_state: int, route_len: int) -> bool:
@@ -680,14 +681,13 @@ def _vec(plan: RoutePlan) -> int:
     return g & -g
 
 
-def _chained_states(batch: int, plan: RoutePlan, nck: int, n_state: int, device, zero_first: bool):
-    """The chained-state buffer of a chunked kernel, every slot PENDING (slot 0 zero with ``zero_first``), and the
-    ticket counter."""
+def _chained_states(batch: int, plan: RoutePlan, nck: int, n_state: int, nblk: int, device, zero_first: bool):
+    """The chained-state buffer of a chunked kernel (slot 0 zero with ``zero_first``) and its int32 sync buffer: the
+    ticket counter, then one flag per (sequence, slot), all zero."""
     state = torch.empty((batch, plan.num_routes, nck, plan.width, n_state), device=device, dtype=torch.float32)
-    state.view(torch.int32).fill_(_PENDING)
     if zero_first:
         state[:, :, 0].zero_()
-    return state, torch.zeros(1, device=device, dtype=torch.int32)
+    return state, torch.zeros(1 + batch * plan.num_routes * nblk * nck, device=device, dtype=torch.int32)
 
 
 def triton_forward(u, delta, A, B, C, D, delta_bias, plan: RoutePlan, delta_softplus: bool, return_hidden: bool,
@@ -725,11 +725,11 @@ def triton_forward(u, delta, A, B, C, D, delta_bias, plan: RoutePlan, delta_soft
         _, BT, _, _, _, nck = _kernel_config(plan, N, True)
     nblk = triton.cdiv(W, BD)
     if chunked:
-        state, ticket = _chained_states(batch, plan, nck, N, u.device, zero_first=True)
+        state, sync = _chained_states(batch, plan, nck, N, nblk, u.device, zero_first=True)
         seqs = batch * K * nblk
         _scan_fwd_chunked_kernel[(seqs * nck,)](
-            *params, state, state.view(torch.int32), ticket, pos, meta, *strides, W, N, K, nblk, nck, seqs, scale,
-            BT=BT, BD=BD, BN=BN, VEC=_vec(plan), PENDING=_PENDING, num_warps=num_warps, **flags)
+            *params, state, sync, pos, meta, *strides, W, N, K, nblk, nck, seqs, scale,
+            BT=BT, BD=BD, BN=BN, VEC=_vec(plan), num_warps=num_warps, **flags)
         ckpt = state if need_grad else state.new_empty(0)
     else:
         # zeros, not empty: slot 0 (the zero state) is never written, and an op's outputs must be deterministic
@@ -791,11 +791,11 @@ def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePla
     flags = dict(HAS_D=has_d, HAS_BIAS=bias32 is not None, SOFTPLUS=softplus, HIDDEN=hidden, DU_ATOMIC=du_atomic,
                  num_warps=num_warps)
     if chunked:
-        carry, ticket = _chained_states(batch, plan, nck, N, dev, zero_first=False)
+        carry, sync = _chained_states(batch, plan, nck, N, nblk, dev, zero_first=False)
         seqs = batch * K * nblk
         _scan_bwd_chunked_kernel[(seqs * nck,)](
-            *params, dout, ckpt, carry, carry.view(torch.int32), ticket, pos, meta, *grads, *strides,
-            W, N, K, nblk, nck, seqs, scale, BT=BT, BD=BD, BN=BN, VEC=_vec(plan), PENDING=_PENDING, **flags)
+            *params, dout, ckpt, carry, sync, pos, meta, *grads, *strides,
+            W, N, K, nblk, nck, seqs, scale, BT=BT, BD=BD, BN=BN, VEC=_vec(plan), **flags)
     else:
         scratch = torch.empty((batch * K * nblk, BT + 1, BD, BN), device=dev, dtype=torch.float32)
         _scan_bwd_kernel[(batch, K, nblk)](*params, dout, ckpt, scratch, pos, meta, *grads, *strides,
