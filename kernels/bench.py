@@ -227,7 +227,7 @@ def sweep(batch, only=''):
                     print(f'{name:36s} {label:52s} fwd+bwd {t:8.3f} ms {tb / t / 1e6:6.0f} GB/s', flush=True)
             except Exception as e:  # a shape that does not compile / fit
                 print(f'{name:36s} {label:52s} {what} failed: {type(e).__name__}: {str(e)[:200]}', flush=True)
-        TS.FORCE_KERNEL, TS._CHUNK_OVERRIDE, TS.MERGE = None, None, 'routes'
+        TS.FORCE_KERNEL, TS._CHUNK_OVERRIDE, TS.MERGE = None, None, None
         del x
         torch.cuda.empty_cache()
 

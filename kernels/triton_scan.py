@@ -624,8 +624,13 @@ _CHUNK_OVERRIDE = None
 # Where several routes write one element (the cross and bidirectional outputs; du where routes read the same input),
 # 'routes' gives each route its own block of a buffer that torch sums afterwards (plain stores, deterministic, the
 # buffer in the output's / input's dtype, summed with fp32 accumulation); 'atomic' adds into one fp32 buffer inside
-# the kernel. Measured on the H100 in kernels/README.md.
-MERGE = 'routes'
+# the kernel. None: as measured on the H100 (kernels/README.md), 'routes' for the chunked kernels, 'atomic' for the
+# sequential ones.
+MERGE = None
+
+
+def _merge(chunked: bool) -> str:
+    return MERGE or ('routes' if chunked else 'atomic')
 
 
 def _use_chunked(n_state: int, route_len: int) -> bool:
@@ -703,8 +708,11 @@ def triton_forward(u, delta, A, B, C, D, delta_bias, plan: RoutePlan, delta_soft
     scale = 1.0 / plan.multiplicity if (mean and plan.multiplicity > 1) else 1.0
     out_dtype = out_dtype or u.dtype
     hidden = (N,) if return_hidden else ()
+    chunked, BT, BD, BN, num_warps, nck = _kernel_config(plan, N, False)
+    if need_grad:   # the checkpoints are the states entering the backward's chunks
+        _, BT, _, _, _, nck = _kernel_config(plan, N, True)
     shared = plan.multiplicity > 1
-    atomic = shared and MERGE == 'atomic'
+    atomic = shared and _merge(chunked) == 'atomic'
     if shared and not atomic:      # one output block per route, summed below
         alloc = torch.empty if _every_route_writes_everything(plan) else torch.zeros
         out = alloc((batch, num_pos, K * plan.out_channels) + hidden, device=u.device, dtype=out_dtype)
@@ -720,9 +728,6 @@ def triton_forward(u, delta, A, B, C, D, delta_bias, plan: RoutePlan, delta_soft
                out.stride(0), out.stride(1))
     flags = dict(HAS_D=(D is not None and not return_hidden), HAS_BIAS=delta_bias is not None,
                  SOFTPLUS=bool(delta_softplus), HIDDEN=bool(return_hidden), ATOMIC=atomic)
-    chunked, BT, BD, BN, num_warps, nck = _kernel_config(plan, N, False)
-    if need_grad:   # the checkpoints are the states entering the backward's chunks
-        _, BT, _, _, _, nck = _kernel_config(plan, N, True)
     nblk = triton.cdiv(W, BD)
     if chunked:
         state, sync = _chained_states(batch, plan, nck, N, nblk, u.device, zero_first=True)
@@ -763,7 +768,7 @@ def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePla
     B = B.contiguous()
     C = C.contiguous() if C is not None else None
     readers, covered = _input_sharing(plan)
-    du_atomic = readers > 1 and MERGE == 'atomic'
+    du_atomic = readers > 1 and _merge(chunked) == 'atomic'
     du_parts = readers > 1 and not du_atomic
     if du_parts:     # one du block per route, summed below
         alloc = torch.empty if _every_route_reads_everything(plan) else torch.zeros

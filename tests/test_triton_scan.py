@@ -228,9 +228,10 @@ def test_kernels(case, kernel):
 
 @pytest.mark.parametrize('kernel', ['chunked', 'sequential'])
 @pytest.mark.parametrize('case', ['cross_fp32_multichunk', 'bidirectional_mean_fp16', 'blocks_and_offsets'])
-def test_atomic_merge(case, kernel, monkeypatch):
-    # the in-kernel fp32 atomic merge (MERGE = 'atomic') instead of per-route blocks summed afterwards
-    monkeypatch.setattr(TS, 'MERGE', 'atomic')
+@pytest.mark.parametrize('merge', ['atomic', 'routes'])
+def test_merge_modes(case, kernel, merge, monkeypatch):
+    # both merges with both kernels: in-kernel fp32 atomics, or per-route blocks summed afterwards
+    monkeypatch.setattr(TS, 'MERGE', merge)
     _check(kernel=kernel, **KERNEL_CASES[case])
 
 
