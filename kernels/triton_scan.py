@@ -326,6 +326,13 @@ if _HAS_TRITON:
         return a1 * a2, a2 * b1 + b2
 
     @triton.jit
+    def _adjoint_order(s1, o1, i1, j1, s2, o2, i2, j2):
+        # Reverse scan of the adjoint without a look-ahead decay. Element t holds two affine maps of the carry
+        # q_{t+1} = a_{t+1} g_{t+1}: q_t = a_t (beta_t + q_{t+1}) (slope s, offset o) and g_t = beta_t + q_{t+1}
+        # (slope i, offset j). Composed with the later part (s1, o1) of the scan, both take its output.
+        return s2 * s1, s2 * o1 + o2, i2 * s1, i2 * o1 + j2
+
+    @triton.jit
     def _row(x, r, i):
         # row i of a [BT, BD, BN] tile (a reduction over the time axis: rows live in different threads)
         return tl.sum(tl.where((r == i)[:, None, None], x, 0.0), axis=0)
@@ -472,9 +479,7 @@ if _HAS_TRITON:
 
         t = c * BT + r
         mt = t < length
-        mt1 = (t + 1) < length
         p = tl.load(pos_ptr + start + t, mask=mt, other=0).to(tl.int64)[:, None]
-        p1 = tl.load(pos_ptr + start + t + 1, mask=mt1, other=0).to(tl.int64)[:, None]
         mtd = mt[:, None] & md[None, :]
         mtn = mt[:, None] & mn[None, :]
         u_off = b * su_b + in_off + d[None, :] + p * su_p
@@ -483,22 +488,14 @@ if _HAS_TRITON:
         C_off = b * sC_b + k * sC_k + n[None, :] + p * sC_p
         u = tl.load(u_ptr + u_off, mask=mtd, other=0.0).to(tl.float32)
         z = tl.load(delta_ptr + d_off, mask=mtd, other=0.0).to(tl.float32)
-        # delta one step ahead for a_{t+1} (mostly the rows just loaded: cache hits)
-        z1 = tl.load(delta_ptr + b * sd_b + ch[None, :] + p1 * sd_p, mask=mt1[:, None] & md[None, :],
-                     other=0.0).to(tl.float32)
         Bt = tl.load(B_ptr + B_off, mask=mtn, other=0.0).to(tl.float32)
         if HAS_BIAS:
-            bias = tl.load(bias_ptr + ch, mask=md, other=0.0)[None, :]
-            z = z + bias
-            z1 = z1 + bias
+            z = z + tl.load(bias_ptr + ch, mask=md, other=0.0)[None, :]
         if SOFTPLUS:
             dt = _softplus(z)
-            dt1 = _softplus(z1)
         else:
             dt = z
-            dt1 = z1
         a = tl.where(mt[:, None, None], tl.exp(dt[:, :, None] * A), 1.0)
-        a1 = tl.where(mt1[:, None, None], tl.exp(dt1[:, :, None] * A), 0.0)   # a_{t+1}
         dtu = dt * u
         x = dtu[:, :, None] * Bt[:, None, :]
         # 1) the chunk's states, from its checkpoint
@@ -518,14 +515,15 @@ if _HAS_TRITON:
             Ct = tl.load(C_ptr + C_off, mask=mtn, other=0.0).to(tl.float32)
             beta = dy[:, :, None] * Ct[:, None, :]
             tl.atomic_add(dC_ptr + C_off, tl.sum(dy[:, :, None] * hs, axis=1), mask=mtn, sem='relaxed')
-        pg, sg = tl.associative_scan((a1, beta), 0, _first_order, reverse=True)
+        qs, qo, gs, go = tl.associative_scan((a, a * beta, tl.full([BT, BD, BN], 1.0, tl.float32), beta), 0,
+                                             _adjoint_order, reverse=True)
         if c + 1 < NCK:
-            g_in = _wait_for(carry_ptr + slot, mdn, flags + c)
+            q_in = _wait_for(carry_ptr + slot, mdn, flags + c)
         else:
-            g_in = tl.zeros([BD, BN], dtype=tl.float32)
+            q_in = tl.zeros([BD, BN], dtype=tl.float32)
         if c > 0:
-            _publish(carry_ptr + slot - W * N, _row(pg, r, 0) * g_in + _row(sg, r, 0), mdn, flags + c - 1)
-        g = sg + pg * g_in[None, :, :]
+            _publish(carry_ptr + slot - W * N, _row(qs, r, 0) * q_in + _row(qo, r, 0), mdn, flags + c - 1)
+        g = go + gs * q_in[None, :, :]
         gB = tl.sum(g * Bt[:, None, :], axis=2)               # [BT, BD]
         du = gB * dt
         if HAS_D:

@@ -24,11 +24,11 @@ from typing import Any, Dict, Optional, Sequence, Type, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
+from timm.layers import ClassifierHead, DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._efficientnet_blocks import InvertedResidual, SqueezeExcite
 
-from visionssm.layers import SS2D, ConvDownsample, PatchEmbed, PatchMerging
+from visionssm.layers import SS2D, ConvDownsample, Mlp, PatchEmbed, PatchMerging
 from visionssm.ops import lattice_routes
 from ._checkpoint import load_through_model
 from ._hierarchical import HierarchicalBackbone

@@ -20,10 +20,10 @@ from typing import Any, Dict, Optional, Sequence, Type, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import ClassifierHead, DropPath, Mlp, trunc_normal_
+from timm.layers import ClassifierHead, DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
-from visionssm.layers import SS2D, ConvDownsample, ConvStem, PatchEmbed, PatchMerging
+from visionssm.layers import SS2D, ConvDownsample, ConvStem, Mlp, PatchEmbed, PatchMerging
 from visionssm.ops import cross_routes
 from ._checkpoint import load_through_model
 from ._hierarchical import HierarchicalBackbone

@@ -1,0 +1,61 @@
+"""Shared layers: the MLP with a recomputed activation equals timm's Mlp in values and gradients, saves less."""
+import pytest
+import timm.layers
+import torch
+import torch.nn as nn
+
+from visionssm.layers import Mlp
+
+
+def _run(mlp, x, autocast):
+    mlp.zero_grad()
+    x = x.detach().requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t), \
+            torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        y = mlp(x)
+    (y.float() ** 2).sum().backward()
+    grads = [x.grad] + [p.grad for p in mlp.parameters()]
+    return y, grads, sum(saved)
+
+
+@pytest.mark.parametrize('act', [nn.GELU, nn.SiLU, nn.ReLU, nn.Tanh])
+@pytest.mark.parametrize('autocast', [False, True])
+def test_mlp_equals_timm_and_saves_less(act, autocast):
+    torch.manual_seed(0)
+    ref, ours = timm.layers.Mlp(16, 64, act_layer=act), Mlp(16, 64, act_layer=act)
+    assert ours.load_state_dict(ref.state_dict()) is not None       # same parameter names
+    x = torch.randn(2, 5, 16)
+    y_ref, g_ref, saved_ref = _run(ref, x, autocast)
+    y, g, saved = _run(ours, x, autocast)
+    assert y.dtype == y_ref.dtype
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    if act is nn.Tanh:      # not recomputed: runs as timm's
+        assert saved == saved_ref
+    else:                   # the activation's output (2 x 5 x 64) is not saved
+        assert saved == saved_ref - 2 * 5 * 64
+
+
+def test_mlp_dropout_and_no_grad_paths():
+    torch.manual_seed(0)
+    ref, ours = timm.layers.Mlp(8, 32, drop=0.5), Mlp(8, 32, drop=0.5)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 8)
+    ref.eval(), ours.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=0)
+    ours.train()
+    assert ours(x).shape == (3, 8)
+
+
+def test_mlp_compiles_without_graph_breaks():
+    torch.manual_seed(0)
+    mlp = Mlp(16, 64)
+    x = torch.randn(2, 16, requires_grad=True)
+    y = torch.compile(mlp, backend='aot_eager', fullgraph=True)(x)
+    y.sum().backward()
+    x2 = x.detach().requires_grad_()
+    mlp(x2).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
