@@ -776,7 +776,9 @@ def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePla
     else:
         du = (torch.empty if covered else torch.zeros)(u.shape, device=dev, dtype=u.dtype)
     pos, meta = _route_tables(plan, dev, 0, u.shape[-1] if du_parts else 0)
-    ddelta = torch.zeros(delta.shape, device=dev, dtype=delta.dtype)   # every element written once or 0
+    # route k's delta block is written at the route's positions: zeros only where a route skips some
+    ddelta = (torch.empty if all(p.numel() == num_pos for p in plan.positions) else torch.zeros)(
+        delta.shape, device=dev, dtype=delta.dtype)
     dB = torch.zeros(B.shape, device=dev, dtype=torch.float32)
     dC = torch.zeros(B.shape, device=dev, dtype=torch.float32) if C is not None else dB
     parts = batch * nck if chunked else batch     # partial sums of the parameter gradients, summed below
