@@ -16,7 +16,7 @@ Layout (flattened channel-last, exactly the reference's; the last dim of every m
 
 Grid (forward and backward alike): ``(Bt, K, cdiv(W, BD))``: one program per (batch, route, block of BD channels).
 The route is a pointer schedule: all routes' positions are concatenated into one int32 index (``pos``) and a
-``(K, 4)`` int32 table holds (start in ``pos``, length, in_offset, out_offset) per route. A program walks its
+``(K, 5)`` int32 table holds (start in ``pos``, length, in_offset, out_offset, du offset) per route. A program walks its
 route's positions sequentially, loading at each step one contiguous BD-vector of u / delta (lanes over channels,
 coalesced for every route order) and the N-vectors of B / C, and keeps the state ``h [BD, BN]`` in fp32 registers.
 The forward loop is software-pipelined by hand (step t+1's loads and step t+2's position are issued before step
@@ -35,11 +35,12 @@ reduced over the program's BD channels with ``tl.sum`` before one atomic per (po
 ddelta_bias accumulate in registers over the whole route and are written once per (batch, route, block) as
 partials, summed over the batch by torch (deterministic).
 
-Tiled variant (``_scan_*_tiled_kernel``, chosen by ``_use_tiled`` for long routes at N = 1): one tile of BT steps
-per iteration, ``[BT, BD, BN]`` decay / drive formed in parallel and scanned along time with
-``tl.associative_scan`` plus the carried state; the backward recomputes each tile from its checkpoint (CHUNK = BT)
-and gets the adjoint from a reverse scan of ``(a_{t+1}, dy_t C_t)``. All atomics are ``sem='relaxed'`` (plain
-commutative adds; the default acq_rel made them the dominant cost). See kernels/README.md.
+Chunked variant (``_scan_*_chunked_kernel``, chosen by ``_use_chunked`` for long routes at N = 1): one program per
+chunk of BT steps of one (batch, route, channel block); the chunk's ``[BT, BD, BN]`` decay / drive are formed at once
+and scanned along time with ``tl.associative_scan``, and chunks are chained through their boundary states (ticket
+order, one flag per slot). The backward recomputes each chunk from its checkpoint and scans the adjoint backwards as
+two affine maps of the carry ``q = a g`` (``_adjoint_order``), chained the same way. All atomics are
+``sem='relaxed'`` (plain commutative adds; the default acq_rel made them the dominant cost). See kernels/README.md.
 
 float64 inputs are handed to the reference (the oracle is exact there; the kernels compute in fp32).
 """
