@@ -24,7 +24,8 @@ def _run(mlp, x, autocast):
 def test_mlp_equals_timm_and_saves_less(act, autocast):
     torch.manual_seed(0)
     ref, ours = timm.layers.Mlp(16, 64, act_layer=act), Mlp(16, 64, act_layer=act)
-    assert ours.load_state_dict(ref.state_dict()) is not None       # same parameter names
+    loaded = ours.load_state_dict(ref.state_dict())                 # same parameter names
+    assert not loaded.missing_keys and not loaded.unexpected_keys
     x = torch.randn(2, 5, 16)
     y_ref, g_ref, saved_ref = _run(ref, x, autocast)
     y, g, saved = _run(ours, x, autocast)

@@ -1,9 +1,10 @@
 """The channel MLP of the blocks, with its activation recomputed in the backward instead of saved.
 
 ``fc1 → act → fc2`` saves two hidden-width maps for the backward: ``act`` saves fc1's output and ``fc2`` saves
-act's output. ``ActLinear`` runs ``act → fc2`` as one autograd function that saves only fc1's output and recomputes
+act's output. ``_ActLinear`` runs ``act → fc2`` as one autograd function that saves only fc1's output and recomputes
 the (elementwise, memory-bound) activation in the backward: the same values and gradients, one hidden-width map
-less per block (1.5 GiB of VMamba-T's 9.2 GiB of saved activations at batch 128), for one extra elementwise pass.
+less per block, for one extra elementwise pass: VMamba-T's peak training memory on an H100 (batch 128, bf16
+autocast, AdamW) fell from 11.05 to 9.56 GiB at unchanged throughput (``python3 benchmarks/ab_mlp.py``).
 """
 from __future__ import annotations
 
