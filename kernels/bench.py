@@ -3,6 +3,9 @@
     python kernels/bench.py            # from the repository root, on a CUDA machine
     python kernels/bench.py --batch 32 --no-ref
 
+Each fused-op time is taken twice: eager calls (host overhead included, as a model runs them) and the replay of
+the call captured in a CUDA graph (GPU time alone, as the anchors' "graph replay" column).
+
 Shapes: the four VMamba-T stages at batch 128 (4 cross routes, d_state 1, W = 96/192/384/768 at
 L = 56²/28²/14²/7²) and Vim-S (2 routes, d_state 16, L = 197, C = 768, mean merge), bf16 in and out, fp32 A / D /
 delta_bias. Times are medians of CUDA-event timings after warm-up. "GB/s" counts the minimal bytes of the op
@@ -83,25 +86,41 @@ def timeit(fn, warmup=3, iters=10):
     return times[len(times) // 2]
 
 
-def bench_one(fn, x, plan, mean, train):
+def graph_replay(run):
+    """``run`` captured once in a CUDA graph (after warm-up on a side stream); returns the replay. Timing replays
+    gives the GPU time of the call without its host overhead, the anchors' "graph replay" column."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    return graph.replay
+
+
+def bench_one(fn, x, plan, mean, train, graph=False):
+    """Median ms of one forward (``train`` False) or forward+backward call; ``graph``: of its CUDA-graph replay."""
     if not train:
         def run():
             with torch.no_grad():
                 fn(x['u'], x['delta'], x['A'], x['B'], x['C'], x['D'], x['delta_bias'], plan, mean=mean)
-        return timeit(run)
-    leaves = {k: v.detach().requires_grad_(True) for k, v in x.items()}
-    dy = None
+    else:
+        leaves = {k: v.detach().requires_grad_(True) for k, v in x.items()}
+        dy = None
 
-    def run():
-        nonlocal dy
-        for v in leaves.values():
-            v.grad = None
-        y = fn(leaves['u'], leaves['delta'], leaves['A'], leaves['B'], leaves['C'], leaves['D'],
-               leaves['delta_bias'], plan, mean=mean)
-        if dy is None:
-            dy = torch.randn_like(y)
-        y.backward(dy)
-    return timeit(run)
+        def run():
+            nonlocal dy
+            for v in leaves.values():
+                v.grad = None
+            y = fn(leaves['u'], leaves['delta'], leaves['A'], leaves['B'], leaves['C'], leaves['D'],
+                   leaves['delta_bias'], plan, mean=mean)
+            if dy is None:
+                dy = torch.randn_like(y)
+            y.backward(dy)
+    return timeit(graph_replay(run) if graph else run)
 
 
 def make_unfused(plan, x):
@@ -161,6 +180,8 @@ def main():
         fb, tb = io_bytes(plan, batch, n_state)
         t_f = bench_one(selective_scan_triton, x, plan, mean, False)
         t_t = bench_one(selective_scan_triton, x, plan, mean, True)
+        g_f = bench_one(selective_scan_triton, x, plan, mean, False, graph=True)
+        g_t = bench_one(selective_scan_triton, x, plan, mean, True, graph=True)
         unfused = make_unfused(plan, x)
         u_f = bench_one(unfused, x, plan, mean, False)
         u_t = bench_one(unfused, x, plan, mean, True)
@@ -169,25 +190,27 @@ def main():
         else:
             r_f = bench_one(selective_scan_reference, x, plan, mean, False)
             r_t = bench_one(selective_scan_reference, x, plan, mean, True)
-        rows.append((name, t_f, fb / t_f / 1e6, 100 * fb / t_f / 1e6 / args.copy_gbs, t_t, tb / t_t / 1e6,
-                     t_t / t_f, u_f / t_f, u_t / t_t, r_f / t_f, r_t / t_t))
+        rows.append((name, t_f, g_f, fb / g_f / 1e6, 100 * fb / g_f / 1e6 / args.copy_gbs, t_t, g_t, tb / g_t / 1e6,
+                     g_t / g_f, u_f / t_f, u_t / t_t, r_f / t_f, r_t / t_t))
         print(f'  done {name}: forward relative error vs reference {err:.2e}', flush=True)
         del x, unfused
         torch.cuda.empty_cache()
     print()
-    print(f'| shape (batch {batch}, bf16) | fwd ms | fwd GB/s | % of copy BW | fwd+bwd ms | fwd+bwd GB/s '
-          '| fwd+bwd / fwd | vs unfused fwd | vs unfused fwd+bwd | vs reference fwd | vs reference fwd+bwd |')
-    print('|---|---|---|---|---|---|---|---|---|---|---|')
+    print(f'| shape (batch {batch}, bf16) | fwd ms | fwd ms, graph | fwd GB/s | % of copy BW | fwd+bwd ms '
+          '| fwd+bwd ms, graph | fwd+bwd GB/s | fwd+bwd / fwd | vs unfused fwd | vs unfused fwd+bwd '
+          '| vs reference fwd | vs reference fwd+bwd |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
     for r in rows:
-        print('| %s | %.3f | %.0f | %.0f%% | %.3f | %.0f | %.2f | %.1fx | %.1fx | %.1fx | %.1fx |' % r)
+        print('| %s | %.3f | %.3f | %.0f | %.0f%% | %.3f | %.3f | %.0f | %.2f | %.1fx | %.1fx | %.1fx | %.1fx |' % r)
+    print('\n"graph": the same call captured in a CUDA graph and replayed (GPU time, no host overhead); GB/s, % of '
+          'copy BW and fwd+bwd / fwd use it. The "vs" ratios compare eager calls.')
     if sum(r[0].startswith('VMamba-T') for r in rows) < 4:
         return
     # the VMamba-T pass equivalent: 14 SS2D layers at depths 2/2/8/2
     depth = (2, 2, 8, 2)
-    fwd = sum(d * r[1] for d, r in zip(depth, rows))
-    both = sum(d * r[4] for d, r in zip(depth, rows))
-    print(f'\nVMamba-T pass equivalent (2*s1 + 2*s2 + 8*s3 + 2*s4): forward {fwd:.2f} ms, '
-          f'forward+backward {both:.2f} ms')
+    pass_ms = lambda col: sum(d * r[col] for d, r in zip(depth, rows))
+    print(f'\nVMamba-T pass equivalent (2*s1 + 2*s2 + 8*s3 + 2*s4): forward {pass_ms(1):.2f} ms eager, '
+          f'{pass_ms(2):.2f} ms graph; forward+backward {pass_ms(5):.2f} ms eager, {pass_ms(6):.2f} ms graph')
 
 # chunked kernel shapes (BT, BD, num_warps): forward ones timed forward-only, backward ones in forward+backward
 SWEEP = {1: dict(fwd=[(64, 32, 1), (32, 32, 1), (64, 32, 4), (128, 32, 4), (64, 64, 2)],

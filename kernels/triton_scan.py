@@ -247,14 +247,27 @@ if _HAS_TRITON:
             c = n_chunks - 1 - cj
             t0 = c * CHUNK
             steps = tl.minimum(length - t0, CHUNK)
-            # 1) recompute the chunk's states from its checkpoint into the scratch (slot i+1 = h_{t0+i})
+            # 1) recompute the chunk's states from its checkpoint into the scratch (slot i+1 = h_{t0+i}). Both loops
+            # are software-pipelined like the forward: the next step's loads (and the position after it) are issued
+            # before this step's arithmetic (without it, the position -> address -> load chain was half the stalls)
             h = tl.load(ck_base + c.to(tl.int64) * W * N, mask=mdn & (c > 0), other=0.0)
             tl.store(sc_base, h)
+            seg = pos_ptr + start + t0
+            p_n = tl.load(seg).to(tl.int64)
+            p_nn = tl.load(seg + 1, mask=steps > 1, other=0).to(tl.int64)
+            u_n = tl.load(u_base + p_n * su_p, mask=md, other=0.0)
+            z_n = tl.load(d_base + p_n * sd_p, mask=md, other=0.0)
+            B_n = tl.load(B_base + p_n * sB_p, mask=mn, other=0.0)
             for i in range(0, steps):
-                p = tl.load(pos_ptr + start + t0 + i).to(tl.int64)
-                u = tl.load(u_base + p * su_p, mask=md, other=0.0).to(tl.float32)
-                z = tl.load(d_base + p * sd_p, mask=md, other=0.0).to(tl.float32)
-                Bt = tl.load(B_base + p * sB_p, mask=mn, other=0.0).to(tl.float32)
+                u = u_n.to(tl.float32)
+                z = z_n.to(tl.float32)
+                Bt = B_n.to(tl.float32)
+                nxt = i + 1 < steps
+                p_n = p_nn
+                p_nn = tl.load(seg + i + 2, mask=i + 2 < steps, other=0).to(tl.int64)
+                u_n = tl.load(u_base + p_n * su_p, mask=md & nxt, other=0.0)
+                z_n = tl.load(d_base + p_n * sd_p, mask=md & nxt, other=0.0)
+                B_n = tl.load(B_base + p_n * sB_p, mask=mn & nxt, other=0.0)
                 if HAS_BIAS:
                     z = z + bias
                 if SOFTPLUS:
@@ -265,12 +278,36 @@ if _HAS_TRITON:
                 tl.store(sc_base + (i + 1) * BD * BN, h)
             tl.debug_barrier()
             # 2) reverse-time loop over the chunk
+            p_n = tl.load(seg + steps - 1).to(tl.int64)
+            p_nn = tl.load(seg + steps - 2, mask=steps > 1, other=0).to(tl.int64)
+            u_n = tl.load(u_base + p_n * su_p, mask=md, other=0.0)
+            z_n = tl.load(d_base + p_n * sd_p, mask=md, other=0.0)
+            B_n = tl.load(B_base + p_n * sB_p, mask=mn, other=0.0)
+            if HIDDEN:
+                dy_n = tl.load(o_base + p_n * so_p, mask=mdn, other=0.0)
+            else:
+                dy_n = tl.load(o_base + p_n * so_p, mask=md, other=0.0)
+                C_n = tl.load(C_base + p_n * sC_p, mask=mn, other=0.0)
             for j in range(0, steps):
                 i = steps - 1 - j
-                p = tl.load(pos_ptr + start + t0 + i).to(tl.int64)
-                u = tl.load(u_base + p * su_p, mask=md, other=0.0).to(tl.float32)
-                z = tl.load(d_base + p * sd_p, mask=md, other=0.0).to(tl.float32)
-                Bt = tl.load(B_base + p * sB_p, mask=mn, other=0.0).to(tl.float32)
+                p = p_n
+                u = u_n.to(tl.float32)
+                z = z_n.to(tl.float32)
+                Bt = B_n.to(tl.float32)
+                dy = dy_n.to(tl.float32) * scale
+                if not HIDDEN:
+                    Ct = C_n.to(tl.float32)
+                nxt = j + 1 < steps
+                p_n = p_nn
+                p_nn = tl.load(seg + i - 2, mask=j + 2 < steps, other=0).to(tl.int64)
+                u_n = tl.load(u_base + p_n * su_p, mask=md & nxt, other=0.0)
+                z_n = tl.load(d_base + p_n * sd_p, mask=md & nxt, other=0.0)
+                B_n = tl.load(B_base + p_n * sB_p, mask=mn & nxt, other=0.0)
+                if HIDDEN:
+                    dy_n = tl.load(o_base + p_n * so_p, mask=mdn & nxt, other=0.0)
+                else:
+                    dy_n = tl.load(o_base + p_n * so_p, mask=md & nxt, other=0.0)
+                    C_n = tl.load(C_base + p_n * sC_p, mask=mn & nxt, other=0.0)
                 if HAS_BIAS:
                     z = z + bias
                 if SOFTPLUS:
@@ -280,11 +317,8 @@ if _HAS_TRITON:
                 a = tl.exp(dt[:, None] * A)
                 h_prev = tl.load(sc_base + i * BD * BN)
                 if HIDDEN:
-                    dy = tl.load(o_base + p * so_p, mask=mdn, other=0.0).to(tl.float32) * scale
                     g = dy + carry
                 else:
-                    dy = tl.load(o_base + p * so_p, mask=md, other=0.0).to(tl.float32) * scale
-                    Ct = tl.load(C_base + p * sC_p, mask=mn, other=0.0).to(tl.float32)
                     h_t = tl.load(sc_base + (i + 1) * BD * BN)
                     g = dy[:, None] * Ct[None, :] + carry
                     dCt = tl.sum(dy[:, None] * h_t, axis=0)
@@ -320,6 +354,16 @@ if _HAS_TRITON:
         if HAS_BIAS:
             tl.store(dbias_ptr + b * K * W + ch, dbias_acc, mask=md)
 
+
+    @triton.jit
+    def _dt(ptrs, mask, bias_ptr, ch, md, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+        # softplus(delta + delta_bias) of a [BT, BD] tile, fp32
+        z = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            z = z + tl.load(bias_ptr + ch, mask=md, other=0.0)[None, :]
+        if SOFTPLUS:
+            z = _softplus(z)
+        return z
 
     @triton.jit
     def _first_order(a1, b1, a2, b2):
@@ -487,18 +531,13 @@ if _HAS_TRITON:
         d_off = b * sd_b + ch[None, :] + p * sd_p
         B_off = b * sB_b + k * sB_k + n[None, :] + p * sB_p
         C_off = b * sC_b + k * sC_k + n[None, :] + p * sC_p
-        u = tl.load(u_ptr + u_off, mask=mtd, other=0.0).to(tl.float32)
-        z = tl.load(delta_ptr + d_off, mask=mtd, other=0.0).to(tl.float32)
-        Bt = tl.load(B_ptr + B_off, mask=mtn, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            z = z + tl.load(bias_ptr + ch, mask=md, other=0.0)[None, :]
-        if SOFTPLUS:
-            dt = _softplus(z)
-        else:
-            dt = z
+        # Registers decide this kernel's speed (at 255 it spilled ~2 GB per stage-1 call, ncu, session 5): only
+        # ah = a_t h_{t-1} stays live across the adjoint scan; u, delta, B and dy are loaded again after it (L1 hits)
+        dt = _dt(delta_ptr + d_off, mtd, bias_ptr, ch, md, HAS_BIAS, SOFTPLUS)
         a = tl.where(mt[:, None, None], tl.exp(dt[:, :, None] * A), 1.0)
-        dtu = dt * u
-        x = dtu[:, :, None] * Bt[:, None, :]
+        u = tl.load(u_ptr + u_off, mask=mtd, other=0.0).to(tl.float32)
+        Bt = tl.load(B_ptr + B_off, mask=mtn, other=0.0).to(tl.float32)
+        x = (dt * u)[:, :, None] * Bt[:, None, :]
         # 1) the chunk's states, from its checkpoint
         slot = ((b * K + k) * NCK + c) * W * N + d[:, None] * N + n[None, :]
         h0 = tl.load(ckpt_ptr + slot, mask=mdn & (c > 0), other=0.0)
@@ -511,8 +550,8 @@ if _HAS_TRITON:
             o_ptrs = dout_ptr + b * so_b + ((out_off + d)[:, None] * N + n[None, :])[None, :, :] + p[:, :, None] * so_p
             beta = tl.load(o_ptrs, mask=m3, other=0.0).to(tl.float32) * scale
         else:
-            dy = tl.load(dout_ptr + b * so_b + out_off + d[None, :] + p * so_p, mask=mtd, other=0.0).to(tl.float32)
-            dy = dy * scale
+            dy = tl.load(dout_ptr + b * so_b + out_off + d[None, :] + p * so_p, mask=mtd, other=0.0)
+            dy = dy.to(tl.float32) * scale
             Ct = tl.load(C_ptr + C_off, mask=mtn, other=0.0).to(tl.float32)
             beta = dy[:, :, None] * Ct[:, None, :]
             tl.atomic_add(dC_ptr + C_off, tl.sum(dy[:, :, None] * hs, axis=1), mask=mtn, sem='relaxed')
@@ -525,10 +564,20 @@ if _HAS_TRITON:
         if c > 0:
             _publish(carry_ptr + slot - W * N, _row(qs, r, 0) * q_in + _row(qo, r, 0), mdn, flags + c - 1)
         g = go + gs * q_in[None, :, :]
+        # 3) the gradients of the chunk (positions and offsets formed again: 64-bit, they cost 2 registers per step)
+        p = tl.load(pos_ptr + start + t, mask=mt, other=0).to(tl.int64)[:, None]
+        u_off = b * su_b + in_off + d[None, :] + p * su_p
+        d_off = b * sd_b + ch[None, :] + p * sd_p
+        B_off = b * sB_b + k * sB_k + n[None, :] + p * sB_p
+        dt = _dt(delta_ptr + d_off, mtd, bias_ptr, ch, md, HAS_BIAS, SOFTPLUS)
+        u = tl.load(u_ptr + u_off, mask=mtd, other=0.0).to(tl.float32)
+        Bt = tl.load(B_ptr + B_off, mask=mtn, other=0.0).to(tl.float32)
         gB = tl.sum(g * Bt[:, None, :], axis=2)               # [BT, BD]
         du = gB * dt
         if HAS_D:
             if not HIDDEN:
+                dy = tl.load(dout_ptr + b * so_b + out_off + d[None, :] + p * so_p, mask=mtd, other=0.0)
+                dy = dy.to(tl.float32) * scale
                 du += tl.load(D_ptr + ch, mask=md, other=0.0)[None, :] * dy
                 dD = tl.sum(dy * u, axis=0)
         du_ptrs = du_ptr + b * sdu_b + du_off + d[None, :] + p * sdu_p
@@ -536,11 +585,11 @@ if _HAS_TRITON:
             tl.atomic_add(du_ptrs, du, mask=mtd, sem='relaxed')
         else:
             tl.store(du_ptrs, du.to(du_ptr.dtype.element_ty), mask=mtd)
-        tl.atomic_add(dB_ptr + B_off, tl.sum(g * dtu[:, :, None], axis=1), mask=mtn, sem='relaxed')
+        tl.atomic_add(dB_ptr + B_off, tl.sum(g * (dt * u)[:, :, None], axis=1), mask=mtn, sem='relaxed')
         gah = g * ah
         ddt = tl.sum(gah * A, axis=2) + gB * u
-        if SOFTPLUS:
-            dz = tl.where(z > 20.0, ddt, ddt / (1.0 + tl.exp(-z)))
+        if SOFTPLUS:   # d softplus(z) / dz = sigmoid(z) = 1 - exp(-softplus(z)); its series where dt is tiny
+            dz = ddt * tl.where(dt < 1e-2, dt * (1.0 - dt * (0.5 - dt / 6.0)), 1.0 - tl.exp(-dt))
         else:
             dz = ddt
         dz = tl.where(mtd, dz, 0.0)
@@ -837,13 +886,45 @@ def selective_scan_triton(
     if not _HAS_TRITON or u.dtype == torch.float64:
         return selective_scan_reference(u, delta, A, B, C, D, delta_bias, plan, delta_softplus=delta_softplus,
                                         return_hidden=return_hidden, mean=mean, out_dtype=out_dtype)
+    return run_scan(u, delta, A, B, C, D, delta_bias, plan, '|'.join(r.key for r in plan.routes), plan.height,
+                    plan.width_px, plan.out_channels, delta_softplus, return_hidden, mean, out_dtype)
+
+
+def run_scan(u, delta, A, B, C, D, delta_bias, plan: Optional[RoutePlan], key: str, height: int, width_px: int,
+             out_channels: int, delta_softplus: bool, return_hidden: bool, mean: bool,
+             out_dtype: Optional[torch.dtype]) -> torch.Tensor:
+    """The kernels on flattened maps, differentiable. Under ``torch.compile`` they run through the custom op (one
+    opaque node per scan; ``plan`` may be None there, the op rebuilds it from ``key`` and the grid); eagerly through
+    ``_EagerScan``, the same forward and backward without the custom op's dispatch, whose Python overhead made the
+    short scans of stages 3-4 host-bound (kernels/README.md, session 5)."""
     tensors = (u, delta, A, B, C, D, delta_bias)
     need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    key = '|'.join(r.key for r in plan.routes)
-    out, _ = torch.ops.visionssm.selective_scan(u, delta, A, B, C, D, delta_bias, key, plan.height, plan.width_px,
-                                                plan.out_channels, bool(delta_softplus), bool(return_hidden),
-                                                bool(mean), out_dtype, need_grad)
-    return out
+    if plan is None or torch.compiler.is_compiling():
+        out, _ = torch.ops.visionssm.selective_scan(u, delta, A, B, C, D, delta_bias, key, height, width_px,
+                                                    out_channels, bool(delta_softplus), bool(return_hidden),
+                                                    bool(mean), out_dtype, need_grad)
+        return out
+    if not need_grad:
+        return triton_forward(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, return_hidden, mean, out_dtype,
+                              False)[0]
+    return _EagerScan.apply(u, delta, A, B, C, D, delta_bias, plan, bool(delta_softplus), bool(return_hidden),
+                            bool(mean), out_dtype)
+
+
+class _EagerScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, plan, delta_softplus, return_hidden, mean, out_dtype):
+        out, saved = triton_forward(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, return_hidden, mean,
+                                    out_dtype, True)
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, saved)
+        ctx.config = (plan, delta_softplus, return_hidden, mean)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        u, delta, A, B, C, D, delta_bias, saved = ctx.saved_tensors
+        grads = triton_backward(dout.contiguous(), u, delta, A, B, C, D, delta_bias, saved, *ctx.config)
+        return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad)) + (None,) * 5
 
 
 # ---------------------------------------------------------------------------------------------------------------

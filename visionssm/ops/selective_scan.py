@@ -4,10 +4,10 @@ Checks the arguments (errors name the argument and what was expected), applies t
 routes for the map's size and dispatches to a backend. Backends live in ``visionssm.kernels``: the pure-PyTorch
 reference (CPU, oracle) and the Triton kernels (picked for CUDA tensors).
 
-The Triton backend runs as the ``torch.library`` custom ops ``visionssm::selective_scan`` /
-``selective_scan_backward`` (defined in ``kernels/triton_scan.py``, with fake implementations), called here
-directly with the routes as a string key, so ``torch.compile`` traces a whole model through the scan without a graph
-break. The reference is plain PyTorch and runs as it is.
+Under ``torch.compile`` the Triton backend runs as the ``torch.library`` custom ops ``visionssm::selective_scan`` /
+``selective_scan_backward`` (defined in ``kernels/triton_scan.py``, with fake implementations; the routes travel as
+a string key), so a whole model traces through the scan without a graph break; eagerly the same kernels run through
+a plain autograd Function (``triton_scan.run_scan``). The reference is plain PyTorch and runs as it is.
 """
 from __future__ import annotations
 
@@ -36,6 +36,11 @@ def _register_triton_backend():
         return
     from visionssm.kernels import triton_scan
     BACKENDS['triton'] = (triton_scan.selective_scan_triton, triton_scan.supports)
+    global _run_triton
+    _run_triton = triton_scan.run_scan
+
+
+_run_triton: Optional[Callable] = None   # triton_scan.run_scan where the backend registered
 
 
 _register_triton_backend()
@@ -164,11 +169,8 @@ def selective_scan(
     flat = lambda t: t.flatten(1, 2) if t is not None else None
     args = (flat(u), flat(delta), A, flat(B), flat(C), D, delta_bias)
     if name == 'triton':
-        tensors = (u, delta, A, B, C, D, delta_bias)
-        need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-        out, _ = torch.ops.visionssm.selective_scan(*args, key, height, width_px, out_channels,
-                                                    bool(delta_softplus), bool(return_hidden), merge == 'mean',
-                                                    out_dtype, need_grad)
+        out = _run_triton(*args, None if torch.compiler.is_compiling() else plan, key, height, width_px,
+                          out_channels, delta_softplus, return_hidden, merge == 'mean', out_dtype)
     else:  # the reference (or a backend registered by the user): plain autograd
         plan = plan_routes(routes, height, width_px, width, in_channels, out_channels)
         out = BACKENDS[name][0](*args, plan, delta_softplus=delta_softplus, return_hidden=return_hidden,
