@@ -247,27 +247,14 @@ if _HAS_TRITON:
             c = n_chunks - 1 - cj
             t0 = c * CHUNK
             steps = tl.minimum(length - t0, CHUNK)
-            # 1) recompute the chunk's states from its checkpoint into the scratch (slot i+1 = h_{t0+i}). Both loops
-            # are software-pipelined like the forward: the next step's loads (and the position after it) are issued
-            # before this step's arithmetic (without it, the position -> address -> load chain was half the stalls)
+            # 1) recompute the chunk's states from its checkpoint into the scratch (slot i+1 = h_{t0+i})
             h = tl.load(ck_base + c.to(tl.int64) * W * N, mask=mdn & (c > 0), other=0.0)
             tl.store(sc_base, h)
-            seg = pos_ptr + start + t0
-            p_n = tl.load(seg).to(tl.int64)
-            p_nn = tl.load(seg + 1, mask=steps > 1, other=0).to(tl.int64)
-            u_n = tl.load(u_base + p_n * su_p, mask=md, other=0.0)
-            z_n = tl.load(d_base + p_n * sd_p, mask=md, other=0.0)
-            B_n = tl.load(B_base + p_n * sB_p, mask=mn, other=0.0)
             for i in range(0, steps):
-                u = u_n.to(tl.float32)
-                z = z_n.to(tl.float32)
-                Bt = B_n.to(tl.float32)
-                nxt = i + 1 < steps
-                p_n = p_nn
-                p_nn = tl.load(seg + i + 2, mask=i + 2 < steps, other=0).to(tl.int64)
-                u_n = tl.load(u_base + p_n * su_p, mask=md & nxt, other=0.0)
-                z_n = tl.load(d_base + p_n * sd_p, mask=md & nxt, other=0.0)
-                B_n = tl.load(B_base + p_n * sB_p, mask=mn & nxt, other=0.0)
+                p = tl.load(pos_ptr + start + t0 + i).to(tl.int64)
+                u = tl.load(u_base + p * su_p, mask=md, other=0.0).to(tl.float32)
+                z = tl.load(d_base + p * sd_p, mask=md, other=0.0).to(tl.float32)
+                Bt = tl.load(B_base + p * sB_p, mask=mn, other=0.0).to(tl.float32)
                 if HAS_BIAS:
                     z = z + bias
                 if SOFTPLUS:
@@ -278,36 +265,12 @@ if _HAS_TRITON:
                 tl.store(sc_base + (i + 1) * BD * BN, h)
             tl.debug_barrier()
             # 2) reverse-time loop over the chunk
-            p_n = tl.load(seg + steps - 1).to(tl.int64)
-            p_nn = tl.load(seg + steps - 2, mask=steps > 1, other=0).to(tl.int64)
-            u_n = tl.load(u_base + p_n * su_p, mask=md, other=0.0)
-            z_n = tl.load(d_base + p_n * sd_p, mask=md, other=0.0)
-            B_n = tl.load(B_base + p_n * sB_p, mask=mn, other=0.0)
-            if HIDDEN:
-                dy_n = tl.load(o_base + p_n * so_p, mask=mdn, other=0.0)
-            else:
-                dy_n = tl.load(o_base + p_n * so_p, mask=md, other=0.0)
-                C_n = tl.load(C_base + p_n * sC_p, mask=mn, other=0.0)
             for j in range(0, steps):
                 i = steps - 1 - j
-                p = p_n
-                u = u_n.to(tl.float32)
-                z = z_n.to(tl.float32)
-                Bt = B_n.to(tl.float32)
-                dy = dy_n.to(tl.float32) * scale
-                if not HIDDEN:
-                    Ct = C_n.to(tl.float32)
-                nxt = j + 1 < steps
-                p_n = p_nn
-                p_nn = tl.load(seg + i - 2, mask=j + 2 < steps, other=0).to(tl.int64)
-                u_n = tl.load(u_base + p_n * su_p, mask=md & nxt, other=0.0)
-                z_n = tl.load(d_base + p_n * sd_p, mask=md & nxt, other=0.0)
-                B_n = tl.load(B_base + p_n * sB_p, mask=mn & nxt, other=0.0)
-                if HIDDEN:
-                    dy_n = tl.load(o_base + p_n * so_p, mask=mdn & nxt, other=0.0)
-                else:
-                    dy_n = tl.load(o_base + p_n * so_p, mask=md & nxt, other=0.0)
-                    C_n = tl.load(C_base + p_n * sC_p, mask=mn & nxt, other=0.0)
+                p = tl.load(pos_ptr + start + t0 + i).to(tl.int64)
+                u = tl.load(u_base + p * su_p, mask=md, other=0.0).to(tl.float32)
+                z = tl.load(d_base + p * sd_p, mask=md, other=0.0).to(tl.float32)
+                Bt = tl.load(B_base + p * sB_p, mask=mn, other=0.0).to(tl.float32)
                 if HAS_BIAS:
                     z = z + bias
                 if SOFTPLUS:
@@ -317,8 +280,11 @@ if _HAS_TRITON:
                 a = tl.exp(dt[:, None] * A)
                 h_prev = tl.load(sc_base + i * BD * BN)
                 if HIDDEN:
+                    dy = tl.load(o_base + p * so_p, mask=mdn, other=0.0).to(tl.float32) * scale
                     g = dy + carry
                 else:
+                    dy = tl.load(o_base + p * so_p, mask=md, other=0.0).to(tl.float32) * scale
+                    Ct = tl.load(C_base + p * sC_p, mask=mn, other=0.0).to(tl.float32)
                     h_t = tl.load(sc_base + (i + 1) * BD * BN)
                     g = dy[:, None] * Ct[None, :] + carry
                     dCt = tl.sum(dy[:, None] * h_t, axis=0)
@@ -696,8 +662,8 @@ def _chunk_config(width: int, n_state: int, backward: bool):
     bn = _pow2(n_state)
     if _CHUNK_OVERRIDE is not None:
         bt, bd, nw = _CHUNK_OVERRIDE[1 if backward else 0]
-    elif bn == 1:
-        bt, bd, nw = 32, 32, 1
+    elif bn == 1:   # measured (kernels/README.md, session 5): BD = 16 in the backward leaves it 140 registers
+        bt, bd, nw = (32, 16, 1) if backward else (32, 32, 1)
     elif bn <= 4:
         bt, bd, nw = 16, 16, 4
     else:
