@@ -250,13 +250,8 @@ if _HAS_TRITON:
             # 1) recompute the chunk's states from its checkpoint into the scratch (slot i+1 = h_{t0+i})
             h = tl.load(ck_base + c.to(tl.int64) * W * N, mask=mdn & (c > 0), other=0.0)
             tl.store(sc_base, h)
-            # each step's position is loaded one step ahead, so a step waits for one load, not position -> data
-            # (fully pipelined loads cost 120 registers and were slower: kernels/README.md, session 5)
-            seg = pos_ptr + start + t0
-            p_n = tl.load(seg).to(tl.int64)
             for i in range(0, steps):
-                p = p_n
-                p_n = tl.load(seg + i + 1, mask=i + 1 < steps, other=0).to(tl.int64)
+                p = tl.load(pos_ptr + start + t0 + i).to(tl.int64)
                 u = tl.load(u_base + p * su_p, mask=md, other=0.0).to(tl.float32)
                 z = tl.load(d_base + p * sd_p, mask=md, other=0.0).to(tl.float32)
                 Bt = tl.load(B_base + p * sB_p, mask=mn, other=0.0).to(tl.float32)
@@ -270,11 +265,9 @@ if _HAS_TRITON:
                 tl.store(sc_base + (i + 1) * BD * BN, h)
             tl.debug_barrier()
             # 2) reverse-time loop over the chunk
-            p_n = tl.load(seg + steps - 1).to(tl.int64)
             for j in range(0, steps):
                 i = steps - 1 - j
-                p = p_n
-                p_n = tl.load(seg + i - 1, mask=j + 1 < steps, other=0).to(tl.int64)
+                p = tl.load(pos_ptr + start + t0 + i).to(tl.int64)
                 u = tl.load(u_base + p * su_p, mask=md, other=0.0).to(tl.float32)
                 z = tl.load(d_base + p * sd_p, mask=md, other=0.0).to(tl.float32)
                 Bt = tl.load(B_base + p * sB_p, mask=mn, other=0.0).to(tl.float32)
