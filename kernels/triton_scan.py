@@ -900,8 +900,15 @@ class _EagerScan(torch.autograd.Function):
 
 if not hasattr(torch.ops.visionssm, 'selective_scan'):   # one definition per process (see above)
     def _plan(key, height, width_px, A, u, out_channels):
+        # The fake implementation needs the plan too (the checkpoint's shape). Building one runs real ops on real
+        # CPU tensors (positions, torch.unique checks): outside fake mode, or dynamo, tracing the op with fake
+        # tensors, hits a data-dependent op and breaks the graph at every scan whose plan is not cached yet; the
+        # compiled blocks then recompile per stage with dynamic shapes (an Inductor assertion, session 5).
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
         routes = tuple(route_from_key(k) for k in key.split('|'))
-        return plan_routes(routes, height, width_px, A.shape[0] // len(routes), u.shape[-1], out_channels)
+        with unset_fake_temporarily():
+            return plan_routes(routes, int(height), int(width_px), A.shape[0] // len(routes), u.shape[-1],
+                               out_channels)
 
 
     @torch.library.custom_op('visionssm::selective_scan', mutates_args=())

@@ -357,6 +357,28 @@ def test_op_compiles_without_graph_break():
         torch.testing.assert_close(g, w)
 
 
+def test_op_compiles_with_a_plan_not_yet_built():
+    # The fake implementation builds the route plan for the checkpoint's shape. When no eager call has built (and
+    # cached) it first, that must not break the graph (it did, and a compiled training run then recompiled per
+    # stage with dynamic shapes until Inductor failed an assertion on the H100).
+    if _NEEDS_SUBPROCESS:
+        pytest.skip('runs in test_cpu_cases_in_fresh_process')
+    importlib.import_module('visionssm.ops.selective_scan')
+    R._plan_routes.cache_clear()
+    routes = R.cross_routes()
+    x = _make(R.plan_routes(routes, 5, 7, 3, 3, 3), 1, 1, torch.float32)
+    R._plan_routes.cache_clear()
+    leaves = [x[k].requires_grad_(True) for k in ('u', 'delta', 'A', 'B', 'C', 'D', 'delta_bias')]
+
+    def loss(u, delta, A, B, C, D, bias):
+        out, _ = torch.ops.visionssm.selective_scan(u, delta, A, B, C, D, bias, '|'.join(r.key for r in routes), 5, 7,
+                                                    3, True, False, False, None, True)
+        return out.square().sum()
+
+    grads = torch.autograd.grad(torch.compile(loss, fullgraph=True, backend='aot_eager')(*leaves), leaves)
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
 def test_model_compiles_fullgraph_through_the_op(monkeypatch):
     # a whole model, forward and backward, in one graph through the Triton op (on CPU: the interpreter, with the
     # backend's CUDA-only predicate lifted)
