@@ -15,7 +15,6 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'kernels'))
 from bench import TS, cases, make_inputs, selective_scan_triton  # noqa: E402
 

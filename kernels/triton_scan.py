@@ -97,6 +97,18 @@ if _HAS_TRITON:
         return tl.where(z > 20.0, z, tl.where(z < -15.0, e, sp))
 
     @triton.jit
+    def _route_meta(meta_ptr, k, VEC: tl.constexpr):
+        # row k of the (K, 5) route table: start in pos, length, input / output / du channel offsets (the offsets
+        # are multiples of VEC, which lets the compiler vectorize channel loads)
+        row = meta_ptr + k * 5
+        start = tl.load(row).to(tl.int64)
+        length = tl.load(row + 1)
+        in_off = tl.multiple_of(tl.load(row + 2), VEC).to(tl.int64)
+        out_off = tl.multiple_of(tl.load(row + 3), VEC).to(tl.int64)
+        du_off = tl.multiple_of(tl.load(row + 4), VEC).to(tl.int64)
+        return start, length, in_off, out_off, du_off
+
+    @triton.jit
     def _scan_fwd_kernel(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, ckpt_ptr, pos_ptr, meta_ptr,
             su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p,
@@ -107,10 +119,7 @@ if _HAS_TRITON:
         b = tl.program_id(0).to(tl.int64)
         k = tl.program_id(1)
         blk = tl.program_id(2)
-        start = tl.load(meta_ptr + k * 5).to(tl.int64)
-        length = tl.load(meta_ptr + k * 5 + 1)
-        in_off = tl.load(meta_ptr + k * 5 + 2).to(tl.int64)
-        out_off = tl.load(meta_ptr + k * 5 + 3).to(tl.int64)
+        start, length, in_off, out_off, _ = _route_meta(meta_ptr, k, 1)
 
         d = blk * BD + tl.arange(0, BD)
         n = tl.arange(0, BN)
@@ -201,11 +210,7 @@ if _HAS_TRITON:
         k = tl.program_id(1)
         blk = tl.program_id(2)
         nblk = tl.num_programs(2)
-        start = tl.load(meta_ptr + k * 5).to(tl.int64)
-        length = tl.load(meta_ptr + k * 5 + 1)
-        in_off = tl.load(meta_ptr + k * 5 + 2).to(tl.int64)
-        out_off = tl.load(meta_ptr + k * 5 + 3).to(tl.int64)
-        du_off = tl.load(meta_ptr + k * 5 + 4).to(tl.int64)
+        start, length, in_off, out_off, du_off = _route_meta(meta_ptr, k, 1)
 
         d = blk * BD + tl.arange(0, BD)
         n = tl.arange(0, BN)
@@ -394,10 +399,7 @@ if _HAS_TRITON:
         # The slots are the backward's checkpoints.
         b, k, blk, c, s = _chunk(sync_ptr, seqs, K, NBLK, NCK, False)
         flags = sync_ptr + 1 + s * NCK          # flag of slot j: flags + j
-        start = tl.load(meta_ptr + k * 5).to(tl.int64)
-        length = tl.load(meta_ptr + k * 5 + 1)
-        in_off = tl.multiple_of(tl.load(meta_ptr + k * 5 + 2), VEC).to(tl.int64)
-        out_off = tl.multiple_of(tl.load(meta_ptr + k * 5 + 3), VEC).to(tl.int64)
+        start, length, in_off, out_off, _ = _route_meta(meta_ptr, k, VEC)
 
         r = tl.arange(0, BT)
         d = blk * BD + tl.arange(0, BD)
@@ -414,16 +416,10 @@ if _HAS_TRITON:
         mtd = mt[:, None] & md[None, :]
         mtn = mt[:, None] & mn[None, :]
         u = tl.load(u_ptr + b * su_b + in_off + d[None, :] + p * su_p, mask=mtd, other=0.0).to(tl.float32)
-        z = tl.load(delta_ptr + b * sd_b + ch[None, :] + p * sd_p, mask=mtd, other=0.0).to(tl.float32)
+        dt = _dt(delta_ptr + b * sd_b + ch[None, :] + p * sd_p, mtd, bias_ptr, ch, md, HAS_BIAS, SOFTPLUS)
         Bt = tl.load(B_ptr + b * sB_b + k * sB_k + n[None, :] + p * sB_p, mask=mtn, other=0.0).to(tl.float32)
         if not HIDDEN:
             Ct = tl.load(C_ptr + b * sC_b + k * sC_k + n[None, :] + p * sC_p, mask=mtn, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            z = z + tl.load(bias_ptr + ch, mask=md, other=0.0)[None, :]
-        if SOFTPLUS:
-            dt = _softplus(z)
-        else:
-            dt = z
         a = tl.where(mt[:, None, None], tl.exp(dt[:, :, None] * A), 1.0)    # past the route's end: identity
         x = (dt * u)[:, :, None] * Bt[:, None, :]
         pa, sx = tl.associative_scan((a, x), 0, _first_order)
@@ -473,11 +469,7 @@ if _HAS_TRITON:
         # first-step adjoint for the previous chunk (slot c - 1), then forms every gradient of the chunk.
         b, k, blk, c, s = _chunk(sync_ptr, seqs, K, NBLK, NCK, True)
         flags = sync_ptr + 1 + s * NCK          # flag of slot j: flags + j
-        start = tl.load(meta_ptr + k * 5).to(tl.int64)
-        length = tl.load(meta_ptr + k * 5 + 1)
-        in_off = tl.multiple_of(tl.load(meta_ptr + k * 5 + 2), VEC).to(tl.int64)
-        out_off = tl.multiple_of(tl.load(meta_ptr + k * 5 + 3), VEC).to(tl.int64)
-        du_off = tl.multiple_of(tl.load(meta_ptr + k * 5 + 4), VEC).to(tl.int64)
+        start, length, in_off, out_off, du_off = _route_meta(meta_ptr, k, VEC)
 
         r = tl.arange(0, BT)
         d = blk * BD + tl.arange(0, BD)
