@@ -17,25 +17,26 @@ Layout (flattened channel-last, exactly the reference's; the last dim of every m
 Grid (forward and backward alike): ``(Bt, K, cdiv(W, BD))``: one program per (batch, route, block of BD channels).
 The route is a pointer schedule: all routes' positions are concatenated into one int32 index (``pos``) and a
 ``(K, 5)`` int32 table holds (start in ``pos``, length, in_offset, out_offset, du offset) per route. A program walks its
-route's positions sequentially, loading at each step one contiguous BD-vector of u / delta (lanes over channels,
-coalesced for every route order) and the N-vectors of B / C, and keeps the state ``h [BD, BN]`` in fp32 registers.
-The forward loop is software-pipelined by hand (step t+1's loads and step t+2's position are issued before step
-t's arithmetic). The loop is latency-bound at vision shapes (see kernels/README.md for numbers and what was tried).
-No per-route copy is materialized: the routes merge inside the kernel, by plain stores when every output element
-is written by exactly one route (grouped / lattice / one route) and by fp32 ``atomic_add`` into a zeroed fp32
-buffer otherwise (cross / bidirectional); ``mean`` scales inside the kernel. All offsets are int64.
+route in chunks of BT steps unrolled at compile time: all loads of a chunk (one contiguous BD-vector of u / delta
+per step, lanes over channels, coalesced for every route order, and the N-vectors of B / C) are issued before its
+arithmetic, and the state ``h [BD, BN]`` stays in fp32 registers. Loads carry no mask where none is needed (BD
+divides W; steps past the route's end re-read its last position). No per-route copy is materialized: the routes
+merge inside the kernel, by plain stores when every output element is written by exactly one route (grouped /
+lattice / one route), and otherwise (cross / bidirectional) into one block per route of a buffer that torch sums
+(``MERGE``, or fp32 ``atomic_add`` into one zeroed buffer); ``mean`` scales inside the kernel. Offsets are int64
+except a position's offset inside one image, int32 where the host checked it fits.
 
-Backward: the forward saves the state before every chunk of ``CHUNK`` steps (``ckpt (Bt, K, n_chunks, W, N)``,
-only when a gradient is needed). The backward program walks its route's chunks from last to first: it recomputes
-the chunk's states from the checkpoint (sequential forward over CHUNK steps, written to a small per-program
-scratch ``(CHUNK+1, BD, BN)`` that stays in L1/L2), then runs the reverse-time loop over the chunk with the
-adjoint ``g_t = dy_t C_t + a_{t+1} g_{t+1}`` carried in registers across chunks. Per step it writes ddelta
-(plain store: route k owns delta block k), du (fp32 atomic: several routes may read one u element), and dB / dC
-reduced over the program's BD channels with ``tl.sum`` before one atomic per (position, block). dA, dD and
-ddelta_bias accumulate in registers over the whole route and are written once per (batch, route, block) as
+Backward: the forward saves the state before every chunk of the backward (``ckpt (Bt, K, n_chunks, W, N)``, only
+when a gradient is needed). The backward program walks its route's chunks from last to first: it loads the chunk
+(dy and C included), recomputes its states from the checkpoint into registers, then walks the rows backwards with
+the adjoint ``g_t = dy_t C_t + a_{t+1} g_{t+1}`` carried in registers across chunks. Per step it writes ddelta
+(plain store: route k owns delta block k), du (route blocks or fp32 atomic: several routes may read one u element),
+and dB / dC reduced over the program's BD channels with ``tl.sum`` before one atomic per (position, block). dA, dD
+and ddelta_bias accumulate in registers over the whole route and are written once per (batch, route, block) as
 partials, summed over the batch by torch (deterministic).
 
-Chunked variant (``_scan_*_chunked_kernel``, chosen by ``_use_chunked`` for long routes at N = 1): one program per
+Chunked variant (``_scan_*_chunked_kernel``, chosen by ``_use_chunked`` for long routes at N = 1 when there are too
+few (batch, route, block) programs to fill the GPU, e.g. detection maps at small batch): one program per
 chunk of BT steps of one (batch, route, channel block); the chunk's ``[BT, BD, BN]`` decay / drive are formed at once
 and scanned along time with ``tl.associative_scan``, and chunks are chained through their boundary states (ticket
 order, one flag per slot). The backward recomputes each chunk from its checkpoint and scans the adjoint backwards as
@@ -85,16 +86,35 @@ def supports(u: torch.Tensor) -> bool:
 if _HAS_TRITON:
 
     @triton.jit
+    def _exp2(x):
+        # 2^x. On the GPU the flush-to-zero hardware instruction: tl.exp2 / tl.exp also rescale denormal arguments
+        # (a compare and two predicated multiplies per call), which the scan does not need (its decays are <= 1).
+        if _FAST_LOG:
+            return tl.inline_asm_elementwise('ex2.approx.ftz.f32 $0, $1;', '=r,r', [x], dtype=tl.float32,
+                                             is_pure=True, pack=1)
+        else:
+            return tl.exp2(x)
+
+    @triton.jit
     def _softplus(z):
         # softplus with threshold 20 (as F.softplus); exp(z) directly where 1 + exp(z) rounds to 1. On the GPU the
         # log is the hardware approximation (tl.log is a libdevice polynomial of ~20 instructions, a sixth of the
         # forward's per-element cost); the interpreter has no libdevice.
-        e = tl.exp(z)
+        e = _exp2(z * 1.4426950408889634)
         if _FAST_LOG:
             sp = libdevice.fast_logf(1.0 + e)
         else:
             sp = tl.log(1.0 + e)
         return tl.where(z > 20.0, z, tl.where(z < -15.0, e, sp))
+
+    @triton.jit
+    def _load(ptrs, mask, FULL: tl.constexpr):
+        # a load whose mask is known to be all true at compile time is issued without one: predicated loads cost
+        # predicate registers, and with many rows in flight ptxas then serialises them
+        if FULL:
+            return tl.load(ptrs)
+        else:
+            return tl.load(ptrs, mask=mask, other=0.0)
 
     @triton.jit
     def _route_meta(meta_ptr, k, VEC: tl.constexpr):
@@ -109,13 +129,27 @@ if _HAS_TRITON:
         return start, length, in_off, out_off, du_off
 
     @triton.jit
+    def _position(ptr, OFF64: tl.constexpr):
+        # a route position; offsets inside one image are int32 unless the host found one that could overflow
+        p = tl.load(ptr)
+        if OFF64:
+            p = p.to(tl.int64)
+        return p
+
+    @triton.jit
     def _scan_fwd_kernel(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, ckpt_ptr, pos_ptr, meta_ptr,
             su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p,
             W, N, K, NCK, scale,
-            BD: tl.constexpr, BN: tl.constexpr, CHUNK: tl.constexpr,
+            BD: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, CK: tl.constexpr, OFF64: tl.constexpr,
+            EVEN_D: tl.constexpr, EVEN_N: tl.constexpr,
             HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr,
             ATOMIC: tl.constexpr, SAVE: tl.constexpr):
+        # One program walks its route chunk by chunk. A chunk is BT steps unrolled at compile time: every load of
+        # the chunk is issued before its arithmetic (BT independent rows in flight, not one memory latency per
+        # step), and the state stays in registers as a [BD, BN] tile, one channel per lane along BD. Loads carry
+        # no mask where none is needed (EVEN_D: BD divides W; EVEN_N: BN == N; rows past the route's end read its
+        # last position again).
         b = tl.program_id(0).to(tl.int64)
         k = tl.program_id(1)
         blk = tl.program_id(2)
@@ -127,7 +161,7 @@ if _HAS_TRITON:
         mn = n < N
         mdn = md[:, None] & mn[None, :]
         ch = k * W + d                                                   # parameter rows of route k
-        A = tl.load(A_ptr + ch[:, None].to(tl.int64) * N + n[None, :], mask=mdn, other=0.0)
+        A2 = tl.load(A_ptr + ch[:, None].to(tl.int64) * N + n[None, :], mask=mdn, other=0.0) * 1.4426950408889634
         if HAS_D:
             Dv = tl.load(D_ptr + ch, mask=md, other=0.0)
         if HAS_BIAS:
@@ -144,72 +178,79 @@ if _HAS_TRITON:
         ck_base = ckpt_ptr + ((b * K + k) * NCK) * W * N + d[:, None] * N + n[None, :]
 
         h = tl.zeros([BD, BN], dtype=tl.float32)
-        # software pipelining by hand: the loads of step t+1 (and the position of step t+2) are issued before
-        # step t's arithmetic, so a step waits for about one memory latency instead of two dependent ones
-        p_n = tl.load(pos_ptr + start).to(tl.int64)
-        p_nn = tl.load(pos_ptr + start + 1, mask=length > 1, other=0).to(tl.int64)
-        u_n = tl.load(u_base + p_n * su_p, mask=md, other=0.0)
-        z_n = tl.load(d_base + p_n * sd_p, mask=md, other=0.0)
-        B_n = tl.load(B_base + p_n * sB_p, mask=mn, other=0.0)
-        C_n = tl.load(C_base + p_n * sC_p, mask=mn & (not HIDDEN), other=0.0)
-        for t in range(0, length):
-            p = p_n
-            u = u_n.to(tl.float32)
-            z = z_n.to(tl.float32)
-            Bt = B_n.to(tl.float32)
-            Cc = C_n
-            nxt = t + 1 < length
-            p_n = p_nn
-            p_nn = tl.load(pos_ptr + start + t + 2, mask=t + 2 < length, other=0).to(tl.int64)
-            u_n = tl.load(u_base + p_n * su_p, mask=md & nxt, other=0.0)
-            z_n = tl.load(d_base + p_n * sd_p, mask=md & nxt, other=0.0)
-            B_n = tl.load(B_base + p_n * sB_p, mask=mn & nxt, other=0.0)
-            C_n = tl.load(C_base + p_n * sC_p, mask=mn & nxt & (not HIDDEN), other=0.0)
-            if HAS_BIAS:
-                z = z + bias
-            if SOFTPLUS:
-                dt = _softplus(z)
-            else:
-                dt = z
-            a = tl.exp(dt[:, None] * A)
-            h = a * h + (dt * u)[:, None] * Bt[None, :]
-            if HIDDEN:
-                y = h * scale
-                ptrs = o_base + p * so_p
-                if ATOMIC:
-                    tl.atomic_add(ptrs, y, mask=mdn, sem='relaxed')
+        for c in range(0, tl.cdiv(length, BT)):
+            t0 = c * BT
+            ps, us, zs, Bs, Cs = (), (), (), (), ()
+            for i in tl.static_range(BT):
+                # rows past the route's end (last chunk) read its last position again: their outputs are not
+                # stored, and the state they leave is never read (no checkpoint lies past the end)
+                p = _position(pos_ptr + start + tl.minimum(t0 + i, length - 1), OFF64)
+                ps = ps + (p,)
+                us = us + (_load(u_base + p * su_p, md, EVEN_D),)
+                zs = zs + (_load(d_base + p * sd_p, md, EVEN_D),)
+                Bs = Bs + (_load(B_base + p * sB_p, mn, EVEN_N),)
+                if not HIDDEN:
+                    Cs = Cs + (_load(C_base + p * sC_p, mn, EVEN_N),)
+            for i in tl.static_range(BT):
+                ok = t0 + i < length
+                u = us[i].to(tl.float32)
+                z = zs[i].to(tl.float32)
+                if HAS_BIAS:
+                    z = z + bias
+                if SOFTPLUS:
+                    dt = _softplus(z)
                 else:
-                    tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=mdn)
-            else:
-                y = tl.sum(h * Cc.to(tl.float32)[None, :], axis=1)
-                if HAS_D:
-                    y = y + Dv * u
-                y = y * scale
-                ptrs = o_base + p * so_p
-                if ATOMIC:
-                    tl.atomic_add(ptrs, y, mask=md, sem='relaxed')
+                    dt = z
+                h = _exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bs[i].to(tl.float32)[None, :]
+                ptrs = o_base + ps[i] * so_p
+                if HIDDEN:
+                    y = h * scale
+                    m = ok & mdn
+                    if ATOMIC:
+                        tl.atomic_add(ptrs, y, mask=m, sem='relaxed')
+                    else:
+                        tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=m)
                 else:
-                    tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=md)
+                    y = tl.sum(h * Cs[i].to(tl.float32)[None, :], axis=1)
+                    if HAS_D:
+                        y = y + Dv * u
+                    y = y * scale
+                    if EVEN_D:
+                        m = ok
+                    else:
+                        m = ok & md
+                    if ATOMIC:
+                        tl.atomic_add(ptrs, y, mask=m, sem='relaxed')
+                    else:
+                        tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=m)
+                if SAVE:   # slot j holds the state entering the backward's chunk j, every CK steps (slot 0, zero, is
+                    if BT % CK == 0:   # never written)
+                        if (i + 1) % CK == 0:
+                            slot = (t0 + i + 1) // CK
+                            tl.store(ck_base + slot.to(tl.int64) * W * N, h, mask=mdn & (slot < NCK) & ok)
             if SAVE:
-                # slot c holds the state before chunk c (slot 0, the zero state, is never written)
-                c = (t + 1) // CHUNK
-                tl.store(ck_base + c.to(tl.int64) * W * N, h,
-                         mask=mdn & ((t + 1) % CHUNK == 0) & (c < NCK))
+                if BT % CK != 0:   # CK a multiple of BT
+                    slot = (t0 + BT) // CK
+                    tl.store(ck_base + slot.to(tl.int64) * W * N, h,
+                             mask=mdn & ((t0 + BT) % CK == 0) & (slot < NCK) & (t0 + BT <= length))
 
     @triton.jit
     def _scan_bwd_kernel(
-            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dout_ptr, ckpt_ptr, scratch_ptr,
-            pos_ptr, meta_ptr,
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dout_ptr, ckpt_ptr, pos_ptr, meta_ptr,
             du_ptr, ddelta_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
             su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p, sdu_b, sdu_p,
             W, N, K, NCK, scale,
-            BD: tl.constexpr, BN: tl.constexpr, CHUNK: tl.constexpr,
+            BD: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, OFF64: tl.constexpr,
+            EVEN_D: tl.constexpr, EVEN_N: tl.constexpr,
             HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr,
             DU_ATOMIC: tl.constexpr):
+        # Chunks from last to first, each BT steps unrolled: recompute the chunk's states from its checkpoint
+        # (forward over the rows, each row's incoming state kept in registers), then walk the rows backwards with
+        # the adjoint carry q = a_{t+1} g_{t+1} in registers across chunks. Rows past the route's end read its last
+        # position again with dy = 0: their adjoint, and the carry they pass on, are zero; their stores are masked.
         b = tl.program_id(0).to(tl.int64)
         k = tl.program_id(1)
         blk = tl.program_id(2)
-        nblk = tl.num_programs(2)
         start, length, in_off, out_off, du_off = _route_meta(meta_ptr, k, 1)
 
         d = blk * BD + tl.arange(0, BD)
@@ -219,6 +260,7 @@ if _HAS_TRITON:
         mdn = md[:, None] & mn[None, :]
         ch = k * W + d
         A = tl.load(A_ptr + ch[:, None].to(tl.int64) * N + n[None, :], mask=mdn, other=0.0)
+        A2 = A * 1.4426950408889634
         if HAS_D:
             Dv = tl.load(D_ptr + ch, mask=md, other=0.0)
         if HAS_BIAS:
@@ -239,84 +281,80 @@ if _HAS_TRITON:
         else:
             o_base = dout_ptr + b * so_b + out_off + d
         ck_base = ckpt_ptr + ((b * K + k) * NCK) * W * N + d[:, None] * N + n[None, :]
-        pid = (b * K + k) * nblk + blk
-        tile = tl.arange(0, BD)[:, None] * BN + n[None, :]
-        sc_base = scratch_ptr + pid * (CHUNK + 1) * BD * BN + tile
 
         dA_acc = tl.zeros([BD, BN], dtype=tl.float32)
         dD_acc = tl.zeros([BD], dtype=tl.float32)
         dbias_acc = tl.zeros([BD], dtype=tl.float32)
         carry = tl.zeros([BD, BN], dtype=tl.float32)    # a_{t+1} * g_{t+1}
-        n_chunks = (length + CHUNK - 1) // CHUNK
+        n_chunks = tl.cdiv(length, BT)
         for cj in range(0, n_chunks):
             c = n_chunks - 1 - cj
-            t0 = c * CHUNK
-            steps = tl.minimum(length - t0, CHUNK)
-            # 1) recompute the chunk's states from its checkpoint into the scratch (slot i+1 = h_{t0+i})
+            t0 = c * BT
+            # 1) the chunk's states from its checkpoint; row i keeps h_{t0+i-1}
             h = tl.load(ck_base + c.to(tl.int64) * W * N, mask=mdn & (c > 0), other=0.0)
-            tl.store(sc_base, h)
-            for i in range(0, steps):
-                p = tl.load(pos_ptr + start + t0 + i).to(tl.int64)
-                u = tl.load(u_base + p * su_p, mask=md, other=0.0).to(tl.float32)
-                z = tl.load(d_base + p * sd_p, mask=md, other=0.0).to(tl.float32)
-                Bt = tl.load(B_base + p * sB_p, mask=mn, other=0.0).to(tl.float32)
-                if HAS_BIAS:
-                    z = z + bias
-                if SOFTPLUS:
-                    dt = _softplus(z)
-                else:
-                    dt = z
-                h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]
-                tl.store(sc_base + (i + 1) * BD * BN, h)
-            tl.debug_barrier()
-            # 2) reverse-time loop over the chunk
-            for j in range(0, steps):
-                i = steps - 1 - j
-                p = tl.load(pos_ptr + start + t0 + i).to(tl.int64)
-                u = tl.load(u_base + p * su_p, mask=md, other=0.0).to(tl.float32)
-                z = tl.load(d_base + p * sd_p, mask=md, other=0.0).to(tl.float32)
-                Bt = tl.load(B_base + p * sB_p, mask=mn, other=0.0).to(tl.float32)
-                if HAS_BIAS:
-                    z = z + bias
-                if SOFTPLUS:
-                    dt = _softplus(z)
-                else:
-                    dt = z
-                a = tl.exp(dt[:, None] * A)
-                h_prev = tl.load(sc_base + i * BD * BN)
+            # every load of the chunk, dy and C included, is issued here: in the loop below they would wait for the
+            # previous rows' atomics (the compiler cannot prove that dB / dC do not alias them)
+            ps, us, dts, Bs, hs, dys, Cs = (), (), (), (), (), (), ()
+            for i in tl.static_range(BT):
+                p = _position(pos_ptr + start + tl.minimum(t0 + i, length - 1), OFF64)
+                u = _load(u_base + p * su_p, md, EVEN_D).to(tl.float32)
+                z = _load(d_base + p * sd_p, md, EVEN_D).to(tl.float32)
+                Bt = _load(B_base + p * sB_p, mn, EVEN_N).to(tl.float32)
                 if HIDDEN:
-                    dy = tl.load(o_base + p * so_p, mask=mdn, other=0.0).to(tl.float32) * scale
+                    dys = dys + (_load(o_base + p * so_p, mdn, EVEN_D and EVEN_N),)
+                else:
+                    dys = dys + (_load(o_base + p * so_p, md, EVEN_D),)
+                    Cs = Cs + (_load(C_base + p * sC_p, mn, EVEN_N),)
+                if HAS_BIAS:
+                    z = z + bias
+                if SOFTPLUS:
+                    dt = _softplus(z)
+                else:
+                    dt = z
+                ps, us, dts, Bs, hs = ps + (p,), us + (u,), dts + (dt,), Bs + (Bt,), hs + (h,)
+                h = _exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
+            # 2) the rows backwards
+            for i in tl.static_range(BT - 1, -1, -1):
+                ok = t0 + i < length
+                if EVEN_D:
+                    m = ok
+                else:
+                    m = ok & md
+                p, u, dt, Bt, h_prev = ps[i], us[i], dts[i], Bs[i], hs[i]
+                a = _exp2(dt[:, None] * A2)
+                ah = a * h_prev
+                dy = tl.where(ok, dys[i].to(tl.float32) * scale, 0.0)
+                if HIDDEN:
                     g = dy + carry
                 else:
-                    dy = tl.load(o_base + p * so_p, mask=md, other=0.0).to(tl.float32) * scale
-                    Ct = tl.load(C_base + p * sC_p, mask=mn, other=0.0).to(tl.float32)
-                    h_t = tl.load(sc_base + (i + 1) * BD * BN)
+                    Ct = Cs[i].to(tl.float32)
+                    h_t = ah + (dt * u)[:, None] * Bt[None, :]
                     g = dy[:, None] * Ct[None, :] + carry
-                    dCt = tl.sum(dy[:, None] * h_t, axis=0)
-                    tl.atomic_add(dC_base + p * sC_p, dCt, mask=mn, sem='relaxed')
-                ah = a * h_prev
-                gB = g * Bt[None, :]
-                du = tl.sum(gB, axis=1) * dt
+                    tl.atomic_add(dC_base + p * sC_p, tl.sum(dy[:, None] * h_t, axis=0), mask=mn & ok,
+                                  sem='relaxed')
+                gB = tl.sum(g * Bt[None, :], axis=1)
+                du = gB * dt
                 if HAS_D:
                     if not HIDDEN:
                         du += Dv * dy
                         dD_acc += dy * u
                 if DU_ATOMIC:
-                    tl.atomic_add(du_base + p * sdu_p, du, mask=md, sem='relaxed')
+                    tl.atomic_add(du_base + p * sdu_p, du, mask=m, sem='relaxed')
                 else:
-                    tl.store(du_base + p * sdu_p, du.to(du_ptr.dtype.element_ty), mask=md)
-                dBt = tl.sum(g * (dt * u)[:, None], axis=0)
-                tl.atomic_add(dB_base + p * sB_p, dBt, mask=mn, sem='relaxed')
-                ddt = tl.sum(g * (A * ah), axis=1) + tl.sum(gB, axis=1) * u
-                dA_acc += (g * ah) * dt[:, None]
+                    tl.store(du_base + p * sdu_p, du.to(du_ptr.dtype.element_ty), mask=m)
+                tl.atomic_add(dB_base + p * sB_p, tl.sum(g * (dt * u)[:, None], axis=0), mask=mn & ok,
+                              sem='relaxed')
+                gah = g * ah
+                ddt = tl.sum(gah * A, axis=1) + gB * u
+                dA_acc += gah * dt[:, None]
                 carry = a * g
-                if SOFTPLUS:
-                    dz = tl.where(z > 20.0, ddt, ddt / (1.0 + tl.exp(-z)))
+                if SOFTPLUS:   # d softplus(z) / dz = sigmoid(z) = 1 - exp(-softplus(z)); its series where dt is tiny
+                    dz = ddt * tl.where(dt < 1e-2, dt * (1.0 - dt * (0.5 - dt / 6.0)),
+                                        1.0 - _exp2(dt * -1.4426950408889634))
                 else:
                     dz = ddt
                 dbias_acc += dz
-                tl.store(dd_base + p * sd_p, dz.to(ddelta_ptr.dtype.element_ty), mask=md)
-            tl.debug_barrier()
+                tl.store(dd_base + p * sd_p, dz.to(ddelta_ptr.dtype.element_ty), mask=m)
 
         # per-(batch) partials: dA (Bt, K*W, N), dD / dbias (Bt, K*W)
         tl.store(dA_ptr + (b * K * W + ch[:, None]) * N + n[None, :], dA_acc, mask=mdn)
@@ -610,15 +648,23 @@ def _pow2(x: int) -> int:
     return 1 << max(0, math.ceil(math.log2(max(1, x))))
 
 
-def _config(width: int, n_state: int):
-    """(BD, BN, CHUNK, num_warps). State tile BD*BN ~ 64..512 fp32; chunk keeps the bwd scratch small."""
+def _config(width: int, n_state: int, backward: bool, route_len: int):
+    """(BD, BN, BT, num_warps) of a sequential kernel: a [BD, BN] state tile over 32 * num_warps threads and BT steps
+    unrolled per chunk (the backward's BT is also the spacing of its checkpoints). BD divides the width where it can,
+    so that the loads need no mask. Measured on the H100 at VMamba-T / Vim-S shapes (kernels/README.md, session 6)."""
     bn = _pow2(n_state)
-    bd = max(16, min(64, 512 // bn))
-    bd = min(bd, max(16, _pow2(width)))
-    chunk = 64 if bn <= 2 else (32 if bn <= 8 else 16)
-    elems = bd * bn
-    num_warps = 1 if elems <= 64 else (2 if elems <= 128 else 4)
-    return bd, bn, chunk, num_warps
+    if _SEQ_OVERRIDE is not None:
+        bd, bt, nw = _SEQ_OVERRIDE[1 if backward else 0]
+        return min(bd, max(16, _pow2(width))), bn, bt, nw
+    if bn <= 4:      # one warp, one or two channels per lane
+        bd = next((x for x in (64, 32, 16) if width % x == 0 and x * bn <= 128), min(32, max(16, _pow2(width))))
+        if backward:
+            bt = 8 if route_len >= 2048 else 4
+        else:
+            bt = 16 if route_len >= 512 else 8
+    else:            # Vim / EfficientVMamba: N = 16
+        bd, bt = (16, 2) if backward else (32, 8)
+    return bd, bn, bt, max(1, min(4, bd * bn // 128))
 
 
 # Kernel choice (``_use_chunked``): the chunked kernels (one program per chunk of BT steps, chunks chained through
@@ -627,26 +673,34 @@ def _config(width: int, n_state: int):
 # benchmarks.
 FORCE_KERNEL = None
 _CHUNK_OVERRIDE = None
+_SEQ_OVERRIDE = None     # ((BD, BT, warps) forward, (BD, BT, warps) backward) of the sequential kernels
 # Where several routes write one element (the cross and bidirectional outputs; du where routes read the same input),
 # 'routes' gives each route its own block of a buffer that torch sums afterwards (plain stores, deterministic, the
 # buffer in the output's / input's dtype, summed with fp32 accumulation); 'atomic' adds into one fp32 buffer inside
-# the kernel. None: as measured on the H100 (kernels/README.md), 'routes' for the chunked kernels, 'atomic' for the
-# sequential ones.
+# the kernel. None: 'routes', the faster for both kernels on the H100 (kernels/README.md, sessions 3 and 6).
 MERGE = None
 
 
-def _merge(chunked: bool) -> str:
-    return MERGE or ('routes' if chunked else 'atomic')
+def _merge() -> str:
+    return MERGE or 'routes'
 
 
-def _use_chunked(n_state: int, route_len: int) -> bool:
+# The sequential kernels fill the GPU when there are enough (batch, route, channel block) programs: below this many
+# warps per SM, long routes go to the chunked kernels (detection maps at small batch).
+SEQ_MIN_WARPS_PER_SM = 4
+
+
+@functools.lru_cache(maxsize=8)
+def _sm_count(device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == 'cuda' else 132
+
+
+def _use_chunked(n_state: int, route_len: int, seq_warps: int, device) -> bool:
     if FORCE_KERNEL is not None:
         return FORCE_KERNEL == 'chunked'
     if _CHUNK_OVERRIDE is not None:
         return True
-    # measured (kernels/README.md): the chunked kernels win on long routes at N = 1 (VMamba-T stages 1-2), the
-    # sequential ones on short routes (stages 3-4) and at N = 16 (Vim, EfficientVMamba)
-    return n_state == 1 and route_len >= 512
+    return n_state == 1 and route_len >= 512 and seq_warps < SEQ_MIN_WARPS_PER_SM * _sm_count(device)
 
 
 def _chunk_config(width: int, n_state: int, backward: bool):
@@ -663,26 +717,31 @@ def _chunk_config(width: int, n_state: int, backward: bool):
     return bt, min(bd, max(8, _pow2(width))), bn, nw
 
 
+def _off64(num_pos: int, *maps: torch.Tensor) -> bool:
+    """Whether a position's offset inside one image (position * stride) can pass int32."""
+    return num_pos * max(m.stride(1) for m in maps) >= 2 ** 31
+
+
 def _prep(t: Optional[torch.Tensor]):
     if t is None:
         return None
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _kernel_config(plan: RoutePlan, n_state: int, backward: bool):
+def _kernel_config(plan: RoutePlan, n_state: int, backward: bool, batch: int, device):
     """(chunked?, BT, BD, BN, num_warps, number of checkpoints) of the forward or backward kernel of a plan."""
     Lmax = max(p.numel() for p in plan.positions)
-    if _use_chunked(n_state, Lmax):
+    BD, BN, BT, num_warps = _config(plan.width, n_state, backward, Lmax)
+    if _use_chunked(n_state, Lmax, batch * plan.num_routes * -(-plan.width // BD) * num_warps, device):
         BT, BD, BN, num_warps = _chunk_config(plan.width, n_state, backward)
         return True, BT, BD, BN, num_warps, -(-Lmax // BT)
-    BD, BN, CHUNK, num_warps = _config(plan.width, n_state)
-    return False, CHUNK, BD, BN, num_warps, max(1, -(-Lmax // CHUNK))
+    return False, BT, BD, BN, num_warps, max(1, -(-Lmax // BT))
 
 
-def checkpoint_shape(batch: int, plan: RoutePlan, n_state: int) -> tuple:
+def checkpoint_shape(batch: int, plan: RoutePlan, n_state: int, device) -> tuple:
     """Shape of the fp32 states ``triton_forward`` saves for the backward (``need_grad=True``): the state entering
     every chunk of the backward's chunk length."""
-    nck = _kernel_config(plan, n_state, True)[-1]
+    nck = _kernel_config(plan, n_state, True, batch, device)[-1]
     return batch, plan.num_routes, nck, plan.width, n_state
 
 
@@ -714,11 +773,13 @@ def triton_forward(u, delta, A, B, C, D, delta_bias, plan: RoutePlan, delta_soft
     scale = 1.0 / plan.multiplicity if (mean and plan.multiplicity > 1) else 1.0
     out_dtype = out_dtype or u.dtype
     hidden = (N,) if return_hidden else ()
-    chunked, BT, BD, BN, num_warps, nck = _kernel_config(plan, N, False)
+    chunked, BT, BD, BN, num_warps, nck = _kernel_config(plan, N, False, batch, u.device)
+    CK = BT
     if need_grad:   # the checkpoints are the states entering the backward's chunks
-        _, BT, _, _, _, nck = _kernel_config(plan, N, True)
+        _, CK, _, _, _, nck = _kernel_config(plan, N, True, batch, u.device)
+        BT = CK if chunked else BT
     shared = plan.multiplicity > 1
-    atomic = shared and _merge(chunked) == 'atomic'
+    atomic = shared and _merge() == 'atomic'
     if shared and not atomic:      # one output block per route, summed below
         alloc = torch.empty if _every_route_writes_everything(plan) else torch.zeros
         out = alloc((batch, num_pos, K * plan.out_channels) + hidden, device=u.device, dtype=out_dtype)
@@ -746,8 +807,9 @@ def triton_forward(u, delta, A, B, C, D, delta_bias, plan: RoutePlan, delta_soft
         # zeros, not empty: slot 0 (the zero state) is never written, and an op's outputs must be deterministic
         ckpt = torch.zeros((batch, K, nck, W, N) if need_grad else (0,), device=u.device, dtype=torch.float32)
         _scan_fwd_kernel[(batch, K, nblk)](*params, ckpt if need_grad else out, pos, meta, *strides, W, N, K, nck,
-                                           scale, BD=BD, BN=BN, CHUNK=BT, SAVE=bool(need_grad),
-                                           num_warps=num_warps, **flags)
+                                           scale, BD=BD, BN=BN, BT=BT, CK=CK, SAVE=bool(need_grad),
+                                           OFF64=_off64(num_pos, u, delta, B, Cx, out), EVEN_D=W % BD == 0,
+                                           EVEN_N=BN == N, num_warps=num_warps, **flags)
     if shared and not atomic:
         out = out.view(batch, num_pos, K, plan.out_channels, *hidden).sum(2)
     if out.dtype != out_dtype:
@@ -760,7 +822,7 @@ def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePla
     """Backward kernel: ``(du, ddelta, dA, dB, dC, dD, ddelta_bias)`` in the dtypes of the inputs (None for an
     absent input; dD is None with ``return_hidden``, where D is unused)."""
     K, W, N = plan.num_routes, plan.width, A.shape[-1]
-    chunked, BT, BD, BN, num_warps, nck = _kernel_config(plan, N, True)
+    chunked, BT, BD, BN, num_warps, nck = _kernel_config(plan, N, True, u.shape[0], u.device)
     scale = 1.0 / plan.multiplicity if (mean and plan.multiplicity > 1) else 1.0
     hidden, softplus = bool(return_hidden), bool(delta_softplus)
     A32 = A.detach().float().contiguous()
@@ -774,7 +836,7 @@ def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePla
     B = B.contiguous()
     C = C.contiguous() if C is not None else None
     readers, covered = _input_sharing(plan)
-    du_atomic = readers > 1 and _merge(chunked) == 'atomic'
+    du_atomic = readers > 1 and _merge() == 'atomic'
     du_parts = readers > 1 and not du_atomic
     if du_parts:     # one du block per route, summed below
         alloc = torch.empty if _every_route_reads_everything(plan) else torch.zeros
@@ -810,9 +872,10 @@ def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePla
             *params, dout, ckpt, carry, sync, pos, meta, *grads, *strides,
             W, N, K, nblk, nck, seqs, scale, BT=BT, BD=BD, BN=BN, VEC=_vec(plan), **flags)
     else:
-        scratch = torch.empty((batch * K * nblk, BT + 1, BD, BN), device=dev, dtype=torch.float32)
-        _scan_bwd_kernel[(batch, K, nblk)](*params, dout, ckpt, scratch, pos, meta, *grads, *strides,
-                                           W, N, K, nck, scale, BD=BD, BN=BN, CHUNK=BT, **flags)
+        _scan_bwd_kernel[(batch, K, nblk)](*params, dout, ckpt, pos, meta, *grads, *strides,
+                                           W, N, K, nck, scale, BD=BD, BN=BN, BT=BT,
+                                           OFF64=_off64(num_pos, u, delta, B, Cx, dout, du), EVEN_D=W % BD == 0,
+                                           EVEN_N=BN == N, **flags)
     gA = dA.sum(0).to(A.dtype)
     gD = dD.sum(0).to(D.dtype) if has_d else None
     gbias = dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
@@ -923,7 +986,7 @@ if not hasattr(torch.ops.visionssm, 'selective_scan'):   # one definition per pr
         if not need_grad:
             return out, u.new_empty(0, dtype=torch.float32)
         plan = _plan(routes_key, height, width_px, A, u, out_channels)
-        return out, u.new_empty(checkpoint_shape(u.shape[0], plan, n_state), dtype=torch.float32)
+        return out, u.new_empty(checkpoint_shape(u.shape[0], plan, n_state, u.device), dtype=torch.float32)
 
 
     @torch.library.custom_op('visionssm::selective_scan_backward', mutates_args=())

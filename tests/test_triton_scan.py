@@ -94,20 +94,23 @@ def _close(name, got, want, dtype):
 
 
 def _check(routes, height, width_px, width, in_ch, out_ch, batch, n_state, dtype, hidden=False, mean=False,
-           softplus=True, bias=True, D=True, seed=0, device=DEV, kernel=None, tile=None):
+           softplus=True, bias=True, D=True, seed=0, device=DEV, kernel=None, tile=None, seq_tile=None):
     """``kernel``: None (the backend's own choice), 'chunked' or 'sequential'; ``tile``: the chunked kernels'
-    ((BT, BD, warps) forward, (BT, BD, warps) backward), or one triple for both."""
+    ((BT, BD, warps) forward, (BT, BD, warps) backward), or one triple for both; ``seq_tile``: the sequential
+    kernels' ((BD, BT, warps) forward, (BD, BT, warps) backward)."""
     if _NEEDS_SUBPROCESS:
         pytest.skip('runs in test_cpu_cases_in_fresh_process')
     if tile is not None and not isinstance(tile[0], tuple):
         tile = (tile, tile)
-    saved = TS.FORCE_KERNEL, TS._CHUNK_OVERRIDE
-    TS.FORCE_KERNEL, TS._CHUNK_OVERRIDE = kernel, (tile if kernel != 'sequential' else None)
+    saved = TS.FORCE_KERNEL, TS._CHUNK_OVERRIDE, TS._SEQ_OVERRIDE
+    TS.FORCE_KERNEL = kernel
+    TS._CHUNK_OVERRIDE = tile if kernel != 'sequential' else None
+    TS._SEQ_OVERRIDE = seq_tile if kernel != 'chunked' else None
     try:
         _check_impl(routes, height, width_px, width, in_ch, out_ch, batch, n_state, dtype, hidden, mean, softplus,
                     bias, D, seed, device)
     finally:
-        TS.FORCE_KERNEL, TS._CHUNK_OVERRIDE = saved
+        TS.FORCE_KERNEL, TS._CHUNK_OVERRIDE, TS._SEQ_OVERRIDE = saved
 
 
 def _check_impl(routes, height, width_px, width, in_ch, out_ch, batch, n_state, dtype, hidden, mean, softplus,
@@ -192,7 +195,11 @@ def test_chunked_backward_long_route():
 # lattices) end in different chunks, several channel blocks share dB / dC.
 KERNEL_CASES = {
     'cross_fp32_multichunk': dict(routes=R.cross_routes(), height=5, width_px=6, width=5, in_ch=5, out_ch=5, batch=2,
-                                  n_state=1, dtype=torch.float32, tile=(4, 8, 2)),
+                                  n_state=1, dtype=torch.float32, tile=(4, 8, 2), seq_tile=((16, 4, 1), (16, 2, 1))),
+    # every channel block full (no load masks), the route (15 steps) not a multiple of the unrolled chunk
+    'cross_even_channels': dict(routes=R.cross_routes(), height=3, width_px=5, width=16, in_ch=16, out_ch=16,
+                                batch=1, n_state=1, dtype=torch.bfloat16, seed=18, tile=(4, 16, 1),
+                                seq_tile=((16, 4, 1), (16, 8, 1))),
     'cross_bf16': dict(routes=R.cross_routes(), height=3, width_px=4, width=5, in_ch=5, out_ch=5, batch=2, n_state=2,
                        dtype=torch.bfloat16),
     'cross_nstate3_mean': dict(routes=R.cross_routes(), height=3, width_px=5, width=6, in_ch=6, out_ch=6, batch=1,
@@ -200,11 +207,13 @@ KERNEL_CASES = {
     'bidirectional_mean_fp16': dict(routes=R.bidirectional_routes(4), height=1, width_px=9, width=4, in_ch=8,
                                     out_ch=4, batch=2, n_state=4, dtype=torch.float16, mean=True, seed=1),
     'lattice_unequal_lengths': dict(routes=R.lattice_routes(), height=5, width_px=3, width=3, in_ch=3, out_ch=3,
-                                    batch=2, n_state=2, dtype=torch.float32, seed=2, tile=(2, 8, 1)),
+                                    batch=2, n_state=2, dtype=torch.float32, seed=2, tile=(2, 8, 1),
+                                    seq_tile=((16, 2, 1), (16, 2, 1))),
     'grouped': dict(routes=R.grouped_routes(3), height=3, width_px=4, width=3, in_ch=12, out_ch=12, batch=2,
                     n_state=1, dtype=torch.float32, seed=5, tile=(4, 8, 2)),
     'hidden_one_route': dict(routes=(R.Route('col', reverse=True),), height=3, width_px=4, width=3, in_ch=3,
-                             out_ch=3, batch=2, n_state=3, dtype=torch.float32, hidden=True, seed=6, tile=(4, 8, 2)),
+                             out_ch=3, batch=2, n_state=3, dtype=torch.float32, hidden=True, seed=6, tile=(4, 8, 2),
+                             seq_tile=((16, 2, 1), (16, 4, 2))),
     'single_position': dict(routes=R.cross_routes(), height=1, width_px=1, width=3, in_ch=3, out_ch=3, batch=2,
                             n_state=2, dtype=torch.float32, seed=7),
     'no_softplus_bias_D': dict(routes=R.cross_routes()[:2], height=2, width_px=3, width=3, in_ch=3, out_ch=3,
@@ -213,10 +222,12 @@ KERNEL_CASES = {
                                height=2, width_px=3, width=20, in_ch=23, out_ch=20, batch=1, n_state=1,
                                dtype=torch.float32, seed=9, tile=(4, 8, 2)),
     'long_route_nstate16': dict(routes=R.bidirectional_routes(2), height=1, width_px=37, width=2, in_ch=4, out_ch=2,
-                                batch=1, n_state=16, dtype=torch.float32, seed=10, tile=(8, 16, 2)),
+                                batch=1, n_state=16, dtype=torch.float32, seed=10, tile=(8, 16, 2),
+                                seq_tile=((16, 8, 2), (16, 4, 4))),
     # forward and backward chunk lengths differ: with gradients the forward chains at the backward's length
     'fwd_bwd_chunks_differ': dict(routes=R.cross_routes(), height=4, width_px=5, width=4, in_ch=4, out_ch=4,
-                                  batch=1, n_state=1, dtype=torch.float32, seed=17, tile=((8, 8, 2), (2, 4, 1))),
+                                  batch=1, n_state=1, dtype=torch.float32, seed=17, tile=((8, 8, 2), (2, 4, 1)),
+                                  seq_tile=((16, 2, 1), (16, 8, 1))),
 }
 
 
@@ -273,7 +284,7 @@ def test_gpu_cross_vmamba_like(dtype, kernel):
 def test_gpu_long_route_default_choice(grad):
     # L = 2304 at N = 1: the backend's own choice is the chunked kernel (both with and without gradients)
     plan = R.plan_routes(R.cross_routes(), 48, 48, 40, 40, 40)
-    assert TS._use_chunked(1, 2304)
+    assert TS._kernel_config(plan, 1, True, 2, torch.device(DEV))[0]
     _check(R.cross_routes(), 48, 48, 40, 40, 40, batch=2, n_state=1, dtype=torch.bfloat16, seed=16)
     if not grad:
         x = _make(plan, 2, 1, torch.bfloat16)
