@@ -686,8 +686,10 @@ def _merge() -> str:
 
 
 # The sequential kernels fill the GPU when there are enough (batch, route, channel block) programs: below this many
-# warps per SM, long routes go to the chunked kernels (detection maps at small batch).
-SEQ_MIN_WARPS_PER_SM = 4
+# warps per SM, long routes go to the chunked kernels (detection maps, small batches). Measured on the H100 (session
+# 6, kernels/README.md): at 56x56 the chunked kernels win up to batch 64 (5.8 warps per SM), the sequential ones
+# from batch 128 (11.6); at 28x28 the crossing lies between batch 32 and 64.
+SEQ_MIN_WARPS_PER_SM = 8
 
 
 @functools.lru_cache(maxsize=8)
