@@ -137,12 +137,34 @@ if _HAS_TRITON:
         return p
 
     @triton.jit
+    def _chunk_loads(pos_ptr, start, t0, length, u_base, d_base, B_base, C_base, o_base, su_p, sd_p, sB_p, sC_p, so_p,
+                     md, mn, mdn, BT: tl.constexpr, OFF64: tl.constexpr, EVEN_D: tl.constexpr, EVEN_N: tl.constexpr,
+                     WITH_C: tl.constexpr, WITH_DY: tl.constexpr, HIDDEN: tl.constexpr):
+        # Every load of the chunk of BT steps from t0, as one flat tuple: (position, u, delta, B, C, dy) per step, C and
+        # dy only where asked (u stands in for them otherwise). Steps past the route's end read its last position.
+        rows = ()
+        for i in tl.static_range(BT):
+            p = _position(pos_ptr + start + tl.minimum(t0 + i, length - 1), OFF64)
+            u = _load(u_base + p * su_p, md, EVEN_D)
+            Ct = u
+            dy = u
+            if WITH_C:
+                Ct = _load(C_base + p * sC_p, mn, EVEN_N)
+            if WITH_DY:
+                if HIDDEN:
+                    dy = _load(o_base + p * so_p, mdn, EVEN_D and EVEN_N)
+                else:
+                    dy = _load(o_base + p * so_p, md, EVEN_D)
+            rows = rows + (p, u, _load(d_base + p * sd_p, md, EVEN_D), _load(B_base + p * sB_p, mn, EVEN_N), Ct, dy)
+        return rows
+
+    @triton.jit
     def _scan_fwd_kernel(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, ckpt_ptr, pos_ptr, meta_ptr,
             su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p,
             W, N, K, NCK, scale,
             BD: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, CK: tl.constexpr, OFF64: tl.constexpr,
-            EVEN_D: tl.constexpr, EVEN_N: tl.constexpr,
+            EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, PREFETCH: tl.constexpr,
             HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr,
             ATOMIC: tl.constexpr, SAVE: tl.constexpr):
         # One program walks its route chunk by chunk. A chunk is BT steps unrolled at compile time: every load of
@@ -177,32 +199,36 @@ if _HAS_TRITON:
             o_base = out_ptr + b * so_b + out_off + d
         ck_base = ckpt_ptr + ((b * K + k) * NCK) * W * N + d[:, None] * N + n[None, :]
 
+        # rows past the route's end (last chunk) read its last position again: their outputs are not stored, and the
+        # state they leave is never read (no checkpoint lies past the end). With PREFETCH the loads of chunk c + 1 are
+        # issued before chunk c's arithmetic and stores (loop-carried), so their latency overlaps it.
         h = tl.zeros([BD, BN], dtype=tl.float32)
-        for c in range(0, tl.cdiv(length, BT)):
+        n_chunks = tl.cdiv(length, BT)
+        if PREFETCH:
+            rows = _chunk_loads(pos_ptr, start, 0, length, u_base, d_base, B_base, C_base, u_base, su_p, sd_p, sB_p,
+                                sC_p, 0, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N, not HIDDEN, False, HIDDEN)
+        for c in range(0, n_chunks):
             t0 = c * BT
-            ps, us, zs, Bs, Cs = (), (), (), (), ()
-            for i in tl.static_range(BT):
-                # rows past the route's end (last chunk) read its last position again: their outputs are not
-                # stored, and the state they leave is never read (no checkpoint lies past the end)
-                p = _position(pos_ptr + start + tl.minimum(t0 + i, length - 1), OFF64)
-                ps = ps + (p,)
-                us = us + (_load(u_base + p * su_p, md, EVEN_D),)
-                zs = zs + (_load(d_base + p * sd_p, md, EVEN_D),)
-                Bs = Bs + (_load(B_base + p * sB_p, mn, EVEN_N),)
-                if not HIDDEN:
-                    Cs = Cs + (_load(C_base + p * sC_p, mn, EVEN_N),)
+            if PREFETCH:
+                cur = rows
+                rows = _chunk_loads(pos_ptr, start, tl.minimum(c + 1, n_chunks - 1) * BT, length, u_base, d_base,
+                                    B_base, C_base, u_base, su_p, sd_p, sB_p, sC_p, 0, md, mn, mdn, BT, OFF64, EVEN_D,
+                                    EVEN_N, not HIDDEN, False, HIDDEN)
+            else:
+                cur = _chunk_loads(pos_ptr, start, t0, length, u_base, d_base, B_base, C_base, u_base, su_p, sd_p,
+                                   sB_p, sC_p, 0, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N, not HIDDEN, False, HIDDEN)
             for i in tl.static_range(BT):
                 ok = t0 + i < length
-                u = us[i].to(tl.float32)
-                z = zs[i].to(tl.float32)
+                u = cur[6 * i + 1].to(tl.float32)
+                z = cur[6 * i + 2].to(tl.float32)
                 if HAS_BIAS:
                     z = z + bias
                 if SOFTPLUS:
                     dt = _softplus(z)
                 else:
                     dt = z
-                h = _exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bs[i].to(tl.float32)[None, :]
-                ptrs = o_base + ps[i] * so_p
+                h = _exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * cur[6 * i + 3].to(tl.float32)[None, :]
+                ptrs = o_base + cur[6 * i] * so_p
                 if HIDDEN:
                     y = h * scale
                     m = ok & mdn
@@ -211,7 +237,7 @@ if _HAS_TRITON:
                     else:
                         tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=m)
                 else:
-                    y = tl.sum(h * Cs[i].to(tl.float32)[None, :], axis=1)
+                    y = tl.sum(h * cur[6 * i + 4].to(tl.float32)[None, :], axis=1)
                     if HAS_D:
                         y = y + Dv * u
                     y = y * scale
@@ -241,7 +267,7 @@ if _HAS_TRITON:
             su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p, sdu_b, sdu_p,
             W, N, K, NCK, scale,
             BD: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, OFF64: tl.constexpr,
-            EVEN_D: tl.constexpr, EVEN_N: tl.constexpr,
+            EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, PREFETCH: tl.constexpr,
             HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr,
             DU_ATOMIC: tl.constexpr):
         # Chunks from last to first, each BT steps unrolled: recompute the chunk's states from its checkpoint
@@ -287,31 +313,38 @@ if _HAS_TRITON:
         dbias_acc = tl.zeros([BD], dtype=tl.float32)
         carry = tl.zeros([BD, BN], dtype=tl.float32)    # a_{t+1} * g_{t+1}
         n_chunks = tl.cdiv(length, BT)
+        # every load of a chunk, dy and C included, is issued before its arithmetic: inside the row loop below they
+        # would wait for the previous rows' atomics (the compiler cannot prove that dB / dC do not alias them). With
+        # PREFETCH the loads of the next chunk (c - 1) are issued before chunk c's arithmetic, loop-carried.
+        if PREFETCH:
+            rows = _chunk_loads(pos_ptr, start, (n_chunks - 1) * BT, length, u_base, d_base, B_base, C_base, o_base,
+                                su_p, sd_p, sB_p, sC_p, so_p, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N, not HIDDEN, True,
+                                HIDDEN)
         for cj in range(0, n_chunks):
             c = n_chunks - 1 - cj
             t0 = c * BT
+            if PREFETCH:
+                cur = rows
+                rows = _chunk_loads(pos_ptr, start, tl.maximum(c - 1, 0) * BT, length, u_base, d_base, B_base, C_base,
+                                    o_base, su_p, sd_p, sB_p, sC_p, so_p, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N,
+                                    not HIDDEN, True, HIDDEN)
+            else:
+                cur = _chunk_loads(pos_ptr, start, t0, length, u_base, d_base, B_base, C_base, o_base, su_p, sd_p,
+                                   sB_p, sC_p, so_p, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N, not HIDDEN, True, HIDDEN)
             # 1) the chunk's states from its checkpoint; row i keeps h_{t0+i-1}
             h = tl.load(ck_base + c.to(tl.int64) * W * N, mask=mdn & (c > 0), other=0.0)
-            # every load of the chunk, dy and C included, is issued here: in the loop below they would wait for the
-            # previous rows' atomics (the compiler cannot prove that dB / dC do not alias them)
-            ps, us, dts, Bs, hs, dys, Cs = (), (), (), (), (), (), ()
+            us, dts, Bs, hs = (), (), (), ()
             for i in tl.static_range(BT):
-                p = _position(pos_ptr + start + tl.minimum(t0 + i, length - 1), OFF64)
-                u = _load(u_base + p * su_p, md, EVEN_D).to(tl.float32)
-                z = _load(d_base + p * sd_p, md, EVEN_D).to(tl.float32)
-                Bt = _load(B_base + p * sB_p, mn, EVEN_N).to(tl.float32)
-                if HIDDEN:
-                    dys = dys + (_load(o_base + p * so_p, mdn, EVEN_D and EVEN_N),)
-                else:
-                    dys = dys + (_load(o_base + p * so_p, md, EVEN_D),)
-                    Cs = Cs + (_load(C_base + p * sC_p, mn, EVEN_N),)
+                u = cur[6 * i + 1].to(tl.float32)
+                z = cur[6 * i + 2].to(tl.float32)
+                Bt = cur[6 * i + 3].to(tl.float32)
                 if HAS_BIAS:
                     z = z + bias
                 if SOFTPLUS:
                     dt = _softplus(z)
                 else:
                     dt = z
-                ps, us, dts, Bs, hs = ps + (p,), us + (u,), dts + (dt,), Bs + (Bt,), hs + (h,)
+                us, dts, Bs, hs = us + (u,), dts + (dt,), Bs + (Bt,), hs + (h,)
                 h = _exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
             # 2) the rows backwards
             for i in tl.static_range(BT - 1, -1, -1):
@@ -320,14 +353,14 @@ if _HAS_TRITON:
                     m = ok
                 else:
                     m = ok & md
-                p, u, dt, Bt, h_prev = ps[i], us[i], dts[i], Bs[i], hs[i]
+                p, u, dt, Bt, h_prev = cur[6 * i], us[i], dts[i], Bs[i], hs[i]
                 a = _exp2(dt[:, None] * A2)
                 ah = a * h_prev
-                dy = tl.where(ok, dys[i].to(tl.float32) * scale, 0.0)
+                dy = tl.where(ok, cur[6 * i + 5].to(tl.float32) * scale, 0.0)
                 if HIDDEN:
                     g = dy + carry
                 else:
-                    Ct = Cs[i].to(tl.float32)
+                    Ct = cur[6 * i + 4].to(tl.float32)
                     h_t = ah + (dt * u)[:, None] * Bt[None, :]
                     g = dy[:, None] * Ct[None, :] + carry
                     tl.atomic_add(dC_base + p * sC_p, tl.sum(dy[:, None] * h_t, axis=0), mask=mn & ok,
@@ -674,6 +707,7 @@ def _config(width: int, n_state: int, backward: bool, route_len: int):
 FORCE_KERNEL = None
 _CHUNK_OVERRIDE = None
 _SEQ_OVERRIDE = None     # ((BD, BT, warps) forward, (BD, BT, warps) backward) of the sequential kernels
+SEQ_PREFETCH = True      # the sequential kernels load chunk c + 1 (backward: c - 1) before computing chunk c
 # Where several routes write one element (the cross and bidirectional outputs; du where routes read the same input),
 # 'routes' gives each route its own block of a buffer that torch sums afterwards (plain stores, deterministic, the
 # buffer in the output's / input's dtype, summed with fp32 accumulation); 'atomic' adds into one fp32 buffer inside
@@ -811,7 +845,7 @@ def triton_forward(u, delta, A, B, C, D, delta_bias, plan: RoutePlan, delta_soft
         _scan_fwd_kernel[(batch, K, nblk)](*params, ckpt if need_grad else out, pos, meta, *strides, W, N, K, nck,
                                            scale, BD=BD, BN=BN, BT=BT, CK=CK, SAVE=bool(need_grad),
                                            OFF64=_off64(num_pos, u, delta, B, Cx, out), EVEN_D=W % BD == 0,
-                                           EVEN_N=BN == N, num_warps=num_warps, **flags)
+                                           EVEN_N=BN == N, PREFETCH=SEQ_PREFETCH, num_warps=num_warps, **flags)
     if shared and not atomic:
         out = out.view(batch, num_pos, K, plan.out_channels, *hidden).sum(2)
     if out.dtype != out_dtype:
@@ -877,7 +911,7 @@ def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePla
         _scan_bwd_kernel[(batch, K, nblk)](*params, dout, ckpt, pos, meta, *grads, *strides,
                                            W, N, K, nck, scale, BD=BD, BN=BN, BT=BT,
                                            OFF64=_off64(num_pos, u, delta, B, Cx, dout, du), EVEN_D=W % BD == 0,
-                                           EVEN_N=BN == N, **flags)
+                                           EVEN_N=BN == N, PREFETCH=SEQ_PREFETCH, **flags)
     gA = dA.sum(0).to(A.dtype)
     gD = dD.sum(0).to(D.dtype) if has_d else None
     gbias = dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None

@@ -246,6 +246,14 @@ def test_merge_modes(case, kernel, merge, monkeypatch):
     _check(kernel=kernel, **KERNEL_CASES[case])
 
 
+@pytest.mark.parametrize('case', ['cross_fp32_multichunk', 'cross_even_channels', 'hidden_one_route',
+                                  'long_route_nstate16', 'fwd_bwd_chunks_differ'])
+def test_sequential_without_prefetch(case, monkeypatch):
+    # the sequential kernels with each chunk's loads issued in its own iteration (SEQ_PREFETCH off)
+    monkeypatch.setattr(TS, 'SEQ_PREFETCH', False)
+    _check(kernel='sequential', **KERNEL_CASES[case])
+
+
 def test_no_grad_forward_only():
     if _NEEDS_SUBPROCESS:
         pytest.skip('runs in test_cpu_cases_in_fresh_process')
@@ -276,6 +284,19 @@ KERNELS = ['sequential', 'chunked']
 @pytest.mark.parametrize('dtype', DTYPES, ids=str)
 def test_gpu_cross_vmamba_like(dtype, kernel):
     _check(R.cross_routes(), 14, 14, 96, 96, 96, batch=4, n_state=1, dtype=dtype, seed=11, kernel=kernel)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize('prefetch', [True, False])
+def test_gpu_sequential_prefetch(prefetch, monkeypatch):
+    # both loop structures of the sequential kernels at full shapes (VMamba-like, Vim-like, lattice at N = 16)
+    monkeypatch.setattr(TS, 'SEQ_PREFETCH', prefetch)
+    _check(R.cross_routes(), 14, 14, 96, 96, 96, batch=4, n_state=1, dtype=torch.bfloat16, seed=19, kernel='sequential')
+    _check(R.bidirectional_routes(192), 1, 197, 192, 384, 192, batch=3, n_state=16, dtype=torch.float32, mean=True,
+           seed=20, kernel='sequential')
+    _check(R.lattice_routes(), 15, 17, 48, 48, 48, batch=2, n_state=16, dtype=torch.float32, seed=21,
+           kernel='sequential')
 
 
 @pytest.mark.gpu
