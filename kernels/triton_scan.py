@@ -707,12 +707,19 @@ def _config(width: int, n_state: int, backward: bool, route_len: int):
 FORCE_KERNEL = None
 _CHUNK_OVERRIDE = None
 _SEQ_OVERRIDE = None     # ((BD, BT, warps) forward, (BD, BT, warps) backward) of the sequential kernels
-SEQ_PREFETCH = True      # the sequential kernels load chunk c + 1 (backward: c - 1) before computing chunk c
+# The sequential kernels can issue the loads of the next chunk (forward c + 1, backward c - 1) before computing chunk c.
+# None: as measured on the H100 (session 6): always in the backward (stage-1 fwd+bwd 2.49 -> 2.24 ms, Vim-S 5.19 ->
+# 4.44), in the forward only on routes of >= 2048 steps (stage 1 0.78 -> 0.73 ms; stage 2 0.30 -> 0.35, slower).
+SEQ_PREFETCH = None
 # Where several routes write one element (the cross and bidirectional outputs; du where routes read the same input),
 # 'routes' gives each route its own block of a buffer that torch sums afterwards (plain stores, deterministic, the
 # buffer in the output's / input's dtype, summed with fp32 accumulation); 'atomic' adds into one fp32 buffer inside
 # the kernel. None: 'routes', the faster for both kernels on the H100 (kernels/README.md, sessions 3 and 6).
 MERGE = None
+
+
+def _prefetch(backward: bool, route_len: int) -> bool:
+    return SEQ_PREFETCH if SEQ_PREFETCH is not None else (backward or route_len >= 2048)
 
 
 def _merge() -> str:
@@ -845,7 +852,8 @@ def triton_forward(u, delta, A, B, C, D, delta_bias, plan: RoutePlan, delta_soft
         _scan_fwd_kernel[(batch, K, nblk)](*params, ckpt if need_grad else out, pos, meta, *strides, W, N, K, nck,
                                            scale, BD=BD, BN=BN, BT=BT, CK=CK, SAVE=bool(need_grad),
                                            OFF64=_off64(num_pos, u, delta, B, Cx, out), EVEN_D=W % BD == 0,
-                                           EVEN_N=BN == N, PREFETCH=SEQ_PREFETCH, num_warps=num_warps, **flags)
+                                           EVEN_N=BN == N, PREFETCH=_prefetch(False, max(p.numel() for p in plan.positions)),
+                                           num_warps=num_warps, **flags)
     if shared and not atomic:
         out = out.view(batch, num_pos, K, plan.out_channels, *hidden).sum(2)
     if out.dtype != out_dtype:
@@ -911,7 +919,7 @@ def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePla
         _scan_bwd_kernel[(batch, K, nblk)](*params, dout, ckpt, pos, meta, *grads, *strides,
                                            W, N, K, nck, scale, BD=BD, BN=BN, BT=BT,
                                            OFF64=_off64(num_pos, u, delta, B, Cx, dout, du), EVEN_D=W % BD == 0,
-                                           EVEN_N=BN == N, PREFETCH=SEQ_PREFETCH, **flags)
+                                           EVEN_N=BN == N, PREFETCH=_prefetch(True, 0), **flags)
     gA = dA.sum(0).to(A.dtype)
     gD = dD.sum(0).to(D.dtype) if has_d else None
     gbias = dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None

@@ -248,9 +248,10 @@ def test_merge_modes(case, kernel, merge, monkeypatch):
 
 @pytest.mark.parametrize('case', ['cross_fp32_multichunk', 'cross_even_channels', 'hidden_one_route',
                                   'long_route_nstate16', 'fwd_bwd_chunks_differ'])
-def test_sequential_without_prefetch(case, monkeypatch):
-    # the sequential kernels with each chunk's loads issued in its own iteration (SEQ_PREFETCH off)
-    monkeypatch.setattr(TS, 'SEQ_PREFETCH', False)
+@pytest.mark.parametrize('prefetch', [True, False])
+def test_sequential_prefetch_settings(case, prefetch, monkeypatch):
+    # both loop structures of both sequential kernels: the next chunk's loads issued ahead, or in its own iteration
+    monkeypatch.setattr(TS, 'SEQ_PREFETCH', prefetch)
     _check(kernel='sequential', **KERNEL_CASES[case])
 
 
