@@ -110,6 +110,11 @@ class RoutePlan:
     def num_routes(self) -> int:
         return len(self.routes)
 
+    @property
+    def max_len(self) -> int:
+        """Steps of the longest route."""
+        return max(p.numel() for p in self.positions)
+
     def positions_on(self, device: torch.device) -> tuple[torch.Tensor, ...]:
         return _positions_on(self, torch.device(device))
 

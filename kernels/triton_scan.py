@@ -773,7 +773,7 @@ def _prep(t: Optional[torch.Tensor]):
 
 def _kernel_config(plan: RoutePlan, n_state: int, backward: bool, batch: int, device):
     """(chunked?, BT, BD, BN, num_warps, number of checkpoints) of the forward or backward kernel of a plan."""
-    Lmax = max(p.numel() for p in plan.positions)
+    Lmax = plan.max_len
     BD, BN, BT, num_warps = _config(plan.width, n_state, backward, Lmax)
     if _use_chunked(n_state, Lmax, batch * plan.num_routes * -(-plan.width // BD) * num_warps, device):
         BT, BD, BN, num_warps = _chunk_config(plan.width, n_state, backward)
@@ -852,7 +852,7 @@ def triton_forward(u, delta, A, B, C, D, delta_bias, plan: RoutePlan, delta_soft
         _scan_fwd_kernel[(batch, K, nblk)](*params, ckpt if need_grad else out, pos, meta, *strides, W, N, K, nck,
                                            scale, BD=BD, BN=BN, BT=BT, CK=CK, SAVE=bool(need_grad),
                                            OFF64=_off64(num_pos, u, delta, B, Cx, out), EVEN_D=W % BD == 0,
-                                           EVEN_N=BN == N, PREFETCH=_prefetch(False, max(p.numel() for p in plan.positions)),
+                                           EVEN_N=BN == N, PREFETCH=_prefetch(False, plan.max_len),
                                            num_warps=num_warps, **flags)
     if shared and not atomic:
         out = out.view(batch, num_pos, K, plan.out_channels, *hidden).sum(2)
