@@ -266,6 +266,21 @@ def test_no_grad_forward_only():
     _close('out', got, want, torch.float32)
 
 
+@pytest.mark.parametrize('hw, width, batch, chunked', [
+    ((56, 56), 96, 128, False),     # VMamba-T stage 1 at batch 128: the sequential kernels fill the GPU
+    ((56, 56), 96, 64, True),       # ... at batch 64 the chunked ones win (H100, session 6)
+    ((200, 334), 96, 2, True),      # a detection map at batch 2
+    ((14, 14), 384, 2, False),      # short routes: always sequential
+])
+def test_kernel_choice(hw, width, batch, chunked):
+    plan = R.plan_routes(R.cross_routes(), *hw, width, width, width)
+    for backward in (False, True):
+        assert TS._kernel_config(plan, 1, backward, batch, torch.device('cpu'))[0] == chunked
+    # the forward saves its states at the backward's chunk length, whichever kernels run
+    bwd = TS._kernel_config(plan, 1, True, batch, torch.device('cpu'))
+    assert TS.checkpoint_shape(batch, plan, 1, torch.device('cpu'))[2] == bwd[-1] == -(-plan.max_len // bwd[1])
+
+
 def test_supports_never_raises():
     assert TS.supports(torch.zeros(1)) is False
     assert TS.supports(None) is False

@@ -4,19 +4,13 @@
 # label smoothing 0.1, mixup 0.2 / cutmix 1.0, RandAugment m9, random erasing 0.25, EMA 0.9999, gradient
 # clipping 1.0, AMP (--amp). The logs do not give the warm-up start and final lr: VMamba's 1e-6 and 1e-5 are used.
 _base_ = [
+    '../_base_/models/imagenet_classifier.py',
     '../_base_/datasets/imagenet_bs128.py',
     '../_base_/schedules/imagenet_300e_adamw.py',
     '../_base_/default_runtime.py',
 ]
 
-model = dict(
-    type='ImageClassifier',
-    backbone=dict(model_name='efficientvmamba_tiny', drop_path_rate=0.1),
-    num_classes=1000,
-    label_smoothing=0.1,
-    mixup=dict(mixup_alpha=0.2, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode='batch'),
-    data_preprocessor=dict(type='ImgDataPreprocessor', mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375]),
-)
+model = dict(backbone=dict(model_name='efficientvmamba_tiny', drop_path_rate=0.1), mixup=dict(mixup_alpha=0.2))
 
 lr = 2e-3
 warmup_epochs = 20

@@ -5,17 +5,11 @@
 # Not reproduced: the official run adds DeiT hard distillation from RegNetY-16GF (alpha 0.5) through a second
 # head; without a teacher expect a lower top-1.
 _base_ = [
+    '../_base_/models/imagenet_classifier.py',
     '../_base_/datasets/imagenet_bs128.py',
     '../_base_/schedules/imagenet_300e_adamw.py',
     '../_base_/default_runtime.py',
 ]
 
-model = dict(
-    type='ImageClassifier',
-    backbone=dict(model_name='groupmamba_tiny', drop_path_rate=0.05),
-    num_classes=1000,
-    label_smoothing=0.1,
-    mixup=dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode='batch'),
-    data_preprocessor=dict(type='ImgDataPreprocessor', mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375]),
-)
+model = dict(backbone=dict(model_name='groupmamba_tiny', drop_path_rate=0.05))
 custom_hooks = [dict(type='LearningCurveHook'), dict(type='EMAHook', momentum=1e-4, priority='ABOVE_NORMAL')]

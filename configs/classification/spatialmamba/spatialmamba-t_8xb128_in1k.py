@@ -4,17 +4,11 @@
 # smoothing 0.1, mixup 0.8 / cutmix 1.0, EMA, clipping 5, AMP (--amp).
 # Not reproduced: MESA (self-distillation from the EMA model, weight 1.0 from 25% of the epochs).
 _base_ = [
+    '../_base_/models/imagenet_classifier.py',
     '../_base_/datasets/imagenet_bs128.py',
     '../_base_/schedules/imagenet_300e_adamw.py',
     '../_base_/default_runtime.py',
 ]
 
-model = dict(
-    type='ImageClassifier',
-    backbone=dict(model_name='spatialmamba_tiny', drop_path_rate=0.2),
-    num_classes=1000,
-    label_smoothing=0.1,
-    mixup=dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode='batch'),
-    data_preprocessor=dict(type='ImgDataPreprocessor', mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375]),
-)
+model = dict(backbone=dict(model_name='spatialmamba_tiny', drop_path_rate=0.2))
 custom_hooks = [dict(type='LearningCurveHook'), dict(type='EMAHook', momentum=1e-4, priority='ABOVE_NORMAL')]

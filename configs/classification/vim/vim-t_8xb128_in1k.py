@@ -5,19 +5,13 @@
 # mixup 0.8 / cutmix 1.0, RandAugment m9, random erasing 0.25, EMA 0.99996, no gradient clipping, fp32 (no AMP).
 # Not reproduced: DeiT's repeated augmentation (RASampler, 3 repeats).
 _base_ = [
+    '../_base_/models/imagenet_classifier.py',
     '../_base_/datasets/imagenet_bs128.py',
     '../_base_/schedules/imagenet_300e_adamw.py',
     '../_base_/default_runtime.py',
 ]
 
-model = dict(
-    type='ImageClassifier',
-    backbone=dict(model_name='vim_tiny', drop_path_rate=0.1),
-    num_classes=1000,
-    label_smoothing=0.1,
-    mixup=dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode='batch'),
-    data_preprocessor=dict(type='ImgDataPreprocessor', mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375]),
-)
+model = dict(backbone=dict(model_name='vim_tiny', drop_path_rate=0.1))
 
 lr = 1e-3
 warmup_epochs = 5

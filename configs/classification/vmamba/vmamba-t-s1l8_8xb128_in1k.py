@@ -5,18 +5,12 @@
 # 1e-5, drop path 0.2, label smoothing 0.1, mixup 0.8 / cutmix 1.0, RandAugment m9, random erasing 0.25,
 # EMA 0.9999, gradient clipping 5, fp16 AMP (--amp).
 _base_ = [
+    '../_base_/models/imagenet_classifier.py',
     '../_base_/datasets/imagenet_bs128.py',
     '../_base_/schedules/imagenet_300e_adamw.py',
     '../_base_/default_runtime.py',
 ]
 
-model = dict(
-    type='ImageClassifier',
-    backbone=dict(model_name='vmamba_tiny_s1l8', drop_path_rate=0.2),
-    num_classes=1000,
-    label_smoothing=0.1,
-    mixup=dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode='batch'),
-    data_preprocessor=dict(type='ImgDataPreprocessor', mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375]),
-)
+model = dict(backbone=dict(model_name='vmamba_tiny_s1l8', drop_path_rate=0.2))
 # mmengine's momentum weighs the new weights: 1 - 0.9999
 custom_hooks = [dict(type='LearningCurveHook'), dict(type='EMAHook', momentum=1e-4, priority='ABOVE_NORMAL')]
