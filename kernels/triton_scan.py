@@ -28,7 +28,8 @@ except a position's offset inside one image, int32 where the host checked it fit
 
 Backward: the forward saves the state before every chunk of the backward (``ckpt (Bt, K, n_chunks, W, N)``, only
 when a gradient is needed). The backward program walks its route's chunks from last to first: it loads the chunk
-(dy and C included), recomputes its states from the checkpoint into registers, then walks the rows backwards with
+(dy and C included; with ``SEQ_PREFETCH`` the next chunk's loads are issued before the current chunk's arithmetic),
+recomputes its states from the checkpoint into registers, then walks the rows backwards with
 the adjoint ``g_t = dy_t C_t + a_{t+1} g_{t+1}`` carried in registers across chunks. Per step it writes ddelta
 (plain store: route k owns delta block k), du (route blocks or fp32 atomic: several routes may read one u element),
 and dB / dC reduced over the program's BD channels with ``tl.sum`` before one atomic per (position, block). dA, dD
@@ -106,6 +107,16 @@ if _HAS_TRITON:
         else:
             sp = tl.log(1.0 + e)
         return tl.where(z > 20.0, z, tl.where(z < -15.0, e, sp))
+
+    @triton.jit
+    def _to_dt(z, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+        # dt = softplus(delta + delta_bias) in fp32, from delta as loaded
+        z = z.to(tl.float32)
+        if HAS_BIAS:
+            z = z + bias
+        if SOFTPLUS:
+            z = _softplus(z)
+        return z
 
     @triton.jit
     def _load(ptrs, mask, FULL: tl.constexpr):
@@ -186,6 +197,7 @@ if _HAS_TRITON:
         A2 = tl.load(A_ptr + ch[:, None].to(tl.int64) * N + n[None, :], mask=mdn, other=0.0) * 1.4426950408889634
         if HAS_D:
             Dv = tl.load(D_ptr + ch, mask=md, other=0.0)
+        bias = 0.0
         if HAS_BIAS:
             bias = tl.load(bias_ptr + ch, mask=md, other=0.0)
 
@@ -220,13 +232,7 @@ if _HAS_TRITON:
             for i in tl.static_range(BT):
                 ok = t0 + i < length
                 u = cur[6 * i + 1].to(tl.float32)
-                z = cur[6 * i + 2].to(tl.float32)
-                if HAS_BIAS:
-                    z = z + bias
-                if SOFTPLUS:
-                    dt = _softplus(z)
-                else:
-                    dt = z
+                dt = _to_dt(cur[6 * i + 2], bias, HAS_BIAS, SOFTPLUS)
                 h = _exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * cur[6 * i + 3].to(tl.float32)[None, :]
                 ptrs = o_base + cur[6 * i] * so_p
                 if HIDDEN:
@@ -289,6 +295,7 @@ if _HAS_TRITON:
         A2 = A * 1.4426950408889634
         if HAS_D:
             Dv = tl.load(D_ptr + ch, mask=md, other=0.0)
+        bias = 0.0
         if HAS_BIAS:
             bias = tl.load(bias_ptr + ch, mask=md, other=0.0)
 
@@ -336,14 +343,8 @@ if _HAS_TRITON:
             us, dts, Bs, hs = (), (), (), ()
             for i in tl.static_range(BT):
                 u = cur[6 * i + 1].to(tl.float32)
-                z = cur[6 * i + 2].to(tl.float32)
+                dt = _to_dt(cur[6 * i + 2], bias, HAS_BIAS, SOFTPLUS)
                 Bt = cur[6 * i + 3].to(tl.float32)
-                if HAS_BIAS:
-                    z = z + bias
-                if SOFTPLUS:
-                    dt = _softplus(z)
-                else:
-                    dt = z
                 us, dts, Bs, hs = us + (u,), dts + (dt,), Bs + (Bt,), hs + (h,)
                 h = _exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
             # 2) the rows backwards
@@ -399,13 +400,12 @@ if _HAS_TRITON:
 
     @triton.jit
     def _dt(ptrs, mask, bias_ptr, ch, md, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-        # softplus(delta + delta_bias) of a [BT, BD] tile, fp32
-        z = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+        # dt of a [BT, BD] tile loaded here (the chunked kernels)
+        z = tl.load(ptrs, mask=mask, other=0.0)
+        bias = 0.0
         if HAS_BIAS:
-            z = z + tl.load(bias_ptr + ch, mask=md, other=0.0)[None, :]
-        if SOFTPLUS:
-            z = _softplus(z)
-        return z
+            bias = tl.load(bias_ptr + ch, mask=md, other=0.0)[None, :]
+        return _to_dt(z, bias, HAS_BIAS, SOFTPLUS)
 
     @triton.jit
     def _first_order(a1, b1, a2, b2):
