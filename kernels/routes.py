@@ -106,11 +106,20 @@ class RoutePlan:
     positions: tuple[torch.Tensor, ...]
     multiplicity: int
 
+    def __hash__(self):
+        # plans key the kernels' launch caches on every call: hash the fields once, not once per lookup
+        h = self.__dict__.get('_hash')
+        if h is None:
+            h = hash((self.routes, self.height, self.width_px, self.width, self.in_channels, self.out_channels,
+                      self.positions, self.multiplicity))
+            self.__dict__['_hash'] = h
+        return h
+
     @property
     def num_routes(self) -> int:
         return len(self.routes)
 
-    @property
+    @functools.cached_property
     def max_len(self) -> int:
         """Steps of the longest route."""
         return max(p.numel() for p in self.positions)

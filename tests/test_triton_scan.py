@@ -46,7 +46,8 @@ DEV = 'cuda' if _CUDA else 'cpu'
 TOL = {torch.float32: 2e-4, torch.float16: 4e-3, torch.bfloat16: 2.5e-2}
 
 
-def _make(plan, batch, n_state, dtype, hidden=False, seed=0, device=DEV, bias=True, D=True):
+def _make(plan, batch, n_state, dtype, hidden=False, seed=0, device=DEV, bias=True, D=True, strided=False):
+    """Random inputs; ``strided``: delta, B and C as strided views of one projection, as the models pass them."""
     g = torch.Generator().manual_seed(seed)
     K, W, P = plan.num_routes, plan.width, plan.height * plan.width_px
     r = lambda *s: torch.randn(*s, generator=g)
@@ -66,6 +67,12 @@ def _make(plan, batch, n_state, dtype, hidden=False, seed=0, device=DEV, bias=Tr
             out[k] = None
         else:
             out[k] = v.to(dtype if k in low else torch.float32).to(device)
+    if strided:   # (batch, P, K*W + K*2N): [delta | (B_k, C_k) per route]
+        B, C = out['B'], out['C'] if out['C'] is not None else out['B']
+        proj = torch.cat([out['delta'], torch.cat([B, C], -1).flatten(-2)], -1)
+        BC = proj[..., K * W:].unflatten(-1, (K, 2 * n_state))
+        out.update(delta=proj[..., :K * W], B=BC[..., :n_state], C=BC[..., n_state:] if out['C'] is not None else None)
+        assert not out['delta'].is_contiguous() and not out['B'].is_contiguous()
     return out
 
 
@@ -94,7 +101,8 @@ def _close(name, got, want, dtype):
 
 
 def _check(routes, height, width_px, width, in_ch, out_ch, batch, n_state, dtype, hidden=False, mean=False,
-           softplus=True, bias=True, D=True, seed=0, device=DEV, kernel=None, tile=None, seq_tile=None):
+           softplus=True, bias=True, D=True, seed=0, device=DEV, kernel=None, tile=None, seq_tile=None,
+           strided=False):
     """``kernel``: None (the backend's own choice), 'chunked' or 'sequential'; ``tile``: the chunked kernels'
     ((BT, BD, warps) forward, (BT, BD, warps) backward), or one triple for both; ``seq_tile``: the sequential
     kernels' ((BD, BT, warps) forward, (BD, BT, warps) backward)."""
@@ -108,15 +116,16 @@ def _check(routes, height, width_px, width, in_ch, out_ch, batch, n_state, dtype
     TS._SEQ_OVERRIDE = seq_tile if kernel != 'chunked' else None
     try:
         _check_impl(routes, height, width_px, width, in_ch, out_ch, batch, n_state, dtype, hidden, mean, softplus,
-                    bias, D, seed, device)
+                    bias, D, seed, device, strided)
     finally:
         TS.FORCE_KERNEL, TS._CHUNK_OVERRIDE, TS._SEQ_OVERRIDE = saved
 
 
 def _check_impl(routes, height, width_px, width, in_ch, out_ch, batch, n_state, dtype, hidden, mean, softplus,
-                bias, D, seed, device):
+                bias, D, seed, device, strided):
     plan = R.plan_routes(routes, height, width_px, width, in_ch, out_ch)
-    inputs = _make(plan, batch, n_state, dtype, hidden=hidden, seed=seed, device=device, bias=bias, D=D)
+    inputs = _make(plan, batch, n_state, dtype, hidden=hidden, seed=seed, device=device, bias=bias, D=D,
+                   strided=strided)
     kw = dict(delta_softplus=softplus, return_hidden=hidden, mean=mean)
     shape = (batch, height * width_px, out_ch) + ((n_state,) if hidden else ())
     grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1)).to(dtype).to(device)
@@ -224,6 +233,10 @@ KERNEL_CASES = {
     'long_route_nstate16': dict(routes=R.bidirectional_routes(2), height=1, width_px=37, width=2, in_ch=4, out_ch=2,
                                 batch=1, n_state=16, dtype=torch.float32, seed=10, tile=(8, 16, 2),
                                 seq_tile=((16, 8, 2), (16, 4, 4))),
+    # delta, B and C read in place from one projection (the models' layout); their gradients are contiguous
+    'strided_views': dict(routes=R.cross_routes(), height=3, width_px=5, width=8, in_ch=8, out_ch=8, batch=2,
+                          n_state=2, dtype=torch.bfloat16, seed=19, strided=True, tile=(4, 8, 1),
+                          seq_tile=((8, 4, 1), (8, 2, 1))),
     # forward and backward chunk lengths differ: with gradients the forward chains at the backward's length
     'fwd_bwd_chunks_differ': dict(routes=R.cross_routes(), height=4, width_px=5, width=4, in_ch=4, out_ch=4,
                                   batch=1, n_state=1, dtype=torch.float32, seed=17, tile=((8, 8, 2), (2, 4, 1)),

@@ -1,10 +1,11 @@
 """Where the time goes in one model: torch.profiler over a few inference or training steps, top CUDA kernels.
 
     python tools/profile_model.py vmamba_tiny_s1l8 --batch 128 --mode infer --precision bf16
-    python tools/profile_model.py vmamba_tiny_s1l8 --mode train --channels-last --compile
+    python tools/profile_model.py vmamba_tiny_s1l8 --mode train --optimizer adamw --compile
 
-Prints images/s (CUDA events, median of the profiled steps excluded: a separate timed loop) and the kernels
-sorted by total CUDA time, grouped by name. GPU only.
+Prints images/s (CUDA events, median over a timed loop separate from the profiled steps), the host time to enqueue
+one step (a step whose host time reaches its GPU time leaves the GPU idle: launch-bound), the GPU time spent in
+kernels per step, and the kernels sorted by total CUDA time, grouped by name. GPU only.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import argparse
 import os
 import statistics
 import sys
+import time
 
 import torch
 
@@ -27,6 +29,9 @@ def main(argv=None):
     ap.add_argument('--precision', choices=('fp32', 'tf32', 'bf16'), default='bf16')
     ap.add_argument('--channels-last', action='store_true')
     ap.add_argument('--compile', action='store_true')
+    ap.add_argument('--compile-mode', default=None, help="torch.compile mode, e.g. 'reduce-overhead'")
+    ap.add_argument('--optimizer', choices=('none', 'adamw', 'adamw-fused'), default='none',
+                    help='train mode: add an AdamW step (torch default implementation, or fused=True)')
     ap.add_argument('--steps', type=int, default=20, help='timed steps')
     ap.add_argument('--top', type=int, default=25)
     args = ap.parse_args(argv)
@@ -43,7 +48,10 @@ def main(argv=None):
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     if args.compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=args.compile_mode)
+    optimizer = None
+    if train and args.optimizer != 'none':
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-7, fused=args.optimizer == 'adamw-fused' or None)
     x = torch.randn(args.batch, 3, args.img_size, args.img_size, device='cuda').to(memory_format=fmt)
     target = torch.randint(0, 1000, (args.batch,), device='cuda')
     amp = torch.autocast('cuda', dtype=torch.bfloat16, enabled=args.precision == 'bf16')
@@ -53,6 +61,8 @@ def main(argv=None):
             with amp:
                 loss = torch.nn.functional.cross_entropy(model(x), target)
             loss.backward()
+            if optimizer is not None:
+                optimizer.step()
             for p in model.parameters():
                 p.grad = None
         else:
@@ -62,19 +72,24 @@ def main(argv=None):
     for _ in range(5 if not args.compile else 10):
         step()
     torch.cuda.synchronize()
-    times = []
+    times, host = [], []
     torch.cuda.reset_peak_memory_stats()
     for _ in range(args.steps):
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         s.record()
+        t0 = time.perf_counter()
         step()
+        host.append((time.perf_counter() - t0) * 1e3)
         e.record()
         torch.cuda.synchronize()
         times.append(s.elapsed_time(e))
     ms = statistics.median(times)
     print(f'{args.model} {args.mode} {args.precision} bs{args.batch} {args.img_size}px '
-          f'{"channels_last " if args.channels_last else ""}{"compiled " if args.compile else ""}'
-          f': {ms:.2f} ms/step, {args.batch / ms * 1e3:.0f} img/s, '
+          f'{"channels_last " if args.channels_last else ""}'
+          f'{"compiled (%s) " % (args.compile_mode or "default") if args.compile else ""}'
+          f'{"+%s " % args.optimizer if optimizer is not None else ""}'
+          f': {ms:.2f} ms/step ({min(times):.2f}-{max(times):.2f}), {args.batch / ms * 1e3:.0f} img/s, '
+          f'host enqueue {statistics.median(host):.2f} ms/step, '
           f'peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB')
 
     from torch.profiler import ProfilerActivity, profile
@@ -85,7 +100,8 @@ def main(argv=None):
     # kernels only (CPU-side op events carry their children's device time too)
     events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
     total = sum(e.device_time_total for e in events) / 3
-    print(f'CUDA kernel time per step: {total / 1e3:.2f} ms')
+    print(f'CUDA kernel time per step: {total / 1e3:.2f} ms ({100 * total / 1e3 / ms:.0f}% of the timed step; '
+          f'the rest is the GPU waiting for the host, or kernels overlapping)')
     rows = sorted(events, key=lambda e: -e.device_time_total)[:args.top]
     for e in rows:
         t = e.device_time_total / 3
