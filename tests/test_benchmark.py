@@ -141,6 +141,15 @@ def test_bad_arguments_get_one_clear_error(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_compile_mode():
+    assert bm.Protocol(compile=True, compile_mode='reduce-overhead').compile_mode == 'reduce-overhead'
+    with pytest.raises(ValueError, match='compile_mode must be one of'):
+        bm.Protocol(compile=True, compile_mode='fast')
+    row = dict(channels_last=True, compile=True, compile_mode='reduce-overhead')
+    assert bm._options(row) == 'channels_last, compile (reduce-overhead)'
+    assert bm._options(dict(compile=True)) == 'compile'
+
+
 def test_merge_rejects_other_json(tmp_path):
     (tmp_path / 'x.json').write_text('{"a": 1}')
     with pytest.raises(ValueError, match='x.json is not a benchmark JSON file'):

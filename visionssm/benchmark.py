@@ -55,6 +55,7 @@ __all__ = ['Setting', 'Protocol', 'count_gflops', 'measure', 'run', 'environment
            'MODES', 'PRECISIONS', 'BASELINES']
 
 PRECISIONS = ('fp32', 'tf32', 'bf16')
+COMPILE_MODES = (None, 'default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 MODES = ('infer', 'latency', 'fwd_bwd', 'train')
 MODE_LABELS = dict(infer='inference', latency='latency, batch 1', fwd_bwd='fwd+bwd (no optimizer)',
                    train='fwd+bwd+AdamW step')
@@ -96,6 +97,8 @@ class Protocol:
         drop_path: drop_path_rate for every model in training modes; None: each model's own default (the released
             value for visionssm models), the baselines as in ``BASELINES``.
         pool: random input batches generated before timing and used in turn.
+        compile / compile_mode: ``torch.compile`` each model, in this mode (``COMPILE_MODES``; None: torch's
+            default). ``'reduce-overhead'`` replays CUDA graphs: no kernel-launch host time in the step.
     """
     device: str = 'cpu'
     warmup: int = 5
@@ -104,9 +107,12 @@ class Protocol:
     pool: int = 3
     channels_last: str = 'auto'
     compile: bool = False
+    compile_mode: Optional[str] = None
     drop_path: Optional[float] = None
 
     def __post_init__(self):
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f'compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}')
         if self.channels_last not in ('auto', 'all', 'none'):
             raise ValueError(f"channels_last must be 'auto', 'all' or 'none', got {self.channels_last!r}")
         if min(self.warmup, self.repeats, self.pool) < 1 or self.repeat_s < 0:
@@ -340,7 +346,7 @@ def _get_model(name: str, img_size: int, protocol: Protocol) -> tuple[torch.nn.M
     rates = [m.drop_prob for m in model.modules() if isinstance(getattr(m, 'drop_prob', None), float)]
     info = dict(params_m=sum(p.numel() for p in model.parameters()) / 1e6, drop_path_rate=max(rates, default=0.0))
     if protocol.compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=protocol.compile_mode)
     info['build_s'] = time.perf_counter() - t0
     _CACHE.update(key=key, model=model, info=info)
     return model, info
@@ -363,6 +369,8 @@ def measure(name: str, setting: Setting, protocol: Protocol) -> dict:
     row = dict(model=name, mode=setting.mode, precision=setting.precision, img_size=setting.img_size,
                batch_size=setting.batch_size, batch_size_requested=setting.batch_size,
                channels_last=channels_last, compile=protocol.compile, status='ok')
+    if protocol.compile and protocol.compile_mode:
+        row['compile_mode'] = protocol.compile_mode
     t0 = time.perf_counter()
     try:
         model, info = _get_model(name, setting.img_size, protocol)
@@ -659,7 +667,8 @@ def merge(paths: Sequence[str]) -> dict:
 # ---------------------------------------------------------------------------------------------------- reporting
 
 def _options(row: dict) -> str:
-    return ', '.join(o for o, on in (('channels_last', row.get('channels_last')), ('compile', row.get('compile')))
+    compiled = 'compile' + (f" ({row['compile_mode']})" if row.get('compile_mode') else '')
+    return ', '.join(o for o, on in (('channels_last', row.get('channels_last')), (compiled, row.get('compile')))
                      if on)
 
 
@@ -917,6 +926,9 @@ def _parser() -> argparse.ArgumentParser:
                    help='channels_last model and input: auto = the baselines as the anchors ran them (convnext, '
                         'mambaout), others not')
     p.add_argument('--compile', action='store_true', help='torch.compile each model (compile time is in first_iter_s)')
+    p.add_argument('--compile-mode', choices=[m for m in COMPILE_MODES if m],
+                   help="torch.compile mode (implies --compile); 'reduce-overhead' replays CUDA graphs, which takes "
+                        'the host (kernel launches) out of the step')
     p.add_argument('--drop-path', type=float,
                    help='drop_path_rate in training modes for every model (default: each model its released value, '
                         'the baselines 0.2 as in the anchors)')
@@ -1006,7 +1018,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
                                       for m, p, s in triples))
         protocol = Protocol(device=args.device, warmup=opts['warmup'], repeats=opts['repeats'],
                             repeat_s=opts['repeat_time'], pool=args.pool, channels_last=args.channels_last,
-                            compile=args.compile, drop_path=args.drop_path)
+                            compile=args.compile or args.compile_mode is not None, compile_mode=args.compile_mode,
+                            drop_path=args.drop_path)
         models = _expand_models(args.models or timm.list_models(module=list(FAMILIES)))
     except ValueError as e:
         parser.error(str(e))
