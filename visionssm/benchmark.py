@@ -56,6 +56,7 @@ __all__ = ['Setting', 'Protocol', 'count_gflops', 'measure', 'run', 'environment
 
 PRECISIONS = ('fp32', 'tf32', 'bf16')
 COMPILE_MODES = (None, 'default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
+CUDA_GRAPH_MODES = ('reduce-overhead', 'max-autotune')
 MODES = ('infer', 'latency', 'fwd_bwd', 'train')
 MODE_LABELS = dict(infer='inference', latency='latency, batch 1', fwd_bwd='fwd+bwd (no optimizer)',
                    train='fwd+bwd+AdamW step')
@@ -257,6 +258,7 @@ def _time_iterations(step: Callable[[int], None], device: torch.device, protocol
             times.append(clock.seconds(start, clock.mark()) / n)
     if device.type == 'cuda':
         stats['peak_bytes'] = torch.cuda.max_memory_allocated(device)
+        stats['peak_reserved_bytes'] = torch.cuda.max_memory_reserved(device)
     stats['times'] = times
     return stats
 
@@ -287,7 +289,7 @@ def _benchmark(model: torch.nn.Module, setting: Setting, batch_size: int, channe
     stats = _time_iterations(step, device, protocol, per_iteration=setting.mode == 'latency')
     # the extra batches of the pool are not the model's memory: count one input batch, as the anchors do
     extra = sum(t.numel() * t.element_size() for t in batches[0]) * (len(batches) - 1)
-    for key in ('warmup_peak_bytes', 'peak_bytes'):
+    for key in ('warmup_peak_bytes', 'peak_bytes', 'peak_reserved_bytes'):
         if key in stats:
             stats[key] -= extra
     return stats
@@ -405,7 +407,14 @@ def measure(name: str, setting: Setting, protocol: Protocol) -> dict:
                        warmup=protocol.warmup, repeats=protocol.repeats, iters_per_repeat=stats['iters_per_repeat'],
                        repeat_s=protocol.repeat_s, first_iter_s=stats['first_iter_s'],
                        timing='CUDA events' if device.type == 'cuda' else 'host clock')
-            if device.type == 'cuda':
+            if device.type == 'cuda' and protocol.compile and protocol.compile_mode in CUDA_GRAPH_MODES:
+                # replayed graphs allocate nothing: their memory is the private pool, reserved when they were
+                # recorded (possibly by an earlier measurement of the same model): count what is reserved
+                row.update(peak_mem_gib=stats['peak_reserved_bytes'] / 2 ** 30,
+                           warmup_peak_mem_gib=stats['warmup_peak_bytes'] / 2 ** 30,
+                           peak_mem_kind='max_memory_reserved after warm-up (CUDA graphs: their private pool '
+                                         'included; an upper bound), one input batch')
+            elif device.type == 'cuda':
                 row.update(peak_mem_gib=stats['peak_bytes'] / 2 ** 30,
                            warmup_peak_mem_gib=stats['warmup_peak_bytes'] / 2 ** 30,
                            peak_mem_kind='max_memory_allocated after warm-up, one input batch')
@@ -852,7 +861,8 @@ def write_outputs(data: dict, out_dir, plots: bool = True) -> list[Path]:
     written[1].write_text(
         '# Benchmark\n\n' + _describe_runs(data) + '\n\nModes: ' +
         '; '.join(f'`{m}` {label}' for m, label in MODE_LABELS.items()) +
-        '. Peak memory: steady state (GPU: `max_memory_allocated` after warm-up, one input batch counted).\n\n'
+        '. Peak memory: steady state (GPU: `max_memory_allocated` after warm-up, one input batch counted; with CUDA '
+        'graphs (compile reduce-overhead / max-autotune) `max_memory_reserved`, their pool included).\n\n'
         '## Summary (img/s; latency in ms)\n\n' + format_summary(results) +
         '\n\n## All measurements\n\n' + format_table(results) + '\n')
     if plots:
