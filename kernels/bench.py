@@ -200,8 +200,10 @@ def main():
           '| fwd+bwd ms, graph | fwd+bwd GB/s | fwd+bwd / fwd | vs unfused fwd | vs unfused fwd+bwd '
           '| vs reference fwd | vs reference fwd+bwd |')
     print('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
+    ratio = lambda v: '–' if v != v else f'{v:.1f}x'      # nan: not measured (--no-ref)
     for r in rows:
-        print('| %s | %.3f | %.3f | %.0f | %.0f%% | %.3f | %.3f | %.0f | %.2f | %.1fx | %.1fx | %.1fx | %.1fx |' % r)
+        print('| %s | %.3f | %.3f | %.0f | %.0f%% | %.3f | %.3f | %.0f | %.2f | %s | %s | %s | %s |'
+              % (r[:9] + tuple(ratio(v) for v in r[9:])))
     print('\n"graph": the same call captured in a CUDA graph and replayed (GPU time, no host overhead); GB/s, % of '
           'copy BW and fwd+bwd / fwd use it. The "vs" ratios compare eager calls.')
     if sum(r[0].startswith('VMamba-T') for r in rows) < 4:
