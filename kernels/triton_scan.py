@@ -829,7 +829,8 @@ class _Launch(NamedTuple):
     meta: torch.Tensor
 
 
-def _sequence_launch(plan, n_state, batch, device, backward, chunked, BT, BD, BN, num_warps, nck):
+def _grid_and_constants(plan, n_state, batch, backward, chunked, BT, BD, BN, num_warps, nck):
+    """(grid, constexpr kwargs, channel blocks, chunked sequences) of a launch."""
     nblk = -(-plan.width // BD)
     if chunked:
         seqs = batch * plan.num_routes * nblk
@@ -846,8 +847,7 @@ def _forward_launch(plan: RoutePlan, n_state: int, batch: int, device, need_grad
     if need_grad:   # the checkpoints are the states entering the backward's chunks
         _, CK, _, _, _, nck = _kernel_config(plan, n_state, True, batch, device)
         BT = CK if chunked else BT
-    grid, consts, nblk, seqs = _sequence_launch(plan, n_state, batch, device, False, chunked, BT, BD, BN, num_warps,
-                                                nck)
+    grid, consts, nblk, seqs = _grid_and_constants(plan, n_state, batch, False, chunked, BT, BD, BN, num_warps, nck)
     if not chunked:
         consts.update(CK=CK, SAVE=need_grad)
     merge = _merge() if plan.multiplicity > 1 else 'none'
@@ -860,8 +860,7 @@ def _forward_launch(plan: RoutePlan, n_state: int, batch: int, device, need_grad
 @functools.lru_cache(maxsize=1024)
 def _backward_launch(plan: RoutePlan, n_state: int, batch: int, device, knobs) -> _Launch:
     chunked, BT, BD, BN, num_warps, nck = _kernel_config(plan, n_state, True, batch, device)
-    grid, consts, nblk, seqs = _sequence_launch(plan, n_state, batch, device, True, chunked, BT, BD, BN, num_warps,
-                                                nck)
+    grid, consts, nblk, seqs = _grid_and_constants(plan, n_state, batch, True, chunked, BT, BD, BN, num_warps, nck)
     readers, covered = _input_sharing(plan)
     merge = _merge() if readers > 1 else 'none'
     zero = merge == 'atomic' or (merge == 'routes' and not _every_route_reads_everything(plan)) or (
