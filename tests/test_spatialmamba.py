@@ -120,6 +120,28 @@ def test_state_fusion_is_the_merged_replicate_padded_kernel(size):
         assert (zero_padded - want).abs().max() > 1e-3
 
 
+def test_state_fusion_gradients_and_saved_memory():
+    """Gradients equal the merged kernel's (for h, the three kernels and alpha), and the backward keeps one padded
+    map of h, not one per branch."""
+    torch.manual_seed(0)
+    fusion = StateFusion(5).double()
+    with torch.no_grad():
+        for p in fusion.parameters():
+            p.normal_()
+    h = torch.randn(2, 9, 13, 5, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 9, 13, 5, dtype=torch.float64)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = fusion(h)
+    ours = torch.autograd.grad(out, (h, *fusion.parameters()), grad)
+    want = torch.autograd.grad(_merged_fusion(fusion, h.permute(0, 3, 1, 2)).permute(0, 2, 3, 1),
+                               (h, *fusion.parameters()), grad)
+    for got, ref in zip(ours, want):
+        torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-12)
+    map_bytes = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in saved if t.dim() == 4}
+    assert sorted(map_bytes.values()) == [5 * 9 * 8] * 6 + [2 * 5 * (9 + 10) * (13 + 10) * 8]  # kernels, padded map
+
+
 def test_state_fusion_keeps_full_precision_under_autocast():
     fusion = StateFusion(4)
     h = torch.randn(1, 3, 3, 4)

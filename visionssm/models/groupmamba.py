@@ -44,7 +44,7 @@ from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from visionssm.layers import ConvDownsample, Mlp, full_precision, init_dt_bias
+from visionssm.layers import ConvDownsample, Mlp, act_linear, full_precision, init_dt_bias
 from visionssm.ops import grouped_routes, selective_scan
 from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted, load_through_model
 
@@ -170,7 +170,12 @@ class GroupMambaMixer(nn.Module):
 
 
 class ConvMlp(nn.Module):
-    """PVTv2's feed-forward, channel-last: fc1 → depthwise 3x3 conv → act → fc2."""
+    """PVTv2's feed-forward, channel-last: fc1 → depthwise 3x3 conv → act → fc2.
+
+    The activation is recomputed in the backward (``act_linear``): of the three hidden-width maps the plain form
+    saves (fc1's output for the conv, the conv's output for the activation, the activation's for fc2) only the
+    first two are kept.
+    """
 
     def __init__(self, dim: int, hidden_dim: int, act_layer: Type[nn.Module] = nn.GELU):
         super().__init__()
@@ -182,7 +187,7 @@ class ConvMlp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.fc1(x)
         x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return self.fc2(self.act(x))
+        return act_linear(x, self.act, self.fc2)
 
 
 class GroupMambaBlock(nn.Module):

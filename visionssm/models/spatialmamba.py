@@ -95,6 +95,11 @@ class StateFusion(nn.Module):
     Computed from the current kernels on every call, in training and eval alike. The official eval path merges the
     branches once into an 11x11 kernel (replicate padding 5) and caches it; with replicate padding the two forms
     are the same function, but the cache goes stale when the weights change, and this form has none.
+
+    For the backward's memory the map is padded once, by the largest dilation, and each branch convolves a view of
+    it (replicate padding by d is the centre of replicate padding by 5), with ``alpha_i`` folded into its kernel:
+    autograd keeps one padded map, where padding and scaling per branch kept the input, three padded maps and three
+    branch outputs.
     """
     dilations = (1, 3, 5)
 
@@ -111,12 +116,18 @@ class StateFusion(nn.Module):
         no_autocast = (torch.autocast(h.device.type, enabled=False) if h.device.type in ('cpu', 'cuda')
                        else contextlib.nullcontext())  # e.g. the meta device (FLOP counting) has no autocast
         with no_autocast:
-            h = h.permute(0, 3, 1, 2)
+            pad = max(self.dilations)
+            height, width = h.shape[1:3]
+            # Replicate padding as a gather of clamped rows and columns: unlike F.pad(mode='replicate'), whose
+            # backward keeps its input, index_select's keeps only the indices. NHWC in and out (channels-last).
+            for dim, size in ((1, height), (2, width)):
+                index = torch.arange(-pad, size + pad, device=h.device).clamp_(0, size - 1)
+                h = h.index_select(dim, index)
+            padded = h.permute(0, 3, 1, 2)
             out = None
             for alpha, kernel, d in zip(self.alpha, (self.kernel_3, self.kernel_3_1, self.kernel_3_2), self.dilations):
-                branch = F.conv2d(F.pad(h, (d, d, d, d), mode='replicate'), kernel.to(h.dtype), dilation=d,
-                                  groups=self.dim)
-                branch = alpha.to(h.dtype) * branch
+                view = padded[:, :, pad - d:pad + height + d, pad - d:pad + width + d]
+                branch = F.conv2d(view, (alpha * kernel).to(h.dtype), dilation=d, groups=self.dim)
                 out = branch if out is None else out + branch
         return out.permute(0, 2, 3, 1)
 
