@@ -704,8 +704,10 @@ def _config(width: int, n_state: int, backward: bool, route_len: int):
             bt = 8 if route_len >= 2048 else 4
         else:
             bt = 16 if route_len >= 512 else 8
-    else:            # Vim / EfficientVMamba: N = 16
-        bd, bt = (16, 2) if backward else (32, 8)
+    else:            # Vim / EfficientVMamba: N = 16. The backward's BT = 4, not the faster-per-kernel 2: its
+        # checkpoints (B, routes, L / BT, D, 16) fp32 dominate Vim's training memory; on the H100 BT 2 -> 4 took
+        # Vim-S (batch 128, bf16) from 45.6 to 31.8 GiB at 579 -> 560 img/s (benchmarks/ab_memory.py, session 8)
+        bd, bt = (16, 4) if backward else (32, 8)
     return bd, bn, bt, max(1, min(4, bd * bn // 128))
 
 
