@@ -154,3 +154,13 @@ def test_merge_rejects_other_json(tmp_path):
     (tmp_path / 'x.json').write_text('{"a": 1}')
     with pytest.raises(ValueError, match='x.json is not a benchmark JSON file'):
         bm.merge([str(tmp_path / 'x.json')])
+
+
+def test_summary_params_come_from_the_224_row():
+    """A model whose parameter count grows with the input (Vim's position embedding) shows its 224 count."""
+    from visionssm.benchmark import format_summary
+    base = dict(model='vim_tiny', precision='bf16', mode='infer', batch_size=8, status='ok', img_per_s=1.0, ms=1.0,
+                gflops_224=1.8)
+    rows = [dict(base, img_size=224, params_m=7.15), dict(base, img_size=1024, params_m=7.90)]
+    assert '| vim_tiny | 7.15 |' in format_summary(rows)
+    assert '| vim_tiny | 7.15 |' in format_summary(rows[::-1])
