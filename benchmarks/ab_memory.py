@@ -62,24 +62,19 @@ def fusion_pad_per_branch(self, h):    # the form before 7814366
     return out.permute(0, 2, 3, 1)
 
 
-def fusion_gather(nchw):
-    def forward(self, h):
-        with torch.autocast('cuda', enabled=False):
-            pad = max(self.dilations)
-            height, width = h.shape[1:3]
-            p = h.permute(0, 3, 1, 2) if nchw else h
-            dims = (2, 3) if nchw else (1, 2)
-            for dim, size in zip(dims, (height, width)):
-                p = p.index_select(dim, torch.arange(-pad, size + pad, device=h.device).clamp_(0, size - 1))
-            padded = p if nchw else p.permute(0, 3, 1, 2)
-            out = None
-            for alpha, kernel, d in zip(self.alpha, (self.kernel_3, self.kernel_3_1, self.kernel_3_2),
-                                        self.dilations):
-                view = padded[:, :, pad - d:pad + height + d, pad - d:pad + width + d]
-                branch = F.conv2d(view, (alpha * kernel).to(h.dtype), dilation=d, groups=self.dim)
-                out = branch if out is None else out + branch
-        return out.permute(0, 2, 3, 1)
-    return forward
+def fusion_gather_nhwc(self, h):    # 7814366: the current form (the model's), but gathered in NHWC
+    with torch.autocast('cuda', enabled=False):
+        pad = max(self.dilations)
+        height, width = h.shape[1:3]
+        for dim, size in ((1, height), (2, width)):
+            h = h.index_select(dim, torch.arange(-pad, size + pad, device=h.device).clamp_(0, size - 1))
+        padded = h.permute(0, 3, 1, 2)
+        out = None
+        for alpha, kernel, d in zip(self.alpha, (self.kernel_3, self.kernel_3_1, self.kernel_3_2), self.dilations):
+            view = padded[:, :, pad - d:pad + height + d, pad - d:pad + width + d]
+            branch = F.conv2d(view, (alpha * kernel).to(h.dtype), dilation=d, groups=self.dim)
+            out = branch if out is None else out + branch
+    return out.permute(0, 2, 3, 1)
 
 
 if __name__ == '__main__':
@@ -91,8 +86,8 @@ if __name__ == '__main__':
                   flush=True)
     TS._SEQ_OVERRIDE = None
     original = SM.StateFusion.forward
-    for label, fn in [('pad per branch', fusion_pad_per_branch), ('gather NHWC (7814366)', original),
-                      ('gather NCHW', fusion_gather(True))]:
+    for label, fn in [('pad per branch', fusion_pad_per_branch), ('gather NHWC (7814366)', fusion_gather_nhwc),
+                      ('gather NCHW', original)]:
         SM.StateFusion.forward = fn
         for train in (False, True):
             print(f'spatialmamba_tiny  fusion {label:22} {"fwd+bwd" if train else "infer  "}',

@@ -723,13 +723,11 @@ def format_summary(results: Sequence[dict]) -> str:
             cell = r['status'].split(':')[0]
         table[key][_column(r)] = cell
         # params of the 224 row where there is one: Vim's position embedding grows with the input size
-        known = facts.get(key)
-        if known is None or r.get('params_m') is not None and (
-                known[0] is None or (r['img_size'] == 224 and known[2] != 224)):
-            facts[key] = (r.get('params_m'), r.get('gflops_224'), r['img_size'])
+        if key not in facts or r.get('params_m') is not None and (facts[key][0] is None or r['img_size'] == 224):
+            facts[key] = (r.get('params_m'), r.get('gflops_224'))
     lines = ['| model | params (M) | GFLOPs @224 | ' + ' | '.join(columns) + ' |', '|' + '---|' * (3 + len(columns))]
     for (model, options), cells in table.items():
-        params, gflops, _ = facts[(model, options)]
+        params, gflops = facts[(model, options)]
         label = f'{model} ({options})' if options else model
         lines.append(f'| {label} | {_fmt(params)} | {_fmt(gflops)} | '
                      + ' | '.join(cells.get(c, '') for c in columns) + ' |')
