@@ -1,8 +1,8 @@
-"""Whole-model throughput by the protocol of ``shared/notes/anchors-h100.md``, as a check on tools/benchmark.py.
+"""Whole-model throughput by a second, independent protocol, as a check on tools/benchmark.py.
 
     python benchmarks/anchor_protocol.py [MODEL ...]     # on a CUDA machine; default: the three timm baselines
 
-The anchors' protocol, step by step: random weights (drop_path_rate 0.2), one random input batch of 128 x 3 x 224²
+The protocol, step by step: random weights (drop_path_rate 0.2), one random input batch of 128 x 3 x 224²
 reused for every iteration, channels_last for ConvNeXt and MambaOut, cuDNN benchmark on, TF32 off; bf16 autocast
 inference under no_grad, and bf16 training as forward + cross-entropy + backward with gradients set to None (no
 optimizer); 10 warm-up iterations (8 for training), a repeat length of about 0.6 s picked from 2 timed

@@ -1,10 +1,11 @@
-"""Tile sweep of the sequential scan kernels against the chunked ones (graph replay, bf16, batch 128, H100).
+"""Tile sweep of the sequential scan kernels against the chunked ones (graph replay, bf16, batch 128).
 
     python3 benchmarks/tune_sequential.py [shape substring]     # repository root, CUDA machine
 
 First a float32 check of forward and every gradient against the float64 reference at three small shapes, then per
 kernel-bench shape: the chunked kernels (stages 1-2), the sequential forward at each FWD tile and forward+backward
-at each BWD tile ((BD, BT, warps), set through ``_SEQ_OVERRIDE``). Results: benchmarks/results/h100/session6/.
+at each BWD tile ((BD, BT, warps), set through ``_SEQ_OVERRIDE``). Its results chose the tiles of ``_config`` in
+kernels/triton_scan.py.
 """
 import os
 import sys
