@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-# torch/torchvision pinned to the builds on the project machines' local disk (../shared/notes/install.md).
+# torch/torchvision pinned to the versions the project is tested with (docs/install.md).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 

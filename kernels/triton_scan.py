@@ -565,7 +565,7 @@ if _HAS_TRITON:
         d_off = b * sd_b + ch[None, :] + p * sd_p
         B_off = b * sB_b + k * sB_k + n[None, :] + p * sB_p
         C_off = b * sC_b + k * sC_k + n[None, :] + p * sC_p
-        # Registers decide this kernel's speed (at 255 it spilled ~2 GB per stage-1 call, ncu, session 5): only
+        # Registers decide this kernel's speed (at 255 it spilled ~2 GB per stage-1 call, ncu on the H100): only
         # ah = a_t h_{t-1} stays live across the adjoint scan; u, delta, B and dy are loaded again after it (L1 hits)
         dt = _dt(delta_ptr + d_off, mtd, bias_ptr, ch, md, HAS_BIAS, SOFTPLUS)
         a = tl.where(mt[:, None, None], tl.exp(dt[:, :, None] * A), 1.0)
@@ -693,7 +693,7 @@ def _pow2(x: int) -> int:
 def _config(width: int, n_state: int, backward: bool, route_len: int):
     """(BD, BN, BT, num_warps) of a sequential kernel: a [BD, BN] state tile over 32 * num_warps threads and BT steps
     unrolled per chunk (the backward's BT is also the spacing of its checkpoints). BD divides the width where it can,
-    so that the loads need no mask. Measured on the H100 at VMamba-T / Vim-S shapes (kernels/README.md, session 6)."""
+    so that the loads need no mask. Measured on the H100 at VMamba-T / Vim-S shapes (benchmarks/tune_sequential.py)."""
     bn = _pow2(n_state)
     if _SEQ_OVERRIDE is not None:
         bd, bt, nw = _SEQ_OVERRIDE[1 if backward else 0]
@@ -706,7 +706,7 @@ def _config(width: int, n_state: int, backward: bool, route_len: int):
             bt = 16 if route_len >= 512 else 8
     else:            # Vim / EfficientVMamba: N = 16. The backward's BT = 4, not the faster-per-kernel 2: its
         # checkpoints (B, routes, L / BT, D, 16) fp32 dominate Vim's training memory; on the H100 BT 2 -> 4 took
-        # Vim-S (batch 128, bf16) from 45.6 to 31.8 GiB at 579 -> 560 img/s (benchmarks/ab_memory.py, session 8)
+        # Vim-S (batch 128, bf16) from 45.6 to 31.8 GiB at 579 -> 560 img/s (model fwd+bwd, one process)
         bd, bt = (16, 4) if backward else (32, 8)
     return bd, bn, bt, max(1, min(4, bd * bn // 128))
 
@@ -719,13 +719,13 @@ FORCE_KERNEL = None
 _CHUNK_OVERRIDE = None
 _SEQ_OVERRIDE = None     # ((BD, BT, warps) forward, (BD, BT, warps) backward) of the sequential kernels
 # The sequential kernels can issue the loads of the next chunk (forward c + 1, backward c - 1) before computing chunk c.
-# None: as measured on the H100 (session 6): always in the backward (stage-1 fwd+bwd 2.49 -> 2.24 ms, Vim-S 5.19 ->
+# None: as measured on the H100: always in the backward (stage-1 fwd+bwd 2.49 -> 2.24 ms, Vim-S 5.19 ->
 # 4.44), in the forward only on routes of >= 2048 steps (stage 1 0.78 -> 0.73 ms; stage 2 0.30 -> 0.35, slower).
 SEQ_PREFETCH = None
 # Where several routes write one element (the cross and bidirectional outputs; du where routes read the same input),
 # 'routes' gives each route its own block of a buffer that torch sums afterwards (plain stores, deterministic, the
 # buffer in the output's / input's dtype, summed with fp32 accumulation); 'atomic' adds into one fp32 buffer inside
-# the kernel. None: 'routes', the faster for both kernels on the H100 (kernels/README.md, sessions 3 and 6).
+# the kernel. None: 'routes', the faster for both kernels on the H100 (kernels/README.md).
 MERGE = None
 
 
@@ -738,8 +738,8 @@ def _merge() -> str:
 
 
 # The sequential kernels fill the GPU when there are enough (batch, route, channel block) programs: below this many
-# warps per SM, long routes go to the chunked kernels (detection maps, small batches). Measured on the H100 (session
-# 6, kernels/README.md): at 56x56 the chunked kernels win up to batch 64 (5.8 warps per SM), the sequential ones
+# warps per SM, long routes go to the chunked kernels (detection maps, small batches). Measured on the H100
+# (benchmarks/kernel_crossover.py): at 56x56 the chunked kernels win up to batch 64 (5.8 warps per SM), the sequential ones
 # from batch 128 (11.6); at 28x28 the crossing lies between batch 32 and 64.
 SEQ_MIN_WARPS_PER_SM = 8
 
@@ -762,7 +762,7 @@ def _chunk_config(width: int, n_state: int, backward: bool):
     bn = _pow2(n_state)
     if _CHUNK_OVERRIDE is not None:
         bt, bd, nw = _CHUNK_OVERRIDE[1 if backward else 0]
-    elif bn == 1:   # measured (kernels/README.md, session 5): BD = 16 in the backward leaves it 140 registers
+    elif bn == 1:   # measured on the H100: BD = 16 in the backward leaves it 140 registers
         bt, bd, nw = (32, 16, 1) if backward else (32, 32, 1)
     elif bn <= 4:
         bt, bd, nw = 16, 16, 4
@@ -1024,7 +1024,7 @@ def run_scan(u, delta, A, B, C, D, delta_bias, plan: Optional[RoutePlan], key: s
     """The kernels on flattened maps, differentiable. Under ``torch.compile`` they run through the custom op (one
     opaque node per scan; ``plan`` may be None there, the op rebuilds it from ``key`` and the grid); eagerly through
     ``_EagerScan``, the same forward and backward without the custom op's dispatch, whose Python overhead made the
-    short scans of stages 3-4 host-bound (kernels/README.md, session 5)."""
+    short scans of stages 3-4 host-bound (kernels/README.md)."""
     tensors = (u, delta, A, B, C, D, delta_bias)
     need_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     if plan is None or torch.compiler.is_compiling():
@@ -1067,7 +1067,7 @@ if not hasattr(torch.ops.visionssm, 'selective_scan'):   # one definition per pr
         # The fake implementation needs the plan too (the checkpoint's shape). Building one runs real ops on real
         # CPU tensors (positions, torch.unique checks): outside fake mode, or dynamo, tracing the op with fake
         # tensors, hits a data-dependent op and breaks the graph at every scan whose plan is not cached yet; the
-        # compiled blocks then recompile per stage with dynamic shapes (an Inductor assertion, session 5).
+        # compiled blocks then recompile per stage with dynamic shapes (an Inductor assertion).
         # Looked up by plain values first: the op runs once per scan and step.
         args = (key, int(height), int(width_px), int(A.shape[0]), int(u.shape[-1]), int(out_channels))
         plan = _PLANS.get(args)

@@ -281,7 +281,7 @@ def test_no_grad_forward_only():
 
 @pytest.mark.parametrize('hw, width, batch, chunked', [
     ((56, 56), 96, 128, False),     # VMamba-T stage 1 at batch 128: the sequential kernels fill the GPU
-    ((56, 56), 96, 64, True),       # ... at batch 64 the chunked ones win (H100, session 6)
+    ((56, 56), 96, 64, True),       # ... at batch 64 the chunked ones win (H100)
     ((200, 334), 96, 2, True),      # a detection map at batch 2
     ((14, 14), 384, 2, False),      # short routes: always sequential
 ])

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build full mmcv (compiled ops) for the torch installed in the given venv, cache the wheel keyed by the torch
 # version, and install it. PyPI ships mmcv 2.1 only as an sdist; torch >= 2.13 headers need C++20 while mmcv's
-# setup.py hard-codes -std=c++14/17, and pip's own wheel cache ignores the torch version (../shared/notes/install.md).
+# setup.py hard-codes -std=c++14/17, and pip's own wheel cache ignores the torch version (docs/install.md).
 set -euo pipefail
 PY=${1:?usage: build_mmcv.sh PYTHON}
 PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"  # absolute, but not resolved past the venv's symlink

@@ -1,9 +1,9 @@
 """Model benchmark: parameters, GFLOPs, throughput, latency and peak memory, for any set of timm models in one run.
 
 What is measured (``MODES``): ``infer`` (eval, no_grad), ``latency`` (``infer`` at batch 1, every iteration timed on
-its own), ``fwd_bwd`` (train mode, forward, cross-entropy, backward: the anchors' "training", no optimizer) and
+its own), ``fwd_bwd`` (train mode, forward, cross-entropy, backward: the "training" of the model cards, no optimizer) and
 ``train`` (``fwd_bwd`` plus an AdamW step). Precisions (``PRECISIONS``): ``fp32`` with TF32 off for matmuls and
-cuDNN, ``tf32`` with both on, ``bf16`` autocast with TF32 off (as ``shared/notes/anchors-h100.md``).
+cuDNN, ``tf32`` with both on, ``bf16`` autocast with TF32 off.
 
 Timing: random input batches are generated on the device before timing and used in turn. After ``warmup``
 iterations (which absorb compilation, Triton JIT and cuDNN autotuning), ``repeats`` runs of ``n`` back-to-back

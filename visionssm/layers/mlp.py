@@ -4,7 +4,7 @@
 act's output. ``_ActLinear`` runs ``act → fc2`` as one autograd function that saves only fc1's output and recomputes
 the (elementwise, memory-bound) activation in the backward: the same values and gradients, one hidden-width map
 less per block, for one extra elementwise pass: VMamba-T's peak training memory on an H100 (batch 128, bf16
-autocast, AdamW) fell from 11.05 to 9.56 GiB at unchanged throughput (``python3 benchmarks/ab_mlp.py``).
+autocast, AdamW) fell from 11.05 to 9.56 GiB at unchanged throughput, measured in one process.
 """
 from __future__ import annotations
 

@@ -120,7 +120,7 @@ class StateFusion(nn.Module):
             height, width = h.shape[1:3]
             # Replicate padding as a gather of clamped rows and columns: unlike F.pad(mode='replicate'), whose
             # backward keeps its input, index_select's keeps only the indices. The gather writes NCHW: the dilated
-            # depthwise convs ran 1.3x slower on a channels-last map (H100, benchmarks/ab_memory.py, session 8).
+            # depthwise convs ran 1.3x slower on a channels-last map (measured on an H100).
             padded = h.permute(0, 3, 1, 2)
             for dim, size in ((2, height), (3, width)):
                 index = torch.arange(-pad, size + pad, device=h.device).clamp_(0, size - 1)
