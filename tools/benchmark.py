@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark visionssm and timm models: params, GFLOPs, throughput, latency, peak memory; merge partial results.
 
-See visionssm/benchmark.py (protocol) and benchmarks/README.md (the H100 run). Exit status 1 when a measurement
+See visionssm/benchmark.py (protocol) and benchmarks/README.md (the published runs). Exit status 1 when a measurement
 did not succeed (out of memory, error, skipped), 0 otherwise and for --merge.
 """
 import sys
