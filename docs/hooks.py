@@ -4,7 +4,7 @@ The README, the model cards, the kernel design and the benchmark guide are writt
 their links are paths inside the repository. Here each becomes a site page (``SOURCES``, and every
 ``model_cards/<name>.md`` as ``models/<name>.md``), and every relative link is rewritten: to the page that serves
 the linked file, or, for a repository file that is no page, to the file on GitHub when ``repo_url`` is set and to
-plain text otherwise.
+plain text otherwise. A link to a file that does not exist is left alone, so the strict build reports it.
 """
 from __future__ import annotations
 
@@ -60,7 +60,9 @@ def on_page_markdown(markdown, page, config, files):
         if site is not None:
             url = posixpath.relpath(site, posixpath.dirname(src_uri) or '.')
             return f'[{text}]({url}{"#" + anchor if anchor else ""})'
-        if config.repo_url and os.path.exists(os.path.join(ROOT, linked)):
+        if not os.path.exists(os.path.join(ROOT, linked)):
+            return match.group(0)   # left for mkdocs to report: a strict build fails on it
+        if config.repo_url:
             return f'[{text}]({config.repo_url.rstrip("/")}/blob/main/{linked})'
         return text
 
