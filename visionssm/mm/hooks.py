@@ -1,4 +1,4 @@
-"""Hooks: the learning curve that the demo plots."""
+"""Hooks: the learning curve that the demo plots, and the AMP loss scale in the training log."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ from mmengine.hooks import Hook
 
 from ..registry import HOOKS
 
-__all__ = ['LearningCurveHook']
+__all__ = ['LearningCurveHook', 'LossScaleHook']
 
 
 @HOOKS.register_module()
@@ -63,3 +63,20 @@ class LearningCurveHook(Hook):
         with open(tmp, 'w') as f:
             json.dump(self.history, f, indent=1)
         os.replace(tmp, self._path)
+
+
+@HOOKS.register_module()
+class LossScaleHook(Hook):
+    """Logs fp16 AMP's dynamic loss scale as ``loss_scale`` with the other training scalars.
+
+    A scale that keeps halving means overflowing gradients (fp16 activations or gradients out of range); the
+    hook makes that visible in the log and in ``vis_data/scalars.json``. Without a loss scaler (fp32, bf16) it
+    logs nothing.
+    """
+
+    priority = 'LOW'
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs: Optional[dict] = None) -> None:
+        scaler = getattr(runner.optim_wrapper, 'loss_scaler', None)
+        if scaler is not None and hasattr(scaler, 'get_scale'):
+            runner.message_hub.update_scalar('train/loss_scale', float(scaler.get_scale()))

@@ -1,0 +1,140 @@
+"""Train detection / segmentation configs for a fixed number of iterations and report what a user sees: time per
+iteration, images/s, peak memory, whether the loss fell, non-finite losses and the fp16 loss scale; then evaluate
+the last checkpoint with ``tools/test.py``. Each run is ``tools/train.py`` in its own process, on a synthetic
+COCO / ADE20K set written by ``tools/make_synthetic_data.py`` (the configs' own pipelines apply).
+
+    python benchmarks/train_gpu.py --out DIR [--iters 300] [--num-train 64] [--size 480 640] \\
+        det:configs/detection/mask-rcnn_vmamba-t_fpn_1x_coco.py:fp16 \\
+        det:mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py:bf16 \\
+        seg:configs/segmentation/upernet_vmamba-t_8xb2-160k_ade20k-512x512.py:fp16
+
+A run is ``TASK:CONFIG:PRECISION`` (precision fp16, bf16 or fp32; ``mmdet::`` / ``mmseg::`` configs work). Backbone
+weights are not loaded (``init_cfg=None``): the machine may have no network, and speed does not depend on them.
+Writes ``DIR/train_gpu.json`` and ``DIR/train_gpu.md``; each run's logs stay in ``DIR/<run>/``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _scalars(work_dir: Path) -> list[dict]:
+    files = sorted(work_dir.glob('*/vis_data/scalars.json'))
+    if not files:
+        return []
+    return [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()]
+
+
+def run_one(task: str, config: str, precision: str, args, data_root: Path, out: Path) -> dict:
+    from visionssm.mm.synthetic import dataset_cfg_options
+    name = f'{Path(config.split("::")[-1]).stem}_{precision}'
+    work_dir = out / name
+    work_dir.mkdir(parents=True, exist_ok=True)
+    per_epoch = max(1, args.num_train // args.batch)
+    epochs = math.ceil(args.iters / per_epoch)
+    # a local config that inherits (so mmdet:: / mmseg:: configs work too) and sets what the run changes
+    if task == 'det':
+        loop = f'train_cfg = dict(max_epochs={epochs}, val_interval={epochs})\n' \
+               f'default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval={epochs}))\n'
+    else:  # mmseg recipes are iteration-based
+        loop = f'train_cfg = dict(max_iters={args.iters}, val_interval={args.iters})\n' \
+               f'default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval={args.iters}))\n'
+    amp = '' if precision == 'fp32' else \
+        f"optim_wrapper = dict(type='AmpOptimWrapper', dtype='{'float16' if precision == 'fp16' else 'bfloat16'}')\n"
+    cfg_path = work_dir / 'config.py'
+    cfg_path.write_text(
+        f"_base_ = [{config if '::' in config else str(ROOT / config)!r}]\n"
+        "model = dict(backbone=dict(init_cfg=None))\n"
+        f"train_dataloader = dict(batch_size={args.batch}, num_workers={args.workers})\n"
+        "custom_hooks = [dict(type='visionssm.LossScaleHook'), dict(type='CheckInvalidLossHook', interval=1)]\n"
+        + loop + amp)
+    opts = dict(dataset_cfg_options(task, data_root / ('coco' if task == 'det' else 'ade')))
+    cmd = [sys.executable, str(ROOT / 'tools/train.py'), str(cfg_path), '--work-dir', str(work_dir),
+           '--cfg-options'] + [f'{k}={v}' for k, v in opts.items()]
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    (work_dir / 'train.log').write_text(proc.stdout + proc.stderr)
+    row = dict(task=task, config=config, precision=precision, batch=args.batch, wall_s=round(time.time() - t0, 1),
+               status='ok' if proc.returncode == 0 else f'train failed ({proc.returncode}): '
+               + (proc.stderr.strip().splitlines() or ['?'])[-1][:300])
+    logs = [s for s in _scalars(work_dir) if 'loss' in s and 'time' in s]
+    if logs:
+        steady = [s for s in logs if s.get('iter', s.get('step', 0)) > 50] or logs
+        t = statistics.median(s['time'] for s in steady)
+        losses = [s['loss'] for s in logs]
+        k = max(1, len(losses) // 5)
+        scales = [s['loss_scale'] for s in logs if 'loss_scale' in s]
+        row.update(iters=logs[-1].get('iter', logs[-1].get('step')), s_per_iter=round(t, 4),
+                   data_s_per_iter=round(statistics.median(s.get('data_time', 0) for s in steady), 4),
+                   img_per_s=round(args.batch / t, 2), peak_mem_gib=round(max(s.get('memory', 0) for s in logs) / 1024, 2),
+                   loss_first=round(statistics.mean(losses[:k]), 4), loss_last=round(statistics.mean(losses[-k:]), 4),
+                   nonfinite_losses=sum(not math.isfinite(x) for x in losses),
+                   loss_scale_min=min(scales) if scales else None, loss_scale_last=scales[-1] if scales else None)
+    ckpts = sorted(work_dir.glob('*.pth'), key=os.path.getmtime)
+    if proc.returncode == 0 and ckpts:
+        test = subprocess.run([sys.executable, str(ROOT / 'tools/test.py'), str(cfg_path), str(ckpts[-1]),
+                               '--work-dir', str(work_dir / 'test'), '--cfg-options']
+                              + [f'{k}={v}' for k, v in opts.items()],
+                              cwd=ROOT, capture_output=True, text=True)
+        (work_dir / 'test.log').write_text(test.stdout + test.stderr)
+        metric_lines = [l for l in test.stdout.splitlines() if ('bbox_mAP' in l or 'mIoU' in l) and 'Epoch(test)' in l]
+        row['test'] = metric_lines[-1].split('Epoch(test)')[-1].strip()[:300] if metric_lines else \
+            f'test failed ({test.returncode})' if test.returncode else 'no metrics line'
+    return row
+
+
+def to_markdown(rows: list[dict]) -> str:
+    head = ('| task | config | precision | iters | s/iter | data s/iter | img/s | peak GiB | loss first → last | '
+            'non-finite | min loss scale | status |')
+    lines = [head, '|' + '---|' * (head.count('|') - 1)]
+    for r in rows:
+        lines.append(f"| {r['task']} | `{r['config']}` | {r['precision']} | {r.get('iters', '–')} | "
+                     f"{r.get('s_per_iter', '–')} | {r.get('data_s_per_iter', '–')} | {r.get('img_per_s', '–')} | "
+                     f"{r.get('peak_mem_gib', '–')} | {r.get('loss_first', '–')} → {r.get('loss_last', '–')} | "
+                     f"{r.get('nonfinite_losses', '–')} | {r.get('loss_scale_min', '–')} | {r['status']} |")
+    return '\n'.join(lines) + '\n'
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('runs', nargs='+', metavar='TASK:CONFIG:PRECISION')
+    p.add_argument('--out', required=True, type=Path)
+    p.add_argument('--iters', type=int, default=300)
+    p.add_argument('--batch', type=int, default=2)
+    p.add_argument('--workers', type=int, default=8)
+    p.add_argument('--num-train', type=int, default=64)
+    p.add_argument('--num-val', type=int, default=16)
+    p.add_argument('--size', type=int, nargs=2, default=(480, 640), metavar=('HEIGHT', 'WIDTH'))
+    args = p.parse_args(argv)
+    runs = []
+    for spec in args.runs:
+        task, _, rest = spec.partition(':')
+        config, _, precision = rest.rpartition(':')
+        if task not in ('det', 'seg') or precision not in ('fp16', 'bf16', 'fp32') or not config:
+            p.error(f'run {spec!r}: expected TASK:CONFIG:PRECISION with TASK det|seg and PRECISION fp16|bf16|fp32')
+        runs.append((task, config, precision))
+    from visionssm.mm.synthetic import make_synthetic_data
+    data_root = args.out / 'data'
+    make_synthetic_data(data_root, args.num_train, args.num_val, tuple(args.size), 0)
+    rows = []
+    for task, config, precision in runs:
+        print(f'[train_gpu] {task} {config} {precision}', flush=True)
+        rows.append(run_one(task, config, precision, args, data_root, args.out))
+        print(json.dumps(rows[-1]), flush=True)
+        (args.out / 'train_gpu.json').write_text(json.dumps(rows, indent=1))
+    (args.out / 'train_gpu.md').write_text(to_markdown(rows))
+    print(to_markdown(rows))
+    return rows
+
+
+if __name__ == '__main__':
+    main()
