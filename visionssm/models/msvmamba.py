@@ -551,19 +551,21 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
 
 
 _HF = 'https://huggingface.co/YuhengSSS/MSVMamba/resolve/main/'
-# The master-branch weights are Google-Drive folders (README links), which no URL can download: fetch the file by
-# hand and pass pretrained_cfg_overlay=dict(file=path).
-_DRIVE_NOTE = ('Weights in a Google-Drive folder of the official README ({}); download the .pth by hand and pass '
-               'pretrained_cfg_overlay=dict(file=path).')
-_DRIVE = 'https://drive.google.com/drive/folders/'
+# The master-branch weights are Google-Drive folders (official README): no URL downloads the file, so the cfg names
+# the folder (a download of it fails with the loader's "not a PyTorch checkpoint" error); fetch the .pth by hand and
+# pass pretrained_cfg_overlay=dict(file=path).
+_DRIVE_NOTE = ('url is a Google-Drive folder (official README), not a file: download its .pth by hand and pass '
+               'pretrained_cfg_overlay=dict(file=path).',)
+
+
+def _drive_cfg(folder: str) -> Dict[str, Any]:
+    return _cfg(f'https://drive.google.com/drive/folders/{folder}', first_conv='stem.proj', notes=_DRIVE_NOTE)
+
 
 default_cfgs = generate_default_cfgs({
-    'msvmamba_nano.in1k': _cfg(first_conv='stem.proj', notes=(_DRIVE_NOTE.format(
-        _DRIVE + '1J41w3ApitQhp2O3wHmJoOs4U032uqebK'),)),
-    'msvmamba_micro.in1k': _cfg(first_conv='stem.proj', notes=(_DRIVE_NOTE.format(
-        _DRIVE + '1jfl2GmuKcUB8sPwRlyHK_wT0MjqgljYk'),)),
-    'msvmamba_tiny.in1k': _cfg(first_conv='stem.proj', notes=(_DRIVE_NOTE.format(
-        _DRIVE + '1ddNWk89ohcxxMuVEaJ2Y5A6xeBKgA7lU'),)),
+    'msvmamba_nano.in1k': _drive_cfg('1J41w3ApitQhp2O3wHmJoOs4U032uqebK'),
+    'msvmamba_micro.in1k': _drive_cfg('1jfl2GmuKcUB8sPwRlyHK_wT0MjqgljYk'),
+    'msvmamba_tiny.in1k': _drive_cfg('1ddNWk89ohcxxMuVEaJ2Y5A6xeBKgA7lU'),
     'msvmamba_v3_tiny.in1k': _cfg(_HF + 'msvmambav3_tiny_224.pth'),
     'msvmamba_v3_small.in1k': _cfg(_HF + 'msvmambav3_small_224.pth'),
     'msvmamba_v3_base.in1k': _cfg(_HF + 'msvmambav3_base_224.pth'),
