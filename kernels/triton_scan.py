@@ -44,6 +44,12 @@ order, one flag per slot). The backward recomputes each chunk from its checkpoin
 two affine maps of the carry ``q = a g`` (``_adjoint_order``), chained the same way. All atomics are
 ``sem='relaxed'`` (plain commutative adds; the default acq_rel made them the dominant cost). See kernels/README.md.
 
+Concatenated routes (``Route.concat``: one scan through several orders, revisiting positions) run on the sequential
+kernels only, behind two compile-time flags that leave every other plan's code unchanged: ``SEG`` adds each step's
+output channel offset (its segment's, from a per-step int32 table ``shift`` beside ``pos``) to the output / dy
+pointer, and ``DD_ATOMIC`` adds ddelta in an fp32 buffer instead of storing it; du then merges by fp32 atomics, and
+the forward too where one route writes an element twice (segments sharing positions and channels).
+
 float64 inputs are handed to the reference (the oracle is exact there; the kernels compute in fp32).
 """
 from __future__ import annotations
