@@ -55,26 +55,33 @@ def _half_routes(channels: int, merged: bool, carry_state: bool) -> tuple[Route,
     return (Route.concat(*parts),) if carry_state else parts
 
 
+# Shape-dependent helpers are opaque to FX tracing (timm's notrace functions; FX wraps only public names).
+
 @register_notrace_function
-def _upsample(y: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+def resize_nhwc(y: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
     """Channel-last ``y`` resized to ``size`` (the full map's; odd maps give non-integer ratios, as the original)."""
     kw = dict(align_corners=False) if mode == 'bilinear' else {}
     return F.interpolate(y.permute(0, 3, 1, 2), size=size, mode=mode, **kw).permute(0, 2, 3, 1)
 
 
 @register_notrace_function
-def _map_size(x: torch.Tensor) -> tuple[int, int]:
+def map_size(x: torch.Tensor) -> tuple[int, int]:
     return x.shape[1], x.shape[2]
 
 
 @register_notrace_function
-def _scan(x, dts, A, B, C, D, bias, routes: Sequence[Route]) -> torch.Tensor:
-    # low-precision inputs scan with full-precision parameters and return float32 (state and merge stay in full
-    # precision up to out_norm); autocast may leave the projections in another dtype than x
-    dts, B, C = (t.to(x.dtype) for t in (dts, B, C))
-    A, D, bias = full_precision(A), full_precision(D), full_precision(bias)
-    return selective_scan(x, dts, A, B, C, D, bias, routes=routes, merge='sum', delta_softplus=True,
-                          out_dtype=torch.float32 if x.dtype in _LOW_PRECISION else None)
+def scan_routes(x, dts, A_logs, B, C, D, bias, routes: Sequence[Route]) -> torch.Tensor:
+    """One parameter set's scan along ``routes``. Low-precision inputs scan with full-precision parameters and
+    return float32 (state and merge stay in full precision up to out_norm)."""
+    num = len(routes)
+    if num > 1:   # independent routes sharing the parameter set: the op takes one parameter block per route
+        dts, A_logs, D, bias = dts.repeat(1, 1, 1, num), A_logs.repeat(num, 1), D.repeat(num), bias.repeat(num)
+    B = B.unsqueeze(-2).expand(-1, -1, -1, num, -1)
+    C = C.unsqueeze(-2).expand(-1, -1, -1, num, -1)
+    dts, B, C = (t.to(x.dtype) for t in (dts, B, C))   # autocast may leave the projections in another dtype
+    return selective_scan(
+        x, dts, -torch.exp(full_precision(A_logs)), B, C, full_precision(D), full_precision(bias), routes=routes,
+        merge='sum', delta_softplus=True, out_dtype=torch.float32 if x.dtype in _LOW_PRECISION else None)
 
 
 class SqueezeExcite(nn.Module):
@@ -192,7 +199,7 @@ class MS2D(nn.Module):
         if self.norm_each:   # every route normalized, then the three half-resolution ones summed
             y_full = self.out_norm(y_full)
             y_half = self.out_norm(y_half.unflatten(-1, (3, self.d_inner))).sum(-2)
-        y = y_full + _upsample(y_half, _map_size(x_full), self.upsample)
+        y = y_full + resize_nhwc(y_half, map_size(x_full), self.upsample)
         if not self.norm_each:
             y = self.out_norm(y)
         y = self.se(y.to(x.dtype))
@@ -208,14 +215,8 @@ class MS2D(nn.Module):
         rank, n, d = self.dt_rank, self.d_state, self.d_inner
         dt_low, B, C = F.linear(x, self.x_proj_weight[k]).split([rank, n, n], dim=-1)
         dts = F.linear(dt_low, self.dt_projs_weight[k])
-        A = -torch.exp(full_precision(self.A_logs[k * d:(k + 1) * d]))
-        D, bias = self.Ds[k * d:(k + 1) * d], self.dt_projs_bias[k]
-        num = len(routes)
-        if num > 1:   # independent routes with one parameter set: the op takes a parameter block per route
-            dts, A, D, bias = dts.repeat(1, 1, 1, num), A.repeat(num, 1), D.repeat(num), bias.repeat(num)
-        B = B.unsqueeze(-2).expand(-1, -1, -1, num, -1)
-        C = C.unsqueeze(-2).expand(-1, -1, -1, num, -1)
-        return _scan(x, dts, A, B, C, D, bias, routes)
+        return scan_routes(x, dts, self.A_logs[k * d:(k + 1) * d], B, C, self.Ds[k * d:(k + 1) * d], self.dt_projs_bias[k],
+                     routes)
 
 
 class MSVSSBlock(nn.Module):
