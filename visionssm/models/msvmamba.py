@@ -85,7 +85,7 @@ def scan_routes(x, dts, A_logs, B, C, D, bias, routes: Sequence[Route]) -> torch
 
 
 class SqueezeExcite(nn.Module):
-    """Channel-last SE: mean over the map → Linear → ReLU → Linear → sigmoid, scaling the channels (no biases)."""
+    """Channel-last SE: map mean → Linear → ReLU → Linear → sigmoid, scaling the channels (no biases)."""
 
     def __init__(self, channels: int, reduction: int = 8):
         super().__init__()
@@ -215,8 +215,8 @@ class MS2D(nn.Module):
         rank, n, d = self.dt_rank, self.d_state, self.d_inner
         dt_low, B, C = F.linear(x, self.x_proj_weight[k]).split([rank, n, n], dim=-1)
         dts = F.linear(dt_low, self.dt_projs_weight[k])
-        return scan_routes(x, dts, self.A_logs[k * d:(k + 1) * d], B, C, self.Ds[k * d:(k + 1) * d], self.dt_projs_bias[k],
-                     routes)
+        return scan_routes(x, dts, self.A_logs[k * d:(k + 1) * d], B, C, self.Ds[k * d:(k + 1) * d],
+                           self.dt_projs_bias[k], routes)
 
 
 class MSVSSBlock(nn.Module):

@@ -4,7 +4,8 @@
 _base_ = ['../_base_/upernet_visionssm_8xb2-160k_ade20k-512x512.py']
 
 # The ImageNet weights are in a Google-Drive folder (the timm cfg's url,
-# https://drive.google.com/drive/folders/1ddNWk89ohcxxMuVEaJ2Y5A6xeBKgA7lU): download the .pth there and point this path at it.
+# https://drive.google.com/drive/folders/1ddNWk89ohcxxMuVEaJ2Y5A6xeBKgA7lU):
+# download the .pth there and point this path at it.
 checkpoint_file = 'checkpoints/vssm_tiny_ms_e300.pth'
 model = dict(
     backbone=dict(
