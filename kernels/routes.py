@@ -281,9 +281,11 @@ def grouped_routes(group_channels: int) -> tuple[Route, ...]:
         for k, (order, rev) in enumerate(orders))
 
 
-def multiscale_routes(channels: int) -> tuple[Route, ...]:
+def multiscale_routes(channels: int, summed: bool = False) -> tuple[Route, ...]:
     """MSVMamba's half-resolution scan: ONE route through the reversed row-major, the column-major and the reversed
-    column-major orders in turn (the state runs on across them), each order writing its own block of ``channels``
-    output channels (the model normalizes each block before summing them)."""
-    return (Route.concat(Route('row', reverse=True), Route('col', out_offset=channels),
-                         Route('col', reverse=True, out_offset=2 * channels)),)
+    column-major orders in turn (the state runs on across them). Each order writes its own block of ``channels``
+    output channels (the master branch normalizes each before summing them), or with ``summed`` all three write
+    the same ``channels`` and are summed there (the v2 branch)."""
+    orders = (('row', True), ('col', False), ('col', True))
+    return (Route.concat(*(Route(order, reverse=rev, out_offset=0 if summed else j * channels)
+                           for j, (order, rev) in enumerate(orders))),)

@@ -45,14 +45,11 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _FULL_ROUTE = (Route('row'),)
 
 
-def _half_routes(channels: int, merged: bool, carry_state: bool) -> tuple[Route, ...]:
-    """The half-resolution routes: one concatenated route (official), or three independent ones
-    (``carry_state=False``); each order writes its own channel block unless ``merged`` (summed inside the scan)."""
-    routes = multiscale_routes(channels)
-    parts = routes[0].segments
-    if merged:
-        parts = tuple(Route(p.order, reverse=p.reverse) for p in parts)
-    return (Route.concat(*parts),) if carry_state else parts
+def _half_routes(channels: int, summed: bool, carry_state: bool) -> tuple[Route, ...]:
+    """The half-resolution routes: one concatenated route (official), or its three orders as independent routes
+    (``carry_state=False``)."""
+    routes = multiscale_routes(channels, summed=summed)
+    return routes if carry_state else routes[0].segments
 
 
 # Shape-dependent helpers are opaque to FX tracing (timm's notrace functions; FX wraps only public names).
