@@ -218,6 +218,8 @@ def test_concat_hidden_and_long_multichunk():
            batch=1, n_state=3, dtype=torch.float32, hidden=True, seed=23)
     _check(R.multiscale_routes(2), 5, 7, 2, 2, 6, batch=1, n_state=1, dtype=torch.float32, seed=24,
            seq_tile=((16, 4, 1), (16, 4, 1)))
+    # the v2 layout: the three orders summed into one block (the forward adds in fp32)
+    _check(R.multiscale_routes(3, summed=True), 3, 4, 3, 3, 3, batch=2, n_state=1, dtype=torch.bfloat16, seed=26)
 
 
 def test_concat_always_sequential():
@@ -351,6 +353,16 @@ KERNELS = ['sequential', 'chunked']
 @pytest.mark.parametrize('dtype', DTYPES, ids=str)
 def test_gpu_cross_vmamba_like(dtype, kernel):
     _check(R.cross_routes(), 14, 14, 96, 96, 96, batch=4, n_state=1, dtype=dtype, seed=11, kernel=kernel)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize('summed', [False, True])
+@pytest.mark.parametrize('dtype', DTYPES, ids=str)
+def test_gpu_multiscale_msvmamba_like(dtype, summed):
+    # MSVMamba-T's stage-1 half-resolution route (28x28 map, 192 channels), both generations' output layouts
+    out = 192 if summed else 3 * 192
+    _check(R.multiscale_routes(192, summed=summed), 28, 28, 192, 192, out, batch=4, n_state=1, dtype=dtype, seed=25)
 
 
 @pytest.mark.gpu
