@@ -193,6 +193,18 @@ def test_v3_variants_build_their_generation():
     assert v3.output_fmt == 'NHWC' and v3.pretrained_cfg['url'].startswith('https://huggingface.co/YuhengSSS/MSVMamba/')
 
 
+@needs_parity
+@pytest.mark.parametrize('variant', ['nano', 'micro', 'tiny', 'v3_tiny', 'v3_small', 'v3_base'])
+def test_from_official_builds_every_release(variant):
+    # the official constructor's kwargs of each release (both branches) give the timm variant's architecture
+    manifest = json.loads((PARITY / 'manifests' / f'msvmamba_{variant}.json').read_text())
+    with torch.device('meta'):
+        model = visionssm.from_official('msvmamba', **manifest['official_builder']['kwargs'])
+        ours = timm.create_model(f'msvmamba_{variant}')
+    assert repr(model) == repr(ours)
+    assert sum(p.numel() for p in model.parameters()) == manifest['num_params']
+
+
 @pytest.mark.parametrize('kwargs, match', [
     (dict(), r"not an MSVMamba configuration"),
     (dict(sscore_type='multiscale_4scan_12', ms_split=[1, 2]), r'ms_split=\[1, 2\] is not supported'),
