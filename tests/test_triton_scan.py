@@ -213,6 +213,17 @@ def test_concat_summed_with_plain_route_mean(merge, monkeypatch):
     _check(routes, 3, 4, 4, 4, 4, batch=1, n_state=2, dtype=torch.float32, mean=True, seed=22)
 
 
+@pytest.mark.parametrize('merge', ['atomic', 'routes'])
+def test_two_concat_routes_own_channels(merge, monkeypatch):
+    # two concatenated routes, each segment in its own block, every element written once per route: no route
+    # writes an element twice, so the per-route merges apply with per-step output offsets
+    monkeypatch.setattr(TS, 'MERGE', merge)
+    routes = (R.Route.concat(R.Route('row'), R.Route('col', out_offset=3)),
+              R.Route.concat(R.Route('col', reverse=True, in_offset=3),
+                             R.Route('row', reverse=True, in_offset=3, out_offset=3)))
+    _check(routes, 2, 5, 3, 6, 6, batch=2, n_state=2, dtype=torch.float32, seed=27)
+
+
 def test_concat_hidden_and_long_multichunk():
     _check((R.Route.concat(R.Route('row'), R.Route('row', reverse=True, out_offset=2)),), 2, 3, 2, 2, 4,
            batch=1, n_state=3, dtype=torch.float32, hidden=True, seed=23)
