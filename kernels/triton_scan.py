@@ -913,8 +913,7 @@ def _forward_launch(plan: RoutePlan, n_state: int, batch: int, device, need_grad
     merge = _merge() if plan.multiplicity > 1 else 'none'
     if _rewrites(plan):   # one route adds to an element it wrote before: only the fp32 accumulation can do that
         merge = 'atomic'
-    zero = merge == 'atomic' or (merge == 'routes' and not _every_route_writes_everything(plan)) or (
-        merge == 'none' and _segmented(plan))
+    zero = merge == 'atomic' or (merge == 'routes' and not _every_route_writes_everything(plan))
     pos, meta, shift = _route_tables(plan, device, plan.out_channels if merge == 'routes' else 0)
     return _Launch(chunked, _scan_fwd_chunked_kernel if chunked else _scan_fwd_kernel, grid, consts, nck, nblk, seqs,
                    merge, zero, False, 0, pos, meta, shift)
