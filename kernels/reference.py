@@ -6,7 +6,9 @@ Per route k, channel d and state n, along the route's positions t = 0..L_k-1:
     h_t  = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t      (h_{-1} = 0)
     y_t  = sum_n C_t[n] * h_t[n] + D * u_t
 
-and each output element is the sum (or mean) of what the routes write there. The state and all arithmetic are
+and each output element is the sum (or mean) of what the routes write there. A concatenated route
+(``Route.concat``) is one such recurrence over all its segments' positions in turn; each segment writes its own
+output channels, and what several visits write to one element is summed. The state and all arithmetic are
 float32, or float64 for float64 inputs; the result is exact up to rounding in that dtype and differentiable by
 autograd. Layout: ``u (B, H*W, C_in)``, ``delta (B, H*W, K*W_r)``, ``B/C (B, H*W, K, N)``, ``A (K*W_r, N)``.
 
@@ -122,12 +124,20 @@ def selective_scan_reference(
             if D is not None:
                 y = y + D[ks].unsqueeze(1) * u_k
         for g, k in enumerate(ks):
-            lo = plan.routes[k].out_offset
-            y_g = y[:, g]
-            if lo != 0 or width != plan.out_channels:
-                pad = (0, 0) if return_hidden else ()
-                y_g = F.pad(y_g, pad + (lo, plan.out_channels - lo - width))
-            out = out.index_add(1, pos[g], y_g)
+            # a concatenated route writes each segment's steps at that segment's output channels
+            steps = plan.out_steps[k] if plan.out_steps else None
+            if steps is None:
+                runs = [(plan.routes[k].out_offset, pos.shape[1])]
+            else:
+                runs = zip(*(t.tolist() for t in torch.unique_consecutive(steps, return_counts=True)))
+            start = 0
+            for lo, length in runs:
+                y_g = y[:, g, start:start + length]
+                if lo != 0 or width != plan.out_channels:
+                    pad = (0, 0) if return_hidden else ()
+                    y_g = F.pad(y_g, pad + (lo, plan.out_channels - lo - width))
+                out = out.index_add(1, pos[g, start:start + length], y_g)
+                start += length
     if mean and plan.multiplicity > 1:
         out = out / plan.multiplicity
     return out.to(out_dtype)

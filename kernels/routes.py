@@ -9,18 +9,23 @@ B, C): the routes' parameters are stacked, exactly as the official ``A_logs (K*D
 Positions are flat indices ``h * W + w``. Built-in orders are computed arithmetically (the Triton kernel can
 regenerate them from the route's fields without loading an index); any other pattern (zig-zag, local windows)
 is a callable ``order(H, W) -> LongTensor`` and needs no change to the kernels' core loop.
+
+A route visits each position at most once, except a *concatenated* route (``Route.concat``): several orders walked
+one after the other by one scan whose state runs on from each into the next (MSVMamba's half-resolution scan). It
+revisits positions by construction; each of its segments visits a position at most once and writes its own output
+channels, and elements written by several segments are summed like elements written by several routes.
 """
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
 __all__ = [
     'Route', 'RoutePlan', 'plan_routes',
-    'cross_routes', 'bidirectional_routes', 'lattice_routes', 'grouped_routes',
+    'cross_routes', 'bidirectional_routes', 'lattice_routes', 'grouped_routes', 'multiscale_routes',
 ]
 
 Order = Union[str, Callable[[int, int], torch.Tensor]]
@@ -48,6 +53,7 @@ class Route:
         offset: origin of the sub-lattice.
         in_offset: first channel of the input map this route reads.
         out_offset: first channel of the output this route writes.
+        segments: the routes a concatenated route walks in turn (build it with ``Route.concat``); empty otherwise.
     """
     order: Order = 'row'
     reverse: bool = False
@@ -55,8 +61,38 @@ class Route:
     offset: tuple[int, int] = (0, 0)
     in_offset: int = 0
     out_offset: int = 0
+    segments: tuple['Route', ...] = ()
+
+    @classmethod
+    def concat(cls, *segments: 'Route') -> 'Route':
+        """One route that walks ``segments`` one after the other, its state running on across them.
+
+        The segments share the route's input channels and parameters (one route's Δ, A, B, C, D); each writes its
+        own ``out_offset``. Positions visited by several segments are read once per visit, and the segments'
+        outputs there are summed where their output channels coincide.
+        """
+        if len(segments) < 2 or not all(isinstance(s, Route) and not s.segments for s in segments):
+            raise ValueError(f'Route.concat takes two or more plain (not concatenated) routes, got {segments!r}')
+        if len({s.in_offset for s in segments}) != 1:
+            raise ValueError(f'the segments of a concatenated route must read the same input channels, got '
+                             f'in_offset {[s.in_offset for s in segments]}')
+        return cls(segments=tuple(segments), in_offset=segments[0].in_offset,
+                   out_offset=min(s.out_offset for s in segments))
+
+    @property
+    def parts(self) -> tuple['Route', ...]:
+        """The segments of a concatenated route, else the route itself."""
+        return self.segments or (self,)
 
     def __post_init__(self):
+        if self.segments:
+            seg = tuple(self.segments)
+            object.__setattr__(self, 'segments', seg)
+            if (len(seg) < 2 or not all(isinstance(s, Route) and not s.segments for s in seg)
+                    or (self.order, self.reverse, self.stride, self.offset) != ('row', False, (1, 1), (0, 0))
+                    or self.in_offset != seg[0].in_offset or self.out_offset != min(s.out_offset for s in seg)):
+                raise ValueError('build a concatenated route with Route.concat(*segments): its orders, channels '
+                                 'and offsets are those of its segments')
         stride = (self.stride, self.stride) if isinstance(self.stride, int) else tuple(self.stride)
         offset = (self.offset, self.offset) if isinstance(self.offset, int) else tuple(self.offset)
         object.__setattr__(self, 'stride', stride)
@@ -74,7 +110,9 @@ class Route:
         _BY_KEY.setdefault(self.key, self)
 
     def positions(self, height: int, width: int) -> torch.Tensor:
-        """Flat positions ``h * width + w`` in visiting order (int64, CPU)."""
+        """Flat positions ``h * width + w`` in visiting order (int64, CPU); all segments' for a concatenated route."""
+        if self.segments:
+            return torch.cat([s.positions(height, width) for s in self.segments])
         rows = torch.arange(self.offset[0], height, self.stride[0])
         cols = torch.arange(self.offset[1], width, self.stride[1])
         if callable(self.order):
@@ -95,7 +133,10 @@ class RoutePlan:
     """Routes resolved for one grid and channel layout: what a kernel needs to run them.
 
     ``positions[k]`` are route k's flat positions (CPU int64); ``width`` is the channel width of every route;
-    ``multiplicity`` is how many routes write each output element (uniform by construction).
+    ``multiplicity`` is how many routes (segments of a concatenated route counted apart) write each output element
+    (uniform by construction). ``out_steps[k]`` is None, or for a concatenated route the output channel offset of
+    each of its steps (CPU int64); ``revisits``: some route visits a position more than once (then a kernel must
+    accumulate, not store, what one route reads or writes at a position).
     """
     routes: tuple[Route, ...]
     height: int
@@ -105,13 +146,15 @@ class RoutePlan:
     out_channels: int
     positions: tuple[torch.Tensor, ...]
     multiplicity: int
+    out_steps: tuple[Optional[torch.Tensor], ...] = ()
+    revisits: bool = False
 
     def __hash__(self):
         # plans key the kernels' launch caches on every call: hash the fields once, not once per lookup
         h = self.__dict__.get('_hash')
         if h is None:
             h = hash((self.routes, self.height, self.width_px, self.width, self.in_channels, self.out_channels,
-                      self.positions, self.multiplicity))
+                      self.positions, self.multiplicity, self.revisits))
             self.__dict__['_hash'] = h
         return h
 
@@ -143,9 +186,9 @@ def plan_routes(
 ) -> RoutePlan:
     """Resolve and check ``routes`` for an ``height x width_px`` grid; cached per distinct arguments.
 
-    Raises ValueError when a route reads or writes outside the channels, visits a position twice, or when the
-    routes together leave output elements unwritten or write some more often than others (the merge would then be
-    wrong for those elements).
+    Raises ValueError when a route reads or writes outside the channels, visits a position twice (a concatenated
+    route: when one of its segments does), or when the routes together leave output elements unwritten or write
+    some more often than others (the merge would then be wrong for those elements).
     """
     routes = tuple(routes)
     if not routes or not all(isinstance(r, Route) for r in routes):
@@ -156,31 +199,40 @@ def plan_routes(
 @functools.lru_cache(maxsize=256)
 def _plan_routes(routes, height, width_px, width, in_channels, out_channels) -> RoutePlan:
     num_pos = height * width_px
-    positions = []
+    positions, out_steps, writers = [], [], []    # writers: (output channel offset, positions) per segment
     for k, route in enumerate(routes):
         if route.in_offset + width > in_channels:
             raise ValueError(
                 f'route {k} reads input channels [{route.in_offset}, {route.in_offset + width}) '
                 f'but the input has {in_channels} channels')
-        if route.out_offset + width > out_channels:
-            raise ValueError(
-                f'route {k} writes output channels [{route.out_offset}, {route.out_offset + width}) '
-                f'but the output has {out_channels} channels')
-        pos = route.positions(height, width_px)
-        if pos.numel() == 0:
-            raise ValueError(f'route {k} visits no position of a {height}x{width_px} grid')
-        if torch.unique(pos).numel() != pos.numel():
-            raise ValueError(f'route {k} visits some positions of a {height}x{width_px} grid more than once')
-        positions.append(pos.contiguous())
+        parts = []
+        for j, part in enumerate(route.parts):
+            what = f'route {k}' + (f' segment {j}' if route.segments else '')
+            if part.out_offset + width > out_channels:
+                raise ValueError(
+                    f'{what} writes output channels [{part.out_offset}, {part.out_offset + width}) '
+                    f'but the output has {out_channels} channels')
+            pos = part.positions(height, width_px)
+            if pos.numel() == 0:
+                raise ValueError(f'{what} visits no position of a {height}x{width_px} grid')
+            if torch.unique(pos).numel() != pos.numel():
+                raise ValueError(f'{what} visits some positions of a {height}x{width_px} grid more than once '
+                                 f'(a scan that revisits positions on purpose is a Route.concat of orders)')
+            parts.append(pos)
+            writers.append((part.out_offset, pos))
+        positions.append(torch.cat(parts).contiguous())
+        out_steps.append(torch.cat([torch.full_like(p, s.out_offset) for p, s in zip(parts, route.segments)])
+                         if route.segments else None)
+    revisits = any(torch.unique(p).numel() != p.numel() for p in positions)
 
-    # Coverage per output channel segment: between consecutive route channel boundaries every channel is written
-    # by the same set of routes, so one position count per segment decides.
-    bounds = sorted({0, out_channels} | {r.out_offset for r in routes} | {r.out_offset + width for r in routes})
+    # Coverage per output channel segment: between consecutive writer channel boundaries every channel is written
+    # by the same set of writers, so one position count per segment decides.
+    bounds = sorted({0, out_channels} | {o for o, _ in writers} | {o + width for o, _ in writers})
     multiplicity = None
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         count = torch.zeros(num_pos, dtype=torch.int32)
-        for route, pos in zip(routes, positions):
-            if route.out_offset <= lo and hi <= route.out_offset + width:
+        for offset, pos in writers:
+            if offset <= lo and hi <= offset + width:
                 count[pos] += 1
         cmin, cmax = int(count.min()), int(count.max())
         if cmin == 0:
@@ -194,7 +246,8 @@ def _plan_routes(routes, height, width_px, width, in_channels, out_channels) -> 
                 f'routes overlap unevenly: output elements are written by between {seen[0]} and {seen[-1]} routes; '
                 f'every element must be written by the same number of routes for the merge to be defined')
         multiplicity = cmin
-    return RoutePlan(routes, height, width_px, width, in_channels, out_channels, tuple(positions), multiplicity)
+    return RoutePlan(routes, height, width_px, width, in_channels, out_channels, tuple(positions), multiplicity,
+                     tuple(out_steps), revisits)
 
 
 # Route patterns of the families (DESIGN.md's table). Each is a plain tuple of Route: new patterns are new tuples.
@@ -226,3 +279,13 @@ def grouped_routes(group_channels: int) -> tuple[Route, ...]:
     return tuple(
         Route(order, reverse=rev, in_offset=k * group_channels, out_offset=k * group_channels)
         for k, (order, rev) in enumerate(orders))
+
+
+def multiscale_routes(channels: int, summed: bool = False) -> tuple[Route, ...]:
+    """MSVMamba's half-resolution scan: ONE route through the reversed row-major, the column-major and the reversed
+    column-major orders in turn (the state runs on across them). Each order writes its own block of ``channels``
+    output channels (the master branch normalizes each before summing them), or with ``summed`` all three write
+    the same ``channels`` and are summed there (the v2 branch)."""
+    orders = (('row', True), ('col', False), ('col', True))
+    return (Route.concat(*(Route(order, reverse=rev, out_offset=0 if summed else j * channels)
+                           for j, (order, rev) in enumerate(orders))),)

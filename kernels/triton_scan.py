@@ -44,6 +44,12 @@ order, one flag per slot). The backward recomputes each chunk from its checkpoin
 two affine maps of the carry ``q = a g`` (``_adjoint_order``), chained the same way. All atomics are
 ``sem='relaxed'`` (plain commutative adds; the default acq_rel made them the dominant cost). See kernels/README.md.
 
+Concatenated routes (``Route.concat``: one scan through several orders, revisiting positions) run on the sequential
+kernels only, behind two compile-time flags that leave every other plan's code unchanged: ``SEG`` adds each step's
+output channel offset (its segment's, from a per-step int32 table ``shift`` beside ``pos``) to the output / dy
+pointer, and ``DD_ATOMIC`` adds ddelta in an fp32 buffer instead of storing it; du then merges by fp32 atomics, and
+the forward too where one route writes an element twice (segments sharing positions and channels).
+
 float64 inputs are handed to the reference (the oracle is exact there; the kernels compute in fp32).
 """
 from __future__ import annotations
@@ -148,9 +154,21 @@ if _HAS_TRITON:
         return p
 
     @triton.jit
+    def _out_shift(sh_ptr, start, t, length, N, SEG: tl.constexpr, HIDDEN: tl.constexpr):
+        # output offset of step t of a concatenated route (its segment's output channels, relative to the route's
+        # out_offset); 0 for every other route (SEG is a compile-time flag: plain routes load nothing)
+        s = 0
+        if SEG:
+            s = tl.load(sh_ptr + start + tl.minimum(t, length - 1))
+            if HIDDEN:
+                s = s * N
+        return s
+
+    @triton.jit
     def _chunk_loads(pos_ptr, start, t0, length, u_base, d_base, B_base, C_base, o_base, su_p, sd_p, sB_p, sC_p, so_p,
                      md, mn, mdn, BT: tl.constexpr, OFF64: tl.constexpr, EVEN_D: tl.constexpr, EVEN_N: tl.constexpr,
-                     WITH_C: tl.constexpr, WITH_DY: tl.constexpr, HIDDEN: tl.constexpr):
+                     WITH_C: tl.constexpr, WITH_DY: tl.constexpr, HIDDEN: tl.constexpr, sh_ptr, N,
+                     SEG: tl.constexpr):
         # Every load of the chunk of BT steps from t0, as one flat tuple: (position, u, delta, B, C, dy) per step, C and
         # dy only where asked (u stands in for them otherwise). Steps past the route's end read its last position.
         rows = ()
@@ -162,22 +180,23 @@ if _HAS_TRITON:
             if WITH_C:
                 Ct = _load(C_base + p * sC_p, mn, EVEN_N)
             if WITH_DY:
+                o_ptrs = o_base + p * so_p + _out_shift(sh_ptr, start, t0 + i, length, N, SEG, HIDDEN)
                 if HIDDEN:
-                    dy = _load(o_base + p * so_p, mdn, EVEN_D and EVEN_N)
+                    dy = _load(o_ptrs, mdn, EVEN_D and EVEN_N)
                 else:
-                    dy = _load(o_base + p * so_p, md, EVEN_D)
+                    dy = _load(o_ptrs, md, EVEN_D)
             rows = rows + (p, u, _load(d_base + p * sd_p, md, EVEN_D), _load(B_base + p * sB_p, mn, EVEN_N), Ct, dy)
         return rows
 
     @triton.jit
     def _scan_fwd_kernel(
-            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, ckpt_ptr, pos_ptr, meta_ptr,
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, ckpt_ptr, pos_ptr, meta_ptr, sh_ptr,
             su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p,
             W, N, K, NCK, scale,
             BD: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, CK: tl.constexpr, OFF64: tl.constexpr,
             EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, PREFETCH: tl.constexpr,
             HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr,
-            ATOMIC: tl.constexpr, SAVE: tl.constexpr):
+            ATOMIC: tl.constexpr, SAVE: tl.constexpr, SEG: tl.constexpr):
         # One program walks its route chunk by chunk. A chunk is BT steps unrolled at compile time: every load of
         # the chunk is issued before its arithmetic (BT independent rows in flight, not one memory latency per
         # step), and the state stays in registers as a [BD, BN] tile, one channel per lane along BD. Loads carry
@@ -220,23 +239,25 @@ if _HAS_TRITON:
         n_chunks = tl.cdiv(length, BT)
         if PREFETCH:
             rows = _chunk_loads(pos_ptr, start, 0, length, u_base, d_base, B_base, C_base, u_base, su_p, sd_p, sB_p,
-                                sC_p, 0, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N, not HIDDEN, False, HIDDEN)
+                                sC_p, 0, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N, not HIDDEN, False, HIDDEN, sh_ptr, N,
+                                False)
         for c in range(0, n_chunks):
             t0 = c * BT
             if PREFETCH:
                 cur = rows
                 rows = _chunk_loads(pos_ptr, start, tl.minimum(c + 1, n_chunks - 1) * BT, length, u_base, d_base,
                                     B_base, C_base, u_base, su_p, sd_p, sB_p, sC_p, 0, md, mn, mdn, BT, OFF64, EVEN_D,
-                                    EVEN_N, not HIDDEN, False, HIDDEN)
+                                    EVEN_N, not HIDDEN, False, HIDDEN, sh_ptr, N, False)
             else:
                 cur = _chunk_loads(pos_ptr, start, t0, length, u_base, d_base, B_base, C_base, u_base, su_p, sd_p,
-                                   sB_p, sC_p, 0, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N, not HIDDEN, False, HIDDEN)
+                                   sB_p, sC_p, 0, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N, not HIDDEN, False, HIDDEN,
+                                   sh_ptr, N, False)
             for i in tl.static_range(BT):
                 ok = t0 + i < length
                 u = cur[6 * i + 1].to(tl.float32)
                 dt = _to_dt(cur[6 * i + 2], bias, HAS_BIAS, SOFTPLUS)
                 h = _exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * cur[6 * i + 3].to(tl.float32)[None, :]
-                ptrs = o_base + cur[6 * i] * so_p
+                ptrs = o_base + cur[6 * i] * so_p + _out_shift(sh_ptr, start, t0 + i, length, N, SEG, HIDDEN)
                 if HIDDEN:
                     y = h * scale
                     m = ok & mdn
@@ -270,7 +291,7 @@ if _HAS_TRITON:
 
     @triton.jit
     def _scan_bwd_kernel(
-            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dout_ptr, ckpt_ptr, pos_ptr, meta_ptr,
+            u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dout_ptr, ckpt_ptr, pos_ptr, meta_ptr, sh_ptr,
             du_ptr, ddelta_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
             su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p, sdu_b, sdu_p,
             sdd_b, sdd_p, sdB_b, sdB_p, sdB_k, s_part,
@@ -278,7 +299,7 @@ if _HAS_TRITON:
             BD: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, OFF64: tl.constexpr,
             EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, PREFETCH: tl.constexpr,
             HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr,
-            DU_ATOMIC: tl.constexpr):
+            DU_ATOMIC: tl.constexpr, SEG: tl.constexpr, DD_ATOMIC: tl.constexpr):
         # Chunks from last to first, each BT steps unrolled: recompute the chunk's states from its checkpoint
         # (forward over the rows, each row's incoming state kept in registers), then walk the rows backwards with
         # the adjoint carry q = a_{t+1} g_{t+1} in registers across chunks. Rows past the route's end read its last
@@ -329,7 +350,7 @@ if _HAS_TRITON:
         if PREFETCH:
             rows = _chunk_loads(pos_ptr, start, (n_chunks - 1) * BT, length, u_base, d_base, B_base, C_base, o_base,
                                 su_p, sd_p, sB_p, sC_p, so_p, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N, not HIDDEN, True,
-                                HIDDEN)
+                                HIDDEN, sh_ptr, N, SEG)
         for cj in range(0, n_chunks):
             c = n_chunks - 1 - cj
             t0 = c * BT
@@ -337,10 +358,11 @@ if _HAS_TRITON:
                 cur = rows
                 rows = _chunk_loads(pos_ptr, start, tl.maximum(c - 1, 0) * BT, length, u_base, d_base, B_base, C_base,
                                     o_base, su_p, sd_p, sB_p, sC_p, so_p, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N,
-                                    not HIDDEN, True, HIDDEN)
+                                    not HIDDEN, True, HIDDEN, sh_ptr, N, SEG)
             else:
                 cur = _chunk_loads(pos_ptr, start, t0, length, u_base, d_base, B_base, C_base, o_base, su_p, sd_p,
-                                   sB_p, sC_p, so_p, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N, not HIDDEN, True, HIDDEN)
+                                   sB_p, sC_p, so_p, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N, not HIDDEN, True, HIDDEN,
+                                   sh_ptr, N, SEG)
             # 1) the chunk's states from its checkpoint; row i keeps h_{t0+i-1}
             h = tl.load(ck_base + c.to(tl.int64) * W * N, mask=mdn & (c > 0), other=0.0)
             us, dts, Bs, hs = (), (), (), ()
@@ -391,7 +413,10 @@ if _HAS_TRITON:
                 else:
                     dz = ddt
                 dbias_acc += dz
-                tl.store(dd_base + p * sdd_p, dz.to(ddelta_ptr.dtype.element_ty), mask=m)
+                if DD_ATOMIC:   # a route that revisits positions adds to its delta's gradient there
+                    tl.atomic_add(dd_base + p * sdd_p, dz, mask=m, sem='relaxed')
+                else:
+                    tl.store(dd_base + p * sdd_p, dz.to(ddelta_ptr.dtype.element_ty), mask=m)
 
         # per-batch partials, one row of s_part per batch element: dA (K*W, N), dD (K*W), dbias (K*W)
         tl.store(dA_ptr + b * s_part + ch[:, None] * N + n[None, :], dA_acc, mask=mdn)
@@ -645,15 +670,39 @@ if _HAS_TRITON:
 
 @functools.lru_cache(maxsize=256)
 def _route_tables(plan: RoutePlan, device: torch.device, out_step: int = 0, du_step: int = 0):
-    """(pos int32 (sum L_k,), meta int32 (K, 5)), cached. Row k of meta: start in pos, length, input channel
+    """(pos int32 (sum L_k,), meta int32 (K, 5), shift), cached. Row k of meta: start in pos, length, input channel
     offset, output channel offset + k * out_step, du channel offset (the input's) + k * du_step; the steps place each
-    route's output / du in its own block of a per-route buffer (``MERGE = 'routes'``)."""
+    route's output / du in its own block of a per-route buffer (``MERGE = 'routes'``). ``shift`` (int32, aligned with
+    pos) is each step's output channel offset relative to its route's, where a plan has concatenated routes (their
+    segments write their own channels); otherwise pos stands in for it (never read)."""
     pos = torch.cat([p.to(torch.int32) for p in plan.positions])
     meta, start = [], 0
     for k, (r, p) in enumerate(zip(plan.routes, plan.positions)):
         meta.append((start, p.numel(), r.in_offset, r.out_offset + k * out_step, r.in_offset + k * du_step))
         start += p.numel()
-    return pos.to(device), torch.tensor(meta, dtype=torch.int32).to(device)
+    shift = pos
+    if _segmented(plan):
+        shift = torch.cat([(s - r.out_offset if s is not None else torch.zeros_like(p)).to(torch.int32)
+                           for r, p, s in zip(plan.routes, plan.positions, plan.out_steps)]).to(device)
+    return pos.to(device), torch.tensor(meta, dtype=torch.int32).to(device), shift
+
+
+def _segmented(plan: RoutePlan) -> bool:
+    """Whether a route of the plan writes several output channel blocks (a concatenated route)."""
+    return any(s is not None and bool((s != r.out_offset).any()) for r, s in zip(plan.routes, plan.out_steps))
+
+
+@functools.lru_cache(maxsize=256)
+def _rewrites(plan: RoutePlan) -> bool:
+    """Whether one route writes some output element more than once (segments sharing positions and channels)."""
+    if not plan.revisits:
+        return False
+    num_pos = plan.height * plan.width_px
+    for p, s in zip(plan.positions, plan.out_steps):
+        keys = p if s is None else s * num_pos + p
+        if torch.unique(keys).numel() != keys.numel():
+            return True
+    return False
 
 
 @functools.lru_cache(maxsize=256)
@@ -667,7 +716,7 @@ def _input_sharing(plan: RoutePlan) -> tuple[int, bool]:
         count = torch.zeros(num_pos, dtype=torch.int32)
         for r, p in zip(plan.routes, plan.positions):
             if r.in_offset <= lo and hi <= r.in_offset + W:
-                count[p] += 1
+                count.index_add_(0, p, torch.ones_like(p, dtype=torch.int32))   # a revisiting route reads again
         most, covered = max(most, int(count.max())), covered and bool(count.min() > 0)
     return most, covered
 
@@ -757,6 +806,12 @@ def _use_chunked(n_state: int, route_len: int, seq_warps: int, device) -> bool:
     return n_state == 1 and route_len >= 512 and seq_warps < SEQ_MIN_WARPS_PER_SM * _sm_count(device)
 
 
+def _sequential_only(plan: RoutePlan) -> bool:
+    # the chunked kernels take neither concatenated routes' output offsets nor revisits (their chunks of one route
+    # run in parallel and would race on a revisited position): those plans always run the sequential kernels
+    return plan.revisits or _segmented(plan)
+
+
 def _chunk_config(width: int, n_state: int, backward: bool):
     """(BT, BD, BN, num_warps) of a chunked kernel."""
     bn = _pow2(n_state)
@@ -792,7 +847,8 @@ def _kernel_config_cached(plan: RoutePlan, n_state: int, backward: bool, batch: 
 def _kernel_config_uncached(plan: RoutePlan, n_state: int, backward: bool, batch: int, device):
     Lmax = plan.max_len
     BD, BN, BT, num_warps = _config(plan.width, n_state, backward, Lmax)
-    if _use_chunked(n_state, Lmax, batch * plan.num_routes * -(-plan.width // BD) * num_warps, device):
+    if not _sequential_only(plan) and _use_chunked(
+            n_state, Lmax, batch * plan.num_routes * -(-plan.width // BD) * num_warps, device):
         BT, BD, BN, num_warps = _chunk_config(plan.width, n_state, backward)
         return True, BT, BD, BN, num_warps, -(-Lmax // BT)
     return False, BT, BD, BN, num_warps, max(1, -(-Lmax // BT))
@@ -829,6 +885,7 @@ class _Launch(NamedTuple):
     parts: int            # backward: rows of the parameter gradients' partial sums
     pos: torch.Tensor
     meta: torch.Tensor
+    shift: torch.Tensor   # sequential kernels: per-step output offsets of concatenated routes (see _route_tables)
 
 
 def _grid_and_constants(plan, n_state, batch, backward, chunked, BT, BD, BN, num_warps, nck):
@@ -852,11 +909,14 @@ def _forward_launch(plan: RoutePlan, n_state: int, batch: int, device, need_grad
     grid, consts, nblk, seqs = _grid_and_constants(plan, n_state, batch, False, chunked, BT, BD, BN, num_warps, nck)
     if not chunked:
         consts.update(CK=CK, SAVE=need_grad)
+        consts.update(SEG=_segmented(plan))
     merge = _merge() if plan.multiplicity > 1 else 'none'
+    if _rewrites(plan):   # one route adds to an element it wrote before: only the fp32 accumulation can do that
+        merge = 'atomic'
     zero = merge == 'atomic' or (merge == 'routes' and not _every_route_writes_everything(plan))
-    pos, meta = _route_tables(plan, device, plan.out_channels if merge == 'routes' else 0)
+    pos, meta, shift = _route_tables(plan, device, plan.out_channels if merge == 'routes' else 0)
     return _Launch(chunked, _scan_fwd_chunked_kernel if chunked else _scan_fwd_kernel, grid, consts, nck, nblk, seqs,
-                   merge, zero, False, 0, pos, meta)
+                   merge, zero, False, 0, pos, meta, shift)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -865,14 +925,19 @@ def _backward_launch(plan: RoutePlan, n_state: int, batch: int, device, knobs) -
     grid, consts, nblk, seqs = _grid_and_constants(plan, n_state, batch, True, chunked, BT, BD, BN, num_warps, nck)
     readers, covered = _input_sharing(plan)
     merge = _merge() if readers > 1 else 'none'
+    if plan.revisits:   # a route reads one input element more than once: its du adds up inside one program
+        merge = 'atomic'
+    if not chunked:
+        consts.update(SEG=_segmented(plan), DD_ATOMIC=plan.revisits)
     zero = merge == 'atomic' or (merge == 'routes' and not _every_route_reads_everything(plan)) or (
         merge == 'none' and not covered)
-    # route k's delta block is written at the route's positions: zeros only where a route skips some
+    # route k's delta block is written at the route's positions: zeros only where a route skips some, or adds
+    # (revisits, into an fp32 buffer)
     num_pos = plan.height * plan.width_px
-    zero_grad_delta = not all(p.numel() == num_pos for p in plan.positions)
-    pos, meta = _route_tables(plan, device, 0, plan.in_channels if merge == 'routes' else 0)
+    zero_grad_delta = plan.revisits or not all(p.numel() == num_pos for p in plan.positions)
+    pos, meta, shift = _route_tables(plan, device, 0, plan.in_channels if merge == 'routes' else 0)
     return _Launch(chunked, _scan_bwd_chunked_kernel if chunked else _scan_bwd_kernel, grid, consts, nck, nblk, seqs,
-                   merge, zero, zero_grad_delta, batch * nck if chunked else batch, pos, meta)
+                   merge, zero, zero_grad_delta, batch * nck if chunked else batch, pos, meta, shift)
 
 
 def _off64(num_pos: int, *position_strides: int) -> bool:
@@ -927,8 +992,8 @@ def triton_forward(u, delta, A, B, C, D, delta_bias, plan: RoutePlan, delta_soft
         if not need_grad:
             ckpt = ckpt.new_empty(0)
     else:
-        launch.kernel[launch.grid](*args, ckpt if need_grad else out, launch.pos, launch.meta, *strides, W, N, K,
-                                   launch.nck, scale, OFF64=_off64(num_pos, su[1], sd[1], sB[1], sC[1], so[1]),
+        launch.kernel[launch.grid](*args, ckpt if need_grad else out, launch.pos, launch.meta, launch.shift, *strides,
+                                   W, N, K, launch.nck, scale, OFF64=_off64(num_pos, su[1], sd[1], sB[1], sC[1], so[1]),
                                    **launch.consts, **flags)
     if launch.merge == 'routes':
         out = out.view(batch, num_pos, K, plan.out_channels, *hidden).sum(2)
@@ -955,7 +1020,8 @@ def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePla
         du = alloc((batch, num_pos, K * in_ch), device=dev, dtype=u.dtype)
     else:
         du = alloc(u.shape, device=dev, dtype=torch.float32 if launch.merge == 'atomic' else u.dtype)
-    ddelta = (torch.zeros if launch.zero_grad_delta else torch.empty)(delta.shape, device=dev, dtype=delta.dtype)
+    ddelta = (torch.zeros if launch.zero_grad_delta else torch.empty)(
+        delta.shape, device=dev, dtype=torch.float32 if plan.revisits else delta.dtype)
     dB = torch.zeros(B.shape, device=dev, dtype=torch.float32)
     dC = torch.zeros(B.shape, device=dev, dtype=torch.float32) if C is not None else dB
     # per-batch (sequential) or per-(batch, chunk) (chunked) partials of dA, dD and ddelta_bias, one row each of one
@@ -980,8 +1046,8 @@ def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePla
         launch.kernel[launch.grid](*args, carry, sync, launch.pos, launch.meta, *grads, *strides, part.stride(0),
                                    W, N, K, launch.nblk, launch.nck, launch.seqs, scale, **launch.consts, **flags)
     else:
-        launch.kernel[launch.grid](*args, launch.pos, launch.meta, *grads, *strides, part.stride(0), W, N, K,
-                                   launch.nck, scale,
+        launch.kernel[launch.grid](*args, launch.pos, launch.meta, launch.shift, *grads, *strides, part.stride(0), W,
+                                   N, K, launch.nck, scale,
                                    OFF64=_off64(num_pos, su[1], sd[1], sB[1], sC[1], so[1], sdu[1], sdd[1], sdB[1]),
                                    **launch.consts, **flags)
     gA = dA.sum(0).view(KW, N).to(A.dtype)
@@ -989,7 +1055,8 @@ def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePla
     gbias = dbias.sum(0).to(delta_bias.dtype) if bias32 is not None else None
     if launch.merge == 'routes':
         du = du.view(batch, num_pos, K, in_ch).sum(2)
-    return du.to(u.dtype), ddelta, gA, dB.to(B.dtype), dC.to(C.dtype) if C is not None else None, gD, gbias
+    dC = dC.to(C.dtype) if C is not None else None
+    return du.to(u.dtype), ddelta.to(delta.dtype), gA, dB.to(B.dtype), dC, gD, gbias
 
 
 def selective_scan_triton(

@@ -16,7 +16,8 @@ from visionssm.mm.synthetic import dataset_cfg_options, make_synthetic_data
 from visionssm.models import FAMILIES
 
 CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
-DETSEG = sorted(p for task in ('detection', 'segmentation') for p in (CONFIGS / task).glob('*.py'))
+DETSEG = sorted(p for task in ('detection', 'segmentation') for p in (CONFIGS / task).glob('**/*.py')
+                if '_base_' not in p.parts)
 ALBU = [p for p in DETSEG if '_albu' in p.name]
 
 
@@ -36,6 +37,9 @@ def test_every_family_and_recipe_has_configs():
         for size in 'tsb':
             assert f'upernet_{family}-{size}_8xb2-160k_ade20k-512x512' in names
     assert 'retinanet_vmamba-t_fpn_1x_coco' in names and len(ALBU) == 2
+    for size in 'mt':
+        assert {f'mask-rcnn_msvmamba-{size}_fpn_1x_coco', f'mask-rcnn_msvmamba-{size}_fpn_ms-3x_coco',
+                f'upernet_msvmamba-{size}_8xb2-160k_ade20k-512x512'} <= set(names)
 
 
 @pytest.mark.parametrize('path', DETSEG, ids=lambda p: p.stem)
@@ -50,7 +54,13 @@ def test_config_builds_its_model(path):
     else:
         assert list(cfg.model.decode_head.in_channels) == backbone.channels
         assert cfg.model.auxiliary_head.in_channels == backbone.channels[cfg.model.auxiliary_head.in_index]
-    assert backbone.init_cfg == dict(type='Pretrained', checkpoint=get_pretrained_cfg(backbone.model_name).url)
+    url = get_pretrained_cfg(backbone.model_name).url
+    if url.startswith('https://drive.google.com/drive/folders/'):   # a folder, not a file: the config names the
+        # downloaded file, and its header says where to get it
+        checkpoint = backbone.init_cfg['checkpoint']
+        assert checkpoint.endswith('.pth') and not checkpoint.startswith('http') and url in path.read_text()
+    else:
+        assert backbone.init_cfg == dict(type='Pretrained', checkpoint=url)
     header = path.read_text().splitlines()[:3]
     assert any(line.startswith('# Published: ') for line in header), 'the published result (or its absence) comes first'
 

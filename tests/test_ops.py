@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from visionssm.ops import (
-    Route, bidirectional_routes, cross_routes, grouped_routes, lattice_routes, plan_routes, selective_scan,
+    Route, bidirectional_routes, cross_routes, grouped_routes, lattice_routes, multiscale_routes, plan_routes,
+    selective_scan,
 )
 from visionssm.kernels.reference import linear_recurrence
 
@@ -30,20 +31,22 @@ def naive_scan(u, delta, A, B, C, D, bias, routes, merge='sum', softplus=True, h
     Bt, H, W, _ = u.shape
     K = len(routes)
     Wr, N = A.shape[0] // K, A.shape[1]
-    Cout = out_channels or max(r.out_offset for r in routes) + Wr
+    Cout = out_channels or max(s.out_offset for r in routes for s in r.parts) + Wr
     out = torch.zeros((Bt, H * W, Cout) + ((N,) if hidden else ()), dtype=torch.float64)
     count = torch.zeros(H * W, Cout)
     uf, df = u.double().reshape(Bt, H * W, -1), delta.double().reshape(Bt, H * W, -1)
     Bf = B.double().reshape(Bt, H * W, K, N)
     Cf = C.double().reshape(Bt, H * W, K, N) if C is not None else None
     for k, route in enumerate(routes):
-        pos = naive_positions(route, H, W)
+        # (position, output channel offset) per step; a concatenated route walks its segments with one state
+        steps = [(p, s.out_offset) for s in route.parts for p in naive_positions(s, H, W)]
         for d in range(Wr):
             ch = k * Wr + d
-            count[pos, route.out_offset + d] += 1
+            for p, o in steps:
+                count[p, o + d] += 1
             for b in range(Bt):
                 h = [0.0] * N
-                for p in pos:
+                for p, o in steps:
                     x = uf[b, p, route.in_offset + d].item()
                     dt = df[b, p, ch].item() + (bias[ch].item() if bias is not None else 0.0)
                     if softplus:
@@ -52,12 +55,12 @@ def naive_scan(u, delta, A, B, C, D, bias, routes, merge='sum', softplus=True, h
                         h[n] = math.exp(dt * A[ch, n].item()) * h[n] + dt * Bf[b, p, k, n].item() * x
                     if hidden:
                         for n in range(N):
-                            out[b, p, route.out_offset + d, n] += h[n]
+                            out[b, p, o + d, n] += h[n]
                     else:
                         y = sum(Cf[b, p, k, n].item() * h[n] for n in range(N))
                         if D is not None:
                             y += D[ch].item() * x
-                        out[b, p, route.out_offset + d] += y
+                        out[b, p, o + d] += y
     if merge == 'mean':
         out = out / (count[..., None] if hidden else count)
     return out.reshape((Bt, H, W, Cout) + ((N,) if hidden else ()))
@@ -84,6 +87,10 @@ PATTERNS = {
     'custom_snake': ((Route(lambda h, w: torch.tensor([r * w + (c if r % 2 == 0 else w - 1 - c)
                                                          for r in range(h) for c in range(w)])),), 'sum', 1),
     'bidirectional_mean': (bidirectional_routes(3), 'mean', 2),
+    # MSVMamba: one route through three orders, each writing its own channel block (out 3*Wr channels)
+    'multiscale': (multiscale_routes(3), 'sum', 1),
+    # segments sharing their output channels, summed there; beside a plain route, averaged
+    'concat_shared_mean': ((Route.concat(Route('row'), Route('col', reverse=True)), Route('col')), 'mean', 1),
 }
 
 
@@ -153,7 +160,8 @@ def test_linear_recurrence_has_no_overflow_with_fast_decay():
     torch.testing.assert_close(h, torch.ones_like(h), atol=1e-300, rtol=1e-12)
 
 
-@pytest.mark.parametrize('pattern', ['cross', 'lattice', 'grouped', 'bidirectional_mean'])
+@pytest.mark.parametrize('pattern', ['cross', 'lattice', 'grouped', 'bidirectional_mean', 'multiscale',
+                                     'concat_shared_mean'])
 def test_gradcheck(pattern):
     routes, merge, in_mult = PATTERNS[pattern]
     H, W = (2, 3) if pattern != 'bidirectional_mean' else (1, 5)
@@ -247,6 +255,9 @@ def test_argument_errors(overrides, match):
      r'route 0 visits some positions of a 2x3 grid more than once'),
     ((Route(lambda h, w: torch.tensor([0, 9])),) + cross_routes()[1:], r'positions outside a 2x3 grid'),
     ((Route('row', in_offset=1),) + cross_routes()[1:], r'route 0 reads input channels \[1, 3\) but the input has 2'),
+    # a concatenated route revisits on purpose, but each of its segments must not
+    ((Route.concat(Route('row'), Route(lambda h, w: torch.tensor([0, 1, 2, 3, 4, 4]))),) + cross_routes()[1:],
+     r'route 0 segment 1 visits some positions of a 2x3 grid more than once'),
 ])
 def test_route_errors(routes, match):
     with pytest.raises(ValueError, match=match):
@@ -260,6 +271,22 @@ def test_route_definition_errors():
         Route('row', stride=2, offset=(2, 0))
     with pytest.raises(ValueError, match=r'route stride must be two integers >= 1'):
         Route('row', stride=0)
+    with pytest.raises(ValueError, match=r'Route.concat takes two or more plain'):
+        Route.concat(Route('row'))
+    with pytest.raises(ValueError, match=r'Route.concat takes two or more plain'):
+        Route.concat(Route('row'), Route.concat(Route('col'), Route('row')))
+    with pytest.raises(ValueError, match=r'must read the same input channels, got in_offset \[0, 2\]'):
+        Route.concat(Route('row'), Route('col', in_offset=2))
+    with pytest.raises(ValueError, match=r'build a concatenated route with Route.concat'):
+        Route('col', segments=(Route('row'), Route('col')))
+
+
+def test_concatenated_route_plan():
+    plan = plan_routes(multiscale_routes(4), 2, 3, 4, 4, 12)
+    assert plan.revisits and plan.multiplicity == 1 and plan.positions[0].tolist() == [
+        5, 4, 3, 2, 1, 0, 0, 3, 1, 4, 2, 5, 5, 2, 4, 1, 3, 0]
+    assert plan.out_steps[0].tolist() == [0] * 6 + [4] * 6 + [8] * 6
+    assert not plan_routes(cross_routes(), 2, 3, 4, 4, 4).revisits
 
 
 def test_option_errors():
@@ -274,3 +301,6 @@ def test_option_errors():
         selective_scan(**kw, routes=cross_routes(), out_dtype=torch.int64)
     with pytest.raises(ValueError, match=r'route 0 writes output channels \[0, 2\) but the output has 1'):
         selective_scan(**kw, routes=cross_routes(), out_channels=1)
+    with pytest.raises(ValueError, match=r'route 0 segment 1 writes output channels \[1, 3\) but the output has 2'):
+        selective_scan(**kw, routes=(Route.concat(Route('row'), Route('col', out_offset=1)),) + cross_routes()[1:],
+                       out_channels=2)

@@ -9,12 +9,12 @@ import torch
 from safetensors.torch import load_file
 
 import visionssm
-from visionssm.models import vmamba
+from visionssm.models import msvmamba, vmamba
 
 from _parity import PARITY, needs_parity
 pytestmark = needs_parity
 
-FILTERS = {'vmamba': vmamba.checkpoint_filter_fn}
+FILTERS = {'vmamba': vmamba.checkpoint_filter_fn, 'msvmamba': msvmamba.checkpoint_filter_fn}
 
 
 def _manifests(family):
@@ -29,7 +29,7 @@ def _shapes(state: dict) -> dict:
     return {k: tuple(v.shape) for k, v in state.items()}
 
 
-@pytest.mark.parametrize('variant', _manifests('vmamba'))
+@pytest.mark.parametrize('variant', _manifests('vmamba') + _manifests('msvmamba'))
 def test_manifest_maps_key_for_key(variant):
     manifest = json.loads((PARITY / 'manifests' / f'{variant}.json').read_text())
     with torch.device('meta'):

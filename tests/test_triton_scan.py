@@ -194,6 +194,50 @@ def test_channels_wider_than_block_and_offsets():
     _check(routes, 2, 3, 20, 23, 20, batch=1, n_state=1, dtype=torch.float32, seed=9)
 
 
+# Concatenated routes (Route.concat): one scan through several orders, revisiting every position; outputs and the
+# input gradients add up at revisited positions.
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize('prefetch', [True, False])
+def test_concat_own_channels_multiscale(dtype, prefetch, monkeypatch):
+    # MSVMamba's half-resolution route: three orders, each writing its own channel block; odd, non-square grid
+    monkeypatch.setattr(TS, 'SEQ_PREFETCH', prefetch)
+    _check(R.multiscale_routes(3), 3, 5, 3, 3, 9, batch=2, n_state=1, dtype=dtype, seed=21)
+
+
+@pytest.mark.parametrize('merge', ['atomic', 'routes'])
+def test_concat_summed_with_plain_route_mean(merge, monkeypatch):
+    # segments sharing their output channels (summed there), beside a plain route: multiplicity 3, mean merge
+    monkeypatch.setattr(TS, 'MERGE', merge)
+    routes = (R.Route.concat(R.Route('row'), R.Route('col', reverse=True)), R.Route('col'))
+    _check(routes, 3, 4, 4, 4, 4, batch=1, n_state=2, dtype=torch.float32, mean=True, seed=22)
+
+
+@pytest.mark.parametrize('merge', ['atomic', 'routes'])
+def test_two_concat_routes_own_channels(merge, monkeypatch):
+    # two concatenated routes, each segment in its own block, every element written once per route: no route
+    # writes an element twice, so the per-route merges apply with per-step output offsets
+    monkeypatch.setattr(TS, 'MERGE', merge)
+    routes = (R.Route.concat(R.Route('row'), R.Route('col', out_offset=3)),
+              R.Route.concat(R.Route('col', reverse=True, in_offset=3),
+                             R.Route('row', reverse=True, in_offset=3, out_offset=3)))
+    _check(routes, 2, 5, 3, 6, 6, batch=2, n_state=2, dtype=torch.float32, seed=27)
+
+
+def test_concat_hidden_and_long_multichunk():
+    _check((R.Route.concat(R.Route('row'), R.Route('row', reverse=True, out_offset=2)),), 2, 3, 2, 2, 4,
+           batch=1, n_state=3, dtype=torch.float32, hidden=True, seed=23)
+    _check(R.multiscale_routes(2), 5, 7, 2, 2, 6, batch=1, n_state=1, dtype=torch.float32, seed=24,
+           seq_tile=((16, 4, 1), (16, 4, 1)))
+    # the v2 layout: the three orders summed into one block (the forward adds in fp32)
+    _check(R.multiscale_routes(3, summed=True), 3, 4, 3, 3, 3, batch=2, n_state=1, dtype=torch.bfloat16, seed=26)
+
+
+def test_concat_always_sequential():
+    plan = R.plan_routes(R.multiscale_routes(96), 100, 100, 96, 96, 288)
+    assert plan.revisits and not TS._kernel_config(plan, 1, True, 1, torch.device('cpu'))[0]
+
+
 def test_chunked_backward_long_route():
     # longer than one backward chunk (CHUNK=16 at N=16): checkpoints across chunks
     _check(R.bidirectional_routes(2), 1, 37, 2, 4, 2, batch=1, n_state=16, dtype=torch.float32, seed=10)
@@ -320,6 +364,16 @@ KERNELS = ['sequential', 'chunked']
 @pytest.mark.parametrize('dtype', DTYPES, ids=str)
 def test_gpu_cross_vmamba_like(dtype, kernel):
     _check(R.cross_routes(), 14, 14, 96, 96, 96, batch=4, n_state=1, dtype=dtype, seed=11, kernel=kernel)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize('summed', [False, True])
+@pytest.mark.parametrize('dtype', DTYPES, ids=str)
+def test_gpu_multiscale_msvmamba_like(dtype, summed):
+    # MSVMamba-T's stage-1 half-resolution route (28x28 map, 192 channels), both generations' output layouts
+    out = 192 if summed else 3 * 192
+    _check(R.multiscale_routes(192, summed=summed), 28, 28, 192, 192, out, batch=4, n_state=1, dtype=dtype, seed=25)
 
 
 @pytest.mark.gpu

@@ -222,7 +222,7 @@ class VisionSSMBackbone(BaseModule):
             ValueError: the checkpoint does not fit the model (names the mismatched, missing or unexpected keys).
         """
         contents = _read_checkpoint(_local_file(checkpoint))
-        state = extract_state_dict(contents, ('state_dict', 'model'), source=checkpoint)
+        state = extract_state_dict(contents, ('state_dict', 'model', 'model_ema'), source=checkpoint)
         prefix = prefix if prefix is not None else 'backbone.' if any(k.startswith('backbone.') for k in state) else ''
         if prefix:
             state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

@@ -95,11 +95,12 @@ def selective_scan(
         C: like ``B``; the output projection. Must be None when ``return_hidden``.
         D: ``(K*W,)`` skip, optional.
         delta_bias: ``(K*W,)`` added to Δ before the softplus, optional.
-        routes: the scan paths (``visionssm.ops.cross_routes()`` etc.).
+        routes: the scan paths (``visionssm.ops.cross_routes()`` etc.); a ``Route.concat`` of orders is one scan
+            through them in turn, revisiting positions.
         merge: ``'sum'`` or ``'mean'`` of the routes that write an element.
         delta_softplus: apply softplus to Δ (+ bias).
         return_hidden: return the states ``h`` instead of ``y``: shape ``(..., C_out, N)``; C and D unused.
-        out_channels: output channels; default ``max(out_offset) + W``.
+        out_channels: output channels; default ``max(out_offset) + W`` (over the segments of concatenated routes).
         out_dtype: default the input dtype; e.g. ``torch.float32`` to keep a low-precision scan's output in fp32.
         backend: ``'auto'`` (Triton on CUDA when available, else the reference) or a name in ``BACKENDS``.
 
@@ -156,7 +157,7 @@ def selective_scan(
         raise TypeError(f'out_dtype must be a floating dtype, got {out_dtype}')
 
     if out_channels is None:
-        out_channels = max(r.out_offset for r in routes) + width
+        out_channels = max(s.out_offset for r in routes for s in r.parts) + width
     key = '|'.join(r.key for r in routes)   # plain strings: torch.compile folds this to a constant
     if not torch.compiler.is_compiling():
         plan = plan_routes(routes, height, width_px, width, in_channels, out_channels)   # errors name the route
