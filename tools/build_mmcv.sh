@@ -8,7 +8,8 @@
 # PyPI ships mmcv 2.1 only as an sdist (OpenMMLab's prebuilt wheels stop at torch 2.1). Its setup.py hard-codes
 # -std=c++14/17, while torch >= 2.13 headers need C++20 (torch 2.x before that: C++17); and pip's own wheel cache
 # ignores the torch version. Environment: MMCV_VERSION (2.1.0), MAX_JOBS (all cores), VISIONSSM_WHEEL_CACHE,
-# TORCH_CUDA_ARCH_LIST (default: the visible GPU's), MMCV_CPU_ONLY=1 (no CUDA ops even on a GPU machine).
+# TORCH_CUDA_ARCH_LIST (default: the visible GPU's), MMCV_CPU_ONLY=1 (no CUDA ops even on a GPU machine),
+# MMCV_PIP_FLAGS (extra flags for installing the wheel).
 set -euo pipefail
 PY=${1:?usage: build_mmcv.sh PYTHON [SDIST]}
 SDIST=${2:-}
@@ -53,7 +54,8 @@ if [ -z "$wheel" ]; then
     wheel=$(ls "$cache"/mmcv-"$MMCV_VERSION"-*.whl | head -n 1)
 fi
 echo "[build_mmcv] installing $wheel"
-"$PY" -m pip install -q --no-deps "$wheel"
+# shellcheck disable=SC2086  (MMCV_PIP_FLAGS: e.g. "--no-index --no-deps" on an offline machine)
+"$PY" -m pip install -q ${MMCV_PIP_FLAGS:-} "$wheel"
 "$PY" - <<'PYEOF'
 import mmcv, torch
 from mmcv import _ext  # noqa: F401  (the compiled ops)

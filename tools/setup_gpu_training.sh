@@ -18,7 +18,7 @@ if [[ -n $WHEELS ]]; then
     sdist=$(ls "$WHEELS"/mmcv-*.tar.gz | head -n 1)
     # setuptools first: mmcv's setup.py needs pkg_resources (setuptools < 81)
     "$PY" -m pip install -q --no-index --no-deps "$WHEELS"/*.whl
-    tools/build_mmcv.sh "$PY" "$sdist"
+    MMCV_PIP_FLAGS="--no-index --no-deps" tools/build_mmcv.sh "$PY" "$sdist"
     "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . \
         || { [[ -e visionssm/kernels ]] || ln -s ../kernels visionssm/kernels; }
 else
