@@ -41,13 +41,14 @@ def run_one(task: str, config: str, precision: str, args, data_root: Path, out: 
     work_dir.mkdir(parents=True, exist_ok=True)
     per_epoch = max(1, args.num_train // args.batch)
     epochs = math.ceil(args.iters / per_epoch)
+    log_every = max(1, min(10, args.iters // 5))
     # a local config that inherits (so mmdet:: / mmseg:: configs work too) and sets what the run changes
     if task == 'det':
         loop = f'train_cfg = dict(max_epochs={epochs}, val_interval={epochs})\n' \
-               f'default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval={epochs}))\n'
+               f'default_hooks = dict(logger=dict(interval={log_every}), checkpoint=dict(interval={epochs}))\n'
     else:  # mmseg recipes are iteration-based
         loop = f'train_cfg = dict(max_iters={args.iters}, val_interval={args.iters})\n' \
-               f'default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval={args.iters}))\n'
+               f'default_hooks = dict(logger=dict(interval={log_every}), checkpoint=dict(interval={args.iters}))\n'
     amp = '' if precision == 'fp32' else \
         f"optim_wrapper = dict(type='AmpOptimWrapper', dtype='{'float16' if precision == 'fp16' else 'bfloat16'}')\n"
     cfg_path = work_dir / 'config.py'
@@ -58,6 +59,7 @@ def run_one(task: str, config: str, precision: str, args, data_root: Path, out: 
         "custom_hooks = [dict(type='visionssm.LossScaleHook'), dict(type='CheckInvalidLossHook', interval=1)]\n"
         + loop + amp)
     opts = dict(dataset_cfg_options(task, data_root / ('coco' if task == 'det' else 'ade')))
+    opts.update(args.cfg_options or {})
     cmd = [sys.executable, str(ROOT / 'tools/train.py'), str(cfg_path), '--work-dir', str(work_dir),
            '--cfg-options'] + [f'{k}={v}' for k, v in opts.items()]
     t0 = time.time()
@@ -68,12 +70,12 @@ def run_one(task: str, config: str, precision: str, args, data_root: Path, out: 
                + (proc.stderr.strip().splitlines() or ['?'])[-1][:300])
     logs = [s for s in _scalars(work_dir) if 'loss' in s and 'time' in s]
     if logs:
-        steady = [s for s in logs if s.get('iter', s.get('step', 0)) > 50] or logs
+        steady = [s for s in logs if s.get('step', 0) > min(50, args.iters // 2)] or logs
         t = statistics.median(s['time'] for s in steady)
         losses = [s['loss'] for s in logs]
         k = max(1, len(losses) // 5)
         scales = [s['loss_scale'] for s in logs if 'loss_scale' in s]
-        row.update(iters=logs[-1].get('iter', logs[-1].get('step')), s_per_iter=round(t, 4),
+        row.update(iters=logs[-1].get('step'), s_per_iter=round(t, 4),
                    data_s_per_iter=round(statistics.median(s.get('data_time', 0) for s in steady), 4),
                    img_per_s=round(args.batch / t, 2), peak_mem_gib=round(max(s.get('memory', 0) for s in logs) / 1024, 2),
                    loss_first=round(statistics.mean(losses[:k]), 4), loss_last=round(statistics.mean(losses[-k:]), 4),
@@ -114,7 +116,10 @@ def main(argv=None) -> list[dict]:
     p.add_argument('--num-train', type=int, default=64)
     p.add_argument('--num-val', type=int, default=16)
     p.add_argument('--size', type=int, nargs=2, default=(480, 640), metavar=('HEIGHT', 'WIDTH'))
+    p.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+                   help='passed to every tools/train.py and tools/test.py call (e.g. a smaller model for a smoke run)')
     args = p.parse_args(argv)
+    args.cfg_options = dict(o.split('=', 1) for o in args.cfg_options)
     runs = []
     for spec in args.runs:
         task, _, rest = spec.partition(':')

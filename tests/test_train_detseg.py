@@ -154,3 +154,26 @@ def test_segmentation_trains_resumes_and_evaluates(data, tmp_path):
     log, metrics = _train_resume_test('seg', SEG_CONFIG, options, tmp_path, 'iter_2.pth', 'iter_4.pth', 0)
     assert 'Iter(train) [3/4]' in log and 'Iter(train) [1/' not in log
     assert 0. <= metrics['mIoU'] <= 100.
+
+
+def test_train_gpu_driver_reports_a_run(tmp_path):
+    """benchmarks/train_gpu.py (the GPU training measurement) end to end on the CPU: fp32, tiny model, 4 iterations."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('train_gpu', ROOT / 'benchmarks' / 'train_gpu.py')
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    small = {k: v for k, v in DET_OPTIONS.items() if k.startswith('model.') and k != 'model.backbone.init_cfg'}
+    small.update({'train_dataloader.dataset.pipeline.2.scale': (128, 128),
+                  'val_dataloader.dataset.pipeline.1.scale': (128, 128),
+                  'test_dataloader.dataset.pipeline.1.scale': (128, 128), **QUIET_LOADERS})
+    options = _argv('unused', options=small, name='unused')[2:-2]
+    rows = driver.main(['--out', str(tmp_path), '--iters', '4', '--num-train', '4', '--num-val', '1', '--batch', '1',
+                        '--workers', '0', '--size', '96', '128',
+                        'det:configs/detection/mask-rcnn_vmamba-t_fpn_1x_coco.py:fp32', '--cfg-options', *options])
+    row, = rows
+    assert row['status'] == 'ok' and row['iters'] == 4 and row['nonfinite_losses'] == 0
+    assert row['img_per_s'] > 0 and row['loss_scale_min'] is None  # fp32: no loss scaler
+    assert 'coco/bbox_mAP' in row['test']
+    assert (tmp_path / 'train_gpu.md').read_text().count('\n') == 3
+    with pytest.raises(SystemExit):
+        driver.main(['--out', str(tmp_path), 'det:configs/x.py:fp8'])
