@@ -13,6 +13,7 @@
 set -euo pipefail
 PY=${1:?usage: build_mmcv.sh PYTHON [SDIST]}
 SDIST=${2:-}
+[[ $PY == */* ]] || PY=$(command -v "$PY")  # a bare name: the one on PATH
 PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"  # absolute, but not resolved past the venv's symlink
 [[ -z $SDIST ]] || SDIST="$(cd "$(dirname "$SDIST")" && pwd)/$(basename "$SDIST")"
 MMCV_VERSION=${MMCV_VERSION:-2.1.0}

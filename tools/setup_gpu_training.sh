@@ -10,6 +10,7 @@
 # it everything comes from the package index. visionssm itself is installed from this checkout (editable).
 set -euo pipefail
 PY=${1:-python3}
+[[ $PY == */* ]] || PY=$(command -v "$PY")
 WHEELS=${2:-}
 cd "$(dirname "$0")/.."
 "$PY" -c 'import torch; assert torch.cuda.is_available(), "no CUDA device visible to torch"; print("[setup] torch", torch.__version__, "CUDA", torch.version.cuda, torch.cuda.get_device_name())'
