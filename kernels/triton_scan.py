@@ -675,7 +675,7 @@ def _route_tables(plan: RoutePlan, device: torch.device, out_step: int = 0, du_s
     route's output / du in its own block of a per-route buffer (``MERGE = 'routes'``). ``shift`` (int32, aligned with
     pos) is each step's output channel offset relative to its route's, where a plan has concatenated routes (their
     segments write their own channels); otherwise pos stands in for it (never read)."""
-    pos = torch.cat([p.to(torch.int32) for p in plan.positions])
+    pos = torch.cat([p.to(torch.int32) for p in plan.positions]).to(device)
     meta, start = [], 0
     for k, (r, p) in enumerate(zip(plan.routes, plan.positions)):
         meta.append((start, p.numel(), r.in_offset, r.out_offset + k * out_step, r.in_offset + k * du_step))
@@ -684,7 +684,7 @@ def _route_tables(plan: RoutePlan, device: torch.device, out_step: int = 0, du_s
     if _segmented(plan):
         shift = torch.cat([(s - r.out_offset if s is not None else torch.zeros_like(p)).to(torch.int32)
                            for r, p, s in zip(plan.routes, plan.positions, plan.out_steps)]).to(device)
-    return pos.to(device), torch.tensor(meta, dtype=torch.int32).to(device), shift
+    return pos, torch.tensor(meta, dtype=torch.int32).to(device), shift   # shift: on the device too (it may be pos)
 
 
 def _segmented(plan: RoutePlan) -> bool:
