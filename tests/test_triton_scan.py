@@ -338,6 +338,17 @@ def test_kernel_choice(hw, width, batch, chunked):
     assert TS.checkpoint_shape(batch, plan, 1, torch.device('cpu'))[2] == bwd[-1] == -(-plan.max_len // bwd[1])
 
 
+@pytest.mark.parametrize('routes', [R.cross_routes(), R.multiscale_routes(8)], ids=['plain', 'concat'])
+def test_route_tables_live_on_the_launch_device(routes):
+    """Every table a launch passes is on the kernels' device. The interpreter runs on host tensors and cannot see a
+    table left on the host; on a GPU such a table fails every launch ('cannot be accessed from Triton')."""
+    out_channels = 8 if len(routes) == 4 else 24   # the concatenated route's three segments write their own blocks
+    plan = R.plan_routes(routes, 5, 7, 8, 8, out_channels)
+    device = torch.device('meta')
+    tables = TS._route_tables(plan, device, 0)
+    assert [t.device for t in tables] == [device] * 3
+
+
 def test_vim_checkpoints_every_four_steps():
     """d_state 16 (Vim): the fp32 checkpoints (B, 2, L / BT, D, 16) dominate training memory; BT = 4 halves them
     against the per-kernel-fastest BT = 2 (Vim-S, H100: 45.6 -> 31.8 GiB at batch 128 for 3% of throughput)."""
