@@ -4,8 +4,9 @@ Channel-last in and out, ``(B, H, W, C)``. The per-route projections (Δ, B, C) 
 on the map itself and the scan op reads them at each route's positions: no cross-scan copy exists anywhere.
 
 Also the pieces every layer that calls the scan op shares: ``ScanLayer`` (their base), ``full_precision``,
-``scan_out_dtype`` and ``init_dt_bias``. The dtype- and device-dependent Python among them is registered with timm
-as torch.fx leaves, so the layers trace.
+``scan_out_dtype`` and ``init_dt_bias``. The dtype- and device-dependent Python among them (and ``route_projections``)
+is registered with timm as torch.fx leaves, so the layers trace; leaves keep public names, since torch.fx's
+autowrap passes over module globals that start with an underscore.
 """
 from __future__ import annotations
 

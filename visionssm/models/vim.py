@@ -195,7 +195,7 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2), x.shape[-2:]
 
 
-@register_notrace_function  # a size check: a torch.fx leaf (autowrap skips names starting with _)
+@register_notrace_function  # a size check: a torch.fx leaf (public: torch.fx autowraps no _names)
 def check_patchable(x: torch.Tensor, patch_size: int) -> torch.Tensor:
     """``x`` itself, if it holds at least one patch."""
     if x.shape[-2] < patch_size or x.shape[-1] < patch_size:
