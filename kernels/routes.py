@@ -109,6 +109,11 @@ class Route:
         object.__setattr__(self, 'key', repr(self))
         _BY_KEY.setdefault(self.key, self)
 
+    def __fx_create_arg__(self, tracer):
+        # In a torch.fx graph a route is its key, looked up when the graph runs: the same object, whatever its
+        # order (a callable order could not be written into the graph's code).
+        return tracer.create_node('call_function', route_from_key, (self.key,), {})
+
     def positions(self, height: int, width: int) -> torch.Tensor:
         """Flat positions ``h * width + w`` in visiting order (int64, CPU); all segments' for a concatenated route."""
         if self.segments:

@@ -13,6 +13,7 @@ from typing import Optional, Type
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.models import register_notrace_function
 
 __all__ = ['Mlp', 'act_linear']
 
@@ -55,9 +56,10 @@ class _ActLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None
 
 
+@register_notrace_function
 def act_linear(x: torch.Tensor, act: nn.Module, linear: nn.Linear) -> torch.Tensor:
     """``linear(act(x))``; under autograd the activation's output is recomputed in the backward, not saved (GELU,
-    SiLU, ReLU; other activations run as they are)."""
+    SiLU, ReLU; other activations run as they are). A torch.fx leaf: traced graphs keep the memory saving."""
     fns = _act_backward(act)
     if fns is not None and torch.is_grad_enabled() and (x.requires_grad or linear.weight.requires_grad):
         return _ActLinear.apply(x, linear.weight, linear.bias, *fns)

@@ -6,8 +6,18 @@ from typing import Type
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.models import register_notrace_function
 
-__all__ = ['PatchEmbed', 'ConvStem', 'PatchMerging', 'ConvDownsample']
+__all__ = ['PatchEmbed', 'ConvStem', 'PatchMerging', 'ConvDownsample', 'pad_to_even']
+
+
+@register_notrace_function  # a size-dependent branch: a torch.fx leaf
+def pad_to_even(x: torch.Tensor) -> torch.Tensor:
+    """Zero-pad a channel-last map ``(B, H, W, C)`` at the bottom/right to even H and W (unchanged if they are)."""
+    height, width = x.shape[1:3]
+    if height % 2 or width % 2:
+        x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
+    return x
 
 
 def _conv_nhwc(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -56,9 +66,7 @@ class PatchMerging(nn.Module):
         self.reduction = nn.Linear(4 * dim, out_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[1:3]
-        if height % 2 or width % 2:
-            x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
+        x = pad_to_even(x)
         # Channel order (top-left, bottom-left, top-right, bottom-right) is what the checkpoints were trained with.
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
         return self.reduction(self.norm(x))

@@ -2,19 +2,27 @@
 
 Channel-last in and out, ``(B, H, W, C)``. The per-route projections (Δ, B, C) are pointwise, so they are computed
 on the map itself and the scan op reads them at each route's positions: no cross-scan copy exists anywhere.
+
+Also the pieces every layer that calls the scan op shares: ``ScanLayer`` (their base), ``full_precision``,
+``scan_out_dtype`` and ``init_dt_bias``. The dtype- and device-dependent Python among them (and ``route_projections``)
+is registered with timm as torch.fx leaves, so the layers trace; leaves keep public names, since torch.fx's
+autowrap passes over module globals that start with an underscore.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence, Type, Union
+from typing import Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import is_scriptable
+from timm.models import register_notrace_function
 
 from visionssm.ops import Route, cross_routes, selective_scan
+from visionssm.ops.selective_scan import TORCHSCRIPT_UNSUPPORTED
 
-__all__ = ['SS2D', 'init_dt_bias', 'full_precision']
+__all__ = ['SS2D', 'ScanLayer', 'init_dt_bias', 'full_precision', 'scan_out_dtype']
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -25,12 +33,65 @@ def init_dt_bias(shape, dt_min: float = 1e-3, dt_max: float = 0.1, dt_floor: flo
     return dt + torch.log(-torch.expm1(-dt))  # inverse softplus
 
 
+@register_notrace_function
 def full_precision(t: torch.Tensor) -> torch.Tensor:
     """Scan parameters in at least float32 (float64 stays float64 for exact reference runs)."""
     return t.float() if t.dtype in _LOW_PRECISION else t
 
 
-class SS2D(nn.Module):
+@register_notrace_function
+def scan_out_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
+    """The scan's ``out_dtype`` for an input like ``x``: float32 for low-precision inputs (the state and the merge
+    stay in full precision up to the next norm), else None (the input's dtype)."""
+    return torch.float32 if x.dtype in _LOW_PRECISION else None
+
+
+class ScanLayer(nn.Module):
+    """Base of the layers that call the selective-scan op.
+
+    TorchScript cannot compile the op (``TORCHSCRIPT_UNSUPPORTED`` says why), so these layers refuse up front with
+    that reason: when built under timm's ``set_scriptable(True)`` and when ``torch.jit.script`` prepares them,
+    before any compiler error could come from elsewhere in the model.
+    """
+
+    def __init__(self):
+        super().__init__()
+        if is_scriptable():
+            raise RuntimeError(TORCHSCRIPT_UNSUPPORTED)
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(TORCHSCRIPT_UNSUPPORTED)
+
+
+@register_notrace_function
+def route_projections(
+        x: torch.Tensor,
+        x_proj_weight: torch.Tensor,
+        dt_projs_weight: torch.Tensor,
+        d_state: int,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Δ ``(B, H, W, K*D)``, B and C ``(B, H, W, K, N)`` of every route from the inner map ``x (B, H, W, D)``, with
+    ``x_proj_weight (K, R+2N, D)`` and ``dt_projs_weight (K, D, R)``."""
+    rank, n, k = dt_projs_weight.shape[-1], d_state, x_proj_weight.shape[0]
+    if x.device.type == 'meta':
+        # FLOP counting runs on the meta device: count the architecture's two-step low-rank Δ projection, as
+        # the papers do (the composed form below computes the same values with more, better-shaped FLOPs)
+        x_dbl = torch.einsum('bhwd,kcd->bhwkc', x, x_proj_weight)
+        dts, B, C = torch.split(x_dbl, [rank, n, n], dim=-1)
+        return torch.einsum('bhwkr,kdr->bhwkd', dts, dt_projs_weight).flatten(-2), B, C
+    # One GEMM for every route's Δ, B and C, dt_proj composed with the first dt_rank rows of x_proj into a
+    # (D x D) matrix per route. Same parameters and values; no per-route batched matmul with permute copies,
+    # and no dt_rank-wide GEMMs (at dt_rank 6 their weight gradients ran as unaligned kernels that took
+    # ~19% of a VMamba-T training step on an H100, tools/profile_model.py). Δ, B and C are strided views
+    # of the one output, read in place by the scan.
+    w_dt = torch.matmul(dt_projs_weight, x_proj_weight[:, :rank])          # (K, D, D)
+    weight = torch.cat([w_dt.flatten(0, 1), x_proj_weight[:, rank:].flatten(0, 1)])
+    dts, BC = F.linear(x, weight).split([k * x.shape[-1], k * 2 * n], dim=-1)
+    BC = BC.unflatten(-1, (k, 2 * n))
+    return dts, BC[..., :n], BC[..., n:]
+
+
+class SS2D(ScanLayer):
     """in_proj → depthwise conv → act → selective scan over ``routes`` → out_norm (→ gate) → out_proj.
 
     Parameter names follow the official VMamba so the stacked per-route tensors need no conversion:
@@ -110,29 +171,11 @@ class SS2D(nn.Module):
 
         Low-precision inputs return float32 (the state and the merge stay in full precision up to out_norm).
         """
-        rank, n, k = self.dt_rank, self.d_state, len(self.routes)
-        if x.device.type == 'meta':
-            # FLOP counting runs on the meta device: count the architecture's two-step low-rank Δ projection, as
-            # the papers do (the composed form below computes the same values with more, better-shaped FLOPs)
-            x_dbl = torch.einsum('bhwd,kcd->bhwkc', x, self.x_proj_weight)
-            dts, B, C = torch.split(x_dbl, [rank, n, n], dim=-1)
-            dts = torch.einsum('bhwkr,kdr->bhwkd', dts, self.dt_projs_weight).flatten(-2)
-        else:
-            # One GEMM for every route's Δ, B and C, dt_proj composed with the first dt_rank rows of x_proj into a
-            # (D x D) matrix per route. Same parameters and values; no per-route batched matmul with permute copies,
-            # and no dt_rank-wide GEMMs (at dt_rank 6 their weight gradients ran as unaligned kernels that took
-            # ~19% of a VMamba-T training step on an H100, tools/profile_model.py). Δ, B and C are strided views
-            # of the one output, read in place by the scan.
-            w_dt = torch.matmul(self.dt_projs_weight, self.x_proj_weight[:, :rank])          # (K, D, D)
-            weight = torch.cat([w_dt.flatten(0, 1), self.x_proj_weight[:, rank:].flatten(0, 1)])
-            dts, BC = F.linear(x, weight).split([k * self.d_inner, k * 2 * n], dim=-1)
-            BC = BC.unflatten(-1, (k, 2 * n))
-            B, C = BC[..., :n], BC[..., n:]
+        dts, B, C = route_projections(x, self.x_proj_weight, self.dt_projs_weight, self.d_state)
         # Autocast may leave the projections in another dtype than x (CPU autocast keeps some matmuls in fp32).
         dts, B, C = (t.to(x.dtype) for t in (dts, B, C))
         return selective_scan(
             x, dts, -torch.exp(full_precision(self.A_logs)), B, C,
             full_precision(self.Ds), full_precision(self.dt_projs_bias).flatten(),
-            routes=self.routes, merge='sum', delta_softplus=True,
-            out_dtype=torch.float32 if x.dtype in _LOW_PRECISION else None,
+            routes=self.routes, merge='sum', delta_softplus=True, out_dtype=scan_out_dtype(x),
         )

@@ -20,6 +20,7 @@ __all__ = ['HierarchicalBackbone']
 
 class HierarchicalBackbone(nn.Module):
     """stem → stages → norm → head, channel-last inside; NCHW feature maps outside."""
+    output_fmt = 'NHWC'  # forward_features' layout: timm reads the spatial and channel axes from it
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:

@@ -13,6 +13,11 @@ quarter of the length). Stages 3-4 are MobileNetV2 inverted residuals with squee
 This is a re-implementation on visionssm's shared scan op (the routes are ``lattice_routes()``), channel-last
 throughout. Official checkpoints convert at load time in ``checkpoint_filter_fn``; ``from_official`` builds the
 model equal to an official ``EfficientVSSM(**kwargs)``.
+
+``forward_features`` returns a channel-last map (``output_fmt = 'NHWC'``). torch.fx traces the model (the scan op
+and a few size- or dtype-dependent helpers are leaves). TorchScript is not supported, because the shared scan op
+cannot be scripted: ``torch.jit.script``, or building under timm's ``set_scriptable(True)``, raises
+``visionssm.ops.selective_scan.TORCHSCRIPT_UNSUPPORTED``, which says why.
 """
 from __future__ import annotations
 
@@ -23,12 +28,11 @@ from typing import Any, Dict, Optional, Sequence, Type, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import ClassifierHead, DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._efficientnet_blocks import InvertedResidual, SqueezeExcite
 
-from visionssm.layers import SS2D, ConvDownsample, Mlp, PatchEmbed, PatchMerging
+from visionssm.layers import SS2D, ConvDownsample, Mlp, PatchEmbed, PatchMerging, pad_to_even
 from visionssm.ops import lattice_routes
 from ._checkpoint import load_through_model
 from ._hierarchical import HierarchicalBackbone
@@ -50,14 +54,11 @@ class AtrousSS2D(SS2D):
         super().__init__(dim, routes=lattice_routes(), **kwargs)
 
     def scan(self, x: torch.Tensor) -> torch.Tensor:
+        # The original pads odd maps with zeros at the bottom/right before forming the sub-lattices, so every
+        # sequence has ceil(H/2) * ceil(W/2) steps and the padded zeros sit inside the scans (they decay the
+        # state). Padding the map itself reproduces that exactly: the projections of zero are zero there too.
         height, width = x.shape[1:3]
-        if height % 2 or width % 2:
-            # The original pads odd maps with zeros at the bottom/right before forming the sub-lattices, so every
-            # sequence has ceil(H/2) * ceil(W/2) steps and the padded zeros sit inside the scans (they decay the
-            # state). Padding the map itself reproduces that exactly: the projections of zero are zero there too.
-            x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
-            return super().scan(x)[:, :height, :width]
-        return super().scan(x)
+        return super().scan(pad_to_even(x))[:, :height, :width]
 
 
 class BiAttn(nn.Module):

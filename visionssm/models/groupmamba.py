@@ -29,6 +29,11 @@ Differences from the original, all deliberate:
   the model is a plain classifier by default.
 * The original casts float16 inputs of each group layer to float32; here the scan itself runs in full precision
   for low-precision inputs (the shared op's policy) and the rest follows the input dtype.
+
+``forward_features`` returns a channel-last map (``output_fmt = 'NHWC'``). torch.fx traces the model (the scan op
+and a few size- or dtype-dependent helpers are leaves). TorchScript is not supported, because the shared scan op
+cannot be scripted: ``torch.jit.script``, or building under timm's ``set_scriptable(True)``, raises
+``visionssm.ops.selective_scan.TORCHSCRIPT_UNSUPPORTED``, which says why.
 """
 from __future__ import annotations
 
@@ -44,7 +49,7 @@ from timm.layers import DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from visionssm.layers import ConvDownsample, Mlp, act_linear, full_precision, init_dt_bias
+from visionssm.layers import ConvDownsample, Mlp, ScanLayer, act_linear, full_precision, init_dt_bias, scan_out_dtype
 from visionssm.ops import grouped_routes, selective_scan
 from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted, load_through_model
 
@@ -54,10 +59,9 @@ __all__ = [
 ]
 
 _NUM_GROUPS = 4  # one per scan direction of grouped_routes
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-class GroupedSS2D(nn.Module):
+class GroupedSS2D(ScanLayer):
     """Four independent SS2D mixers (the official ``mamba_g1..4``), one per channel group, in one module.
 
     Group k takes channels ``[k*C/4, (k+1)*C/4)`` and is scanned along direction k of ``grouped_routes``: in_proj →
@@ -140,8 +144,7 @@ class GroupedSS2D(nn.Module):
         return selective_scan(
             x, dts, -torch.exp(full_precision(self.A_logs)), B, C,
             full_precision(self.Ds), full_precision(self.dt_projs_bias).flatten(),
-            routes=self.routes, merge='sum', delta_softplus=True,
-            out_dtype=torch.float32 if x.dtype in _LOW_PRECISION else None,
+            routes=self.routes, merge='sum', delta_softplus=True, out_dtype=scan_out_dtype(x),
         )
 
 
@@ -314,6 +317,7 @@ class GroupMamba(nn.Module):
         drop_path_rate: stochastic depth, linearly increasing over blocks.
         norm_layer: norm of the blocks' MLP branch, the stage norms, the class block and the final norm.
     """
+    output_fmt = 'NHWC'  # forward_features' layout: timm reads the spatial and channel axes from it
 
     def __init__(
             self,

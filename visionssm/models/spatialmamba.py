@@ -15,6 +15,11 @@ last throughout. The state fusion is always computed from the current weights: t
 merged 11x11 kernel on the first eval forward and never refreshes it, so it goes stale after any later weight
 change; here there is no cache to go stale. Official checkpoints convert at load time in ``checkpoint_filter_fn``;
 ``from_official`` builds the model equal to an official ``SpatialMamba(**kwargs)``.
+
+``forward_features`` returns a channel-last map (``output_fmt = 'NHWC'``). torch.fx traces the model (the scan op
+and a few size- or dtype-dependent helpers are leaves). TorchScript is not supported, because the shared scan op
+cannot be scripted: ``torch.jit.script``, or building under timm's ``set_scriptable(True)``, raises
+``visionssm.ops.selective_scan.TORCHSCRIPT_UNSUPPORTED``, which says why.
 """
 from __future__ import annotations
 
@@ -26,9 +31,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import ClassifierHead, DropPath, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model, \
+    register_notrace_module
 
-from visionssm.layers import SS2D, Mlp
+from visionssm.layers import SS2D, Mlp, full_precision, scan_out_dtype
 from visionssm.ops import Route, selective_scan
 from ._checkpoint import load_through_model
 from ._hierarchical import HierarchicalBackbone
@@ -37,8 +43,6 @@ __all__ = [
     'SpatialMamba', 'SpatialMambaBlock', 'SpatialMambaStage', 'StructureAwareSSM', 'StateFusion',
     'checkpoint_filter_fn', 'from_official',
 ]
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 class ConvNormAct(nn.Module):
@@ -88,6 +92,7 @@ class Downsample(nn.Module):
         return self.pw2(self.dw(self.pw1(x.permute(0, 3, 1, 2)))).permute(0, 2, 3, 1)
 
 
+@register_notrace_module
 class StateFusion(nn.Module):
     """Structure-aware state fusion: ``sum_i alpha_i * DWConv3x3_{dilation d_i}(h)`` with d = (1, 3, 5), each
     branch replicate-padded (border indices clamped), no bias. Channel-last ``(B, H, W, D)`` in and out.
@@ -100,6 +105,9 @@ class StateFusion(nn.Module):
     it (replicate padding by d is the centre of replicate padding by 5), with ``alpha_i`` folded into its kernel:
     autograd keeps one padded map, where padding and scaling per branch kept the input, three padded maps and three
     branch outputs.
+
+    A torch.fx leaf: its full-precision region (an autocast context a traced graph would drop) and its size-dependent
+    padding indices run as they are.
     """
     dilations = (1, 3, 5)
 
@@ -161,16 +169,15 @@ class StructureAwareSSM(SS2D):
         x_dbl = torch.einsum('bhwd,kcd->bhwkc', x, self.x_proj_weight)
         dts, B, C = torch.split(x_dbl, [self.dt_rank, 1, 1], dim=-1)
         dts = torch.einsum('bhwkr,kdr->bhwkd', dts, self.dt_projs_weight).flatten(-2)
-        full = torch.float32 if x.dtype in _LOW_PRECISION else x.dtype
-        A = -torch.exp(self.A_logs.to(torch.promote_types(self.A_logs.dtype, torch.float32)))
+        A = -torch.exp(full_precision(self.A_logs))
         # Autocast may leave the projections in another dtype than x (CPU autocast does); the op wants one dtype.
         h = selective_scan(
             x, dts.to(x.dtype).contiguous(), A, B.to(x.dtype).contiguous(), None, None,
             self.dt_projs_bias.to(A.dtype).flatten(),
-            routes=self.routes, delta_softplus=True, return_hidden=True, out_dtype=full,
+            routes=self.routes, delta_softplus=True, return_hidden=True, out_dtype=scan_out_dtype(x),
         ).squeeze(-1)
-        h = self.state_fusion(h)
-        return h * C[..., 0, :].to(full) + x.to(full) * self.Ds.to(full)
+        h = self.state_fusion(h)  # in the scan's output dtype: float32 for low-precision x, else x's
+        return h * C[..., 0, :].to(h.dtype) + x.to(h.dtype) * self.Ds.to(h.dtype)
 
 
 class SpatialMambaBlock(nn.Module):

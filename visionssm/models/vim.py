@@ -24,6 +24,11 @@ Differences from the official module (none change the released models' outputs):
 * The official slow path (``use_fast_path=False``) silently drops the backward direction; both always run here.
 * ``features_only`` adds a ViTDet-style simple feature pyramid (``VimFeaturePyramid``) that is not part of the
   classification checkpoint.
+
+``forward_features`` returns the tokens (``output_fmt = 'NLC'``), the class token at ``M // 2``. torch.fx traces the
+model (the scan op and a few size- or dtype-dependent helpers are leaves). TorchScript is not supported, because the
+shared scan op cannot be scripted: ``torch.jit.script``, or building under timm's ``set_scriptable(True)``, raises
+``visionssm.ops.selective_scan.TORCHSCRIPT_UNSUPPORTED``, which says why.
 """
 from __future__ import annotations
 
@@ -35,17 +40,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, resample_abs_pos_embed, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model, \
+    register_notrace_function
 from timm.models._features import FeatureInfo, feature_take_indices
 
-from visionssm.layers import full_precision, init_dt_bias
+from visionssm.layers import ScanLayer, full_precision, init_dt_bias, scan_out_dtype
 from visionssm.ops import bidirectional_routes, selective_scan
 from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted, load_through_model
 
 __all__ = ['Vim', 'VimBlock', 'BiMambaMixer', 'VimFeaturePyramid', 'RMSNorm', 'checkpoint_filter_fn',
            'resample_pos_embed', 'from_official']
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 class RMSNorm(nn.Module):
@@ -62,7 +66,7 @@ class RMSNorm(nn.Module):
         return y.to(self.weight.dtype)  # the residual stays in full precision, the mixer gets the model's dtype
 
 
-class BiMambaMixer(nn.Module):
+class BiMambaMixer(ScanLayer):
     """Official ``Mamba(bimamba_type='v2', if_divide_out=True)`` on a token sequence ``(B, L, C)``.
 
     Parameter names are the official ones (``conv1d_b``, ``x_proj_b``, ``dt_proj_b``, ``A_b_log``, ``D_b`` for the
@@ -150,8 +154,7 @@ class BiMambaMixer(nn.Module):
         delta, B, C = (t.to(u.dtype).contiguous() for t in (delta, B, C))
         y = selective_scan(
             u.contiguous(), delta, A, B, C, D, delta_bias, routes=self.routes, merge=self.merge,
-            delta_softplus=True, out_channels=self.d_inner,
-            out_dtype=torch.float32 if u.dtype in _LOW_PRECISION else None,
+            delta_softplus=True, out_channels=self.d_inner, out_dtype=scan_out_dtype(u),
         )
         # Officially each direction is gated by SiLU(z) (the backward one by flip(z), flipped back: the same z at
         # every position) before the average; the gate is common to both, so it is applied once after the merge.
@@ -187,12 +190,20 @@ class PatchEmbed(nn.Module):
         return (height - self.patch_size) // self.stride + 1, (width - self.patch_size) // self.stride + 1
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
-        if x.shape[-2] < self.patch_size or x.shape[-1] < self.patch_size:
-            raise ValueError(f'input of size {tuple(x.shape[-2:])} is smaller than one {self.patch_size}px patch')
-        x = self.proj(x)
-        return x.flatten(2).transpose(1, 2), tuple(x.shape[-2:])
+        """Tokens ``(B, H'*W', C)`` and the grid ``(H', W')``."""
+        x = self.proj(check_patchable(x, self.patch_size))
+        return x.flatten(2).transpose(1, 2), x.shape[-2:]
 
 
+@register_notrace_function  # a size check: a torch.fx leaf (public: torch.fx autowraps no _names)
+def check_patchable(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """``x`` itself, if it holds at least one patch."""
+    if x.shape[-2] < patch_size or x.shape[-1] < patch_size:
+        raise ValueError(f'input of size {tuple(x.shape[-2:])} is smaller than one {patch_size}px patch')
+    return x
+
+
+@register_notrace_function  # branches on the grids: a torch.fx leaf
 def resample_pos_embed(
         pos_embed: torch.Tensor,
         new_grid: Sequence[int],
@@ -245,6 +256,7 @@ class Vim(nn.Module):
         drop_rate: dropout after the position embedding (the official ``drop_rate``).
         drop_path_rate: stochastic depth, linearly increasing over blocks.
     """
+    output_fmt = 'NLC'  # forward_features returns tokens, like timm's ViTs
 
     def __init__(
             self,
@@ -441,6 +453,7 @@ class VimFeaturePyramid(nn.Module):
     GELU between two of them) to go finer, identity at ``s``, max-pooling to go coarser. These layers are new: they
     are not in the classification checkpoint and start at their initialization.
     """
+    output_fmt = 'NCHW'
 
     def __init__(
             self,
@@ -453,6 +466,10 @@ class VimFeaturePyramid(nn.Module):
         super().__init__()
         kwargs.pop('feature_cls', None)
         kwargs.pop('flatten_sequential', None)
+        # timm passes the model's own output_fmt (its tokens); the pyramid's levels are NCHW maps.
+        output_fmt = kwargs.pop('output_fmt', self.output_fmt)
+        if output_fmt not in (self.output_fmt, model.output_fmt):
+            raise ValueError(f"Vim's feature pyramid returns {self.output_fmt} maps, got output_fmt={output_fmt!r}")
         if kwargs:
             raise ValueError(f'unknown feature options for Vim: {sorted(kwargs)}')
         depth, dim = len(model.blocks), model.embed_dim

@@ -12,6 +12,11 @@ A hierarchical backbone whose token mixer (SS2D) runs the selective scan along f
 This is a re-implementation on visionssm's shared scan op: channel-last throughout, no cross-scan copies. Official
 checkpoints (both generations, the v0 era's legacy key names, Linear2d-shaped weights) convert at load time in
 ``checkpoint_filter_fn``; ``from_official`` builds the model equal to an official ``VSSM(**kwargs)``.
+
+``forward_features`` returns a channel-last map (``output_fmt = 'NHWC'``). torch.fx traces the model (the scan op
+and a few size- or dtype-dependent helpers are leaves). TorchScript is not supported, because the shared scan op
+cannot be scripted: ``torch.jit.script``, or building under timm's ``set_scriptable(True)``, raises
+``visionssm.ops.selective_scan.TORCHSCRIPT_UNSUPPORTED``, which says why.
 """
 from __future__ import annotations
 

@@ -216,3 +216,30 @@ def _as_map(name, t, seq, ranks, grid, grid_str, tail, expected):
     if tuple(t.shape[3:]) != tail:
         raise ValueError(f'{name} must have trailing shape {tail} for {expected}, got {tuple(t.shape[3:])}')
     return t
+
+
+# --- torch.fx and TorchScript ----------------------------------------------------------------------------------
+# Under torch.fx the op is one leaf node for every model: it is in timm's notrace registry, which timm's FX feature
+# extraction (``features_only=True, feature_cls='fx'``, ``timm.models.create_feature_extractor``) and any tracer
+# given ``timm.models.get_notrace_functions()`` wrap. Its checks, route planning and dispatch then run when the
+# graph runs, on real tensors; the routes enter the graph as ``route_from_key`` nodes (``Route.__fx_create_arg__``).
+from timm.models import register_notrace_function  # noqa: E402
+
+register_notrace_function(selective_scan)
+
+TORCHSCRIPT_UNSUPPORTED = (
+    'visionssm models cannot be compiled with TorchScript: the selective-scan op they all run '
+    '(visionssm.ops.selective_scan) is Python that torch.jit.script cannot compile. It plans its Route objects '
+    'into index tensors per map size and dispatches to the Triton kernels through Python autograd functions and '
+    'torch.library ops; a scripted model could only call it back in Python (@torch.jit.ignore) and could then not '
+    'be saved with torch.jit.save. Use torch.compile, or torch.fx (the op is a leaf of timm\'s FX tracing).'
+)
+
+
+def _refuse_torchscript():
+    raise RuntimeError(TORCHSCRIPT_UNSUPPORTED)
+
+
+# torch.jit.script calls a function's __prepare_scriptable__ before compiling it: scripting anything that reaches
+# the op (the op itself, or an FX graph of a model) stops with the reason instead of a compiler error.
+selective_scan.__prepare_scriptable__ = _refuse_torchscript
