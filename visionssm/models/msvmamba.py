@@ -20,6 +20,11 @@ and added. Then an SE gate; the MLP is a ConvFFN. Two generations:
 A re-implementation on visionssm's shared scan op: the half-resolution scan is one concatenated route
 (``visionssm.ops.multiscale_routes``), read in place from the map. Official checkpoints convert at load time in
 ``checkpoint_filter_fn``; ``from_official`` builds the model equal to an official ``VSSM(**kwargs)`` of either branch.
+
+``forward_features`` returns a channel-last map (``output_fmt = 'NHWC'``). torch.fx traces the model (the scan op
+and a few size-dependent helpers are leaves). TorchScript is not supported, because the shared scan op cannot be
+scripted: ``torch.jit.script``, or building under timm's ``set_scriptable(True)``, raises
+``visionssm.ops.selective_scan.TORCHSCRIPT_UNSUPPORTED``, which says why.
 """
 from __future__ import annotations
 
@@ -34,14 +39,13 @@ from timm.layers import ClassifierHead, DropPath, register_notrace_function, tru
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from visionssm.layers import ConvDownsample, ConvStem, PatchEmbed, PatchMerging
-from visionssm.layers.ss2d import full_precision, init_dt_bias
+from visionssm.layers.ss2d import ScanLayer, full_precision, init_dt_bias, scan_out_dtype
 from visionssm.ops import Route, multiscale_routes, selective_scan
 from ._checkpoint import load_through_model
 from ._hierarchical import HierarchicalBackbone
 
 __all__ = ['MSVMamba', 'MS2D', 'MSVSSBlock', 'checkpoint_filter_fn', 'from_official']
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 _FULL_ROUTE = (Route('row'),)
 
 
@@ -66,7 +70,6 @@ def map_size(x: torch.Tensor) -> tuple[int, int]:
     return x.shape[1], x.shape[2]
 
 
-@register_notrace_function
 def scan_routes(x, dts, A_logs, B, C, D, bias, routes: Sequence[Route]) -> torch.Tensor:
     """One parameter set's scan along ``routes``. Low-precision inputs scan with full-precision parameters and
     return float32 (state and merge stay in full precision up to out_norm)."""
@@ -78,7 +81,7 @@ def scan_routes(x, dts, A_logs, B, C, D, bias, routes: Sequence[Route]) -> torch
     dts, B, C = (t.to(x.dtype) for t in (dts, B, C))   # autocast may leave the projections in another dtype
     return selective_scan(
         x, dts, -torch.exp(full_precision(A_logs)), B, C, full_precision(D), full_precision(bias), routes=routes,
-        merge='sum', delta_softplus=True, out_dtype=torch.float32 if x.dtype in _LOW_PRECISION else None)
+        merge='sum', delta_softplus=True, out_dtype=scan_out_dtype(x))
 
 
 class SqueezeExcite(nn.Module):
@@ -113,7 +116,7 @@ class ConvFFN(nn.Module):
         return self.drop(self.fc2(self.act(h)))
 
 
-class MS2D(nn.Module):
+class MS2D(ScanLayer):
     """Multi-scale 2-D selective scan (channel-last in and out).
 
     ``in_proj`` → x (and the gate z); full route: SiLU(dwconv3x3(x)) scanned row-major; half routes:
