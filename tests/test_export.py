@@ -1,0 +1,104 @@
+"""Models export (ONNX with dynamic batch/height/width, torch.export, AOTInductor) and the exports match eager.
+
+Tracing with symbolic sizes is slow (tens of seconds per tiny model, minutes per T model on one core), so all but
+the scan-level checks are marked ``slow``; they stay part of ``make test``.
+"""
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+import visionssm  # noqa: F401  (registers the models)
+from visionssm.export import dynamic_shapes, example_input, export_aoti, export_onnx, export_program, input_multiple
+
+onnx = pytest.importorskip('onnx')
+ort = pytest.importorskip('onnxruntime')
+
+TEST_MODELS = ['test_vmamba', 'test_vim', 'test_efficientvmamba', 'test_groupmamba', 'test_spatialmamba']
+T_MODELS = ['vmamba_tiny_s1l8', 'vim_tiny', 'efficientvmamba_tiny', 'groupmamba_tiny', 'spatialmamba_tiny']
+RTOL = 1e-4   # max |onnxruntime - eager| / max |eager|, fp32
+
+
+def _model(name, **kwargs):
+    torch.manual_seed(0)
+    model = timm.create_model(name, **kwargs).eval()
+    head = model.get_classifier() if hasattr(model, 'get_classifier') else None
+    if isinstance(head, nn.Linear):   # a zero-initialised head would make every logit equal: compare real values
+        nn.init.normal_(head.weight, std=0.05)
+    return model
+
+
+def _rel_err(got, want):
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+def _check_onnx_at_sizes(model, path, sizes):
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    for batch, height, width in sizes:
+        x = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(height * width))
+        got = session.run(None, {'input': x.numpy()})
+        with torch.no_grad():
+            want = model(x)
+        want = [want] if isinstance(want, torch.Tensor) else list(want)
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert g.shape == tuple(w.shape)
+            err = _rel_err(g, w.numpy())
+            assert err <= RTOL, f'{(batch, height, width)}: relative error {err:.2e} > {RTOL}'
+
+
+def test_input_multiple_and_dynamic_shapes():
+    model = _model('test_vmamba')
+    assert input_multiple(model) == 32 and input_multiple(_model('test_vim')) == 16
+    spec = dynamic_shapes(model, max_size=512)[0]
+    assert set(spec) == {0, 2, 3}
+    with pytest.raises(ValueError, match='multiple of 32'):
+        example_input(model, 100)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', TEST_MODELS)
+def test_onnx_dynamic_matches_eager(name, tmp_path):
+    model = _model(name)
+    path = export_onnx(model, tmp_path / f'{name}.onnx', example_input(model, 64), dynamic=True)
+    # one file, two batches and two (non-square) sizes other than the traced one
+    _check_onnx_at_sizes(model, path, [(1, 64, 96), (3, 128, 64)])
+
+
+@pytest.mark.slow
+def test_onnx_features_only(tmp_path):
+    model = _model('test_groupmamba', features_only=True)
+    path = export_onnx(model, tmp_path / 'features.onnx', example_input(model, 64), dynamic=True)
+    assert [o.name for o in onnx.load(str(path)).graph.output] == [f'feature_{i}' for i in range(4)]
+    _check_onnx_at_sizes(model, path, [(1, 96, 64)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', T_MODELS)
+def test_onnx_t_models_at_224(name, tmp_path):
+    model = _model(name)
+    path = export_onnx(model, tmp_path / f'{name}.onnx', example_input(model, 224), dynamic=True)
+    _check_onnx_at_sizes(model, path, [(1, 224, 224)])
+
+
+@pytest.mark.slow
+def test_torch_export_dynamic_matches_eager(tmp_path):
+    model = _model('test_vim')
+    export_program(model, example_input(model, 64), dynamic=True, path=tmp_path / 'vim.pt2')
+    program = torch.export.load(tmp_path / 'vim.pt2')
+    for shape in [(1, 3, 64, 64), (3, 3, 96, 160)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_aoti_package_matches_eager(tmp_path):
+    model = _model('test_vim')
+    path = export_aoti(model, tmp_path / 'vim.aoti.pt2', example_input(model, 64), dynamic=True)
+    runner = torch._inductor.aoti_load_package(path)
+    for shape in [(2, 3, 64, 64), (1, 3, 96, 64)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            torch.testing.assert_close(runner(x), model(x), rtol=1e-4, atol=1e-5)
