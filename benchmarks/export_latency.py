@@ -66,8 +66,12 @@ def bench_cpu(name, args, workdir):
         with forced_backend('export'):
             row['eager_export_scan_ms'] = median_ms(lambda: model(x), args.warmup, args.iters)
         want = model(x).numpy()
-    path = export_onnx(model, os.path.join(workdir, f'{name}.onnx'), example_input(model, args.img_size),
-                       dynamic=True)
+    # static: traced at batch 1 (a dynamic export traces batch 2, see visionssm.export.example_input)
+    example = x if args.static else example_input(model, args.img_size)
+    start = time.perf_counter()
+    path = export_onnx(model, os.path.join(workdir, f'{name}.onnx'), example, dynamic=not args.static)
+    row['onnx_export_s'] = time.perf_counter() - start
+    row['onnx_dynamic'] = not args.static
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
     session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
@@ -107,6 +111,7 @@ def main():
     p.add_argument('--threads', type=int, default=torch.get_num_threads())
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--iters', type=int, default=10)
+    p.add_argument('--static', action='store_true', help='export for the benchmark size only (faster to export)')
     p.add_argument('--out', default='export_latency.json')
     args = p.parse_args()
     torch.set_num_threads(args.threads)
