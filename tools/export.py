@@ -29,7 +29,8 @@ def parse_args(argv=None):
     p.add_argument('--dynamic', action='store_true', help='dynamic batch, height and width (multiples of the stride)')
     p.add_argument('--checkpoint', default='', help='weights to load (official or visionssm layout)')
     p.add_argument('--features-only', action='store_true', help='export the backbone returning its stage maps')
-    p.add_argument('--img-size', type=int, default=None, help="example (and, static, the only) size; default the model's")
+    p.add_argument('--img-size', type=int, default=None,
+                   help="traced size (a static export's only size); default the model's")
     p.add_argument('--batch', type=int, default=2, help='example batch (static exports keep it)')
     p.add_argument('--device', default='cpu')
     p.add_argument('--out', default='', help='output path; default <model><suffix> in the working directory')

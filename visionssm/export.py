@@ -53,7 +53,8 @@ def example_input(model: nn.Module, img_size: Optional[Union[int, Sequence[int]]
         size = [img_size, img_size] if isinstance(img_size, int) else list(img_size)
     multiple = input_multiple(model)
     if any(s % multiple for s in size):
-        raise ValueError(f'img_size {tuple(size)} must be a multiple of {multiple}, the stride of {type(model).__name__}')
+        raise ValueError(f'img_size {tuple(size)} must be a multiple of {multiple}, '
+                         f'the stride of {type(model).__name__}')
     param = next(model.parameters())
     return torch.randn(batch, chans, *size, device=param.device, dtype=param.dtype)
 

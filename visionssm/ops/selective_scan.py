@@ -2,7 +2,8 @@
 
 Checks the arguments (errors name the argument and what was expected), applies the dtype policy, resolves the
 routes for the map's size and dispatches to a backend. Backends live in ``visionssm.kernels``: the pure-PyTorch
-reference (CPU, oracle) and the Triton kernels (picked for CUDA tensors).
+reference (CPU, oracle), the Triton kernels (picked for CUDA tensors) and the loop-free export form (picked
+while exporting or tracing: ONNX, torch.export, AOTInductor).
 
 Under ``torch.compile`` the Triton backend runs as the ``torch.library`` custom ops ``visionssm::selective_scan`` /
 ``selective_scan_backward`` (defined in ``kernels/triton_scan.py``, with fake implementations; the routes travel as
@@ -110,8 +111,8 @@ def selective_scan(
         return_hidden: return the states ``h`` instead of ``y``: shape ``(..., C_out, N)``; C and D unused.
         out_channels: output channels; default ``max(out_offset) + W``.
         out_dtype: default the input dtype; e.g. ``torch.float32`` to keep a low-precision scan's output in fp32.
-        backend: ``'auto'`` (Triton on CUDA when available, else the reference; ``'export'`` while exporting or tracing)
-            or a name in ``BACKENDS``.
+        backend: ``'auto'`` (Triton on CUDA when available, else the reference; ``'export'`` while exporting or
+            tracing) or a name in ``BACKENDS``.
 
     Returns:
         ``(B, H, W_px, C_out)`` (or ``(B, L, C_out)``), plus a trailing ``N`` with ``return_hidden``.
@@ -179,8 +180,9 @@ def selective_scan(
     flat = lambda t: t.flatten(1, 2) if t is not None else None
     args = (flat(u), flat(delta), A, flat(B), flat(C), D, delta_bias)
     if name == 'triton':
-        out = _run_triton(*args, None if torch.compiler.is_compiling() else plan, key, height, width_px,
-                          out_channels, delta_softplus, return_hidden, merge == 'mean', out_dtype)
+        traced = torch.compiler.is_compiling() or _exporting()
+        out = _run_triton(*args, None if traced else plan, key, height, width_px, out_channels, delta_softplus,
+                          return_hidden, merge == 'mean', out_dtype)
     else:  # the reference (or a backend registered by the user): plain autograd
         if name == 'export' and _exporting():   # symbolic sizes: positions are built in the graph, unchecked
             plan = RoutePlan(tuple(routes), height, width_px, width, in_channels, out_channels, (), 0)
