@@ -74,6 +74,7 @@ def bench_cpu(name, args, workdir):
     row['onnx_dynamic'] = not args.static
     options = ort.SessionOptions()
     options.intra_op_num_threads = args.threads
+    options.log_severity_level = 3
     session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
     feed = {'input': x.numpy()}
     row['onnxruntime_ms'] = median_ms(lambda: session.run(None, feed), args.warmup, args.iters)
