@@ -3,6 +3,8 @@
 Tracing with symbolic sizes is slow (tens of seconds per tiny model, minutes per T model on one core), so all but
 the scan-level checks are marked ``slow``; they stay part of ``make test``.
 """
+import os
+
 import numpy as np
 import pytest
 import timm
@@ -96,7 +98,27 @@ def test_torch_export_dynamic_matches_eager(tmp_path):
 
 
 @pytest.mark.slow
-def test_aoti_package_matches_eager(tmp_path):
+def test_aoti_scan_package_matches_eager(tmp_path):
+    """The scan alone through AOTInductor (CPU), dynamic H and W: the export form compiles and matches eager."""
+    from test_export_scan import PATTERNS, _Scan, make_inputs
+    routes, merge, _ = PATTERNS['cross']
+    module = _Scan(routes, merge)
+    maps = {1: torch.export.Dim('h', min=2, max=64), 2: torch.export.Dim('w', min=2, max=64)}
+    inputs = make_inputs(2, 6, 10, 4, 3, 2, 3, dtype=torch.float32)
+    program = torch.export.export(module, inputs, dynamic_shapes=(maps, maps, None, maps, maps, None, None))
+    path = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / 'scan.pt2'))
+    runner = torch._inductor.aoti_load_package(path)
+    for size in ((4, 8), (13, 7)):
+        x = make_inputs(2, *size, 4, 3, 2, 3, dtype=torch.float32, seed=5)
+        torch.testing.assert_close(runner(*x), module(*x), rtol=1e-5, atol=1e-5)
+
+
+# A whole model through AOTInductor compiles C++ for every kernel: about 8 minutes for test_vim on a loaded 2-core
+# CPU, too long for every test run. It passes; run it with VISIONSSM_TEST_AOTI_MODEL=1.
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get('VISIONSSM_TEST_AOTI_MODEL'),
+                    reason='compiles a whole model with AOTInductor (minutes); set VISIONSSM_TEST_AOTI_MODEL=1')
+def test_aoti_model_package_matches_eager(tmp_path):
     model = _model('test_vim')
     path = export_aoti(model, tmp_path / 'vim.aoti.pt2', example_input(model, 64), dynamic=True)
     runner = torch._inductor.aoti_load_package(path)
