@@ -1,7 +1,8 @@
 """Models export (ONNX with dynamic batch/height/width, torch.export, AOTInductor) and the exports match eager.
 
-Tracing with symbolic sizes is slow (tens of seconds per tiny model, minutes per T model on one core), so all but
-the scan-level checks are marked ``slow``; they stay part of ``make test``.
+Tracing with symbolic sizes is slow: measured on a loaded 2-core machine, one core, 1.5 to 2.5 minutes per tiny
+model (9 for test_efficientvmamba, whose four stride-2 lattices make the symbolic sizes complex) and about 5 minutes
+per T model. So all but the first test are marked ``slow``; they stay part of ``make test``.
 """
 import os
 
