@@ -31,6 +31,10 @@ index (``dbc_index``, today the same positions); scan; scatter-add the outputs b
 route may read Δ/B/C in another order than ``u`` or visit a position more than once without changing the core.
 Routes whose lengths are equal by construction (same stride and offset) run stacked.
 
+Cost: the chunks do ``O(L T)`` work per channel and state where a sequential scan does ``O(L)``, so on a CPU this
+form is slower than the reference (3.5x for VMamba-T, 24x for EfficientVMamba-T at d_state 16; docs/deploy.md).
+It is the form for exporting, not the CPU default.
+
 ``A`` must be non-positive (every family builds ``A = -exp(A_log)``); a positive ``A`` would make the decays
 grow, which neither this form nor a stable scan is meant for.
 """
@@ -84,14 +88,12 @@ def _to_chunks(a: torch.Tensor, x: torch.Tensor, chunk: int):
     return a.unflatten(-2, (num_chunks, chunk)), x.unflatten(-2, (num_chunks, chunk))
 
 
-def chunked_recurrence(a: torch.Tensor, x: torch.Tensor, levels: int = None, chunk: int = None) -> torch.Tensor:
+def chunked_recurrence(a: torch.Tensor, x: torch.Tensor, levels: int = LEVELS, chunk: int = CHUNK) -> torch.Tensor:
     """All states of ``h_t = exp(a_t) * h_{t-1} + x_t`` along dim -2 (``h_{-1} = 0``), loop-free.
 
     ``a`` (log-decays, <= 0) and ``x`` have shape ``(..., L, X)``. ``levels`` chunk levels of ``chunk`` steps,
     then one segment-sum over the remaining steps (see the module docstring).
     """
-    levels = LEVELS if levels is None else levels
-    chunk = CHUNK if chunk is None else chunk
     length = a.shape[-2]
     if levels == 0:
         return (torch.exp(_segment_sum(a)) * x.unsqueeze(-3)).sum(-2)
