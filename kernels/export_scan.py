@@ -32,7 +32,7 @@ route may read Δ/B/C in another order than ``u`` or visit a position more than 
 Routes whose lengths are equal by construction (same stride and offset) run stacked.
 
 Cost: the chunks do ``O(L T)`` work per channel and state where a sequential scan does ``O(L)``, so on a CPU this
-form is slower than the reference (3.5x for VMamba-T, 24x for EfficientVMamba-T at d_state 16; docs/deploy.md).
+form is slower than the reference (8x for VMamba-T, 22x for EfficientVMamba-T at d_state 16; docs/deploy.md).
 It is the form for exporting, not the CPU default.
 
 ``A`` must be non-positive (every family builds ``A = -exp(A_log)``); a positive ``A`` would make the decays
