@@ -1,8 +1,8 @@
 """Models export (ONNX with dynamic batch/height/width, torch.export, AOTInductor) and the exports match eager.
 
-Tracing with symbolic sizes is slow: measured on a loaded 2-core machine, one core, 1.5 to 2.5 minutes per tiny
-model (9 for test_efficientvmamba, whose four stride-2 lattices make the symbolic sizes complex) and about 5 minutes
-per T model. So all but the first test are marked ``slow``; they stay part of ``make test``.
+Tracing with symbolic sizes is slow. Measured on a quiet 2-core machine, one process and thread: 20 to 45 s per
+tiny model, 55 to 90 s per T model, 10 minutes for this file (under heavy load 2 to 5 times longer). So all but
+the first test are marked ``slow``; they stay part of ``make test``.
 """
 import os
 
