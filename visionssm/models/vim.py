@@ -221,8 +221,9 @@ def resample_pos_embed(
         if side * side != num_patches:
             raise ValueError(f'pos_embed has {num_patches} patch slots, not a square grid: pass old_grid')
         old_grid = (side, side)
-    new_grid, old_grid = tuple(int(g) for g in new_grid), tuple(int(g) for g in old_grid)
-    if new_grid == old_grid:
+    new_grid, old_grid = tuple(new_grid), tuple(int(g) for g in old_grid)
+    # An exported graph keeps the resize (an identity at the training grid): it must hold for every input size.
+    if not torch.compiler.is_exporting() and tuple(int(g) for g in new_grid) == old_grid:
         return pos_embed
     mid = num_patches // 2
     cls_slot = pos_embed[:, mid:mid + 1]

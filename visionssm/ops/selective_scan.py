@@ -2,7 +2,8 @@
 
 Checks the arguments (errors name the argument and what was expected), applies the dtype policy, resolves the
 routes for the map's size and dispatches to a backend. Backends live in ``visionssm.kernels``: the pure-PyTorch
-reference (CPU, oracle) and the Triton kernels (picked for CUDA tensors).
+reference (CPU, oracle), the Triton kernels (picked for CUDA tensors) and the loop-free export form (picked
+while exporting or tracing: ONNX, torch.export, AOTInductor).
 
 Under ``torch.compile`` the Triton backend runs as the ``torch.library`` custom ops ``visionssm::selective_scan`` /
 ``selective_scan_backward`` (defined in ``kernels/triton_scan.py``, with fake implementations; the routes travel as
@@ -17,15 +18,24 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from visionssm.kernels.export_scan import selective_scan_export
 from visionssm.kernels.reference import selective_scan_reference
-from visionssm.kernels.routes import Route, plan_routes
+from visionssm.kernels.routes import Route, RoutePlan, plan_routes
 
 __all__ = ['selective_scan', 'BACKENDS', 'count_scan_flops']
 
 # name -> (callable with selective_scan_reference's signature, predicate: can it run on these tensors?)
 BACKENDS: dict[str, tuple[Callable, Callable[[torch.Tensor], bool]]] = {
     'reference': (selective_scan_reference, lambda u: True),
+    # loop-free (chunked segment-sum) form: what torch.export / ONNX / AOTInductor trace; see kernels/export_scan.py
+    'export': (selective_scan_export, lambda u: True),
 }
+
+
+def _exporting() -> bool:
+    """Inside torch.export, an ONNX export or TorchScript tracing: 'auto' then takes the traceable 'export'
+    backend, and the op skips the checks that need concrete sizes (they may be symbolic)."""
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
 
 
 def _register_triton_backend():
@@ -102,7 +112,8 @@ def selective_scan(
         return_hidden: return the states ``h`` instead of ``y``: shape ``(..., C_out, N)``; C and D unused.
         out_channels: output channels; default ``max(out_offset) + W`` (over the segments of concatenated routes).
         out_dtype: default the input dtype; e.g. ``torch.float32`` to keep a low-precision scan's output in fp32.
-        backend: ``'auto'`` (Triton on CUDA when available, else the reference) or a name in ``BACKENDS``.
+        backend: ``'auto'`` (Triton on CUDA when available, else the reference; ``'export'`` while exporting or
+            tracing) or a name in ``BACKENDS``.
 
     Returns:
         ``(B, H, W_px, C_out)`` (or ``(B, L, C_out)``), plus a trailing ``N`` with ``return_hidden``.
@@ -159,7 +170,7 @@ def selective_scan(
     if out_channels is None:
         out_channels = max(s.out_offset for r in routes for s in r.parts) + width
     key = '|'.join(r.key for r in routes)   # plain strings: torch.compile folds this to a constant
-    if not torch.compiler.is_compiling():
+    if not (torch.compiler.is_compiling() or _exporting()):
         plan = plan_routes(routes, height, width_px, width, in_channels, out_channels)   # errors name the route
         for counter in _flop_counters:
             counter.append(batch * sum(p.numel() for p in plan.positions) * width * (9 * n_state + 1))
@@ -170,10 +181,14 @@ def selective_scan(
     flat = lambda t: t.flatten(1, 2) if t is not None else None
     args = (flat(u), flat(delta), A, flat(B), flat(C), D, delta_bias)
     if name == 'triton':
-        out = _run_triton(*args, None if torch.compiler.is_compiling() else plan, key, height, width_px,
-                          out_channels, delta_softplus, return_hidden, merge == 'mean', out_dtype)
+        traced = torch.compiler.is_compiling() or _exporting()
+        out = _run_triton(*args, None if traced else plan, key, height, width_px, out_channels, delta_softplus,
+                          return_hidden, merge == 'mean', out_dtype)
     else:  # the reference (or a backend registered by the user): plain autograd
-        plan = plan_routes(routes, height, width_px, width, in_channels, out_channels)
+        if name == 'export' and _exporting():   # symbolic sizes: positions are built in the graph, unchecked
+            plan = RoutePlan(tuple(routes), height, width_px, width, in_channels, out_channels, (), 0)
+        else:
+            plan = plan_routes(routes, height, width_px, width, in_channels, out_channels)
         out = BACKENDS[name][0](*args, plan, delta_softplus=delta_softplus, return_hidden=return_hidden,
                                 mean=(merge == 'mean'), out_dtype=out_dtype)
     out = out.unflatten(1, (height, width_px))
@@ -182,6 +197,8 @@ def selective_scan(
 
 def _select_backend(backend: str, u: torch.Tensor) -> str:
     if backend == 'auto':
+        if _exporting():
+            return 'export'
         for name in ('triton', 'reference'):
             if name in BACKENDS and BACKENDS[name][1](u):
                 return name

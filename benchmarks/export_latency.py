@@ -1,0 +1,138 @@
+"""Latency of exported models against PyTorch eager, batch 1 at 224x224 (and batch 32 on a GPU).
+
+CPU: onnxruntime (CPUExecutionProvider) running the ONNX export vs PyTorch eager (the reference scan), and eager
+with the export form of the scan (``backend='export'`` forced) for comparison. GPU: the AOTInductor package vs
+eager and ``torch.compile``, at batch 1 and 32. Prints a table and writes JSON.
+
+    python benchmarks/export_latency.py --models vmamba_tiny_s1l8 efficientvmamba_tiny --out export_latency.json
+
+Times are medians of ``--iters`` runs after ``--warmup`` runs, one process, ``--threads`` intra-op threads for
+both torch and onnxruntime.
+"""
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
+
+import numpy as np  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+
+import visionssm  # noqa: E402,F401
+from visionssm.export import example_input, export_aoti, export_onnx  # noqa: E402
+
+_scan_module = importlib.import_module('visionssm.ops.selective_scan')
+
+
+@contextlib.contextmanager
+def forced_backend(name):
+    """Run every scan on backend ``name`` (swaps the 'auto' choice for the duration)."""
+    select = _scan_module._select_backend
+    _scan_module._select_backend = lambda backend, u: name if backend == 'auto' else select(backend, u)
+    try:
+        yield
+    finally:
+        _scan_module._select_backend = select
+
+
+def median_ms(fn, warmup, iters, sync=lambda: None):
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def bench_cpu(name, args, workdir):
+    import onnxruntime as ort
+    model = timm.create_model(name).eval()
+    x = torch.randn(1, 3, args.img_size, args.img_size)
+    row = {'model': name, 'device': 'cpu', 'batch': 1, 'img_size': args.img_size}
+    with torch.no_grad():
+        row['eager_ms'] = median_ms(lambda: model(x), args.warmup, args.iters)
+        with forced_backend('export'):
+            row['eager_export_scan_ms'] = median_ms(lambda: model(x), args.warmup, args.iters)
+        want = model(x).numpy()
+    # static: traced at batch 1 (a dynamic export traces batch 2, see visionssm.export.example_input)
+    example = x if args.static else example_input(model, args.img_size)
+    start = time.perf_counter()
+    path = export_onnx(model, os.path.join(workdir, f'{name}.onnx'), example, dynamic=not args.static)
+    row['onnx_export_s'] = time.perf_counter() - start
+    row['onnx_dynamic'] = not args.static
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    options.log_severity_level = 3
+    session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    feed = {'input': x.numpy()}
+    row['onnxruntime_ms'] = median_ms(lambda: session.run(None, feed), args.warmup, args.iters)
+    got = session.run(None, feed)[0]
+    row['onnx_rel_err'] = float(np.abs(got - want).max() / np.abs(want).max())
+    return row
+
+
+def bench_gpu(name, args, workdir):
+    device = torch.device('cuda')
+    model = timm.create_model(name).eval().to(device)
+    sync = torch.cuda.synchronize
+    package = export_aoti(model, os.path.join(workdir, f'{name}.aoti.pt2'),
+                          example_input(model, args.img_size).to(device), dynamic=True)
+    runner = torch._inductor.aoti_load_package(package)
+    compiled = torch.compile(model)
+    rows = []
+    for batch in (1, 32):
+        x = torch.randn(batch, 3, args.img_size, args.img_size, device=device)
+        row = {'model': name, 'device': torch.cuda.get_device_name(), 'batch': batch, 'img_size': args.img_size}
+        with torch.no_grad():
+            row['eager_ms'] = median_ms(lambda: model(x), args.warmup, args.iters, sync)
+            row['compile_ms'] = median_ms(lambda: compiled(x), args.warmup, args.iters, sync)
+            row['aoti_ms'] = median_ms(lambda: runner(x), args.warmup, args.iters, sync)
+            want = model(x)
+            row['aoti_rel_err'] = float((runner(x) - want).abs().max() / want.abs().max())
+        rows.append(row)
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--models', nargs='+', default=['vmamba_tiny_s1l8', 'efficientvmamba_tiny'])
+    p.add_argument('--img-size', type=int, default=224)
+    p.add_argument('--threads', type=int, default=torch.get_num_threads())
+    p.add_argument('--warmup', type=int, default=3)
+    p.add_argument('--iters', type=int, default=10)
+    p.add_argument('--static', action='store_true', help='export for the benchmark size only (faster to export)')
+    p.add_argument('--out', default='export_latency.json')
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    gpu = torch.cuda.is_available()
+    rows = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in args.models:
+            rows += bench_gpu(name, args, workdir) if gpu else [bench_cpu(name, args, workdir)]
+    columns = ['eager_ms', 'compile_ms', 'aoti_ms', 'aoti_rel_err'] if gpu else \
+        ['eager_ms', 'eager_export_scan_ms', 'onnxruntime_ms', 'onnx_rel_err']
+    print(f"{'model':24s} {'batch':>5s} " + ' '.join(f'{c:>20s}' for c in columns))
+    for row in rows:
+        print(f"{row['model']:24s} {row['batch']:5d} " + ' '.join(
+            f'{row[c]:20.2e}' if c.endswith('err') else f'{row[c]:20.1f}' for c in columns))
+    meta = {'torch': torch.__version__, 'threads': args.threads, 'machine': platform.processor() or platform.machine(),
+            'cpu_count': os.cpu_count(), 'iters': args.iters, 'warmup': args.warmup}
+    with open(args.out, 'w') as f:
+        json.dump({'meta': meta, 'rows': rows}, f, indent=1)
+    print(f'[export_latency] wrote {args.out}')
+
+
+if __name__ == '__main__':
+    main()

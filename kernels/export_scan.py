@@ -1,0 +1,201 @@
+"""Loop-free multi-route selective scan: the form that ``torch.export``, ONNX and AOTInductor can trace.
+
+Same semantics as ``selective_scan_reference`` (see its docstring: softplus with threshold 20, Δ-bias, D skip,
+``return_hidden``, sum/mean merge, ``out_channels`` / ``out_offset``, ``in_offset``, strided lattices, reversed
+routes), built only from indexing, cumulative sums, exponentials, products and sums: no Python loop whose length
+depends on the map size, no custom op. That is what makes the models exportable.
+
+**The recurrence** ``h_t = exp(a_t) h_{t-1} + x_t`` (``a_t = Δ_t A <= 0`` per channel and state, ``x_t = Δ_t B_t
+u_t``) runs in the chunked "segment-sum" form of Mamba-2's SSD, generalised to a decay per (channel, state):
+
+- inside a chunk of ``T`` steps, ``h_t = sum_{s <= t} exp(seg[t, s]) x_s`` with ``seg[t, s] = a_{s+1} + ... +
+  a_t``. ``seg`` is a cumulative sum of the lower-triangle-masked decays (no difference of two cumulative sums,
+  so no cancellation), the upper triangle is set to ``-inf`` *before* ``exp``: every exponential is of a sum of
+  non-positive terms, nothing is divided by a decay, nothing can overflow;
+- the chunks' end states obey the same recurrence one level up (decay = the chunk's total ``sum a``), solved by
+  the same form over chunk states; the top level is one segment-sum over all of its steps;
+- each chunk then adds its incoming state, decayed by ``exp(cumsum a)`` (again non-positive exponents).
+
+With ``T = 16`` and two chunk levels the work is ``O(L T)`` per (channel, state) plus ``O((L / T^2)^2)`` at the
+top, the memory a few ``(L, T)`` tiles; the chunk size is fixed, so padding (identity steps at the end) handles
+any length, and the graph stays valid for **dynamic sizes**.
+
+**Positions in the graph.** A route's positions are computed from the map: ``arange(H * W).view(H, W)``, sliced to
+the stride/offset sub-lattice, transposed for ``'col'``, flattened, flipped for ``reverse``. With symbolic ``H, W``
+(``torch.export`` with ``Dim``, ONNX with dynamic axes) they stay symbolic. Routes with a *callable* order fall
+back to ``route.positions(H, W)``, a constant baked into the graph: such models export for **static sizes only**
+(exporting them with a dynamic ``H`` or ``W`` fails with torch.export's error about a specialized dimension).
+
+**Structure.** Per route: gather ``u`` at the route's positions (``u_index``); gather Δ, B and C through a second
+index (``dbc_index``, today the same positions); scan; scatter-add the outputs by position (``index_add``), so a
+route may read Δ/B/C in another order than ``u`` or visit a position more than once without changing the core.
+Routes whose lengths are equal by construction (same stride and offset) run stacked.
+
+Cost: the chunks do ``O(L T)`` work per channel and state where a sequential scan does ``O(L)``, so on a CPU this
+form is slower than the reference (8x for VMamba-T, 22x for EfficientVMamba-T at d_state 16; docs/deploy.md).
+It is the form for exporting, not the CPU default.
+
+``A`` must be non-positive (every family builds ``A = -exp(A_log)``); a positive ``A`` would make the decays
+grow, which neither this form nor a stable scan is meant for.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .routes import Route
+
+__all__ = ['selective_scan_export', 'chunked_recurrence', 'route_index']
+
+CHUNK = 16   # steps per chunk at every level; a compile-time constant, so any (symbolic) length works by padding
+LEVELS = 2   # chunk levels below the top segment-sum: up to 256-step blocks, then (L / 256)^2 at the top
+
+
+def _softplus(x: torch.Tensor) -> torch.Tensor:
+    """``softplus`` with threshold 20 (as ``F.softplus`` and the official kernels), written so that every
+    exponential is of a non-positive number: ``max(x, 0) + log1p(exp(-|x|))`` equals ``log1p(exp(x))``."""
+    return torch.where(x > 20.0, x, x.clamp(min=0) + torch.log1p(torch.exp(-x.abs())))
+
+
+def _segment_sum(a: torch.Tensor) -> torch.Tensor:
+    """``seg[..., t, s, :] = a[..., s+1, :] + ... + a[..., t, :]`` for ``s <= t``, ``-inf`` above the diagonal.
+
+    ``a (..., T, X)`` → ``(..., T, T, X)``. Summed by a cumulative sum of the masked decays (exact: no
+    difference of two running sums).
+    """
+    steps = a.shape[-2]
+    idx = torch.arange(steps, device=a.device)
+    strictly_below = (idx[:, None] > idx[None, :]).unsqueeze(-1)         # (T, T, 1): rows t, columns s
+    on_or_below = (idx[:, None] >= idx[None, :]).unsqueeze(-1)
+    rows = a.unsqueeze(-2).expand(*a.shape[:-1], steps, a.shape[-1])      # rows[t, s] = a[t]
+    seg = torch.where(strictly_below, rows, 0.0).cumsum(-3)             # sum over t' in (s, t]
+    return torch.where(on_or_below, seg, float('-inf'))
+
+
+def _to_chunks(a: torch.Tensor, x: torch.Tensor, chunk: int):
+    """Pad dim -2 with identity steps (decay 1, no input; earlier states unchanged) to whole chunks and split it
+    into ``(num_chunks, chunk)``.
+
+    For tracing with symbolic lengths: the count is a ceil-division and the pad ``num_chunks * chunk - L`` (no
+    modulo for the tracer to reason about), and there is always one chunk more than needed, so the count is
+    provably >= 2 and never specializes to 1 (a size-1 dimension would fix the traced graph to that case).
+    """
+    num_chunks = (a.shape[-2] + chunk - 1) // chunk + 1
+    pad = num_chunks * chunk - a.shape[-2]
+    a, x = F.pad(a, (0, 0, 0, pad)), F.pad(x, (0, 0, 0, pad))
+    return a.unflatten(-2, (num_chunks, chunk)), x.unflatten(-2, (num_chunks, chunk))
+
+
+def chunked_recurrence(a: torch.Tensor, x: torch.Tensor, levels: int = LEVELS, chunk: int = CHUNK) -> torch.Tensor:
+    """All states of ``h_t = exp(a_t) * h_{t-1} + x_t`` along dim -2 (``h_{-1} = 0``), loop-free.
+
+    ``a`` (log-decays, <= 0) and ``x`` have shape ``(..., L, X)``. ``levels`` chunk levels of ``chunk`` steps,
+    then one segment-sum over the remaining steps (see the module docstring).
+    """
+    length = a.shape[-2]
+    if levels == 0:
+        return (torch.exp(_segment_sum(a)) * x.unsqueeze(-3)).sum(-2)
+    a, x = _to_chunks(a, x, chunk)                                        # (..., nc, T, X)
+    local = (torch.exp(_segment_sum(a)) * x.unsqueeze(-3)).sum(-2)       # states from a zero start, per chunk
+    # End states of the chunks: the same recurrence over chunks, decay = the chunk's total.
+    ends = chunked_recurrence(a.sum(-2), local[..., -1, :], levels - 1, chunk)
+    incoming = F.pad(ends, (0, 0, 1, 0))[..., :-1, :]                     # state entering chunk c = end of c - 1
+    h = local + torch.exp(a.cumsum(-2)) * incoming.unsqueeze(-2)
+    return h.flatten(-3, -2)[..., :length, :]
+
+
+def route_index(route: Route, height, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(u_index, dbc_index)``: the flat positions where ``route`` reads ``u`` (and writes its output), and
+    where step ``t`` reads Δ, B and C. Built from ``arange`` of the map for the built-in orders, so symbolic
+    ``height`` / ``width`` stay symbolic; callable orders use ``route.positions`` (concrete sizes only)."""
+    if callable(route.order):
+        pos = route.positions(int(height), int(width)).to(device)
+    else:
+        grid = torch.arange(height * width, device=device).view(height, width)
+        grid = grid[route.offset[0]::route.stride[0], route.offset[1]::route.stride[1]]
+        pos = (grid if route.order == 'row' else grid.t()).reshape(-1)
+        if route.reverse:
+            pos = pos.flip(0)
+    return pos, pos
+
+
+def _group_key(k: int, route: Route):
+    # Lengths equal by construction (not by comparing possibly symbolic sizes): same sub-lattice, built-in order.
+    return ('custom', k) if callable(route.order) else (route.stride, route.offset)
+
+
+def selective_scan_export(
+        u: torch.Tensor,
+        delta: torch.Tensor,
+        A: torch.Tensor,
+        B: torch.Tensor,
+        C: Optional[torch.Tensor],
+        D: Optional[torch.Tensor],
+        delta_bias: Optional[torch.Tensor],
+        plan,
+        delta_softplus: bool = True,
+        return_hidden: bool = False,
+        mean: bool = False,
+        out_dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """``selective_scan_reference``'s contract (layout ``(B, H*W, ...)``, returns ``(B, H*W, C_out[, N])``).
+
+    ``plan`` needs only ``routes``, ``height``, ``width_px`` (ints or symbolic sizes), ``width`` and
+    ``out_channels``; positions and coverage are not read from it, so it may be an unchecked plan built while
+    exporting. ``mean`` divides by the number of route visits of each output element, counted in the graph.
+    """
+    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+    out_dtype = out_dtype or u.dtype
+    batch, num_pos = u.shape[0], u.shape[1]
+    width, n_state, out_channels = plan.width, A.shape[-1], plan.out_channels
+    num_routes = len(plan.routes)
+
+    u, delta, B = u.to(compute), delta.to(compute), B.to(compute)
+    C = C.to(compute) if C is not None else None
+    A = A.to(compute).unflatten(0, (num_routes, width))                   # (K, W, N)
+    D = D.to(compute).unflatten(0, (num_routes, width)) if D is not None else None
+    bias = delta_bias.to(compute).unflatten(0, (num_routes, width)) if delta_bias is not None else None
+
+    tail = (n_state,) if return_hidden else ()
+    out = u.new_zeros((batch, num_pos, out_channels) + tail)
+    visits = u.new_zeros((num_pos, out_channels)) if mean else None
+
+    groups: dict = {}
+    for k, route in enumerate(plan.routes):
+        groups.setdefault(_group_key(k, route), []).append(k)
+    for ks in groups.values():
+        index = [route_index(plan.routes[k], plan.height, plan.width_px, u.device) for k in ks]
+        u_k = torch.stack([u.index_select(1, ui)[..., plan.routes[k].in_offset:plan.routes[k].in_offset + width]
+                           for (ui, _), k in zip(index, ks)], 1)          # (B, G, L, W)
+        dt = torch.stack([delta.index_select(1, di)[..., k * width:(k + 1) * width]
+                          for (_, di), k in zip(index, ks)], 1)
+        B_k = torch.stack([B.index_select(1, di)[:, :, k] for (_, di), k in zip(index, ks)], 1)   # (B, G, L, N)
+        if bias is not None:
+            dt = dt + bias[ks].unsqueeze(1)
+        if delta_softplus:
+            dt = _softplus(dt)
+
+        log_decay = dt.unsqueeze(-1) * A[ks].unsqueeze(1)                  # (B, G, L, W, N), <= 0
+        drive = (dt * u_k).unsqueeze(-1) * B_k.unsqueeze(-2)
+        h = chunked_recurrence(log_decay.flatten(-2), drive.flatten(-2)).unflatten(-1, (width, n_state))
+
+        if return_hidden:
+            y = h
+        else:
+            C_k = torch.stack([C.index_select(1, di)[:, :, k] for (_, di), k in zip(index, ks)], 1)
+            y = (h * C_k.unsqueeze(-2)).sum(-1)
+            if D is not None:
+                y = y + D[ks].unsqueeze(1) * u_k
+        for g, k in enumerate(ks):
+            lo = plan.routes[k].out_offset
+            channels = (lo, out_channels - lo - width)
+            y_g = F.pad(y[:, g], ((0, 0) if return_hidden else ()) + channels) if channels != (0, 0) else y[:, g]
+            out = out.index_add(1, index[g][0], y_g)
+            if visits is not None:
+                ones = F.pad(u.new_ones((index[g][0].shape[0], width)), channels)
+                visits = visits.index_add(0, index[g][0], ones)
+    if visits is not None:
+        out = out / (visits.unsqueeze(-1) if return_hidden else visits)
+    return out.to(out_dtype)
