@@ -6,25 +6,32 @@ channel-last map ``(B, H, W, C)``; the kernels read the map at each route's posi
 merge the routes into one output. Route ``k`` uses the ``k``-th block of every per-route tensor (Δ, A, D, Δ-bias,
 B, C): the routes' parameters are stacked, exactly as the official ``A_logs (K*D, N)`` already are.
 
-Positions are flat indices ``h * W + w``. Built-in orders are computed arithmetically (the Triton kernel can
-regenerate them from the route's fields without loading an index); any other pattern (zig-zag, local windows)
-is a callable ``order(H, W) -> LongTensor`` and needs no change to the kernels' core loop.
+Positions are flat indices ``h * W + w``. Built-in orders are computed arithmetically: row- and column-major
+rasters and their continuous zig-zags (``'row_snake'``, ``'col_snake'``: every other row / column reversed, so
+consecutive steps are neighbours, as PlainMamba scans); any other pattern (local windows) is a callable
+``order(H, W) -> LongTensor`` and needs no change to the kernels' core loop.
+
+A route normally reads Δ, B and C where it reads u, at its positions (``params_at='route'``). With
+``params_at='step'``, step t reads them at the t-th of the route's positions in raster (ascending) order instead —
+on a full grid at flat index t — while u is still read, and y written, at the route's position: PlainMamba's
+official code gathers only the input into scan order and leaves Δ, B and C in raster order.
 """
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Callable, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
 __all__ = [
     'Route', 'RoutePlan', 'plan_routes',
-    'cross_routes', 'bidirectional_routes', 'lattice_routes', 'grouped_routes',
+    'cross_routes', 'bidirectional_routes', 'lattice_routes', 'grouped_routes', 'snake_routes',
 ]
 
 Order = Union[str, Callable[[int, int], torch.Tensor]]
-_ORDERS = ('row', 'col')
+_ORDERS = ('row', 'col', 'row_snake', 'col_snake')
+_PARAMS_AT = ('route', 'step')
 
 
 _BY_KEY: dict = {}
@@ -40,14 +47,17 @@ class Route:
     """One scan path over an ``H x W`` grid.
 
     Args:
-        order: ``'row'`` (row-major raster), ``'col'`` (column-major raster), or a callable ``(H, W) -> positions``
-            returning distinct flat indices ``h * W + w`` in visiting order.
+        order: ``'row'`` (row-major raster), ``'col'`` (column-major raster), ``'row_snake'`` (row-major, every
+            odd row right to left), ``'col_snake'`` (column-major, every odd column bottom to top), or a callable
+            ``(H, W) -> positions`` returning distinct flat indices ``h * W + w`` in visiting order.
         reverse: visit the positions of ``order`` back to front.
         stride: visit only the sub-lattice ``h = offset[0] + i * stride[0], w = offset[1] + j * stride[1]``
             (EfficientVMamba's atrous routes); ``order`` then ranks positions within the sub-lattice.
         offset: origin of the sub-lattice.
         in_offset: first channel of the input map this route reads.
         out_offset: first channel of the output this route writes.
+        params_at: where step t reads Δ, B and C: ``'route'`` (at the route's position, as u) or ``'step'`` (at
+            the t-th of the route's positions in raster order; see the module docstring).
     """
     order: Order = 'row'
     reverse: bool = False
@@ -55,6 +65,7 @@ class Route:
     offset: tuple[int, int] = (0, 0)
     in_offset: int = 0
     out_offset: int = 0
+    params_at: str = 'route'
 
     def __post_init__(self):
         stride = (self.stride, self.stride) if isinstance(self.stride, int) else tuple(self.stride)
@@ -63,6 +74,8 @@ class Route:
         object.__setattr__(self, 'offset', offset)
         if not callable(self.order) and self.order not in _ORDERS:
             raise ValueError(f"route order must be one of {_ORDERS} or a callable (H, W) -> positions, got {self.order!r}")
+        if self.params_at not in _PARAMS_AT:
+            raise ValueError(f'route params_at must be one of {_PARAMS_AT}, got {self.params_at!r}')
         if len(stride) != 2 or min(stride) < 1:
             raise ValueError(f'route stride must be two integers >= 1, got {self.stride}')
         if len(offset) != 2 or min(offset) < 0 or offset[0] >= stride[0] or offset[1] >= stride[1]:
@@ -83,19 +96,29 @@ class Route:
                 raise ValueError(f'custom route order returned positions outside a {len(rows)}x{len(cols)} grid')
             grid = (rows[:, None] * width + cols[None, :]).flatten()
             pos = grid[sub]
-        elif self.order == 'row':
-            pos = (rows[:, None] * width + cols[None, :]).flatten()
         else:
-            pos = (rows[None, :] * width + cols[:, None]).flatten()
+            grid = rows[:, None] * width + cols[None, :]            # (rows, cols) of the sub-lattice
+            if self.order.startswith('col'):
+                grid = grid.t()                                     # one line per column
+            if self.order.endswith('_snake'):
+                grid = grid.clone()
+                grid[1::2] = grid[1::2].flip(1)                     # every other line walked back
+            pos = grid.flatten()
         return pos.flip(0) if self.reverse else pos
+
+    def param_positions(self, height: int, width: int) -> torch.Tensor:
+        """Where each step reads Δ, B and C (see ``params_at``): the positions, or the same set in raster order."""
+        pos = self.positions(height, width)
+        return pos.sort().values if self.params_at == 'step' else pos
 
 
 @dataclass(frozen=True)
 class RoutePlan:
     """Routes resolved for one grid and channel layout: what a kernel needs to run them.
 
-    ``positions[k]`` are route k's flat positions (CPU int64); ``width`` is the channel width of every route;
-    ``multiplicity`` is how many routes write each output element (uniform by construction).
+    ``positions[k]`` are route k's flat positions (CPU int64); ``param_positions[k]`` where its steps read Δ, B
+    and C (the same tensors as ``positions`` unless a route has ``params_at='step'``); ``width`` is the channel width
+    of every route; ``multiplicity`` is how many routes write each output element (uniform by construction).
     """
     routes: tuple[Route, ...]
     height: int
@@ -105,13 +128,18 @@ class RoutePlan:
     out_channels: int
     positions: tuple[torch.Tensor, ...]
     multiplicity: int
+    param_positions: Optional[tuple[torch.Tensor, ...]] = None
+
+    def __post_init__(self):
+        if self.param_positions is None:
+            object.__setattr__(self, 'param_positions', self.positions)
 
     def __hash__(self):
         # plans key the kernels' launch caches on every call: hash the fields once, not once per lookup
         h = self.__dict__.get('_hash')
         if h is None:
             h = hash((self.routes, self.height, self.width_px, self.width, self.in_channels, self.out_channels,
-                      self.positions, self.multiplicity))
+                      self.positions, self.multiplicity, self.param_positions))
             self.__dict__['_hash'] = h
         return h
 
@@ -124,13 +152,21 @@ class RoutePlan:
         """Steps of the longest route."""
         return max(p.numel() for p in self.positions)
 
+    @functools.cached_property
+    def split_params(self) -> bool:
+        """Whether some route reads Δ, B and C elsewhere than at its positions."""
+        return any(q is not p and not torch.equal(q, p) for p, q in zip(self.positions, self.param_positions))
+
     def positions_on(self, device: torch.device) -> tuple[torch.Tensor, ...]:
         return _positions_on(self, torch.device(device))
 
+    def param_positions_on(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        return _positions_on(self, torch.device(device), True)
+
 
 @functools.lru_cache(maxsize=256)
-def _positions_on(plan: RoutePlan, device: torch.device) -> tuple[torch.Tensor, ...]:
-    return tuple(p.to(device) for p in plan.positions)
+def _positions_on(plan: RoutePlan, device: torch.device, params: bool = False) -> tuple[torch.Tensor, ...]:
+    return tuple(p.to(device) for p in (plan.param_positions if params else plan.positions))
 
 
 def plan_routes(
@@ -156,7 +192,7 @@ def plan_routes(
 @functools.lru_cache(maxsize=256)
 def _plan_routes(routes, height, width_px, width, in_channels, out_channels) -> RoutePlan:
     num_pos = height * width_px
-    positions = []
+    positions, param_positions = [], []
     for k, route in enumerate(routes):
         if route.in_offset + width > in_channels:
             raise ValueError(
@@ -172,6 +208,7 @@ def _plan_routes(routes, height, width_px, width, in_channels, out_channels) -> 
         if torch.unique(pos).numel() != pos.numel():
             raise ValueError(f'route {k} visits some positions of a {height}x{width_px} grid more than once')
         positions.append(pos.contiguous())
+        param_positions.append(positions[-1] if route.params_at == 'route' else pos.sort().values.contiguous())
 
     # Coverage per output channel segment: between consecutive route channel boundaries every channel is written
     # by the same set of routes, so one position count per segment decides.
@@ -194,7 +231,8 @@ def _plan_routes(routes, height, width_px, width, in_channels, out_channels) -> 
                 f'routes overlap unevenly: output elements are written by between {seen[0]} and {seen[-1]} routes; '
                 f'every element must be written by the same number of routes for the merge to be defined')
         multiplicity = cmin
-    return RoutePlan(routes, height, width_px, width, in_channels, out_channels, tuple(positions), multiplicity)
+    return RoutePlan(routes, height, width_px, width, in_channels, out_channels, tuple(positions), multiplicity,
+                     tuple(param_positions))
 
 
 # Route patterns of the families (DESIGN.md's table). Each is a plain tuple of Route: new patterns are new tuples.
@@ -226,3 +264,10 @@ def grouped_routes(group_channels: int) -> tuple[Route, ...]:
     return tuple(
         Route(order, reverse=rev, in_offset=k * group_channels, out_offset=k * group_channels)
         for k, (order, rev) in enumerate(orders))
+
+
+def snake_routes(params_at: str = 'route') -> tuple[Route, ...]:
+    """PlainMamba: the continuous zig-zag over rows, its reverse, the zig-zag over columns, its reverse; all
+    channels; summed. ``params_at='step'`` is the official code's reading of Δ, B and C (see the module docstring)."""
+    orders = (('row_snake', False), ('row_snake', True), ('col_snake', False), ('col_snake', True))
+    return tuple(Route(order, reverse=rev, params_at=params_at) for order, rev in orders)
