@@ -247,3 +247,15 @@ def test_bad_arguments_are_named():
         timm.create_model('test_plainmamba', params_at='raster')
     with pytest.raises(ValueError, match=r'dwconv_layers must index the 4 blocks, got \[7\]'):
         timm.create_model('test_plainmamba', dwconv_layers=(7,))
+
+
+def test_fx_trace_at_other_sizes():
+    # shape-dependent helpers are FX leaves: one traced graph serves every input size
+    from timm.layers import create_feature_extractor, get_graph_node_names
+    model = timm.create_model('test_plainmamba').eval()
+    last = get_graph_node_names(model)[1][-1]
+    traced = create_feature_extractor(model, return_nodes=[last])
+    for size in ((64, 64), (67, 45)):
+        x = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            torch.testing.assert_close(traced(x)[last], model(x))

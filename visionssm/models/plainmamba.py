@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, register_notrace_function, trunc_normal_
+from timm.layers import DropPath, register_notrace_function, register_notrace_module, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
@@ -50,7 +50,7 @@ from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converte
 from .vim import VimFeaturePyramid
 
 __all__ = ['PlainMamba', 'PlainMambaLayer', 'PlainMamba2D', 'ConvPatchEmbed', 'checkpoint_filter_fn',
-           'direction_codes', 'from_official']
+           'direction_codes', 'resize_pos_embed', 'from_official']
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _PARAMS_AT = ('step', 'route')
@@ -74,6 +74,7 @@ def direction_codes(routes: Tuple[Route, ...], height: int, width: int, device: 
     return codes.view(height, width, len(routes)).to(device)
 
 
+@register_notrace_module   # a leaf for FX tracing: the scan's argument checks and dispatch depend on tensor metadata
 class PlainMamba2D(nn.Module):
     """The official ``PlainMamba2D`` mixer on a channel-last map ``(B, H, W, C)``; parameter names are the official.
 
@@ -169,7 +170,7 @@ class PlainMambaLayer(nn.Module):
 
 
 @register_notrace_function
-def _pad_to_multiple(x: torch.Tensor, stride: int) -> torch.Tensor:
+def pad_to_stride(x: torch.Tensor, stride: int) -> torch.Tensor:
     # mmcv's AdaptivePadding('corner') for kernel == stride: pad bottom / right up to a multiple of the stride
     return F.pad(x, (0, -x.shape[-1] % stride, 0, -x.shape[-2] % stride))
 
@@ -195,12 +196,12 @@ class ConvPatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.convs(self.stem(x))
-        x = self.projection(_pad_to_multiple(x, self.patch_size // 2))
+        x = self.projection(pad_to_stride(x, self.patch_size // 2))
         return x.permute(0, 2, 3, 1)
 
 
 @register_notrace_function
-def _pos_embed_for(pos_embed: torch.Tensor, old_grid: Tuple[int, int], height: int, width: int) -> torch.Tensor:
+def resize_pos_embed(pos_embed: torch.Tensor, old_grid: Tuple[int, int], height: int, width: int) -> torch.Tensor:
     """``(1, H, W, C)``: the position embedding of ``old_grid`` as a map, bicubic-resized to ``height x width`` when
     they differ (mmcls ``resize_pos_embed``; in the embedding's own dtype, so float64 stays exact)."""
     grid = pos_embed.reshape(1, old_grid[0], old_grid[1], -1).permute(0, 3, 1, 2)
@@ -336,7 +337,7 @@ class PlainMamba(nn.Module):
         """Tokens as a channel-last map ``(B, H, W, C)`` with the position embedding added."""
         x = self.patch_embed(x)
         if self.pos_embed is not None:
-            x = x + _pos_embed_for(self.pos_embed, self.patch_embed.grid_size, x.shape[1], x.shape[2]).to(x.dtype)
+            x = x + resize_pos_embed(self.pos_embed, self.patch_embed.grid_size, x.shape[1], x.shape[2]).to(x.dtype)
         return self.pos_drop(x)
 
     def forward_intermediates(
@@ -435,7 +436,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: PlainMamba)
         side = math.isqrt(pos.shape[1])
         if side * side != pos.shape[1]:
             raise ValueError(f'pos_embed of the checkpoint has {pos.shape[1]} slots, not a square grid')
-        out['pos_embed'] = _pos_embed_for(pos, (side, side), *model.patch_embed.grid_size).flatten(1, 2)
+        out['pos_embed'] = resize_pos_embed(pos, (side, side), *model.patch_embed.grid_size).flatten(1, 2)
     return out
 
 
