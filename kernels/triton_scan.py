@@ -16,15 +16,17 @@ Layout (flattened channel-last, exactly the reference's; the last dim of every m
 
 Grid (forward and backward alike): ``(Bt, K, cdiv(W, BD))``: one program per (batch, route, block of BD channels).
 The route is a pointer schedule: all routes' positions are concatenated into one int32 index (``pos``) and a
-``(K, 5)`` int32 table holds (start in ``pos``, length, in_offset, out_offset, du offset) per route. A program walks its
-route in chunks of BT steps unrolled at compile time: all loads of a chunk (one contiguous BD-vector of u / delta
-per step, lanes over channels, coalesced for every route order, and the N-vectors of B / C) are issued before its
-arithmetic, and the state ``h [BD, BN]`` stays in fp32 registers. Loads carry no mask where none is needed (BD
-divides W; steps past the route's end re-read its last position). No per-route copy is materialized: the routes
-merge inside the kernel, by plain stores when every output element is written by exactly one route (grouped /
-lattice / one route), and otherwise (cross / bidirectional) into one block per route of a buffer that torch sums
-(``MERGE``, or fp32 ``atomic_add`` into one zeroed buffer); ``mean`` scales inside the kernel. Offsets are int64
-except a position's offset inside one image, int32 where the host checked it fits.
+``(K, 6)`` int32 table holds (start in ``pos``, length, in_offset, out_offset, du offset, start of the Δ / B / C read
+positions) per route. Routes with ``params_at='step'`` read Δ, B and C at a second list of positions appended to
+``pos`` (``SPLIT``, a constexpr: the other routes' kernels are unchanged), and the backward writes their gradients
+there. A program walks its route in chunks of BT steps unrolled at compile time: all loads of a chunk (one
+contiguous BD-vector of u / delta per step, lanes over channels, coalesced for every route order, and the N-vectors
+of B / C) are issued before its arithmetic, and the state ``h [BD, BN]`` stays in fp32 registers. Loads carry no
+mask where none is needed (BD divides W; steps past the route's end re-read its last position). No per-route copy
+is materialized: the routes merge inside the kernel, by plain stores when every output element is written by exactly
+one route (grouped / lattice / one route), and otherwise (cross / bidirectional / snake) into one block per route of
+a buffer that torch sums (``MERGE``, or fp32 ``atomic_add`` into one zeroed buffer); ``mean`` scales inside the
+kernel. Offsets are int64 except a position's offset inside one image, int32 where the host checked it fits.
 
 Backward: the forward saves the state before every chunk of the backward (``ckpt (Bt, K, n_chunks, W, N)``, only
 when a gradient is needed). The backward program walks its route's chunks from last to first: it loads the chunk
