@@ -259,3 +259,24 @@ def test_fx_trace_at_other_sizes():
         x = torch.randn(1, 3, *size)
         with torch.no_grad():
             torch.testing.assert_close(traced(x)[last], model(x))
+
+
+@pytest.mark.slow
+def test_compiles_fullgraph_at_several_sizes(monkeypatch):
+    # one graph through the Triton op (on CPU: the interpreter, with the backend's CUDA-only predicate lifted); a
+    # second input size recompiles with dynamic shapes (the direction codes and the tokenizer's padding trace)
+    S = pytest.importorskip('visionssm.ops.selective_scan')
+    if 'triton' not in S.BACKENDS:
+        pytest.skip('no triton')
+    TS = pytest.importorskip('visionssm.kernels.triton_scan')
+    if not torch.cuda.is_available() and not type(TS._scan_fwd_kernel).__name__.startswith('Interpreted'):
+        pytest.skip('triton was imported before TRITON_INTERPRET could be set')
+    monkeypatch.setitem(S.BACKENDS, 'triton', (S.BACKENDS['triton'][0], lambda u: True))
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    torch.manual_seed(0)
+    model = timm.create_model('test_plainmamba', depth=2).to(device).eval()
+    compiled = torch.compile(model, fullgraph=True, backend='aot_eager')
+    for size in ((32, 48), (48, 32)):
+        x = torch.randn(1, 3, *size, device=device)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), model(x), atol=1e-4, rtol=1e-4)

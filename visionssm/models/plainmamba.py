@@ -57,21 +57,31 @@ _PARAMS_AT = ('step', 'route')
 
 
 @register_notrace_function
-@functools.lru_cache(maxsize=64)
 def direction_codes(routes: Tuple[Route, ...], height: int, width: int, device: torch.device) -> torch.Tensor:
     """``(H, W, K)`` row of ``direction_Bs`` that route k adds to B at each position.
 
     The code of step t is the direction of the move that reached the t-th position (0 start, 1 right, 2 left, 3 up,
     4 down; a reverse route gets the opposite codes). It is placed where step t reads B: at the route's position, or
-    at its raster position with ``params_at='step'``.
+    at its raster position with ``params_at='step'``. Cached per grid and device (traced as plain ops when compiled).
     """
+    if torch.compiler.is_compiling():
+        return _direction_codes(routes, height, width).to(device)
+    return _cached_direction_codes(routes, height, width, device)
+
+
+def _direction_codes(routes: Tuple[Route, ...], height: int, width: int) -> torch.Tensor:
     codes = torch.zeros(height * width, len(routes), dtype=torch.long)
     for k, route in enumerate(routes):
         pos = route.positions(height, width)
         move = pos[1:] - pos[:-1]
         code = torch.where(move == width, 4, torch.where(move == -width, 3, torch.where(move == 1, 1, 2)))
         codes[route.param_positions(height, width), k] = torch.cat([code.new_zeros(1), code])
-    return codes.view(height, width, len(routes)).to(device)
+    return codes.view(height, width, len(routes))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_direction_codes(routes: Tuple[Route, ...], height: int, width: int, device: torch.device) -> torch.Tensor:
+    return _direction_codes(routes, height, width).to(device)
 
 
 @register_notrace_module   # a leaf for FX tracing: the scan's argument checks and dispatch depend on tensor metadata
@@ -172,7 +182,10 @@ class PlainMambaLayer(nn.Module):
 @register_notrace_function
 def pad_to_stride(x: torch.Tensor, stride: int) -> torch.Tensor:
     # mmcv's AdaptivePadding('corner') for kernel == stride: pad bottom / right up to a multiple of the stride
-    return F.pad(x, (0, -x.shape[-1] % stride, 0, -x.shape[-2] % stride))
+    height, width = x.shape[-2:]
+    # (rounded up to the stride) minus the size: floor divisions, which torch.compile's dynamic shapes handle
+    return F.pad(x, (0, (width + stride - 1) // stride * stride - width, 0,
+                     (height + stride - 1) // stride * stride - height))
 
 
 class ConvPatchEmbed(nn.Module):
