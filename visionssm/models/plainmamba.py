@@ -58,7 +58,7 @@ _PARAMS_AT = ('step', 'route')
 
 @register_notrace_function
 def direction_codes(routes: Tuple[Route, ...], height: int, width: int, device: torch.device) -> torch.Tensor:
-    """``(H, W, K)`` row of ``direction_Bs`` that route k adds to B at each position.
+    """``(H, W, K)``: the row of ``direction_Bs`` that route k adds to B at each position.
 
     The code of step t is the direction of the move that reached the t-th position (0 start, 1 right, 2 left, 3 up,
     4 down; a reverse route gets the opposite codes). It is placed where step t reads B: at the route's position, or
