@@ -18,4 +18,3 @@ model = dict(
         init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
     decode_head=dict(in_channels=[448, 448, 448, 448], channels=512),
     auxiliary_head=dict(in_channels=448, in_index=3))
-optim_wrapper = dict(paramwise_cfg=dict(custom_keys={'direction_Bs': dict(decay_mult=0.)}))
