@@ -9,7 +9,8 @@ Per route k, channel d and state n, along the route's positions t = 0..L_k-1:
 where u_t is read (and y_t written) at the route's t-th position and delta_t, B_t, C_t at its t-th parameter position
 (the same, unless the route has ``params_at='step'``); each output element is the sum (or mean) of what the routes
 write there. The state and all arithmetic are float32, or float64 for float64 inputs; the result is exact up to
-rounding in that dtype and differentiable by autograd. Layout: ``u (B, H*W, C_in)``, ``delta (B, H*W, K*W_r)``, ``B/C (B, H*W, K, N)``, ``A (K*W_r, N)``.
+rounding in that dtype and differentiable by autograd. Layout: ``u (B, H*W, C_in)``, ``delta (B, H*W, K*W_r)``,
+``B/C (B, H*W, K, N)``, ``A (K*W_r, N)``.
 
 The recurrence runs as a two-level scan: a sequential pass inside chunks of ``chunk`` steps (vectorized over all
 chunks at once), then a pass over the chunk carries, then a correction ``h += P * carry``. Both passes only
