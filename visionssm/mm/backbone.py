@@ -147,8 +147,8 @@ class VisionSSMBackbone(BaseModule):
     def _stage_parts(self) -> List[List[Union[nn.Module, nn.Parameter]]]:
         """The stem, then each stage: the modules and parameters that ``frozen_stages`` freezes, in order."""
         net = self.body.model
-        if isinstance(self.body, VimFeaturePyramid):
-            parts = [[net.patch_embed, net.cls_token, net.pos_embed]]
+        if isinstance(self.body, VimFeaturePyramid):   # plain models (Vim, PlainMamba): embeddings, then blocks
+            parts = [[net.patch_embed] + [p for p in (getattr(net, 'cls_token', None), net.pos_embed) if p is not None]]
             start = 0
             for level in range(4):
                 if level not in self.out_indices:
