@@ -582,7 +582,8 @@ def from_official(checkpoint: Optional[str] = None, **official_kwargs) -> MambaV
 def _cfg(hub_id: str = '', filename: str = '', **kwargs) -> Dict[str, Any]:
     return {
         'url': f'https://huggingface.co/{hub_id}/resolve/main/{filename}' if hub_id else '',
-        'hf_hub_id': hub_id or None, 'hf_hub_filename': filename or None, 'custom_load': True,
+        # custom_load 'hf': every source (hub, url, file) goes through load_pretrained, i.e. the conversion.
+        'hf_hub_id': hub_id or None, 'hf_hub_filename': filename or None, 'custom_load': 'hf',
         'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
         'crop_pct': 1.0, 'crop_mode': 'center', 'interpolation': 'bicubic', 'fixed_input_size': False,
         'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225),
