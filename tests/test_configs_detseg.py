@@ -16,7 +16,8 @@ from visionssm.mm.synthetic import dataset_cfg_options, make_synthetic_data
 from visionssm.models import FAMILIES
 
 CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
-DETSEG = sorted(p for task in ('detection', 'segmentation') for p in (CONFIGS / task).glob('*.py'))
+DETSEG = sorted(p for task in ('detection', 'segmentation') for p in (CONFIGS / task).rglob('*.py')
+                if '_base_' not in p.parts)
 ALBU = [p for p in DETSEG if '_albu' in p.name]
 
 
@@ -36,6 +37,9 @@ def test_every_family_and_recipe_has_configs():
         for size in 'tsb':
             assert f'upernet_{family}-{size}_8xb2-160k_ade20k-512x512' in names
     assert 'retinanet_vmamba-t_fpn_1x_coco' in names and len(ALBU) == 2
+    for size in 'tsb':  # the recipes the MambaVision authors published results for
+        assert f'cascade-mask-rcnn_mambavision-{size}_fpn_ms-3x_coco' in names
+        assert f'upernet_mambavision-{size}_8xb2-160k_ade20k-512x512' in names
 
 
 @pytest.mark.parametrize('path', DETSEG, ids=lambda p: p.stem)

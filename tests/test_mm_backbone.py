@@ -29,6 +29,8 @@ FIXTURES = {
                                                             depths=(1, 2, 1, 1))),
     'spatialmamba/spatialmamba_small': ('spatialmamba_tiny', dict(dims=(24, 48, 96, 192), depths=(1, 2, 1, 1))),
     'vim/vim_small': ('vim_tiny', dict(img_size=64, embed_dim=64, depth=4)),
+    'mambavision/mambavision_small': ('mambavision_t', dict(depths=(1, 2, 3, 2), dim=24, in_dim=16,
+                                                            window_size=(8, 8, 4, 2))),
 }
 
 
@@ -67,6 +69,7 @@ def test_one_nchw_map_per_level_at_any_multiple_of_32(name):
         assert out.shape == (1, channels, height // stride, width // stride)
         assert out.is_contiguous()
     assert [type(getattr(backbone, f'norm{i}')).__name__ for i in range(4)] == ['LayerNorm2d'] * 4
+    assert backbone.norm0.eps == (1e-6 if name == 'test_mambavision' else 1e-5)  # as the official outnorm{i}
 
     with torch.no_grad():  # other sizes work too: each map covers the image to within one cell (Vim: one patch)
         outs = backbone(torch.randn(1, 3, 100, 150))

@@ -65,6 +65,9 @@ LICENSE_NOTICE = (
     'non-commercial use only. See https://github.com/NVlabs/MambaVision#licenses')
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+# The official det/seg backbone's output norms ``outnorm{i}`` are timm LayerNorm2d at its default eps
+# (read by visionssm.mm.VisionSSMBackbone).
+OUT_NORM_EPS = 1e-6
 
 
 def _warn_license():
