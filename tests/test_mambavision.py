@@ -337,3 +337,20 @@ def test_bad_arguments_are_named():
         timm.create_model('test_mambavision', window_size=(7, 7))
     with pytest.raises(ValueError, match=r'attention width 64 is not divisible by num_heads=3'):
         timm.create_model('test_mambavision', num_heads=(1, 1, 3, 8))
+
+
+@pytest.mark.parametrize('mask_padding', [False, True])
+def test_fx_graph_traced_at_one_size_runs_at_others(mask_padding):
+    """The shape-dependent code (window padding, masks, the scan's precision policy) sits in leaf functions."""
+    from timm.layers import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    from visionssm.layers import mlp
+    model = timm.create_model('test_mambavision', mask_padding=mask_padding).eval()
+    tracer_kwargs = dict(leaf_modules=get_notrace_modules(),  # + the shared MLP's autograd switch, not this family's
+                         autowrap_functions=get_notrace_functions() + [mlp.act_linear])
+    graph = create_feature_extractor(model, return_nodes={'head.fc': 'logits'}, tracer_kwargs=tracer_kwargs)
+    for size in [(64, 64), (67, 45), (33, 97)]:
+        x = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            torch.testing.assert_close(graph(x)['logits'], model(x))

@@ -146,6 +146,24 @@ def masked_window_reverse(windows: torch.Tensor, win_h: int, win_w: int, order: 
 
 # --- token mixers ------------------------------------------------------------------------------------------------
 
+_FORWARD = (Route('row'),)  # one forward scan over each window's row-major tokens
+
+
+@register_notrace_function
+@torch.jit.ignore
+def forward_scan(u, delta, A_log, B, C, D, delta_bias):
+    """The mixer's selective scan of ``u (B, L, W)`` along ``_FORWARD``, Δ softplus(delta + delta_bias); all
+    arguments tensors.
+
+    A leaf for FX and TorchScript: the precision policy depends on the input dtype. Parameters enter in at least
+    float32; low-precision inputs return float32. (Unannotated on purpose: TorchScript reads an ignored function's
+    signature at run time, where this module's postponed annotations are strings; unannotated means Tensor.)
+    """
+    return selective_scan(
+        u, delta, -torch.exp(full_precision(A_log)), B, C, full_precision(D), full_precision(delta_bias),
+        routes=_FORWARD, delta_softplus=True, out_dtype=torch.float32 if u.dtype in _LOW_PRECISION else None)
+
+
 class MambaVisionMixer(nn.Module):
     """in_proj → two halves, each SiLU(depthwise conv1d, 'same'); the first scanned forward over the tokens →
     out_proj(concat[scan, second half]). Parameter names are the official ones.
@@ -156,8 +174,6 @@ class MambaVisionMixer(nn.Module):
         d_conv: conv1d kernel size.
         dt_rank: rank of the Δ projection; 'auto' = ceil(C / 16).
     """
-    routes = (Route('row'),)  # one forward scan over each window's row-major tokens
-
     def __init__(self, dim: int, d_state: int = 8, d_conv: int = 3, dt_rank: Union[int, str] = 'auto'):
         super().__init__()
         if dim % 2:
@@ -193,12 +209,9 @@ class MambaVisionMixer(nn.Module):
         # The official model adds dt_proj's bias here and again as the scan's delta_bias; the weights learned so.
         delta = self.dt_proj(dt)
         # Autocast may leave the projections in another dtype than u.
-        delta, B, C = (t.to(u.dtype).contiguous() for t in (delta, B.unsqueeze(-2), C.unsqueeze(-2)))
-        y = selective_scan(
-            u.contiguous(), delta, -torch.exp(full_precision(self.A_log)), B, C, full_precision(self.D),
-            full_precision(self.dt_proj.bias), routes=self.routes, delta_softplus=True,
-            out_dtype=torch.float32 if u.dtype in _LOW_PRECISION else None,
-        )
+        delta = delta.to(u.dtype).contiguous()
+        B, C = B.unsqueeze(-2).to(u.dtype).contiguous(), C.unsqueeze(-2).to(u.dtype).contiguous()
+        y = forward_scan(u.contiguous(), delta, self.A_log, B, C, self.D, self.dt_proj.bias)
         return self.out_proj(torch.cat([y.to(z.dtype), z], dim=-1))
 
 
@@ -376,10 +389,18 @@ class ConvStem(nn.Module):
 
 
 class BatchNormNHWC(nn.BatchNorm2d):
-    """BatchNorm2d of a channel-last map (computed on its channels-last NCHW view)."""
+    """BatchNorm2d of a channel-last map, computed on its channels-last NCHW view. ``nn.BatchNorm2d.forward``
+    written out (running statistics always tracked): TorchScript cannot call ``super().forward``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        momentum = 0. if self.momentum is None else self.momentum
+        if self.training and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average
+                momentum = 1. / float(self.num_batches_tracked)
+        x = F.batch_norm(x.permute(0, 3, 1, 2), self.running_mean, self.running_var, self.weight, self.bias,
+                         self.training, momentum, self.eps)
+        return x.permute(0, 2, 3, 1)
 
 
 # --- model -------------------------------------------------------------------------------------------------------
