@@ -211,6 +211,23 @@ def test_init_cfg_loads_official_detector_checkpoint_with_its_output_norms(tmp_p
     _assert_same_state(backbone.body.model, reference.body.model.state_dict())
 
 
+@needs_parity
+def test_init_cfg_loads_official_mambavision_detector_checkpoint(tmp_path):
+    """MambaVision's official mm backbone: the classifier layout without norm/head, plus ``outnorm{i}`` (eps 1e-6)."""
+    name, kwargs = FIXTURES['mambavision/mambavision_small']
+    official = torch.load(PARITY / 'mambavision/mambavision_small.pth', weights_only=True)['state_dict']
+    official = {k: v for k, v in official.items() if not k.startswith(('norm.', 'head.'))}
+    norms = {f'outnorm{i}.{p}': torch.randn(24 * 2 ** i) for i in range(4) for p in ('weight', 'bias')}
+    state = {f'backbone.{k}': v for k, v in {**official, **norms}.items()}
+    torch.save({'state_dict': state, 'meta': dict(epoch=36)}, tmp_path / 'cascade_mask_rcnn.pth')
+
+    with pytest.warns(UserWarning, match='CC-BY-NC-SA-4.0'):
+        backbone = _loaded(name, tmp_path / 'cascade_mask_rcnn.pth', **kwargs)
+        reference = _loaded(name, PARITY / 'mambavision/mambavision_small.pth', **kwargs)
+    assert torch.equal(backbone.norm1.weight, norms['outnorm1.weight']) and backbone.norm1.eps == 1e-6
+    _assert_same_state(backbone.body.model, reference.body.model.state_dict())
+
+
 def test_init_cfg_loads_own_detector_checkpoint_with_numpy_in_meta(tmp_path):
     """An mmengine checkpoint of a visionssm detector: weights under ``backbone.``, numpy objects in ``meta``."""
     trained = _randomize(VisionSSMBackbone('test_groupmamba', out_indices=(1, 2, 3)))
