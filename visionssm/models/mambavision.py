@@ -174,6 +174,7 @@ class MambaVisionMixer(nn.Module):
         d_conv: conv1d kernel size.
         dt_rank: rank of the Δ projection; 'auto' = ceil(C / 16).
     """
+
     def __init__(self, dim: int, d_state: int = 8, d_conv: int = 3, dt_rank: Union[int, str] = 'auto'):
         super().__init__()
         if dim % 2:
