@@ -126,8 +126,10 @@ class VisionSSMBackbone(BaseModule):
         self.out_indices = out_indices
         self.body = timm.create_model(model, pretrained=False, features_only=True, out_indices=out_indices,
                                       **model_kwargs)
+        # The official dense backbones' output norms: eps 1e-5, or the family's own (MambaVision: 1e-6).
+        out_norm_eps = getattr(importlib.import_module(f'visionssm.models.{self.family}'), 'OUT_NORM_EPS', 1e-5)
         for i, channels in zip(out_indices, self.body.feature_info.channels()):
-            self.add_module(f'norm{i}', LayerNorm2d(channels, eps=1e-5))
+            self.add_module(f'norm{i}', LayerNorm2d(channels, eps=out_norm_eps))
         if with_cp:
             self.body.model.set_grad_checkpointing(True)
 
