@@ -100,10 +100,19 @@ class SS2D(nn.Module):
             x, z = x.chunk(2, dim=-1)
         # NHWC viewed as NCHW with channels-last strides: the depthwise conv needs no copy of its input.
         x = self.act(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
-        y = self.out_norm(self.scan(x)).to(x.dtype)
+        y = self._out_norm(self.scan(x)).to(x.dtype)
         if self.gate:
             y = y * self.act(z)
         return self.proj_drop(self.out_proj(y))
+
+    def _out_norm(self, y: torch.Tensor) -> torch.Tensor:
+        # The scan's output stays float32 for low-precision inputs; so does the norm, with its parameters upcast
+        # when the whole model is float16 / bfloat16 (model.half(): a float32 input with float16 parameters is a
+        # dtype error in LayerNorm, and casting y down first could overflow). Otherwise it is the module as is.
+        norm = self.out_norm
+        if norm.weight.dtype == y.dtype:
+            return norm(y)
+        return F.layer_norm(y, norm.normalized_shape, norm.weight.to(y.dtype), norm.bias.to(y.dtype), norm.eps)
 
     def scan(self, x: torch.Tensor) -> torch.Tensor:
         """The selective scan of the inner map ``x (B, H, W, D)``, routes merged: ``(B, H, W, D)``.
