@@ -139,8 +139,12 @@ def test_scan_detection_length_route():
 
 # --- the Triton kernels, under the interpreter on the CPU --------------------------------------------------------
 
-TRITON_CASES = ['large_delta', 'large_delta_u_B', 'tiny_delta_loss_scaled', 'vim_mean_state16', 'vim_mean_fp16_out',
-                'hidden_states']
+# Every case through the sequential kernels; the chunked ones (associative scans, the backward's a*h as h - drive)
+# on the cases whose magnitudes stress those.
+TRITON_CASES = [(case, 'sequential') for case in ('large_delta', 'large_delta_u_B', 'tiny_delta_loss_scaled',
+                                                  'vim_mean_state16', 'vim_mean_fp16_out', 'hidden_states')] + \
+               [(case, 'chunked') for case in ('large_delta', 'large_delta_u_B', 'tiny_delta_loss_scaled',
+                                               'hidden_states')]
 
 
 def _triton():
@@ -152,8 +156,7 @@ def _triton():
     return triton_scan
 
 
-@pytest.mark.parametrize('kernel', ['sequential', 'chunked'])
-@pytest.mark.parametrize('case', TRITON_CASES)
+@pytest.mark.parametrize('case, kernel', TRITON_CASES, ids=[f'{c}-{k}' for c, k in TRITON_CASES])
 def test_triton_fp16_against_float64(case, kernel, monkeypatch):
     TS = _triton()
     from visionssm.kernels.routes import plan_routes
