@@ -4,8 +4,8 @@ Every case compares with a float64 (scan) or float32 (model) run of the same inp
 closeness with a tolerance that float16 storage meets (half an fp16 ulp is 4.9e-4 of a value) and a computation
 in float16, or an overflow, would not. Magnitudes are chosen so that the exact results fit in float16 where the
 result is stored in float16; where they do not (activation outliers), the test shows that the float32 output
-(``out_dtype``, which the models use) keeps them. Gradients are taken under a loss scale as GradScaler applies one
-(2^16 at the start), which is what keeps small gradients out of float16's subnormal range.
+(``out_dtype``, which the models use) keeps them. Where gradients are small (tiny Δ), the output gradients carry a
+loss scale as GradScaler applies one: that is what keeps them above float16's subnormals (below 6.1e-5).
 
 CPU autocast differs from CUDA autocast: it runs LayerNorm, softmax and the reductions in float16 where CUDA runs
 them in float32, so the model cases here see more float16 than they would on a GPU.
