@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from visionssm.ops import Route, cross_routes, selective_scan
 
-__all__ = ['SS2D', 'init_dt_bias', 'full_precision']
+__all__ = ['SS2D', 'InputDtypeLayerNorm', 'init_dt_bias', 'full_precision']
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -28,6 +28,20 @@ def init_dt_bias(shape, dt_min: float = 1e-3, dt_max: float = 0.1, dt_floor: flo
 def full_precision(t: torch.Tensor) -> torch.Tensor:
     """Scan parameters in at least float32 (float64 stays float64 for exact reference runs)."""
     return t.float() if t.dtype in _LOW_PRECISION else t
+
+
+class InputDtypeLayerNorm(nn.LayerNorm):
+    """LayerNorm computed in its input's dtype, its parameters cast to it: the scan's float32 output is normed in
+    float32 also in a float16 / bfloat16 model (``model.half()``), where ``nn.LayerNorm`` raises on the mixed dtypes
+    and casting the input down first could overflow. With matching dtypes it is ``nn.LayerNorm``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
+        if weight is not None:
+            weight = weight.to(x.dtype)
+        if bias is not None:
+            bias = bias.to(x.dtype)
+        return F.layer_norm(x, self.normalized_shape, weight, bias, self.eps)
 
 
 class SS2D(nn.Module):
@@ -90,7 +104,7 @@ class SS2D(nn.Module):
             num_routes * d_inner, 1))
         self.Ds = nn.Parameter(torch.ones(num_routes * d_inner))
 
-        self.out_norm = nn.LayerNorm(d_inner)
+        self.out_norm = InputDtypeLayerNorm(d_inner)
         self.out_proj = nn.Linear(d_inner, dim, bias=False)
         self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0. else nn.Identity()
 
