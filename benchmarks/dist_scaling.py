@@ -127,7 +127,8 @@ def summarise_run(work_dir: Path, gpus: int, batch: int, warmup: int) -> dict:
     """One run's row from its log; ``status`` says why numbers are missing."""
     rc_file = work_dir.with_suffix('.rc')
     rc = int(rc_file.read_text()) if rc_file.exists() else None
-    logs = [s for s in _scalars(work_dir) if 'loss' in s and 'time' in s]
+    # every LOG_INTERVAL iterations (mmengine also logs at the end of the first pass over the data: left out)
+    logs = [s for s in _scalars(work_dir) if 'loss' in s and 'time' in s and s['iter'] % LOG_INTERVAL == 0]
     problems = [f'exit code {rc}' if rc else 'no exit code' if rc is None else '', '' if logs else 'no training log']
     row = dict(gpus=gpus, batch_per_gpu=batch, global_batch=gpus * batch,
                status=', '.join(p for p in problems if p) + f' (see runs/{work_dir.name}.log)' if any(problems)
@@ -198,7 +199,7 @@ def plot_loss_curves(result: dict, path: Path) -> None:
     for ax, task in zip(axes[0], tasks):
         for r in result['runs']:
             if r['task'] == task and r.get('loss_curve'):
-                ax.plot(*zip(*r['loss_curve']), marker='o', ms=3, label=f"{r['gpus']} GPU × {r['batch_per_gpu']}")
+                ax.plot(*zip(*r['loss_curve']), marker='o', ms=3, label=f"{r['gpus']} GPU, batch {r['batch_per_gpu']} per GPU")
         ax.set(title=f'{task}: {CONFIGS[task].rsplit("/", 1)[-1]}', xlabel='iteration', ylabel='loss (rank 0)')
         ax.grid(alpha=0.3)
         ax.legend()

@@ -5,7 +5,10 @@ NODE_RANK=${NODE_RANK:-0}
 for var in NNODES NODE_RANK; do
     [[ ${!var} =~ ^[0-9]+$ ]] || { echo "$var must be a non-negative integer, got '${!var}'" >&2; exit 2; }
 done
-(( NNODES >= 1 && NODE_RANK < NNODES )) || { echo "need NNODES >= 1 and NODE_RANK < NNODES, got $NNODES and $NODE_RANK" >&2; exit 2; }
+if (( NNODES < 1 || NODE_RANK >= NNODES )); then
+    echo "need NNODES >= 1 and NODE_RANK < NNODES, got NNODES=$NNODES and NODE_RANK=$NODE_RANK" >&2
+    exit 2
+fi
 # NVLink SHARP (NVLS) multicast can take shared GPU hosts out of service; on only where the user turns it on.
 export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
 TORCHRUN=("${PYTHON:-python3}" -m torch.distributed.run --nnodes="$NNODES" --node_rank="$NODE_RANK")
