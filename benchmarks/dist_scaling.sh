@@ -14,7 +14,8 @@
 # Environment: ITERS (200), GPUS ("1 2"), TASKS ("cls det"), WORKERS (8 dataloader workers per GPU), CLS_BATCH
 # (128), DET_BATCH (2), AMP (1; 0 for fp32), CLS_OPTIONS / DET_OPTIONS (more --cfg-options for one task),
 # PREPARE_ARGS (more arguments of `dist_scaling.py prepare`, e.g. the data sizes), PYTHON (python3), and ALLOW_CPU=1
-# to run without GPUs (processes on gloo: checks the script with tiny settings; its numbers mean nothing).
+# to run without GPUs (processes on gloo, to check the script with tiny models and data; its numbers mean nothing;
+# AMP=0 there for det, whose CPU nms takes no bf16).
 set -uo pipefail
 out=${1:?usage: bash benchmarks/dist_scaling.sh DIR}
 mkdir -p "$out" && out=$(cd "$out" && pwd)  # before moving to the repository root

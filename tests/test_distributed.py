@@ -5,7 +5,9 @@
   gradient of the whole batch.
 * ``tools/dist_train.sh``: the torchrun command it builds, single- and multi-node.
 * Checkpoints resumed on another number of processes: 1 -> 2 and 2 -> 1, with the same total batch, continue
-  exactly as an uninterrupted run (weights, AdamW state, LR schedule, EMA, epoch and iteration counters).
+  as an uninterrupted run, to float rounding (weights, AdamW state, LR schedule, EMA, epoch and iteration
+  counters), and a resumed process starts from exactly the saved state.
+* ``benchmarks/dist_scaling.py``: the run configs it writes and the report it makes of the logs.
 """
 import json
 import os
