@@ -3,7 +3,7 @@
     python benchmarks/dist_scaling.py prepare DIR [--iters 200] [--cls-batch 128] [--det-batch 2] [--workers 8]
     python benchmarks/dist_scaling.py report DIR [--warmup 50]
 
-``prepare`` writes ``DIR/data/imagenet`` (an ImageNet-layout folder of drawn images), ``DIR/data/coco`` (the
+``prepare`` writes ``DIR/data/imagenet`` (an ImageNet-layout folder of generated images), ``DIR/data/coco`` (the
 synthetic COCO set of ``visionssm.mm.synthetic``) and ``DIR/configs/{cls,det}.py``: the VMamba-T ImageNet recipe
 and the VMamba-T Mask R-CNN 1x config as released, changed only in what a fixed-length timing run needs: an
 iteration-based loop of ``--iters`` iterations, no validation, no checkpoints, one log entry per 10 iterations
@@ -12,10 +12,10 @@ those iterations rather than over 20 epochs, so that the learning rate at an ite
 of GPUs (an epoch of the small set is a different number of iterations on each).
 
 ``report`` reads each run's ``vis_data/scalars.json`` (rank 0's log) and writes ``DIR/dist_scaling.json`` and
-``DIR/dist_scaling.md`` (and the loss curves as ``DIR/dist_scaling_loss.png``): per run s/iter and data s/iter (medians of the entries after ``--warmup`` iterations),
-images/s = GPUs × batch per GPU / s/iter, scaling efficiency = images/s on N GPUs ÷ (N × images/s on 1 GPU), peak
-memory (rank 0's ``max_memory_allocated``; every rank holds the same model and batch) and the loss curve (rank 0's
-loss, over its own batch per GPU, as mmengine logs it).
+``DIR/dist_scaling.md`` (and the loss curves as ``DIR/dist_scaling_loss.png``): per run s/iter and data s/iter
+(medians of the entries after ``--warmup`` iterations), images/s = GPUs × batch per GPU / s/iter, scaling efficiency
+= images/s on N GPUs ÷ (N × images/s on 1 GPU), peak memory (rank 0's ``max_memory_allocated``; every rank holds the
+same model and batch) and the loss curve (rank 0's loss, over its own batch per GPU, as mmengine logs it).
 """
 from __future__ import annotations
 
@@ -199,7 +199,8 @@ def plot_loss_curves(result: dict, path: Path) -> None:
     for ax, task in zip(axes[0], tasks):
         for r in result['runs']:
             if r['task'] == task and r.get('loss_curve'):
-                ax.plot(*zip(*r['loss_curve']), marker='o', ms=3, label=f"{r['gpus']} GPU, batch {r['batch_per_gpu']} per GPU")
+                ax.plot(*zip(*r['loss_curve']), marker='o', ms=3,
+                        label=f"{r['gpus']} GPU, batch {r['batch_per_gpu']} per GPU")
         ax.set(title=f'{task}: {CONFIGS[task].rsplit("/", 1)[-1]}', xlabel='iteration', ylabel='loss (rank 0)')
         ax.grid(alpha=0.3)
         ax.legend()
