@@ -23,6 +23,7 @@ that costs what a photo costs to decode (smooth colour fields, shapes, grain), w
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -262,7 +263,10 @@ def make_imagenet_folder(root: str | os.PathLike, num_classes: int = 1000, train
         for job in jobs:
             _write_imagenet_image(job)
     else:
-        with ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
+        # fresh interpreters, not forks: a fork of a process whose thread pools are running (torch, OpenCV) can
+        # inherit a held lock and hang
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn'),
+                                 initializer=_init_worker) as pool:
             for _ in pool.map(_write_imagenet_image, jobs, chunksize=max(1, len(jobs) // (8 * workers))):
                 pass
     return root
