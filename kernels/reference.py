@@ -6,11 +6,13 @@ Per route k, channel d and state n, along the route's positions t = 0..L_k-1:
     h_t  = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t      (h_{-1} = 0)
     y_t  = sum_n C_t[n] * h_t[n] + D * u_t
 
-and each output element is the sum (or mean) of what the routes write there. A concatenated route
-(``Route.concat``) is one such recurrence over all its segments' positions in turn; each segment writes its own
-output channels, and what several visits write to one element is summed. The state and all arithmetic are
-float32, or float64 for float64 inputs; the result is exact up to rounding in that dtype and differentiable by
-autograd. Layout: ``u (B, H*W, C_in)``, ``delta (B, H*W, K*W_r)``, ``B/C (B, H*W, K, N)``, ``A (K*W_r, N)``.
+where u_t is read (and y_t written) at the route's t-th position and delta_t, B_t, C_t at its t-th parameter position
+(the same, unless the route has ``params_at='step'``); each output element is the sum (or mean) of what the routes
+write there. A concatenated route (``Route.concat``) is one such recurrence over all its segments' positions in turn;
+each segment writes its own output channels, and what several visits write to one element is summed. The state and
+all arithmetic are float32, or float64 for float64 inputs; the result is exact up to rounding in that dtype and
+differentiable by autograd. Layout: ``u (B, H*W, C_in)``, ``delta (B, H*W, K*W_r)``, ``B/C (B, H*W, K, N)``,
+``A (K*W_r, N)``.
 
 The recurrence runs as a two-level scan: a sequential pass inside chunks of ``chunk`` steps (vectorized over all
 chunks at once), then a pass over the chunk carries, then a correction ``h += P * carry``. Both passes only
@@ -96,6 +98,7 @@ def selective_scan_reference(
     shape = (batch, num_pos, plan.out_channels) + ((n_state,) if return_hidden else ())
     out = u.new_zeros(shape)
     positions = plan.positions_on(u.device)
+    param_positions = plan.param_positions_on(u.device)
 
     # Routes of equal length run stacked, so the sequential loop is shared (VMamba: all four at once).
     groups: dict[int, list[int]] = {}
@@ -103,14 +106,15 @@ def selective_scan_reference(
         groups.setdefault(pos.numel(), []).append(k)
     for ks in groups.values():
         pos = torch.stack([positions[k] for k in ks])                                  # (G, L)
+        ppos = torch.stack([param_positions[k] for k in ks]) if plan.split_params else pos   # Δ, B, C read here
         u_k = torch.stack([u[:, p, r.in_offset:r.in_offset + width]
                            for p, r in zip(pos, (plan.routes[k] for k in ks))], 1)      # (B, G, L, W)
-        dt = torch.stack([delta[:, p, k * width:(k + 1) * width] for p, k in zip(pos, ks)], 1)
+        dt = torch.stack([delta[:, p, k * width:(k + 1) * width] for p, k in zip(ppos, ks)], 1)
         if bias is not None:
             dt = dt + bias[ks].unsqueeze(1)
         if delta_softplus:
             dt = F.softplus(dt, beta=1.0, threshold=20.0)
-        B_k = torch.stack([B[:, p, k] for p, k in zip(pos, ks)], 1)                    # (B, G, L, N)
+        B_k = torch.stack([B[:, p, k] for p, k in zip(ppos, ks)], 1)                   # (B, G, L, N)
 
         decay = torch.exp(dt.unsqueeze(-1) * A[ks].unsqueeze(1))                       # (B, G, L, W, N)
         drive = (dt * u_k).unsqueeze(-1) * B_k.unsqueeze(-2)
@@ -119,7 +123,7 @@ def selective_scan_reference(
         if return_hidden:
             y = h
         else:
-            C_k = torch.stack([C[:, p, k] for p, k in zip(pos, ks)], 1)
+            C_k = torch.stack([C[:, p, k] for p, k in zip(ppos, ks)], 1)
             y = (h * C_k.unsqueeze(-2)).sum(-1)
             if D is not None:
                 y = y + D[ks].unsqueeze(1) * u_k

@@ -6,14 +6,21 @@ channel-last map ``(B, H, W, C)``; the kernels read the map at each route's posi
 merge the routes into one output. Route ``k`` uses the ``k``-th block of every per-route tensor (Δ, A, D, Δ-bias,
 B, C): the routes' parameters are stacked, exactly as the official ``A_logs (K*D, N)`` already are.
 
-Positions are flat indices ``h * W + w``. Built-in orders are computed arithmetically (the Triton kernel can
-regenerate them from the route's fields without loading an index); any other pattern (zig-zag, local windows)
-is a callable ``order(H, W) -> LongTensor`` and needs no change to the kernels' core loop.
+Positions are flat indices ``h * W + w``. Built-in orders are computed arithmetically: row- and column-major
+rasters and their continuous zig-zags (``'row_snake'``, ``'col_snake'``: every other row / column reversed, so
+consecutive steps are neighbours, as PlainMamba scans); any other pattern (local windows) is a callable
+``order(H, W) -> LongTensor`` and needs no change to the kernels' core loop.
+
+A route normally reads Δ, B and C where it reads u, at its positions (``params_at='route'``). With
+``params_at='step'``, step t reads them at the t-th of the route's positions in raster (ascending) order instead —
+on a full grid at flat index t — while u is still read, and y written, at the route's position: PlainMamba's
+official code gathers only the input into scan order and leaves Δ, B and C in raster order.
 
 A route visits each position at most once, except a *concatenated* route (``Route.concat``): several orders walked
 one after the other by one scan whose state runs on from each into the next (MSVMamba's half-resolution scan). It
 revisits positions by construction; each of its segments visits a position at most once and writes its own output
-channels, and elements written by several segments are summed like elements written by several routes.
+channels, and elements written by several segments are summed like elements written by several routes. Its
+segments read Δ, B and C at their own positions (``params_at='step'`` is not defined for a concatenated route).
 """
 from __future__ import annotations
 
@@ -26,10 +33,12 @@ import torch
 __all__ = [
     'Route', 'RoutePlan', 'plan_routes',
     'cross_routes', 'bidirectional_routes', 'lattice_routes', 'grouped_routes', 'multiscale_routes',
+    'snake_routes',
 ]
 
 Order = Union[str, Callable[[int, int], torch.Tensor]]
-_ORDERS = ('row', 'col')
+_ORDERS = ('row', 'col', 'row_snake', 'col_snake')
+_PARAMS_AT = ('route', 'step')
 
 
 _BY_KEY: dict = {}
@@ -45,14 +54,17 @@ class Route:
     """One scan path over an ``H x W`` grid.
 
     Args:
-        order: ``'row'`` (row-major raster), ``'col'`` (column-major raster), or a callable ``(H, W) -> positions``
-            returning distinct flat indices ``h * W + w`` in visiting order.
+        order: ``'row'`` (row-major raster), ``'col'`` (column-major raster), ``'row_snake'`` (row-major, every
+            odd row right to left), ``'col_snake'`` (column-major, every odd column bottom to top), or a callable
+            ``(H, W) -> positions`` returning distinct flat indices ``h * W + w`` in visiting order.
         reverse: visit the positions of ``order`` back to front.
         stride: visit only the sub-lattice ``h = offset[0] + i * stride[0], w = offset[1] + j * stride[1]``
             (EfficientVMamba's atrous routes); ``order`` then ranks positions within the sub-lattice.
         offset: origin of the sub-lattice.
         in_offset: first channel of the input map this route reads.
         out_offset: first channel of the output this route writes.
+        params_at: where step t reads Δ, B and C: ``'route'`` (at the route's position, as u) or ``'step'`` (at
+            the t-th of the route's positions in raster order; see the module docstring). Plain routes only.
         segments: the routes a concatenated route walks in turn (build it with ``Route.concat``); empty otherwise.
     """
     order: Order = 'row'
@@ -61,6 +73,7 @@ class Route:
     offset: tuple[int, int] = (0, 0)
     in_offset: int = 0
     out_offset: int = 0
+    params_at: str = 'route'
     segments: tuple['Route', ...] = ()
 
     @classmethod
@@ -73,6 +86,9 @@ class Route:
         """
         if len(segments) < 2 or not all(isinstance(s, Route) and not s.segments for s in segments):
             raise ValueError(f'Route.concat takes two or more plain (not concatenated) routes, got {segments!r}')
+        if any(s.params_at != 'route' for s in segments):
+            raise ValueError("the segments of a concatenated route read Δ, B and C at their own positions: "
+                             "params_at='step' is not supported in Route.concat")
         if len({s.in_offset for s in segments}) != 1:
             raise ValueError(f'the segments of a concatenated route must read the same input channels, got '
                              f'in_offset {[s.in_offset for s in segments]}')
@@ -89,7 +105,9 @@ class Route:
             seg = tuple(self.segments)
             object.__setattr__(self, 'segments', seg)
             if (len(seg) < 2 or not all(isinstance(s, Route) and not s.segments for s in seg)
-                    or (self.order, self.reverse, self.stride, self.offset) != ('row', False, (1, 1), (0, 0))
+                    or (self.order, self.reverse, self.stride, self.offset, self.params_at)
+                    != ('row', False, (1, 1), (0, 0), 'route')
+                    or any(s.params_at != 'route' for s in seg)
                     or self.in_offset != seg[0].in_offset or self.out_offset != min(s.out_offset for s in seg)):
                 raise ValueError('build a concatenated route with Route.concat(*segments): its orders, channels '
                                  'and offsets are those of its segments')
@@ -99,6 +117,8 @@ class Route:
         object.__setattr__(self, 'offset', offset)
         if not callable(self.order) and self.order not in _ORDERS:
             raise ValueError(f"route order must be one of {_ORDERS} or a callable (H, W) -> positions, got {self.order!r}")
+        if self.params_at not in _PARAMS_AT:
+            raise ValueError(f'route params_at must be one of {_PARAMS_AT}, got {self.params_at!r}')
         if len(stride) != 2 or min(stride) < 1:
             raise ValueError(f'route stride must be two integers >= 1, got {self.stride}')
         if len(offset) != 2 or min(offset) < 0 or offset[0] >= stride[0] or offset[1] >= stride[1]:
@@ -126,22 +146,32 @@ class Route:
                 raise ValueError(f'custom route order returned positions outside a {len(rows)}x{len(cols)} grid')
             grid = (rows[:, None] * width + cols[None, :]).flatten()
             pos = grid[sub]
-        elif self.order == 'row':
-            pos = (rows[:, None] * width + cols[None, :]).flatten()
         else:
-            pos = (rows[None, :] * width + cols[:, None]).flatten()
+            grid = rows[:, None] * width + cols[None, :]            # (rows, cols) of the sub-lattice
+            if self.order.startswith('col'):
+                grid = grid.t()                                     # one line per column
+            if self.order.endswith('_snake'):
+                grid = grid.clone()
+                grid[1::2] = grid[1::2].flip(1)                     # every other line walked back
+            pos = grid.flatten()
         return pos.flip(0) if self.reverse else pos
+
+    def param_positions(self, height: int, width: int) -> torch.Tensor:
+        """Where each step reads Δ, B and C (see ``params_at``): the positions, or the same set in raster order."""
+        pos = self.positions(height, width)
+        return pos.sort().values if self.params_at == 'step' else pos
 
 
 @dataclass(frozen=True)
 class RoutePlan:
     """Routes resolved for one grid and channel layout: what a kernel needs to run them.
 
-    ``positions[k]`` are route k's flat positions (CPU int64); ``width`` is the channel width of every route;
-    ``multiplicity`` is how many routes (segments of a concatenated route counted apart) write each output element
-    (uniform by construction). ``out_steps[k]`` is None, or for a concatenated route the output channel offset of
-    each of its steps (CPU int64); ``revisits``: some route visits a position more than once (then a kernel must
-    accumulate, not store, what one route reads or writes at a position).
+    ``positions[k]`` are route k's flat positions (CPU int64); ``param_positions[k]`` where its steps read Δ, B
+    and C (the same tensors as ``positions`` unless a route has ``params_at='step'``); ``width`` is the channel width
+    of every route; ``multiplicity`` is how many routes (segments of a concatenated route counted apart) write each
+    output element (uniform by construction). ``out_steps[k]`` is None, or for a concatenated route the output
+    channel offset of each of its steps (CPU int64); ``revisits``: some route visits a position more than once (then
+    a kernel must accumulate, not store, what one route reads or writes at a position).
     """
     routes: tuple[Route, ...]
     height: int
@@ -153,13 +183,18 @@ class RoutePlan:
     multiplicity: int
     out_steps: tuple[Optional[torch.Tensor], ...] = ()
     revisits: bool = False
+    param_positions: Optional[tuple[torch.Tensor, ...]] = None
+
+    def __post_init__(self):
+        if self.param_positions is None:
+            object.__setattr__(self, 'param_positions', self.positions)
 
     def __hash__(self):
         # plans key the kernels' launch caches on every call: hash the fields once, not once per lookup
         h = self.__dict__.get('_hash')
         if h is None:
             h = hash((self.routes, self.height, self.width_px, self.width, self.in_channels, self.out_channels,
-                      self.positions, self.multiplicity, self.revisits))
+                      self.positions, self.multiplicity, self.revisits, self.param_positions))
             self.__dict__['_hash'] = h
         return h
 
@@ -172,13 +207,21 @@ class RoutePlan:
         """Steps of the longest route."""
         return max(p.numel() for p in self.positions)
 
+    @functools.cached_property
+    def split_params(self) -> bool:
+        """Whether some route reads Δ, B and C elsewhere than at its positions."""
+        return any(q is not p and not torch.equal(q, p) for p, q in zip(self.positions, self.param_positions))
+
     def positions_on(self, device: torch.device) -> tuple[torch.Tensor, ...]:
         return _positions_on(self, torch.device(device))
 
+    def param_positions_on(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        return _positions_on(self, torch.device(device), True)
+
 
 @functools.lru_cache(maxsize=256)
-def _positions_on(plan: RoutePlan, device: torch.device) -> tuple[torch.Tensor, ...]:
-    return tuple(p.to(device) for p in plan.positions)
+def _positions_on(plan: RoutePlan, device: torch.device, params: bool = False) -> tuple[torch.Tensor, ...]:
+    return tuple(p.to(device) for p in (plan.param_positions if params else plan.positions))
 
 
 def plan_routes(
@@ -204,7 +247,8 @@ def plan_routes(
 @functools.lru_cache(maxsize=256)
 def _plan_routes(routes, height, width_px, width, in_channels, out_channels) -> RoutePlan:
     num_pos = height * width_px
-    positions, out_steps, writers = [], [], []    # writers: (output channel offset, positions) per segment
+    positions, param_positions, out_steps = [], [], []
+    writers = []    # (output channel offset, positions) per segment
     for k, route in enumerate(routes):
         if route.in_offset + width > in_channels:
             raise ValueError(
@@ -226,6 +270,7 @@ def _plan_routes(routes, height, width_px, width, in_channels, out_channels) -> 
             parts.append(pos)
             writers.append((part.out_offset, pos))
         positions.append(torch.cat(parts).contiguous())
+        param_positions.append(positions[-1] if route.params_at == 'route' else pos.sort().values.contiguous())
         out_steps.append(torch.cat([torch.full_like(p, s.out_offset) for p, s in zip(parts, route.segments)])
                          if route.segments else None)
     revisits = any(torch.unique(p).numel() != p.numel() for p in positions)
@@ -252,7 +297,7 @@ def _plan_routes(routes, height, width_px, width, in_channels, out_channels) -> 
                 f'every element must be written by the same number of routes for the merge to be defined')
         multiplicity = cmin
     return RoutePlan(routes, height, width_px, width, in_channels, out_channels, tuple(positions), multiplicity,
-                     tuple(out_steps), revisits)
+                     tuple(out_steps), revisits, tuple(param_positions))
 
 
 # Route patterns of the families (DESIGN.md's table). Each is a plain tuple of Route: new patterns are new tuples.
@@ -294,3 +339,10 @@ def multiscale_routes(channels: int, summed: bool = False) -> tuple[Route, ...]:
     orders = (('row', True), ('col', False), ('col', True))
     return (Route.concat(*(Route(order, reverse=rev, out_offset=0 if summed else j * channels)
                            for j, (order, rev) in enumerate(orders))),)
+
+
+def snake_routes(params_at: str = 'route') -> tuple[Route, ...]:
+    """PlainMamba: the continuous zig-zag over rows, its reverse, the zig-zag over columns, its reverse; all
+    channels; summed. ``params_at='step'`` is the official code's reading of Δ, B and C (see the module docstring)."""
+    orders = (('row_snake', False), ('row_snake', True), ('col_snake', False), ('col_snake', True))
+    return tuple(Route(order, reverse=rev, params_at=params_at) for order, rev in orders)

@@ -16,15 +16,17 @@ Layout (flattened channel-last, exactly the reference's; the last dim of every m
 
 Grid (forward and backward alike): ``(Bt, K, cdiv(W, BD))``: one program per (batch, route, block of BD channels).
 The route is a pointer schedule: all routes' positions are concatenated into one int32 index (``pos``) and a
-``(K, 5)`` int32 table holds (start in ``pos``, length, in_offset, out_offset, du offset) per route. A program walks its
-route in chunks of BT steps unrolled at compile time: all loads of a chunk (one contiguous BD-vector of u / delta
-per step, lanes over channels, coalesced for every route order, and the N-vectors of B / C) are issued before its
-arithmetic, and the state ``h [BD, BN]`` stays in fp32 registers. Loads carry no mask where none is needed (BD
-divides W; steps past the route's end re-read its last position). No per-route copy is materialized: the routes
-merge inside the kernel, by plain stores when every output element is written by exactly one route (grouped /
-lattice / one route), and otherwise (cross / bidirectional) into one block per route of a buffer that torch sums
-(``MERGE``, or fp32 ``atomic_add`` into one zeroed buffer); ``mean`` scales inside the kernel. Offsets are int64
-except a position's offset inside one image, int32 where the host checked it fits.
+``(K, 6)`` int32 table holds (start in ``pos``, length, in_offset, out_offset, du offset, start of the Δ / B / C read
+positions) per route. Routes with ``params_at='step'`` read Δ, B and C at a second list of positions appended to
+``pos`` (``SPLIT``, a constexpr: the other routes' kernels are unchanged), and the backward writes their gradients
+there. A program walks its route in chunks of BT steps unrolled at compile time: all loads of a chunk (one
+contiguous BD-vector of u / delta per step, lanes over channels, coalesced for every route order, and the N-vectors
+of B / C) are issued before its arithmetic, and the state ``h [BD, BN]`` stays in fp32 registers. Loads carry no
+mask where none is needed (BD divides W; steps past the route's end re-read its last position). No per-route copy
+is materialized: the routes merge inside the kernel, by plain stores when every output element is written by exactly
+one route (grouped / lattice / one route), and otherwise (cross / bidirectional / snake) into one block per route of
+a buffer that torch sums (``MERGE``, or fp32 ``atomic_add`` into one zeroed buffer); ``mean`` scales inside the
+kernel. Offsets are int64 except a position's offset inside one image, int32 where the host checked it fits.
 
 Backward: the forward saves the state before every chunk of the backward (``ckpt (Bt, K, n_chunks, W, N)``, only
 when a gradient is needed). The backward program walks its route's chunks from last to first: it loads the chunk
@@ -48,7 +50,9 @@ Concatenated routes (``Route.concat``: one scan through several orders, revisiti
 kernels only, behind two compile-time flags that leave every other plan's code unchanged: ``SEG`` adds each step's
 output channel offset (its segment's, from a per-step int32 table ``shift`` beside ``pos``) to the output / dy
 pointer, and ``DD_ATOMIC`` adds ddelta in an fp32 buffer instead of storing it; du then merges by fp32 atomics, and
-the forward too where one route writes an element twice (segments sharing positions and channels).
+the forward too where one route writes an element twice (segments sharing positions and channels). ``SPLIT`` and
+``SEG`` combine in one plan (a PlainMamba-style route beside a concatenated one); a concatenated route itself never
+splits (``Route.concat`` rejects ``params_at='step'``).
 
 float64 inputs are handed to the reference (the oracle is exact there; the kernels compute in fp32).
 """
@@ -104,15 +108,18 @@ if _HAS_TRITON:
 
     @triton.jit
     def _softplus(z):
-        # softplus with threshold 20 (as F.softplus); exp(z) directly where 1 + exp(z) rounds to 1. On the GPU the
-        # log is the hardware approximation (tl.log is a libdevice polynomial of ~20 instructions, a sixth of the
-        # forward's per-element cost); the interpreter has no libdevice.
+        # softplus with threshold 20 (as F.softplus). Below z = -3 it is log1p(e) as its series to e^4
+        # (truncation < 1.3e-6 relative): log(1 + e) there loses Δ's relative precision to the rounding of 1 + e
+        # (17% at z = -15, 0.1% at z = -10; small Δ are common). Above, on the GPU the log is the hardware
+        # approximation (tl.log is a libdevice polynomial of ~20 instructions, a sixth of the forward's per-element
+        # cost); the interpreter has no libdevice.
         e = _exp2(z * 1.4426950408889634)
         if _FAST_LOG:
             sp = libdevice.fast_logf(1.0 + e)
         else:
             sp = tl.log(1.0 + e)
-        return tl.where(z > 20.0, z, tl.where(z < -15.0, e, sp))
+        small = e * (1.0 - e * (0.5 - e * (0.3333333333333333 - e * 0.25)))
+        return tl.where(z > 20.0, z, tl.where(z < -3.0, small, sp))
 
     @triton.jit
     def _to_dt(z, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
@@ -135,15 +142,23 @@ if _HAS_TRITON:
 
     @triton.jit
     def _route_meta(meta_ptr, k, VEC: tl.constexpr):
-        # row k of the (K, 5) route table: start in pos, length, input / output / du channel offsets (the offsets
-        # are multiples of VEC, which lets the compiler vectorize channel loads)
-        row = meta_ptr + k * 5
+        # row k of the (K, 6) route table: start in pos, length, input / output / du channel offsets (the offsets
+        # are multiples of VEC, which lets the compiler vectorize channel loads); column 5: see _param_start
+        row = meta_ptr + k * 6
         start = tl.load(row).to(tl.int64)
         length = tl.load(row + 1)
         in_off = tl.multiple_of(tl.load(row + 2), VEC).to(tl.int64)
         out_off = tl.multiple_of(tl.load(row + 3), VEC).to(tl.int64)
         du_off = tl.multiple_of(tl.load(row + 4), VEC).to(tl.int64)
         return start, length, in_off, out_off, du_off
+
+    @triton.jit
+    def _param_start(meta_ptr, k, start, SPLIT: tl.constexpr):
+        # where route k's Δ / B / C read positions start in pos: its own positions unless the plan splits them
+        # (params_at='step'), then a second list appended to pos
+        if SPLIT:
+            start = tl.load(meta_ptr + k * 6 + 5).to(tl.int64)
+        return start
 
     @triton.jit
     def _position(ptr, OFF64: tl.constexpr):
@@ -165,27 +180,32 @@ if _HAS_TRITON:
         return s
 
     @triton.jit
-    def _chunk_loads(pos_ptr, start, t0, length, u_base, d_base, B_base, C_base, o_base, su_p, sd_p, sB_p, sC_p, so_p,
-                     md, mn, mdn, BT: tl.constexpr, OFF64: tl.constexpr, EVEN_D: tl.constexpr, EVEN_N: tl.constexpr,
-                     WITH_C: tl.constexpr, WITH_DY: tl.constexpr, HIDDEN: tl.constexpr, sh_ptr, N,
-                     SEG: tl.constexpr):
-        # Every load of the chunk of BT steps from t0, as one flat tuple: (position, u, delta, B, C, dy) per step, C and
-        # dy only where asked (u stands in for them otherwise). Steps past the route's end read its last position.
+    def _chunk_loads(pos_ptr, start, pstart, t0, length, u_base, d_base, B_base, C_base, o_base, su_p, sd_p, sB_p,
+                     sC_p, so_p, md, mn, mdn, BT: tl.constexpr, OFF64: tl.constexpr, EVEN_D: tl.constexpr,
+                     EVEN_N: tl.constexpr, WITH_C: tl.constexpr, WITH_DY: tl.constexpr, HIDDEN: tl.constexpr, sh_ptr, N,
+                     SEG: tl.constexpr, SPLIT: tl.constexpr):
+        # Every load of the chunk of BT steps from t0, as one flat tuple: (position, u, delta, B, C, dy, q) per step, C
+        # and dy only where asked (u stands in for them otherwise); q is where delta, B and C are read (the position
+        # unless SPLIT). Steps past the route's end read its last position.
         rows = ()
         for i in tl.static_range(BT):
-            p = _position(pos_ptr + start + tl.minimum(t0 + i, length - 1), OFF64)
+            step = tl.minimum(t0 + i, length - 1)
+            p = _position(pos_ptr + start + step, OFF64)
+            q = p
+            if SPLIT:
+                q = _position(pos_ptr + pstart + step, OFF64)
             u = _load(u_base + p * su_p, md, EVEN_D)
             Ct = u
             dy = u
             if WITH_C:
-                Ct = _load(C_base + p * sC_p, mn, EVEN_N)
+                Ct = _load(C_base + q * sC_p, mn, EVEN_N)
             if WITH_DY:
                 o_ptrs = o_base + p * so_p + _out_shift(sh_ptr, start, t0 + i, length, N, SEG, HIDDEN)
                 if HIDDEN:
                     dy = _load(o_ptrs, mdn, EVEN_D and EVEN_N)
                 else:
                     dy = _load(o_ptrs, md, EVEN_D)
-            rows = rows + (p, u, _load(d_base + p * sd_p, md, EVEN_D), _load(B_base + p * sB_p, mn, EVEN_N), Ct, dy)
+            rows = rows + (p, u, _load(d_base + q * sd_p, md, EVEN_D), _load(B_base + q * sB_p, mn, EVEN_N), Ct, dy, q)
         return rows
 
     @triton.jit
@@ -196,7 +216,7 @@ if _HAS_TRITON:
             BD: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, CK: tl.constexpr, OFF64: tl.constexpr,
             EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, PREFETCH: tl.constexpr,
             HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr,
-            ATOMIC: tl.constexpr, SAVE: tl.constexpr, SEG: tl.constexpr):
+            ATOMIC: tl.constexpr, SAVE: tl.constexpr, SEG: tl.constexpr, SPLIT: tl.constexpr):
         # One program walks its route chunk by chunk. A chunk is BT steps unrolled at compile time: every load of
         # the chunk is issued before its arithmetic (BT independent rows in flight, not one memory latency per
         # step), and the state stays in registers as a [BD, BN] tile, one channel per lane along BD. Loads carry
@@ -206,6 +226,7 @@ if _HAS_TRITON:
         k = tl.program_id(1)
         blk = tl.program_id(2)
         start, length, in_off, out_off, _ = _route_meta(meta_ptr, k, 1)
+        pstart = _param_start(meta_ptr, k, start, SPLIT)
 
         d = blk * BD + tl.arange(0, BD)
         n = tl.arange(0, BN)
@@ -238,26 +259,26 @@ if _HAS_TRITON:
             tl.store(ck_base, h, mask=mdn)
         n_chunks = tl.cdiv(length, BT)
         if PREFETCH:
-            rows = _chunk_loads(pos_ptr, start, 0, length, u_base, d_base, B_base, C_base, u_base, su_p, sd_p, sB_p,
-                                sC_p, 0, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N, not HIDDEN, False, HIDDEN, sh_ptr, N,
-                                False)
+            rows = _chunk_loads(pos_ptr, start, pstart, 0, length, u_base, d_base, B_base, C_base, u_base, su_p, sd_p,
+                                sB_p, sC_p, 0, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N, not HIDDEN, False, HIDDEN,
+                                sh_ptr, N, False, SPLIT)
         for c in range(0, n_chunks):
             t0 = c * BT
             if PREFETCH:
                 cur = rows
-                rows = _chunk_loads(pos_ptr, start, tl.minimum(c + 1, n_chunks - 1) * BT, length, u_base, d_base,
-                                    B_base, C_base, u_base, su_p, sd_p, sB_p, sC_p, 0, md, mn, mdn, BT, OFF64, EVEN_D,
-                                    EVEN_N, not HIDDEN, False, HIDDEN, sh_ptr, N, False)
+                rows = _chunk_loads(pos_ptr, start, pstart, tl.minimum(c + 1, n_chunks - 1) * BT, length, u_base,
+                                    d_base, B_base, C_base, u_base, su_p, sd_p, sB_p, sC_p, 0, md, mn, mdn, BT, OFF64,
+                                    EVEN_D, EVEN_N, not HIDDEN, False, HIDDEN, sh_ptr, N, False, SPLIT)
             else:
-                cur = _chunk_loads(pos_ptr, start, t0, length, u_base, d_base, B_base, C_base, u_base, su_p, sd_p,
-                                   sB_p, sC_p, 0, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N, not HIDDEN, False, HIDDEN,
-                                   sh_ptr, N, False)
+                cur = _chunk_loads(pos_ptr, start, pstart, t0, length, u_base, d_base, B_base, C_base, u_base, su_p,
+                                   sd_p, sB_p, sC_p, 0, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N, not HIDDEN, False,
+                                   HIDDEN, sh_ptr, N, False, SPLIT)
             for i in tl.static_range(BT):
                 ok = t0 + i < length
-                u = cur[6 * i + 1].to(tl.float32)
-                dt = _to_dt(cur[6 * i + 2], bias, HAS_BIAS, SOFTPLUS)
-                h = _exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * cur[6 * i + 3].to(tl.float32)[None, :]
-                ptrs = o_base + cur[6 * i] * so_p + _out_shift(sh_ptr, start, t0 + i, length, N, SEG, HIDDEN)
+                u = cur[7 * i + 1].to(tl.float32)
+                dt = _to_dt(cur[7 * i + 2], bias, HAS_BIAS, SOFTPLUS)
+                h = _exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * cur[7 * i + 3].to(tl.float32)[None, :]
+                ptrs = o_base + cur[7 * i] * so_p + _out_shift(sh_ptr, start, t0 + i, length, N, SEG, HIDDEN)
                 if HIDDEN:
                     y = h * scale
                     m = ok & mdn
@@ -266,7 +287,7 @@ if _HAS_TRITON:
                     else:
                         tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=m)
                 else:
-                    y = tl.sum(h * cur[6 * i + 4].to(tl.float32)[None, :], axis=1)
+                    y = tl.sum(h * cur[7 * i + 4].to(tl.float32)[None, :], axis=1)
                     if HAS_D:
                         y = y + Dv * u
                     y = y * scale
@@ -299,7 +320,7 @@ if _HAS_TRITON:
             BD: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, OFF64: tl.constexpr,
             EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, PREFETCH: tl.constexpr,
             HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr,
-            DU_ATOMIC: tl.constexpr, SEG: tl.constexpr, DD_ATOMIC: tl.constexpr):
+            DU_ATOMIC: tl.constexpr, SEG: tl.constexpr, DD_ATOMIC: tl.constexpr, SPLIT: tl.constexpr):
         # Chunks from last to first, each BT steps unrolled: recompute the chunk's states from its checkpoint
         # (forward over the rows, each row's incoming state kept in registers), then walk the rows backwards with
         # the adjoint carry q = a_{t+1} g_{t+1} in registers across chunks. Rows past the route's end read its last
@@ -308,6 +329,7 @@ if _HAS_TRITON:
         k = tl.program_id(1)
         blk = tl.program_id(2)
         start, length, in_off, out_off, du_off = _route_meta(meta_ptr, k, 1)
+        pstart = _param_start(meta_ptr, k, start, SPLIT)
 
         d = blk * BD + tl.arange(0, BD)
         n = tl.arange(0, BN)
@@ -348,28 +370,28 @@ if _HAS_TRITON:
         # would wait for the previous rows' atomics (the compiler cannot prove that dB / dC do not alias them). With
         # PREFETCH the loads of the next chunk (c - 1) are issued before chunk c's arithmetic, loop-carried.
         if PREFETCH:
-            rows = _chunk_loads(pos_ptr, start, (n_chunks - 1) * BT, length, u_base, d_base, B_base, C_base, o_base,
-                                su_p, sd_p, sB_p, sC_p, so_p, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N, not HIDDEN, True,
-                                HIDDEN, sh_ptr, N, SEG)
+            rows = _chunk_loads(pos_ptr, start, pstart, (n_chunks - 1) * BT, length, u_base, d_base, B_base, C_base,
+                                o_base, su_p, sd_p, sB_p, sC_p, so_p, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N,
+                                not HIDDEN, True, HIDDEN, sh_ptr, N, SEG, SPLIT)
         for cj in range(0, n_chunks):
             c = n_chunks - 1 - cj
             t0 = c * BT
             if PREFETCH:
                 cur = rows
-                rows = _chunk_loads(pos_ptr, start, tl.maximum(c - 1, 0) * BT, length, u_base, d_base, B_base, C_base,
-                                    o_base, su_p, sd_p, sB_p, sC_p, so_p, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N,
-                                    not HIDDEN, True, HIDDEN, sh_ptr, N, SEG)
+                rows = _chunk_loads(pos_ptr, start, pstart, tl.maximum(c - 1, 0) * BT, length, u_base, d_base, B_base,
+                                    C_base, o_base, su_p, sd_p, sB_p, sC_p, so_p, md, mn, mdn, BT, OFF64, EVEN_D,
+                                    EVEN_N, not HIDDEN, True, HIDDEN, sh_ptr, N, SEG, SPLIT)
             else:
-                cur = _chunk_loads(pos_ptr, start, t0, length, u_base, d_base, B_base, C_base, o_base, su_p, sd_p,
-                                   sB_p, sC_p, so_p, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N, not HIDDEN, True, HIDDEN,
-                                   sh_ptr, N, SEG)
+                cur = _chunk_loads(pos_ptr, start, pstart, t0, length, u_base, d_base, B_base, C_base, o_base, su_p,
+                                   sd_p, sB_p, sC_p, so_p, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N, not HIDDEN, True,
+                                   HIDDEN, sh_ptr, N, SEG, SPLIT)
             # 1) the chunk's states from its checkpoint; row i keeps h_{t0+i-1}
             h = tl.load(ck_base + c.to(tl.int64) * W * N, mask=mdn & (c > 0), other=0.0)
             us, dts, Bs, hs = (), (), (), ()
             for i in tl.static_range(BT):
-                u = cur[6 * i + 1].to(tl.float32)
-                dt = _to_dt(cur[6 * i + 2], bias, HAS_BIAS, SOFTPLUS)
-                Bt = cur[6 * i + 3].to(tl.float32)
+                u = cur[7 * i + 1].to(tl.float32)
+                dt = _to_dt(cur[7 * i + 2], bias, HAS_BIAS, SOFTPLUS)
+                Bt = cur[7 * i + 3].to(tl.float32)
                 us, dts, Bs, hs = us + (u,), dts + (dt,), Bs + (Bt,), hs + (h,)
                 h = _exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
             # 2) the rows backwards
@@ -379,17 +401,17 @@ if _HAS_TRITON:
                     m = ok
                 else:
                     m = ok & md
-                p, u, dt, Bt, h_prev = cur[6 * i], us[i], dts[i], Bs[i], hs[i]
+                p, q, u, dt, Bt, h_prev = cur[7 * i], cur[7 * i + 6], us[i], dts[i], Bs[i], hs[i]
                 a = _exp2(dt[:, None] * A2)
                 ah = a * h_prev
-                dy = tl.where(ok, cur[6 * i + 5].to(tl.float32) * scale, 0.0)
+                dy = tl.where(ok, cur[7 * i + 5].to(tl.float32) * scale, 0.0)
                 if HIDDEN:
                     g = dy + carry
                 else:
-                    Ct = cur[6 * i + 4].to(tl.float32)
+                    Ct = cur[7 * i + 4].to(tl.float32)
                     h_t = ah + (dt * u)[:, None] * Bt[None, :]
                     g = dy[:, None] * Ct[None, :] + carry
-                    tl.atomic_add(dC_base + p * sdB_p, tl.sum(dy[:, None] * h_t, axis=0), mask=mn & ok,
+                    tl.atomic_add(dC_base + q * sdB_p, tl.sum(dy[:, None] * h_t, axis=0), mask=mn & ok,
                                   sem='relaxed')
                 gB = tl.sum(g * Bt[None, :], axis=1)
                 du = gB * dt
@@ -401,7 +423,7 @@ if _HAS_TRITON:
                     tl.atomic_add(du_base + p * sdu_p, du, mask=m, sem='relaxed')
                 else:
                     tl.store(du_base + p * sdu_p, du.to(du_ptr.dtype.element_ty), mask=m)
-                tl.atomic_add(dB_base + p * sdB_p, tl.sum(g * (dt * u)[:, None], axis=0), mask=mn & ok,
+                tl.atomic_add(dB_base + q * sdB_p, tl.sum(g * (dt * u)[:, None], axis=0), mask=mn & ok,
                               sem='relaxed')
                 gah = g * ah
                 ddt = tl.sum(gah * A, axis=1) + gB * u
@@ -414,9 +436,9 @@ if _HAS_TRITON:
                     dz = ddt
                 dbias_acc += dz
                 if DD_ATOMIC:   # a route that revisits positions adds to its delta's gradient there
-                    tl.atomic_add(dd_base + p * sdd_p, dz, mask=m, sem='relaxed')
+                    tl.atomic_add(dd_base + q * sdd_p, dz, mask=m, sem='relaxed')
                 else:
-                    tl.store(dd_base + p * sdd_p, dz.to(ddelta_ptr.dtype.element_ty), mask=m)
+                    tl.store(dd_base + q * sdd_p, dz.to(ddelta_ptr.dtype.element_ty), mask=m)
 
         # per-batch partials, one row of s_part per batch element: dA (K*W, N), dD (K*W), dbias (K*W)
         tl.store(dA_ptr + b * s_part + ch[:, None] * N + n[None, :], dA_acc, mask=mdn)
@@ -484,13 +506,22 @@ if _HAS_TRITON:
         return b, k, blk, c, s
 
     @triton.jit
+    def _chunk_positions(pos_ptr, start, pstart, t, mt, SPLIT: tl.constexpr):
+        # [BT, 1] positions of a chunk's steps (u read, y written) and where they read delta, B and C
+        p = tl.load(pos_ptr + start + t, mask=mt, other=0).to(tl.int64)[:, None]
+        q = p
+        if SPLIT:
+            q = tl.load(pos_ptr + pstart + t, mask=mt, other=0).to(tl.int64)[:, None]
+        return p, q
+
+    @triton.jit
     def _scan_fwd_chunked_kernel(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, state_ptr, sync_ptr, pos_ptr, meta_ptr,
             su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p,
             W, N, K, NBLK, NCK, seqs, scale,
             BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
             HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr,
-            ATOMIC: tl.constexpr):
+            ATOMIC: tl.constexpr, SPLIT: tl.constexpr):
         # One program per chunk of BT steps of one (batch, route, channel block): load the chunk's [BT, BD] of
         # u / delta and [BT, BN] of B / C at once, scan it along time from a zero state (pa: decay products,
         # sx: states), then take the state entering the chunk from the previous chunk's program (slot c of
@@ -499,6 +530,7 @@ if _HAS_TRITON:
         b, k, blk, c, s = _chunk(sync_ptr, seqs, K, NBLK, NCK, False)
         flags = sync_ptr + 1 + s * NCK          # flag of slot j: flags + j
         start, length, in_off, out_off, _ = _route_meta(meta_ptr, k, VEC)
+        pstart = _param_start(meta_ptr, k, start, SPLIT)
 
         r = tl.arange(0, BT)
         d = blk * BD + tl.arange(0, BD)
@@ -511,14 +543,14 @@ if _HAS_TRITON:
 
         t = c * BT + r
         mt = t < length
-        p = tl.load(pos_ptr + start + t, mask=mt, other=0).to(tl.int64)[:, None]
+        p, q = _chunk_positions(pos_ptr, start, pstart, t, mt, SPLIT)
         mtd = mt[:, None] & md[None, :]
         mtn = mt[:, None] & mn[None, :]
         u = tl.load(u_ptr + b * su_b + in_off + d[None, :] + p * su_p, mask=mtd, other=0.0).to(tl.float32)
-        dt = _dt(delta_ptr + b * sd_b + ch[None, :] + p * sd_p, mtd, bias_ptr, ch, md, HAS_BIAS, SOFTPLUS)
-        Bt = tl.load(B_ptr + b * sB_b + k * sB_k + n[None, :] + p * sB_p, mask=mtn, other=0.0).to(tl.float32)
+        dt = _dt(delta_ptr + b * sd_b + ch[None, :] + q * sd_p, mtd, bias_ptr, ch, md, HAS_BIAS, SOFTPLUS)
+        Bt = tl.load(B_ptr + b * sB_b + k * sB_k + n[None, :] + q * sB_p, mask=mtn, other=0.0).to(tl.float32)
         if not HIDDEN:
-            Ct = tl.load(C_ptr + b * sC_b + k * sC_k + n[None, :] + p * sC_p, mask=mtn, other=0.0).to(tl.float32)
+            Ct = tl.load(C_ptr + b * sC_b + k * sC_k + n[None, :] + q * sC_p, mask=mtn, other=0.0).to(tl.float32)
         a = tl.where(mt[:, None, None], tl.exp(dt[:, :, None] * A), 1.0)    # past the route's end: identity
         x = (dt * u)[:, :, None] * Bt[:, None, :]
         pa, sx = tl.associative_scan((a, x), 0, _first_order)
@@ -563,7 +595,7 @@ if _HAS_TRITON:
             W, N, K, NBLK, NCK, seqs, scale,
             BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
             HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr,
-            DU_ATOMIC: tl.constexpr):
+            DU_ATOMIC: tl.constexpr, SPLIT: tl.constexpr):
         # Chunks from last to first. A program recomputes its chunk's states from the forward's checkpoint (slot c
         # of ``ckpt``), scans the adjoint g_t = dy_t C_t + a_{t+1} g_{t+1} backwards over the chunk from zero,
         # takes the adjoint carried in from the next chunk's program (slot c of ``carry``), publishes its own
@@ -571,6 +603,7 @@ if _HAS_TRITON:
         b, k, blk, c, s = _chunk(sync_ptr, seqs, K, NBLK, NCK, True)
         flags = sync_ptr + 1 + s * NCK          # flag of slot j: flags + j
         start, length, in_off, out_off, du_off = _route_meta(meta_ptr, k, VEC)
+        pstart = _param_start(meta_ptr, k, start, SPLIT)
 
         r = tl.arange(0, BT)
         d = blk * BD + tl.arange(0, BD)
@@ -583,13 +616,13 @@ if _HAS_TRITON:
 
         t = c * BT + r
         mt = t < length
-        p = tl.load(pos_ptr + start + t, mask=mt, other=0).to(tl.int64)[:, None]
+        p, q = _chunk_positions(pos_ptr, start, pstart, t, mt, SPLIT)
         mtd = mt[:, None] & md[None, :]
         mtn = mt[:, None] & mn[None, :]
         u_off = b * su_b + in_off + d[None, :] + p * su_p
-        d_off = b * sd_b + ch[None, :] + p * sd_p
-        B_off = b * sB_b + k * sB_k + n[None, :] + p * sB_p
-        C_off = b * sC_b + k * sC_k + n[None, :] + p * sC_p
+        d_off = b * sd_b + ch[None, :] + q * sd_p
+        B_off = b * sB_b + k * sB_k + n[None, :] + q * sB_p
+        C_off = b * sC_b + k * sC_k + n[None, :] + q * sC_p
         # Registers decide this kernel's speed (at 255 it spilled ~2 GB per stage-1 call, ncu on the H100): only
         # ah = a_t h_{t-1} stays live across the adjoint scan; u, delta, B and dy are loaded again after it (L1 hits)
         dt = _dt(delta_ptr + d_off, mtd, bias_ptr, ch, md, HAS_BIAS, SOFTPLUS)
@@ -613,7 +646,7 @@ if _HAS_TRITON:
             dy = dy.to(tl.float32) * scale
             Ct = tl.load(C_ptr + C_off, mask=mtn, other=0.0).to(tl.float32)
             beta = dy[:, :, None] * Ct[:, None, :]
-            tl.atomic_add(dC_ptr + b * sdB_b + k * sdB_k + n[None, :] + p * sdB_p, tl.sum(dy[:, :, None] * hs, axis=1),
+            tl.atomic_add(dC_ptr + b * sdB_b + k * sdB_k + n[None, :] + q * sdB_p, tl.sum(dy[:, :, None] * hs, axis=1),
                           mask=mtn, sem='relaxed')
         qs, qo, gs, go = tl.associative_scan((a, a * beta, tl.full([BT, BD, BN], 1.0, tl.float32), beta), 0,
                                              _adjoint_order, reverse=True)
@@ -625,10 +658,10 @@ if _HAS_TRITON:
             _publish(carry_ptr + slot - W * N, _row(qs, r, 0) * q_in + _row(qo, r, 0), mdn, flags + c - 1)
         g = go + gs * q_in[None, :, :]
         # 3) the gradients of the chunk (positions and offsets formed again: 64-bit, they cost 2 registers per step)
-        p = tl.load(pos_ptr + start + t, mask=mt, other=0).to(tl.int64)[:, None]
+        p, q = _chunk_positions(pos_ptr, start, pstart, t, mt, SPLIT)
         u_off = b * su_b + in_off + d[None, :] + p * su_p
-        d_off = b * sd_b + ch[None, :] + p * sd_p
-        B_off = b * sB_b + k * sB_k + n[None, :] + p * sB_p
+        d_off = b * sd_b + ch[None, :] + q * sd_p
+        B_off = b * sB_b + k * sB_k + n[None, :] + q * sB_p
         dt = _dt(delta_ptr + d_off, mtd, bias_ptr, ch, md, HAS_BIAS, SOFTPLUS)
         u = tl.load(u_ptr + u_off, mask=mtd, other=0.0).to(tl.float32)
         Bt = tl.load(B_ptr + B_off, mask=mtn, other=0.0).to(tl.float32)
@@ -645,7 +678,7 @@ if _HAS_TRITON:
             tl.atomic_add(du_ptrs, du, mask=mtd, sem='relaxed')
         else:
             tl.store(du_ptrs, du.to(du_ptr.dtype.element_ty), mask=mtd)
-        tl.atomic_add(dB_ptr + b * sdB_b + k * sdB_k + n[None, :] + p * sdB_p, tl.sum(g * (dt * u)[:, :, None], axis=1),
+        tl.atomic_add(dB_ptr + b * sdB_b + k * sdB_k + n[None, :] + q * sdB_p, tl.sum(g * (dt * u)[:, :, None], axis=1),
                       mask=mtn, sem='relaxed')
         gah = g * ah
         ddt = tl.sum(gah * A, axis=2) + gB * u
@@ -654,7 +687,7 @@ if _HAS_TRITON:
         else:
             dz = ddt
         dz = tl.where(mtd, dz, 0.0)
-        tl.store(ddelta_ptr + b * sdd_b + ch[None, :] + p * sdd_p, dz.to(ddelta_ptr.dtype.element_ty), mask=mtd)
+        tl.store(ddelta_ptr + b * sdd_b + ch[None, :] + q * sdd_p, dz.to(ddelta_ptr.dtype.element_ty), mask=mtd)
         # per-(batch, chunk) partials of the parameter gradients, one row of s_part each, summed by torch
         row = (b * NCK + c) * s_part
         tl.store(dA_ptr + row + ch[:, None] * N + n[None, :], tl.sum(gah * dt[:, :, None], axis=0), mask=mdn)
@@ -670,15 +703,20 @@ if _HAS_TRITON:
 
 @functools.lru_cache(maxsize=256)
 def _route_tables(plan: RoutePlan, device: torch.device, out_step: int = 0, du_step: int = 0):
-    """(pos int32 (sum L_k,), meta int32 (K, 5), shift), cached. Row k of meta: start in pos, length, input channel
-    offset, output channel offset + k * out_step, du channel offset (the input's) + k * du_step; the steps place each
-    route's output / du in its own block of a per-route buffer (``MERGE = 'routes'``). ``shift`` (int32, aligned with
-    pos) is each step's output channel offset relative to its route's, where a plan has concatenated routes (their
-    segments write their own channels); otherwise pos stands in for it (never read)."""
-    pos = torch.cat([p.to(torch.int32) for p in plan.positions]).to(device)
+    """(pos int32, meta int32 (K, 6), shift), cached. Row k of meta: start in pos, length, input channel offset,
+    output channel offset + k * out_step, du channel offset (the input's) + k * du_step, start of the route's Δ / B / C
+    read positions in pos; the steps place each route's output / du in its own block of a per-route buffer
+    (``MERGE = 'routes'``). pos holds every route's positions (sum L_k); where the plan splits the read positions
+    (``plan.split_params``) they follow, as many again; otherwise they are the positions. ``shift`` (int32, aligned
+    with the first sum L_k entries of pos) is each step's output channel offset relative to its route's, where a plan
+    has concatenated routes (their segments write their own channels); otherwise pos stands in for it (never read)."""
+    lists = plan.positions + (plan.param_positions if plan.split_params else ())
+    pos = torch.cat([p.to(torch.int32) for p in lists]).to(device)
+    total = sum(p.numel() for p in plan.positions) if plan.split_params else 0
     meta, start = [], 0
     for k, (r, p) in enumerate(zip(plan.routes, plan.positions)):
-        meta.append((start, p.numel(), r.in_offset, r.out_offset + k * out_step, r.in_offset + k * du_step))
+        meta.append((start, p.numel(), r.in_offset, r.out_offset + k * out_step, r.in_offset + k * du_step,
+                     start + total))
         start += p.numel()
     shift = pos
     if _segmented(plan):
@@ -893,9 +931,10 @@ def _grid_and_constants(plan, n_state, batch, backward, chunked, BT, BD, BN, num
     nblk = -(-plan.width // BD)
     if chunked:
         seqs = batch * plan.num_routes * nblk
-        return (seqs * nck,), dict(BT=BT, BD=BD, BN=BN, VEC=_vec(plan), num_warps=num_warps), nblk, seqs
+        return (seqs * nck,), dict(BT=BT, BD=BD, BN=BN, VEC=_vec(plan), SPLIT=plan.split_params,
+                                   num_warps=num_warps), nblk, seqs
     consts = dict(BD=BD, BN=BN, BT=BT, EVEN_D=plan.width % BD == 0, EVEN_N=BN == n_state,
-                  PREFETCH=_prefetch(backward, plan.max_len), num_warps=num_warps)
+                  PREFETCH=_prefetch(backward, plan.max_len), SPLIT=plan.split_params, num_warps=num_warps)
     return (batch, plan.num_routes, nblk), consts, nblk, 0
 
 

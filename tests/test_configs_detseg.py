@@ -36,10 +36,15 @@ def test_every_family_and_recipe_has_configs():
     for family in ('vmamba', 'efficientvmamba', 'groupmamba', 'spatialmamba', 'vim'):
         for size in 'tsb':
             assert f'upernet_{family}-{size}_8xb2-160k_ade20k-512x512' in names
+    for size in ('l1', 'l2', 'l3'):
+        assert f'upernet_plainmamba-{size}_8xb2-160k_ade20k-512x512' in names
     assert 'retinanet_vmamba-t_fpn_1x_coco' in names and len(ALBU) == 2
     for size in 'mt':
         assert {f'mask-rcnn_msvmamba-{size}_fpn_1x_coco', f'mask-rcnn_msvmamba-{size}_fpn_ms-3x_coco',
                 f'upernet_msvmamba-{size}_8xb2-160k_ade20k-512x512'} <= set(names)
+    for size in 'tsb':  # the recipes the MambaVision authors published results for
+        assert f'cascade-mask-rcnn_mambavision-{size}_fpn_ms-3x_coco' in names
+        assert f'upernet_mambavision-{size}_8xb2-160k_ade20k-512x512' in names
 
 
 @pytest.mark.parametrize('path', DETSEG, ids=lambda p: p.stem)

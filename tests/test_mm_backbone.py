@@ -29,6 +29,9 @@ FIXTURES = {
                                                             depths=(1, 2, 1, 1))),
     'spatialmamba/spatialmamba_small': ('spatialmamba_tiny', dict(dims=(24, 48, 96, 192), depths=(1, 2, 1, 1))),
     'vim/vim_small': ('vim_tiny', dict(img_size=64, embed_dim=64, depth=4)),
+    'plainmamba/plainmamba_small': ('plainmamba_l1', dict(img_size=64, embed_dim=64, depth=3)),
+    'mambavision/mambavision_small': ('mambavision_t', dict(depths=(1, 2, 3, 2), dim=24, in_dim=16,
+                                                            window_size=(8, 8, 4, 2))),
 }
 
 
@@ -67,12 +70,13 @@ def test_one_nchw_map_per_level_at_any_multiple_of_32(name):
         assert out.shape == (1, channels, height // stride, width // stride)
         assert out.is_contiguous()
     assert [type(getattr(backbone, f'norm{i}')).__name__ for i in range(4)] == ['LayerNorm2d'] * 4
+    assert backbone.norm0.eps == (1e-6 if name == 'test_mambavision' else 1e-5)  # as the official outnorm{i}
 
-    with torch.no_grad():  # other sizes work too: each map covers the image to within one cell (Vim: one patch)
+    with torch.no_grad():  # other sizes work too: each map covers the image to within one cell (plain models: a patch)
         outs = backbone(torch.randn(1, 3, 100, 150))
     for level, out in enumerate(outs):
         stride = 4 * 2 ** level
-        cell = max(stride, 16) if name == 'test_vim' else stride
+        cell = max(stride, 16) if name in ('test_vim', 'test_plainmamba') else stride
         assert abs(out.shape[2] * stride - 100) <= cell and abs(out.shape[3] * stride - 150) <= cell
 
 
@@ -205,6 +209,23 @@ def test_init_cfg_loads_official_detector_checkpoint_with_its_output_norms(tmp_p
     assert torch.equal(backbone.norm2.weight, norms['outnorm2.weight'])
     assert torch.equal(backbone.norm3.bias, norms['outnorm3.bias'])
     reference = _loaded(name, PARITY / 'vmamba/vmamba_small.pth', **kwargs)
+    _assert_same_state(backbone.body.model, reference.body.model.state_dict())
+
+
+@needs_parity
+def test_init_cfg_loads_official_mambavision_detector_checkpoint(tmp_path):
+    """MambaVision's official mm backbone: the classifier layout without norm/head, plus ``outnorm{i}`` (eps 1e-6)."""
+    name, kwargs = FIXTURES['mambavision/mambavision_small']
+    official = torch.load(PARITY / 'mambavision/mambavision_small.pth', weights_only=True)['state_dict']
+    official = {k: v for k, v in official.items() if not k.startswith(('norm.', 'head.'))}
+    norms = {f'outnorm{i}.{p}': torch.randn(24 * 2 ** i) for i in range(4) for p in ('weight', 'bias')}
+    state = {f'backbone.{k}': v for k, v in {**official, **norms}.items()}
+    torch.save({'state_dict': state, 'meta': dict(epoch=36)}, tmp_path / 'cascade_mask_rcnn.pth')
+
+    with pytest.warns(UserWarning, match='CC-BY-NC-SA-4.0'):
+        backbone = _loaded(name, tmp_path / 'cascade_mask_rcnn.pth', **kwargs)
+        reference = _loaded(name, PARITY / 'mambavision/mambavision_small.pth', **kwargs)
+    assert torch.equal(backbone.norm1.weight, norms['outnorm1.weight']) and backbone.norm1.eps == 1e-6
     _assert_same_state(backbone.body.model, reference.body.model.state_dict())
 
 

@@ -15,7 +15,12 @@ from timm.models import group_parameters
 import visionssm
 from visionssm.models import FAMILIES
 
-MODELS = timm.list_models(module=list(FAMILIES))
+# Not run here: MambaVision's L variants (228-740M parameters; the 512-px ones pad a 64-px input's hybrid maps into
+# 32x32 windows) take minutes per test on a CPU, and mambavision_b_21k is mambavision_b's architecture with other
+# weights. Their code is that of the variants run here; their keys, parameter counts and pretrained cfgs are checked
+# on the meta device against the official manifests (tests/test_mambavision.py).
+NOT_RUN = set(timm.list_models('mambavision_l*')) | {'mambavision_b_21k'}
+MODELS = [m for m in timm.list_models(module=list(FAMILIES)) if m not in NOT_RUN]
 RELEASED = [m for m in MODELS if not m.startswith('test_')]
 SIZE = 64
 
@@ -136,10 +141,13 @@ def test_forward_intermediates(name):
     torch.testing.assert_close(only[1], inter[2].permute(0, 2, 3, 1))
     if _hierarchical(model):
         torch.testing.assert_close(normed[0], final.permute(0, 3, 1, 2))  # last stage + final norm
-    else:  # last block + final norm: the final tokens without the class token
+    else:  # last block + final norm: the final tokens without the class token (if the model has one)
         flat = normed[0].flatten(2).transpose(1, 2)
-        assert any(torch.allclose(torch.cat([final[:, :p], final[:, p + 1:]], 1), flat, atol=1e-5, rtol=1e-5)
-                   for p in range(final.shape[1]))
+        if getattr(model, 'num_prefix_tokens', 1) == 0:
+            torch.testing.assert_close(flat, final, atol=1e-5, rtol=1e-5)
+        else:
+            assert any(torch.allclose(torch.cat([final[:, :p], final[:, p + 1:]], 1), flat, atol=1e-5, rtol=1e-5)
+                       for p in range(final.shape[1]))
 
 
 @pytest.mark.parametrize('name', MODELS)

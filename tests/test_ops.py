@@ -6,7 +6,7 @@ import torch
 
 from visionssm.ops import (
     Route, bidirectional_routes, cross_routes, grouped_routes, lattice_routes, multiscale_routes, plan_routes,
-    selective_scan,
+    selective_scan, snake_routes,
 )
 from visionssm.kernels.reference import linear_recurrence
 
@@ -21,9 +21,19 @@ def naive_positions(route: Route, H: int, W: int) -> list:
         pos = [grid[i] for i in route.order(len(rows), len(cols)).tolist()]
     elif route.order == 'row':
         pos = [r * W + c for r in rows for c in cols]
-    else:
+    elif route.order == 'col':
         pos = [r * W + c for c in cols for r in rows]
+    elif route.order == 'row_snake':
+        pos = [r * W + c for i, r in enumerate(rows) for c in (cols if i % 2 == 0 else cols[::-1])]
+    else:
+        pos = [r * W + c for i, c in enumerate(cols) for r in (rows if i % 2 == 0 else rows[::-1])]
     return pos[::-1] if route.reverse else pos
+
+
+def naive_param_positions(route: Route, H: int, W: int) -> list:
+    """Where each step reads delta, B and C: its position, or (params_at='step') the visited set in raster order."""
+    pos = naive_positions(route, H, W)
+    return sorted(pos) if route.params_at == 'step' else pos
 
 
 def naive_scan(u, delta, A, B, C, D, bias, routes, merge='sum', softplus=True, hidden=False, out_channels=None):
@@ -38,26 +48,28 @@ def naive_scan(u, delta, A, B, C, D, bias, routes, merge='sum', softplus=True, h
     Bf = B.double().reshape(Bt, H * W, K, N)
     Cf = C.double().reshape(Bt, H * W, K, N) if C is not None else None
     for k, route in enumerate(routes):
-        # (position, output channel offset) per step; a concatenated route walks its segments with one state
-        steps = [(p, s.out_offset) for s in route.parts for p in naive_positions(s, H, W)]
+        # (position, output channel offset, Δ / B / C position) per step; a concatenated route walks its segments
+        # with one state
+        steps = [(p, s.out_offset, q) for s in route.parts
+                 for p, q in zip(naive_positions(s, H, W), naive_param_positions(s, H, W))]
         for d in range(Wr):
             ch = k * Wr + d
-            for p, o in steps:
+            for p, o, _ in steps:
                 count[p, o + d] += 1
             for b in range(Bt):
                 h = [0.0] * N
-                for p, o in steps:
+                for p, o, q in steps:
                     x = uf[b, p, route.in_offset + d].item()
-                    dt = df[b, p, ch].item() + (bias[ch].item() if bias is not None else 0.0)
+                    dt = df[b, q, ch].item() + (bias[ch].item() if bias is not None else 0.0)
                     if softplus:
                         dt = dt if dt > 20 else math.log1p(math.exp(dt))
                     for n in range(N):
-                        h[n] = math.exp(dt * A[ch, n].item()) * h[n] + dt * Bf[b, p, k, n].item() * x
+                        h[n] = math.exp(dt * A[ch, n].item()) * h[n] + dt * Bf[b, q, k, n].item() * x
                     if hidden:
                         for n in range(N):
                             out[b, p, o + d, n] += h[n]
                     else:
-                        y = sum(Cf[b, p, k, n].item() * h[n] for n in range(N))
+                        y = sum(Cf[b, q, k, n].item() * h[n] for n in range(N))
                         if D is not None:
                             y += D[ch].item() * x
                         out[b, p, o + d] += y
@@ -91,6 +103,15 @@ PATTERNS = {
     'multiscale': (multiscale_routes(3), 'sum', 1),
     # segments sharing their output channels, summed there; beside a plain route, averaged
     'concat_shared_mean': ((Route.concat(Route('row'), Route('col', reverse=True)), Route('col')), 'mean', 1),
+    'snake': (snake_routes(), 'sum', 1),
+    'snake_params_at_step': (snake_routes('step'), 'sum', 1),
+    # sub-lattices zig-zagged, Δ / B / C read in each sub-lattice's raster order
+    'lattice_snake_step': (tuple(Route(o, stride=2, offset=off, reverse=rev, params_at='step') for o, off, rev in (
+        ('row_snake', (0, 0), False), ('col_snake', (1, 0), True), ('col_snake', (0, 1), False),
+        ('row_snake', (1, 1), True))), 'sum', 1),
+    # both route features in one plan: a route reading Δ / B / C in raster order beside a concatenated route
+    'concat_beside_step': ((Route('row_snake', params_at='step'),
+                            Route.concat(Route('col_snake'), Route('row', reverse=True))), 'mean', 1),
 }
 
 
@@ -105,7 +126,7 @@ def test_reference_matches_naive_loop(pattern, hw):
     Wr = 3
     in_channels = Wr * in_mult if pattern != 'grouped' else 12
     args = make_inputs(2, H, W, K, Wr, N, in_channels)
-    if pattern == 'lattice' and (H < 2 or W < 2):  # a sub-lattice with offset 1 is empty on a 1-wide grid
+    if pattern.startswith('lattice') and (H < 2 or W < 2):  # a sub-lattice with offset 1 is empty on a 1-wide grid
         with pytest.raises(ValueError, match=r'route \d visits no position of a'):
             selective_scan(*args, routes=routes, merge=merge)
         return
@@ -161,10 +182,11 @@ def test_linear_recurrence_has_no_overflow_with_fast_decay():
 
 
 @pytest.mark.parametrize('pattern', ['cross', 'lattice', 'grouped', 'bidirectional_mean', 'multiscale',
-                                     'concat_shared_mean'])
+                                     'concat_shared_mean', 'snake_params_at_step', 'lattice_snake_step',
+                                     'concat_beside_step'])
 def test_gradcheck(pattern):
     routes, merge, in_mult = PATTERNS[pattern]
-    H, W = (2, 3) if pattern != 'bidirectional_mean' else (1, 5)
+    H, W = {'bidirectional_mean': (1, 5), 'lattice_snake_step': (3, 4)}.get(pattern, (2, 3))
     Wr, N = 3, 2
     in_channels = 12 if pattern == 'grouped' else Wr * in_mult
     args = [t.requires_grad_() for t in make_inputs(1, H, W, len(routes), Wr, N, in_channels)]
@@ -209,6 +231,22 @@ def test_plan_is_cached_and_positions_are_right():
     lattice = plan_routes(lattice_routes(), 3, 3, 1, 1, 1)
     assert [p.tolist() for p in lattice.positions] == [[0, 2, 6, 8], [3, 5], [1, 7], [4]]
     assert lattice.multiplicity == 1
+
+
+def test_snake_orders_and_params_at_step():
+    # PlainMamba's four continuous zig-zags on a 3x4 grid (the official get_permute_order's sequences)
+    plan = plan_routes(snake_routes(), 3, 4, 1, 1, 1)
+    assert [p.tolist() for p in plan.positions] == [
+        [0, 1, 2, 3, 7, 6, 5, 4, 8, 9, 10, 11], [11, 10, 9, 8, 4, 5, 6, 7, 3, 2, 1, 0],
+        [0, 4, 8, 9, 5, 1, 2, 6, 10, 11, 7, 3], [3, 7, 11, 10, 6, 2, 1, 5, 9, 8, 4, 0]]
+    assert all(q is p for p, q in zip(plan.positions, plan.param_positions)) and not plan.split_params
+    step = plan_routes(snake_routes('step'), 3, 4, 1, 1, 1)
+    assert [p.tolist() for p in step.positions] == [p.tolist() for p in plan.positions]
+    assert all(q.tolist() == list(range(12)) for q in step.param_positions) and step.split_params
+    # a route whose raster order is its own order needs no second list
+    assert not plan_routes((Route('row', params_at='step'),), 3, 4, 1, 1, 1).split_params
+    sub = Route('col_snake', stride=2, offset=(1, 0), params_at='step')
+    assert sub.positions(5, 3).tolist() == [3, 9, 11, 5] and sub.param_positions(5, 3).tolist() == [3, 5, 9, 11]
 
 
 # --- errors: each names the problem ----------------------------------------------------------------------------
@@ -265,7 +303,7 @@ def test_route_errors(routes, match):
 
 
 def test_route_definition_errors():
-    with pytest.raises(ValueError, match=r"route order must be one of \('row', 'col'\)"):
+    with pytest.raises(ValueError, match=r"route order must be one of \('row', 'col', 'row_snake', 'col_snake'\)"):
         Route('diagonal')
     with pytest.raises(ValueError, match=r'route offset must satisfy 0 <= offset < stride'):
         Route('row', stride=2, offset=(2, 0))
@@ -279,6 +317,13 @@ def test_route_definition_errors():
         Route.concat(Route('row'), Route('col', in_offset=2))
     with pytest.raises(ValueError, match=r'build a concatenated route with Route.concat'):
         Route('col', segments=(Route('row'), Route('col')))
+    with pytest.raises(ValueError, match=r"route params_at must be one of \('route', 'step'\), got 'raster'"):
+        Route('row_snake', params_at='raster')
+    # the segments of a concatenated route read Δ, B and C at their own positions: 'step' is refused there
+    with pytest.raises(ValueError, match=r"params_at='step' is not supported in Route.concat"):
+        Route.concat(Route('row_snake', params_at='step'), Route('col'))
+    with pytest.raises(ValueError, match=r'build a concatenated route with Route.concat'):
+        Route(segments=(Route('row'), Route('col')), params_at='step')
 
 
 def test_concatenated_route_plan():
@@ -286,7 +331,17 @@ def test_concatenated_route_plan():
     assert plan.revisits and plan.multiplicity == 1 and plan.positions[0].tolist() == [
         5, 4, 3, 2, 1, 0, 0, 3, 1, 4, 2, 5, 5, 2, 4, 1, 3, 0]
     assert plan.out_steps[0].tolist() == [0] * 6 + [4] * 6 + [8] * 6
+    assert not plan.split_params and plan.param_positions[0] is plan.positions[0]
     assert not plan_routes(cross_routes(), 2, 3, 4, 4, 4).revisits
+
+
+def test_plan_with_both_route_features():
+    routes = PATTERNS['concat_beside_step'][0]
+    plan = plan_routes(routes, 2, 3, 4, 4, 4)
+    assert plan.revisits and plan.split_params and plan.multiplicity == 3
+    assert plan.positions[0].tolist() == [0, 1, 2, 5, 4, 3] and plan.param_positions[0].tolist() == list(range(6))
+    assert plan.param_positions[1] is plan.positions[1]
+    assert plan.out_steps[0] is None and plan.out_steps[1].tolist() == [0] * 12
 
 
 def test_option_errors():

@@ -243,6 +243,27 @@ def test_chunked_backward_long_route():
     _check(R.bidirectional_routes(2), 1, 37, 2, 4, 2, batch=1, n_state=16, dtype=torch.float32, seed=10)
 
 
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16], ids=str)
+def test_snake_params_at_step(dtype):
+    # PlainMamba: zig-zag routes reading delta, B and C in raster order (their gradients scattered there)
+    _check(R.snake_routes('step'), 3, 5, 4, 4, 4, batch=2, n_state=4, dtype=dtype, seed=20)
+
+
+@pytest.mark.parametrize('merge', ['atomic', 'routes'])
+@pytest.mark.parametrize('prefetch', [True, False])
+def test_concat_beside_params_at_step(merge, prefetch, monkeypatch):
+    # both route features in one plan (SPLIT with SEG and DD_ATOMIC): a concatenated route writing two channel
+    # blocks beside two zig-zag routes that read delta, B and C in raster order, one per block
+    monkeypatch.setattr(TS, 'MERGE', merge)
+    monkeypatch.setattr(TS, 'SEQ_PREFETCH', prefetch)
+    routes = (R.Route.concat(R.Route('col'), R.Route('row', reverse=True, out_offset=3)),
+              R.Route('row_snake', params_at='step'),
+              R.Route('col_snake', reverse=True, params_at='step', out_offset=3))
+    plan = R.plan_routes(routes, 3, 5, 3, 3, 6)
+    assert plan.revisits and plan.split_params and plan.multiplicity == 2
+    _check(routes, 3, 5, 3, 3, 6, batch=2, n_state=2, dtype=torch.float32, seed=28)
+
+
 # Both kernels on every route kind. The chunked ones get small chunks where it matters: several chunks per route
 # chain their states (forward) and adjoints (backward) through the PENDING slots, routes of unequal length (odd
 # lattices) end in different chunks, several channel blocks share dB / dC.
@@ -281,6 +302,14 @@ KERNEL_CASES = {
     'strided_views': dict(routes=R.cross_routes(), height=3, width_px=5, width=8, in_ch=8, out_ch=8, batch=2,
                           n_state=2, dtype=torch.bfloat16, seed=19, strided=True, tile=(4, 8, 1),
                           seq_tile=((8, 4, 1), (8, 2, 1))),
+    # zig-zag routes with delta / B / C read at the step's raster position; several chunks, unequal sub-lattices
+    'snake_params_at_step': dict(routes=R.snake_routes('step'), height=3, width_px=5, width=5, in_ch=5, out_ch=5,
+                                 batch=2, n_state=3, dtype=torch.float32, seed=21, tile=(4, 8, 2),
+                                 seq_tile=((16, 4, 1), (16, 2, 1))),
+    'lattice_snake_step': dict(routes=tuple(R.Route(o, stride=2, offset=off, params_at='step') for o, off in (
+        ('row_snake', (0, 0)), ('col_snake', (1, 0)), ('col_snake', (0, 1)), ('row_snake', (1, 1)))),
+        height=5, width_px=3, width=3, in_ch=3, out_ch=3, batch=1, n_state=2, dtype=torch.float32, seed=22,
+        tile=(2, 8, 1), seq_tile=((16, 2, 1), (16, 2, 1))),
     # forward and backward chunk lengths differ: with gradients the forward chains at the backward's length
     'fwd_bwd_chunks_differ': dict(routes=R.cross_routes(), height=4, width_px=5, width=4, in_ch=4, out_ch=4,
                                   batch=1, n_state=1, dtype=torch.float32, seed=17, tile=((8, 8, 2), (2, 4, 1)),
@@ -295,7 +324,8 @@ def test_kernels(case, kernel):
 
 
 @pytest.mark.parametrize('kernel', ['chunked', 'sequential'])
-@pytest.mark.parametrize('case', ['cross_fp32_multichunk', 'bidirectional_mean_fp16', 'blocks_and_offsets'])
+@pytest.mark.parametrize('case', ['cross_fp32_multichunk', 'bidirectional_mean_fp16', 'blocks_and_offsets',
+                                  'snake_params_at_step'])
 @pytest.mark.parametrize('merge', ['atomic', 'routes'])
 def test_merge_modes(case, kernel, merge, monkeypatch):
     # both merges with both kernels: in-kernel fp32 atomics, or per-route blocks summed afterwards
@@ -304,7 +334,7 @@ def test_merge_modes(case, kernel, merge, monkeypatch):
 
 
 @pytest.mark.parametrize('case', ['cross_fp32_multichunk', 'cross_even_channels', 'hidden_one_route',
-                                  'long_route_nstate16', 'fwd_bwd_chunks_differ'])
+                                  'long_route_nstate16', 'fwd_bwd_chunks_differ', 'snake_params_at_step'])
 @pytest.mark.parametrize('prefetch', [True, False])
 def test_sequential_prefetch_settings(case, prefetch, monkeypatch):
     # both loop structures of both sequential kernels: the next chunk's loads issued ahead, or in its own iteration

@@ -27,4 +27,5 @@ optim_wrapper = dict(
             'out_norm': dict(decay_mult=0.),
             'pos_embed': dict(decay_mult=0.),
             'cls_token': dict(decay_mult=0.),
+            'direction_Bs': dict(decay_mult=0.),
         }))

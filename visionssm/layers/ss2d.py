@@ -22,7 +22,7 @@ from timm.models import register_notrace_function
 from visionssm.ops import Route, cross_routes, selective_scan
 from visionssm.ops.selective_scan import TORCHSCRIPT_UNSUPPORTED
 
-__all__ = ['SS2D', 'ScanLayer', 'init_dt_bias', 'full_precision', 'scan_out_dtype']
+__all__ = ['SS2D', 'ScanLayer', 'InputDtypeLayerNorm', 'init_dt_bias', 'full_precision', 'scan_out_dtype']
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -91,6 +91,20 @@ def route_projections(
     return dts, BC[..., :n], BC[..., n:]
 
 
+class InputDtypeLayerNorm(nn.LayerNorm):
+    """LayerNorm computed in its input's dtype, its parameters cast to it: the scan's float32 output is normed in
+    float32 also in a float16 / bfloat16 model (``model.half()``), where ``nn.LayerNorm`` raises on the mixed dtypes
+    and casting the input down first could overflow. With matching dtypes it is ``nn.LayerNorm``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
+        if weight is not None:
+            weight = weight.to(x.dtype)
+        if bias is not None:
+            bias = bias.to(x.dtype)
+        return F.layer_norm(x, self.normalized_shape, weight, bias, self.eps)
+
+
 class SS2D(ScanLayer):
     """in_proj → depthwise conv → act → selective scan over ``routes`` → out_norm (→ gate) → out_proj.
 
@@ -151,7 +165,7 @@ class SS2D(ScanLayer):
             num_routes * d_inner, 1))
         self.Ds = nn.Parameter(torch.ones(num_routes * d_inner))
 
-        self.out_norm = nn.LayerNorm(d_inner)
+        self.out_norm = InputDtypeLayerNorm(d_inner)
         self.out_proj = nn.Linear(d_inner, dim, bias=False)
         self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0. else nn.Identity()
 

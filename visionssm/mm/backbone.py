@@ -126,8 +126,10 @@ class VisionSSMBackbone(BaseModule):
         self.out_indices = out_indices
         self.body = timm.create_model(model, pretrained=False, features_only=True, out_indices=out_indices,
                                       **model_kwargs)
+        # The official dense backbones' output norms: eps 1e-5, or the family's own (MambaVision: 1e-6).
+        out_norm_eps = getattr(importlib.import_module(f'visionssm.models.{self.family}'), 'OUT_NORM_EPS', 1e-5)
         for i, channels in zip(out_indices, self.body.feature_info.channels()):
-            self.add_module(f'norm{i}', LayerNorm2d(channels, eps=1e-5))
+            self.add_module(f'norm{i}', LayerNorm2d(channels, eps=out_norm_eps))
         if with_cp:
             self.body.model.set_grad_checkpointing(True)
 
@@ -147,8 +149,8 @@ class VisionSSMBackbone(BaseModule):
     def _stage_parts(self) -> List[List[Union[nn.Module, nn.Parameter]]]:
         """The stem, then each stage: the modules and parameters that ``frozen_stages`` freezes, in order."""
         net = self.body.model
-        if isinstance(self.body, VimFeaturePyramid):
-            parts = [[net.patch_embed, net.cls_token, net.pos_embed]]
+        if isinstance(self.body, VimFeaturePyramid):   # plain models (Vim, PlainMamba): embeddings, then blocks
+            parts = [[net.patch_embed] + [p for p in (getattr(net, 'cls_token', None), net.pos_embed) if p is not None]]
             start = 0
             for level in range(4):
                 if level not in self.out_indices:

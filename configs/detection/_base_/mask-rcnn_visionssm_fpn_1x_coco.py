@@ -16,7 +16,8 @@ model = dict(
 
 # No weight decay on what is not a weight matrix: 1-D tensors (norms, biases, the SSM's D, Vim's D_b, GroupMamba's
 # skip scale, Spatial-Mamba's fusion weights) and, by name, the stacked ones: A_logs (A_log, A_b_log in Vim),
-# dt_projs_bias, GroupMamba's stacked out_norm_{weight,bias}, Vim's position embedding and class token.
+# dt_projs_bias, GroupMamba's stacked out_norm_{weight,bias}, Vim's position embedding and class token,
+# PlainMamba's direction_Bs.
 # (custom_keys match by substring: a key like 'D' would catch every name with a capital D.)
 optim_wrapper = dict(
     paramwise_cfg=dict(
@@ -29,4 +30,5 @@ optim_wrapper = dict(
             'out_norm': dict(decay_mult=0.),
             'pos_embed': dict(decay_mult=0.),
             'cls_token': dict(decay_mult=0.),
+            'direction_Bs': dict(decay_mult=0.),
         }))

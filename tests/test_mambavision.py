@@ -1,0 +1,356 @@
+"""MambaVision: faithfulness to the official implementation (the 11 release manifests and the numeric fixture in
+../shared/parity), the mixer against its definition, the official hybrid split, the official unmasked window padding
+and the fixed ``mask_padding`` behaviour, checkpoint containers, the licence notice, and ``from_official``'s checks."""
+import json
+import warnings
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+import visionssm
+from visionssm.models import mambavision
+from visionssm.models.mambavision import HybridStage, MambaVisionMixer, checkpoint_filter_fn
+
+from _parity import PARITY, needs_parity
+
+FIXTURE = PARITY / 'mambavision'
+# The fixture's reduced architecture as timm kwargs (MambaVision-T's layout: no layer scale).
+FIXTURE_ARCH = dict(depths=(1, 2, 3, 2), dim=24, in_dim=16, window_size=(8, 8, 4, 2), num_heads=(2, 4, 8, 16),
+                    num_classes=100)
+
+
+def _manifests():
+    return sorted(p.stem for p in (PARITY / 'manifests').glob('mambavision_*.json')) if PARITY.is_dir() else []
+
+
+def _shapes(state: dict) -> dict:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def _meta():
+    return json.loads((FIXTURE / 'mambavision_small.json').read_text())
+
+
+def _official_state() -> dict:
+    return torch.load(FIXTURE / 'mambavision_small.pth', weights_only=True, map_location='cpu')['state_dict']
+
+
+def _run(model, x):
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+        feats = model.forward_features(x)
+        pre = model.forward_head(feats, pre_logits=True)
+    return logits, pre, feats.permute(0, 3, 1, 2)
+
+
+# --- the official release: keys, shapes, parameter counts ----------------------------------------------------------
+
+@needs_parity
+@pytest.mark.parametrize('variant', _manifests())
+def test_manifest_maps_key_for_key(variant):
+    manifest = json.loads((PARITY / 'manifests' / f'{variant}.json').read_text())
+    assert manifest['family'] == 'mambavision' and manifest['container'] == 'state_dict'
+    with torch.device('meta'):
+        model = timm.create_model(variant)
+    own = _shapes(model.state_dict())
+    official = {k: torch.empty(shape, device='meta') for k, shape in manifest['keys'].items()}
+    with pytest.warns(UserWarning, match='CC-BY-NC-SA-4.0'):
+        assert _shapes(checkpoint_filter_fn(official, model)) == own
+    assert sum(p.numel() for p in model.parameters()) == manifest['num_params']
+    assert len(own) == manifest['num_state_dict_tensors']
+    cfg, published = model.pretrained_cfg, manifest['pretrained_cfg']
+    assert cfg['hf_hub_id'] == manifest['hf_hub_id'] and cfg['hf_hub_filename'] == manifest['hf_hub_file']
+    assert cfg['url'] == manifest['checkpoint']
+    assert list(cfg['input_size']) == published['input_size'] and cfg['crop_pct'] == published['crop_pct']
+    assert cfg['crop_mode'] == published['crop_mode'] and list(cfg['mean']) == published['mean']
+    assert cfg['license'] == 'cc-by-nc-sa-4.0' and 'non-commercial' in cfg['notes'][0]
+
+
+# --- numeric parity ----------------------------------------------------------------------------------------------
+
+@needs_parity
+def test_fixture_reproduces_official_logits():
+    meta = _meta()
+    io = load_file(FIXTURE / meta['io_file'])
+    with pytest.warns(UserWarning, match='non-commercial'):
+        model = visionssm.from_official('mambavision', FIXTURE / meta['weights_file'], **meta['official']['kwargs'])
+    assert sum(p.numel() for p in model.parameters()) == meta['num_params']
+
+    logits, pre, feats = _run(model.double(), io['input'].double())
+    tol64 = meta['recommended_tolerance']['float64_run']
+    torch.testing.assert_close(logits, io['logits'], atol=tol64['atol'], rtol=tol64['rtol'])
+    torch.testing.assert_close(pre, io['pre_logits'], atol=tol64['atol'], rtol=tol64['rtol'])
+    torch.testing.assert_close(feats, io['features_nchw'], atol=tol64['atol'], rtol=tol64['rtol'])
+
+    logits32, _, _ = _run(model.float(), io['input'])
+    tol32 = meta['recommended_tolerance']['float32_run']
+    torch.testing.assert_close(logits32.double(), io['logits'], atol=tol32['atol'], rtol=tol32['rtol'])
+
+
+@needs_parity
+def test_fixture_through_timm_pretrained_file():
+    """``create_model(pretrained=True, pretrained_cfg_overlay=dict(file=...))`` takes the same conversion."""
+    io = load_file(FIXTURE / _meta()['io_file'])
+    with pytest.warns(UserWarning, match='CC-BY-NC-SA-4.0'):
+        model = timm.create_model('mambavision_t', pretrained=True, **FIXTURE_ARCH,
+                                  pretrained_cfg_overlay=dict(file=str(FIXTURE / 'mambavision_small.pth')))
+    logits, _, _ = _run(model.double(), io['input'].double())
+    torch.testing.assert_close(logits, io['logits'], atol=1e-7, rtol=1e-7)
+
+
+@needs_parity
+def test_hub_weights_are_loaded_through_the_conversion(monkeypatch):
+    """The default weight source, the Hugging Face Hub file, is converted like any other."""
+    requested = []
+
+    def download(repo_id, filename, revision=None, cache_dir=None):
+        requested.append((repo_id, filename))
+        return str(FIXTURE / 'mambavision_small.pth')
+
+    monkeypatch.setattr(timm.models._hub, 'hf_hub_download', download)
+    with pytest.warns(UserWarning, match='non-commercial'):
+        model = timm.create_model('mambavision_t', pretrained=True, **FIXTURE_ARCH)
+    assert requested == [('nvidia/MambaVision-T-1K', 'mambavision_tiny_1k.pth.tar')]
+    io = load_file(FIXTURE / _meta()['io_file'])
+    logits, _, _ = _run(model.double(), io['input'].double())
+    torch.testing.assert_close(logits, io['logits'], atol=1e-7, rtol=1e-7)
+
+
+@needs_parity
+@pytest.mark.parametrize('container', ['state_dict_ema', 'model', 'raw', 'module.', 'encoder.', 'model.'])
+def test_other_containers_and_prefixes_load_the_same(container, tmp_path):
+    state = _official_state()
+    if container.endswith('.'):
+        contents = {'state_dict': {container + k: v for k, v in state.items()}}
+    else:
+        contents = state if container == 'raw' else {container: state, 'epoch': 3}
+    torch.save(contents, tmp_path / 'ckpt.pth.tar')
+    reference = timm.create_model('mambavision_t', **FIXTURE_ARCH)
+    with pytest.warns(UserWarning):
+        reference.load_pretrained(str(FIXTURE / 'mambavision_small.pth'))
+        model = timm.create_model('mambavision_t', **FIXTURE_ARCH)
+        model.load_pretrained(str(tmp_path / 'ckpt.pth.tar'))
+    for key, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+@needs_parity
+def test_detection_backbone_output_norms_are_not_classifier_weights():
+    state = dict(_official_state(), **{f'outnorm{i}.weight': torch.ones(24 * 2 ** i) for i in range(4)})
+    with torch.device('meta'):
+        model = timm.create_model('mambavision_t', **FIXTURE_ARCH)
+    with pytest.warns(UserWarning):
+        assert set(checkpoint_filter_fn(state, model)) == set(model.state_dict())
+
+
+def test_own_state_dict_passes_through_without_licence_warning():
+    model = timm.create_model('test_mambavision')
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert checkpoint_filter_fn(model.state_dict(), model).keys() == model.state_dict().keys()
+
+
+# --- the mixer and the hybrid split --------------------------------------------------------------------------------
+
+def _mixer_by_definition(mixer: MambaVisionMixer, x: torch.Tensor, valid=None) -> torch.Tensor:
+    """The official mixer written out step by step (float64): both halves SiLU(symmetric depthwise conv1d,
+    zero 'same' padding, no bias), Δ = softplus(W_dt·dt + b + b) (dt_proj's bias, then delta_bias again),
+    h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t, y_t = C_t·h_t + D u_t, out = out_proj([y, z]) without a gate."""
+    half, k = mixer.dim // 2, mixer.conv1d_x.kernel_size[0]
+    xz = x @ mixer.in_proj.weight.T
+    if valid is not None:
+        xz = xz * valid[..., None]
+    padded = F.pad(xz, (0, 0, (k - 1) // 2, k // 2))
+    weight = torch.cat([mixer.conv1d_x.weight, mixer.conv1d_z.weight])[:, 0]      # (C, k)
+    xz = F.silu(sum(padded[:, j:j + xz.shape[1]] * weight[:, j] for j in range(k)))
+    u, z = xz[..., :half], xz[..., half:]
+    dt, B, C = (u @ mixer.x_proj.weight.T).split([mixer.dt_rank, mixer.d_state, mixer.d_state], dim=-1)
+    delta = F.softplus(dt @ mixer.dt_proj.weight.T + 2 * mixer.dt_proj.bias)
+    A = -torch.exp(mixer.A_log)
+    h = torch.zeros(x.shape[0], half, mixer.d_state, dtype=x.dtype)
+    ys = []
+    for t in range(x.shape[1]):
+        h = torch.exp(delta[:, t, :, None] * A) * h + (delta[:, t] * u[:, t])[..., None] * B[:, t, None, :]
+        ys.append((h * C[:, t, None, :]).sum(-1) + mixer.D * u[:, t])
+    return torch.cat([torch.stack(ys, 1), z], dim=-1) @ mixer.out_proj.weight.T
+
+
+def _randomized_mixer(dim=32, seed=0) -> MambaVisionMixer:
+    torch.manual_seed(seed)
+    mixer = MambaVisionMixer(dim).double()
+    with torch.no_grad():
+        for p in mixer.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return mixer
+
+
+def test_mixer_matches_its_definition():
+    mixer = _randomized_mixer()
+    x = torch.randn(2, 11, 32, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(mixer(x), _mixer_by_definition(mixer, x), atol=1e-12, rtol=1e-12)
+        valid = torch.rand(2, 11) > 0.3
+        torch.testing.assert_close(mixer(x, valid), _mixer_by_definition(mixer, x, valid.double()),
+                                   atol=1e-12, rtol=1e-12)
+
+
+def test_mixer_conv_is_symmetric_and_scan_is_forward_only():
+    """A change at token t reaches token t - 1 only through the symmetric conv (one step back), never further:
+    the scan runs forward only."""
+    mixer = _randomized_mixer()
+    x = torch.randn(1, 12, 32, dtype=torch.float64)
+    bumped = x.clone()
+    bumped[:, 6] += 1.
+    with torch.no_grad():
+        diff = (mixer(bumped) - mixer(x)).abs().amax(-1)[0]
+    assert diff[5] > 1e-3 and diff[7:].min() > 1e-6
+    assert diff[:5].max() == 0
+
+
+@pytest.mark.parametrize('depth', range(1, 9))
+def test_hybrid_split_is_the_official_rule(depth):
+    stage = HybridStage(32, 32, depth, window_size=4, num_heads=2)
+    official = list(range(depth // 2 + 1, depth)) if depth % 2 else list(range(depth // 2, depth))
+    assert [i for i, b in enumerate(stage.blocks) if isinstance(b.mixer, mambavision.Attention)] == official
+    assert all(isinstance(b.mixer, MambaVisionMixer) for b in stage.blocks[:(depth + 1) // 2])
+
+
+# --- windows: the official unmasked padding and the fixed behaviour -----------------------------------------------
+
+def _stage_without_downsample(mask_padding: bool, window: int = 4, seed: int = 0) -> HybridStage:
+    torch.manual_seed(seed)
+    stage = HybridStage(32, 32, 2, window_size=window, num_heads=2, mask_padding=mask_padding,
+                        layer_scale=0.5).double().eval()
+    with torch.no_grad():
+        for p in stage.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    stage.downsample = nn.Identity()
+    return stage
+
+
+def _blocks(stage, tokens):
+    for block in stage.blocks:
+        tokens = block(tokens)
+    return tokens
+
+
+@pytest.mark.parametrize('size', [(5, 7), (3, 3), (8, 4), (4, 9)])
+def test_official_windows_scan_and_attend_the_zero_padding(size):
+    """Each window of the zero-padded map runs as full ``window**2`` tokens; the padding is cropped afterwards."""
+    stage = _stage_without_downsample(mask_padding=False)
+    x = torch.randn(2, *size, 32, dtype=torch.float64)
+    ws = 4
+    hp, wp = -(-size[0] // ws) * ws, -(-size[1] // ws) * ws
+    padded = F.pad(x, (0, 0, 0, wp - size[1], 0, hp - size[0]))
+    want = torch.zeros_like(padded)
+    with torch.no_grad():
+        got = stage(x)
+        for i in range(0, hp, ws):
+            for j in range(0, wp, ws):
+                window = padded[:, i:i + ws, j:j + ws].reshape(2, -1, 32)
+                want[:, i:i + ws, j:j + ws] = _blocks(stage, window).reshape(2, ws, ws, 32)
+    torch.testing.assert_close(got, want[:, :size[0], :size[1]], atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize('size', [(5, 7), (3, 3), (8, 4), (4, 9), (2, 5)])
+def test_masked_windows_compute_each_window_cropped_to_the_image(size):
+    stage = _stage_without_downsample(mask_padding=True)
+    x = torch.randn(2, *size, 32, dtype=torch.float64)
+    ws = 4
+    want = torch.zeros_like(x)
+    with torch.no_grad():
+        got = stage(x)
+        for i in range(0, size[0], ws):
+            for j in range(0, size[1], ws):
+                window = x[:, i:i + ws, j:j + ws]
+                want[:, i:i + ws, j:j + ws] = _blocks(stage, window.reshape(2, -1, 32)).reshape(window.shape)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    if size[0] % ws or size[1] % ws:  # the official behaviour differs exactly where there is padding
+        official = _stage_without_downsample(mask_padding=False)
+        with torch.no_grad():
+            assert (official(x) - got).abs().max() > 1e-3
+
+
+def test_masked_padding_equals_official_where_nothing_is_padded():
+    official, masked = _stage_without_downsample(False), _stage_without_downsample(True)
+    x = torch.randn(1, 8, 4, 32, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(masked(x), official(x), atol=1e-12, rtol=1e-12)
+
+
+def test_model_mask_padding_flag_and_gradients():
+    """On an input whose hybrid maps are smaller than the windows, masked padding equals windows cut to the map."""
+    torch.manual_seed(0)
+    masked = timm.create_model('test_mambavision', mask_padding=True).double().eval()  # windows 4 and 2
+    cut = timm.create_model('test_mambavision', window_size=(8, 8, 3, 2)).double().eval()
+    cut.load_state_dict(masked.state_dict())
+    official = timm.create_model('test_mambavision').double().eval()
+    official.load_state_dict(masked.state_dict())
+    x = torch.randn(1, 3, 48, 48, dtype=torch.float64)  # hybrid maps 3x3 and 2x2
+    with torch.no_grad():
+        torch.testing.assert_close(masked(x), cut(x), atol=1e-12, rtol=1e-12)
+        assert (official(x) - masked(x)).abs().max() > 1e-4
+    masked.train()
+    masked(torch.randn(1, 3, 45, 67, dtype=torch.float64)).square().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in masked.parameters())
+
+
+@pytest.mark.parametrize('mask_padding', [False, True])
+def test_detection_sized_non_square_input(mask_padding):
+    """An mmdet-style 800x1216-like aspect (scaled down): every level keeps its stride, windows pad or mask."""
+    model = timm.create_model('test_mambavision', features_only=True, mask_padding=mask_padding,
+                              window_size=(8, 8, 7, 7)).eval()
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, 200, 304))
+    assert [tuple(f.shape[-2:]) for f in feats] == [(50, 76), (25, 38), (13, 19), (7, 10)]
+    assert all(torch.isfinite(f).all() for f in feats)
+
+
+# --- licence, arguments --------------------------------------------------------------------------------------------
+
+def test_licence_is_stated_everywhere():
+    assert 'NON-COMMERCIAL' in mambavision.__doc__ and 'CC-BY-NC-SA-4.0' in mambavision.__doc__
+    for name in timm.list_models('mambavision_*'):
+        cfg = timm.models.get_pretrained_cfg(name)
+        assert cfg.license == 'cc-by-nc-sa-4.0' and 'NVIDIA Source Code License-NC' in cfg.notes[0]
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(dim=24), r"requires \['in_dim', 'depths', 'window_size', 'mlp_ratio', 'num_heads'\]"),
+    (dict(FIXTURE_ARCH, mlp_ratio=4, qk_scale=True), r'qk_scale .* is not supported'),
+    (dict(FIXTURE_ARCH, mlp_ratio=4, norm_layer='ln2d'), r"unknown MambaVision arguments: \['norm_layer'\]"),
+])
+def test_from_official_rejects_what_it_cannot_build(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        visionssm.from_official('mambavision', **kwargs)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match=r'MambaVision has 4 stages .* depths has 3 entries'):
+        timm.create_model('test_mambavision', depths=(1, 1, 2))
+    with pytest.raises(ValueError, match=r'window_size must have one entry per stage \(4\), got \(7, 7\)'):
+        timm.create_model('test_mambavision', window_size=(7, 7))
+    with pytest.raises(ValueError, match=r'attention width 64 is not divisible by num_heads=3'):
+        timm.create_model('test_mambavision', num_heads=(1, 1, 3, 8))
+
+
+@pytest.mark.parametrize('mask_padding', [False, True])
+def test_fx_graph_traced_at_one_size_runs_at_others(mask_padding):
+    """The shape-dependent code (window padding, masks, the scan's precision policy) sits in leaf functions."""
+    from timm.layers import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    from visionssm.layers import mlp
+    model = timm.create_model('test_mambavision', mask_padding=mask_padding).eval()
+    tracer_kwargs = dict(leaf_modules=get_notrace_modules(),  # + the shared MLP's autograd switch, not this family's
+                         autowrap_functions=get_notrace_functions() + [mlp.act_linear])
+    graph = create_feature_extractor(model, return_nodes={'head.fc': 'logits'}, tracer_kwargs=tracer_kwargs)
+    for size in [(64, 64), (67, 45), (33, 97)]:
+        x = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            torch.testing.assert_close(graph(x)['logits'], model(x))

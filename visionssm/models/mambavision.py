@@ -1,0 +1,732 @@
+"""MambaVision: a hybrid Mamba-Transformer vision backbone.
+
+Paper: "MambaVision: A Hybrid Mamba-Transformer Vision Backbone", Hatamizadeh and Kautz, CVPR 2025 —
+https://arxiv.org/abs/2407.08083
+Official code and weights: https://github.com/NVlabs/MambaVision, read at commit 7860a506.
+
+LICENCE OF THE PRETRAINED WEIGHTS — NON-COMMERCIAL. The official weights are released under CC-BY-NC-SA-4.0 and the
+official code under the NVIDIA Source Code License-NC: neither may be used commercially. ``pretrained=True`` (and
+``from_official`` with a checkpoint) loads those weights and warns once with this notice. This file is an
+independent re-implementation, written for visionssm under the project's own licence; it contains no official code.
+
+A four-stage hierarchical classifier (strides 4, 8, 16, 32; widths C, 2C, 4C, 8C). A conv stem and two stages of
+residual conv blocks; then two hybrid stages that run on non-overlapping windows (the map zero-padded at the
+bottom/right to a multiple of the window; at the native resolution one window covers the whole map). In a hybrid
+stage of depth d the first ceil(d/2) blocks mix tokens with the MambaVision mixer and the rest with multi-head
+self-attention, each followed by an MLP. The mixer splits its input in two halves: one goes through a symmetric
+depthwise conv1d and a selective scan in one forward route over the window's tokens (row-major), the other through
+its own conv1d only; the two are concatenated, not gated.
+
+This is a re-implementation on visionssm's shared scan op: the windows are partitioned in the model (the attention
+blocks share them) and each window's tokens are scanned as one sequence, one forward ``Route('row')``. Everything is
+channel-last; the conv stages run on the NHWC map viewed as a channels-last NCHW tensor (no copies). Official
+checkpoints (``{'state_dict': ...}``) convert at load time in ``checkpoint_filter_fn``; ``from_official`` builds the
+model equal to an official ``MambaVision(**kwargs)``.
+
+Official behaviour kept because the weights were trained with it:
+
+* The zero padding of a map that is not a multiple of the window is not masked: padded tokens are scanned, convolved
+  and attended like image tokens. ``mask_padding=True`` gives the fixed behaviour instead: each window holds its
+  image tokens first (row-major) and its padding after them, padding is zero at every conv1d input and masked out
+  of attention, so every window computes exactly what the window cropped to its image tokens would (and a map
+  smaller than the window is not padded at all).
+* The Δ projection's bias enters twice: ``dt_proj`` adds it and the scan adds it again as ``delta_bias``.
+* The conv1d of both mixer halves is 'same' padded (symmetric, non-causal), without bias.
+
+Deliberate differences: attention dropout is applied only in training (the original passes its rate to
+``scaled_dot_product_attention`` in eval too; every release uses rate 0).
+"""
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import ClassifierHead, DropPath, register_notrace_function, trunc_normal_
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from torch.utils.checkpoint import checkpoint
+
+from visionssm.layers import Mlp, full_precision, init_dt_bias
+from visionssm.ops import Route, selective_scan
+from ._checkpoint import load_through_model
+from ._hierarchical import HierarchicalBackbone
+
+__all__ = [
+    'MambaVision', 'MambaVisionMixer', 'Attention', 'HybridBlock', 'ConvBlock', 'ConvStage', 'HybridStage',
+    'checkpoint_filter_fn', 'from_official',
+]
+
+LICENSE_NOTICE = (
+    'MambaVision pretrained weights are licensed CC-BY-NC-SA-4.0 (official code: NVIDIA Source Code License-NC): '
+    'non-commercial use only. See https://github.com/NVlabs/MambaVision#licenses')
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+# The official det/seg backbone's output norms ``outnorm{i}`` are timm LayerNorm2d at its default eps
+# (read by visionssm.mm.VisionSSMBackbone).
+OUT_NORM_EPS = 1e-6
+
+
+def _warn_license():
+    warnings.warn(LICENSE_NOTICE, UserWarning, stacklevel=3)
+
+
+# --- windows -----------------------------------------------------------------------------------------------------
+
+@register_notrace_function
+def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
+    """``(B, H, W, C)`` zero-padded at the bottom/right to multiples of ``window_size`` → windows
+    ``(B * nH * nW, window_size**2, C)``, tokens row-major inside each window (the official layout)."""
+    batch, height, width, channels = x.shape
+    pad_h = (window_size - height % window_size) % window_size
+    pad_w = (window_size - width % window_size) % window_size
+    x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    n_h, n_w = (height + pad_h) // window_size, (width + pad_w) // window_size
+    x = x.reshape(batch, n_h, window_size, n_w, window_size, channels).transpose(2, 3)
+    return x.reshape(batch * n_h * n_w, window_size * window_size, channels)
+
+
+@register_notrace_function
+def window_reverse(windows: torch.Tensor, window_size: int, height: int, width: int) -> torch.Tensor:
+    """Inverse of ``window_partition``: windows → ``(B, height, width, C)``, the padding cropped."""
+    n_h, n_w = -(-height // window_size), -(-width // window_size)
+    channels = windows.shape[-1]
+    x = windows.reshape(-1, n_h, n_w, window_size, window_size, channels).transpose(2, 3)
+    x = x.reshape(-1, n_h * window_size, n_w * window_size, channels)
+    return x[:, :height, :width].contiguous()
+
+
+@register_notrace_function
+def masked_window_layout(height: int, width: int, window_size: int, device: torch.device
+                         ) -> Tuple[int, int, torch.Tensor, torch.Tensor]:
+    """The fixed windowing of ``mask_padding=True``: window sides ``min(window_size, size)`` per axis, and per window
+    the order that puts its image tokens first (row-major) and its padding last, with the image-token mask.
+
+    Returns ``(window_h, window_w, order (nW, L), valid (nW, L))``: ``windows.gather(1, order)`` reorders a window
+    of the padded map; ``valid`` marks the image tokens in the reordered window.
+    """
+    win_h, win_w = min(window_size, height), min(window_size, width)
+    n_h, n_w = -(-height // win_h), -(-width // win_w)
+    rows = torch.arange(n_h, device=device)[:, None] * win_h + torch.arange(win_h, device=device) < height
+    cols = torch.arange(n_w, device=device)[:, None] * win_w + torch.arange(win_w, device=device) < width
+    valid = (rows[:, None, :, None] & cols[None, :, None, :]).reshape(n_h * n_w, win_h * win_w)
+    length = win_h * win_w
+    key = (~valid).long() * length + torch.arange(length, device=device)  # distinct keys: a stable order
+    order = key.argsort(dim=1)
+    return win_h, win_w, order, valid.gather(1, order)
+
+
+@register_notrace_function
+def masked_window_partition(x: torch.Tensor, win_h: int, win_w: int, order: torch.Tensor) -> torch.Tensor:
+    """``(B, H, W, C)`` → windows ``(B * nW, win_h * win_w, C)`` of the zero-padded map, reordered by ``order``."""
+    batch, height, width, channels = x.shape
+    pad_h, pad_w = (win_h - height % win_h) % win_h, (win_w - width % win_w) % win_w
+    x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    n_h, n_w = (height + pad_h) // win_h, (width + pad_w) // win_w
+    x = x.reshape(batch, n_h, win_h, n_w, win_w, channels).transpose(2, 3).reshape(batch, n_h * n_w, -1, channels)
+    x = x.gather(2, order[None, :, :, None].expand(batch, -1, -1, channels))
+    return x.flatten(0, 1)
+
+
+@register_notrace_function
+def masked_window_reverse(windows: torch.Tensor, win_h: int, win_w: int, order: torch.Tensor, height: int,
+                          width: int) -> torch.Tensor:
+    """Inverse of ``masked_window_partition``."""
+    n_h, n_w = -(-height // win_h), -(-width // win_w)
+    channels = windows.shape[-1]
+    x = windows.reshape(-1, n_h * n_w, win_h * win_w, channels)
+    x = x.scatter(2, order[None, :, :, None].expand(x.shape[0], -1, -1, channels), x)
+    x = x.reshape(-1, n_h, n_w, win_h, win_w, channels).transpose(2, 3)
+    x = x.reshape(-1, n_h * win_h, n_w * win_w, channels)
+    return x[:, :height, :width].contiguous()
+
+
+# --- token mixers ------------------------------------------------------------------------------------------------
+
+_FORWARD = (Route('row'),)  # one forward scan over each window's row-major tokens
+
+
+@register_notrace_function
+@torch.jit.ignore
+def forward_scan(u, delta, A_log, B, C, D, delta_bias):
+    """The mixer's selective scan of ``u (B, L, W)`` along ``_FORWARD``, Δ softplus(delta + delta_bias); all
+    arguments tensors.
+
+    A leaf for FX and TorchScript: the precision policy depends on the input dtype. Parameters enter in at least
+    float32; low-precision inputs return float32. (Unannotated on purpose: TorchScript reads an ignored function's
+    signature at run time, where this module's postponed annotations are strings; unannotated means Tensor.)
+    """
+    return selective_scan(
+        u, delta, -torch.exp(full_precision(A_log)), B, C, full_precision(D), full_precision(delta_bias),
+        routes=_FORWARD, delta_softplus=True, out_dtype=torch.float32 if u.dtype in _LOW_PRECISION else None)
+
+
+class MambaVisionMixer(nn.Module):
+    """in_proj → two halves, each SiLU(depthwise conv1d, 'same'); the first scanned forward over the tokens →
+    out_proj(concat[scan, second half]). Parameter names are the official ones.
+
+    Args:
+        dim: model width C (the halves are C / 2 wide).
+        d_state: N, states per channel.
+        d_conv: conv1d kernel size.
+        dt_rank: rank of the Δ projection; 'auto' = ceil(C / 16).
+    """
+
+    def __init__(self, dim: int, d_state: int = 8, d_conv: int = 3, dt_rank: Union[int, str] = 'auto'):
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f'MambaVisionMixer needs an even width (two halves), got {dim}')
+        half = dim // 2
+        self.dim, self.d_state = dim, d_state
+        self.dt_rank = math.ceil(dim / 16) if dt_rank == 'auto' else int(dt_rank)
+        self.in_proj = nn.Linear(dim, dim, bias=False)
+        self.x_proj = nn.Linear(half, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, half, bias=True)
+        dt_std = self.dt_rank ** -0.5
+        nn.init.uniform_(self.dt_proj.weight, -dt_std, dt_std)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(init_dt_bias(half))
+        # S4D-real: A = -(1..N) for every channel.
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(half, 1))
+        self.D = nn.Parameter(torch.ones(half))
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+        # Applied functionally as one grouped conv over both halves (see forward); the modules hold the weights.
+        self.conv1d_x = nn.Conv1d(half, half, d_conv, groups=half, padding='same', bias=False)
+        self.conv1d_z = nn.Conv1d(half, half, d_conv, groups=half, padding='same', bias=False)
+
+    def forward(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``x (B, L, C)`` tokens of each window; ``valid (B, L)`` marks image tokens (``mask_padding`` only)."""
+        xz = self.in_proj(x)
+        if valid is not None:  # padding is zero to the conv, as its own 'same' padding is
+            xz = xz * valid.unsqueeze(-1).to(xz.dtype)
+        weight = torch.cat([self.conv1d_x.weight, self.conv1d_z.weight]).to(xz.dtype)
+        xz = F.silu(F.conv1d(xz.transpose(1, 2), weight, padding='same', groups=self.dim)).transpose(1, 2)
+        u, z = xz.chunk(2, dim=-1)
+        rank, n = self.dt_rank, self.d_state
+        dt, B, C = self.x_proj(u).split([rank, n, n], dim=-1)
+        # The official model adds dt_proj's bias here and again as the scan's delta_bias; the weights learned so.
+        delta = self.dt_proj(dt)
+        # Autocast may leave the projections in another dtype than u.
+        delta = delta.to(u.dtype).contiguous()
+        B, C = B.unsqueeze(-2).to(u.dtype).contiguous(), C.unsqueeze(-2).to(u.dtype).contiguous()
+        y = forward_scan(u.contiguous(), delta, self.A_log, B, C, self.D, self.dt_proj.bias)
+        return self.out_proj(torch.cat([y.to(z.dtype), z], dim=-1))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over each window's tokens (qkv bias, no q/k norm), through
+    ``F.scaled_dot_product_attention``; ``valid`` masks padding keys (``mask_padding`` only)."""
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0.,
+                 proj_drop: float = 0.):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'attention width {dim} is not divisible by num_heads={num_heads}')
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.attn_drop = attn_drop
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        batch, length, dim = x.shape
+        q, k, v = self.qkv(x).reshape(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        mask = valid[:, None, None, :] if valid is not None else None
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.attn_drop if self.training else 0.)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(batch, length, dim)))
+
+
+# --- blocks and stages -------------------------------------------------------------------------------------------
+
+class ConvBlock(nn.Module):
+    """``x + conv3x3 → BN → GELU(tanh) → conv3x3 → BN`` (× layer scale), on NCHW."""
+
+    def __init__(self, dim: int, drop_path: float = 0., layer_scale: Optional[float] = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(dim, dim, 3, padding=1)
+        self.norm1 = nn.BatchNorm2d(dim, eps=1e-5)
+        self.act1 = nn.GELU(approximate='tanh')
+        self.conv2 = nn.Conv2d(dim, dim, 3, padding=1)
+        self.norm2 = nn.BatchNorm2d(dim, eps=1e-5)
+        self.gamma = nn.Parameter(layer_scale * torch.ones(dim)) if layer_scale is not None else None
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
+        if self.gamma is not None:
+            y = y * self.gamma.view(1, -1, 1, 1)
+        return x + self.drop_path(y)
+
+
+class HybridBlock(nn.Module):
+    """Pre-norm block: ``x + γ1·mixer(LN x)``, ``x + γ2·MLP(LN x)``; the mixer is the MambaVision mixer or attention.
+
+    Args:
+        dim: width.
+        attention: use multi-head self-attention as the mixer, else the MambaVision mixer.
+        num_heads: attention heads.
+        mlp_ratio: MLP hidden width over ``dim``.
+        qkv_bias: bias of the attention's qkv projection.
+        d_state: SSM states of the MambaVision mixer.
+        layer_scale: initial γ (None: no layer scale).
+        drop_path: stochastic depth rate.
+        proj_drop: dropout after the attention projection and in the MLP.
+        attn_drop: attention dropout.
+    """
+
+    def __init__(self, dim: int, attention: bool = False, num_heads: int = 8, mlp_ratio: float = 4.,
+                 qkv_bias: bool = True, d_state: int = 8, layer_scale: Optional[float] = None,
+                 drop_path: float = 0., proj_drop: float = 0., attn_drop: float = 0.):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        if attention:
+            self.mixer = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
+        else:
+            self.mixer = MambaVisionMixer(dim, d_state=d_state)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
+        self.gamma_1 = nn.Parameter(layer_scale * torch.ones(dim)) if layer_scale is not None else None
+        self.gamma_2 = nn.Parameter(layer_scale * torch.ones(dim)) if layer_scale is not None else None
+
+    def forward(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        y = self.mixer(self.norm1(x), valid)
+        if self.gamma_1 is not None:
+            y = y * self.gamma_1
+        x = x + self.drop_path(y)
+        y = self.mlp(self.norm2(x))
+        if self.gamma_2 is not None:
+            y = y * self.gamma_2
+        return x + self.drop_path(y)
+
+
+class ConvStage(nn.Module):
+    """Downsample (a stride-2 3x3 conv without bias or norm; none in the first stage), then conv blocks.
+    Channel-last in and out; the convs see the map as a channels-last NCHW view."""
+
+    def __init__(self, in_dim: int, dim: int, depth: int, downsample: bool = True,
+                 drop_path: Sequence[float] = (), layer_scale_conv: Optional[float] = None):
+        super().__init__()
+        self.grad_checkpointing = False
+        self.downsample = nn.Conv2d(in_dim, dim, 3, stride=2, padding=1, bias=False) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(*[
+            ConvBlock(dim, drop_path=drop_path[i] if drop_path else 0., layer_scale=layer_scale_conv)
+            for i in range(depth)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x.permute(0, 3, 1, 2))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return x.permute(0, 2, 3, 1)
+
+
+class HybridStage(nn.Module):
+    """Downsample, then hybrid blocks on non-overlapping windows: the first ceil(depth / 2) blocks use the
+    MambaVision mixer, the rest attention (the official rule: attention from index depth // 2 + depth % 2).
+
+    Args:
+        window_size: window side; the map is zero-padded at the bottom/right to a multiple of it.
+        mask_padding: the fixed windowing (see the module docstring) instead of the official unmasked padding.
+        **block_kwargs: ``HybridBlock`` arguments.
+    """
+
+    def __init__(self, in_dim: int, dim: int, depth: int, window_size: int, downsample: bool = True,
+                 drop_path: Sequence[float] = (), mask_padding: bool = False, **block_kwargs):
+        super().__init__()
+        self.grad_checkpointing = False
+        self.window_size = window_size
+        self.mask_padding = mask_padding
+        self.downsample = nn.Conv2d(in_dim, dim, 3, stride=2, padding=1, bias=False) if downsample else nn.Identity()
+        first_attention = (depth + 1) // 2
+        self.blocks = nn.ModuleList([
+            HybridBlock(dim, attention=i >= first_attention, drop_path=drop_path[i] if drop_path else 0.,
+                        **block_kwargs)
+            for i in range(depth)])
+
+    def _run_blocks(self, x: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+        for block in self.blocks:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(block, x, valid, use_reentrant=False)
+            else:
+                x = block(x, valid)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        height, width = x.shape[1], x.shape[2]
+        if self.mask_padding:
+            win_h, win_w, order, valid = masked_window_layout(height, width, self.window_size, x.device)
+            windows = masked_window_partition(x, win_h, win_w, order)
+            valid = valid.repeat(x.shape[0], 1)
+            windows = self._run_blocks(windows, valid)
+            return masked_window_reverse(windows, win_h, win_w, order, height, width)
+        windows = self._run_blocks(window_partition(x, self.window_size), None)
+        return window_reverse(windows, self.window_size, height, width)
+
+
+class ConvStem(nn.Module):
+    """Two stride-2 3x3 convs without bias, each followed by BatchNorm (eps 1e-4) and ReLU: NCHW image →
+    channel-last map at stride 4."""
+
+    def __init__(self, in_chans: int = 3, in_dim: int = 64, dim: int = 96):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chans, in_dim, 3, stride=2, padding=1, bias=False)
+        self.norm1 = nn.BatchNorm2d(in_dim, eps=1e-4)
+        self.act1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(in_dim, dim, 3, stride=2, padding=1, bias=False)
+        self.norm2 = nn.BatchNorm2d(dim, eps=1e-4)
+        self.act2 = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.norm1(self.conv1(x)))
+        return self.act2(self.norm2(self.conv2(x))).permute(0, 2, 3, 1)
+
+
+class BatchNormNHWC(nn.BatchNorm2d):
+    """BatchNorm2d of a channel-last map, computed on its channels-last NCHW view. ``nn.BatchNorm2d.forward``
+    written out (running statistics always tracked): TorchScript cannot call ``super().forward``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        momentum = 0. if self.momentum is None else self.momentum
+        if self.training and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average
+                momentum = 1. / float(self.num_batches_tracked)
+        x = F.batch_norm(x.permute(0, 3, 1, 2), self.running_mean, self.running_var, self.weight, self.bias,
+                         self.training, momentum, self.eps)
+        return x.permute(0, 2, 3, 1)
+
+
+# --- model -------------------------------------------------------------------------------------------------------
+
+class MambaVision(HierarchicalBackbone):
+    """MambaVision backbone and classifier.
+
+    Args:
+        in_chans: input image channels.
+        num_classes: classifier outputs (0 for none).
+        global_pool: 'avg', 'max', ... or '' (timm's SelectAdaptivePool2d types).
+        depths: blocks per stage; stages 1-2 are conv stages, 3-4 hybrid.
+        dim: width of the first stage (doubled at every stage).
+        in_dim: width of the stem's first conv.
+        num_heads: attention heads per stage (those of the conv stages are unused, as in the original).
+        window_size: window side per stage (or one for all; only the hybrid stages use it).
+        mlp_ratio: MLP hidden width over the stage width.
+        d_state: SSM states per channel of the MambaVision mixer.
+        qkv_bias: bias of the attention's qkv projection.
+        layer_scale: initial layer-scale γ of the hybrid blocks (None: none).
+        layer_scale_conv: initial layer-scale γ of the conv blocks (None: none).
+        mask_padding: mask the zero padding of partial windows (the fixed behaviour) instead of scanning and
+            attending it as the official model does.
+        drop_rate: dropout before the classifier.
+        proj_drop_rate: dropout after attention and in the MLPs (the official ``drop_rate``).
+        attn_drop_rate: attention dropout.
+        drop_path_rate: stochastic depth, linearly increasing over all blocks.
+    """
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            depths: Sequence[int] = (1, 3, 8, 4),
+            dim: int = 80,
+            in_dim: int = 32,
+            num_heads: Sequence[int] = (2, 4, 8, 16),
+            window_size: Union[int, Sequence[int]] = (8, 8, 14, 7),
+            mlp_ratio: float = 4.,
+            d_state: int = 8,
+            qkv_bias: bool = True,
+            layer_scale: Optional[float] = None,
+            layer_scale_conv: Optional[float] = None,
+            mask_padding: bool = False,
+            drop_rate: float = 0.,
+            proj_drop_rate: float = 0.,
+            attn_drop_rate: float = 0.,
+            drop_path_rate: float = 0.2,
+    ):
+        super().__init__()
+        if len(depths) != 4:
+            raise ValueError(f'MambaVision has 4 stages (2 conv, 2 hybrid); depths has {len(depths)} entries')
+        if isinstance(window_size, int):
+            window_size = (window_size,) * 4
+        for name, value in (('num_heads', num_heads), ('window_size', window_size)):
+            if len(value) != 4:
+                raise ValueError(f'{name} must have one entry per stage (4), got {tuple(value)}')
+        dims = [dim * 2 ** i for i in range(4)]
+        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.drop_rate = drop_rate
+        self.output_fmt = 'NHWC'
+
+        self.stem = ConvStem(in_chans, in_dim, dim)
+        dpr = [x.tolist() for x in torch.linspace(0, drop_path_rate, sum(depths), device='cpu').split(list(depths))]
+        self.stages = nn.Sequential()
+        self.feature_info = []
+        for i in range(4):
+            in_ch = dims[max(i - 1, 0)]
+            if i < 2:
+                stage = ConvStage(in_ch, dims[i], depths[i], downsample=i > 0, drop_path=dpr[i],
+                                  layer_scale_conv=layer_scale_conv)
+            else:
+                stage = HybridStage(
+                    in_ch, dims[i], depths[i], window_size[i], drop_path=dpr[i], mask_padding=mask_padding,
+                    num_heads=num_heads[i], mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, d_state=d_state,
+                    layer_scale=layer_scale, proj_drop=proj_drop_rate, attn_drop=attn_drop_rate)
+            self.stages.append(stage)
+            self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f'stages.{i}'))
+        self.norm = BatchNormNHWC(self.num_features)
+        self.head = ClassifierHead(
+            self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, input_fmt='NHWC')
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module):
+        # As the original: every Linear, the mixer's dt_proj included (its Mamba init is overwritten: Δ-bias 0).
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        # The SSM's A (as log) and D are not weights to shrink (the original marks them _no_weight_decay).
+        return {n for n, _ in self.named_parameters() if n.endswith(('.A_log', '.D'))}
+
+    def load_pretrained(self, checkpoint_path: Union[str, Tuple[str, str]]):
+        """Load an official (or our own) checkpoint file, converting it; used by ``pretrained=True``.
+        ``checkpoint_path`` may be a Hugging Face Hub ``(repo id, file name)`` pair, as timm passes for hub weights."""
+        if isinstance(checkpoint_path, (tuple, list)):
+            from timm.models._hub import download_from_hf
+            checkpoint_path = download_from_hf(*checkpoint_path)
+        self._load_checkpoint(checkpoint_path, checkpoint_filter_fn, 'stem.conv1',
+                              containers=('state_dict', 'state_dict_ema', 'model'))
+
+
+# --- official checkpoints ----------------------------------------------------------------------------------------
+
+_OFFICIAL_RENAMES = (
+    (r'^patch_embed\.conv_down\.0\.', 'stem.conv1.'),
+    (r'^patch_embed\.conv_down\.1\.', 'stem.norm1.'),
+    (r'^patch_embed\.conv_down\.3\.', 'stem.conv2.'),
+    (r'^patch_embed\.conv_down\.4\.', 'stem.norm2.'),
+    # The official downsample ends level i; ours starts stage i + 1.
+    (r'^levels\.(\d+)\.downsample\.reduction\.0\.', lambda m: f'stages.{int(m[1]) + 1}.downsample.'),
+    (r'^levels\.(\d+)\.blocks\.', r'stages.\1.blocks.'),
+    (r'^head\.', 'head.fc.'),
+)
+
+
+def _rename(key: str) -> str:
+    for pattern, repl in _OFFICIAL_RENAMES:
+        key, n = re.subn(pattern, repl, key)
+        if n:
+            break
+    return key
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: MambaVision) -> Dict[str, torch.Tensor]:
+    """Convert an official MambaVision state dict (the classifier's, or the det/seg backbone's) to this module tree.
+
+    Our own state dicts pass through unchanged. Official weights are non-commercial (CC-BY-NC-SA-4.0): converting
+    them warns once with the licence notice.
+    """
+    if any(k.startswith(('stem.', 'stages.')) for k in state_dict):
+        return dict(state_dict)
+    for prefix in ('encoder.', 'model.'):  # the official loader strips 'encoder.'; the HF port nests under 'model.'
+        if state_dict and all(k.startswith(prefix) for k in state_dict):
+            state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
+    if any(k.startswith(('patch_embed.', 'levels.')) for k in state_dict):
+        _warn_license()
+    # outnorm{i}: the output norms of the official det/seg backbone, not part of a classifier.
+    return {_rename(k): v for k, v in state_dict.items() if not k.startswith('outnorm')}
+
+
+def _create_mambavision(variant: str, pretrained: bool = False, **kwargs) -> MambaVision:
+    load_through_model(kwargs)  # official files need the safe loader and the conversion
+    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
+    return build_model_with_cfg(
+        MambaVision, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
+
+
+# --- from_official: the official MambaVision constructor's arguments, mapped to ours ------------------------------
+
+_REQUIRED = ('dim', 'in_dim', 'depths', 'window_size', 'mlp_ratio', 'num_heads')
+
+
+def from_official(checkpoint: Optional[str] = None, **official_kwargs) -> MambaVision:
+    """The MambaVision equal to the official ``MambaVision(**official_kwargs)``, optionally loaded from an official
+    file (``*.pth.tar``, ``{'state_dict': ...}``).
+
+    Raises ValueError for missing required arguments, unknown ones, and options no released model uses.
+    """
+    kw = dict(official_kwargs)
+    missing = [k for k in _REQUIRED if k not in kw]
+    if missing:
+        raise ValueError(f'the official MambaVision requires {missing}')
+    if kw.pop('qk_scale', None):
+        raise ValueError('qk_scale (the official q/k LayerNorm switch) is not supported: no released model uses it')
+    for ignored in ('resolution', 'img_size'):  # swallowed by the official constructor's **kwargs
+        kw.pop(ignored, None)
+    renames = dict(
+        dim='dim', in_dim='in_dim', depths='depths', window_size='window_size', mlp_ratio='mlp_ratio',
+        num_heads='num_heads', drop_path_rate='drop_path_rate', in_chans='in_chans', num_classes='num_classes',
+        qkv_bias='qkv_bias', drop_rate='proj_drop_rate', attn_drop_rate='attn_drop_rate',
+        layer_scale='layer_scale', layer_scale_conv='layer_scale_conv',
+    )
+    unknown = sorted(set(kw) - set(renames))
+    if unknown:
+        raise ValueError(f'unknown MambaVision arguments: {unknown}')
+    args = {renames[k]: v for k, v in kw.items()}
+    for key in ('layer_scale', 'layer_scale_conv'):  # the original takes only an int or a float as a scale
+        if not isinstance(args.get(key), (int, float)) or isinstance(args.get(key), bool):
+            args[key] = None
+    args.setdefault('drop_path_rate', 0.2)
+    model = MambaVision(**args)
+    if checkpoint is not None:
+        model.load_pretrained(checkpoint)
+    return model
+
+
+# --- variants ----------------------------------------------------------------------------------------------------
+
+def _cfg(hub_id: str = '', filename: str = '', **kwargs) -> Dict[str, Any]:
+    return {
+        'url': f'https://huggingface.co/{hub_id}/resolve/main/{filename}' if hub_id else '',
+        # custom_load 'hf': every source (hub, url, file) goes through load_pretrained, i.e. the conversion.
+        'hf_hub_id': hub_id or None, 'hf_hub_filename': filename or None, 'custom_load': 'hf',
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'crop_pct': 1.0, 'crop_mode': 'center', 'interpolation': 'bicubic', 'fixed_input_size': False,
+        'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225),
+        'first_conv': 'stem.conv1', 'classifier': 'head.fc',
+        'license': 'cc-by-nc-sa-4.0' if hub_id else None,
+        'notes': (LICENSE_NOTICE,) if hub_id else None,
+        'origin_url': 'https://github.com/NVlabs/MambaVision',
+        'paper_ids': 'arXiv:2407.08083', 'paper_name': 'MambaVision: A Hybrid Mamba-Transformer Vision Backbone',
+        **kwargs,
+    }
+
+
+_AT_256 = dict(input_size=(3, 256, 256), pool_size=(8, 8))
+_AT_512 = dict(input_size=(3, 512, 512), pool_size=(16, 16), crop_pct=0.93, crop_mode='squash')
+
+default_cfgs = generate_default_cfgs({
+    'mambavision_t.in1k': _cfg('nvidia/MambaVision-T-1K', 'mambavision_tiny_1k.pth.tar'),
+    'mambavision_t2.in1k': _cfg('nvidia/MambaVision-T2-1K', 'mambavision_tiny2_1k.pth.tar', crop_pct=0.98),
+    'mambavision_s.in1k': _cfg('nvidia/MambaVision-S-1K', 'mambavision_small_1k.pth.tar', crop_pct=0.93),
+    'mambavision_b.in1k': _cfg('nvidia/MambaVision-B-1K', 'mambavision_base_1k.pth.tar'),
+    'mambavision_l.in1k': _cfg('nvidia/MambaVision-L-1K', 'mambavision_large_1k.pth.tar'),
+    'mambavision_l2.in1k': _cfg('nvidia/MambaVision-L2-1K', 'mambavision_large2_1k.pth.tar'),
+    'mambavision_b_21k.in21k_ft_in1k': _cfg('nvidia/MambaVision-B-21K', 'mambavision_base_21k.pth.tar'),
+    'mambavision_l_21k.in21k_ft_in1k': _cfg('nvidia/MambaVision-L-21K', 'mambavision_large_21k.pth.tar'),
+    'mambavision_l2_512_21k.in21k_ft_in1k': _cfg(
+        'nvidia/MambaVision-L2-512-21K', 'mambavision_L2_21k_240m_512.pth.tar', **_AT_512),
+    'mambavision_l3_256_21k.in21k_ft_in1k': _cfg(
+        'nvidia/MambaVision-L3-256-21K', 'mambavision_L3_21k_740m_256.pth.tar', **_AT_256),
+    'mambavision_l3_512_21k.in21k_ft_in1k': _cfg(
+        'nvidia/MambaVision-L3-512-21K', 'mambavision_L3_21k_740m_512.pth.tar', **_AT_512),
+    'test_mambavision.untrained': _cfg(input_size=(3, 64, 64), pool_size=(2, 2)),
+})
+
+_T = dict(dim=80, in_dim=32, num_heads=(2, 4, 8, 16), window_size=(8, 8, 14, 7), drop_path_rate=0.2)
+_B = dict(depths=(3, 3, 10, 5), dim=128, in_dim=64, num_heads=(2, 4, 8, 16), window_size=(8, 8, 14, 7),
+          drop_path_rate=0.3, layer_scale=1e-5)
+_L = dict(dim=196, in_dim=64, num_heads=(4, 8, 16, 32), window_size=(8, 8, 14, 7), drop_path_rate=0.3,
+          layer_scale=1e-5)
+_L3 = dict(depths=(3, 3, 20, 10), dim=256, in_dim=64, num_heads=(4, 8, 16, 32), drop_path_rate=0.5,
+           layer_scale=1e-5)
+
+
+def _variant(name: str, pretrained: bool, model_args: dict, kwargs: dict) -> MambaVision:
+    return _create_mambavision(name, pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def mambavision_t(pretrained: bool = False, **kwargs) -> MambaVision:
+    """MambaVision-T (31.8M), ImageNet-1k. Weights non-commercial (CC-BY-NC-SA-4.0)."""
+    return _variant('mambavision_t', pretrained, dict(depths=(1, 3, 8, 4), **_T), kwargs)
+
+
+@register_model
+def mambavision_t2(pretrained: bool = False, **kwargs) -> MambaVision:
+    """MambaVision-T2 (35.1M), ImageNet-1k. Weights non-commercial (CC-BY-NC-SA-4.0)."""
+    return _variant('mambavision_t2', pretrained, dict(depths=(1, 3, 11, 4), **_T), kwargs)
+
+
+@register_model
+def mambavision_s(pretrained: bool = False, **kwargs) -> MambaVision:
+    """MambaVision-S (50.1M), ImageNet-1k. Weights non-commercial (CC-BY-NC-SA-4.0)."""
+    model_args = dict(depths=(3, 3, 7, 5), dim=96, in_dim=64, num_heads=(2, 4, 8, 16), window_size=(8, 8, 14, 7),
+                      drop_path_rate=0.2)
+    return _variant('mambavision_s', pretrained, model_args, kwargs)
+
+
+@register_model
+def mambavision_b(pretrained: bool = False, **kwargs) -> MambaVision:
+    """MambaVision-B (97.7M), ImageNet-1k. Weights non-commercial (CC-BY-NC-SA-4.0)."""
+    return _variant('mambavision_b', pretrained, _B, kwargs)
+
+
+@register_model
+def mambavision_l(pretrained: bool = False, **kwargs) -> MambaVision:
+    """MambaVision-L (228.0M), ImageNet-1k. Weights non-commercial (CC-BY-NC-SA-4.0)."""
+    return _variant('mambavision_l', pretrained, dict(depths=(3, 3, 10, 5), **_L), kwargs)
+
+
+@register_model
+def mambavision_l2(pretrained: bool = False, **kwargs) -> MambaVision:
+    """MambaVision-L2 (241.6M), ImageNet-1k. Weights non-commercial (CC-BY-NC-SA-4.0)."""
+    return _variant('mambavision_l2', pretrained, dict(depths=(3, 3, 12, 5), **_L), kwargs)
+
+
+@register_model
+def mambavision_b_21k(pretrained: bool = False, **kwargs) -> MambaVision:
+    """MambaVision-B-21K (97.7M): ImageNet-21k pre-training, ImageNet-1k fine-tuning. Weights non-commercial."""
+    return _variant('mambavision_b_21k', pretrained, _B, kwargs)
+
+
+@register_model
+def mambavision_l_21k(pretrained: bool = False, **kwargs) -> MambaVision:
+    """MambaVision-L-21K (228.0M): ImageNet-21k pre-training, ImageNet-1k fine-tuning. Weights non-commercial."""
+    return _variant('mambavision_l_21k', pretrained, dict(depths=(3, 3, 10, 5), **_L), kwargs)
+
+
+@register_model
+def mambavision_l2_512_21k(pretrained: bool = False, **kwargs) -> MambaVision:
+    """MambaVision-L2-512-21K (241.6M) at 512 px, windows 32/16: ImageNet-21k, then 1k. Weights non-commercial."""
+    model_args = dict(_L, depths=(3, 3, 12, 5), window_size=(8, 8, 32, 16))
+    return _variant('mambavision_l2_512_21k', pretrained, model_args, kwargs)
+
+
+@register_model
+def mambavision_l3_256_21k(pretrained: bool = False, **kwargs) -> MambaVision:
+    """MambaVision-L3-256-21K (739.6M) at 256 px, windows 16/8: ImageNet-21k, then 1k. Weights non-commercial."""
+    return _variant('mambavision_l3_256_21k', pretrained, dict(_L3, window_size=(8, 8, 16, 8)), kwargs)
+
+
+@register_model
+def mambavision_l3_512_21k(pretrained: bool = False, **kwargs) -> MambaVision:
+    """MambaVision-L3-512-21K (739.6M) at 512 px, windows 32/16: ImageNet-21k, then 1k. Weights non-commercial."""
+    return _variant('mambavision_l3_512_21k', pretrained, dict(_L3, window_size=(8, 8, 32, 16)), kwargs)
+
+
+@register_model
+def test_mambavision(pretrained: bool = False, **kwargs) -> MambaVision:
+    """A tiny MambaVision for tests and demos: one mixer and one attention block in each hybrid stage."""
+    model_args = dict(depths=(1, 1, 2, 2), dim=16, in_dim=8, num_heads=(1, 2, 4, 8), window_size=(8, 8, 4, 2),
+                      drop_path_rate=0.0)
+    return _variant('test_mambavision', pretrained, model_args, kwargs)
