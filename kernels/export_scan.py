@@ -21,14 +21,16 @@ top, the memory a few ``(L, T)`` tiles; the chunk size is fixed, so padding (ide
 any length, and the graph stays valid for **dynamic sizes**.
 
 **Positions in the graph.** A route's positions are computed from the map: ``arange(H * W).view(H, W)``, sliced to
-the stride/offset sub-lattice, transposed for ``'col'``, flattened, flipped for ``reverse``. With symbolic ``H, W``
+the stride/offset sub-lattice, transposed for the column orders, every other line flipped for the zig-zag
+(``_snake``) orders, flattened, flipped for ``reverse``; a concatenated route is its segments' positions in turn,
+one recurrence, each segment scattering to its own channels. With symbolic ``H, W``
 (``torch.export`` with ``Dim``, ONNX with dynamic axes) they stay symbolic. Routes with a *callable* order fall
 back to ``route.positions(H, W)``, a constant baked into the graph: such models export for **static sizes only**
 (exporting them with a dynamic ``H`` or ``W`` fails with torch.export's error about a specialized dimension).
 
 **Structure.** Per route: gather ``u`` at the route's positions (``u_index``); gather Δ, B and C through a second
-index (``dbc_index``, today the same positions); scan; scatter-add the outputs by position (``index_add``), so a
-route may read Δ/B/C in another order than ``u`` or visit a position more than once without changing the core.
+index (``dbc_index``: the same positions, or with ``params_at='step'`` the raster order); scan; scatter-add the
+outputs by position (``index_add``), so a route may read Δ/B/C in another order than ``u`` or visit a position more than once without changing the core.
 Routes whose lengths are equal by construction (same stride and offset) run stacked.
 
 Cost: the chunks do ``O(L T)`` work per channel and state where a sequential scan does ``O(L)``, so on a CPU this
@@ -107,22 +109,40 @@ def chunked_recurrence(a: torch.Tensor, x: torch.Tensor, levels: int = LEVELS, c
 
 
 def route_index(route: Route, height, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(u_index, dbc_index)``: the flat positions where ``route`` reads ``u`` (and writes its output), and
-    where step ``t`` reads Δ, B and C. Built from ``arange`` of the map for the built-in orders, so symbolic
-    ``height`` / ``width`` stay symbolic; callable orders use ``route.positions`` (concrete sizes only)."""
+    """``(u_index, dbc_index)`` of a plain (not concatenated) route: the flat positions where it reads ``u`` (and
+    writes its output), and where step ``t`` reads Δ, B and C (the same positions, or with ``params_at='step'`` the
+    same set in raster order). Built from ``arange`` of the map for the built-in orders, so symbolic ``height`` /
+    ``width`` stay symbolic; callable orders use ``route.positions`` (concrete sizes only)."""
     if callable(route.order):
         pos = route.positions(int(height), int(width)).to(device)
-    else:
-        grid = torch.arange(height * width, device=device).view(height, width)
-        grid = grid[route.offset[0]::route.stride[0], route.offset[1]::route.stride[1]]
-        pos = (grid if route.order == 'row' else grid.t()).reshape(-1)
-        if route.reverse:
-            pos = pos.flip(0)
-    return pos, pos
+        return pos, route.param_positions(int(height), int(width)).to(device)
+    grid = torch.arange(height * width, device=device).view(height, width)
+    grid = grid[route.offset[0]::route.stride[0], route.offset[1]::route.stride[1]]
+    raster = grid.reshape(-1)                      # ascending: the raster order of the route's positions
+    lines = grid.t() if route.order.startswith('col') else grid
+    if route.order.endswith('_snake'):             # every other line walked back
+        odd = (torch.arange(lines.shape[0], device=device) % 2 == 1).unsqueeze(-1)
+        lines = torch.where(odd, lines.flip(1), lines)
+    pos = lines.reshape(-1)
+    if route.reverse:
+        pos = pos.flip(0)
+    return pos, (raster if route.params_at == 'step' else pos)
+
+
+def _route_parts(route: Route, height, width, device):
+    """``(u_index, dbc_index, parts)``; ``parts`` lists ``(segment, length)`` in visiting order: a concatenated
+    route is one recurrence over its segments' positions in turn, each segment writing its own channels."""
+    indices = [route_index(r, height, width, device) for r in route.parts]
+    parts = [(r, ui.shape[0]) for r, (ui, _) in zip(route.parts, indices)]
+    if len(indices) == 1:
+        return indices[0][0], indices[0][1], parts
+    return torch.cat([ui for ui, _ in indices]), torch.cat([di for _, di in indices]), parts
 
 
 def _group_key(k: int, route: Route):
     # Lengths equal by construction (not by comparing possibly symbolic sizes): same sub-lattice, built-in order.
+    if route.segments:
+        return ('concat', k)
     return ('custom', k) if callable(route.order) else (route.stride, route.offset)
 
 
@@ -166,12 +186,12 @@ def selective_scan_export(
     for k, route in enumerate(plan.routes):
         groups.setdefault(_group_key(k, route), []).append(k)
     for ks in groups.values():
-        index = [route_index(plan.routes[k], plan.height, plan.width_px, u.device) for k in ks]
+        index = [_route_parts(plan.routes[k], plan.height, plan.width_px, u.device) for k in ks]
         u_k = torch.stack([u.index_select(1, ui)[..., plan.routes[k].in_offset:plan.routes[k].in_offset + width]
-                           for (ui, _), k in zip(index, ks)], 1)          # (B, G, L, W)
+                           for (ui, _, _), k in zip(index, ks)], 1)       # (B, G, L, W)
         dt = torch.stack([delta.index_select(1, di)[..., k * width:(k + 1) * width]
-                          for (_, di), k in zip(index, ks)], 1)
-        B_k = torch.stack([B.index_select(1, di)[:, :, k] for (_, di), k in zip(index, ks)], 1)   # (B, G, L, N)
+                          for (_, di, _), k in zip(index, ks)], 1)
+        B_k = torch.stack([B.index_select(1, di)[:, :, k] for (_, di, _), k in zip(index, ks)], 1)   # (B, G, L, N)
         if bias is not None:
             dt = dt + bias[ks].unsqueeze(1)
         if delta_softplus:
@@ -184,18 +204,24 @@ def selective_scan_export(
         if return_hidden:
             y = h
         else:
-            C_k = torch.stack([C.index_select(1, di)[:, :, k] for (_, di), k in zip(index, ks)], 1)
+            C_k = torch.stack([C.index_select(1, di)[:, :, k] for (_, di, _), k in zip(index, ks)], 1)
             y = (h * C_k.unsqueeze(-2)).sum(-1)
             if D is not None:
                 y = y + D[ks].unsqueeze(1) * u_k
         for g, k in enumerate(ks):
-            lo = plan.routes[k].out_offset
-            channels = (lo, out_channels - lo - width)
-            y_g = F.pad(y[:, g], ((0, 0) if return_hidden else ()) + channels) if channels != (0, 0) else y[:, g]
-            out = out.index_add(1, index[g][0], y_g)
-            if visits is not None:
-                ones = F.pad(u.new_ones((index[g][0].shape[0], width)), channels)
-                visits = visits.index_add(0, index[g][0], ones)
+            u_index, _, parts = index[g]
+            start = 0
+            for part, length in parts:   # one part, or a concatenated route's segments (each its own channels)
+                lo = part.out_offset
+                channels = (lo, out_channels - lo - width)
+                y_p = y[:, g] if len(parts) == 1 else y[:, g, start:start + length]
+                p_index = u_index if len(parts) == 1 else u_index[start:start + length]
+                if channels != (0, 0):
+                    y_p = F.pad(y_p, ((0, 0) if return_hidden else ()) + channels)
+                out = out.index_add(1, p_index, y_p)
+                if visits is not None:
+                    visits = visits.index_add(0, p_index, F.pad(u.new_ones((length, width)), channels))
+                start = start + length
     if visits is not None:
         out = out / (visits.unsqueeze(-1) if return_hidden else visits)
     return out.to(out_dtype)

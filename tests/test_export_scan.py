@@ -101,7 +101,7 @@ class _Scan(torch.nn.Module):
         return selective_scan(u, delta, A, B, C, D, bias, routes=self.routes, merge=self.merge)
 
 
-@pytest.mark.parametrize('pattern', ['cross', 'lattice'])
+@pytest.mark.parametrize('pattern', ['cross', 'lattice', 'snake_params_at_step', 'multiscale'])
 def test_op_exports_with_dynamic_height_and_width(pattern):
     routes, merge, mult = PATTERNS[pattern]
     inputs = make_inputs(2, 6, 10, len(routes), 3, 2, 3 * mult, dtype=torch.float32)
