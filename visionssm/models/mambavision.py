@@ -35,6 +35,10 @@ Official behaviour kept because the weights were trained with it:
 
 Deliberate differences: attention dropout is applied only in training (the original passes its rate to
 ``scaled_dot_product_attention`` in eval too; every release uses rate 0).
+
+torch.fx traces the model (the scan op and a few size-dependent helpers are leaves). TorchScript is not supported,
+because the shared scan op cannot be scripted: ``torch.jit.script``, or building under timm's
+``set_scriptable(True)``, raises ``visionssm.ops.selective_scan.TORCHSCRIPT_UNSUPPORTED``, which says why.
 """
 from __future__ import annotations
 
@@ -50,7 +54,7 @@ from timm.layers import ClassifierHead, DropPath, register_notrace_function, tru
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from torch.utils.checkpoint import checkpoint
 
-from visionssm.layers import Mlp, full_precision, init_dt_bias
+from visionssm.layers import Mlp, ScanLayer, full_precision, init_dt_bias, scan_out_dtype
 from visionssm.ops import Route, selective_scan
 from ._checkpoint import load_through_model
 from ._hierarchical import HierarchicalBackbone
@@ -64,7 +68,6 @@ LICENSE_NOTICE = (
     'MambaVision pretrained weights are licensed CC-BY-NC-SA-4.0 (official code: NVIDIA Source Code License-NC): '
     'non-commercial use only. See https://github.com/NVlabs/MambaVision#licenses')
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 # The official det/seg backbone's output norms ``outnorm{i}`` are timm LayerNorm2d at its default eps
 # (read by visionssm.mm.VisionSSMBackbone).
 OUT_NORM_EPS = 1e-6
@@ -149,22 +152,18 @@ def masked_window_reverse(windows: torch.Tensor, win_h: int, win_w: int, order: 
 _FORWARD = (Route('row'),)  # one forward scan over each window's row-major tokens
 
 
-@register_notrace_function
-@torch.jit.ignore
-def forward_scan(u, delta, A_log, B, C, D, delta_bias):
-    """The mixer's selective scan of ``u (B, L, W)`` along ``_FORWARD``, Δ softplus(delta + delta_bias); all
-    arguments tensors.
+def forward_scan(u: torch.Tensor, delta: torch.Tensor, A_log: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                 D: torch.Tensor, delta_bias: torch.Tensor) -> torch.Tensor:
+    """The mixer's selective scan of ``u (B, L, W)`` along ``_FORWARD``, Δ softplus(delta + delta_bias).
 
-    A leaf for FX and TorchScript: the precision policy depends on the input dtype. Parameters enter in at least
-    float32; low-precision inputs return float32. (Unannotated on purpose: TorchScript reads an ignored function's
-    signature at run time, where this module's postponed annotations are strings; unannotated means Tensor.)
+    Parameters enter in at least float32; low-precision inputs return float32 (the op is the FX leaf).
     """
     return selective_scan(
         u, delta, -torch.exp(full_precision(A_log)), B, C, full_precision(D), full_precision(delta_bias),
-        routes=_FORWARD, delta_softplus=True, out_dtype=torch.float32 if u.dtype in _LOW_PRECISION else None)
+        routes=_FORWARD, delta_softplus=True, out_dtype=scan_out_dtype(u))
 
 
-class MambaVisionMixer(nn.Module):
+class MambaVisionMixer(ScanLayer):
     """in_proj → two halves, each SiLU(depthwise conv1d, 'same'); the first scanned forward over the tokens →
     out_proj(concat[scan, second half]). Parameter names are the official ones.
 

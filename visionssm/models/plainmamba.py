@@ -29,6 +29,10 @@ differ from the paper's description and each has a flag:
 Each of the four scans adds its own ``D * x`` (as officially). ``features_only`` uses Vim's simple feature pyramid
 over the block outputs (new layers, not in the classification checkpoint); ``reductions=(16, 16, 16, 16)`` gives
 the official segmentation backbone's four stride-16 maps instead.
+
+torch.fx traces the model (the scan op and a few size-dependent helpers are leaves). TorchScript is not supported,
+because the shared scan op cannot be scripted: ``torch.jit.script``, or building under timm's
+``set_scriptable(True)``, raises ``visionssm.ops.selective_scan.TORCHSCRIPT_UNSUPPORTED``, which says why.
 """
 from __future__ import annotations
 
@@ -40,11 +44,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, register_notrace_function, register_notrace_module, trunc_normal_
+from timm.layers import DropPath, register_notrace_function, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from visionssm.layers import full_precision, init_dt_bias
+from visionssm.layers import ScanLayer, full_precision, init_dt_bias, scan_out_dtype
 from visionssm.ops import Route, selective_scan, snake_routes
 from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted, load_through_model
 from .vim import VimFeaturePyramid
@@ -52,7 +56,6 @@ from .vim import VimFeaturePyramid
 __all__ = ['PlainMamba', 'PlainMambaLayer', 'PlainMamba2D', 'ConvPatchEmbed', 'checkpoint_filter_fn',
            'direction_codes', 'resize_pos_embed', 'from_official']
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 _PARAMS_AT = ('step', 'route')
 
 
@@ -84,8 +87,7 @@ def _cached_direction_codes(routes: Tuple[Route, ...], height: int, width: int, 
     return _direction_codes(routes, height, width).to(device)
 
 
-@register_notrace_module   # a leaf for FX tracing: the scan's argument checks and dispatch depend on tensor metadata
-class PlainMamba2D(nn.Module):
+class PlainMamba2D(ScanLayer):
     """The official ``PlainMamba2D`` mixer on a channel-last map ``(B, H, W, C)``; parameter names are the official.
 
     Args:
@@ -152,7 +154,7 @@ class PlainMamba2D(nn.Module):
         y = selective_scan(
             u.contiguous(), delta.to(u.dtype).repeat(1, 1, 1, K), A, B.to(u.dtype).contiguous(), C.to(u.dtype),
             full_precision(self.D).repeat(K), bias.repeat(K), routes=self.routes, merge='sum', delta_softplus=True,
-            out_channels=E, out_dtype=torch.float32 if u.dtype in _LOW_PRECISION else None,
+            out_channels=E, out_dtype=scan_out_dtype(u),
         )
         y = y * F.silu(z.to(y.dtype))
         return self.out_proj(y.to(x.dtype))
@@ -224,7 +226,7 @@ def resize_pos_embed(pos_embed: torch.Tensor, old_grid: Tuple[int, int], height:
 
 
 class PlainMamba(nn.Module):
-    """PlainMamba backbone and classifier.
+    """PlainMamba backbone and classifier. ``forward_features`` returns the tokens ``(B, H*W, C)``.
 
     Args:
         img_size: training input size (sizes the position embedding; other sizes resize it).
@@ -249,6 +251,8 @@ class PlainMamba(nn.Module):
         drop_rate: dropout after the position embedding.
         drop_path_rate: stochastic depth, linearly increasing over blocks.
     """
+
+    output_fmt = 'NLC'  # forward_features returns tokens
 
     def __init__(
             self,
