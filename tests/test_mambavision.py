@@ -1,6 +1,7 @@
-"""MambaVision: faithfulness to the official implementation (the 11 release manifests and the numeric fixture in
-../shared/parity), the mixer against its definition, the official hybrid split, the official unmasked window padding
-and the fixed ``mask_padding`` behaviour, checkpoint containers, the licence notice, and ``from_official``'s checks."""
+"""MambaVision: faithfulness to the official implementation (the 11 release manifests and the numeric fixture, found
+by tests/_parity.py or VISIONSSM_PARITY_DIR), the mixer against its definition, the official hybrid split, the
+official unmasked window padding and the fixed ``mask_padding`` behaviour, checkpoint containers, the licence notice,
+and ``from_official``'s checks."""
 import json
 import warnings
 
