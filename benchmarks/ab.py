@@ -1,0 +1,419 @@
+#!/usr/bin/env python
+"""A/B throughput: this checkout's models against another git revision's, in one process, interleaved.
+
+    python benchmarks/ab.py --baseline REV --models groupmamba_tiny vim_tiny [--modes infer,train]
+        [--batch 128] [--img-size 224] [--precision bf16] [--rounds 7] [--json out.json]
+
+Two benchmark runs in separate processes differ by a few percent on the same code (clocks, temperature, other
+work on the machine); a change worth that much cannot be shown that way. Here both versions of a model live in one
+process on one device, are timed in turn over several rounds, and each gets the median of its rounds.
+
+The baseline (``--baseline``: a commit, branch or tag) is materialized from git: ``visionssm/`` and ``kernels/``
+(``kernels/`` installs as ``visionssm.kernels``, pyproject.toml) go into a temporary directory as the package
+``visionssm_ab_<commit>``, with every ``visionssm`` name in its Python sources rewritten to that name. That renames
+its absolute imports and also what would be shared between the two copies in one process:
+
+* the ``torch.library`` ops (``visionssm::selective_scan`` and its backward): kernels/triton_scan.py defines them
+  once per process, so an unrenamed second copy would call the first copy's kernels under ``torch.compile``;
+* the timm model registry: the copy is imported, and its models built, with a private copy of timm's registry
+  tables in place, so ``timm.create_model`` keeps building this checkout's models and the copy's models get their
+  own default configs; each model is built by calling each side's registered entrypoint function directly.
+
+timm's torch.fx leaf sets gain the copy's functions; that is additive and leaves this checkout's tracing as it was.
+The current side is the working tree as it is, uncommitted changes included (the JSON records whether it is dirty).
+
+Protocol (tools/benchmark.py's where it applies, with its helpers): random weights, the models' own drop_path_rate,
+NCHW, a pool of 3 random batches made on the device before timing and shared by both sides; ``--precision`` as
+there (bf16: autocast, TF32 off for the rest; cuDNN benchmark on). ``infer`` is eval under no_grad; ``train`` is a
+forward, cross-entropy, backward and ``zero_grad(set_to_none=True)`` under autocast, without an optimizer
+(tools/benchmark.py's ``fwd_bwd``, the model cards' training column). Each side warms up for ``--warmup``
+iterations; the fastest warm-up iteration of either side past the first sets n, the iterations of one timed
+segment of about ``--repeat-time`` s. Then ``--rounds`` rounds each time n iterations of the baseline, then n of
+the current, bracketed by CUDA events after a synchronize. A side's img/s is batch / its median per-iteration time;
+the speed-up is current / baseline. Peak memory per side is ``max_memory_allocated``, reset before each of its
+segments, less the other side's weights and the pool's extra batches: what a process holding only that model
+would reach (as tools/benchmark.py counts it).
+
+Parity: where both models have the same state_dict keys and shapes, the baseline is loaded with the current
+model's weights (so both also time the same weights) and max |Δ| of their logits is measured in fp32 (TF32 off) on
+``--parity-batch`` random images, on the device: 0 or rounding-level for a pure speed change, larger for a change
+of the numerics. With different keys the architectures differ and no parity is reported.
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import copy
+import dataclasses
+import importlib.util
+import inspect
+import io
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's package is the current side, whatever else is installed
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from timm.models import _registry as timm_registry  # noqa: E402
+
+import visionssm  # noqa: E402  (registers the current models with timm)
+from visionssm.benchmark import (  # noqa: E402
+    _Clock, _autocast, _error, _free_memory, _is_oom, _random_batches, _set_precision, _sync, environment,
+)
+
+__all__ = ['Side', 'current_side', 'materialize', 'compare', 'format_table', 'main', 'MODES']
+
+MODES = ('infer', 'train')
+PACKAGE = 'visionssm'
+# every table timm's register_model and build_model_with_cfg read or write
+_TIMM_TABLES = ('_module_to_models', '_model_to_module', '_model_entrypoints', '_model_has_pretrained',
+                '_model_default_cfgs', '_model_pretrained_cfgs', '_model_with_tags', '_module_to_deprecated_models',
+                '_deprecated_models')
+_PACKAGE_NAME = re.compile(rf'\b{PACKAGE}\b')   # not VISIONSSM_* environment knobs, not visionssm_* names
+
+
+# ------------------------------------------------------------------------------------------- the two packages
+
+@contextlib.contextmanager
+def _timm_registry(tables: Optional[dict]):
+    """timm's model registry is ``tables`` inside the block (None: timm's own)."""
+    if tables is None:
+        yield
+        return
+    own = {name: getattr(timm_registry, name) for name in _TIMM_TABLES}
+    for name in _TIMM_TABLES:
+        setattr(timm_registry, name, tables[name])
+    try:
+        yield
+    finally:
+        for name, table in own.items():
+            setattr(timm_registry, name, table)
+
+
+@dataclasses.dataclass
+class Side:
+    """One version of the package: its name in ``sys.modules`` and the timm registry its models are built under."""
+    label: str
+    package: str
+    commit: Optional[str]
+    registry: Optional[dict] = None     # None: timm's own (the current checkout's models)
+
+    def entrypoint(self, name: str) -> Callable:
+        with _timm_registry(self.registry):
+            fn = timm_registry._model_entrypoints.get(name)
+        if fn is None:
+            raise ValueError(f'{name!r} is not a registered model of the {self.label} ({self.package})')
+        if not fn.__module__.startswith(f'{self.package}.'):
+            raise ValueError(f'{name!r} is not a visionssm model (its entrypoint is in {fn.__module__})')
+        return fn
+
+    def build(self, name: str, img_size: int, device: torch.device, seed: int = 0) -> torch.nn.Module:
+        """The model from this side's entrypoint, initialised on ``device`` from ``seed``; ViT-style models (an
+        ``img_size`` constructor argument) built for ``img_size``, as tools/benchmark.py does."""
+        fn = self.entrypoint(name)
+        with _timm_registry(self.registry):
+            with torch.device('meta'):
+                probe = fn()
+            kwargs = {}
+            if 'img_size' in inspect.signature(type(probe)).parameters \
+                    and probe.pretrained_cfg.get('input_size', (3, 224, 224))[-1] != img_size:
+                kwargs['img_size'] = img_size
+            torch.manual_seed(seed)
+            with torch.device(device):
+                model = fn(**kwargs)
+        if not type(model).__module__.startswith(f'{self.package}.'):
+            raise RuntimeError(f'{name} of the {self.label} is a {type(model).__module__} class, '
+                               f'not one of {self.package}')
+        return model
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(['git', '-C', str(ROOT), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def current_side() -> Side:
+    if Path(visionssm.__file__).resolve().parent != ROOT / PACKAGE:
+        raise RuntimeError(f'visionssm imports from {visionssm.__file__}, not from this checkout ({ROOT})')
+    try:
+        commit = _git('rev-parse', 'HEAD')
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return Side('current', PACKAGE, commit)
+
+
+_MATERIALIZED: dict[str, Side] = {}
+
+
+def _resolve(rev: str) -> str:
+    try:
+        return _git('rev-parse', '--verify', '--quiet', f'{rev}^{{commit}}')
+    except OSError as e:
+        raise RuntimeError(f'git is needed to materialize the baseline: {e}') from e
+    except subprocess.CalledProcessError as e:
+        raise ValueError(f'--baseline {rev!r} is not a commit of the repository at {ROOT}') from e
+
+
+def _extract(commit: str, dest: Path, package: str):
+    """``visionssm/`` and ``kernels/`` of ``commit`` as the package ``dest/package`` (kernels as its subpackage),
+    every ``visionssm`` name in the Python sources renamed ``package``."""
+    present = _git('ls-tree', '--name-only', commit, PACKAGE, 'kernels').split()
+    if PACKAGE not in present:
+        raise ValueError(f'commit {commit[:12]} has no {PACKAGE}/ package')
+    archive = subprocess.run(['git', '-C', str(ROOT), 'archive', '--format=tar', commit, *present],
+                             capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        for member in tar.getmembers():
+            if not member.isfile():   # directories are made below; a tracked link (visionssm/kernels) is not needed
+                continue
+            top, _, rest = member.name.partition('/')
+            target = dest / package / rest if top == PACKAGE else dest / package / 'kernels' / rest
+            data = tar.extractfile(member).read()
+            if target.suffix == '.py':
+                data = _PACKAGE_NAME.sub(package, data.decode()).encode()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+
+
+def materialize(rev: str) -> Side:
+    """Import ``rev``'s package as ``visionssm_ab_<commit>`` (once per process), its models registered in a private
+    copy of timm's registry."""
+    commit = _resolve(rev)
+    if commit in _MATERIALIZED:
+        return _MATERIALIZED[commit]
+    package = f'{PACKAGE}_ab_{commit[:12]}'
+    # kept for the life of the process: Triton reads a kernel's source file when it compiles it
+    dest = Path(tempfile.mkdtemp(prefix=f'{package}_'))
+    atexit.register(shutil.rmtree, dest, ignore_errors=True)
+    _extract(commit, dest, package)
+    init = dest / package / '__init__.py'
+    spec = importlib.util.spec_from_file_location(package, init, submodule_search_locations=[str(init.parent)])
+    module = importlib.util.module_from_spec(spec)
+    tables = copy.deepcopy({name: getattr(timm_registry, name) for name in _TIMM_TABLES})
+    sys.modules[package] = module
+    try:
+        with _timm_registry(tables), warnings.catch_warnings():
+            # the copy's names replace this checkout's in the private tables: expected, not worth a warning
+            warnings.filterwarnings('ignore', message=r'Overwriting .* in registry')
+            spec.loader.exec_module(module)
+    except BaseException:
+        for name in [m for m in sys.modules if m == package or m.startswith(f'{package}.')]:
+            del sys.modules[name]
+        raise
+    side = Side('baseline', package, commit, tables)
+    _MATERIALIZED[commit] = side
+    return side
+
+
+# ---------------------------------------------------------------------------------------------------- measuring
+
+def _nbytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def parity(baseline: torch.nn.Module, current: torch.nn.Module, img_size: int, batch: int,
+           device: torch.device) -> dict:
+    """Load the current weights into the baseline where the state_dicts match; max |Δ| of fp32 logits."""
+    shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in (baseline, current)]
+    if shapes[0] != shapes[1]:
+        return dict(same_weights=False, max_abs_diff=None, max_abs_logit=None)
+    baseline.load_state_dict(current.state_dict())
+    _set_precision('fp32', device)
+    x = torch.randn(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        logits = [m.eval()(x).float() for m in (baseline, current)]
+    return dict(same_weights=True, max_abs_diff=(logits[0] - logits[1]).abs().max().item(),
+                max_abs_logit=logits[1].abs().max().item())
+
+
+def time_pair(models: Sequence[torch.nn.Module], mode: str, precision: str, batch: int, img_size: int,
+              device: torch.device, warmup: int, rounds: int, repeat_s: float, pool: int = 3) -> list[dict]:
+    """Time the models in turn, round by round; per model its per-iteration times and peak memory."""
+    training = mode == 'train'
+    num_classes = getattr(models[0], 'num_classes', 1000) or 1000
+    batches = _random_batches(pool, batch, img_size, num_classes, device, channels_last=False)
+    autocast = _autocast(precision, device)
+    _set_precision(precision, device)
+
+    def stepper(model):
+        model.train(training)
+
+        def step(i: int):
+            x, y = batches[i % len(batches)]
+            if not training:
+                with torch.no_grad(), autocast:
+                    model(x)
+                return
+            with autocast:
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+        return step
+
+    steps = [stepper(m) for m in models]
+    warm = [[] for _ in models]
+    for step, times in zip(steps, warm):
+        for i in range(warmup):
+            t0 = time.perf_counter()
+            step(i)
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+    n = max(1, round(repeat_s / min(min(t[1:] or t) for t in warm)))
+    cuda = device.type == 'cuda'
+    # what the other side holds, and the pool's extra batches, are not this side's memory
+    extra = sum(t.numel() * t.element_size() for t in batches[0]) * (len(batches) - 1)
+    held = [_nbytes(m) for m in models]
+    clock = _Clock(device)
+    stats = [dict(times=[], peak_bytes=0, first_iter_s=w[0], iters_per_round=n) for w in warm]
+    i = warmup
+    for _ in range(rounds):
+        for k, (step, s) in enumerate(zip(steps, stats)):
+            _sync(device)
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            start = clock.mark()
+            for _ in range(n):
+                step(i)
+                i += 1
+            s['times'].append(clock.seconds(start, clock.mark()) / n)
+            if cuda:
+                others = sum(held) - held[k]
+                s['peak_bytes'] = max(s['peak_bytes'], torch.cuda.max_memory_allocated(device) - others - extra)
+    for s in stats:
+        s['peak_gib'] = s.pop('peak_bytes') / 2 ** 30 if cuda else None
+    return stats
+
+
+def compare(name: str, baseline: Side, current: Side, modes: Sequence[str], precision: str, batch: int,
+            img_size: int, device: torch.device, warmup: int = 5, rounds: int = 7, repeat_s: float = 0.25,
+            parity_batch: int = 8) -> list[dict]:
+    """One row per mode for model ``name``: both sides' img/s, the speed-up, peak memory and the parity."""
+    rows = [dict(model=name, mode=mode, precision=precision, img_size=img_size, batch_size=batch, status='ok')
+            for mode in modes]
+    models = None
+    try:
+        models = [side.build(name, img_size, device) for side in (baseline, current)]
+        assert type(models[0]).__module__ != type(models[1]).__module__, 'both sides built from the same module'
+        info = dict(params_m=sum(p.numel() for p in models[1].parameters()) / 1e6,
+                    baseline_module=type(models[0]).__module__, current_module=type(models[1]).__module__,
+                    **parity(*models, img_size, min(parity_batch, batch), device))
+    except Exception as e:
+        for row in rows:
+            row['status'] = 'oom' if _is_oom(e) else _error(e)
+        return rows
+    finally:
+        _free_memory(device)
+    for row in rows:
+        row.update(info)
+        try:
+            stats = time_pair(models, row['mode'], precision, batch, img_size, device, warmup, rounds, repeat_s)
+        except Exception as e:
+            row['status'] = 'oom' if _is_oom(e) else _error(e)
+            continue
+        finally:
+            for model in models:
+                model.zero_grad(set_to_none=True)
+            _free_memory(device)
+        for side, s in zip(('baseline', 'current'), stats):
+            median = statistics.median(s['times'])
+            row.update({f'{side}_img_per_s': batch / median, f'{side}_ms': median * 1e3,
+                        f'{side}_ms_rounds': [t * 1e3 for t in s['times']], f'{side}_peak_gib': s['peak_gib'],
+                        f'{side}_first_iter_s': s['first_iter_s']})
+        row.update(speedup=row['current_img_per_s'] / row['baseline_img_per_s'],
+                   iters_per_round=stats[0]['iters_per_round'], rounds=rounds, warmup=warmup)
+    del models
+    _free_memory(device)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------- reporting
+
+def _fmt(value, spec: str) -> str:
+    return '–' if value is None else format(value, spec)
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """Markdown: one row per model and mode."""
+    lines = ['| model | mode | baseline img/s | current img/s | speed-up | peak GiB baseline / current | '
+             'max \\|Δ\\| logits (fp32) | status |', '|' + '---|' * 8]
+    for r in rows:
+        peak = f"{_fmt(r.get('baseline_peak_gib'), '.2f')} / {_fmt(r.get('current_peak_gib'), '.2f')}"
+        diff = _fmt(r.get('max_abs_diff'), '.2e') if r.get('same_weights', True) else 'weights differ'
+        lines.append(f"| {r['model']} | {r['mode']} | {_fmt(r.get('baseline_img_per_s'), '.1f')} | "
+                     f"{_fmt(r.get('current_img_per_s'), '.1f')} | {_fmt(r.get('speedup'), '.3f')}× | {peak} | "
+                     f"{diff} | {r['status']} |")
+    return '\n'.join(lines)
+
+
+def _modes(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(',') if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f'modes must be a comma-separated subset of {MODES}, got {text!r}')
+    return modes
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--baseline', required=True, help='git revision to compare against (commit, branch, tag)')
+    p.add_argument('--models', nargs='+', required=True, help='visionssm model names (timm names)')
+    p.add_argument('--modes', type=_modes, default=list(MODES), help='comma-separated subset of infer,train')
+    p.add_argument('--batch', type=int, default=128)
+    p.add_argument('--img-size', type=int, default=224)
+    p.add_argument('--precision', choices=('fp32', 'tf32', 'bf16'), default='bf16')
+    p.add_argument('--warmup', type=int, default=5, help='warm-up iterations per side')
+    p.add_argument('--rounds', type=int, default=7, help='timed rounds; each times both sides in turn')
+    p.add_argument('--repeat-time', type=float, default=0.25, help='seconds of one side\'s timed segment')
+    p.add_argument('--parity-batch', type=int, default=8, help='images of the fp32 logit comparison')
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--json', help='write the rows and the environment to this file')
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    args = _parser().parse_args(argv)
+    if min(args.batch, args.img_size, args.warmup, args.rounds, args.parity_batch) < 1 or args.repeat_time < 0:
+        raise ValueError('--batch, --img-size, --warmup, --rounds and --parity-batch must be >= 1 and '
+                         '--repeat-time >= 0')
+    device = torch.device(args.device)
+    current = current_side()
+    baseline = materialize(args.baseline)
+    rows = []
+    for name in args.models:
+        rows += compare(name, baseline, current, args.modes, args.precision, args.batch, args.img_size, device,
+                        args.warmup, args.rounds, args.repeat_time, args.parity_batch)
+    try:
+        dirty = bool(_git('status', '--porcelain', '--untracked-files=no', '--', PACKAGE, 'kernels'))
+    except (OSError, subprocess.CalledProcessError):
+        dirty = None
+    result = dict(baseline=dict(rev=args.baseline, commit=baseline.commit, package=baseline.package),
+                  current=dict(commit=current.commit, dirty=dirty),
+                  protocol=dict(modes=args.modes, precision=args.precision, batch_size=args.batch,
+                                img_size=args.img_size, warmup=args.warmup, rounds=args.rounds,
+                                repeat_s=args.repeat_time, parity_batch=args.parity_batch),
+                  environment=environment(args.device), rows=rows)
+    print(f'baseline {args.baseline} ({baseline.commit[:12]}) against the current checkout '
+          f"({(current.commit or '?')[:12]}{', modified' if dirty else ''}), {args.precision}, "
+          f'batch {args.batch}, {args.img_size}², {device}')
+    print(format_table(rows))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == '__main__':
+    sys.exit(0 if all(r['status'] == 'ok' for r in main()['rows']) else 1)

@@ -1,0 +1,94 @@
+"""benchmarks/ab.py: the A/B tool against ``HEAD`` on a tiny model, on the CPU.
+
+The baseline is this checkout's own ``HEAD``: in a clean checkout (CI's clone) both sides run the same code from
+two packages, so their logits must agree to the bit. Skipped outside a git checkout.
+"""
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _in_git_checkout() -> bool:
+    if shutil.which('git') is None:
+        return False
+    done = subprocess.run(['git', '-C', str(ROOT), 'cat-file', '-e', 'HEAD:visionssm/__init__.py'],
+                          capture_output=True)
+    return done.returncode == 0
+
+
+pytestmark = pytest.mark.skipif(not _in_git_checkout(), reason='needs git and a git checkout with a HEAD commit')
+
+
+@pytest.fixture(scope='module')
+def ab():
+    name = 'benchmarks_ab'
+    if name not in sys.modules:   # registered before it runs: its dataclasses look their module up
+        spec = importlib.util.spec_from_file_location(name, ROOT / 'benchmarks' / 'ab.py')
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def test_ab_against_head(ab, tmp_path):
+    out = tmp_path / 'ab.json'
+    result = ab.main(['--baseline', 'HEAD', '--models', 'test_vmamba', '--modes', 'infer,train', '--img-size', '32',
+                      '--batch', '2', '--warmup', '1', '--rounds', '1', '--repeat-time', '0', '--parity-batch', '2',
+                      '--device', 'cpu', '--json', str(out)])
+    head = subprocess.run(['git', '-C', str(ROOT), 'rev-parse', 'HEAD'], capture_output=True, text=True).stdout.strip()
+    package = f'visionssm_ab_{head[:12]}'
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert result['baseline'] == dict(rev='HEAD', commit=head, package=package)
+    assert [(r['model'], r['mode']) for r in result['rows']] == [('test_vmamba', 'infer'), ('test_vmamba', 'train')]
+    for row in result['rows']:
+        assert row['status'] == 'ok', row['status']
+        assert row['baseline_module'] == f'{package}.models.vmamba'
+        assert row['current_module'] == 'visionssm.models.vmamba'
+        assert row['same_weights'] and row['max_abs_logit'] > 0.01
+        if not result['current']['dirty']:   # the same code on both sides (uncommitted edits would differ)
+            assert row['max_abs_diff'] == 0.0
+        for side in ('baseline', 'current'):
+            assert row[f'{side}_img_per_s'] > 0 and len(row[f'{side}_ms_rounds']) == 1
+            assert row[f'{side}_peak_gib'] is None    # max_memory_allocated is CUDA's
+        assert row['speedup'] == pytest.approx(row['current_img_per_s'] / row['baseline_img_per_s'])
+    assert 'test_vmamba | infer |' in ab.format_table(result['rows'])
+
+
+def test_baseline_is_isolated(ab):
+    """The copy has its own package, scan op namespace and timm registry; this checkout's are as they were."""
+    baseline = ab.materialize('HEAD')
+    assert ab.materialize('HEAD') is baseline                   # once per process
+    assert baseline.entrypoint('test_vim').__module__ == f'{baseline.package}.models.vim'
+    assert timm.models.model_entrypoint('test_vim').__module__ == 'visionssm.models.vim'
+    assert type(timm.create_model('test_vim')).__module__ == 'visionssm.models.vim'
+    scan = sys.modules[f'{baseline.package}.ops.selective_scan']
+    assert scan.selective_scan is not sys.modules['visionssm.ops.selective_scan'].selective_scan
+    if 'triton' in scan.BACKENDS:   # the copy's torch.library ops live in a namespace of their own
+        assert hasattr(getattr(torch.ops, baseline.package), 'selective_scan')
+
+
+def test_parity_needs_matching_weights(ab):
+    current = ab.current_side()
+    vmamba = current.build('test_vmamba', 32, torch.device('cpu'))
+    vim = current.build('test_vim', 32, torch.device('cpu'))
+    assert ab.parity(vmamba, vim, 32, 1, torch.device('cpu')) == \
+        dict(same_weights=False, max_abs_diff=None, max_abs_logit=None)
+
+
+def test_bad_arguments(ab):
+    with pytest.raises(ValueError, match='not a commit'):
+        ab.materialize('no-such-revision-anywhere')
+    with pytest.raises(SystemExit):
+        ab._parser().parse_args(['--baseline', 'HEAD', '--models', 'test_vim', '--modes', 'infer,latency'])
+    baseline = ab.materialize('HEAD')
+    with pytest.raises(ValueError, match='not a visionssm model'):
+        baseline.entrypoint('resnet18')
