@@ -145,8 +145,11 @@ def _git(*args: str) -> str:
 
 
 def current_side() -> Side:
-    if Path(visionssm.__file__).resolve().parent != ROOT / PACKAGE:
-        raise RuntimeError(f'visionssm imports from {visionssm.__file__}, not from this checkout ({ROOT})')
+    import visionssm.kernels
+    for module, folder in ((visionssm, PACKAGE), (visionssm.kernels, 'kernels')):
+        if Path(module.__file__).resolve().parent != ROOT / folder:
+            raise RuntimeError(f'{module.__name__} imports from {module.__file__}, not from this checkout ({ROOT}): '
+                               'the current side would not be the code checked out here')
     try:
         commit = _git('rev-parse', 'HEAD')
     except (OSError, subprocess.CalledProcessError):
