@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
@@ -18,6 +19,7 @@ from mmengine.registry import DefaultScope
 
 from visionssm.mm.adapter import MSDeformAttn, ViTAdapter, _geometry
 from visionssm.mm.backbone import VisionSSMBackbone
+from _parity import PARITY, needs_parity
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / 'configs' / 'detection' / 'plainmamba').glob('*.py'))
 TINY_ADAPTER = dict(interaction_indexes=[[0, 1], [2, 3]], conv_inplane=8, deform_num_heads=4, drop_path=0.1)
@@ -106,12 +108,26 @@ def test_zero_injector_scale_leaves_the_backbone_path_unchanged():
     assert (seen[-1] - plain).abs().max() > 1e-3
 
 
+def test_with_cp_checkpoints_the_blocks_and_computes_the_same():
+    torch.manual_seed(0)
+    plain = _tiny_backbone()
+    checkpointed = _tiny_backbone(with_cp=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    assert checkpointed.body.model.grad_checkpointing
+    x = torch.randn(1, 3, 64, 64)
+    for backbone in (plain, checkpointed):
+        torch.manual_seed(1)  # the same drop-path draws
+        sum((o * o).sum() for o in backbone(x)).backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_adapter_refusals():
     with pytest.raises(ValueError, match='divisible by 32'):
         _tiny_backbone()(torch.randn(1, 3, 48, 64))
     with pytest.raises(ValueError, match='covering the 4 blocks'):
         VisionSSMBackbone('test_plainmamba', adapter=dict(TINY_ADAPTER, interaction_indexes=[[0, 1], [3, 3]]))
-    with pytest.raises(ValueError, match='plain model'):
+    with pytest.raises(ValueError, match='built for PlainMamba'):
         VisionSSMBackbone('test_vmamba', adapter=dict(TINY_ADAPTER))
     with pytest.raises(ValueError, match='frozen_stages must be in -1..0'):
         _tiny_backbone(frozen_stages=1)
@@ -122,6 +138,25 @@ def test_frozen_stem_is_the_tokenizer_and_position_embedding():
     frozen = {n for n, p in backbone.named_parameters() if not p.requires_grad}
     assert frozen and all(n.startswith(('body.model.patch_embed.', 'body.model.pos_embed')) for n in frozen)
     assert not backbone.body.model.patch_embed.training
+
+
+@needs_parity
+def test_init_cfg_loads_the_official_classifier_into_the_model_and_keeps_the_adapter():
+    """As the official Pretrained init (prefix 'backbone.'): the blocks, tokenizer and position embedding from the
+    classification file (its final norm and head dropped), the adapter and output norms as initialized."""
+    path = PARITY / 'plainmamba' / 'plainmamba_small.pth'
+    kwargs = dict(img_size=64, embed_dim=64, depth=3)  # the fixture's reduced L1 layout
+    torch.manual_seed(0)
+    backbone = VisionSSMBackbone('plainmamba_l1', init_cfg=dict(type='Pretrained', checkpoint=str(path)),
+                                 adapter=dict(TINY_ADAPTER, interaction_indexes=[[0, 0], [1, 2]]), **kwargs)
+    initial = {k: v.clone() for k, v in backbone.state_dict().items() if not k.startswith('body.model.')}
+    backbone.init_weights()
+    classifier = timm.create_model('plainmamba_l1', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                                   **kwargs).state_dict()
+    model = backbone.body.model.state_dict()
+    assert set(classifier) - set(model) == {'norm.weight', 'norm.bias', 'head.weight', 'head.bias'}
+    assert all(torch.equal(v, classifier[k]) for k, v in model.items())
+    assert all(torch.equal(v, initial[k]) for k, v in backbone.state_dict().items() if k in initial)
 
 
 # --- the configs ----------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""ViT-Adapter around a plain visionssm backbone: PlainMamba's official detection backbone ("PlainMamba-Adapter").
+"""ViT-Adapter around PlainMamba: the official PlainMamba detection backbone ("PlainMamba-Adapter").
 
 ViT-Adapter: "Vision Transformer Adapter for Dense Predictions", Chen, Duan, Wang, He, Lu, Dai, Qiao, ICLR 2023 —
 https://arxiv.org/abs/2205.08534; code https://github.com/czczup/ViT-Adapter (Apache-2.0,
@@ -21,8 +21,8 @@ A plain backbone has one map, at stride 16. The adapter gives it a pyramid at st
   transposed conv of the stride-8 one; each level plus the backbone's last map bilinearly resized to it.
 
 The output norms (officially SyncBatchNorms) are ``VisionSSMBackbone``'s ``norm{i}``. Module names follow the
-official ones. The deformable-attention kernel is mmcv's: CUDA on CUDA tensors (in float32, as officially), its
-PyTorch version (``grid_sample``) elsewhere. Only the levels asked for are computed: without level 0 the stride-4
+official ones. The deformable-attention kernel is mmcv's: CUDA on CUDA tensors, its PyTorch version (``grid_sample``)
+elsewhere, in float32 (as officially). Only the levels asked for are computed: without level 0 the stride-4
 branch (``spm.fc1``, ``up``) is not built.
 """
 from __future__ import annotations
@@ -37,6 +37,8 @@ from mmcv.ops.multi_scale_deform_attn import MultiScaleDeformableAttnFunction, m
 from timm.layers import DropPath, trunc_normal_
 from timm.models import checkpoint_seq
 from timm.models._features import FeatureInfo
+
+from ..models.plainmamba import PlainMamba
 
 __all__ = ['ViTAdapter', 'MSDeformAttn', 'SpatialPriorModule', 'InteractionBlock']
 
@@ -108,14 +110,16 @@ class MSDeformAttn(nn.Module):
             batch, num_queries, self.n_heads, self.n_levels, self.n_points)
         # offsets are in cells of each level: divide by its (width, height)
         locations = reference_points[:, :, None, :, None, :] + offsets / shapes.flip(-1)[None, None, None, :, None]
-        if value.is_cuda:
-            with torch.autocast('cuda', enabled=False):
-                out = MultiScaleDeformableAttnFunction.apply(
-                    value.float(), shapes, starts, locations.float(), weights.float(), self.im2col_step)
-            out = out.to(value.dtype)
-        else:
-            out = multi_scale_deformable_attn_pytorch(value, shapes, locations, weights)
-        return self.output_proj(out)
+        # The sampling in float32 (as officially), whatever the autocast: low-precision locations would be off
+        # by pixels on large maps.
+        with torch.autocast(value.device.type, enabled=False):
+            value, locations, weights = value.float(), locations.float(), weights.float()
+            if value.is_cuda:
+                out = MultiScaleDeformableAttnFunction.apply(value, shapes, starts, locations, weights,
+                                                             self.im2col_step)
+            else:
+                out = multi_scale_deformable_attn_pytorch(value, shapes, locations, weights)
+        return self.output_proj(out.to(query.dtype))
 
 
 class DWConv(nn.Module):
@@ -232,8 +236,7 @@ class ViTAdapter(nn.Module):
     """The adapter around a plain model: NCHW maps at the ``out_indices`` levels (0..3: strides 4, 8, 16, 32).
 
     Args:
-        model: a plain visionssm model with a stride-16 tokenizer, ``_embed`` (image to the position-embedded map
-            ``(B, H, W, C)``) and ``blocks`` on such maps (PlainMamba). Its final norm and head are removed.
+        model: a PlainMamba with a stride-16 tokenizer; its final norm and head are removed.
         out_indices: the levels to return.
         interaction_indexes: ``[first, last]`` block of each interaction, in order, covering every block.
         conv_inplane: the SPM's width at stride 4 (x2 at 8, x4 at 16 and 32).
@@ -259,9 +262,9 @@ class ViTAdapter(nn.Module):
             drop_path: float = 0.,
     ):
         super().__init__()
-        if not (hasattr(model, '_embed') and hasattr(model, 'blocks') and getattr(model, 'output_fmt', '') == 'NLC'):
-            raise ValueError(f'the adapter needs a plain model with blocks on (B, H, W, C) maps (PlainMamba), '
-                             f'got {type(model).__name__}')
+        if not isinstance(model, PlainMamba):
+            raise ValueError(f'the adapter is built for PlainMamba (a plain model whose blocks run on (B, H, W, C) '
+                             f'maps), got {type(model).__name__}')
         if model.patch_embed.stride != 16:
             raise ValueError(f'the adapter works on stride-16 tokens, the model has stride {model.patch_embed.stride}')
         depth = len(model.blocks)
