@@ -1,11 +1,13 @@
 """One MMDetection / MMSegmentation backbone for every visionssm family.
 
 ``VisionSSMBackbone`` wraps a timm-registered visionssm model built with ``features_only`` (hierarchical families:
-their stage outputs at strides 4..32; Vim: its simple feature pyramid) and adds what dense heads expect of a
-backbone, as mmdet's Swin and the official VMamba / EfficientVMamba / Spatial-Mamba detection backbones do: a
-LayerNorm per output (``norm{i}``; the official ``outnorm{i}``), frozen stages, BatchNorm in eval mode, and
-``init_cfg=dict(type='Pretrained', checkpoint=...)`` that reads official classification checkpoints (converted by
-the family's ``checkpoint_filter_fn``, loaded with the safe loader) as well as our own.
+their stage outputs at strides 4..32; Vim: its simple feature pyramid), or a plain model inside a ViT-Adapter
+(``adapter=dict(...)``: PlainMamba's official detection backbone, ``visionssm/mm/adapter.py``), and adds what dense
+heads expect of a backbone, as mmdet's Swin and the official VMamba / EfficientVMamba / Spatial-Mamba detection
+backbones do: a LayerNorm per output (``norm{i}``; the official ``outnorm{i}``; a BatchNorm after the adapter),
+frozen stages, BatchNorm in eval mode, and ``init_cfg=dict(type='Pretrained', checkpoint=...)`` that reads official
+classification checkpoints (converted by the family's ``checkpoint_filter_fn``, loaded with the safe loader) as well
+as our own.
 
 Configs of either toolbox name it ``type='visionssm.VisionSSMBackbone'``; the scope prefix makes mmengine import
 ``visionssm.registry`` and, through its ``locations``, this module. Neither mmdet nor mmseg is imported here.
@@ -93,6 +95,9 @@ class VisionSSMBackbone(BaseModule):
             (mmseg's ``EncoderDecoder(pretrained=...)`` sets it).
         init_cfg: mmengine init configs; ``dict(type='Pretrained', checkpoint=..., prefix=None)`` is handled here:
             see ``load_checkpoint``.
+        adapter: build the model whole (not ``features_only``) inside ``ViTAdapter(model, out_indices, **adapter)``
+            (``visionssm.mm.adapter``: PlainMamba's official detection backbone); its output norms are BatchNorms,
+            as officially, and ``frozen_stages`` can freeze the tokenizer and position embedding (0) only.
         **model_kwargs: passed to ``timm.create_model`` (e.g. ``img_size`` for Vim, ``depths``).
     """
 
@@ -106,6 +111,7 @@ class VisionSSMBackbone(BaseModule):
             with_cp: bool = False,
             pretrained: Optional[str] = None,
             init_cfg: Union[dict, List[dict], None] = None,
+            adapter: Optional[dict] = None,
             **model_kwargs,
     ):
         if pretrained is not None:
@@ -124,12 +130,19 @@ class VisionSSMBackbone(BaseModule):
                 or list(out_indices) != sorted(set(out_indices)):
             raise ValueError(f'out_indices must be increasing levels in 0..3 (strides 4..32), got {out_indices}')
         self.out_indices = out_indices
-        self.body = timm.create_model(model, pretrained=False, features_only=True, out_indices=out_indices,
-                                      **model_kwargs)
-        # The official dense backbones' output norms: eps 1e-5, or the family's own (MambaVision: 1e-6).
+        self.with_adapter = adapter is not None
+        if adapter is None:
+            self.body = timm.create_model(model, pretrained=False, features_only=True, out_indices=out_indices,
+                                          **model_kwargs)
+        else:
+            from .adapter import ViTAdapter  # needs mmcv's deformable-attention op
+            self.body = ViTAdapter(timm.create_model(model, pretrained=False, **model_kwargs), out_indices, **adapter)
+        # The official dense backbones' output norms: eps 1e-5, or the family's own (MambaVision: 1e-6); the
+        # adapter's are (Sync)BatchNorms.
         out_norm_eps = getattr(importlib.import_module(f'visionssm.models.{self.family}'), 'OUT_NORM_EPS', 1e-5)
         for i, channels in zip(out_indices, self.body.feature_info.channels()):
-            self.add_module(f'norm{i}', LayerNorm2d(channels, eps=out_norm_eps))
+            norm = LayerNorm2d(channels, eps=out_norm_eps) if adapter is None else nn.BatchNorm2d(channels)
+            self.add_module(f'norm{i}', norm)
         if with_cp:
             self.body.model.set_grad_checkpointing(True)
 
@@ -149,6 +162,8 @@ class VisionSSMBackbone(BaseModule):
     def _stage_parts(self) -> List[List[Union[nn.Module, nn.Parameter]]]:
         """The stem, then each stage: the modules and parameters that ``frozen_stages`` freezes, in order."""
         net = self.body.model
+        if self.with_adapter:  # the stem only: the adapter's parts interleave with the blocks
+            return [[net.patch_embed] + ([net.pos_embed] if net.pos_embed is not None else [])]
         if isinstance(self.body, VimFeaturePyramid):   # plain models (Vim, PlainMamba): embeddings, then blocks
             parts = [[net.patch_embed] + [p for p in (getattr(net, 'cls_token', None), net.pos_embed) if p is not None]]
             start = 0
