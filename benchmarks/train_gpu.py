@@ -1,16 +1,21 @@
-"""Train detection / segmentation configs for a fixed number of iterations and report what a user sees: time per
-iteration, images/s, peak memory, whether the loss fell, non-finite losses and the fp16 loss scale; then evaluate
-the last checkpoint with ``tools/test.py``. Each run is ``tools/train.py`` in its own process, on a synthetic
-COCO / ADE20K set written by ``tools/make_synthetic_data.py`` (the configs' own pipelines apply).
+"""Train detection / segmentation / classification configs for a fixed number of iterations and report what a user
+sees: time per iteration, images/s, peak memory, whether the loss fell, non-finite losses and the fp16 loss scale;
+then evaluate the last checkpoint with ``tools/test.py``. Each run is ``tools/train.py`` in its own process, on a
+synthetic COCO / ADE20K set or ImageNet folder written by ``tools/make_synthetic_data.py`` (the configs' own
+pipelines apply: for classification the full recipe, RandAugment, random erasing, Mixup/CutMix and EMA).
 
     python benchmarks/train_gpu.py --out DIR [--iters 300] [--num-train 64] [--size 480 640] \\
         det:configs/detection/mask-rcnn_vmamba-t_fpn_1x_coco.py:fp16 \\
         det:mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py:bf16 \\
-        seg:configs/segmentation/upernet_vmamba-t_8xb2-160k_ade20k-512x512.py:fp16
+        seg:configs/segmentation/upernet_vmamba-t_8xb2-160k_ade20k-512x512.py:fp16 \\
+        cls:configs/classification/vmamba/vmamba-t-s1l8_8xb128_in1k.py:bf16
 
 A run is ``TASK:CONFIG:PRECISION`` (precision fp16, bf16 or fp32; ``mmdet::`` / ``mmseg::`` configs work). Backbone
 weights are not loaded (``init_cfg=None``): the machine may have no network, and speed does not depend on them.
-Writes ``DIR/train_gpu.json`` and ``DIR/train_gpu.md``; each run's logs stay in ``DIR/<run>/``.
+Classification runs use ``--cls-batch`` images per step and a folder of ``--cls-classes`` x ``--cls-per-class``
+JPEGs of ImageNet-like sizes; a bf16/fp32 classification run is followed by ``tools/benchmark.py``'s training step
+of the bare backbone at the same batch, precision and drop path (``bare_img_per_s``; ``pipeline_efficiency`` is the
+ratio). Writes ``DIR/train_gpu.json`` and ``DIR/train_gpu.md``; each run's logs stay in ``DIR/<run>/``.
 """
 from __future__ import annotations
 
@@ -34,16 +39,47 @@ def _scalars(work_dir: Path) -> list[dict]:
     return [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()]
 
 
+def _base_config(config: str):
+    from mmengine.config import Config
+    if '::' in config:  # mmdet:: / mmseg:: configs: their scope's package registers itself on import
+        import importlib
+        importlib.import_module(config.split('::')[0])
+    return Config.fromfile(config if '::' in config else str(ROOT / config))
+
+
+def bare_training_throughput(config: str, precision: str, batch: int, out: Path) -> dict:
+    """tools/benchmark.py's training step (forward, loss, backward, AdamW) of the config's backbone alone."""
+    backbone = _base_config(config).model.backbone
+    name, drop_path = backbone['model_name'], backbone.get('drop_path_rate', 0.0)
+    result = out / f'bare_{name}_{precision}.json'
+    cmd = [sys.executable, str(ROOT / 'tools/benchmark.py'), '--no-baselines', '--no-progress', '--models', name,
+           '--measure', f'train:{precision}@224', '--batch-sizes', str(batch), '--drop-path', str(drop_path),
+           '--json', str(result)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    rows = json.loads(result.read_text()).get('results', []) if result.exists() else []
+    ok = [r for r in rows if r.get('status') == 'ok' and r.get('img_per_s')]
+    if proc.returncode or not ok:
+        return dict(bare_status=f'benchmark failed ({proc.returncode}): {(proc.stderr.strip().splitlines() or ["?"])[-1][:200]}')
+    return dict(bare_model=name, bare_img_per_s=round(ok[0]['img_per_s'], 1),
+                bare_peak_mem_gib=round(ok[0]['peak_mem_gib'], 2))
+
+
 def run_one(task: str, config: str, precision: str, args, data_root: Path, out: Path) -> dict:
     from visionssm.mm.synthetic import dataset_cfg_options
     name = f'{Path(config.split("::")[-1]).stem}_{precision}'
     work_dir = out / name
     work_dir.mkdir(parents=True, exist_ok=True)
-    per_epoch = max(1, args.num_train // args.batch)
+    batch = args.cls_batch if task == 'cls' else args.batch
+    num_train = args.cls_classes * args.cls_per_class if task == 'cls' else args.num_train
+    per_epoch = max(1, num_train // batch)
     epochs = math.ceil(args.iters / per_epoch)
     log_every = max(1, min(10, args.iters // 5))
+    # the config's own hooks (EMA in the classification recipes) stay; the run adds its checks
+    hooks = list(_base_config(config).get('custom_hooks', [])) + [dict(type='visionssm.LossScaleHook')]
+    if task == 'det':  # mmdet's check stops the run at the first non-finite loss (mmseg and mmengine have none)
+        hooks.append(dict(type='mmdet.CheckInvalidLossHook', interval=1))
     # a local config that inherits (so mmdet:: / mmseg:: configs work too) and sets what the run changes
-    if task == 'det':
+    if task in ('det', 'cls'):
         loop = f'train_cfg = dict(max_epochs={epochs}, val_interval={epochs})\n' \
                f'default_hooks = dict(logger=dict(interval={log_every}), checkpoint=dict(interval={epochs}))\n'
     else:  # mmseg recipes are iteration-based
@@ -54,18 +90,18 @@ def run_one(task: str, config: str, precision: str, args, data_root: Path, out: 
     cfg_path = work_dir / 'config.py'
     cfg_path.write_text(
         f"_base_ = [{config if '::' in config else str(ROOT / config)!r}]\n"
-        "model = dict(backbone=dict(init_cfg=None))\n"
-        f"train_dataloader = dict(batch_size={args.batch}, num_workers={args.workers})\n"
-        "custom_hooks = [dict(type='visionssm.LossScaleHook'), dict(type='CheckInvalidLossHook', interval=1)]\n"
+        + ("model = dict(backbone=dict(init_cfg=None))\n" if task != 'cls' else '')
+        + f"train_dataloader = dict(batch_size={batch}, num_workers={args.workers})\n"
+        f"custom_hooks = {hooks!r}\n"
         + loop + amp)
-    opts = dict(dataset_cfg_options(task, data_root / ('coco' if task == 'det' else 'ade')))
+    opts = dict(dataset_cfg_options(task, data_root / {'det': 'coco', 'seg': 'ade', 'cls': 'imagenet'}[task]))
     opts.update(args.cfg_options or {})
     cmd = [sys.executable, str(ROOT / 'tools/train.py'), str(cfg_path), '--work-dir', str(work_dir),
            '--cfg-options'] + [f'{k}={v}' for k, v in opts.items()]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     (work_dir / 'train.log').write_text(proc.stdout + proc.stderr)
-    row = dict(task=task, config=config, precision=precision, batch=args.batch, wall_s=round(time.time() - t0, 1),
+    row = dict(task=task, config=config, precision=precision, batch=batch, workers=args.workers, wall_s=round(time.time() - t0, 1),
                status='ok' if proc.returncode == 0 else f'train failed ({proc.returncode}): '
                + (proc.stderr.strip().splitlines() or ['?'])[-1][:300])
     logs = [s for s in _scalars(work_dir) if 'loss' in s and 'time' in s]
@@ -77,7 +113,7 @@ def run_one(task: str, config: str, precision: str, args, data_root: Path, out: 
         scales = [s['loss_scale'] for s in logs if 'loss_scale' in s]
         row.update(iters=logs[-1].get('step'), s_per_iter=round(t, 4),
                    data_s_per_iter=round(statistics.median(s.get('data_time', 0) for s in steady), 4),
-                   img_per_s=round(args.batch / t, 2), peak_mem_gib=round(max(s.get('memory', 0) for s in logs) / 1024, 2),
+                   img_per_s=round(batch / t, 2), peak_mem_gib=round(max(s.get('memory', 0) for s in logs) / 1024, 2),
                    loss_first=round(statistics.mean(losses[:k]), 4), loss_last=round(statistics.mean(losses[-k:]), 4),
                    nonfinite_losses=sum(not math.isfinite(x) for x in losses),
                    loss_scale_min=min(scales) if scales else None, loss_scale_last=scales[-1] if scales else None)
@@ -88,21 +124,27 @@ def run_one(task: str, config: str, precision: str, args, data_root: Path, out: 
                               + [f'{k}={v}' for k, v in opts.items()],
                               cwd=ROOT, capture_output=True, text=True)
         (work_dir / 'test.log').write_text(test.stdout + test.stderr)
-        metric_lines = [l for l in test.stdout.splitlines() if ('bbox_mAP' in l or 'mIoU' in l) and 'Epoch(test)' in l]
+        metric_lines = [l for l in test.stdout.splitlines()
+                        if ('bbox_mAP' in l or 'mIoU' in l or 'accuracy/top1' in l) and 'Epoch(test)' in l]
         row['test'] = metric_lines[-1].split('Epoch(test)')[-1].strip()[:300] if metric_lines else \
             f'test failed ({test.returncode})' if test.returncode else 'no metrics line'
+    if task == 'cls' and precision != 'fp16' and args.bare:  # tools/benchmark.py has no fp16 autocast mode
+        row.update(bare_training_throughput(config, precision, batch, work_dir))
+        if row.get('bare_img_per_s') and row.get('img_per_s'):
+            row['pipeline_efficiency'] = round(row['img_per_s'] / row['bare_img_per_s'], 3)
     return row
 
 
 def to_markdown(rows: list[dict]) -> str:
-    head = ('| task | config | precision | iters | s/iter | data s/iter | img/s | peak GiB | loss first → last | '
-            'non-finite | min loss scale | status |')
+    head = ('| task | config | precision | batch | iters | s/iter | data s/iter | img/s | bare img/s | peak GiB | '
+            'loss first → last | non-finite | min loss scale | test | status |')
     lines = [head, '|' + '---|' * (head.count('|') - 1)]
     for r in rows:
-        lines.append(f"| {r['task']} | `{r['config']}` | {r['precision']} | {r.get('iters', '–')} | "
+        lines.append(f"| {r['task']} | `{r['config']}` | {r['precision']} | {r['batch']} | {r.get('iters', '–')} | "
                      f"{r.get('s_per_iter', '–')} | {r.get('data_s_per_iter', '–')} | {r.get('img_per_s', '–')} | "
-                     f"{r.get('peak_mem_gib', '–')} | {r.get('loss_first', '–')} → {r.get('loss_last', '–')} | "
-                     f"{r.get('nonfinite_losses', '–')} | {r.get('loss_scale_min', '–')} | {r['status']} |")
+                     f"{r.get('bare_img_per_s', '–')} | {r.get('peak_mem_gib', '–')} | "
+                     f"{r.get('loss_first', '–')} → {r.get('loss_last', '–')} | {r.get('nonfinite_losses', '–')} | "
+                     f"{r.get('loss_scale_min', '–')} | {r.get('test', '–')} | {r['status']} |")
     return '\n'.join(lines) + '\n'
 
 
@@ -116,6 +158,11 @@ def main(argv=None) -> list[dict]:
     p.add_argument('--num-train', type=int, default=64)
     p.add_argument('--num-val', type=int, default=16)
     p.add_argument('--size', type=int, nargs=2, default=(480, 640), metavar=('HEIGHT', 'WIDTH'))
+    p.add_argument('--cls-batch', type=int, default=128, help='classification: images per step (default 128)')
+    p.add_argument('--cls-classes', type=int, default=1000, help='classification: classes of the JPEG folder')
+    p.add_argument('--cls-per-class', type=int, default=4, help='classification: training JPEGs per class')
+    p.add_argument('--no-bare', dest='bare', action='store_false',
+                   help='classification: skip the bare-backbone training benchmark')
     p.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                    help='passed to every tools/train.py and tools/test.py call (e.g. a smaller model for a smoke run)')
     args = p.parse_args(argv)
@@ -124,12 +171,15 @@ def main(argv=None) -> list[dict]:
     for spec in args.runs:
         task, _, rest = spec.partition(':')
         config, _, precision = rest.rpartition(':')
-        if task not in ('det', 'seg') or precision not in ('fp16', 'bf16', 'fp32') or not config:
-            p.error(f'run {spec!r}: expected TASK:CONFIG:PRECISION with TASK det|seg and PRECISION fp16|bf16|fp32')
+        if task not in ('det', 'seg', 'cls') or precision not in ('fp16', 'bf16', 'fp32') or not config:
+            p.error(f'run {spec!r}: expected TASK:CONFIG:PRECISION with TASK det|seg|cls and PRECISION '
+                    'fp16|bf16|fp32')
         runs.append((task, config, precision))
     from visionssm.mm.synthetic import make_synthetic_data
     data_root = args.out / 'data'
-    make_synthetic_data(data_root, args.num_train, args.num_val, tuple(args.size), 0)
+    tasks = sorted({task for task, _, _ in runs})
+    make_synthetic_data(data_root, args.num_train, args.num_val, tuple(args.size), 0, tasks=tasks,
+                        num_classes=args.cls_classes, train_per_class=args.cls_per_class, val_per_class=1)
     rows = []
     for task, config, precision in runs:
         print(f'[train_gpu] {task} {config} {precision}', flush=True)

@@ -38,6 +38,8 @@ def test_every_family_and_recipe_has_configs():
             assert f'upernet_{family}-{size}_8xb2-160k_ade20k-512x512' in names
     for size in ('l1', 'l2', 'l3'):
         assert f'upernet_plainmamba-{size}_8xb2-160k_ade20k-512x512' in names
+        for detector in ('mask-rcnn', 'retinanet'):  # on the adapter, as the PlainMamba authors published
+            assert f'{detector}_plainmamba-adapter-{size}_fpn_1x_coco' in names
     assert 'retinanet_vmamba-t_fpn_1x_coco' in names and len(ALBU) == 2
     for size in 'mt':
         assert {f'mask-rcnn_msvmamba-{size}_fpn_1x_coco', f'mask-rcnn_msvmamba-{size}_fpn_ms-3x_coco',

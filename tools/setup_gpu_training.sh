@@ -7,7 +7,9 @@
 #
 # PYTHON defaults to python3 (an environment that already has torch with CUDA; timm and torchvision too).
 # WHEEL_DIR: an offline machine's wheels and mmcv's sdist (mmcv-2.1.0.tar.gz), installed with --no-index; without
-# it everything comes from the package index. visionssm itself is installed from this checkout (editable).
+# it everything comes from the package index. A prebuilt mmcv wheel in WHEEL_DIR (one that tools/build_mmcv.sh
+# built for the same torch, CUDA and GPU architecture; it caches them under ~/.cache/visionssm/wheels) is installed
+# instead of building. visionssm itself is installed from this checkout (editable).
 set -euo pipefail
 PY=${1:-python3}
 [[ $PY == */* ]] || PY=$(command -v "$PY")
@@ -16,10 +18,15 @@ cd "$(dirname "$0")/.."
 "$PY" -c 'import torch; assert torch.cuda.is_available(), "no CUDA device visible to torch"; print("[setup] torch", torch.__version__, "CUDA", torch.version.cuda, torch.cuda.get_device_name())'
 
 if [[ -n $WHEELS ]]; then
-    sdist=$(ls "$WHEELS"/mmcv-*.tar.gz | head -n 1)
+    prebuilt=$(ls "$WHEELS"/mmcv-*.whl 2>/dev/null | head -n 1 || true)
     # setuptools first: mmcv's setup.py needs pkg_resources (setuptools < 81)
-    "$PY" -m pip install -q --no-index --no-deps "$WHEELS"/*.whl
-    MMCV_PIP_FLAGS="--no-index --no-deps" tools/build_mmcv.sh "$PY" "$sdist"
+    "$PY" -m pip install -q --no-index --no-deps $(ls "$WHEELS"/*.whl | grep -v '/mmcv-')
+    if [[ -n $prebuilt ]]; then
+        echo "[setup] installing the prebuilt $(basename "$prebuilt")"
+        "$PY" -m pip install -q --no-index --no-deps "$prebuilt"
+    else
+        MMCV_PIP_FLAGS="--no-index --no-deps" tools/build_mmcv.sh "$PY" "$(ls "$WHEELS"/mmcv-*.tar.gz | head -n 1)"
+    fi
     "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . \
         || { [[ -e visionssm/kernels ]] || ln -s ../kernels visionssm/kernels; }
 else
