@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Training from the configs on one GPU machine in one command of at most 10 minutes, from the repository root:
+#
+#   bash benchmarks/train_h200.sh [DIR] [WHEEL_DIR]
+#
+# WHEEL_DIR (default .whl): the offline wheels of tools/setup_gpu_training.sh, with an mmcv wheel already built
+# for the machine's torch / CUDA / GPU (tools/build_mmcv.sh; without one, mmcv is built first, about 5 minutes on
+# 16 cores). Then, each on synthetic data with the config's own pipeline (benchmarks/train_gpu.py):
+#   - Mask R-CNN 1x, VMamba-T beside mmdet's Swin-T, batch 2, fp16 AMP, 300 iterations, then tools/test.py;
+#   - UperNet 512², VMamba-T beside mmseg's Swin-T, batch 2, fp16 AMP, 300 iterations, then tools/test.py;
+#   - the host's data pipeline alone (benchmarks/data_pipeline.py) and the VMamba-T ImageNet recipe (RandAugment,
+#     erasing, Mixup/CutMix, EMA), bf16, batch 128, beside the bare backbone's training step;
+#   - while time remains: bf16 and the other families' T configs.
+# Writes DIR (default $OUT): log.txt and train.tgz (every run's JSON, markdown, logs and generated config).
+set -u
+dir=${1:-${OUT:?set OUT or pass an output directory}}
+wheels=${2:-.whl}
+LIMIT=${LIMIT:-575}
+mkdir -p "$dir"
+export PYTHONUNBUFFERED=1
+LOG=$dir/log.txt; R=$(mktemp -d)
+bash tools/setup_gpu_training.sh python3 "$wheels" > "$LOG" 2>&1 || { tail -30 "$LOG"; exit 1; }
+echo "== setup done (${SECONDS}s)" >> "$LOG"
+# run LIMIT_S ARGS...: one benchmarks/train_gpu.py call, cut to the time left
+run() { local lim=$1; shift; local left=$((LIMIT - SECONDS)); (( left < 45 )) && { echo "== skipped $1" >> "$LOG"; return; }
+        timeout $(( lim < left ? lim : left )) python3 benchmarks/train_gpu.py "$@" >> "$LOG" 2>&1
+        echo "== $1 done (${SECONDS}s)" >> "$LOG"; }
+run 170 det:configs/detection/mask-rcnn_vmamba-t_fpn_1x_coco.py:fp16 \
+    det:mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py:fp16 --out "$R/det" --iters 300
+run 130 seg:configs/segmentation/upernet_vmamba-t_8xb2-160k_ade20k-512x512.py:fp16 \
+    seg:mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py:fp16 --out "$R/seg" --iters 300
+python3 tools/make_synthetic_data.py "$R/cls/data" --tasks cls --train-per-class 4 >> "$LOG" 2>&1
+timeout 60 python3 benchmarks/data_pipeline.py configs/classification/vmamba/vmamba-t-s1l8_8xb128_in1k.py \
+    --data-root "$R/cls/data/imagenet" --workers 8 15 --batches 15 --json "$R/cls/data_pipeline.json" >> "$LOG" 2>&1
+run 130 cls:configs/classification/vmamba/vmamba-t-s1l8_8xb128_in1k.py:bf16 --out "$R/cls" --iters 150 --workers 15
+run 90 det:configs/detection/mask-rcnn_vmamba-t_fpn_1x_coco.py:bf16 \
+    det:configs/detection/mask-rcnn_groupmamba-t_fpn_1x_coco.py:fp16 --out "$R/det2" --iters 300
+run 90 seg:configs/segmentation/upernet_vmamba-t_8xb2-160k_ade20k-512x512.py:bf16 --out "$R/seg2" --iters 300
+(cd "$R" && find . \( -name '*.json' -o -name '*.md' -o -name '*.log' -o -name 'config.py' \) -not -path '*/data/*' \
+    | tar czf "$dir/train.tgz" -T -)
+echo "== done (${SECONDS}s)" >> "$LOG"

@@ -1,0 +1,37 @@
+"""benchmarks/data_pipeline.py on a tiny ImageNet-layout folder: per-stage costs and the loader's rate."""
+import importlib.util
+import os
+
+import pytest
+
+pytest.importorskip('mmengine')
+
+from visionssm.mm.synthetic import make_imagenet_folder  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, 'configs/classification/vmamba/vmamba-t-s1l8_8xb128_in1k.py')
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location('data_pipeline', os.path.join(ROOT, 'benchmarks/data_pipeline.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stages_and_loader_rate(tmp_path):
+    make_imagenet_folder(tmp_path / 'inet', num_classes=4, train_per_class=3, val_per_class=1, workers=0)
+    result = _tool().main([CONFIG, '--data-root', str(tmp_path / 'inet'), '--workers', '0', '--batches', '2',
+                           '--batch-size', '4', '--stage-images', '6', '--json', str(tmp_path / 'out.json')])
+    assert [s['stage'] for s in result['stages']] == ['LoadImage', 'Albumentations', 'RandAugment', 'Albumentations',
+                                                      'PackClsInputs']
+    assert all(s['ms_per_img'] > 0 for s in result['stages'])
+    assert result['ms_per_img'] == pytest.approx(sum(s['ms_per_img'] for s in result['stages']), abs=1e-2)
+    (row,) = result['loader']
+    assert row['workers'] == 0 and row['batch'] == 4 and row['batches'] == 2 and row['img_per_s'] > 0
+    assert (tmp_path / 'out.json').exists()
+
+
+def test_rejects_a_folder_without_train(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no 'train' folder"):
+        _tool().main([CONFIG, '--data-root', str(tmp_path), '--stage-images', '0'])
