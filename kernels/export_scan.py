@@ -6,19 +6,21 @@ routes), built only from indexing, cumulative sums, exponentials, products and s
 depends on the map size, no custom op. That is what makes the models exportable.
 
 **The recurrence** ``h_t = exp(a_t) h_{t-1} + x_t`` (``a_t = Δ_t A <= 0`` per channel and state, ``x_t = Δ_t B_t
-u_t``) runs in the chunked "segment-sum" form of Mamba-2's SSD, generalised to a decay per (channel, state):
+u_t``) runs as a tree of pairs (recursive doubling), the chunked form of Mamba-2's SSD with chunks of two steps:
 
-- inside a chunk of ``T`` steps, ``h_t = sum_{s <= t} exp(seg[t, s]) x_s`` with ``seg[t, s] = a_{s+1} + ... +
-  a_t``. ``seg`` is a cumulative sum of the lower-triangle-masked decays (no difference of two cumulative sums,
-  so no cancellation), the upper triangle is set to ``-inf`` *before* ``exp``: every exponential is of a sum of
-  non-positive terms, nothing is divided by a decay, nothing can overflow;
-- the chunks' end states obey the same recurrence one level up (decay = the chunk's total ``sum a``), solved by
-  the same form over chunk states; the top level is one segment-sum over all of its steps;
-- each chunk then adds its incoming state, decayed by ``exp(cumsum a)`` (again non-positive exponents).
+- each pair of steps ``(0, 1)`` has the local end state ``exp(a_1) x_0 + x_1`` and the decay ``a_0 + a_1``;
+- the pairs' end states obey the same recurrence one level up, solved by the same form; after ``LEVELS`` levels
+  the few remaining steps are one segment-sum (``h_t = sum_{s <= t} exp(a_{s+1} + ... + a_t) x_s``, the upper
+  triangle set to ``-inf`` *before* ``exp``);
+- each pair then adds the state entering it, decayed by ``exp(a_0)`` and ``exp(a_0 + a_1)``.
 
-With ``T = 16`` and two chunk levels the work is ``O(L T)`` per (channel, state) plus ``O((L / T^2)^2)`` at the
-top, the memory a few ``(L, T)`` tiles; the chunk size is fixed, so padding (identity steps at the end) handles
-any length, and the graph stays valid for **dynamic sizes**.
+Every exponential is of a sum of non-positive decays, nothing is divided by a decay, nothing can overflow. The
+work is about three exponentials and a few products per step and state in all (the level sizes halve), against
+one of each in a sequential scan, in ``2 * LEVELS`` dependent steps of whole-tensor operations; each level pads to
+an even count plus one pair, so any (symbolic) length works and no level's length specializes to 1.
+``LEVELS = 12`` leaves at most a handful of steps for the top segment-sum up to maps of 16k positions (the top's
+cost grows as ``(L / 2^12)^2`` beyond). Longer chunks (a ``T x T`` segment-sum per chunk of ``T`` steps, as in
+SSD) were 5x (``T = 4``) to 22x (``T = 16``) slower on a CPU: their work grows with ``T``.
 
 **Positions in the graph.** A route's positions are computed from the map: ``arange(H * W).view(H, W)``, sliced to
 the stride/offset sub-lattice, transposed for the column orders, every other line flipped for the zig-zag
@@ -33,9 +35,8 @@ index (``dbc_index``: the same positions, or with ``params_at='step'`` the raste
 outputs by position (``index_add``), so a route may read Δ/B/C in another order than ``u`` or visit a position more than once without changing the core.
 Routes whose lengths are equal by construction (same stride and offset) run stacked.
 
-Cost: the chunks do ``O(L T)`` work per channel and state where a sequential scan does ``O(L)``, so on a CPU this
-form is slower than the reference (8x for VMamba-T, 22x for EfficientVMamba-T at d_state 16; docs/deploy.md).
-It is the form for exporting, not the CPU default.
+Cost: a few times a sequential scan's arithmetic, in whole-tensor operations (docs/deploy.md has the CPU
+latencies). It is the form for exporting, not the CPU default.
 
 ``A`` must be non-positive (every family builds ``A = -exp(A_log)``); a positive ``A`` would make the decays
 grow, which neither this form nor a stable scan is meant for.
@@ -51,8 +52,7 @@ from .routes import Route
 
 __all__ = ['selective_scan_export', 'chunked_recurrence', 'route_index']
 
-CHUNK = 16   # steps per chunk at every level; a compile-time constant, so any (symbolic) length works by padding
-LEVELS = 2   # chunk levels below the top segment-sum: up to 256-step blocks, then (L / 256)^2 at the top
+LEVELS = 12  # pair levels below the top segment-sum: a handful of steps remain there up to L = 2^14
 
 
 def _softplus(x: torch.Tensor) -> torch.Tensor:
@@ -76,35 +76,28 @@ def _segment_sum(a: torch.Tensor) -> torch.Tensor:
     return torch.where(on_or_below, seg, float('-inf'))
 
 
-def _to_chunks(a: torch.Tensor, x: torch.Tensor, chunk: int):
-    """Pad dim -2 with identity steps (decay 1, no input; earlier states unchanged) to whole chunks and split it
-    into ``(num_chunks, chunk)``.
-
-    For tracing with symbolic lengths: the count is a ceil-division and the pad ``num_chunks * chunk - L`` (no
-    modulo for the tracer to reason about), and there is always one chunk more than needed, so the count is
-    provably >= 2 and never specializes to 1 (a size-1 dimension would fix the traced graph to that case).
-    """
-    num_chunks = (a.shape[-2] + chunk - 1) // chunk + 1
-    pad = num_chunks * chunk - a.shape[-2]
-    a, x = F.pad(a, (0, 0, 0, pad)), F.pad(x, (0, 0, 0, pad))
-    return a.unflatten(-2, (num_chunks, chunk)), x.unflatten(-2, (num_chunks, chunk))
-
-
-def chunked_recurrence(a: torch.Tensor, x: torch.Tensor, levels: int = LEVELS, chunk: int = CHUNK) -> torch.Tensor:
+def chunked_recurrence(a: torch.Tensor, x: torch.Tensor, levels: int = LEVELS) -> torch.Tensor:
     """All states of ``h_t = exp(a_t) * h_{t-1} + x_t`` along dim -2 (``h_{-1} = 0``), loop-free.
 
-    ``a`` (log-decays, <= 0) and ``x`` have shape ``(..., L, X)``. ``levels`` chunk levels of ``chunk`` steps,
-    then one segment-sum over the remaining steps (see the module docstring).
+    ``a`` (log-decays, <= 0) and ``x`` have shape ``(..., L, X)``. ``levels`` levels of pairs, then one
+    segment-sum over the remaining steps (see the module docstring).
     """
     length = a.shape[-2]
     if levels == 0:
         return (torch.exp(_segment_sum(a)) * x.unsqueeze(-3)).sum(-2)
-    a, x = _to_chunks(a, x, chunk)                                        # (..., nc, T, X)
-    local = (torch.exp(_segment_sum(a)) * x.unsqueeze(-3)).sum(-2)       # states from a zero start, per chunk
-    # End states of the chunks: the same recurrence over chunks, decay = the chunk's total.
-    ends = chunked_recurrence(a.sum(-2), local[..., -1, :], levels - 1, chunk)
-    incoming = F.pad(ends, (0, 0, 1, 0))[..., :-1, :]                     # state entering chunk c = end of c - 1
-    h = local + torch.exp(a.cumsum(-2)) * incoming.unsqueeze(-2)
+    # Pad with identity steps (decay exp(0) = 1, no input) to whole pairs, and one pair more than needed: the
+    # count is a ceil-division (no modulo for a tracer to reason about) and provably >= 2, so a symbolic length
+    # never specializes to a single pair.
+    pairs = (length + 1) // 2 + 1
+    pad = 2 * pairs - length
+    a = F.pad(a, (0, 0, 0, pad)).unflatten(-2, (pairs, 2))
+    x = F.pad(x, (0, 0, 0, pad)).unflatten(-2, (pairs, 2))
+    a0, a1, x0, x1 = a[..., 0, :], a[..., 1, :], x[..., 0, :], x[..., 1, :]
+    local_end = torch.exp(a1) * x0 + x1                                   # from a zero start
+    decay = a0 + a1
+    ends = chunked_recurrence(decay, local_end, levels - 1)              # the pairs' end states
+    incoming = F.pad(ends, (0, 0, 1, 0))[..., :-1, :]                    # state entering pair p = end of p - 1
+    h = torch.stack((x0 + torch.exp(a0) * incoming, local_end + torch.exp(decay) * incoming), -2)
     return h.flatten(-3, -2)[..., :length, :]
 
 
