@@ -46,7 +46,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import (build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model,
+                         register_notrace_function)
 from timm.models._features import feature_take_indices
 
 from visionssm.layers import ConvDownsample, Mlp, ScanLayer, act_linear, full_precision, init_dt_bias, scan_out_dtype
@@ -55,10 +56,59 @@ from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converte
 
 __all__ = [
     'GroupMamba', 'GroupedSS2D', 'GroupMambaMixer', 'GroupMambaBlock', 'GroupMambaStage', 'ClassBlock',
-    'checkpoint_filter_fn', 'from_official',
+    'block_diagonal', 'grouped_linear', 'group_projections', 'checkpoint_filter_fn', 'from_official',
 ]
 
 _NUM_GROUPS = 4  # one per scan direction of grouped_routes
+
+
+def block_diagonal(weight: torch.Tensor) -> torch.Tensor:
+    """``(..., G, O, I)`` per-group weights → ``(..., G*O, G*I)``: group g's block at rows ``g*O``, columns ``g*I``,
+    zeros elsewhere. One elementwise product with the identity (also under export and FX)."""
+    groups = weight.shape[-3]
+    eye = torch.eye(groups, dtype=weight.dtype, device=weight.device)
+    return (weight.unsqueeze(-2) * eye[:, None, :, None]).flatten(-4, -3).flatten(-2)
+
+
+@register_notrace_function
+def grouped_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Group g of ``x (..., G*I)`` through ``weight[p, g] (O x I)`` for every p: ``(..., P*G*O)``, ordered (p, g, o).
+
+    One GEMM over all groups with the block-diagonal weight: the input and output are read and written where they
+    are, with the full width's alignment, where per-group products need copies of odd-width channel slices (87 at
+    GroupMamba-T's stage 3) and run as unaligned GEMMs. The zero blocks add exact zeros. On the meta device (FLOP
+    counting) the per-group products, so the count stays the architecture's.
+    """
+    parts, groups, out_dim, in_dim = weight.shape
+    if x.device.type == 'meta':
+        return torch.einsum('...gi,pgoi->...pgo', x.unflatten(-1, (groups, in_dim)), weight).flatten(-3)
+    return F.linear(x, block_diagonal(weight).flatten(0, 1))
+
+
+@register_notrace_function
+def group_projections(
+        x: torch.Tensor,
+        x_proj_weight: torch.Tensor,
+        dt_projs_weight: torch.Tensor,
+        d_state: int,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Δ ``(B, H, W, G*D)``, B and C ``(B, H, W, G, N)`` of the inner map ``x (B, H, W, G*D)``, group g from channel
+    group g with ``x_proj_weight[g] (R+2N, D)`` and ``dt_projs_weight[g] (D, R)``.
+
+    As ``visionssm.layers.ss2d.route_projections``: dt_proj composed with the first R rows of x_proj into a D x D
+    matrix per group, and all groups' Δ, B and C from one block-diagonal GEMM; Δ, B and C are strided views of its
+    output, which the scan reads in place. On the meta device, the original two low-rank steps per group.
+    """
+    groups, rank, n = x_proj_weight.shape[0], dt_projs_weight.shape[-1], d_state
+    if x.device.type == 'meta':
+        x_dbl = torch.einsum('...gd,gcd->...gc', x.unflatten(-1, (groups, x_proj_weight.shape[-1])), x_proj_weight)
+        dts, B, C = torch.split(x_dbl, [rank, n, n], dim=-1)
+        return torch.einsum('...gr,gdr->...gd', dts, dt_projs_weight).flatten(-2), B, C
+    w_dt = torch.matmul(dt_projs_weight, x_proj_weight[:, :rank])                 # (G, D, D)
+    weight = torch.cat([block_diagonal(w_dt), block_diagonal(x_proj_weight[:, rank:])])
+    dts, BC = F.linear(x, weight).split([x.shape[-1], groups * 2 * n], dim=-1)
+    BC = BC.unflatten(-1, (groups, 2 * n))
+    return dts, BC[..., :n], BC[..., n:]
 
 
 class GroupedSS2D(ScanLayer):
@@ -67,7 +117,8 @@ class GroupedSS2D(ScanLayer):
     Group k takes channels ``[k*C/4, (k+1)*C/4)`` and is scanned along direction k of ``grouped_routes``: in_proj →
     (x, z) → SiLU(depthwise conv(x)) → selective scan → out_norm → · SiLU(z) → out_proj, every step with the group's
     own weights. The weights are stacked over the groups (leading dim 4, or 4 blocks of rows for the depthwise conv,
-    ``A_logs`` and ``Ds``) so the whole layer is a few batched einsums and one scan call.
+    ``A_logs`` and ``Ds``); each projection runs for all groups as one GEMM with the block-diagonal weight
+    (``grouped_linear``), and the scan is one call over the four routes.
 
     Args:
         dim: model width C (divisible by 4).
@@ -124,23 +175,20 @@ class GroupedSS2D(ScanLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C)`` → ``(B, H, W, C)``; group k of the output comes from group k of the input only."""
         groups, d_inner = _NUM_GROUPS, self.d_inner
-        xz = torch.einsum('bhwgc,gec->bhwge', x.unflatten(-1, (groups, self.group_dim)), self.in_proj_weight)
-        x, z = xz.split(d_inner, dim=-1)
-        x = x.flatten(-2)
+        # in_proj's rows as (x, z) x group: x of every group, then z of every group, each contiguous
+        w_in = self.in_proj_weight.unflatten(1, (2, d_inner)).transpose(0, 1)
+        x, z = grouped_linear(x, w_in).split(groups * d_inner, dim=-1)
         # NHWC viewed as NCHW with channels-last strides: the depthwise conv needs no copy of its input.
         x = self.act(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
         y = self.scan(x).unflatten(-1, (groups, d_inner))
         y = F.layer_norm(y, (d_inner,), eps=self.out_norm_eps) * self.out_norm_weight + self.out_norm_bias
-        y = y.to(x.dtype) * self.act(z)
-        return torch.einsum('bhwgd,ged->bhwge', y, self.out_proj_weight).flatten(-2)
+        y = y.flatten(-2).to(x.dtype) * self.act(z)
+        return grouped_linear(y, self.out_proj_weight[None])
 
     def scan(self, x: torch.Tensor) -> torch.Tensor:
         """Selective scan of the inner map ``x (B, H, W, 4*D)``, group k along route k: ``(B, H, W, 4*D)``."""
-        rank, n = self.dt_rank, self.d_state
-        x_dbl = torch.einsum('bhwgd,gcd->bhwgc', x.unflatten(-1, (_NUM_GROUPS, self.d_inner)), self.x_proj_weight)
-        dts, B, C = torch.split(x_dbl, [rank, n, n], dim=-1)
-        dts = torch.einsum('bhwgr,gdr->bhwgd', dts, self.dt_projs_weight).flatten(-2)
-        dts, B, C = (t.to(x.dtype).contiguous() for t in (dts, B, C))  # autocast may leave them in another dtype
+        dts, B, C = group_projections(x, self.x_proj_weight, self.dt_projs_weight, self.d_state)
+        dts, B, C = (t.to(x.dtype) for t in (dts, B, C))  # CPU autocast may leave the GEMM in another dtype
         return selective_scan(
             x, dts, -torch.exp(full_precision(self.A_logs)), B, C,
             full_precision(self.Ds), full_precision(self.dt_projs_bias).flatten(),
