@@ -56,7 +56,7 @@ from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converte
 
 __all__ = [
     'GroupMamba', 'GroupedSS2D', 'GroupMambaMixer', 'GroupMambaBlock', 'GroupMambaStage', 'ClassBlock',
-    'block_diagonal', 'grouped_linear', 'group_projections', 'checkpoint_filter_fn', 'from_official',
+    'autocast_dtype', 'block_diagonal', 'grouped_linear', 'group_projections', 'checkpoint_filter_fn', 'from_official',
 ]
 
 _NUM_GROUPS = 4  # one per scan direction of grouped_routes
@@ -68,6 +68,15 @@ def block_diagonal(weight: torch.Tensor) -> torch.Tensor:
     groups = weight.shape[-3]
     eye = torch.eye(groups, dtype=weight.dtype, device=weight.device)
     return (weight.unsqueeze(-2) * eye[:, None, :, None]).flatten(-4, -3).flatten(-2)
+
+
+@register_notrace_function
+def autocast_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype autocast runs ``x``'s GEMMs in (bfloat16 / float16), or ``x``'s own where autocast is off."""
+    device = x.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
 
 
 @register_notrace_function
@@ -181,9 +190,11 @@ class GroupedSS2D(ScanLayer):
         # NHWC viewed as NCHW with channels-last strides: the depthwise conv needs no copy of its input.
         x = self.act(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
         y = self.scan(x).unflatten(-1, (groups, d_inner))
-        y = F.layer_norm(y, (d_inner,), eps=self.out_norm_eps) * self.out_norm_weight + self.out_norm_bias
-        y = y.flatten(-2).to(x.dtype) * self.act(z)
-        return grouped_linear(y, self.out_proj_weight[None])
+        # Normalized in full precision, scaled in x's dtype (the original casts right after the affine): no
+        # full-precision map is kept for the backward.
+        y = F.layer_norm(y, (d_inner,), eps=self.out_norm_eps).flatten(-2).to(x.dtype)
+        y = torch.addcmul(self.out_norm_bias.flatten().to(y.dtype), y, self.out_norm_weight.flatten().to(y.dtype))
+        return grouped_linear(y * self.act(z), self.out_proj_weight[None])
 
     def scan(self, x: torch.Tensor) -> torch.Tensor:
         """Selective scan of the inner map ``x (B, H, W, 4*D)``, group k along route k: ``(B, H, W, 4*D)``."""
@@ -213,10 +224,13 @@ class GroupMambaMixer(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Under autocast the normed map goes on in the GEMMs' dtype: it is what in_proj reads anyway, and the
+        # products below then keep (and save for the backward) low-precision maps, not float32 ones.
         x = self.norm(x)
+        x = x.to(autocast_dtype(x))
         cam = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean(dim=(1, 2))))))
-        y = self.ssm(x) * self.skip_scale * x
-        y = y * cam[:, None, None, :]
+        scale = (self.skip_scale * cam).to(x.dtype)   # skip scale and CAM gate together: (B, C)
+        y = self.ssm(x) * x * scale[:, None, None, :]
         return self.proj(self.norm(y))
 
 
