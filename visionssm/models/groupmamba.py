@@ -50,13 +50,15 @@ from timm.models import (build_model_with_cfg, checkpoint_seq, generate_default_
                          register_notrace_function)
 from timm.models._features import feature_take_indices
 
-from visionssm.layers import ConvDownsample, Mlp, ScanLayer, act_linear, full_precision, init_dt_bias, scan_out_dtype
+from visionssm.layers import ConvDownsample, Mlp, ScanLayer, full_precision, init_dt_bias, scan_out_dtype
+from visionssm.layers.mlp import _act_backward
 from visionssm.ops import grouped_routes, selective_scan
 from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted, load_through_model
 
 __all__ = [
     'GroupMamba', 'GroupedSS2D', 'GroupMambaMixer', 'GroupMambaBlock', 'GroupMambaStage', 'ClassBlock',
-    'autocast_dtype', 'block_diagonal', 'grouped_linear', 'group_projections', 'checkpoint_filter_fn', 'from_official',
+    'autocast_dtype', 'block_diagonal', 'grouped_linear', 'group_projections', 'conv_act_linear',
+    'checkpoint_filter_fn', 'from_official',
 ]
 
 _NUM_GROUPS = 4  # one per scan direction of grouped_routes
@@ -234,12 +236,63 @@ class GroupMambaMixer(nn.Module):
         return self.proj(self.norm(y))
 
 
+class _ConvActLinear(torch.autograd.Function):
+    """``F.linear(act(conv(x)), weight, bias)`` on a channel-last map ``x``, saving ``x`` only (and the weights):
+    the convolution and the activation are recomputed in the backward."""
+
+    @staticmethod
+    def forward(ctx, x, conv_weight, conv_bias, weight, bias, conv_args, act_fn, act_bwd):
+        h = F.conv2d(x.permute(0, 3, 1, 2), conv_weight, conv_bias, *conv_args).permute(0, 2, 3, 1)
+        # the dtype the conv and linear compute in (autocast's, else the input's); the backward uses it explicitly
+        ctx.dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else h.dtype
+        ctx.conv_args, ctx.act_fn, ctx.act_bwd = conv_args, act_fn, act_bwd
+        ctx.save_for_backward(x, conv_weight, conv_bias, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(act_fn(h), weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, conv_weight, conv_bias, weight = ctx.saved_tensors
+        dtype, (stride, padding, dilation, groups) = ctx.dtype, ctx.conv_args
+        x_nchw, conv_w = x.permute(0, 3, 1, 2).to(dtype), conv_weight.to(dtype)
+        h = F.conv2d(x_nchw, conv_w, None if conv_bias is None else conv_bias.to(dtype), *ctx.conv_args)
+        h = h.permute(0, 2, 3, 1)
+        grad_out = grad_out.to(dtype)
+        flat = grad_out.flatten(0, -2)
+        grad_w = flat.t().mm(ctx.act_fn(h).flatten(0, -2)).to(weight.dtype) if ctx.needs_input_grad[3] else None
+        grad_b = flat.sum(0).to(weight.dtype) if ctx.has_bias and ctx.needs_input_grad[4] else None
+        grad_x = grad_cw = grad_cb = None
+        if any(ctx.needs_input_grad[:3]):
+            grad_h = ctx.act_bwd(grad_out.matmul(weight.to(dtype)), h).permute(0, 3, 1, 2)
+            mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], conv_bias is not None and ctx.needs_input_grad[2]]
+            grad_x, grad_cw, grad_cb = torch.ops.aten.convolution_backward(
+                grad_h, x_nchw, conv_w, None if conv_bias is None else list(conv_bias.shape), stride, padding,
+                dilation, False, [0, 0], groups, mask)
+            grad_x = grad_x.permute(0, 2, 3, 1).to(x.dtype) if grad_x is not None else None
+            grad_cw = grad_cw.to(conv_weight.dtype) if grad_cw is not None else None
+            grad_cb = grad_cb.to(conv_bias.dtype) if grad_cb is not None else None
+        return grad_x, grad_cw, grad_cb, grad_w, grad_b, None, None, None
+
+
+@register_notrace_function
+def conv_act_linear(x: torch.Tensor, conv: nn.Conv2d, act: nn.Module, linear: nn.Linear) -> torch.Tensor:
+    """``linear(act(conv(x)))`` on a channel-last map; under autograd only ``x`` is saved (GELU, SiLU, ReLU; other
+    activations run as they are). A torch.fx leaf: traced graphs keep the memory saving."""
+    fns = _act_backward(act)
+    params = (conv.weight, conv.bias, linear.weight, linear.bias)
+    if fns is not None and conv.padding_mode == 'zeros' and not isinstance(conv.padding, str) \
+            and torch.is_grad_enabled() and (x.requires_grad or any(p is not None and p.requires_grad for p in params)):
+        conv_args = (conv.stride, conv.padding, conv.dilation, conv.groups)
+        return _ConvActLinear.apply(x, *params, conv_args, *fns)
+    return linear(act(conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)))
+
+
 class ConvMlp(nn.Module):
     """PVTv2's feed-forward, channel-last: fc1 → depthwise 3x3 conv → act → fc2.
 
-    The activation is recomputed in the backward (``act_linear``): of the three hidden-width maps the plain form
-    saves (fc1's output for the conv, the conv's output for the activation, the activation's for fc2) only the
-    first two are kept.
+    The depthwise conv and the activation are recomputed in the backward (``conv_act_linear``): of the three
+    hidden-width maps the plain form saves (fc1's output for the conv, the conv's output for the activation, the
+    activation's for fc2) only the first is kept, for one extra depthwise conv and activation in the backward.
     """
 
     def __init__(self, dim: int, hidden_dim: int, act_layer: Type[nn.Module] = nn.GELU):
@@ -250,9 +303,7 @@ class ConvMlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.fc1(x)
-        x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return act_linear(x, self.act, self.fc2)
+        return conv_act_linear(self.fc1(x), self.dwconv, self.act, self.fc2)
 
 
 class GroupMambaBlock(nn.Module):
