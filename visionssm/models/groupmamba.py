@@ -57,7 +57,7 @@ from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converte
 
 __all__ = [
     'GroupMamba', 'GroupedSS2D', 'GroupMambaMixer', 'GroupMambaBlock', 'GroupMambaStage', 'ClassBlock',
-    'autocast_dtype', 'block_diagonal', 'grouped_linear', 'group_projections', 'conv_act_linear',
+    'autocast_dtype', 'block_diagonal', 'grouped_linear', 'group_projections', 'conv_mlp',
     'checkpoint_filter_fn', 'from_official',
 ]
 
@@ -236,63 +236,72 @@ class GroupMambaMixer(nn.Module):
         return self.proj(self.norm(y))
 
 
-class _ConvActLinear(torch.autograd.Function):
-    """``F.linear(act(conv(x)), weight, bias)`` on a channel-last map ``x``, saving ``x`` only (and the weights):
-    the convolution and the activation are recomputed in the backward."""
+class _ConvMlp(torch.autograd.Function):
+    """``fc2(act(conv(fc1(x))))`` on a channel-last map ``x``, saving ``x`` only (and the weights): fc1, the
+    depthwise conv and the activation are recomputed in the backward."""
 
     @staticmethod
-    def forward(ctx, x, conv_weight, conv_bias, weight, bias, conv_args, act_fn, act_bwd):
-        h = F.conv2d(x.permute(0, 3, 1, 2), conv_weight, conv_bias, *conv_args).permute(0, 2, 3, 1)
-        # the dtype the conv and linear compute in (autocast's, else the input's); the backward uses it explicitly
-        ctx.dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else h.dtype
+    def forward(ctx, x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, conv_args, act_fn,
+                act_bwd):
+        h = F.linear(x, fc1_weight, fc1_bias)
+        c = F.conv2d(h.permute(0, 3, 1, 2), conv_weight, conv_bias, *conv_args).permute(0, 2, 3, 1)
+        # the dtype the layers compute in (autocast's, else the input's); the backward uses it explicitly
+        ctx.dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else c.dtype
         ctx.conv_args, ctx.act_fn, ctx.act_bwd = conv_args, act_fn, act_bwd
-        ctx.save_for_backward(x, conv_weight, conv_bias, weight)
-        ctx.has_bias = bias is not None
-        return F.linear(act_fn(h), weight, bias)
+        ctx.biases = tuple(b is not None for b in (fc1_bias, conv_bias, fc2_bias))
+        ctx.save_for_backward(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight)
+        return F.linear(act_fn(c), fc2_weight, fc2_bias)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, conv_weight, conv_bias, weight = ctx.saved_tensors
-        dtype, (stride, padding, dilation, groups) = ctx.dtype, ctx.conv_args
-        x_nchw, conv_w = x.permute(0, 3, 1, 2).to(dtype), conv_weight.to(dtype)
-        h = F.conv2d(x_nchw, conv_w, None if conv_bias is None else conv_bias.to(dtype), *ctx.conv_args)
-        h = h.permute(0, 2, 3, 1)
-        grad_out = grad_out.to(dtype)
-        flat = grad_out.flatten(0, -2)
-        grad_w = flat.t().mm(ctx.act_fn(h).flatten(0, -2)).to(weight.dtype) if ctx.needs_input_grad[3] else None
-        grad_b = flat.sum(0).to(weight.dtype) if ctx.has_bias and ctx.needs_input_grad[4] else None
-        grad_x = grad_cw = grad_cb = None
-        if any(ctx.needs_input_grad[:3]):
-            grad_h = ctx.act_bwd(grad_out.matmul(weight.to(dtype)), h).permute(0, 3, 1, 2)
-            mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], conv_bias is not None and ctx.needs_input_grad[2]]
-            grad_x, grad_cw, grad_cb = torch.ops.aten.convolution_backward(
-                grad_h, x_nchw, conv_w, None if conv_bias is None else list(conv_bias.shape), stride, padding,
-                dilation, False, [0, 0], groups, mask)
-            grad_x = grad_x.permute(0, 2, 3, 1).to(x.dtype) if grad_x is not None else None
-            grad_cw = grad_cw.to(conv_weight.dtype) if grad_cw is not None else None
-            grad_cb = grad_cb.to(conv_bias.dtype) if grad_cb is not None else None
-        return grad_x, grad_cw, grad_cb, grad_w, grad_b, None, None, None
+        x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight = ctx.saved_tensors
+        dtype, (stride, padding, dilation, groups), need = ctx.dtype, ctx.conv_args, ctx.needs_input_grad
+        cast = lambda t: None if t is None else t.to(dtype)
+        x_flat = x.to(dtype).flatten(0, -2)
+        h = F.linear(x_flat, cast(fc1_weight), cast(fc1_bias)).view(*x.shape[:-1], -1)
+        h_nchw, conv_w = h.permute(0, 3, 1, 2), cast(conv_weight)
+        c = F.conv2d(h_nchw, conv_w, cast(conv_bias), *ctx.conv_args).permute(0, 2, 3, 1)
+        g = grad_out.to(dtype).flatten(0, -2)
+        grads = [None] * 7
+        if need[5]:
+            grads[5] = g.t().mm(ctx.act_fn(c).flatten(0, -2)).to(fc2_weight.dtype)
+        if ctx.biases[2] and need[6]:
+            grads[6] = g.sum(0).to(fc2_weight.dtype)
+        if any(need[:5]):
+            grad_c = ctx.act_bwd(g.mm(cast(fc2_weight)).view(c.shape), c).permute(0, 3, 1, 2)
+            grad_h, grads[3], grads[4] = torch.ops.aten.convolution_backward(
+                grad_c, h_nchw, conv_w, [conv_w.shape[0]] if ctx.biases[1] else None, stride, padding, dilation,
+                False, [0, 0], groups, [any(need[:3]), need[3], ctx.biases[1] and need[4]])
+            if any(need[:3]):
+                grad_h = grad_h.permute(0, 2, 3, 1).flatten(0, -2)
+                grads[0] = grad_h.mm(cast(fc1_weight)).view(x.shape) if need[0] else None
+                grads[1] = grad_h.t().mm(x_flat) if need[1] else None
+                grads[2] = grad_h.sum(0) if ctx.biases[0] and need[2] else None
+        params = (x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_weight)
+        grads = [None if gr is None else gr.to(p.dtype) for gr, p in zip(grads, params)]
+        return (*grads, None, None, None)
 
 
 @register_notrace_function
-def conv_act_linear(x: torch.Tensor, conv: nn.Conv2d, act: nn.Module, linear: nn.Linear) -> torch.Tensor:
-    """``linear(act(conv(x)))`` on a channel-last map; under autograd only ``x`` is saved (GELU, SiLU, ReLU; other
+def conv_mlp(x: torch.Tensor, fc1: nn.Linear, conv: nn.Conv2d, act: nn.Module, fc2: nn.Linear) -> torch.Tensor:
+    """``fc2(act(conv(fc1(x))))`` on a channel-last map; under autograd only ``x`` is saved (GELU, SiLU, ReLU; other
     activations run as they are). A torch.fx leaf: traced graphs keep the memory saving."""
     fns = _act_backward(act)
-    params = (conv.weight, conv.bias, linear.weight, linear.bias)
+    params = (fc1.weight, fc1.bias, conv.weight, conv.bias, fc2.weight, fc2.bias)
     if fns is not None and conv.padding_mode == 'zeros' and not isinstance(conv.padding, str) \
             and torch.is_grad_enabled() and (x.requires_grad or any(p is not None and p.requires_grad for p in params)):
-        conv_args = (conv.stride, conv.padding, conv.dilation, conv.groups)
-        return _ConvActLinear.apply(x, *params, conv_args, *fns)
-    return linear(act(conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)))
+        # saved in the dtype fc1 computes in (under autocast the norm before may return float32)
+        return _ConvMlp.apply(x.to(autocast_dtype(x)), *params, (conv.stride, conv.padding, conv.dilation,
+                                                                  conv.groups), *fns)
+    return fc2(act(conv(fc1(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)))
 
 
 class ConvMlp(nn.Module):
     """PVTv2's feed-forward, channel-last: fc1 → depthwise 3x3 conv → act → fc2.
 
-    The depthwise conv and the activation are recomputed in the backward (``conv_act_linear``): of the three
-    hidden-width maps the plain form saves (fc1's output for the conv, the conv's output for the activation, the
-    activation's for fc2) only the first is kept, for one extra depthwise conv and activation in the backward.
+    Its hidden maps (8x the model width in stages 1-2) are not kept for the backward: ``conv_mlp`` saves only the
+    input and recomputes fc1, the conv and the activation in the backward (one extra fc1 GEMM, depthwise conv and
+    activation per block), where the plain form saves three hidden-width maps.
     """
 
     def __init__(self, dim: int, hidden_dim: int, act_layer: Type[nn.Module] = nn.GELU):
@@ -303,7 +312,7 @@ class ConvMlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return conv_act_linear(self.fc1(x), self.dwconv, self.act, self.fc2)
+        return conv_mlp(x, self.fc1, self.dwconv, self.act, self.fc2)
 
 
 class GroupMambaBlock(nn.Module):
