@@ -57,7 +57,7 @@ from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converte
 
 __all__ = [
     'GroupMamba', 'GroupedSS2D', 'GroupMambaMixer', 'GroupMambaBlock', 'GroupMambaStage', 'ClassBlock',
-    'autocast_dtype', 'block_diagonal', 'grouped_linear', 'group_projections', 'conv_mlp',
+    'autocast_dtype', 'layer_norm_in_dtype', 'block_diagonal', 'grouped_linear', 'group_projections', 'conv_mlp',
     'checkpoint_filter_fn', 'from_official',
 ]
 
@@ -79,6 +79,20 @@ def autocast_dtype(x: torch.Tensor) -> torch.dtype:
     if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
         return torch.get_autocast_dtype(device)
     return x.dtype
+
+
+@register_notrace_function
+def layer_norm_in_dtype(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` in ``x``'s dtype also under autocast, whose float32 policy for LayerNorm would copy a
+    low-precision ``x`` to float32, keep that copy for the backward and return float32. (The statistics are
+    accumulated in float32 either way.)"""
+    device = x.device.type
+    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
+        return norm(x)
+    with torch.autocast(device, enabled=False):
+        weight = norm.weight.to(x.dtype) if norm.weight is not None else None
+        bias = norm.bias.to(x.dtype) if norm.bias is not None else None
+        return F.layer_norm(x, norm.normalized_shape, weight, bias, norm.eps)
 
 
 @register_notrace_function
@@ -233,7 +247,7 @@ class GroupMambaMixer(nn.Module):
         cam = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean(dim=(1, 2))))))
         scale = (self.skip_scale * cam).to(x.dtype)   # skip scale and CAM gate together: (B, C)
         y = self.ssm(x) * x * scale[:, None, None, :]
-        return self.proj(self.norm(y))
+        return self.proj(layer_norm_in_dtype(self.norm, y))
 
 
 class _ConvMlp(torch.autograd.Function):
