@@ -57,7 +57,7 @@ from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converte
 
 __all__ = [
     'GroupMamba', 'GroupedSS2D', 'GroupMambaMixer', 'GroupMambaBlock', 'GroupMambaStage', 'ClassBlock',
-    'autocast_dtype', 'layer_norm_in_dtype', 'block_diagonal', 'grouped_linear', 'group_projections', 'conv_mlp',
+    'autocast_dtype', 'layer_norm_in_dtype', 'block_diagonal', 'grouped_linear', 'group_projections', 'norm_gate', 'conv_mlp',
     'checkpoint_filter_fn', 'from_official',
 ]
 
@@ -136,6 +136,53 @@ def group_projections(
     return dts, BC[..., :n], BC[..., n:]
 
 
+class _NormGate(torch.autograd.Function):
+    """``(layer_norm(y) * weight + bias).to(z.dtype) * act(z)``, the norm per group of D channels, saving only ``y``
+    (the scan's output), ``z`` (part of in_proj's output, kept anyway) and the norm's statistics."""
+
+    @staticmethod
+    def forward(ctx, y, z, weight, bias, eps, act_fn, act_bwd):
+        groups, d = weight.shape
+        y_hat, mean, rstd = torch.ops.aten.native_layer_norm(y.unflatten(-1, (groups, d)), [d], None, None, eps)
+        y_hat = y_hat.flatten(-2).to(z.dtype)
+        ctx.act_fn, ctx.act_bwd = act_fn, act_bwd
+        ctx.save_for_backward(y, z, weight, bias, mean, rstd)
+        return torch.addcmul(bias.flatten().to(z.dtype), y_hat, weight.flatten().to(z.dtype)) * act_fn(z)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        y, z, weight, bias, mean, rstd = ctx.saved_tensors
+        groups, d = weight.shape
+        y_hat = ((y.unflatten(-1, (groups, d)) - mean) * rstd).flatten(-2).to(z.dtype)
+        w = weight.flatten().to(z.dtype)
+        grad_out = grad_out.to(z.dtype)
+        grad_z = ctx.act_bwd(grad_out * torch.addcmul(bias.flatten().to(z.dtype), y_hat, w), z)
+        grad_t = grad_out * ctx.act_fn(z)                      # gradient of the affine's output
+        flat, acc = grad_t.flatten(0, -2), torch.promote_types(grad_t.dtype, torch.float32)
+        grad_w = (flat * y_hat.flatten(0, -2)).sum(0, dtype=acc).view(groups, d).to(weight.dtype)
+        grad_b = flat.sum(0, dtype=acc).view(groups, d).to(bias.dtype)
+        grad_y = torch.ops.aten.native_layer_norm_backward(
+            (grad_t * w).to(y.dtype).unflatten(-1, (groups, d)), y.unflatten(-1, (groups, d)), [d], mean, rstd,
+            None, None, [True, False, False])[0].flatten(-2)
+        return grad_y, grad_z, grad_w, grad_b, None, None, None
+
+
+@register_notrace_function
+def norm_gate(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+              act: nn.Module) -> torch.Tensor:
+    """GroupedSS2D's out_norm and gate: ``(LN_g(y) * weight + bias) * act(z)`` with ``LN_g`` a LayerNorm over each
+    group of D channels of ``y (..., G*D)``, ``weight`` and ``bias`` ``(G, D)``. The norm runs in ``y``'s dtype
+    (the scan's full-precision output), the affine and the gate in ``z``'s, as the original casts after the affine.
+    Under autograd only ``y``, ``z`` and the statistics are kept (GELU, SiLU, ReLU gates), not the three maps between.
+    A torch.fx leaf."""
+    fns = _act_backward(act)
+    if fns is not None and torch.is_grad_enabled() and any(t.requires_grad for t in (y, z, weight, bias)):
+        return _NormGate.apply(y, z, weight, bias, eps, *fns)
+    groups, d = weight.shape
+    y = F.layer_norm(y.unflatten(-1, (groups, d)), (d,), eps=eps).flatten(-2).to(z.dtype)
+    return torch.addcmul(bias.flatten().to(z.dtype), y, weight.flatten().to(z.dtype)) * act(z)
+
+
 class GroupedSS2D(ScanLayer):
     """Four independent SS2D mixers (the official ``mamba_g1..4``), one per channel group, in one module.
 
@@ -205,12 +252,8 @@ class GroupedSS2D(ScanLayer):
         x, z = grouped_linear(x, w_in).split(groups * d_inner, dim=-1)
         # NHWC viewed as NCHW with channels-last strides: the depthwise conv needs no copy of its input.
         x = self.act(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
-        y = self.scan(x).unflatten(-1, (groups, d_inner))
-        # Normalized in full precision, scaled in x's dtype (the original casts right after the affine): no
-        # full-precision map is kept for the backward.
-        y = F.layer_norm(y, (d_inner,), eps=self.out_norm_eps).flatten(-2).to(x.dtype)
-        y = torch.addcmul(self.out_norm_bias.flatten().to(y.dtype), y, self.out_norm_weight.flatten().to(y.dtype))
-        return grouped_linear(y * self.act(z), self.out_proj_weight[None])
+        y = norm_gate(self.scan(x), z, self.out_norm_weight, self.out_norm_bias, self.out_norm_eps, self.act)
+        return grouped_linear(y, self.out_proj_weight[None])
 
     def scan(self, x: torch.Tensor) -> torch.Tensor:
         """Selective scan of the inner map ``x (B, H, W, 4*D)``, group k along route k: ``(B, H, W, 4*D)``."""
