@@ -450,7 +450,11 @@ class Stem(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(self.conv(x)).permute(0, 2, 3, 1))
+        # Channels-last convolutions and BatchNorms (same values): their outputs are NHWC in memory, so the final
+        # permute to channel-last is a view, and on CUDA the BatchNorms take the channels-last kernels, where the
+        # NCHW bfloat16 backward was a slow kernel at this 112x112, 32-channel size.
+        x = self.conv(x.contiguous(memory_format=torch.channels_last))
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
 class ClassBlock(nn.Module):
