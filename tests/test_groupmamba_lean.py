@@ -34,6 +34,10 @@ def test_block_diagonal_layout():
     for g in range(3):
         torch.testing.assert_close(dense[2 * g:2 * g + 2, 4 * g:4 * g + 4], w[g])
     assert dense.count_nonzero() == w.numel()
+    # under autograd it is one node (zeros + a diagonal copy), with the same values and the exact gradient
+    w2 = torch.randn(2, 3, 2, 4, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(block_diagonal(w2), block_diagonal(w2.detach()), atol=0, rtol=0)
+    assert torch.autograd.gradcheck(block_diagonal, (w2,))
 
 
 def test_grouped_linear_equals_per_group_products():

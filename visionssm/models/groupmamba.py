@@ -64,9 +64,29 @@ __all__ = [
 _NUM_GROUPS = 4  # one per scan direction of grouped_routes
 
 
+class _BlockDiagonal(torch.autograd.Function):
+    """``block_diagonal`` as one autograd node: zeros with the blocks copied onto their diagonal; the gradient is
+    the diagonal blocks of the incoming one (a view, no kernel)."""
+
+    @staticmethod
+    def forward(ctx, weight):
+        *lead, groups, out_dim, in_dim = ctx.shape = weight.shape
+        dense = weight.new_zeros(*lead, groups, out_dim, groups, in_dim)
+        dense.diagonal(0, -4, -2).copy_(weight.movedim(-3, -1))
+        return dense.view(*lead, groups * out_dim, groups * in_dim)
+
+    @staticmethod
+    def backward(ctx, grad):
+        *lead, groups, out_dim, in_dim = ctx.shape
+        return grad.reshape(*lead, groups, out_dim, groups, in_dim).diagonal(0, -4, -2).movedim(-1, -3)
+
+
 def block_diagonal(weight: torch.Tensor) -> torch.Tensor:
     """``(..., G, O, I)`` per-group weights → ``(..., G*O, G*I)``: group g's block at rows ``g*O``, columns ``g*I``,
-    zeros elsewhere. One elementwise product with the identity (also under export and FX)."""
+    zeros elsewhere. Under autograd one node (``_BlockDiagonal``); else (and while compiling or exporting) a
+    product with the identity."""
+    if torch.is_grad_enabled() and weight.requires_grad and not torch.compiler.is_compiling():
+        return _BlockDiagonal.apply(weight)
     groups = weight.shape[-3]
     eye = torch.eye(groups, dtype=weight.dtype, device=weight.device)
     return (weight.unsqueeze(-2) * eye[:, None, :, None]).flatten(-4, -3).flatten(-2)
