@@ -29,6 +29,15 @@ Differences from the original, all deliberate:
   the model is a plain classifier by default.
 * The original casts float16 inputs of each group layer to float32; here the scan itself runs in full precision
   for low-precision inputs (the shared op's policy) and the rest follows the input dtype.
+* Under autocast the mixer keeps its maps in the autocast dtype where the original, through autocast's float32
+  LayerNorm, computed (and kept for the backward) float32 maps: the normed input is cast once to the GEMMs'
+  dtype, the CAM/skip products and the mixer's second LayerNorm run in that dtype, and out_norm normalizes the
+  scan's full-precision output but applies its affine in the map's dtype. The residual stream and the norms
+  reading it stay float32. Without autocast every step computes as in the original.
+
+Training cost, same values: each per-group projection is one GEMM with a block-diagonal weight (``grouped_linear``),
+and the backward recomputes what is cheap to recompute instead of keeping it: the MLP's hidden maps
+(``conv_mlp``) and the maps between out_norm and the gate (``norm_gate``).
 
 ``forward_features`` returns a channel-last map (``output_fmt = 'NHWC'``). torch.fx traces the model (the scan op
 and a few size- or dtype-dependent helpers are leaves). TorchScript is not supported, because the shared scan op
