@@ -158,11 +158,11 @@ def group_projections(
         x_dbl = torch.einsum('...gd,gcd->...gc', x.unflatten(-1, (groups, x_proj_weight.shape[-1])), x_proj_weight)
         dts, B, C = torch.split(x_dbl, [rank, n, n], dim=-1)
         return torch.einsum('...gr,gdr->...gd', dts, dt_projs_weight).flatten(-2), B, C
-    w_dt = torch.matmul(dt_projs_weight, x_proj_weight[:, :rank])                 # (G, D, D)
-    weight = torch.cat([block_diagonal(w_dt), block_diagonal(x_proj_weight[:, rank:])])
+    w_dt, w_bc = x_proj_weight.split([rank, 2 * n], dim=1)   # split, not slices: one op, and a cat backward
+    weight = torch.cat([block_diagonal(torch.matmul(dt_projs_weight, w_dt)), block_diagonal(w_bc)])
     dts, BC = F.linear(x, weight).split([x.shape[-1], groups * 2 * n], dim=-1)
-    BC = BC.unflatten(-1, (groups, 2 * n))
-    return dts, BC[..., :n], BC[..., n:]
+    B, C = BC.unflatten(-1, (groups, 2 * n)).split(n, dim=-1)
+    return dts, B, C
 
 
 class _NormGate(torch.autograd.Function):
@@ -318,7 +318,7 @@ class GroupMambaMixer(nn.Module):
         x = x.to(autocast_dtype(x))
         cam = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean(dim=(1, 2))))))
         scale = (self.skip_scale * cam).to(x.dtype)   # skip scale and CAM gate together: (B, C)
-        y = self.ssm(x) * x * scale[:, None, None, :]
+        y = self.ssm(x) * x * scale.view(scale.shape[0], 1, 1, -1)
         return self.proj(layer_norm_in_dtype(self.norm, y))
 
 
