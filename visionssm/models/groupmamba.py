@@ -94,7 +94,8 @@ def block_diagonal(weight: torch.Tensor) -> torch.Tensor:
     """``(..., G, O, I)`` per-group weights → ``(..., G*O, G*I)``: group g's block at rows ``g*O``, columns ``g*I``,
     zeros elsewhere. Under autograd one node (``_BlockDiagonal``); else (and while compiling or exporting) a
     product with the identity."""
-    if torch.is_grad_enabled() and weight.requires_grad and not torch.compiler.is_compiling():
+    if torch.is_grad_enabled() and weight.requires_grad and not (
+            torch.compiler.is_compiling() or torch.compiler.is_exporting()):
         return _BlockDiagonal.apply(weight)
     groups = weight.shape[-3]
     eye = torch.eye(groups, dtype=weight.dtype, device=weight.device)
