@@ -66,7 +66,8 @@ from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converte
 
 __all__ = [
     'GroupMamba', 'GroupedSS2D', 'GroupMambaMixer', 'GroupMambaBlock', 'GroupMambaStage', 'ClassBlock',
-    'autocast_dtype', 'layer_norm_in_dtype', 'block_diagonal', 'grouped_linear', 'group_projections', 'norm_gate', 'conv_mlp',
+    'autocast_dtype', 'layer_norm_in_dtype', 'block_diagonal', 'grouped_linear', 'group_projections', 'norm_gate',
+    'conv_mlp',
     'checkpoint_filter_fn', 'from_official',
 ]
 
@@ -333,7 +334,7 @@ class _ConvMlp(torch.autograd.Function):
         h = F.linear(x, fc1_weight, fc1_bias)
         c = F.conv2d(h.permute(0, 3, 1, 2), conv_weight, conv_bias, *conv_args).permute(0, 2, 3, 1)
         # the dtype the layers compute in (autocast's, else the input's); the backward uses it explicitly
-        ctx.dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else c.dtype
+        ctx.dtype = autocast_dtype(c)
         ctx.conv_args, ctx.act_fn, ctx.act_bwd = conv_args, act_fn, act_bwd
         ctx.biases = tuple(b is not None for b in (fc1_bias, conv_bias, fc2_bias))
         ctx.save_for_backward(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight)
@@ -364,8 +365,8 @@ class _ConvMlp(torch.autograd.Function):
                 grads[0] = grad_h.mm(cast(fc1_weight)).view(x.shape) if need[0] else None
                 grads[1] = grad_h.t().mm(x_flat) if need[1] else None
                 grads[2] = grad_h.sum(0) if ctx.biases[0] and need[2] else None
-        params = (x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_weight)
-        grads = [None if gr is None else gr.to(p.dtype) for gr, p in zip(grads, params)]
+        like = (x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_weight)   # the dtypes to return
+        grads = [None if gr is None else gr.to(t.dtype) for gr, t in zip(grads, like)]
         return (*grads, None, None, None)
 
 
