@@ -29,6 +29,15 @@ Differences from the original, all deliberate:
   the model is a plain classifier by default.
 * The original casts float16 inputs of each group layer to float32; here the scan itself runs in full precision
   for low-precision inputs (the shared op's policy) and the rest follows the input dtype.
+* Under autocast the mixer keeps its maps in the autocast dtype where the original, through autocast's float32
+  LayerNorm, computed (and kept for the backward) float32 maps: the normed input is cast once to the GEMMs'
+  dtype, the CAM/skip products and the mixer's second LayerNorm run in that dtype, and out_norm normalizes the
+  scan's full-precision output but applies its affine in the map's dtype. The residual stream and the norms
+  reading it stay float32. Without autocast every step computes as in the original.
+
+Training cost, same values: each per-group projection is one GEMM with a block-diagonal weight (``grouped_linear``),
+and the backward recomputes what is cheap to recompute instead of keeping it: the MLP's hidden maps
+(``conv_mlp``) and the maps between out_norm and the gate (``norm_gate``).
 
 ``forward_features`` returns a channel-last map (``output_fmt = 'NHWC'``). torch.fx traces the model (the scan op
 and a few size- or dtype-dependent helpers are leaves). TorchScript is not supported, because the shared scan op
@@ -46,19 +55,163 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import (build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model,
+                         register_notrace_function)
 from timm.models._features import feature_take_indices
 
-from visionssm.layers import ConvDownsample, Mlp, ScanLayer, act_linear, full_precision, init_dt_bias, scan_out_dtype
+from visionssm.layers import ConvDownsample, Mlp, ScanLayer, full_precision, init_dt_bias, scan_out_dtype
+from visionssm.layers.mlp import _act_backward
 from visionssm.ops import grouped_routes, selective_scan
 from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted, load_through_model
 
 __all__ = [
     'GroupMamba', 'GroupedSS2D', 'GroupMambaMixer', 'GroupMambaBlock', 'GroupMambaStage', 'ClassBlock',
+    'autocast_dtype', 'layer_norm_in_dtype', 'block_diagonal', 'grouped_linear', 'group_projections', 'norm_gate',
+    'conv_mlp',
     'checkpoint_filter_fn', 'from_official',
 ]
 
 _NUM_GROUPS = 4  # one per scan direction of grouped_routes
+
+
+class _BlockDiagonal(torch.autograd.Function):
+    """``block_diagonal`` as one autograd node: zeros with the blocks copied onto their diagonal; the gradient is
+    the diagonal blocks of the incoming one (a view, no kernel)."""
+
+    @staticmethod
+    def forward(ctx, weight):
+        *lead, groups, out_dim, in_dim = ctx.shape = weight.shape
+        dense = weight.new_zeros(*lead, groups, out_dim, groups, in_dim)
+        dense.diagonal(0, -4, -2).copy_(weight.movedim(-3, -1))
+        return dense.view(*lead, groups * out_dim, groups * in_dim)
+
+    @staticmethod
+    def backward(ctx, grad):
+        *lead, groups, out_dim, in_dim = ctx.shape
+        return grad.reshape(*lead, groups, out_dim, groups, in_dim).diagonal(0, -4, -2).movedim(-1, -3)
+
+
+def block_diagonal(weight: torch.Tensor) -> torch.Tensor:
+    """``(..., G, O, I)`` per-group weights → ``(..., G*O, G*I)``: group g's block at rows ``g*O``, columns ``g*I``,
+    zeros elsewhere. Under autograd one node (``_BlockDiagonal``); else (and while compiling or exporting) a
+    product with the identity."""
+    if torch.is_grad_enabled() and weight.requires_grad and not (
+            torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+        return _BlockDiagonal.apply(weight)
+    groups = weight.shape[-3]
+    eye = torch.eye(groups, dtype=weight.dtype, device=weight.device)
+    return (weight.unsqueeze(-2) * eye[:, None, :, None]).flatten(-4, -3).flatten(-2)
+
+
+@register_notrace_function
+def autocast_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype autocast runs ``x``'s GEMMs in (bfloat16 / float16), or ``x``'s own where autocast is off."""
+    device = x.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
+@register_notrace_function
+def layer_norm_in_dtype(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` in ``x``'s dtype also under autocast, whose float32 policy for LayerNorm would copy a
+    low-precision ``x`` to float32, keep that copy for the backward and return float32. (The statistics are
+    accumulated in float32 either way.)"""
+    device = x.device.type
+    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
+        return norm(x)
+    with torch.autocast(device, enabled=False):
+        weight = norm.weight.to(x.dtype) if norm.weight is not None else None
+        bias = norm.bias.to(x.dtype) if norm.bias is not None else None
+        return F.layer_norm(x, norm.normalized_shape, weight, bias, norm.eps)
+
+
+@register_notrace_function
+def grouped_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Group g of ``x (..., G*I)`` through ``weight[p, g] (O x I)`` for every p: ``(..., P*G*O)``, ordered (p, g, o).
+
+    One GEMM over all groups with the block-diagonal weight: the input and output are read and written where they
+    are, with the full width's alignment, where per-group products need copies of odd-width channel slices (87 at
+    GroupMamba-T's stage 3) and run as unaligned GEMMs. The zero blocks add exact zeros. On the meta device (FLOP
+    counting) the per-group products, so the count stays the architecture's.
+    """
+    parts, groups, out_dim, in_dim = weight.shape
+    if x.device.type == 'meta':
+        return torch.einsum('...gi,pgoi->...pgo', x.unflatten(-1, (groups, in_dim)), weight).flatten(-3)
+    return F.linear(x, block_diagonal(weight).flatten(0, 1))
+
+
+@register_notrace_function
+def group_projections(
+        x: torch.Tensor,
+        x_proj_weight: torch.Tensor,
+        dt_projs_weight: torch.Tensor,
+        d_state: int,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Δ ``(B, H, W, G*D)``, B and C ``(B, H, W, G, N)`` of the inner map ``x (B, H, W, G*D)``, group g from channel
+    group g with ``x_proj_weight[g] (R+2N, D)`` and ``dt_projs_weight[g] (D, R)``.
+
+    As ``visionssm.layers.ss2d.route_projections``: dt_proj composed with the first R rows of x_proj into a D x D
+    matrix per group, and all groups' Δ, B and C from one block-diagonal GEMM; Δ, B and C are strided views of its
+    output, which the scan reads in place. On the meta device, the original two low-rank steps per group.
+    """
+    groups, rank, n = x_proj_weight.shape[0], dt_projs_weight.shape[-1], d_state
+    if x.device.type == 'meta':
+        x_dbl = torch.einsum('...gd,gcd->...gc', x.unflatten(-1, (groups, x_proj_weight.shape[-1])), x_proj_weight)
+        dts, B, C = torch.split(x_dbl, [rank, n, n], dim=-1)
+        return torch.einsum('...gr,gdr->...gd', dts, dt_projs_weight).flatten(-2), B, C
+    w_dt, w_bc = x_proj_weight.split([rank, 2 * n], dim=1)   # split, not slices: one op, and a cat backward
+    weight = torch.cat([block_diagonal(torch.matmul(dt_projs_weight, w_dt)), block_diagonal(w_bc)])
+    dts, BC = F.linear(x, weight).split([x.shape[-1], groups * 2 * n], dim=-1)
+    B, C = BC.unflatten(-1, (groups, 2 * n)).split(n, dim=-1)
+    return dts, B, C
+
+
+class _NormGate(torch.autograd.Function):
+    """``(layer_norm(y) * weight + bias).to(z.dtype) * act(z)``, the norm per group of D channels, saving only ``y``
+    (the scan's output), ``z`` (part of in_proj's output, kept anyway) and the norm's statistics."""
+
+    @staticmethod
+    def forward(ctx, y, z, weight, bias, eps, act_fn, act_bwd):
+        groups, d = weight.shape
+        y_hat, mean, rstd = torch.ops.aten.native_layer_norm(y.unflatten(-1, (groups, d)), [d], None, None, eps)
+        y_hat = y_hat.flatten(-2).to(z.dtype)
+        ctx.act_fn, ctx.act_bwd = act_fn, act_bwd
+        ctx.save_for_backward(y, z, weight, bias, mean, rstd)
+        return torch.addcmul(bias.flatten().to(z.dtype), y_hat, weight.flatten().to(z.dtype)) * act_fn(z)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        y, z, weight, bias, mean, rstd = ctx.saved_tensors
+        groups, d = weight.shape
+        y_hat = ((y.unflatten(-1, (groups, d)) - mean) * rstd).flatten(-2).to(z.dtype)
+        w = weight.flatten().to(z.dtype)
+        grad_out = grad_out.to(z.dtype)
+        grad_z = ctx.act_bwd(grad_out * torch.addcmul(bias.flatten().to(z.dtype), y_hat, w), z)
+        grad_t = grad_out * ctx.act_fn(z)                      # gradient of the affine's output
+        flat, acc = grad_t.flatten(0, -2), torch.promote_types(grad_t.dtype, torch.float32)
+        grad_w = (flat * y_hat.flatten(0, -2)).sum(0, dtype=acc).view(groups, d).to(weight.dtype)
+        grad_b = flat.sum(0, dtype=acc).view(groups, d).to(bias.dtype)
+        grad_y = torch.ops.aten.native_layer_norm_backward(
+            (grad_t * w).to(y.dtype).unflatten(-1, (groups, d)), y.unflatten(-1, (groups, d)), [d], mean, rstd,
+            None, None, [True, False, False])[0].flatten(-2)
+        return grad_y, grad_z, grad_w, grad_b, None, None, None
+
+
+@register_notrace_function
+def norm_gate(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+              act: nn.Module) -> torch.Tensor:
+    """GroupedSS2D's out_norm and gate: ``(LN_g(y) * weight + bias) * act(z)`` with ``LN_g`` a LayerNorm over each
+    group of D channels of ``y (..., G*D)``, ``weight`` and ``bias`` ``(G, D)``. The norm runs in ``y``'s dtype
+    (the scan's full-precision output), the affine and the gate in ``z``'s, as the original casts after the affine.
+    Under autograd only ``y``, ``z`` and the statistics are kept (GELU, SiLU, ReLU gates), not the three maps between.
+    A torch.fx leaf."""
+    fns = _act_backward(act)
+    if fns is not None and torch.is_grad_enabled() and any(t.requires_grad for t in (y, z, weight, bias)):
+        return _NormGate.apply(y, z, weight, bias, eps, *fns)
+    groups, d = weight.shape
+    y = F.layer_norm(y.unflatten(-1, (groups, d)), (d,), eps=eps).flatten(-2).to(z.dtype)
+    return torch.addcmul(bias.flatten().to(z.dtype), y, weight.flatten().to(z.dtype)) * act(z)
 
 
 class GroupedSS2D(ScanLayer):
@@ -67,7 +220,8 @@ class GroupedSS2D(ScanLayer):
     Group k takes channels ``[k*C/4, (k+1)*C/4)`` and is scanned along direction k of ``grouped_routes``: in_proj →
     (x, z) → SiLU(depthwise conv(x)) → selective scan → out_norm → · SiLU(z) → out_proj, every step with the group's
     own weights. The weights are stacked over the groups (leading dim 4, or 4 blocks of rows for the depthwise conv,
-    ``A_logs`` and ``Ds``) so the whole layer is a few batched einsums and one scan call.
+    ``A_logs`` and ``Ds``); each projection runs for all groups as one GEMM with the block-diagonal weight
+    (``grouped_linear``), and the scan is one call over the four routes.
 
     Args:
         dim: model width C (divisible by 4).
@@ -124,23 +278,18 @@ class GroupedSS2D(ScanLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C)`` → ``(B, H, W, C)``; group k of the output comes from group k of the input only."""
         groups, d_inner = _NUM_GROUPS, self.d_inner
-        xz = torch.einsum('bhwgc,gec->bhwge', x.unflatten(-1, (groups, self.group_dim)), self.in_proj_weight)
-        x, z = xz.split(d_inner, dim=-1)
-        x = x.flatten(-2)
+        # in_proj's rows as (x, z) x group: x of every group, then z of every group, each contiguous
+        w_in = self.in_proj_weight.unflatten(1, (2, d_inner)).transpose(0, 1)
+        x, z = grouped_linear(x, w_in).split(groups * d_inner, dim=-1)
         # NHWC viewed as NCHW with channels-last strides: the depthwise conv needs no copy of its input.
         x = self.act(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
-        y = self.scan(x).unflatten(-1, (groups, d_inner))
-        y = F.layer_norm(y, (d_inner,), eps=self.out_norm_eps) * self.out_norm_weight + self.out_norm_bias
-        y = y.to(x.dtype) * self.act(z)
-        return torch.einsum('bhwgd,ged->bhwge', y, self.out_proj_weight).flatten(-2)
+        y = norm_gate(self.scan(x), z, self.out_norm_weight, self.out_norm_bias, self.out_norm_eps, self.act)
+        return grouped_linear(y, self.out_proj_weight[None])
 
     def scan(self, x: torch.Tensor) -> torch.Tensor:
         """Selective scan of the inner map ``x (B, H, W, 4*D)``, group k along route k: ``(B, H, W, 4*D)``."""
-        rank, n = self.dt_rank, self.d_state
-        x_dbl = torch.einsum('bhwgd,gcd->bhwgc', x.unflatten(-1, (_NUM_GROUPS, self.d_inner)), self.x_proj_weight)
-        dts, B, C = torch.split(x_dbl, [rank, n, n], dim=-1)
-        dts = torch.einsum('bhwgr,gdr->bhwgd', dts, self.dt_projs_weight).flatten(-2)
-        dts, B, C = (t.to(x.dtype).contiguous() for t in (dts, B, C))  # autocast may leave them in another dtype
+        dts, B, C = group_projections(x, self.x_proj_weight, self.dt_projs_weight, self.d_state)
+        dts, B, C = (t.to(x.dtype) for t in (dts, B, C))  # CPU autocast may leave the GEMM in another dtype
         return selective_scan(
             x, dts, -torch.exp(full_precision(self.A_logs)), B, C,
             full_precision(self.Ds), full_precision(self.dt_projs_bias).flatten(),
@@ -165,19 +314,82 @@ class GroupMambaMixer(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Under autocast the normed map goes on in the GEMMs' dtype: it is what in_proj reads anyway, and the
+        # products below then keep (and save for the backward) low-precision maps, not float32 ones.
         x = self.norm(x)
+        x = x.to(autocast_dtype(x))
         cam = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean(dim=(1, 2))))))
-        y = self.ssm(x) * self.skip_scale * x
-        y = y * cam[:, None, None, :]
-        return self.proj(self.norm(y))
+        scale = (self.skip_scale * cam).to(x.dtype)   # skip scale and CAM gate together: (B, C)
+        y = self.ssm(x) * x * scale.view(scale.shape[0], 1, 1, -1)
+        return self.proj(layer_norm_in_dtype(self.norm, y))
+
+
+class _ConvMlp(torch.autograd.Function):
+    """``fc2(act(conv(fc1(x))))`` on a channel-last map ``x``, saving ``x`` only (and the weights): fc1, the
+    depthwise conv and the activation are recomputed in the backward."""
+
+    @staticmethod
+    def forward(ctx, x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_bias, conv_args, act_fn,
+                act_bwd):
+        h = F.linear(x, fc1_weight, fc1_bias)
+        c = F.conv2d(h.permute(0, 3, 1, 2), conv_weight, conv_bias, *conv_args).permute(0, 2, 3, 1)
+        # the dtype the layers compute in (autocast's, else the input's); the backward uses it explicitly
+        ctx.dtype = autocast_dtype(c)
+        ctx.conv_args, ctx.act_fn, ctx.act_bwd = conv_args, act_fn, act_bwd
+        ctx.biases = tuple(b is not None for b in (fc1_bias, conv_bias, fc2_bias))
+        ctx.save_for_backward(x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight)
+        return F.linear(act_fn(c), fc2_weight, fc2_bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight = ctx.saved_tensors
+        dtype, (stride, padding, dilation, groups), need = ctx.dtype, ctx.conv_args, ctx.needs_input_grad
+        cast = lambda t: None if t is None else t.to(dtype)
+        x_flat = x.to(dtype).flatten(0, -2)
+        h = F.linear(x_flat, cast(fc1_weight), cast(fc1_bias)).view(*x.shape[:-1], -1)
+        h_nchw, conv_w = h.permute(0, 3, 1, 2), cast(conv_weight)
+        c = F.conv2d(h_nchw, conv_w, cast(conv_bias), *ctx.conv_args).permute(0, 2, 3, 1)
+        g = grad_out.to(dtype).flatten(0, -2)
+        grads = [None] * 7
+        if need[5]:
+            grads[5] = g.t().mm(ctx.act_fn(c).flatten(0, -2)).to(fc2_weight.dtype)
+        if ctx.biases[2] and need[6]:
+            grads[6] = g.sum(0).to(fc2_weight.dtype)
+        if any(need[:5]):
+            grad_c = ctx.act_bwd(g.mm(cast(fc2_weight)).view(c.shape), c).permute(0, 3, 1, 2)
+            grad_h, grads[3], grads[4] = torch.ops.aten.convolution_backward(
+                grad_c, h_nchw, conv_w, [conv_w.shape[0]] if ctx.biases[1] else None, stride, padding, dilation,
+                False, [0, 0], groups, [any(need[:3]), need[3], ctx.biases[1] and need[4]])
+            if any(need[:3]):
+                grad_h = grad_h.permute(0, 2, 3, 1).flatten(0, -2)
+                grads[0] = grad_h.mm(cast(fc1_weight)).view(x.shape) if need[0] else None
+                grads[1] = grad_h.t().mm(x_flat) if need[1] else None
+                grads[2] = grad_h.sum(0) if ctx.biases[0] and need[2] else None
+        like = (x, fc1_weight, fc1_bias, conv_weight, conv_bias, fc2_weight, fc2_weight)   # the dtypes to return
+        grads = [None if gr is None else gr.to(t.dtype) for gr, t in zip(grads, like)]
+        return (*grads, None, None, None)
+
+
+@register_notrace_function
+def conv_mlp(x: torch.Tensor, fc1: nn.Linear, conv: nn.Conv2d, act: nn.Module, fc2: nn.Linear) -> torch.Tensor:
+    """``fc2(act(conv(fc1(x))))`` on a channel-last map; under autograd only ``x`` is saved (GELU, SiLU, ReLU; other
+    activations run as they are). A torch.fx leaf: traced graphs keep the memory saving."""
+    fns = _act_backward(act)
+    params = (fc1.weight, fc1.bias, conv.weight, conv.bias, fc2.weight, fc2.bias)
+    if fns is not None and conv.padding_mode == 'zeros' and not isinstance(conv.padding, str) \
+            and torch.is_grad_enabled() and (x.requires_grad or any(p is not None and p.requires_grad for p in params)):
+        # saved in the dtype fc1 computes in (under autocast the norm before may return float32)
+        return _ConvMlp.apply(x.to(autocast_dtype(x)), *params, (conv.stride, conv.padding, conv.dilation,
+                                                                  conv.groups), *fns)
+    return fc2(act(conv(fc1(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)))
 
 
 class ConvMlp(nn.Module):
     """PVTv2's feed-forward, channel-last: fc1 → depthwise 3x3 conv → act → fc2.
 
-    The activation is recomputed in the backward (``act_linear``): of the three hidden-width maps the plain form
-    saves (fc1's output for the conv, the conv's output for the activation, the activation's for fc2) only the
-    first two are kept.
+    Its hidden maps (8x the model width in stages 1-2) are not kept for the backward: ``conv_mlp`` saves only the
+    input and recomputes fc1, the conv and the activation in the backward (one extra fc1 GEMM, depthwise conv and
+    activation per block), where the plain form saves three hidden-width maps.
     """
 
     def __init__(self, dim: int, hidden_dim: int, act_layer: Type[nn.Module] = nn.GELU):
@@ -188,9 +400,7 @@ class ConvMlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.fc1(x)
-        x = self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return act_linear(x, self.act, self.fc2)
+        return conv_mlp(x, self.fc1, self.dwconv, self.act, self.fc2)
 
 
 class GroupMambaBlock(nn.Module):
@@ -271,7 +481,11 @@ class Stem(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(self.conv(x)).permute(0, 2, 3, 1))
+        # Channels-last convolutions and BatchNorms (same values): their outputs are NHWC in memory, so the final
+        # permute to channel-last is a view, and on CUDA the BatchNorms take the channels-last kernels, where the
+        # NCHW bfloat16 backward was a slow kernel at this 112x112, 32-channel size.
+        x = self.conv(x.contiguous(memory_format=torch.channels_last))
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
 class ClassBlock(nn.Module):

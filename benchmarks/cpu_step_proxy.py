@@ -1,0 +1,156 @@
+"""CPU proxies of a model's GPU training-step cost: activation memory saved for backward, and ops dispatched.
+
+    python benchmarks/cpu_step_proxy.py MODEL [MODEL ...] [--batch 8] [--img-size 224] [--top 15]
+
+One training step (train mode, bf16 autocast, forward + cross-entropy + backward) on the CPU, measuring:
+
+* saved MiB: the bytes of the distinct storages that autograd saves for the backward
+  (``torch.autograd.graph.saved_tensors_hooks``), parameters excluded, split by dtype. At batch 8 this scales
+  linearly to the activation part of a batch-128 GPU peak (x16).
+* ops: the ATen ops dispatched in the forward (with the loss) and in the backward (a ``TorchDispatchMode``
+  counter, views included): each is host work and, on a GPU, mostly a kernel launch. With ``--top N`` the most
+  frequent ones.
+
+Two things are made to behave as on a CUDA device, so the numbers track the GPU step rather than the CPU's:
+
+* Norms under autocast: CUDA autocast runs ``layer_norm`` / ``group_norm`` in float32 (float32 output) whatever
+  the input dtype; CPU autocast keeps the input dtype. ``--norms cuda`` (default) applies the CUDA policy.
+* The selective scan: on a CPU it runs the pure-PyTorch reference, whose many small ops and intermediates would
+  swamp both counts. ``--scan stub`` (default) replaces it by one autograd function that saves what the Triton
+  backend saves (its inputs; not its small per-chunk state checkpoints) and returns zeros; ``--scan reference``
+  keeps the reference.
+
+Run from the repository root (imports ``visionssm`` from the current directory first).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import os
+import sys
+
+sys.path.insert(0, os.getcwd())
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.overrides import TorchFunctionMode  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts every ATen op dispatched inside the block, by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+class CudaAutocastNorms(TorchFunctionMode):
+    """CUDA autocast's float32 policy for norms, on the CPU: inputs (and weights) of layer_norm / group_norm go to
+    float32 while CPU autocast is on."""
+
+    _NORMS = (F.layer_norm, F.group_norm, torch.layer_norm, torch.group_norm)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._NORMS and torch.is_autocast_enabled('cpu'):
+            up = lambda t: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+            args = tuple(up(a) for a in args)
+            kwargs = {k: up(v) for k, v in kwargs.items()}
+            with torch.autocast('cpu', enabled=False):
+                return func(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+class _ScanStub(torch.autograd.Function):
+    """Stands in for the Triton scan: saves its inputs, returns zeros; zero gradients."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, out_shape, out_dtype):
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
+        return u.new_zeros(out_shape, dtype=out_dtype)
+
+    @staticmethod
+    def backward(ctx, dout):
+        saved = ctx.saved_tensors
+        return tuple(torch.zeros_like(t) if t is not None else None for t in saved) + (None, None)
+
+
+def _scan_stub(u, delta, A, B, C, D, delta_bias, plan, delta_softplus=True, return_hidden=False, mean=False,
+               out_dtype=None):
+    shape = (u.shape[0], u.shape[1], plan.out_channels) + ((A.shape[-1],) if return_hidden else ())
+    return _ScanStub.apply(u, delta, A, B, C, D, delta_bias, shape, out_dtype or u.dtype)
+
+
+def measure(name: str, batch: int, img_size: int, dtype, norms: str) -> dict:
+    import timm
+    model = timm.create_model(name).train()
+    params = {p.untyped_storage().data_ptr() for p in list(model.parameters()) + list(model.buffers())}
+    x = torch.randn(batch, 3, img_size, img_size)
+    target = torch.randint(0, max(getattr(model, 'num_classes', 0), 1), (batch,))
+
+    saved = {}  # storage data_ptr -> (nbytes, dtype)
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params and s.nbytes():
+            saved[s.data_ptr()] = (s.nbytes(), t.dtype)
+        return t
+
+    def step(fwd=contextlib.nullcontext(), bwd=contextlib.nullcontext(), hooks=contextlib.nullcontext()):
+        with torch.autocast('cpu', dtype=dtype or torch.bfloat16, enabled=dtype is not None), hooks, \
+                (CudaAutocastNorms() if norms == 'cuda' and dtype is not None else contextlib.nullcontext()), fwd:
+            out = model(x)
+            if isinstance(out, (tuple, list)):
+                out = out[0]
+            loss = F.cross_entropy(out.float(), target)
+        with bwd:
+            loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    step()  # warm-up: one-time work (route plans, caches) is not part of a step
+    fwd, bwd = OpCounter(), OpCounter()
+    step(fwd, bwd, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t))
+    by_dtype = collections.Counter()
+    for nbytes, dt in saved.values():
+        by_dtype[str(dt).replace('torch.', '')] += nbytes
+    return dict(saved_mib=sum(by_dtype.values()) / 2 ** 20, by_dtype={k: v / 2 ** 20 for k, v in by_dtype.items()},
+                fwd_ops=sum(fwd.counts.values()), bwd_ops=sum(bwd.counts.values()), fwd=fwd.counts, bwd=bwd.counts)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('models', nargs='+')
+    ap.add_argument('--batch', type=int, default=8)
+    ap.add_argument('--img-size', type=int, default=224)
+    ap.add_argument('--precision', choices=('bf16', 'fp16', 'fp32'), default='bf16')
+    ap.add_argument('--norms', choices=('cuda', 'cpu'), default='cuda',
+                    help="autocast policy for layer_norm/group_norm: CUDA's (float32) or the CPU's (input dtype)")
+    ap.add_argument('--scan', choices=('stub', 'reference'), default='stub')
+    ap.add_argument('--top', type=int, default=0, help='also list the N most frequent ops, forward and backward')
+    a = ap.parse_args(argv)
+    torch.manual_seed(0)
+    import visionssm  # noqa: F401  (registers the models)
+    if a.scan == 'stub':
+        import importlib
+        ss = importlib.import_module('visionssm.ops.selective_scan')
+        ss.BACKENDS['reference'] = (_scan_stub, lambda u: True)
+    dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': None}[a.precision]
+    print(f'batch {a.batch}, {a.img_size}px, {a.precision} autocast, {a.norms} norm policy, scan {a.scan}')
+    for name in a.models:
+        r = measure(name, a.batch, a.img_size, dtype, a.norms)
+        split = ', '.join(f'{k} {v:.1f}' for k, v in sorted(r['by_dtype'].items()))
+        print(f"{name}: saved {r['saved_mib']:.1f} MiB ({split}); ops forward {r['fwd_ops']}, "
+              f"backward {r['bwd_ops']}, total {r['fwd_ops'] + r['bwd_ops']}", flush=True)
+        if a.top:
+            for part in ('fwd', 'bwd'):
+                print(f'  {part}: ' + ', '.join(f'{op} {n}' for op, n in r[part].most_common(a.top)))
+
+
+if __name__ == '__main__':
+    main()
