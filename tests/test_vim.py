@@ -132,6 +132,42 @@ def test_both_directions_run_not_the_official_slow_path():
             assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+def _mixer(seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    mixer = vim.BiMambaMixer(16, d_state=4, dt_rank=3).to(dtype)
+    with torch.no_grad():
+        for p in mixer.parameters():
+            p.add_(torch.randn_like(p) * 0.1)   # no parameter left at a symmetric initial value
+    return mixer
+
+
+def test_mixer_matches_the_official_directions_with_gradients():
+    mixer = _mixer()
+    x = torch.randn(2, 9, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 9, 16, dtype=torch.float64)
+    inputs = [x] + list(mixer.parameters())
+    ours = torch.autograd.grad((mixer(x) * weight).sum(), inputs)
+    want = torch.autograd.grad((_reference_mixer(mixer, x) * weight).sum(), inputs)
+    names = ['x'] + [n for n, _ in mixer.named_parameters()]
+    for name, g, w in zip(names, ours, want):
+        torch.testing.assert_close(g, w, atol=1e-12, rtol=1e-10, msg=name)
+
+
+def test_fused_weights_are_cached_for_inference_until_a_parameter_changes():
+    mixer = _mixer()
+    x = torch.randn(1, 5, 16, dtype=torch.float64)
+    with torch.no_grad():
+        y = mixer(x)
+        first = mixer._fused_weights(torch.float64)
+        assert mixer._fused_weights(torch.float64) is first
+        mixer.D_b.add_(1.0)                            # an in-place update (an optimizer step, load_state_dict)
+        assert mixer._fused_weights(torch.float64) is not first
+        changed = mixer(x)
+        assert (changed - y).abs().max() > 1e-3
+        torch.testing.assert_close(changed, _reference_mixer(mixer, x), atol=1e-12, rtol=1e-12)
+    assert mixer._fused_weights(torch.float64) is not mixer._fused_weights(torch.float64)   # not with autograd
+
+
 def test_middle_class_token():
     model = timm.create_model('test_vim').eval()
     x = torch.randn(2, 3, 64, 64)

@@ -62,7 +62,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = full_precision(x)
-        y = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + self.eps) * self.weight.to(x.dtype)
+        y = F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
         return y.to(self.weight.dtype)  # the residual stays in full precision, the mixer gets the model's dtype
 
 
@@ -70,8 +70,9 @@ class BiMambaMixer(ScanLayer):
     """Official ``Mamba(bimamba_type='v2', if_divide_out=True)`` on a token sequence ``(B, L, C)``.
 
     Parameter names are the official ones (``conv1d_b``, ``x_proj_b``, ``dt_proj_b``, ``A_b_log``, ``D_b`` for the
-    backward direction), so checkpoints load without reshaping; the per-direction tensors are concatenated for the
-    one scan call.
+    backward direction), so checkpoints load without reshaping. Both directions run as one op each: one grouped
+    conv, one ``x_proj`` and one ``dt_proj`` GEMM on block-diagonal weights, one scan call over
+    ``bidirectional_routes`` that reads the projections in place (see ``_fused_weights``).
 
     Args:
         dim: model width C.
@@ -100,11 +101,12 @@ class BiMambaMixer(ScanLayer):
         self.d_conv = d_conv
         self.merge = 'mean' if divide_out else 'sum'
         self.routes = bidirectional_routes(d_inner)
+        self._cache: Optional[Tuple[Any, Tuple[torch.Tensor, ...]]] = None
 
         self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)
         dt_std = self.dt_rank ** -0.5
         for suffix in ('', '_b'):
-            # The convs are applied functionally (see _conv); padding is only the official module's attribute.
+            # The convs are applied functionally (see _fused_weights); padding is only the official attribute.
             self.add_module('conv1d' + suffix, nn.Conv1d(
                 d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=conv_bias))
             self.add_module('x_proj' + suffix, nn.Linear(d_inner, self.dt_rank + 2 * d_state, bias=False))
@@ -122,44 +124,77 @@ class BiMambaMixer(ScanLayer):
         self.D_b = nn.Parameter(torch.ones(d_inner))
         self.out_proj = nn.Linear(d_inner, dim, bias=False)
 
-    def _conv(self, x: torch.Tensor) -> torch.Tensor:
-        """Both directions' SiLU(causal conv1d) in position order: ``(B, L, E)`` → ``(B, L, 2E)``.
+    def _inner_parameters(self) -> List[torch.Tensor]:
+        """The parameters between ``in_proj`` and ``out_proj`` (what ``_fused_weights`` reads)."""
+        return [p for m in (self.conv1d, self.conv1d_b, self.x_proj, self.x_proj_b, self.dt_proj, self.dt_proj_b)
+                for p in m.parameters()] + [self.A_log, self.A_b_log, self.D, self.D_b]
 
-        The backward branch, a causal conv over the flipped sequence flipped back, is an anti-causal conv of ``x``
-        with the kernel reversed; both run as one grouped conv, without flipping any activation.
+    def _fused_weights(self, dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
+        """Both directions' weights as one op's: ``(conv_weight, conv_bias, x_proj, dt_proj, A, D, delta_bias)``.
+
+        * conv ``(2E, 1, 2k-1, 1)``: the forward direction's causal kernel padded with k-1 zero taps after it, and the
+          backward direction's reversed kernel with k-1 zero taps before it. With k-1 zeros of padding on both
+          sides of the sequence, one grouped conv gives the causal conv of ``x`` and the anti-causal one (the
+          official flip → causal conv → flip, with no activation flipped).
+        * ``x_proj`` ``(2(R + 2N), 2E)``, block-diagonal: per direction ``[Δ, B, C]`` from its own channels. B and C
+          of both directions are then strided ``(…, 2, N)`` views of its output, read in place by the scan.
+        * ``dt_proj`` ``(2E, 2(R + 2N))``, block-diagonal, each direction's weight padded with zero columns for B
+          and C: it reads ``x_proj``'s whole output, so Δ needs no copy either.
+        * A, D, Δ-bias of both directions concatenated, in full precision.
+
+        Without autograd (inference) they are kept between calls until a parameter changes (in place or
+        replaced) or the compute dtype changes.
         """
+        cacheable = not (torch.is_grad_enabled() or _tracing())
+        if cacheable:
+            params = self._inner_parameters()
+            key = (dtype, tuple((p.data_ptr(), p._version, p.device) for p in params))
+            if self._cache is not None and self._cache[0] == key:
+                return self._cache[1]
         k = self.d_conv
-        x = x.transpose(1, 2)
-        x = torch.cat([F.pad(x, (k - 1, 0)), F.pad(x, (0, k - 1))], dim=1)
-        weight = torch.cat([self.conv1d.weight, self.conv1d_b.weight.flip(-1)], dim=0)
-        bias = (torch.cat([self.conv1d.bias, self.conv1d_b.bias]) if self.conv1d.bias is not None else None)
-        return F.silu(F.conv1d(x, weight.to(x.dtype), bias.to(x.dtype) if bias is not None else None,
-                               groups=2 * self.d_inner)).transpose(1, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, z = self.in_proj(x).chunk(2, dim=-1)
-        u = self._conv(x)
-        u_f, u_b = u.chunk(2, dim=-1)
-        rank, n = self.dt_rank, self.d_state
-        dt_f, B_f, C_f = F.linear(u_f, self.x_proj.weight.to(u.dtype)).split([rank, n, n], dim=-1)
-        dt_b, B_b, C_b = F.linear(u_b, self.x_proj_b.weight.to(u.dtype)).split([rank, n, n], dim=-1)
-        delta = torch.cat([F.linear(dt_f, self.dt_proj.weight.to(u.dtype)),
-                           F.linear(dt_b, self.dt_proj_b.weight.to(u.dtype))], dim=-1)
-        B = torch.stack([B_f, B_b], dim=-2)  # (B, L, 2, N): per direction, shared by its channels
-        C = torch.stack([C_f, C_b], dim=-2)
+        conv_w = torch.cat([F.pad(self.conv1d.weight, (0, k - 1)), F.pad(self.conv1d_b.weight.flip(-1), (k - 1, 0))])
+        conv_w = conv_w.unsqueeze(-1).to(dtype)
+        conv_b = torch.cat([self.conv1d.bias, self.conv1d_b.bias]).to(dtype) if self.conv1d.bias is not None else None
+        x_proj = torch.block_diag(self.x_proj.weight, self.x_proj_b.weight).to(dtype)
+        bc = (0, 2 * self.d_state)
+        dt_proj = torch.block_diag(F.pad(self.dt_proj.weight, bc), F.pad(self.dt_proj_b.weight, bc)).to(dtype)
         A = -torch.exp(full_precision(torch.cat([self.A_log, self.A_b_log])))
         D = full_precision(torch.cat([self.D, self.D_b]))
         delta_bias = full_precision(torch.cat([self.dt_proj.bias, self.dt_proj_b.bias]))
-        # Autocast may leave the projections in another dtype than u.
-        delta, B, C = (t.to(u.dtype).contiguous() for t in (delta, B, C))
-        y = selective_scan(
-            u.contiguous(), delta, A, B, C, D, delta_bias, routes=self.routes, merge=self.merge,
-            delta_softplus=True, out_channels=self.d_inner, out_dtype=scan_out_dtype(u),
-        )
+        weights = (conv_w, conv_b, x_proj, dt_proj, A, D, delta_bias)
+        if cacheable:
+            self._cache = (key, weights)
+        return weights
+
+    def _gated_scan(self, xz: torch.Tensor) -> torch.Tensor:
+        """``in_proj``'s output ``(B, L, 2E)`` → the merged, gated scan output ``(B, L, E)`` in ``xz``'s dtype."""
+        x, z = xz.chunk(2, dim=-1)
+        dtype = xz.dtype   # autocast's where it is on (in_proj ran under it)
+        conv_w, conv_b, x_proj, dt_proj, A, D, delta_bias = self._fused_weights(dtype)
+        # Both directions' SiLU(conv) as one grouped conv over the channel-last sequence seen as a (B, 2E, L, 1)
+        # map: (B, L, 2E), the forward direction's channels first.
+        x2 = torch.cat([x, x], dim=-1).transpose(1, 2).unsqueeze(-1)
+        u = F.conv2d(x2, conv_w, conv_b, padding=(self.d_conv - 1, 0), groups=2 * self.d_inner)
+        u = F.silu(u).squeeze(-1).transpose(1, 2).contiguous()
+        x_dbl = F.linear(u, x_proj)                      # (B, L, 2(R + 2N)): [Δ_f, B_f, C_f, Δ_b, B_b, C_b]
+        delta = F.linear(x_dbl, dt_proj)                 # (B, L, 2E)
+        r, n = self.dt_rank, self.d_state
+        params = x_dbl.unflatten(-1, (2, r + 2 * n))
+        B, C = params[..., r:r + n], params[..., r + n:]  # (B, L, 2, N): per direction, shared by its channels
+        delta, B, C = delta.to(u.dtype), B.to(u.dtype), C.to(u.dtype)   # no-ops unless autocast left them apart
+        y = selective_scan(u, delta, A, B, C, D, delta_bias, routes=self.routes, merge=self.merge,
+                           delta_softplus=True, out_channels=self.d_inner, out_dtype=scan_out_dtype(u))
         # Officially each direction is gated by SiLU(z) (the backward one by flip(z), flipped back: the same z at
         # every position) before the average; the gate is common to both, so it is applied once after the merge.
-        y = y * F.silu(z.to(y.dtype))
-        return self.out_proj(y.to(x.dtype))
+        return (y * F.silu(z)).to(xz.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(self._gated_scan(self.in_proj(x)))
+
+
+def _tracing() -> bool:
+    return (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+            or torch.fx._symbolic_trace.is_fx_symbolic_tracing())
 
 
 class VimBlock(nn.Module):
