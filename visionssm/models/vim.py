@@ -82,6 +82,9 @@ class BiMambaMixer(ScanLayer):
         d_conv: causal depthwise conv size.
         conv_bias: bias in the convs.
         divide_out: average the two directions (``if_divide_out``, all releases) instead of summing them.
+        recompute: in training, keep only ``in_proj``'s output for the backward and recompute the rest of the
+            mixer there (conv, projections, scan, gate); the scan's fp32 state checkpoints then live only during
+            the backward of one block, not from the forward on.
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class BiMambaMixer(ScanLayer):
             d_conv: int = 4,
             conv_bias: bool = True,
             divide_out: bool = True,
+            recompute: bool = True,
     ):
         super().__init__()
         self.d_inner = d_inner = int(expand * dim)
@@ -100,6 +104,7 @@ class BiMambaMixer(ScanLayer):
         self.dt_rank = math.ceil(dim / 16) if dt_rank == 'auto' else int(dt_rank)
         self.d_conv = d_conv
         self.merge = 'mean' if divide_out else 'sum'
+        self.recompute = recompute
         self.routes = bidirectional_routes(d_inner)
         self._cache: Optional[Tuple[Any, Tuple[torch.Tensor, ...]]] = None
 
@@ -189,12 +194,43 @@ class BiMambaMixer(ScanLayer):
         return (y * F.silu(z)).to(xz.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out_proj(self._gated_scan(self.in_proj(x)))
+        xz = self.in_proj(x)
+        if self.recompute and not _tracing() and torch.is_grad_enabled() and xz.requires_grad:
+            y = _Recomputed.apply(self._gated_scan, xz, *self._inner_parameters())
+        else:
+            y = self._gated_scan(xz)
+        return self.out_proj(y)
 
 
 def _tracing() -> bool:
     return (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
             or torch.fx._symbolic_trace.is_fx_symbolic_tracing())
+
+
+class _Recomputed(torch.autograd.Function):
+    """``run(xz)`` computed without autograd; the backward recomputes it from the saved ``xz`` (under the forward's
+    autocast state) and backpropagates through it. The parameters ``run`` reads are inputs, so their gradients
+    leave through this node (``torch.autograd.grad`` and DDP's hooks see them as usual)."""
+
+    @staticmethod
+    def forward(ctx, run, xz, *params):
+        ctx.run = run
+        device = xz.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        ctx.save_for_backward(xz, *params)
+        with torch.no_grad():
+            return run(xz)
+
+    @staticmethod
+    def backward(ctx, grad):
+        xz, *params = ctx.saved_tensors
+        device, enabled, dtype = ctx.autocast
+        xz = xz.detach().requires_grad_(ctx.needs_input_grad[1])
+        wanted = [t for t, need in zip([xz] + params, ctx.needs_input_grad[1:]) if need]
+        with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
+            out = ctx.run(xz)
+        found = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True))
+        return (None,) + tuple(next(found) if need else None for need in ctx.needs_input_grad[1:])
 
 
 class VimBlock(nn.Module):
@@ -291,6 +327,8 @@ class Vim(nn.Module):
         residual_in_fp32: keep the residual stream in float32 under low-precision inputs / autocast.
         drop_rate: dropout after the position embedding (the official ``drop_rate``).
         drop_path_rate: stochastic depth, linearly increasing over blocks.
+        mixer_recompute: in training, each mixer keeps only ``in_proj``'s output for the backward and recomputes
+            the rest there (``BiMambaMixer``'s ``recompute``); False keeps every activation from the forward.
     """
     output_fmt = 'NLC'  # forward_features returns tokens, like timm's ViTs
 
@@ -314,6 +352,7 @@ class Vim(nn.Module):
             residual_in_fp32: bool = True,
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
+            mixer_recompute: bool = True,
     ):
         super().__init__()
         if global_pool not in ('token', 'avg', 'max', ''):
@@ -333,7 +372,8 @@ class Vim(nn.Module):
         dpr = torch.linspace(0, drop_path_rate, depth, device='cpu').tolist()
         self.blocks = nn.Sequential(*[
             VimBlock(embed_dim, drop_path=dpr[i], norm_eps=norm_eps, d_state=d_state, expand=expand,
-                     dt_rank=dt_rank, d_conv=d_conv, conv_bias=conv_bias, divide_out=divide_out)
+                     dt_rank=dt_rank, d_conv=d_conv, conv_bias=conv_bias, divide_out=divide_out,
+                     recompute=mixer_recompute)
             for i in range(depth)])
         self.feature_info = [dict(num_chs=embed_dim, reduction=stride, module=f'blocks.{i}') for i in range(depth)]
         self.norm = RMSNorm(embed_dim, eps=norm_eps)
