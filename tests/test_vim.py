@@ -189,6 +189,19 @@ def test_mixer_recompute_under_autocast_matches_keeping_everything():
         torch.testing.assert_close(g_re, g_keep, atol=0, rtol=0)
 
 
+def test_mixer_recompute_with_a_frozen_input_projection():
+    # only the inner parameters train: xz needs no gradient, the recomputation still keeps only it
+    grads = []
+    for recompute in (True, False):
+        mixer = _mixer(recompute)
+        mixer.in_proj.weight.requires_grad_(False)
+        (mixer(torch.randn(2, 9, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))) ** 2).sum().backward()
+        grads.append(dict((n, p.grad) for n, p in mixer.named_parameters()))
+    assert grads[0].pop('in_proj.weight') is None and grads[1].pop('in_proj.weight') is None
+    for name, g in grads[1].items():
+        torch.testing.assert_close(grads[0][name], g, atol=1e-12, rtol=1e-10, msg=name)
+
+
 def test_fused_weights_are_cached_for_inference_until_a_parameter_changes():
     mixer = _mixer()
     x = torch.randn(1, 5, 16, dtype=torch.float64)

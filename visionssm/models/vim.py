@@ -11,7 +11,10 @@ the token sequence (index ``M // 2``), an absolute position embedding added afte
 pre-norm residual blocks ``x + mixer(RMSNorm(x))`` with no MLP, a final RMSNorm and a linear head on the middle
 token. The mixer is the official "bimamba v2": one ``in_proj``, a forward and a backward direction with their own
 causal conv1d, ``x_proj``, ``dt_proj``, ``A_log`` and ``D``, and ``out_proj((y_f + flip(y_b)) / 2)``. Here both
-directions are one call of the shared scan op over ``bidirectional_routes``.
+directions run as one op each: one grouped conv, one GEMM per projection on block-diagonal weights, and one call of
+the shared scan op over ``bidirectional_routes``. In training each mixer keeps only ``in_proj``'s output for the
+backward and recomputes the rest there (``mixer_recompute``, on by default): the scan's fp32 state checkpoints,
+otherwise the largest saved tensor, then exist for one block's backward at a time.
 
 Differences from the official module (none change the released models' outputs):
 
@@ -39,6 +42,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from timm.layers import DropPath, resample_abs_pos_embed, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model, \
     register_notrace_function
@@ -154,8 +158,9 @@ class BiMambaMixer(ScanLayer):
         if cacheable:
             params = self._inner_parameters()
             key = (dtype, tuple((p.data_ptr(), p._version, p.device) for p in params))
-            if self._cache is not None and self._cache[0] == key:
-                return self._cache[1]
+            cache = getattr(self, '_cache', None)   # (a module pickled before the cache existed has none)
+            if cache is not None and cache[0] == key:
+                return cache[1]
         k = self.d_conv
         conv_w = torch.cat([F.pad(self.conv1d.weight, (0, k - 1)), F.pad(self.conv1d_b.weight.flip(-1), (k - 1, 0))])
         conv_w = conv_w.unsqueeze(-1).to(dtype)
@@ -199,14 +204,16 @@ class BiMambaMixer(ScanLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xz = self.in_proj(x)
-        if self.recompute and not _tracing() and torch.is_grad_enabled() and xz.requires_grad:
-            y = _Recomputed.apply(self._gated_scan, xz, *self._inner_parameters())
-        else:
-            y = self._gated_scan(xz)
+        if self.recompute and not _tracing() and torch.is_grad_enabled():
+            params = self._inner_parameters()
+            if xz.requires_grad or any(p.requires_grad for p in params):
+                return self.out_proj(_Recomputed.apply(self._gated_scan, xz, *params))
+        y = self._gated_scan(xz)
         return self.out_proj(y)
 
 
 def _tracing() -> bool:
+    """Inside torch.compile, an export, TorchScript tracing or torch.fx tracing: no cache, no recomputation."""
     return (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
             or torch.fx._symbolic_trace.is_fx_symbolic_tracing())
 
@@ -226,6 +233,7 @@ class _Recomputed(torch.autograd.Function):
             return run(xz)
 
     @staticmethod
+    @once_differentiable   # the recomputed graph is not kept: a second derivative would be silently zero
     def backward(ctx, grad):
         xz, *params = ctx.saved_tensors
         device, enabled, dtype = ctx.autocast
