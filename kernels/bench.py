@@ -2,6 +2,7 @@
 
     python kernels/bench.py            # from the repository root, on a CUDA machine
     python kernels/bench.py --batch 32 --no-ref
+    python kernels/bench.py --sweep --only Vim   # kernel shapes of the d_state-16 sequential kernels (SEQ_SWEEP)
 
 Each fused-op time is taken twice: eager calls (host overhead included, as a model runs them) and the replay of
 the call captured in a CUDA graph (GPU time alone, as the anchors' "graph replay" column).
@@ -158,7 +159,8 @@ def main():
                     help='device copy bandwidth for the %% column (default: a device-to-device copy measured on an H100)')
     ap.add_argument('--only', default='', help='run only the shapes whose name contains this text')
     ap.add_argument('--sweep', action='store_true',
-                    help='time the sequential kernels and several chunk shapes (BT, BD, num_warps) of the chunked ones')
+                    help='time the sequential kernels and several chunk shapes (BT, BD, num_warps) of the chunked ones; '
+                         'at d_state 16 also shapes (BD, BT, num_warps) of the sequential ones (SEQ_SWEEP)')
     args = ap.parse_args()
     if args.sweep:
         return sweep(args.batch, args.only)
@@ -219,6 +221,12 @@ SWEEP = {1: dict(fwd=[(64, 32, 1), (32, 32, 1), (64, 32, 4), (128, 32, 4), (64, 
                  bwd=[(32, 32, 1), (16, 32, 1), (32, 32, 4), (16, 32, 2)]),
          16: dict(fwd=[(8, 16, 4), (16, 16, 1), (8, 16, 1)],
                   bwd=[(8, 16, 4), (8, 16, 1)])}
+# sequential kernel shapes (BD, BT, num_warps) at d_state 16, the first of each the default: forward ones timed
+# forward-only (backward at its default), backward ones in forward+backward (forward at its default), the backward
+# ones with the decays kept in registers and recomputed (SEQ_KEEP_DECAY)
+SEQ_SWEEP = {16: dict(fwd=[(32, 8, 4), (32, 8, 2), (32, 8, 1), (16, 8, 1), (64, 8, 4), (32, 16, 4), (32, 4, 4)],
+                      bwd=[(16, 4, 2), (16, 4, 1), (8, 4, 1), (16, 2, 2), (16, 2, 1), (16, 8, 2), (32, 4, 4),
+                           (32, 4, 2)])}
 
 
 def sweep(batch, only=''):
@@ -253,8 +261,31 @@ def sweep(batch, only=''):
             except Exception as e:  # a shape that does not compile / fit
                 print(f'{name:36s} {label:52s} {what} failed: {type(e).__name__}: {str(e)[:200]}', flush=True)
         TS.FORCE_KERNEL, TS._CHUNK_OVERRIDE, TS.MERGE = None, None, None
+        if n_state in SEQ_SWEEP:
+            sweep_sequential(name, plan, n_state, mean, x, fb, tb)
         del x
         torch.cuda.empty_cache()
+
+
+def sweep_sequential(name, plan, n_state, mean, x, fb, tb):
+    cfg = SEQ_SWEEP[n_state]
+    fwd0, bwd0 = cfg['fwd'][0], cfg['bwd'][0]
+    variants = [('fwd', (c, bwd0), None) for c in cfg['fwd']]
+    variants += [('both', (fwd0, c), keep) for c in cfg['bwd'] for keep in (True, False)]
+    TS.FORCE_KERNEL = 'sequential'
+    for what, over, keep in variants:
+        TS._SEQ_OVERRIDE, TS.SEQ_KEEP_DECAY = over, keep
+        label = f'sequential fwd {over[0]} bwd {over[1]}' + ('' if keep is None else f' keep_decay={keep}')
+        try:
+            if what == 'fwd':
+                t = bench_one(selective_scan_triton, x, plan, mean, False)
+                print(f'{name:36s} {label:60s} fwd     {t:8.3f} ms {fb / t / 1e6:6.0f} GB/s', flush=True)
+            else:
+                t = bench_one(selective_scan_triton, x, plan, mean, True)
+                print(f'{name:36s} {label:60s} fwd+bwd {t:8.3f} ms {tb / t / 1e6:6.0f} GB/s', flush=True)
+        except Exception as e:  # a shape that does not compile / fit
+            print(f'{name:36s} {label:60s} {what} failed: {type(e).__name__}: {str(e)[:200]}', flush=True)
+    TS.FORCE_KERNEL, TS._SEQ_OVERRIDE, TS.SEQ_KEEP_DECAY = None, None, None
 
 
 if __name__ == '__main__':

@@ -320,7 +320,8 @@ if _HAS_TRITON:
             BD: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, OFF64: tl.constexpr,
             EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, PREFETCH: tl.constexpr,
             HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr,
-            DU_ATOMIC: tl.constexpr, SEG: tl.constexpr, DD_ATOMIC: tl.constexpr, SPLIT: tl.constexpr):
+            DU_ATOMIC: tl.constexpr, SEG: tl.constexpr, DD_ATOMIC: tl.constexpr, SPLIT: tl.constexpr,
+            KEEP_DECAY: tl.constexpr):
         # Chunks from last to first, each BT steps unrolled: recompute the chunk's states from its checkpoint
         # (forward over the rows, each row's incoming state kept in registers), then walk the rows backwards with
         # the adjoint carry q = a_{t+1} g_{t+1} in registers across chunks. Rows past the route's end read its last
@@ -385,15 +386,23 @@ if _HAS_TRITON:
                 cur = _chunk_loads(pos_ptr, start, pstart, t0, length, u_base, d_base, B_base, C_base, o_base, su_p,
                                    sd_p, sB_p, sC_p, so_p, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N, not HIDDEN, True,
                                    HIDDEN, sh_ptr, N, SEG, SPLIT)
-            # 1) the chunk's states from its checkpoint; row i keeps h_{t0+i-1}
+            # 1) the chunk's states from its checkpoint; row i keeps h_{t0+i-1}, or with KEEP_DECAY its decay
+            # a = exp(dt A) and a h_{t0+i-1} (one more tile per row in registers, one exp2 less per element)
             h = tl.load(ck_base + c.to(tl.int64) * W * N, mask=mdn & (c > 0), other=0.0)
-            us, dts, Bs, hs = (), (), (), ()
+            us, dts, Bs, hs, decays = (), (), (), (), ()
             for i in tl.static_range(BT):
                 u = cur[7 * i + 1].to(tl.float32)
                 dt = _to_dt(cur[7 * i + 2], bias, HAS_BIAS, SOFTPLUS)
                 Bt = cur[7 * i + 3].to(tl.float32)
+                a = _exp2(dt[:, None] * A2)
+                if KEEP_DECAY:
+                    h = a * h
+                    decays = decays + (a,)
                 us, dts, Bs, hs = us + (u,), dts + (dt,), Bs + (Bt,), hs + (h,)
-                h = _exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]
+                if KEEP_DECAY:
+                    h = h + (dt * u)[:, None] * Bt[None, :]
+                else:
+                    h = a * h + (dt * u)[:, None] * Bt[None, :]
             # 2) the rows backwards
             for i in tl.static_range(BT - 1, -1, -1):
                 ok = t0 + i < length
@@ -401,9 +410,12 @@ if _HAS_TRITON:
                     m = ok
                 else:
                     m = ok & md
-                p, q, u, dt, Bt, h_prev = cur[7 * i], cur[7 * i + 6], us[i], dts[i], Bs[i], hs[i]
-                a = _exp2(dt[:, None] * A2)
-                ah = a * h_prev
+                p, q, u, dt, Bt = cur[7 * i], cur[7 * i + 6], us[i], dts[i], Bs[i]
+                if KEEP_DECAY:
+                    a, ah = decays[i], hs[i]
+                else:
+                    a = _exp2(dt[:, None] * A2)
+                    ah = a * hs[i]
                 dy = tl.where(ok, cur[7 * i + 5].to(tl.float32) * scale, 0.0)
                 if HIDDEN:
                     g = dy + carry
@@ -816,6 +828,18 @@ SEQ_PREFETCH = None
 MERGE = None
 
 
+# The sequential backward recomputes each chunk's decays a = exp(dt A) from its checkpoint before walking it backwards;
+# KEEP_DECAY keeps them (and a h) in registers for the backward walk instead of exponentiating again: one exp2 and two
+# multiplies less per (channel, state, step) for one more state tile per unrolled step. None: kept where N > 4 (Vim:
+# the states are many and exp2 is the scarce unit; not yet measured on the H100 / H200), recomputed for N <= 4 (the
+# tuned VMamba shapes); True / False force it.
+SEQ_KEEP_DECAY = None
+
+
+def _keep_decay(n_state: int) -> bool:
+    return SEQ_KEEP_DECAY if SEQ_KEEP_DECAY is not None else n_state > 4
+
+
 def _prefetch(backward: bool, route_len: int) -> bool:
     return SEQ_PREFETCH if SEQ_PREFETCH is not None else (backward or route_len >= 2048)
 
@@ -866,7 +890,7 @@ def _chunk_config(width: int, n_state: int, backward: bool):
 
 def _knobs() -> tuple:
     """The module-level settings above (tests and benchmarks change them): part of every launch cache's key."""
-    return FORCE_KERNEL, _CHUNK_OVERRIDE, _SEQ_OVERRIDE, SEQ_PREFETCH, MERGE, SEQ_MIN_WARPS_PER_SM
+    return FORCE_KERNEL, _CHUNK_OVERRIDE, _SEQ_OVERRIDE, SEQ_PREFETCH, MERGE, SEQ_MIN_WARPS_PER_SM, SEQ_KEEP_DECAY
 
 
 def _kernel_config(plan: RoutePlan, n_state: int, backward: bool, batch: int, device):
@@ -967,7 +991,7 @@ def _backward_launch(plan: RoutePlan, n_state: int, batch: int, device, knobs) -
     if plan.revisits:   # a route reads one input element more than once: its du adds up inside one program
         merge = 'atomic'
     if not chunked:
-        consts.update(SEG=_segmented(plan), DD_ATOMIC=plan.revisits)
+        consts.update(SEG=_segmented(plan), DD_ATOMIC=plan.revisits, KEEP_DECAY=_keep_decay(n_state))
     zero = merge == 'atomic' or (merge == 'routes' and not _every_route_reads_everything(plan)) or (
         merge == 'none' and not covered)
     # route k's delta block is written at the route's positions: zeros only where a route skips some, or adds

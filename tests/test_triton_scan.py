@@ -342,6 +342,15 @@ def test_sequential_prefetch_settings(case, prefetch, monkeypatch):
     _check(kernel='sequential', **KERNEL_CASES[case])
 
 
+@pytest.mark.parametrize('case', ['long_route_nstate16', 'cross_fp32_multichunk', 'hidden_one_route',
+                                  'snake_params_at_step', 'strided_views'])
+@pytest.mark.parametrize('keep', [True, False])
+def test_sequential_backward_keep_decay_settings(case, keep, monkeypatch):
+    # the backward's decays kept in registers from the recomputation, or exponentiated again in the backward walk
+    monkeypatch.setattr(TS, 'SEQ_KEEP_DECAY', keep)
+    _check(kernel='sequential', **KERNEL_CASES[case])
+
+
 def test_no_grad_forward_only():
     if _NEEDS_SUBPROCESS:
         pytest.skip('runs in test_cpu_cases_in_fresh_process')

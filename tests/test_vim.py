@@ -132,6 +132,91 @@ def test_both_directions_run_not_the_official_slow_path():
             assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+def _mixer(recompute=True, seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    mixer = vim.BiMambaMixer(16, d_state=4, dt_rank=3, recompute=recompute).to(dtype)
+    with torch.no_grad():
+        for p in mixer.parameters():
+            p.add_(torch.randn_like(p) * 0.1)   # no parameter left at a symmetric initial value
+    return mixer
+
+
+def test_mixer_matches_the_official_directions_with_gradients():
+    mixer = _mixer()
+    x = torch.randn(2, 9, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 9, 16, dtype=torch.float64)
+    inputs = [x] + list(mixer.parameters())
+    ours = torch.autograd.grad((mixer(x) * weight).sum(), inputs)
+    want = torch.autograd.grad((_reference_mixer(mixer, x) * weight).sum(), inputs)
+    names = ['x'] + [n for n, _ in mixer.named_parameters()]
+    for name, g, w in zip(names, ours, want):
+        torch.testing.assert_close(g, w, atol=1e-12, rtol=1e-10, msg=name)
+
+
+def test_mixer_recompute_keeps_only_the_projections_inputs_and_outputs():
+    """With ``recompute`` the mixer keeps in_proj's input and output and out_proj's input for the backward
+    (and the parameters); without, every intermediate of the conv, projections and scan as well."""
+    x = torch.randn(2, 9, 16, dtype=torch.float64, requires_grad=True)
+    saved = {}
+    for recompute in (True, False):
+        mixer = _mixer(recompute)
+        params = {p.untyped_storage().data_ptr() for p in mixer.parameters()}
+        storages = {}
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() not in params:
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            mixer(x)
+        saved[recompute] = sum(storages.values())
+    e = 2 * 16
+    assert saved[True] == 2 * 9 * (16 + 2 * e + e) * 8   # x, xz = in_proj(x), the gated scan output
+    assert saved[False] > 3 * saved[True]
+
+
+def test_mixer_recompute_under_autocast_matches_keeping_everything():
+    x = torch.randn(2, 9, 16)
+    grads = []
+    for recompute in (True, False):
+        mixer = _mixer(recompute, dtype=torch.float32)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            y = mixer(x)
+        assert y.dtype == torch.bfloat16
+        y.float().square().sum().backward()
+        grads.append([p.grad for p in mixer.parameters()])
+    for g_re, g_keep in zip(*grads):   # the same bf16 computation, recomputed in the backward
+        torch.testing.assert_close(g_re, g_keep, atol=0, rtol=0)
+
+
+def test_mixer_recompute_with_a_frozen_input_projection():
+    # only the inner parameters train: xz needs no gradient, the recomputation still keeps only it
+    grads = []
+    for recompute in (True, False):
+        mixer = _mixer(recompute)
+        mixer.in_proj.weight.requires_grad_(False)
+        (mixer(torch.randn(2, 9, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))) ** 2).sum().backward()
+        grads.append(dict((n, p.grad) for n, p in mixer.named_parameters()))
+    assert grads[0].pop('in_proj.weight') is None and grads[1].pop('in_proj.weight') is None
+    for name, g in grads[1].items():
+        torch.testing.assert_close(grads[0][name], g, atol=1e-12, rtol=1e-10, msg=name)
+
+
+def test_fused_weights_are_cached_for_inference_until_a_parameter_changes():
+    mixer = _mixer()
+    x = torch.randn(1, 5, 16, dtype=torch.float64)
+    with torch.no_grad():
+        y = mixer(x)
+        first = mixer._fused_weights(torch.float64)
+        assert mixer._fused_weights(torch.float64) is first
+        mixer.D_b.add_(1.0)                            # an in-place update (an optimizer step, load_state_dict)
+        assert mixer._fused_weights(torch.float64) is not first
+        changed = mixer(x)
+        assert (changed - y).abs().max() > 1e-3
+        torch.testing.assert_close(changed, _reference_mixer(mixer, x), atol=1e-12, rtol=1e-12)
+    assert mixer._fused_weights(torch.float64) is not mixer._fused_weights(torch.float64)   # not with autograd
+
+
 def test_middle_class_token():
     model = timm.create_model('test_vim').eval()
     x = torch.randn(2, 3, 64, 64)

@@ -11,7 +11,10 @@ the token sequence (index ``M // 2``), an absolute position embedding added afte
 pre-norm residual blocks ``x + mixer(RMSNorm(x))`` with no MLP, a final RMSNorm and a linear head on the middle
 token. The mixer is the official "bimamba v2": one ``in_proj``, a forward and a backward direction with their own
 causal conv1d, ``x_proj``, ``dt_proj``, ``A_log`` and ``D``, and ``out_proj((y_f + flip(y_b)) / 2)``. Here both
-directions are one call of the shared scan op over ``bidirectional_routes``.
+directions run as one op each: one grouped conv, one GEMM per projection on block-diagonal weights, and one call of
+the shared scan op over ``bidirectional_routes``. In training each mixer keeps only ``in_proj``'s output for the
+backward and recomputes the rest there (``mixer_recompute``, on by default): the scan's fp32 state checkpoints,
+otherwise the largest saved tensor, then exist for one block's backward at a time.
 
 Differences from the official module (none change the released models' outputs):
 
@@ -39,12 +42,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from timm.layers import DropPath, resample_abs_pos_embed, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model, \
     register_notrace_function
 from timm.models._features import FeatureInfo, feature_take_indices
 
-from visionssm.layers import ScanLayer, full_precision, init_dt_bias, scan_out_dtype
+from visionssm.layers import ScanLayer, full_precision, init_dt_bias
 from visionssm.ops import bidirectional_routes, selective_scan
 from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted, load_through_model
 
@@ -62,7 +66,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = full_precision(x)
-        y = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + self.eps) * self.weight.to(x.dtype)
+        y = F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
         return y.to(self.weight.dtype)  # the residual stays in full precision, the mixer gets the model's dtype
 
 
@@ -70,8 +74,9 @@ class BiMambaMixer(ScanLayer):
     """Official ``Mamba(bimamba_type='v2', if_divide_out=True)`` on a token sequence ``(B, L, C)``.
 
     Parameter names are the official ones (``conv1d_b``, ``x_proj_b``, ``dt_proj_b``, ``A_b_log``, ``D_b`` for the
-    backward direction), so checkpoints load without reshaping; the per-direction tensors are concatenated for the
-    one scan call.
+    backward direction), so checkpoints load without reshaping. Both directions run as one op each: one grouped
+    conv, one ``x_proj`` and one ``dt_proj`` GEMM on block-diagonal weights, one scan call over
+    ``bidirectional_routes`` that reads the projections in place (see ``_fused_weights``).
 
     Args:
         dim: model width C.
@@ -81,6 +86,9 @@ class BiMambaMixer(ScanLayer):
         d_conv: causal depthwise conv size.
         conv_bias: bias in the convs.
         divide_out: average the two directions (``if_divide_out``, all releases) instead of summing them.
+        recompute: in training, keep only ``in_proj``'s output for the backward and recompute the rest of the
+            mixer there (conv, projections, scan, gate); the scan's fp32 state checkpoints then live only during
+            the backward of one block, not from the forward on.
     """
 
     def __init__(
@@ -92,6 +100,7 @@ class BiMambaMixer(ScanLayer):
             d_conv: int = 4,
             conv_bias: bool = True,
             divide_out: bool = True,
+            recompute: bool = True,
     ):
         super().__init__()
         self.d_inner = d_inner = int(expand * dim)
@@ -99,12 +108,14 @@ class BiMambaMixer(ScanLayer):
         self.dt_rank = math.ceil(dim / 16) if dt_rank == 'auto' else int(dt_rank)
         self.d_conv = d_conv
         self.merge = 'mean' if divide_out else 'sum'
+        self.recompute = recompute
         self.routes = bidirectional_routes(d_inner)
+        self._cache: Optional[Tuple[Any, Tuple[torch.Tensor, ...]]] = None
 
         self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)
         dt_std = self.dt_rank ** -0.5
         for suffix in ('', '_b'):
-            # The convs are applied functionally (see _conv); padding is only the official module's attribute.
+            # The convs are applied functionally (see _fused_weights); padding is only the official attribute.
             self.add_module('conv1d' + suffix, nn.Conv1d(
                 d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=conv_bias))
             self.add_module('x_proj' + suffix, nn.Linear(d_inner, self.dt_rank + 2 * d_state, bias=False))
@@ -122,44 +133,116 @@ class BiMambaMixer(ScanLayer):
         self.D_b = nn.Parameter(torch.ones(d_inner))
         self.out_proj = nn.Linear(d_inner, dim, bias=False)
 
-    def _conv(self, x: torch.Tensor) -> torch.Tensor:
-        """Both directions' SiLU(causal conv1d) in position order: ``(B, L, E)`` → ``(B, L, 2E)``.
+    def _inner_parameters(self) -> List[torch.Tensor]:
+        """The parameters between ``in_proj`` and ``out_proj`` (what ``_fused_weights`` reads)."""
+        return [p for m in (self.conv1d, self.conv1d_b, self.x_proj, self.x_proj_b, self.dt_proj, self.dt_proj_b)
+                for p in m.parameters()] + [self.A_log, self.A_b_log, self.D, self.D_b]
 
-        The backward branch, a causal conv over the flipped sequence flipped back, is an anti-causal conv of ``x``
-        with the kernel reversed; both run as one grouped conv, without flipping any activation.
+    def _fused_weights(self, dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
+        """Both directions' weights as one op's: ``(conv_weight, conv_bias, x_proj, dt_proj, A, D, delta_bias)``.
+
+        * conv ``(2E, 1, 2k-1, 1)``: the forward direction's causal kernel padded with k-1 zero taps after it, and the
+          backward direction's reversed kernel with k-1 zero taps before it. With k-1 zeros of padding on both
+          sides of the sequence, one grouped conv gives the causal conv of ``x`` and the anti-causal one (the
+          official flip → causal conv → flip, with no activation flipped).
+        * ``x_proj`` ``(2(R + 2N), 2E)``, block-diagonal: per direction ``[Δ, B, C]`` from its own channels. B and C
+          of both directions are then strided ``(…, 2, N)`` views of its output, read in place by the scan.
+        * ``dt_proj`` ``(2E, 2(R + 2N))``, block-diagonal, each direction's weight padded with zero columns for B
+          and C: it reads ``x_proj``'s whole output, so Δ needs no copy either.
+        * A, D, Δ-bias of both directions concatenated, in full precision.
+
+        Without autograd (inference) they are kept between calls until a parameter changes (in place or
+        replaced) or the compute dtype changes.
         """
+        cacheable = not (torch.is_grad_enabled() or _tracing())
+        if cacheable:
+            params = self._inner_parameters()
+            key = (dtype, tuple((p.data_ptr(), p._version, p.device) for p in params))
+            cache = getattr(self, '_cache', None)   # (a module pickled before the cache existed has none)
+            if cache is not None and cache[0] == key:
+                return cache[1]
         k = self.d_conv
-        x = x.transpose(1, 2)
-        x = torch.cat([F.pad(x, (k - 1, 0)), F.pad(x, (0, k - 1))], dim=1)
-        weight = torch.cat([self.conv1d.weight, self.conv1d_b.weight.flip(-1)], dim=0)
-        bias = (torch.cat([self.conv1d.bias, self.conv1d_b.bias]) if self.conv1d.bias is not None else None)
-        return F.silu(F.conv1d(x, weight.to(x.dtype), bias.to(x.dtype) if bias is not None else None,
-                               groups=2 * self.d_inner)).transpose(1, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, z = self.in_proj(x).chunk(2, dim=-1)
-        u = self._conv(x)
-        u_f, u_b = u.chunk(2, dim=-1)
-        rank, n = self.dt_rank, self.d_state
-        dt_f, B_f, C_f = F.linear(u_f, self.x_proj.weight.to(u.dtype)).split([rank, n, n], dim=-1)
-        dt_b, B_b, C_b = F.linear(u_b, self.x_proj_b.weight.to(u.dtype)).split([rank, n, n], dim=-1)
-        delta = torch.cat([F.linear(dt_f, self.dt_proj.weight.to(u.dtype)),
-                           F.linear(dt_b, self.dt_proj_b.weight.to(u.dtype))], dim=-1)
-        B = torch.stack([B_f, B_b], dim=-2)  # (B, L, 2, N): per direction, shared by its channels
-        C = torch.stack([C_f, C_b], dim=-2)
+        conv_w = torch.cat([F.pad(self.conv1d.weight, (0, k - 1)), F.pad(self.conv1d_b.weight.flip(-1), (k - 1, 0))])
+        conv_w = conv_w.unsqueeze(-1).to(dtype)
+        conv_b = torch.cat([self.conv1d.bias, self.conv1d_b.bias]).to(dtype) if self.conv1d.bias is not None else None
+        x_proj = torch.block_diag(self.x_proj.weight, self.x_proj_b.weight).to(dtype)
+        bc = (0, 2 * self.d_state)
+        dt_proj = torch.block_diag(F.pad(self.dt_proj.weight, bc), F.pad(self.dt_proj_b.weight, bc)).to(dtype)
         A = -torch.exp(full_precision(torch.cat([self.A_log, self.A_b_log])))
         D = full_precision(torch.cat([self.D, self.D_b]))
         delta_bias = full_precision(torch.cat([self.dt_proj.bias, self.dt_proj_b.bias]))
-        # Autocast may leave the projections in another dtype than u.
-        delta, B, C = (t.to(u.dtype).contiguous() for t in (delta, B, C))
-        y = selective_scan(
-            u.contiguous(), delta, A, B, C, D, delta_bias, routes=self.routes, merge=self.merge,
-            delta_softplus=True, out_channels=self.d_inner, out_dtype=scan_out_dtype(u),
-        )
+        weights = (conv_w, conv_b, x_proj, dt_proj, A, D, delta_bias)
+        if cacheable:
+            self._cache = (key, weights)
+        return weights
+
+    def _gated_scan(self, xz: torch.Tensor) -> torch.Tensor:
+        """``in_proj``'s output ``(B, L, 2E)`` → the merged, gated scan output ``(B, L, E)`` in ``xz``'s dtype."""
+        x, z = xz.chunk(2, dim=-1)
+        dtype = xz.dtype   # autocast's where it is on (in_proj ran under it)
+        conv_w, conv_b, x_proj, dt_proj, A, D, delta_bias = self._fused_weights(dtype)
+        # Both directions' SiLU(conv) as one grouped conv over the channel-last sequence seen as a (B, 2E, L, 1)
+        # map: (B, L, 2E), the forward direction's channels first.
+        x2 = torch.cat([x, x], dim=-1).transpose(1, 2).unsqueeze(-1)
+        u = F.conv2d(x2, conv_w, conv_b, padding=(self.d_conv - 1, 0), groups=2 * self.d_inner)
+        u = F.silu(u).squeeze(-1).transpose(1, 2).contiguous()
+        x_dbl = F.linear(u, x_proj)                      # (B, L, 2(R + 2N)): [Δ_f, B_f, C_f, Δ_b, B_b, C_b]
+        delta = F.linear(x_dbl, dt_proj)                 # (B, L, 2E)
+        r, n = self.dt_rank, self.d_state
+        params = x_dbl.unflatten(-1, (2, r + 2 * n))
+        B, C = params[..., r:r + n], params[..., r + n:]  # (B, L, 2, N): per direction, shared by its channels
+        delta, B, C = delta.to(u.dtype), B.to(u.dtype), C.to(u.dtype)   # no-ops unless autocast left them apart
+        # The merged output stays in u's dtype (bf16 under autocast, as the official kernel writes each direction's
+        # gated output): the gate and out_proj take it in that dtype anyway. An fp32 merge here measured no more
+        # accurate (vim_tiny, 6 blocks, bf16 autocast on the CPU: features 3.40e-3 vs 3.41e-3 relative error
+        # against float64) for twice the bytes and one more cast.
+        y = selective_scan(u, delta, A, B, C, D, delta_bias, routes=self.routes, merge=self.merge,
+                           delta_softplus=True, out_channels=self.d_inner)
         # Officially each direction is gated by SiLU(z) (the backward one by flip(z), flipped back: the same z at
         # every position) before the average; the gate is common to both, so it is applied once after the merge.
-        y = y * F.silu(z.to(y.dtype))
-        return self.out_proj(y.to(x.dtype))
+        return y * F.silu(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xz = self.in_proj(x)
+        if self.recompute and not _tracing() and torch.is_grad_enabled():
+            params = self._inner_parameters()
+            if xz.requires_grad or any(p.requires_grad for p in params):
+                return self.out_proj(_Recomputed.apply(self._gated_scan, xz, *params))
+        y = self._gated_scan(xz)
+        return self.out_proj(y)
+
+
+def _tracing() -> bool:
+    """Inside torch.compile, an export, TorchScript tracing or torch.fx tracing: no cache, no recomputation."""
+    return (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+            or torch.fx._symbolic_trace.is_fx_symbolic_tracing())
+
+
+class _Recomputed(torch.autograd.Function):
+    """``run(xz)`` computed without autograd; the backward recomputes it from the saved ``xz`` (under the forward's
+    autocast state) and backpropagates through it. The parameters ``run`` reads are inputs, so their gradients
+    leave through this node (``torch.autograd.grad`` and DDP's hooks see them as usual)."""
+
+    @staticmethod
+    def forward(ctx, run, xz, *params):
+        ctx.run = run
+        device = xz.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        ctx.save_for_backward(xz, *params)
+        with torch.no_grad():
+            return run(xz)
+
+    @staticmethod
+    @once_differentiable   # the recomputed graph is not kept: a second derivative would be silently zero
+    def backward(ctx, grad):
+        xz, *params = ctx.saved_tensors
+        device, enabled, dtype = ctx.autocast
+        xz = xz.detach().requires_grad_(ctx.needs_input_grad[1])
+        wanted = [t for t, need in zip([xz] + params, ctx.needs_input_grad[1:]) if need]
+        with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
+            out = ctx.run(xz)
+        found = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True))
+        return (None,) + tuple(next(found) if need else None for need in ctx.needs_input_grad[1:])
 
 
 class VimBlock(nn.Module):
@@ -256,6 +339,8 @@ class Vim(nn.Module):
         residual_in_fp32: keep the residual stream in float32 under low-precision inputs / autocast.
         drop_rate: dropout after the position embedding (the official ``drop_rate``).
         drop_path_rate: stochastic depth, linearly increasing over blocks.
+        mixer_recompute: in training, each mixer keeps only ``in_proj``'s output for the backward and recomputes
+            the rest there (``BiMambaMixer``'s ``recompute``); False keeps every activation from the forward.
     """
     output_fmt = 'NLC'  # forward_features returns tokens, like timm's ViTs
 
@@ -279,6 +364,7 @@ class Vim(nn.Module):
             residual_in_fp32: bool = True,
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
+            mixer_recompute: bool = True,
     ):
         super().__init__()
         if global_pool not in ('token', 'avg', 'max', ''):
@@ -298,7 +384,8 @@ class Vim(nn.Module):
         dpr = torch.linspace(0, drop_path_rate, depth, device='cpu').tolist()
         self.blocks = nn.Sequential(*[
             VimBlock(embed_dim, drop_path=dpr[i], norm_eps=norm_eps, d_state=d_state, expand=expand,
-                     dt_rank=dt_rank, d_conv=d_conv, conv_bias=conv_bias, divide_out=divide_out)
+                     dt_rank=dt_rank, d_conv=d_conv, conv_bias=conv_bias, divide_out=divide_out,
+                     recompute=mixer_recompute)
             for i in range(depth)])
         self.feature_info = [dict(num_chs=embed_dim, reduction=stride, module=f'blocks.{i}') for i in range(depth)]
         self.norm = RMSNorm(embed_dim, eps=norm_eps)
