@@ -272,9 +272,10 @@ def sweep_sequential(name, plan, n_state, mean, x, fb, tb):
     fwd0, bwd0 = cfg['fwd'][0], cfg['bwd'][0]
     variants = [('fwd', (c, bwd0), None) for c in cfg['fwd']]
     variants += [('both', (fwd0, c), keep) for c in cfg['bwd'] for keep in (True, False)]
+    saved = TS.FORCE_KERNEL, TS._SEQ_OVERRIDE, TS.SEQ_KEEP_DECAY
     TS.FORCE_KERNEL = 'sequential'
     for what, over, keep in variants:
-        TS._SEQ_OVERRIDE, TS.SEQ_KEEP_DECAY = over, keep
+        TS._SEQ_OVERRIDE, TS.SEQ_KEEP_DECAY = over, saved[2] if keep is None else keep
         label = f'sequential fwd {over[0]} bwd {over[1]}' + ('' if keep is None else f' keep_decay={keep}')
         try:
             if what == 'fwd':
@@ -285,7 +286,7 @@ def sweep_sequential(name, plan, n_state, mean, x, fb, tb):
                 print(f'{name:36s} {label:60s} fwd+bwd {t:8.3f} ms {tb / t / 1e6:6.0f} GB/s', flush=True)
         except Exception as e:  # a shape that does not compile / fit
             print(f'{name:36s} {label:60s} {what} failed: {type(e).__name__}: {str(e)[:200]}', flush=True)
-    TS.FORCE_KERNEL, TS._SEQ_OVERRIDE, TS.SEQ_KEEP_DECAY = None, None, None
+    TS.FORCE_KERNEL, TS._SEQ_OVERRIDE, TS.SEQ_KEEP_DECAY = saved
 
 
 if __name__ == '__main__':

@@ -830,10 +830,9 @@ MERGE = None
 
 # The sequential backward recomputes each chunk's decays a = exp(dt A) from its checkpoint before walking it backwards;
 # KEEP_DECAY keeps them (and a h) in registers for the backward walk instead of exponentiating again: one exp2 and two
-# multiplies less per (channel, state, step) for one more state tile per unrolled step. None: kept where N > 4 (Vim:
-# the states are many and exp2 is the scarce unit; not yet measured on the H100 / H200), recomputed for N <= 4 (the
-# tuned VMamba shapes); True / False force it.
-SEQ_KEEP_DECAY = None
+# multiplies less per (channel, state, step) for one more state tile per unrolled step. Off until measured on a GPU
+# (the extra registers may spill at d_state 16); `kernels/bench.py --sweep` times both settings. None: on where N > 4.
+SEQ_KEEP_DECAY = False
 
 
 def _keep_decay(n_state: int) -> bool:

@@ -22,6 +22,8 @@ from timm.models import register_notrace_function
 from visionssm.ops import Route, cross_routes, selective_scan
 from visionssm.ops.selective_scan import TORCHSCRIPT_UNSUPPORTED
 
+from .cache import cached_while_inferring, tracing
+
 __all__ = ['SS2D', 'ScanLayer', 'InputDtypeLayerNorm', 'init_dt_bias', 'full_precision', 'scan_out_dtype']
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -63,15 +65,27 @@ class ScanLayer(nn.Module):
         raise RuntimeError(TORCHSCRIPT_UNSUPPORTED)
 
 
+def projection_weight(x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor) -> torch.Tensor:
+    """Every route's Δ, B and C projection as one ``(K*D + K*2N, D)`` matrix: dt_proj composed with the first
+    dt_rank rows of x_proj into a ``(D x D)`` matrix per route, then the B / C rows. Same parameters and values; no
+    per-route batched matmul with permute copies, and no dt_rank-wide GEMMs (at dt_rank 6 their weight gradients
+    ran as unaligned kernels that took ~19% of a VMamba-T training step on an H100, tools/profile_model.py)."""
+    rank = dt_projs_weight.shape[-1]
+    w_dt = torch.matmul(dt_projs_weight, x_proj_weight[:, :rank])          # (K, D, D)
+    return torch.cat([w_dt.flatten(0, 1), x_proj_weight[:, rank:].flatten(0, 1)])
+
+
 @register_notrace_function
 def route_projections(
         x: torch.Tensor,
         x_proj_weight: torch.Tensor,
         dt_projs_weight: torch.Tensor,
         d_state: int,
+        weight: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Δ ``(B, H, W, K*D)``, B and C ``(B, H, W, K, N)`` of every route from the inner map ``x (B, H, W, D)``, with
-    ``x_proj_weight (K, R+2N, D)`` and ``dt_projs_weight (K, D, R)``."""
+    ``x_proj_weight (K, R+2N, D)`` and ``dt_projs_weight (K, D, R)``; ``weight``: their ``projection_weight``,
+    when already composed."""
     rank, n, k = dt_projs_weight.shape[-1], d_state, x_proj_weight.shape[0]
     if x.device.type == 'meta':
         # FLOP counting runs on the meta device: count the architecture's two-step low-rank Δ projection, as
@@ -79,13 +93,10 @@ def route_projections(
         x_dbl = torch.einsum('bhwd,kcd->bhwkc', x, x_proj_weight)
         dts, B, C = torch.split(x_dbl, [rank, n, n], dim=-1)
         return torch.einsum('bhwkr,kdr->bhwkd', dts, dt_projs_weight).flatten(-2), B, C
-    # One GEMM for every route's Δ, B and C, dt_proj composed with the first dt_rank rows of x_proj into a
-    # (D x D) matrix per route. Same parameters and values; no per-route batched matmul with permute copies,
-    # and no dt_rank-wide GEMMs (at dt_rank 6 their weight gradients ran as unaligned kernels that took
-    # ~19% of a VMamba-T training step on an H100, tools/profile_model.py). Δ, B and C are strided views
-    # of the one output, read in place by the scan.
-    w_dt = torch.matmul(dt_projs_weight, x_proj_weight[:, :rank])          # (K, D, D)
-    weight = torch.cat([w_dt.flatten(0, 1), x_proj_weight[:, rank:].flatten(0, 1)])
+    # One GEMM for every route's Δ, B and C (see projection_weight). Δ, B and C are strided views of the one
+    # output, read in place by the scan.
+    if weight is None:
+        weight = projection_weight(x_proj_weight, dt_projs_weight)
     dts, BC = F.linear(x, weight).split([k * x.shape[-1], k * 2 * n], dim=-1)
     BC = BC.unflatten(-1, (k, 2 * n))
     return dts, BC[..., :n], BC[..., n:]
@@ -185,11 +196,20 @@ class SS2D(ScanLayer):
 
         Low-precision inputs return float32 (the state and the merge stay in full precision up to out_norm).
         """
-        dts, B, C = route_projections(x, self.x_proj_weight, self.dt_projs_weight, self.d_state)
+        if torch.is_grad_enabled() or tracing():
+            weight, (A, D, delta_bias) = None, self.scan_parameters()
+        else:  # inference: the composed projection (cast once to x's dtype) and A, D, Δ-bias kept between calls
+            weight, A, D, delta_bias = cached_while_inferring(
+                self, (self.x_proj_weight, self.dt_projs_weight, self.A_logs, self.Ds, self.dt_projs_bias), x.dtype,
+                lambda: (projection_weight(self.x_proj_weight, self.dt_projs_weight).to(x.dtype),
+                         *self.scan_parameters()))
+        dts, B, C = route_projections(x, self.x_proj_weight, self.dt_projs_weight, self.d_state, weight)
         # Autocast may leave the projections in another dtype than x (CPU autocast keeps some matmuls in fp32).
         dts, B, C = (t.to(x.dtype) for t in (dts, B, C))
-        return selective_scan(
-            x, dts, -torch.exp(full_precision(self.A_logs)), B, C,
-            full_precision(self.Ds), full_precision(self.dt_projs_bias).flatten(),
-            routes=self.routes, merge='sum', delta_softplus=True, out_dtype=scan_out_dtype(x),
-        )
+        return selective_scan(x, dts, A, B, C, D, delta_bias, routes=self.routes, merge='sum', delta_softplus=True,
+                              out_dtype=scan_out_dtype(x))
+
+    def scan_parameters(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``A = -exp(A_logs)``, D and the Δ-bias in full precision, as the scan takes them."""
+        return (-torch.exp(full_precision(self.A_logs)), full_precision(self.Ds),
+                full_precision(self.dt_projs_bias).flatten())

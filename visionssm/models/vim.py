@@ -49,6 +49,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import FeatureInfo, feature_take_indices
 
 from visionssm.layers import ScanLayer, full_precision, init_dt_bias
+from visionssm.layers.cache import cached_while_inferring, tracing
 from visionssm.ops import bidirectional_routes, selective_scan
 from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted, load_through_model
 
@@ -110,7 +111,6 @@ class BiMambaMixer(ScanLayer):
         self.merge = 'mean' if divide_out else 'sum'
         self.recompute = recompute
         self.routes = bidirectional_routes(d_inner)
-        self._cache: Optional[Tuple[Any, Tuple[torch.Tensor, ...]]] = None
 
         self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)
         dt_std = self.dt_rank ** -0.5
@@ -154,13 +154,9 @@ class BiMambaMixer(ScanLayer):
         Without autograd (inference) they are kept between calls until a parameter changes (in place or
         replaced) or the compute dtype changes.
         """
-        cacheable = not (torch.is_grad_enabled() or _tracing())
-        if cacheable:
-            params = self._inner_parameters()
-            key = (dtype, tuple((p.data_ptr(), p._version, p.device) for p in params))
-            cache = getattr(self, '_cache', None)   # (a module pickled before the cache existed has none)
-            if cache is not None and cache[0] == key:
-                return cache[1]
+        return cached_while_inferring(self, self._inner_parameters(), dtype, lambda: self._build_fused_weights(dtype))
+
+    def _build_fused_weights(self, dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
         k = self.d_conv
         conv_w = torch.cat([F.pad(self.conv1d.weight, (0, k - 1)), F.pad(self.conv1d_b.weight.flip(-1), (k - 1, 0))])
         conv_w = conv_w.unsqueeze(-1).to(dtype)
@@ -171,10 +167,7 @@ class BiMambaMixer(ScanLayer):
         A = -torch.exp(full_precision(torch.cat([self.A_log, self.A_b_log])))
         D = full_precision(torch.cat([self.D, self.D_b]))
         delta_bias = full_precision(torch.cat([self.dt_proj.bias, self.dt_proj_b.bias]))
-        weights = (conv_w, conv_b, x_proj, dt_proj, A, D, delta_bias)
-        if cacheable:
-            self._cache = (key, weights)
-        return weights
+        return conv_w, conv_b, x_proj, dt_proj, A, D, delta_bias
 
     def _gated_scan(self, xz: torch.Tensor) -> torch.Tensor:
         """``in_proj``'s output ``(B, L, 2E)`` → the merged, gated scan output ``(B, L, E)`` in ``xz``'s dtype."""
@@ -204,18 +197,12 @@ class BiMambaMixer(ScanLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xz = self.in_proj(x)
-        if self.recompute and not _tracing() and torch.is_grad_enabled():
+        if self.recompute and not tracing() and torch.is_grad_enabled():
             params = self._inner_parameters()
             if xz.requires_grad or any(p.requires_grad for p in params):
                 return self.out_proj(_Recomputed.apply(self._gated_scan, xz, *params))
         y = self._gated_scan(xz)
         return self.out_proj(y)
-
-
-def _tracing() -> bool:
-    """Inside torch.compile, an export, TorchScript tracing or torch.fx tracing: no cache, no recomputation."""
-    return (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
-            or torch.fx._symbolic_trace.is_fx_symbolic_tracing())
 
 
 class _Recomputed(torch.autograd.Function):
