@@ -24,6 +24,7 @@ cannot be scripted: ``torch.jit.script``, or building under timm's ``set_scripta
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from typing import Any, Dict, Optional, Sequence, Type, Union
 
@@ -32,9 +33,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import ClassifierHead, DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model, \
-    register_notrace_module
+    register_notrace_function, register_notrace_module
 
-from visionssm.layers import SS2D, Mlp, full_precision, scan_out_dtype
+from visionssm.layers import SS2D, Mlp, full_precision
+from visionssm.layers.ss2d import route_projections
 from visionssm.ops import Route, selective_scan
 from ._checkpoint import load_through_model
 from ._hierarchical import HierarchicalBackbone
@@ -92,21 +94,96 @@ class Downsample(nn.Module):
         return self.pw2(self.dw(self.pw1(x.permute(0, 3, 1, 2)))).permute(0, 2, 3, 1)
 
 
+def _replicate_index(height: int, width: int, pad: int, device: torch.device) -> torch.Tensor:
+    """Flat positions ``h * width + w`` of the ``(height + 2 pad) x (width + 2 pad)`` replicate-padded map (clamped
+    rows and columns), row-major."""
+    rows = torch.arange(-pad, height + pad, device=device).clamp(0, height - 1)
+    cols = torch.arange(-pad, width + pad, device=device).clamp(0, width - 1)
+    return (rows[:, None] * width + cols).flatten()
+
+
+_cached_replicate_index = functools.lru_cache(maxsize=64)(_replicate_index)
+
+
+def _replicate_pad(h: torch.Tensor, index: torch.Tensor, pad: int) -> torch.Tensor:
+    """``(B, H, W, D)`` → replicate-padded ``(B, D, H + 2 pad, W + 2 pad)``, channels-last in memory: one gather of
+    whole channel vectors."""
+    batch, height, width, dim = h.shape
+    padded = h.flatten(1, 2).index_select(1, index)
+    return padded.view(batch, height + 2 * pad, width + 2 * pad, dim).permute(0, 3, 1, 2)
+
+
+def _fuse(h: torch.Tensor, weight: torch.Tensor, index: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
+    """``sum_i conv_{d_i}(replicate_pad(h))`` for ``h (B, H, W, D)`` and ``weight (len(dilations), D, 1, 3, 3)``;
+    ``(B, H, W, D)`` out."""
+    pad, (height, width) = max(dilations), h.shape[1:3]
+    padded = _replicate_pad(h, index, pad)
+    out = None
+    for kernel, d in zip(weight, dilations):
+        view = padded[:, :, pad - d:pad + height + d, pad - d:pad + width + d]
+        branch = F.conv2d(view, kernel, dilation=d, groups=h.shape[-1])
+        out = branch if out is None else out.add_(branch)
+    return out.permute(0, 2, 3, 1)
+
+
+class _FuseStates(torch.autograd.Function):
+    """``_fuse`` whose backward keeps only ``h`` and re-gathers the padded map (a cheap copy): autograd would keep
+    the padded map, 1.4x (56x56) to 5.9x (7x7) the size of ``h``."""
+
+    @staticmethod
+    def forward(ctx, h, weight, index, dilations):
+        ctx.save_for_backward(h, weight, index)
+        ctx.dilations = dilations
+        return _fuse(h, weight, index, dilations)
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, weight, index = ctx.saved_tensors
+        dilations = ctx.dilations
+        pad, (batch, height, width, dim) = max(dilations), h.shape
+        padded = _replicate_pad(h, index, pad)
+        grad = grad.permute(0, 3, 1, 2)
+        need_h, need_weight = ctx.needs_input_grad[:2]
+        grad_padded, grad_kernels = None, [None] * len(dilations)
+        # Widest branch first: its view is the whole padded map, so its input gradient is the accumulator.
+        for i in sorted(range(len(dilations)), key=lambda i: -dilations[i]):
+            d = dilations[i]
+            view = (slice(None), slice(None), slice(pad - d, pad + height + d), slice(pad - d, pad + width + d))
+            grad_view, grad_kernels[i], _ = torch.ops.aten.convolution_backward(
+                grad, padded[view], weight[i], None, (1, 1), (0, 0), (d, d), False, (0, 0), dim,
+                (need_h, need_weight, False))
+            if need_h:
+                if grad_padded is None:
+                    grad_padded = grad_view
+                else:
+                    grad_padded[view] += grad_view
+        grad_h = grad_weight = None
+        if need_h:
+            # The border positions collect up to (pad + 1)^2 contributions each: summed in at least float32.
+            flat = grad_padded.permute(0, 2, 3, 1).reshape(batch, -1, dim).to(torch.promote_types(h.dtype,
+                                                                                                 torch.float32))
+            grad_h = flat.new_zeros(batch, height * width, dim).index_add_(1, index, flat).view_as(h).to(h.dtype)
+        if need_weight:
+            grad_weight = torch.stack(grad_kernels)
+        return grad_h, grad_weight, None, None
+
+
 @register_notrace_module
 class StateFusion(nn.Module):
     """Structure-aware state fusion: ``sum_i alpha_i * DWConv3x3_{dilation d_i}(h)`` with d = (1, 3, 5), each
-    branch replicate-padded (border indices clamped), no bias. Channel-last ``(B, H, W, D)`` in and out.
+    branch replicate-padded (border indices clamped), no bias. Channel-last ``(B, H, W, D)`` in and out, computed in
+    ``h``'s dtype (autocast does not change it: the caller decides, see ``state_dtype``).
 
     Computed from the current kernels on every call, in training and eval alike. The official eval path merges the
     branches once into an 11x11 kernel (replicate padding 5) and caches it; with replicate padding the two forms
     are the same function, but the cache goes stale when the weights change, and this form has none.
 
-    For the backward's memory the map is padded once, by the largest dilation, and each branch convolves a view of
-    it (replicate padding by d is the centre of replicate padding by 5), with ``alpha_i`` folded into its kernel:
-    autograd keeps one padded map, where padding and scaling per branch kept the input, three padded maps and three
-    branch outputs.
+    The map is padded once, by the largest dilation, with one gather (replicate padding by d is the centre of
+    replicate padding by 5), channels-last, so the depthwise convolutions read it without a layout change; each
+    branch convolves a view of it with ``alpha_i`` folded into its kernel. In training the backward keeps only
+    ``h`` (``_FuseStates``).
 
-    A torch.fx leaf: its full-precision region (an autocast context a traced graph would drop) and its size-dependent
+    A torch.fx leaf: its autocast-free region (an autocast context a traced graph would drop) and its size-dependent
     padding indices run as they are.
     """
     dilations = (1, 3, 5)
@@ -120,25 +197,35 @@ class StateFusion(nn.Module):
         self.alpha = nn.Parameter(torch.ones(3))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        # Full precision even under autocast: the states can be large, and fp16 convs of them overflow (official #27).
         no_autocast = (torch.autocast(h.device.type, enabled=False) if h.device.type in ('cpu', 'cuda')
                        else contextlib.nullcontext())  # e.g. the meta device (FLOP counting) has no autocast
         with no_autocast:
-            pad = max(self.dilations)
+            kernels = torch.stack([self.kernel_3, self.kernel_3_1, self.kernel_3_2])
+            weight = (self.alpha.view(-1, 1, 1, 1, 1) * kernels).to(h.dtype)
             height, width = h.shape[1:3]
-            # Replicate padding as a gather of clamped rows and columns: unlike F.pad(mode='replicate'), whose
-            # backward keeps its input, index_select's keeps only the indices. The gather writes NCHW: the dilated
-            # depthwise convs ran 1.3x slower on a channels-last map (measured on an H100).
-            padded = h.permute(0, 3, 1, 2)
-            for dim, size in ((2, height), (3, width)):
-                index = torch.arange(-pad, size + pad, device=h.device).clamp_(0, size - 1)
-                padded = padded.index_select(dim, index)
-            out = None
-            for alpha, kernel, d in zip(self.alpha, (self.kernel_3, self.kernel_3_1, self.kernel_3_2), self.dilations):
-                view = padded[:, :, pad - d:pad + height + d, pad - d:pad + width + d]
-                branch = F.conv2d(view, (alpha * kernel).to(h.dtype), dilation=d, groups=self.dim)
-                out = branch if out is None else out + branch
-        return out.permute(0, 2, 3, 1)
+            pad = max(self.dilations)
+            if _tracing():
+                return _fuse(h, weight, _replicate_index(height, width, pad, h.device), self.dilations)
+            index = _cached_replicate_index(height, width, pad, h.device)
+            if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+                return _FuseStates.apply(h, weight, index, self.dilations)
+            return _fuse(h, weight, index, self.dilations)
+
+
+def _tracing() -> bool:
+    """Under torch.compile, torch.export, an ONNX export or TorchScript tracing: sizes may be symbolic, so no cached
+    indices, and autograd is the tracer's."""
+    return (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+            or torch.jit.is_tracing())
+
+
+@register_notrace_function
+def state_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the states are returned and fused in, for the scan's input ``x``: x's own, except float32 for
+    float16, whose range the states can exceed (official #27: non-finite gradients in fp16 AMP training).
+    bfloat16 has float32's range; the official code fuses in bfloat16 under bfloat16 autocast too (its fp32 states
+    are cast by autocast for the convolutions)."""
+    return torch.float32 if x.dtype == torch.float16 else x.dtype
 
 
 class StructureAwareSSM(SS2D):
@@ -165,19 +252,22 @@ class StructureAwareSSM(SS2D):
         self.state_fusion = StateFusion(self.d_inner)
 
     def scan(self, x: torch.Tensor) -> torch.Tensor:
-        """``C * fuse(h) + D * x`` for the inner map ``x (B, H, W, D)``; float32 for low-precision inputs."""
-        x_dbl = torch.einsum('bhwd,kcd->bhwkc', x, self.x_proj_weight)
-        dts, B, C = torch.split(x_dbl, [self.dt_rank, 1, 1], dim=-1)
-        dts = torch.einsum('bhwkr,kdr->bhwkd', dts, self.dt_projs_weight).flatten(-2)
-        A = -torch.exp(full_precision(self.A_logs))
+        """``C * fuse(h) + D * x`` for the inner map ``x (B, H, W, D)``.
+
+        The states are returned and fused in ``state_dtype(x)``; the observation is at least float32 (``Ds`` is),
+        like the official ``h * C + x * D``, up to out_norm.
+        """
+        dts, B, C = route_projections(x, self.x_proj_weight, self.dt_projs_weight, self.d_state)
         # Autocast may leave the projections in another dtype than x (CPU autocast does); the op wants one dtype.
+        dts, B, C = (t.to(x.dtype) for t in (dts, B, C))
+        A = -torch.exp(full_precision(self.A_logs))
+        dtype = state_dtype(x)
         h = selective_scan(
-            x, dts.to(x.dtype).contiguous(), A, B.to(x.dtype).contiguous(), None, None,
-            self.dt_projs_bias.to(A.dtype).flatten(),
-            routes=self.routes, delta_softplus=True, return_hidden=True, out_dtype=scan_out_dtype(x),
+            x, dts, A, B, None, None, self.dt_projs_bias.to(A.dtype).flatten(),
+            routes=self.routes, delta_softplus=True, return_hidden=True, out_dtype=dtype,
         ).squeeze(-1)
-        h = self.state_fusion(h)  # in the scan's output dtype: float32 for low-precision x, else x's
-        return h * C[..., 0, :].to(h.dtype) + x.to(h.dtype) * self.Ds.to(h.dtype)
+        h = self.state_fusion(h)
+        return torch.addcmul(x * self.Ds, h, C[..., 0, :].to(dtype))
 
 
 class SpatialMambaBlock(nn.Module):
