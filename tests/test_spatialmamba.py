@@ -279,3 +279,27 @@ def test_bfloat16_autocast_forward():
             got = model(x)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got.float(), want, atol=5e-2, rtol=5e-2)
+
+
+def test_observe_norm_gate_gradients_and_saved_memory():
+    """The mixer's ``norm(fused * C + x * D) * SiLU(z)``: values and gradients of the plain expression, and of
+    map-sized tensors the backward keeps only its inputs (no observation, normed map or SiLU(z))."""
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(6).double()
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    fused, x, z = (torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    C = torch.randn(2, 3, 5, 1, dtype=torch.float64, requires_grad=True)
+    Ds = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    leaves = (fused, C, x, Ds, z, norm.weight, norm.bias)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = spatialmamba.observe_norm_gate(fused, C, x, Ds, z, norm)
+    want = norm(fused * C + x * Ds) * F.silu(z)
+    torch.testing.assert_close(out, want, atol=1e-12, rtol=1e-12)
+    grad = torch.randn_like(out)
+    for got, ref in zip(torch.autograd.grad(out, leaves, grad), torch.autograd.grad(want, leaves, grad)):
+        torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-12)
+    maps = {t.untyped_storage().data_ptr() for t in saved if t.numel() >= x.numel()}
+    assert maps <= {t.untyped_storage().data_ptr() for t in (fused, x, z)}

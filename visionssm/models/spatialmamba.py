@@ -228,6 +228,45 @@ def state_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float32 if x.dtype == torch.float16 else x.dtype
 
 
+class _ObserveNormGate(torch.autograd.Function):
+    """``observe_norm_gate`` whose backward recomputes the observation, the norm's output and ``SiLU(z)`` from what
+    it keeps: the fused states, and C, x and z, which the scan and the depthwise conv keep anyway. Autograd would
+    also keep the float32 observation, the normed map and ``SiLU(z)``: about a fifth of a block's saved memory."""
+
+    @staticmethod
+    def forward(ctx, fused, C, x, Ds, z, weight, bias, eps):
+        y = torch.addcmul(x * Ds, fused, C)
+        normed, mean, rstd = torch.native_layer_norm(y, y.shape[-1:], weight.to(y.dtype), bias.to(y.dtype), eps)
+        ctx.save_for_backward(fused, C, x, Ds, z, weight, bias, mean, rstd)
+        return normed.to(x.dtype) * F.silu(z)
+
+    @staticmethod
+    def backward(ctx, grad):
+        fused, C, x, Ds, z, weight, bias, mean, rstd = ctx.saved_tensors
+        y = torch.addcmul(x * Ds, fused, C)
+        weight, bias = weight.to(y.dtype), bias.to(y.dtype)
+        normed = torch.addcmul(bias, (y - mean) * rstd, weight).to(x.dtype)
+        grad_z = torch.ops.aten.silu_backward(grad * normed, z)
+        grad_y, grad_weight, grad_bias = torch.ops.aten.native_layer_norm_backward(
+            (grad * F.silu(z)).to(y.dtype), y, y.shape[-1:], mean, rstd, weight, bias, (True, *ctx.needs_input_grad[5:7]))
+        grad_fused = (grad_y * C).to(fused.dtype)
+        grad_C = (grad_y * fused).sum(-1, keepdim=True).to(C.dtype)
+        grad_x = (grad_y * Ds).to(x.dtype)
+        grad_Ds = (grad_y * x).flatten(0, -2).sum(0).to(Ds.dtype)
+        return grad_fused, grad_C, grad_x, grad_Ds, grad_z, grad_weight, grad_bias, None
+
+
+@register_notrace_function
+def observe_norm_gate(fused: torch.Tensor, C: torch.Tensor, x: torch.Tensor, Ds: torch.Tensor, z: torch.Tensor,
+                      norm: nn.LayerNorm) -> torch.Tensor:
+    """``norm(fused * C + x * Ds) * SiLU(z)`` in x's dtype; the observation and the norm in at least float32 (``Ds``
+    is). ``fused, x, z (B, H, W, D)``, ``C (B, H, W, 1)``. A torch.fx leaf (it picks its autograd by grad mode)."""
+    if _tracing() or not torch.is_grad_enabled():
+        y = torch.addcmul(x * Ds, fused, C)
+        return norm(y).to(x.dtype) * F.silu(z)
+    return _ObserveNormGate.apply(fused, C, x, Ds, z, norm.weight, norm.bias, norm.eps)
+
+
 class StructureAwareSSM(SS2D):
     """The Spatial-Mamba token mixer: SS2D's gated in_proj → dwconv → SiLU, then a hidden-state scan along one
     row-major route at d_state 1, the state fusion, the observation ``C * h + D * x``, out_norm, ``* SiLU(z)``,
@@ -251,12 +290,16 @@ class StructureAwareSSM(SS2D):
                          gate=True, routes=(Route('row'),), act_layer=nn.SiLU, proj_drop=proj_drop)
         self.state_fusion = StateFusion(self.d_inner)
 
-    def scan(self, x: torch.Tensor) -> torch.Tensor:
-        """``C * fuse(h) + D * x`` for the inner map ``x (B, H, W, D)``.
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, z = self.in_proj(x).chunk(2, dim=-1)
+        # NHWC viewed as NCHW with channels-last strides: the depthwise conv needs no copy of its input.
+        x = self.act(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+        fused, C = self.fused_states(x)
+        return self.proj_drop(self.out_proj(observe_norm_gate(fused, C, x, self.Ds, z, self.out_norm)))
 
-        The states are returned and fused in ``state_dtype(x)``; the observation is at least float32 (``Ds`` is),
-        like the official ``h * C + x * D``, up to out_norm.
-        """
+    def fused_states(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fused hidden states ``fuse(h) (B, H, W, D)`` of the inner map ``x (B, H, W, D)``, in
+        ``state_dtype(x)``, and the observation ``C (B, H, W, 1)`` in the same dtype."""
         dts, B, C = route_projections(x, self.x_proj_weight, self.dt_projs_weight, self.d_state)
         # Autocast may leave the projections in another dtype than x (CPU autocast does); the op wants one dtype.
         dts, B, C = (t.to(x.dtype) for t in (dts, B, C))
@@ -266,8 +309,13 @@ class StructureAwareSSM(SS2D):
             x, dts, A, B, None, None, self.dt_projs_bias.to(A.dtype).flatten(),
             routes=self.routes, delta_softplus=True, return_hidden=True, out_dtype=dtype,
         ).squeeze(-1)
-        h = self.state_fusion(h)
-        return torch.addcmul(x * self.Ds, h, C[..., 0, :].to(dtype))
+        return self.state_fusion(h), C[..., 0, :].to(dtype)
+
+    def scan(self, x: torch.Tensor) -> torch.Tensor:
+        """``C * fuse(h) + D * x`` for the inner map ``x (B, H, W, D)``: at least float32 (``Ds`` is), like the
+        official observation; ``forward`` computes it inside ``observe_norm_gate``."""
+        fused, C = self.fused_states(x)
+        return torch.addcmul(x * self.Ds, fused, C)
 
 
 class SpatialMambaBlock(nn.Module):
