@@ -228,6 +228,38 @@ def state_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float32 if x.dtype == torch.float16 else x.dtype
 
 
+class _ConvSiLU(torch.autograd.Function):
+    """``conv_silu`` whose backward recomputes the convolution's output (one depthwise conv) instead of keeping it:
+    the convolution keeps its input anyway."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding, groups):
+        ctx.save_for_backward(x, weight, bias)
+        ctx.conv = (padding, groups)
+        return F.silu(F.conv2d(x, weight.to(x.dtype), bias.to(x.dtype), padding=padding, groups=groups))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, bias = ctx.saved_tensors
+        padding, groups = ctx.conv
+        w = weight.to(x.dtype)
+        y = F.conv2d(x, w, bias.to(x.dtype), padding=padding, groups=groups)
+        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            torch.ops.aten.silu_backward(grad, y), x, w, bias.shape, (1, 1), padding, (1, 1), False, (0, 0), groups,
+            ctx.needs_input_grad[:3])
+        return grad_x, grad_w.to(weight.dtype) if grad_w is not None else None, \
+            grad_b.to(bias.dtype) if grad_b is not None else None, None, None
+
+
+@register_notrace_function
+def conv_silu(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``SiLU(conv(x))`` for a stride-1 conv with bias, in x's dtype (autocast's choice for the conv). A torch.fx
+    leaf (it picks its autograd by grad mode)."""
+    if _tracing() or not torch.is_grad_enabled():
+        return F.silu(conv(x))
+    return _ConvSiLU.apply(x, conv.weight, conv.bias, conv.padding, conv.groups)
+
+
 class _ObserveNormGate(torch.autograd.Function):
     """``observe_norm_gate`` whose backward recomputes the observation, the norm's output and ``SiLU(z)`` from what
     it keeps: the fused states, and C, x and z, which the scan and the depthwise conv keep anyway. Autograd would
@@ -293,7 +325,7 @@ class StructureAwareSSM(SS2D):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, z = self.in_proj(x).chunk(2, dim=-1)
         # NHWC viewed as NCHW with channels-last strides: the depthwise conv needs no copy of its input.
-        x = self.act(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+        x = conv_silu(x.permute(0, 3, 1, 2), self.conv).permute(0, 2, 3, 1)
         fused, C = self.fused_states(x)
         return self.proj_drop(self.out_proj(observe_norm_gate(fused, C, x, self.Ds, z, self.out_norm)))
 
