@@ -281,22 +281,23 @@ def test_bfloat16_autocast_forward():
     torch.testing.assert_close(got.float(), want, atol=5e-2, rtol=5e-2)
 
 
-def test_observe_norm_gate_gradients_and_saved_memory():
-    """The mixer's ``norm(fused * C + x * D) * SiLU(z)``: values and gradients of the plain expression, and of
-    map-sized tensors the backward keeps only its inputs (no observation, normed map or SiLU(z))."""
+def test_mixer_output_gradients_and_saved_memory():
+    """The mixer's ``proj(norm(fused * C + x * D) * SiLU(z))``: values and gradients of the plain expression, and of
+    map-sized tensors the backward keeps only its inputs (no observation, normed map, SiLU(z) or gated map)."""
     torch.manual_seed(0)
     norm = torch.nn.LayerNorm(6).double()
+    proj = torch.nn.Linear(6, 4, bias=False).double()
     with torch.no_grad():
         norm.weight.normal_()
         norm.bias.normal_()
     fused, x, z = (torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True) for _ in range(3))
     C = torch.randn(2, 3, 5, 1, dtype=torch.float64, requires_grad=True)
     Ds = torch.randn(6, dtype=torch.float64, requires_grad=True)
-    leaves = (fused, C, x, Ds, z, norm.weight, norm.bias)
+    leaves = (fused, C, x, Ds, z, norm.weight, norm.bias, proj.weight)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        out = spatialmamba.observe_norm_gate(fused, C, x, Ds, z, norm)
-    want = norm(fused * C + x * Ds) * F.silu(z)
+        out = spatialmamba.mixer_output(fused, C, x, Ds, z, norm, proj)
+    want = proj(norm(fused * C + x * Ds) * F.silu(z))
     torch.testing.assert_close(out, want, atol=1e-12, rtol=1e-12)
     grad = torch.randn_like(out)
     for got, ref in zip(torch.autograd.grad(out, leaves, grad), torch.autograd.grad(want, leaves, grad)):
