@@ -306,10 +306,11 @@ def test_mixer_output_gradients_and_saved_memory():
     assert maps <= {t.untyped_storage().data_ptr() for t in (fused, x, z)}
 
 
-def test_conv_silu_gradients_and_saved_memory():
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_silu_gradients_and_saved_memory(bias):
     """The mixer's ``SiLU(dwconv(x))``: the plain expression's values and gradients, and no saved conv output."""
     torch.manual_seed(0)
-    conv = torch.nn.Conv2d(6, 6, 3, padding=1, groups=6).double()
+    conv = torch.nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=bias).double()
     x = torch.randn(2, 5, 7, 12, dtype=torch.float64, requires_grad=True)[..., :6].permute(0, 3, 1, 2)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
@@ -317,7 +318,7 @@ def test_conv_silu_gradients_and_saved_memory():
     want = F.silu(conv(x))
     torch.testing.assert_close(out, want, atol=1e-12, rtol=1e-12)
     grad = torch.randn_like(out)
-    leaves = (x, conv.weight, conv.bias)
+    leaves = (x, conv.weight) + ((conv.bias,) if bias else ())
     for got, ref in zip(torch.autograd.grad(out, leaves, grad), torch.autograd.grad(want, leaves, grad)):
         torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-12)
     assert {t.untyped_storage().data_ptr() for t in saved if t.numel() >= out.numel()} == {

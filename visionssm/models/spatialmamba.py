@@ -236,19 +236,22 @@ class _ConvSiLU(torch.autograd.Function):
     def forward(ctx, x, weight, bias, padding, groups):
         ctx.save_for_backward(x, weight, bias)
         ctx.conv = (padding, groups)
-        return F.silu(F.conv2d(x, weight.to(x.dtype), bias.to(x.dtype), padding=padding, groups=groups))
+        return F.silu(F.conv2d(x, weight.to(x.dtype), _cast(bias, x.dtype), padding=padding, groups=groups))
 
     @staticmethod
     def backward(ctx, grad):
         x, weight, bias = ctx.saved_tensors
         padding, groups = ctx.conv
         w = weight.to(x.dtype)
-        y = F.conv2d(x, w, bias.to(x.dtype), padding=padding, groups=groups)
+        y = F.conv2d(x, w, _cast(bias, x.dtype), padding=padding, groups=groups)
         grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            torch.ops.aten.silu_backward(grad, y), x, w, bias.shape, (1, 1), padding, (1, 1), False, (0, 0), groups,
-            ctx.needs_input_grad[:3])
-        return grad_x, grad_w.to(weight.dtype) if grad_w is not None else None, \
-            grad_b.to(bias.dtype) if grad_b is not None else None, None, None
+            torch.ops.aten.silu_backward(grad, y), x, w, None if bias is None else bias.shape, (1, 1), padding, (1, 1),
+            False, (0, 0), groups, (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None))
+        return grad_x, _cast(grad_w, weight.dtype), _cast(grad_b, None if bias is None else bias.dtype), None, None
+
+
+def _cast(t: Optional[torch.Tensor], dtype: Optional[torch.dtype]) -> Optional[torch.Tensor]:
+    return None if t is None else t.to(dtype)
 
 
 @register_notrace_function
