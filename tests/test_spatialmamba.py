@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 import visionssm
 from visionssm.models import spatialmamba
-from visionssm.models.spatialmamba import StateFusion, checkpoint_filter_fn
+from visionssm.models.spatialmamba import StateFusion, StructureAwareSSM, checkpoint_filter_fn
 
 from _parity import PARITY, needs_parity
 
@@ -121,8 +121,8 @@ def test_state_fusion_is_the_merged_replicate_padded_kernel(size):
 
 
 def test_state_fusion_gradients_and_saved_memory():
-    """Gradients equal the merged kernel's (for h, the three kernels and alpha), and the backward keeps one padded
-    map of h, not one per branch."""
+    """Gradients equal the merged kernel's (for h, the three kernels and alpha), and of all map-sized tensors the
+    backward keeps only h itself: no padded map, no branch."""
     torch.manual_seed(0)
     fusion = StateFusion(5).double()
     with torch.no_grad():
@@ -138,17 +138,38 @@ def test_state_fusion_gradients_and_saved_memory():
                                (h, *fusion.parameters()), grad)
     for got, ref in zip(ours, want):
         torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-12)
-    map_bytes = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in saved if t.dim() == 4}
-    assert sorted(map_bytes.values()) == [5 * 9 * 8] * 6 + [2 * 5 * (9 + 10) * (13 + 10) * 8]  # kernels, padded map
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in saved}
+    assert h.untyped_storage().data_ptr() in storages
+    assert sorted(n for n in storages.values() if n >= h.numel() * 8) == [h.numel() * 8]
 
 
-def test_state_fusion_keeps_full_precision_under_autocast():
+def test_state_fusion_computes_in_the_dtype_of_its_input_under_autocast():
+    torch.manual_seed(0)
     fusion = StateFusion(4)
-    h = torch.randn(1, 3, 3, 4)
+    h = torch.randn(2, 5, 6, 4)
+    want = fusion(h)
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        out = fusion(h)
-    assert out.dtype == torch.float32
-    torch.testing.assert_close(out, fusion(h))
+        full = fusion(h)
+        low = fusion(h.bfloat16())
+    assert full.dtype == torch.float32 and low.dtype == torch.bfloat16
+    torch.testing.assert_close(full, want)
+    torch.testing.assert_close(low.float(), want, atol=0.1, rtol=0.02)
+
+
+@pytest.mark.parametrize('autocast_dtype, fused_dtype', [
+    (torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32), (None, torch.float32)])
+def test_states_fuse_in_bfloat16_and_in_float32_for_float16(autocast_dtype, fused_dtype):
+    """bfloat16 keeps float32's range, so the states are fused in it; float16 could overflow (official #27)."""
+    torch.manual_seed(0)
+    mixer = StructureAwareSSM(8)
+    seen = []
+    mixer.state_fusion.register_forward_hook(lambda module, args, out: seen.append((args[0].dtype, out.dtype)))
+    x = torch.randn(2, 4, 5, 8)
+    with torch.autocast('cpu', dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+        y = mixer(x)
+        y.float().sum().backward()
+    assert seen == [(fused_dtype, fused_dtype)]
+    assert torch.isfinite(y).all() and all(torch.isfinite(p.grad).all() for p in mixer.parameters())
 
 
 def _randomize(model):
@@ -258,3 +279,47 @@ def test_bfloat16_autocast_forward():
             got = model(x)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got.float(), want, atol=5e-2, rtol=5e-2)
+
+
+def test_mixer_output_gradients_and_saved_memory():
+    """The mixer's ``proj(norm(fused * C + x * D) * SiLU(z))``: values and gradients of the plain expression, and of
+    map-sized tensors the backward keeps only its inputs (no observation, normed map, SiLU(z) or gated map)."""
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(6).double()
+    proj = torch.nn.Linear(6, 4, bias=False).double()
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    fused, x, z = (torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    C = torch.randn(2, 3, 5, 1, dtype=torch.float64, requires_grad=True)
+    Ds = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    leaves = (fused, C, x, Ds, z, norm.weight, norm.bias, proj.weight)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = spatialmamba.mixer_output(fused, C, x, Ds, z, norm, proj)
+    want = proj(norm(fused * C + x * Ds) * F.silu(z))
+    torch.testing.assert_close(out, want, atol=1e-12, rtol=1e-12)
+    grad = torch.randn_like(out)
+    for got, ref in zip(torch.autograd.grad(out, leaves, grad), torch.autograd.grad(want, leaves, grad)):
+        torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-12)
+    maps = {t.untyped_storage().data_ptr() for t in saved if t.numel() >= x.numel()}
+    assert maps <= {t.untyped_storage().data_ptr() for t in (fused, x, z)}
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_silu_gradients_and_saved_memory(bias):
+    """The mixer's ``SiLU(dwconv(x))``: the plain expression's values and gradients, and no saved conv output."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=bias).double()
+    x = torch.randn(2, 5, 7, 12, dtype=torch.float64, requires_grad=True)[..., :6].permute(0, 3, 1, 2)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = spatialmamba.conv_silu(x, conv)
+    want = F.silu(conv(x))
+    torch.testing.assert_close(out, want, atol=1e-12, rtol=1e-12)
+    grad = torch.randn_like(out)
+    leaves = (x, conv.weight) + ((conv.bias,) if bias else ())
+    for got, ref in zip(torch.autograd.grad(out, leaves, grad), torch.autograd.grad(want, leaves, grad)):
+        torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-12)
+    assert {t.untyped_storage().data_ptr() for t in saved if t.numel() >= out.numel()} == {
+        x.untyped_storage().data_ptr()}

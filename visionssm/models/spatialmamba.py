@@ -24,6 +24,7 @@ cannot be scripted: ``torch.jit.script``, or building under timm's ``set_scripta
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from typing import Any, Dict, Optional, Sequence, Type, Union
 
@@ -32,9 +33,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import ClassifierHead, DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model, \
-    register_notrace_module
+    register_notrace_function, register_notrace_module
 
-from visionssm.layers import SS2D, Mlp, full_precision, scan_out_dtype
+from visionssm.layers import SS2D, Mlp, full_precision
+from visionssm.layers.ss2d import route_projections
 from visionssm.ops import Route, selective_scan
 from ._checkpoint import load_through_model
 from ._hierarchical import HierarchicalBackbone
@@ -92,21 +94,96 @@ class Downsample(nn.Module):
         return self.pw2(self.dw(self.pw1(x.permute(0, 3, 1, 2)))).permute(0, 2, 3, 1)
 
 
+def _replicate_index(height: int, width: int, pad: int, device: torch.device) -> torch.Tensor:
+    """Flat positions ``h * width + w`` of the ``(height + 2 pad) x (width + 2 pad)`` replicate-padded map (clamped
+    rows and columns), row-major."""
+    rows = torch.arange(-pad, height + pad, device=device).clamp(0, height - 1)
+    cols = torch.arange(-pad, width + pad, device=device).clamp(0, width - 1)
+    return (rows[:, None] * width + cols).flatten()
+
+
+_cached_replicate_index = functools.lru_cache(maxsize=64)(_replicate_index)
+
+
+def _replicate_pad(h: torch.Tensor, index: torch.Tensor, pad: int) -> torch.Tensor:
+    """``(B, H, W, D)`` → replicate-padded ``(B, D, H + 2 pad, W + 2 pad)``, channels-last in memory: one gather of
+    whole channel vectors."""
+    batch, height, width, dim = h.shape
+    padded = h.flatten(1, 2).index_select(1, index)
+    return padded.view(batch, height + 2 * pad, width + 2 * pad, dim).permute(0, 3, 1, 2)
+
+
+def _fuse(h: torch.Tensor, weight: torch.Tensor, index: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
+    """``sum_i conv_{d_i}(replicate_pad(h))`` for ``h (B, H, W, D)`` and ``weight (len(dilations), D, 1, 3, 3)``;
+    ``(B, H, W, D)`` out."""
+    pad, (height, width) = max(dilations), h.shape[1:3]
+    padded = _replicate_pad(h, index, pad)
+    out = None
+    for kernel, d in zip(weight, dilations):
+        view = padded[:, :, pad - d:pad + height + d, pad - d:pad + width + d]
+        branch = F.conv2d(view, kernel, dilation=d, groups=h.shape[-1])
+        out = branch if out is None else out.add_(branch)
+    return out.permute(0, 2, 3, 1)
+
+
+class _FuseStates(torch.autograd.Function):
+    """``_fuse`` whose backward keeps only ``h`` and re-gathers the padded map (a cheap copy): autograd would keep
+    the padded map, 1.4x (56x56) to 5.9x (7x7) the size of ``h``."""
+
+    @staticmethod
+    def forward(ctx, h, weight, index, dilations):
+        ctx.save_for_backward(h, weight, index)
+        ctx.dilations = dilations
+        return _fuse(h, weight, index, dilations)
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, weight, index = ctx.saved_tensors
+        dilations = ctx.dilations
+        pad, (batch, height, width, dim) = max(dilations), h.shape
+        padded = _replicate_pad(h, index, pad)
+        grad = grad.permute(0, 3, 1, 2)
+        need_h, need_weight = ctx.needs_input_grad[:2]
+        grad_padded, grad_kernels = None, [None] * len(dilations)
+        # Widest branch first: its view is the whole padded map, so its input gradient is the accumulator.
+        for i in sorted(range(len(dilations)), key=lambda i: -dilations[i]):
+            d = dilations[i]
+            view = (slice(None), slice(None), slice(pad - d, pad + height + d), slice(pad - d, pad + width + d))
+            grad_view, grad_kernels[i], _ = torch.ops.aten.convolution_backward(
+                grad, padded[view], weight[i], None, (1, 1), (0, 0), (d, d), False, (0, 0), dim,
+                (need_h, need_weight, False))
+            if need_h:
+                if grad_padded is None:
+                    grad_padded = grad_view
+                else:
+                    grad_padded[view] += grad_view
+        grad_h = grad_weight = None
+        if need_h:
+            # The border positions collect up to (pad + 1)^2 contributions each: summed in at least float32.
+            flat = grad_padded.permute(0, 2, 3, 1).reshape(batch, -1, dim).to(torch.promote_types(h.dtype,
+                                                                                                 torch.float32))
+            grad_h = flat.new_zeros(batch, height * width, dim).index_add_(1, index, flat).view_as(h).to(h.dtype)
+        if need_weight:
+            grad_weight = torch.stack(grad_kernels)
+        return grad_h, grad_weight, None, None
+
+
 @register_notrace_module
 class StateFusion(nn.Module):
     """Structure-aware state fusion: ``sum_i alpha_i * DWConv3x3_{dilation d_i}(h)`` with d = (1, 3, 5), each
-    branch replicate-padded (border indices clamped), no bias. Channel-last ``(B, H, W, D)`` in and out.
+    branch replicate-padded (border indices clamped), no bias. Channel-last ``(B, H, W, D)`` in and out, computed in
+    ``h``'s dtype (autocast does not change it: the caller decides, see ``state_dtype``).
 
     Computed from the current kernels on every call, in training and eval alike. The official eval path merges the
     branches once into an 11x11 kernel (replicate padding 5) and caches it; with replicate padding the two forms
     are the same function, but the cache goes stale when the weights change, and this form has none.
 
-    For the backward's memory the map is padded once, by the largest dilation, and each branch convolves a view of
-    it (replicate padding by d is the centre of replicate padding by 5), with ``alpha_i`` folded into its kernel:
-    autograd keeps one padded map, where padding and scaling per branch kept the input, three padded maps and three
-    branch outputs.
+    The map is padded once, by the largest dilation, with one gather (replicate padding by d is the centre of
+    replicate padding by 5), channels-last, so the depthwise convolutions read it without a layout change; each
+    branch convolves a view of it with ``alpha_i`` folded into its kernel. In training the backward keeps only
+    ``h`` (``_FuseStates``).
 
-    A torch.fx leaf: its full-precision region (an autocast context a traced graph would drop) and its size-dependent
+    A torch.fx leaf: its autocast-free region (an autocast context a traced graph would drop) and its size-dependent
     padding indices run as they are.
     """
     dilations = (1, 3, 5)
@@ -120,25 +197,123 @@ class StateFusion(nn.Module):
         self.alpha = nn.Parameter(torch.ones(3))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        # Full precision even under autocast: the states can be large, and fp16 convs of them overflow (official #27).
         no_autocast = (torch.autocast(h.device.type, enabled=False) if h.device.type in ('cpu', 'cuda')
                        else contextlib.nullcontext())  # e.g. the meta device (FLOP counting) has no autocast
         with no_autocast:
-            pad = max(self.dilations)
+            kernels = torch.stack([self.kernel_3, self.kernel_3_1, self.kernel_3_2])
+            weight = (self.alpha.view(-1, 1, 1, 1, 1) * kernels).to(h.dtype)
             height, width = h.shape[1:3]
-            # Replicate padding as a gather of clamped rows and columns: unlike F.pad(mode='replicate'), whose
-            # backward keeps its input, index_select's keeps only the indices. The gather writes NCHW: the dilated
-            # depthwise convs ran 1.3x slower on a channels-last map (measured on an H100).
-            padded = h.permute(0, 3, 1, 2)
-            for dim, size in ((2, height), (3, width)):
-                index = torch.arange(-pad, size + pad, device=h.device).clamp_(0, size - 1)
-                padded = padded.index_select(dim, index)
-            out = None
-            for alpha, kernel, d in zip(self.alpha, (self.kernel_3, self.kernel_3_1, self.kernel_3_2), self.dilations):
-                view = padded[:, :, pad - d:pad + height + d, pad - d:pad + width + d]
-                branch = F.conv2d(view, (alpha * kernel).to(h.dtype), dilation=d, groups=self.dim)
-                out = branch if out is None else out + branch
-        return out.permute(0, 2, 3, 1)
+            pad = max(self.dilations)
+            if _tracing():
+                return _fuse(h, weight, _replicate_index(height, width, pad, h.device), self.dilations)
+            index = _cached_replicate_index(height, width, pad, h.device)
+            if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+                return _FuseStates.apply(h, weight, index, self.dilations)
+            return _fuse(h, weight, index, self.dilations)
+
+
+def _tracing() -> bool:
+    """Under torch.compile, torch.export, an ONNX export or TorchScript tracing: sizes may be symbolic, so no cached
+    indices, and autograd is the tracer's."""
+    return (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+            or torch.jit.is_tracing())
+
+
+@register_notrace_function
+def state_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the states are returned and fused in, for the scan's input ``x``: x's own, except float32 for
+    float16, whose range the states can exceed (official #27: non-finite gradients in fp16 AMP training).
+    bfloat16 has float32's range; the official code fuses in bfloat16 under bfloat16 autocast too (its fp32 states
+    are cast by autocast for the convolutions)."""
+    return torch.float32 if x.dtype == torch.float16 else x.dtype
+
+
+class _ConvSiLU(torch.autograd.Function):
+    """``conv_silu`` whose backward recomputes the convolution's output (one depthwise conv) instead of keeping it:
+    the convolution keeps its input anyway."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding, groups):
+        ctx.save_for_backward(x, weight, bias)
+        ctx.conv = (padding, groups)
+        return F.silu(F.conv2d(x, weight.to(x.dtype), _cast(bias, x.dtype), padding=padding, groups=groups))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, bias = ctx.saved_tensors
+        padding, groups = ctx.conv
+        w = weight.to(x.dtype)
+        y = F.conv2d(x, w, _cast(bias, x.dtype), padding=padding, groups=groups)
+        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            torch.ops.aten.silu_backward(grad, y), x, w, None if bias is None else bias.shape, (1, 1), padding, (1, 1),
+            False, (0, 0), groups, (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None))
+        return grad_x, _cast(grad_w, weight.dtype), _cast(grad_b, None if bias is None else bias.dtype), None, None
+
+
+def _cast(t: Optional[torch.Tensor], dtype: Optional[torch.dtype]) -> Optional[torch.Tensor]:
+    return None if t is None else t.to(dtype)
+
+
+@register_notrace_function
+def conv_silu(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``SiLU(conv(x))`` for a stride-1 conv with bias, in x's dtype (autocast's choice for the conv). A torch.fx
+    leaf (it picks its autograd by grad mode)."""
+    if _tracing() or not torch.is_grad_enabled():
+        return F.silu(conv(x))
+    return _ConvSiLU.apply(x, conv.weight, conv.bias, conv.padding, conv.groups)
+
+
+class _MixerOutput(torch.autograd.Function):
+    """``mixer_output`` whose backward recomputes the observation, the norm's output, ``SiLU(z)`` and the gated map
+    from what it keeps: the fused states, and C, x and z, which the scan and the depthwise conv keep anyway. Autograd
+    would also keep the float32 observation, the normed map, ``SiLU(z)`` and the gated map: 20 of a block's 72
+    saved bytes per element of its input (stage 1)."""
+
+    @staticmethod
+    def forward(ctx, fused, C, x, Ds, z, norm_weight, norm_bias, eps, proj_weight):
+        y = torch.addcmul(x * Ds, fused, C)
+        normed, mean, rstd = torch.native_layer_norm(y, y.shape[-1:], norm_weight.to(y.dtype), norm_bias.to(y.dtype),
+                                                     eps)
+        gated = normed.to(x.dtype) * F.silu(z)
+        # the dtype the projection computes in (autocast's, else the gated map's); the backward uses it explicitly
+        ctx.dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        ctx.save_for_backward(fused, C, x, Ds, z, norm_weight, norm_bias, mean, rstd, proj_weight)
+        return F.linear(gated, proj_weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        fused, C, x, Ds, z, norm_weight, norm_bias, mean, rstd, proj_weight = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        y = torch.addcmul(x * Ds, fused, C)
+        norm_weight, norm_bias = norm_weight.to(y.dtype), norm_bias.to(y.dtype)
+        normed = torch.addcmul(norm_bias, (y - mean) * rstd, norm_weight).to(x.dtype)
+        silu_z = F.silu(z)
+        grad = grad.to(ctx.dtype)
+        grad_proj = None
+        if need[8]:
+            gated = (normed * silu_z).to(ctx.dtype)
+            grad_proj = grad.flatten(0, -2).t().mm(gated.flatten(0, -2)).to(proj_weight.dtype)
+        grad_gated = grad.matmul(proj_weight.to(ctx.dtype)).to(x.dtype)
+        grad_z = torch.ops.aten.silu_backward(grad_gated * normed, z)
+        grad_y, grad_norm_weight, grad_norm_bias = torch.ops.aten.native_layer_norm_backward(
+            (grad_gated * silu_z).to(y.dtype), y, y.shape[-1:], mean, rstd, norm_weight, norm_bias,
+            (True, need[5], need[6]))
+        grad_fused = (grad_y * C).to(fused.dtype)
+        grad_C = (grad_y * fused).sum(-1, keepdim=True).to(C.dtype)
+        grad_x = (grad_y * Ds).to(x.dtype)
+        grad_Ds = (grad_y * x).flatten(0, -2).sum(0).to(Ds.dtype)
+        return grad_fused, grad_C, grad_x, grad_Ds, grad_z, grad_norm_weight, grad_norm_bias, None, grad_proj
+
+
+@register_notrace_function
+def mixer_output(fused: torch.Tensor, C: torch.Tensor, x: torch.Tensor, Ds: torch.Tensor, z: torch.Tensor,
+                 norm: nn.LayerNorm, proj: nn.Linear) -> torch.Tensor:
+    """``proj(norm(fused * C + x * Ds) * SiLU(z))``: the observation and the norm in at least float32 (``Ds`` is),
+    the gate in x's dtype. ``fused, x, z (B, H, W, D)``, ``C (B, H, W, 1)``; ``proj`` without bias. A torch.fx leaf
+    (it picks its autograd by grad mode)."""
+    if _tracing() or not torch.is_grad_enabled():
+        return proj(norm(torch.addcmul(x * Ds, fused, C)).to(x.dtype) * F.silu(z))
+    return _MixerOutput.apply(fused, C, x, Ds, z, norm.weight, norm.bias, norm.eps, proj.weight)
 
 
 class StructureAwareSSM(SS2D):
@@ -164,20 +339,32 @@ class StructureAwareSSM(SS2D):
                          gate=True, routes=(Route('row'),), act_layer=nn.SiLU, proj_drop=proj_drop)
         self.state_fusion = StateFusion(self.d_inner)
 
-    def scan(self, x: torch.Tensor) -> torch.Tensor:
-        """``C * fuse(h) + D * x`` for the inner map ``x (B, H, W, D)``; float32 for low-precision inputs."""
-        x_dbl = torch.einsum('bhwd,kcd->bhwkc', x, self.x_proj_weight)
-        dts, B, C = torch.split(x_dbl, [self.dt_rank, 1, 1], dim=-1)
-        dts = torch.einsum('bhwkr,kdr->bhwkd', dts, self.dt_projs_weight).flatten(-2)
-        A = -torch.exp(full_precision(self.A_logs))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, z = self.in_proj(x).chunk(2, dim=-1)
+        # NHWC viewed as NCHW with channels-last strides: the depthwise conv needs no copy of its input.
+        x = conv_silu(x.permute(0, 3, 1, 2), self.conv).permute(0, 2, 3, 1)
+        fused, C = self.fused_states(x)
+        return self.proj_drop(mixer_output(fused, C, x, self.Ds, z, self.out_norm, self.out_proj))
+
+    def fused_states(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fused hidden states ``fuse(h) (B, H, W, D)`` of the inner map ``x (B, H, W, D)``, in
+        ``state_dtype(x)``, and the observation ``C (B, H, W, 1)`` in the same dtype."""
+        dts, B, C = route_projections(x, self.x_proj_weight, self.dt_projs_weight, self.d_state)
         # Autocast may leave the projections in another dtype than x (CPU autocast does); the op wants one dtype.
+        dts, B, C = (t.to(x.dtype) for t in (dts, B, C))
+        A = -torch.exp(full_precision(self.A_logs))
+        dtype = state_dtype(x)
         h = selective_scan(
-            x, dts.to(x.dtype).contiguous(), A, B.to(x.dtype).contiguous(), None, None,
-            self.dt_projs_bias.to(A.dtype).flatten(),
-            routes=self.routes, delta_softplus=True, return_hidden=True, out_dtype=scan_out_dtype(x),
+            x, dts, A, B, None, None, self.dt_projs_bias.to(A.dtype).flatten(),
+            routes=self.routes, delta_softplus=True, return_hidden=True, out_dtype=dtype,
         ).squeeze(-1)
-        h = self.state_fusion(h)  # in the scan's output dtype: float32 for low-precision x, else x's
-        return h * C[..., 0, :].to(h.dtype) + x.to(h.dtype) * self.Ds.to(h.dtype)
+        return self.state_fusion(h), C[..., 0, :].to(dtype)
+
+    def scan(self, x: torch.Tensor) -> torch.Tensor:
+        """``C * fuse(h) + D * x`` for the inner map ``x (B, H, W, D)``: at least float32 (``Ds`` is), like the
+        official observation; ``forward`` computes it inside ``mixer_output``."""
+        fused, C = self.fused_states(x)
+        return torch.addcmul(x * self.Ds, fused, C)
 
 
 class SpatialMambaBlock(nn.Module):
