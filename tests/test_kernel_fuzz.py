@@ -1,32 +1,34 @@
 """Randomized shapes for the Triton selective scan against the float64 reference, every route kind and dtype.
 
-Each case draws, from its own seed, a route kind's map (odd, non-square, 1 x 1, long routes), channel width, d_state
-1..16, batch 1..3, input dtype (fp32 / bf16 / fp16) and the op's options (mean merge, softplus, Δ-bias, D, delta /
-B / C as strided views of one projection, the kernel kind and merge the backend would otherwise choose itself), runs
-the Triton backend (``kernels/triton_scan.py``, what ``visionssm.ops.selective_scan`` dispatches to for CUDA
-tensors) forward and backward, and compares the output and the gradients of u, Δ, A, B, C, D and Δ-bias with
-``selective_scan_reference`` run in float64 on the same (dtype-rounded) inputs and output gradient.
+Each case draws, from its seed, a route kind's map (odd, non-square, 1 x 1, routes of up to 4000 steps), channel
+width, d_state 1..16, batch 1..3, input dtype (fp32 / bf16 / fp16) and options (mean merge, softplus, Δ-bias, D,
+Δ's range, contiguous or padded maps or Δ / B / C as views of one projection, the kernel kind and the merge that the
+backend otherwise picks itself), runs the Triton backend (``kernels/triton_scan.py``: what
+``visionssm.ops.selective_scan`` runs for CUDA tensors) forward and backward, and compares the output and the
+gradients of u, Δ, A, B, C, D and Δ-bias with ``selective_scan_reference`` run in float64 on the same
+(dtype-rounded) inputs and output gradient. The error of a tensor is its largest absolute error over the largest
+magnitude of the reference's (``_TOL`` says why the bounds are what they are).
 
-Route kinds: ``cross`` (VMamba), ``bidirectional`` (Vim, a sequence, mean merge), ``lattice`` (EfficientVMamba),
-``grouped`` (GroupMamba), ``hidden`` (Spatial-Mamba's ``return_hidden``, one route of any order), ``snake``
-(PlainMamba's zig-zags with ``params_at='step'``), ``multiscale`` (MSVMamba's concatenated route, own or summed
-output channels).
-
-Tolerance: the largest error of a tensor, relative to the largest magnitude of the reference's tensor (``_TOL``).
+Route kinds: ``cross`` (VMamba), ``bidirectional`` (Vim: a sequence, mostly the mean merge), ``lattice``
+(EfficientVMamba), ``grouped`` (GroupMamba), ``hidden`` (Spatial-Mamba's ``return_hidden``, one route of any
+order), ``snake`` (PlainMamba's zig-zags with ``params_at='step'``), ``multiscale`` (MSVMamba's concatenated
+route, its orders writing their own or one summed channel block).
 
 Two modes:
 
-* CPU (CI): a few tiny cases per kind under the Triton interpreter (``TRITON_INTERPRET=1``, CPU tensors).
-* CUDA: ``VISIONSSM_FUZZ_CASES`` cases per route kind (default 500, dtypes in turn; about 5 % of them long routes
-  of 500..4000 steps), plus a scan whose input and merge buffers have more than 2**31 elements (int32 offsets).
-  Triton compiles one kernel per specialization, so the cases run in ``VISIONSSM_FUZZ_WORKERS`` processes on the one
-  GPU (default: up to 12; compilation is the cost, not the GPU). The counts of cases and the worst errors per route
-  kind and dtype are printed as a table and written as JSON to ``VISIONSSM_FUZZ_REPORT`` (if set). On one H200::
+* CPU (CI): three tiny cases per kind (one per dtype) and a few corners under the Triton interpreter
+  (``TRITON_INTERPRET=1``, CPU tensors), well under a minute.
+* CUDA: ``VISIONSSM_FUZZ_CASES`` cases per route kind (default 500, an eighth of them routes of 512..4000 steps),
+  plus a scan whose Δ and merge buffers have more than 2**31 elements (int32 offsets), both kernel kinds. Triton
+  compiles a kernel per specialization, the bulk of the time: the cases share them through profiles (see "the
+  cases") and run in ``VISIONSSM_FUZZ_WORKERS`` processes on the one GPU (default up to 12). The counts of cases and
+  the worst errors per route kind and dtype are printed as a table and written as JSON to ``VISIONSSM_FUZZ_REPORT``
+  (if set). On one H200, from the repository root::
 
-      VISIONSSM_FUZZ_REPORT=fuzz_report.json python -m pytest -p no:cacheprovider -rs -q tests/test_kernel_fuzz.py
+      VISIONSSM_FUZZ_REPORT=fuzz_report.json python -m pytest -p no:cacheprovider -q tests/test_kernel_fuzz.py
 
-A failing case is reported with its seed and every drawn parameter; ``VISIONSSM_FUZZ_SEED`` shifts all seeds (a
-fresh sample), ``VISIONSSM_FUZZ_ONLY=kind:seed`` reruns one case.
+A failing case is reported with its seed and every drawn parameter; ``VISIONSSM_FUZZ_ONLY=kind:seed`` reruns that
+one case, ``VISIONSSM_FUZZ_SEED=n`` draws a fresh sample.
 """
 from __future__ import annotations
 
@@ -74,6 +76,9 @@ GRADS = ('u', 'delta', 'A', 'B', 'C', 'D', 'delta_bias')
 # parts larger than their sum; du and Δ's gradient alike. fp32: the state and every sum are fp32 (on the GPU with
 # the hardware exp2 / log approximations), ~1e-6; the bound leaves two orders of margin for long sums.
 _TOL = {torch.float32: 2e-4, torch.bfloat16: 2.5e-2, torch.float16: 4e-3}
+# The Triton interpreter warns where the softplus's series branch overflows for large Δ: it is computed for every
+# lane and discarded there (tl.where), as on the GPU.
+pytestmark = pytest.mark.filterwarnings('ignore:overflow encountered in multiply:RuntimeWarning')
 _SCALE_FLOOR = 1e-3     # below this largest |value|, errors count against 1e-3 (gradients that are all ~0)
 
 
@@ -440,8 +445,12 @@ def _gpu_count() -> int:
 
 
 def _gpu_shard(cases: list[Case]) -> list:
-    # in a worker process: the cases of one profile, on the GPU
-    return check_cases(cases, 'cuda')
+    # in a worker process: the cases of one profile, on the GPU; its cached memory is handed back afterwards (a dozen
+    # workers share the GPU with the int32-offset scans)
+    try:
+        return check_cases(cases, 'cuda')
+    finally:
+        torch.cuda.empty_cache()
 
 
 @pytest.fixture(scope='module')
@@ -477,34 +486,28 @@ def test_fuzz_gpu(kind, gpu_fuzz):
     _assert_no_failures(results)
 
 
-@pytest.mark.gpu
-@gpu
-@pytest.mark.parametrize('kernel', ['sequential', 'chunked'])
-def test_gpu_offsets_past_int32(kernel):
-    """VMamba's four routes over a 513 x 512 map of 2048 channels (bf16, d_state 1): Δ, the per-route output buffer
-    and du's have 4 * 2048 * 262656 > 2**31 elements, and the offsets of the map's later positions pass int32 (the
-    sequential kernels then switch to 64-bit offsets, the chunked ones always use them).
+def check_channel_slice(height: int, width_px: int, width: int, checked: list[int], kernel: Optional[str],
+                        device) -> dict:
+    """VMamba's four routes over a map of ``width`` channels (bf16, d_state 1), checked on a few channels against
+    the float64 reference at every position; returns the errors (as ``run_case``).
 
-    The float64 reference of the whole would need ~100 GB; channels are independent, so it runs on a few channels
-    (first, middle, last) at every position, and the output gradient is zero on every other channel: their
-    adjoints are then exactly zero, the gradients of the shared B and C hold only the checked channels' terms (and
-    compare in full), and every other channel's du, Δ, A, D and Δ-bias gradient must be exactly zero (a write
-    through a wrapped offset would land there, or be missing where it belongs)."""
-    H, W_px, W, K = 513, 512, 2048, 4
-    P, dev, bf16 = H * W_px, torch.device('cuda'), torch.bfloat16
+    Channels are independent, so the reference runs on the ``checked`` channels alone, and the output gradient is
+    zero on every other channel: their adjoints are then exactly zero, the gradients of the shared B and C hold only
+    the checked channels' terms (and compare in full), and every other channel's du, Δ, A, D and Δ-bias gradient
+    must be exactly zero (a write through a wrong offset lands there, or is missing where it belongs)."""
+    H, W_px, W, K = height, width_px, width, 4
+    P, bf16, fp32 = H * W_px, torch.bfloat16, torch.float32
     routes = R.cross_routes()
     plan = R.plan_routes(routes, H, W_px, W, W, W)
-    assert P * K * W > 2 ** 31 and TS._off64(P, K * W)
-    g = torch.Generator(dev).manual_seed(0)
-    r = lambda *s, dtype=bf16: torch.randn(*s, generator=g, device=dev, dtype=dtype)
-    fp32 = torch.float32
+    g = torch.Generator(device).manual_seed(0)
+    r = lambda *s, dtype=bf16: torch.randn(*s, generator=g, device=device, dtype=dtype)
     x = dict(u=r(1, P, W), delta=r(1, P, K * W).mul_(0.5).sub_(0.5), A=-torch.exp(r(K * W, 1, dtype=fp32) * 0.5),
              B=r(1, P, K, 1), C=r(1, P, K, 1), D=r(K * W, dtype=fp32), delta_bias=r(K * W, dtype=fp32) * 0.2)
     x = {k: v.requires_grad_() for k, v in x.items()}
-    S = torch.tensor([0, 1, 1000, W - 2, W - 1], device=dev)      # the checked channels of every route
-    SK = (torch.arange(K, device=dev)[:, None] * W + S).flatten()   # ... in the K*W channels of Δ, A, D, Δ-bias
-    grad = torch.zeros(1, P, W, device=dev, dtype=bf16)
-    grad[..., S] = r(1, P, len(S))
+    S = torch.tensor(checked, device=device)                                # the checked channels of every route
+    SK = (torch.arange(K, device=device)[:, None] * W + S).flatten()       # ... in the K*W of Δ, A, D, Δ-bias
+    grad = torch.zeros(1, P, W, device=device, dtype=bf16)
+    grad[..., S] = r(1, P, len(checked))
 
     saved = TS.FORCE_KERNEL
     TS.FORCE_KERNEL = kernel
@@ -515,25 +518,45 @@ def test_gpu_offsets_past_int32(kernel):
         TS.FORCE_KERNEL = saved
     got = dict(out=out.detach()[..., S], u=x['u'].grad[..., S], delta=x['delta'].grad[..., SK],
                A=x['A'].grad[SK], B=x['B'].grad, C=x['C'].grad, D=x['D'].grad[SK], delta_bias=x['delta_bias'].grad[SK])
-    unchecked = torch.ones(K * W, dtype=torch.bool, device=dev)
+    unchecked = torch.ones(K * W, dtype=torch.bool, device=device)
     unchecked[SK] = False
     stray = dict(u=x['u'].grad.abs().amax((0, 1))[unchecked[:W]], delta=x['delta'].grad.abs().amax((0, 1))[unchecked],
                  A=x['A'].grad.abs()[unchecked], D=x['D'].grad.abs()[unchecked],
                  delta_bias=x['delta_bias'].grad.abs()[unchecked])
+    nonzero = [k for k, v in stray.items() if v.any()]
+    assert not nonzero, f'gradients of {nonzero} nonzero on channels whose output gradient is zero'
     del out
     for v in x.values():
         v.grad = None
 
     small = dict(u=x['u'][..., S], delta=x['delta'][..., SK], A=x['A'][SK], B=x['B'], C=x['C'], D=x['D'][SK],
                  delta_bias=x['delta_bias'][SK])
-    small_plan = R.plan_routes(routes, H, W_px, len(S), len(S), len(S))
+    small_plan = R.plan_routes(routes, H, W_px, len(checked), len(checked), len(checked))
     want, want_g = _forward_backward(selective_scan_reference, small, grad[..., S], small_plan, upcast=True)
-    errors = {'out': _rel_err(got['out'], want), **{k: _rel_err(got[k], want_g[k]) for k in GRADS}}
+    return {'out': _rel_err(got['out'], want), **{k: _rel_err(got[k], want_g[k]) for k in GRADS}}
+
+
+@cpu
+def test_channel_slice_check_interpreter():
+    # the int32-offset scan's check, at a size the interpreter runs
+    errors = check_channel_slice(5, 3, 8, [0, 3, 7], 'sequential', 'cpu')
+    assert all(v <= _TOL[torch.bfloat16] for v in errors.values()), errors
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize('kernel', ['sequential', 'chunked'])
+def test_gpu_offsets_past_int32(kernel):
+    """A 513 x 512 map of 2048 channels: Δ, the per-route output buffer and du's have 4 * 2048 * 262656 > 2**31
+    elements, and the offsets of the map's later positions pass int32 (the sequential kernels then switch to 64-bit
+    offsets, the chunked ones always use them). The float64 reference of the whole would need ~100 GB: it runs on
+    the first, a middle and the last channels of every route (``check_channel_slice``)."""
+    H, W_px, W = 513, 512, 2048
+    assert H * W_px * 4 * W > 2 ** 31 and TS._off64(H * W_px, 4 * W)
+    errors = check_channel_slice(H, W_px, W, [0, 1, 1000, W - 2, W - 1], kernel, torch.device('cuda'))
     _EXTRA[f'int32 offsets, {kernel} kernels'] = errors
-    tol = _TOL[bf16]
+    tol = _TOL[torch.bfloat16]
     assert all(v <= tol for v in errors.values()), f'errors above {tol:g}: {errors}'
-    nonzero = [k for k, v in stray.items() if v.any()]
-    assert not nonzero, f'gradients of {nonzero} nonzero on channels whose output gradient is zero'
 
 
 # ------------------------------------------------------------------------------------------------------ the report
