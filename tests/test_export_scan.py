@@ -17,7 +17,7 @@ def _both(routes, Bt, H, W, Wr, N, cin, dtype=torch.float64, hidden=False, merge
     return run('export'), run('reference')
 
 
-@pytest.mark.parametrize("length", [1, 2, 3, 4, 5, 15, 16, 17, 255, 256, 257, 1000, 20000])
+@pytest.mark.parametrize("length", [1, 2, 3, 7, 8, 9, 15, 16, 17, 63, 64, 65, 255, 256, 257, 1000, 20000])
 def test_chunked_recurrence_matches_linear_recurrence(length):
     g = torch.Generator().manual_seed(length)
     a = -torch.rand(2, length, 3, generator=g, dtype=torch.float64) * 3

@@ -27,7 +27,7 @@ __all__ = ['selective_scan', 'BACKENDS', 'count_scan_flops']
 # name -> (callable with selective_scan_reference's signature, predicate: can it run on these tensors?)
 BACKENDS: dict[str, tuple[Callable, Callable[[torch.Tensor], bool]]] = {
     'reference': (selective_scan_reference, lambda u: True),
-    # loop-free (tree of pairs) form: what torch.export / ONNX / AOTInductor trace; see kernels/export_scan.py
+    # loop-free (chunked) form: what torch.export / ONNX / AOTInductor trace; see kernels/export_scan.py
     'export': (selective_scan_export, lambda u: True),
 }
 
