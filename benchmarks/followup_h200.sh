@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The measurements that close the performance work, on one GPU machine in one command of at most 10 minutes,
+# from the repository root:
+#
+#   bash benchmarks/followup_h200.sh [DIR] [BASELINE_REV]
+#
+# In order, each under its own time limit, so that one slow part cannot starve the rest:
+#   1. ab.py: this checkout against BASELINE_REV (default: the revision before the GroupMamba / Spatial-Mamba / Vim
+#      memory work) for GroupMamba-T, Spatial-Mamba-T, Vim-T/S and VMamba-T, bf16 inference and training;
+#   2. tools/benchmark.py: MambaVision-T, PlainMamba-L1, MSVMamba-T beside ConvNeXt-T (bf16, batch 128, 224²), and
+#      batch-8 inference of VMamba-T / ConvNeXt-T and Vim-T / DeiT-T (the host-bound case);
+#   3. kernels/bench.py --sweep --only Vim: the sequential kernel's decay handling both ways at Vim's shapes;
+#   4. the kernel fuzz test (tests/test_kernel_fuzz.py) on the GPU: VISIONSSM_FUZZ_CASES per route kind.
+# Writes DIR (default $OUT): env.txt, ab.json, bench.json, kernel_sweep.log, fuzz.json, fuzz.log.
+set -uo pipefail
+dir=${1:-${OUT:?set OUT or pass an output directory}}
+base=${2:-1591727}
+mkdir -p "$dir"
+export PYTHONUNBUFFERED=1
+if ! python3 -m pip install -q --no-deps --no-build-isolation --no-index -e .; then
+    [[ -e visionssm/kernels ]] || ln -s ../kernels visionssm/kernels
+    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; git rev-parse HEAD 2>/dev/null
+  python3 -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__)"
+} | tee "$dir/env.txt"
+timeout 200 python3 benchmarks/ab.py --baseline "$base" --rounds 5 --json "$dir/ab.json" \
+    --models groupmamba_tiny spatialmamba_tiny vim_tiny vim_small vmamba_tiny_s1l8 2>&1 | tail -n 30
+python3 tools/benchmark.py --no-baselines --time-budget 150 --json "$dir/bench.json" \
+    --models mambavision_t plainmamba_l1 msvmamba_tiny convnext_tiny vmamba_tiny_s1l8 vim_tiny deit_tiny_patch16_224 \
+    --resolutions 224 --batch-sizes 128 --measure infer,fwd_bwd:bf16@224 2>&1 | tail -n 12
+python3 tools/benchmark.py --no-baselines --time-budget 60 --json "$dir/bench_b8.json" \
+    --models vmamba_tiny_s1l8 convnext_tiny vim_tiny deit_tiny_patch16_224 \
+    --resolutions 224 --batch-sizes 8 --measure infer:bf16@224 2>&1 | tail -n 6
+timeout 60 python3 kernels/bench.py --sweep --only Vim 2>&1 | tee "$dir/kernel_sweep.log" | tail -n 20
+left=$((580 - SECONDS)); (( left > 40 )) || left=40
+VISIONSSM_FUZZ_REPORT="$dir/fuzz.json" timeout "$left" python3 -m pytest -p no:cacheprovider -q \
+    tests/test_kernel_fuzz.py > "$dir/fuzz.log" 2>&1; tail -n 25 "$dir/fuzz.log"
+echo "[followup_h200] done in ${SECONDS}s"
