@@ -219,20 +219,22 @@ def _patch_cuda13(folder: Path) -> None:
                 f.write_text(new)
 
 
-def pack(root: Path, dest: Path) -> int:
-    """Copy what ``measure`` needs (runtime files and built extensions) into dest; returns bytes copied."""
+def pack(root: Path, dest: Path, exclude=()) -> int:
+    """Copy what ``measure`` needs (runtime files and built extensions) into dest; an extension named in
+    ``exclude`` travels as its sources instead, for ``build --missing-only`` on the GPU machine. Returns bytes."""
+    def copy(f: Path, target: Path) -> int:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, target)
+        return f.stat().st_size
+
     total = 0
     for fam_name, fam in FAMILIES.items():
-        for pattern in fam.runtime:
-            for f in (root / fam_name).glob(pattern):
-                target = dest / fam_name / f.relative_to(root / fam_name)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(f, target)
-                total += f.stat().st_size
-        for so in (root / '_ext' / fam_name).glob('*.so'):
-            _mkdir(dest / '_ext' / fam_name)
-            shutil.copy2(so, dest / '_ext' / fam_name / so.name)
-            total += so.stat().st_size
+        files = [f for pattern in fam.runtime for f in (root / fam_name).glob(pattern)]
+        files += [f for ext in fam.extensions if ext.name in exclude
+                  for f in (root / fam_name / ext.src_dir).rglob('*') if f.is_file()]
+        total += sum(copy(f, dest / fam_name / f.relative_to(root / fam_name)) for f in files)
+        total += sum(copy(so, dest / '_ext' / fam_name / so.name) for so in (root / '_ext' / fam_name).glob('*.so')
+                     if so.name.split('.')[0] not in exclude)
     return total
 
 
@@ -440,6 +442,8 @@ def main(argv=None):
     p = sub.add_parser('pack', help='copy what measure needs (runtime files, built extensions) to DEST')
     p.add_argument('root', type=Path)
     p.add_argument('dest', type=Path)
+    p.add_argument('--exclude', nargs='*', default=(), metavar='EXTENSION',
+                   help='leave these built extensions out (e.g. a large one to build on the GPU machine)')
     m = sub.add_parser('measure', help='time official and visionssm models side by side')
     m.add_argument('root', type=Path)
     m.add_argument('--models', nargs='+', default=list(VARIANTS), choices=list(VARIANTS))
@@ -463,7 +467,7 @@ def main(argv=None):
         (a.root / '_ext' / 'build_report.json').write_text(json.dumps(report, indent=1))
         return 1 if any(str(v).startswith('error') for r in report.values() for v in r.values()) else 0
     if a.cmd == 'pack':
-        print(f'{pack(a.root.resolve(), a.dest.resolve()) / 2 ** 20:.1f} MiB copied to {a.dest}')
+        print(f'{pack(a.root.resolve(), a.dest.resolve(), a.exclude) / 2 ** 20:.1f} MiB copied to {a.dest}')
         return 0
     if a.cmd == '_one':
         measure_one(a.root.resolve(), a.side, a.model, a.modes.split(','), a.batch, a.profile)   # prints its rows

@@ -84,6 +84,11 @@ def test_pack_copies_only_what_measure_needs(oc, tmp_path):
     oc.pack(root, dest)
     got = sorted(str(p.relative_to(dest)) for p in dest.rglob('*') if p.is_file())
     assert got == ['_ext/vim/selective_scan_cuda.so', 'vim/mamba-1p1p1/mamba_ssm/ops/x.py', 'vim/vim/models_mamba.py']
+    # an excluded extension travels as its sources, to be built on the GPU machine
+    oc.pack(root, tmp_path / 'dest2', exclude=('selective_scan_cuda',))
+    got = sorted(str(p.relative_to(tmp_path / 'dest2')) for p in (tmp_path / 'dest2').rglob('*') if p.is_file())
+    assert got == ['vim/mamba-1p1p1/csrc/selective_scan/k.cu', 'vim/mamba-1p1p1/mamba_ssm/ops/x.py',
+                   'vim/vim/models_mamba.py']
 
 
 def test_table_gives_speed_up_and_memory_ratio(oc):
