@@ -52,8 +52,10 @@ NVCC_FLAGS = ['-O3', '-std=c++17', '-U__CUDA_NO_HALF_OPERATORS__', '-U__CUDA_NO_
               '-U__CUDA_NO_BFLOAT16_OPERATORS__', '-U__CUDA_NO_BFLOAT16_CONVERSIONS__',
               '-U__CUDA_NO_BFLOAT162_OPERATORS__', '-U__CUDA_NO_BFLOAT162_CONVERSIONS__',
               '--expt-relaxed-constexpr', '--expt-extended-lambda', '--use_fast_math', '-lineinfo']
-# CCCL 3 (CUDA 13) removed these two CUB helpers; their plain CUDA equivalents.
-CUDA13_PATCH = {'cub::LaneId()': '(threadIdx.x & 31)', 'cub::CTA_SYNC()': '__syncthreads()'}
+# What the official sources need to build today: CCCL 3 (CUDA 13) removed two CUB helpers, replaced by their plain
+# CUDA equivalents; ATen/ATen.h no longer brings at::NoGradGuard (Spatial-Mamba's dwconv2d) in device code.
+SOURCE_FIXES = {'cub::LaneId()': '(threadIdx.x & 31)', 'cub::CTA_SYNC()': '__syncthreads()',
+                '#include <ATen/ATen.h>\n': '#include <ATen/ATen.h>\n#include <ATen/core/grad_mode.h>\n'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,11 +165,9 @@ DROP_PATH = 0.2
 # ---------------------------------------------------------------------------------------------------------- build
 def build(root: Path, families, arch: str, jobs: int, missing_only: bool = False) -> dict:
     """Compile each family's extensions into root/_ext/<family>/; returns {family: {extension: seconds or error}}.
-    With missing_only, an extension already there that imports (carried, or built before) is kept."""
-    from torch.utils.cpp_extension import load
-    os.environ['MAX_JOBS'] = str(jobs)
-    os.environ['TORCH_CUDA_ARCH_LIST'] = arch
-    gencode = [f'-gencode=arch=compute_{arch.replace(".", "")},code=sm_{arch.replace(".", "")}']
+    Each extension builds in a fresh process: torch renames a second extension of a name already loaded
+    (EfficientVMamba's and GroupMamba's kernels are both ``selective_scan_cuda_core``). With missing_only, an
+    extension already there that imports (carried, or built before) is kept."""
     report = {}
     for fam_name in families:
         fam = FAMILIES[fam_name]
@@ -175,29 +175,38 @@ def build(root: Path, families, arch: str, jobs: int, missing_only: bool = False
         report[fam_name] = {}
         for ext in fam.extensions:
             if missing_only and _imports(out, ext.name):
-                report[fam_name][ext.name] = 'present'
-                print(f'[build] {fam_name}/{ext.name}: present, imports', flush=True)
-                continue
-            src = root / fam_name / ext.src_dir
-            work = out / 'src' / ext.name
-            if not src.is_dir():
-                report[fam_name][ext.name] = f'error: {src} not found (clone {fam.repo} into {root / fam_name})'
-                continue
-            shutil.rmtree(work, ignore_errors=True)
-            shutil.copytree(src, work)   # sources are relative to src_dir, which is also the include path
-            _patch_cuda13(work)
-            t0 = time.time()
-            try:
-                load(ext.name, [str(work / s) for s in ext.sources], extra_cflags=['-O3', '-std=c++17'],
-                     extra_cuda_cflags=NVCC_FLAGS + gencode, extra_include_paths=[str(work)],
-                     build_directory=str(_mkdir(out / 'build' / ext.name)), verbose=False)
-                for so in (out / 'build' / ext.name).glob(f'{ext.name}*.so'):
-                    shutil.copy2(so, out / so.name)
-                report[fam_name][ext.name] = round(time.time() - t0, 1)
-            except Exception as exc:  # keep building the others; the report names the failure
-                report[fam_name][ext.name] = f'error: {type(exc).__name__}: {str(exc)[-2000:]}'
-            print(f'[build] {fam_name}/{ext.name}: {report[fam_name][ext.name]}', flush=True)
+                result = 'present'
+            elif not (root / fam_name / ext.src_dir).is_dir():
+                result = f'error: {root / fam_name / ext.src_dir} not found (clone {fam.repo} into {root / fam_name})'
+            else:
+                done = subprocess.run([sys.executable, __file__, '_build_one', str(root), fam_name, ext.name, arch,
+                                       str(jobs)], capture_output=True, text=True)
+                result = done.stdout.strip().splitlines()[-1] if done.returncode == 0 else \
+                    f'error: {(done.stdout + done.stderr).strip()[-3000:]}'
+            report[fam_name][ext.name] = result
+            print(f'[build] {fam_name}/{ext.name}: {result}', flush=True)
     return report
+
+
+def build_one(root: Path, fam_name: str, ext_name: str, arch: str, jobs: int) -> float:
+    """Copy one extension's sources, apply SOURCE_FIXES, compile for ``arch``; returns seconds."""
+    from torch.utils.cpp_extension import load
+    ext = next(e for e in FAMILIES[fam_name].extensions if e.name == ext_name)
+    os.environ['MAX_JOBS'] = str(jobs)
+    os.environ['TORCH_CUDA_ARCH_LIST'] = arch
+    sm = arch.replace('.', '')
+    out = root / '_ext' / fam_name
+    work = out / 'src' / ext.name
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(root / fam_name / ext.src_dir, work)   # sources are relative to src_dir, also the include path
+    _apply_source_fixes(work)
+    t0 = time.time()
+    build_dir = _mkdir(out / 'build' / ext.name)
+    load(ext.name, [str(work / s) for s in ext.sources], extra_cflags=['-O3', '-std=c++17'],
+         extra_cuda_cflags=NVCC_FLAGS + [f'-gencode=arch=compute_{sm},code=sm_{sm}'],
+         extra_include_paths=[str(work)], build_directory=str(build_dir), verbose=False)
+    shutil.copy2(build_dir / f'{ext.name}.so', out / f'{ext.name}.so')
+    return round(time.time() - t0, 1)
 
 
 def _imports(folder: Path, name: str) -> bool:
@@ -210,11 +219,11 @@ def _mkdir(p: Path) -> Path:
     return p
 
 
-def _patch_cuda13(folder: Path) -> None:
+def _apply_source_fixes(folder: Path) -> None:
     for f in folder.rglob('*'):
         if f.suffix in ('.cuh', '.h', '.cu', '.cpp') and f.is_file():
             text = f.read_text()
-            new = functools.reduce(lambda t, kv: t.replace(*kv), CUDA13_PATCH.items(), text)
+            new = functools.reduce(lambda t, kv: t.replace(*kv), SOURCE_FIXES.items(), text)
             if new != text:
                 f.write_text(new)
 
@@ -453,6 +462,10 @@ def main(argv=None):
     m.add_argument('--time-budget', type=float, default=1e9, help='seconds; measurements past it are skipped')
     m.add_argument('--json', type=Path)
     m.add_argument('--md', type=Path)
+    bo = sub.add_parser('_build_one')   # one extension in a fresh process (internal)
+    for arg in ('root', 'family', 'extension', 'arch'):
+        bo.add_argument(arg, type=Path if arg == 'root' else str)
+    bo.add_argument('jobs', type=int)
     one = sub.add_parser('_one')   # one measurement in a fresh process (internal)
     one.add_argument('root', type=Path)
     one.add_argument('side', choices=('official', 'ours'))
@@ -468,6 +481,9 @@ def main(argv=None):
         return 1 if any(str(v).startswith('error') for r in report.values() for v in r.values()) else 0
     if a.cmd == 'pack':
         print(f'{pack(a.root.resolve(), a.dest.resolve(), a.exclude) / 2 ** 20:.1f} MiB copied to {a.dest}')
+        return 0
+    if a.cmd == '_build_one':
+        print(build_one(a.root.resolve(), a.family, a.extension, a.arch, a.jobs))
         return 0
     if a.cmd == '_one':
         measure_one(a.root.resolve(), a.side, a.model, a.modes.split(','), a.batch, a.profile)   # prints its rows

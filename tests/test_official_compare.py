@@ -42,12 +42,15 @@ def test_variant_arguments_equal_the_official_builders(oc):
         assert kwargs == official, model
 
 
-def test_cuda13_patch_replaces_the_removed_cub_helpers(oc, tmp_path):
+def test_source_fixes_replace_what_cuda13_and_torch_removed(oc, tmp_path):
     src = tmp_path / 'k.cuh'
     src.write_text('int lane = cub::LaneId();\ncub::CTA_SYNC();\nint keep = cub::WarpReduce<int>;\n')
+    (tmp_path / 'launch.cu').write_text('#include <ATen/ATen.h>\nat::NoGradGuard no_grad;\n')
     (tmp_path / 'notes.txt').write_text('cub::LaneId()')
-    oc._patch_cuda13(tmp_path)
+    oc._apply_source_fixes(tmp_path)
     assert src.read_text() == 'int lane = (threadIdx.x & 31);\n__syncthreads();\nint keep = cub::WarpReduce<int>;\n'
+    assert (tmp_path / 'launch.cu').read_text() == \
+        '#include <ATen/ATen.h>\n#include <ATen/core/grad_mode.h>\nat::NoGradGuard no_grad;\n'
     assert (tmp_path / 'notes.txt').read_text() == 'cub::LaneId()'   # only C++/CUDA sources are touched
 
 
