@@ -54,7 +54,7 @@ def _decode_one(data: torch.Tensor, device: torch.device) -> Optional[torch.Tens
     try:  # formats torchvision does not read: BMP, TIFF, PPM
         from PIL import Image
         with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
-            rgb = np.asarray(image.convert('RGB'))
+            rgb = np.array(image.convert('RGB'))
         return torch.from_numpy(rgb).permute(2, 0, 1).contiguous().to(device)
     except (OSError, SyntaxError, ValueError):  # PIL's "cannot identify image file" is an OSError
         return None
