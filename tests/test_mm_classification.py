@@ -234,9 +234,14 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 def test_config_builds_its_model_and_optimizer(path):
     cfg = Config.fromfile(path)
     init_default_scope(cfg.default_scope)
+    model_cfg = cfg.model.copy()
+    if cfg.get('data_preprocessor'):  # the dataset config's, which mmengine's Runner puts into the model
+        model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
     with torch.device('meta'):  # the base models are ~100M parameters: shapes only, no memory, no download
-        model = visionssm.registry.MODELS.build(cfg.model)
+        model = visionssm.registry.MODELS.build(model_cfg)
     assert isinstance(model, ImageClassifier) and model.num_classes == (10 if 'digits' in path else 1000)
+    expected = 'BatchAugmentDataPreprocessor' if 'gpu-aug' in path else 'ImgDataPreprocessor'
+    assert type(model.data_preprocessor).__name__ == expected
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     decayed = {id(p) for g in optim_wrapper.optimizer.param_groups if g['weight_decay'] > 0 for p in g['params']}
     assert all(id(p) not in decayed for n, p in model.named_parameters() if p.ndim <= 1 or n.endswith('.bias'))

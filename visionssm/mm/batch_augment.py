@@ -34,6 +34,16 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 _JPEG_MAGIC = (0xFF, 0xD8, 0xFF)
 
 
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _to(x: torch.Tensor, device: torch.device, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    # Parameters drawn on the host go to the device without a blocking copy, which would wait for the device's
+    # queue to drain: the host keeps launching while the device works.
+    return x.to(device=device, dtype=dtype, non_blocking=True)
+
+
 # ---------------------------------------------------------------------------------------------------------- decoding
 
 def _is_jpeg(data: torch.Tensor) -> bool:
@@ -48,14 +58,14 @@ def _decode_one(data: torch.Tensor, device: torch.device) -> Optional[torch.Tens
         except RuntimeError:  # nvJPEG does not read every JPEG (CMYK, some progressive files)
             pass
     try:  # libjpeg (grayscale and CMYK to RGB), libpng, ...
-        return decode_image(data, mode=ImageReadMode.RGB).to(device)
+        return _to(decode_image(data, mode=ImageReadMode.RGB), device)
     except RuntimeError:
         pass
     try:  # formats torchvision does not read: BMP, TIFF, PPM
         from PIL import Image
         with Image.open(io.BytesIO(data.numpy().tobytes())) as image:
             rgb = np.array(image.convert('RGB'))
-        return torch.from_numpy(rgb).permute(2, 0, 1).contiguous().to(device)
+        return _to(torch.from_numpy(rgb).permute(2, 0, 1).contiguous(), device)
     except (OSError, SyntaxError, ValueError):  # PIL's "cannot identify image file" is an OSError
         return None
 
@@ -85,10 +95,6 @@ def decode_images(encoded: Sequence[torch.Tensor], device: torch.device) -> List
 
 
 # ------------------------------------------------------------------------------------------------ crops and resizing
-
-def _to_uint8(x: torch.Tensor) -> torch.Tensor:
-    return x.round_().clamp_(0, 255).to(torch.uint8)
-
 
 def random_resized_crop_params(sizes: torch.Tensor, scale: Tuple[float, float] = (0.08, 1.0),
                                ratio: Tuple[float, float] = (3 / 4, 4 / 3), attempts: int = 10) -> torch.Tensor:
@@ -152,8 +158,8 @@ def resize_center_crop(images: Sequence[torch.Tensor], resize: int, size: int) -
 
 def _pil_gray(images: torch.Tensor) -> torch.Tensor:
     """PIL's ``convert('L')``: (299 R + 587 G + 114 B) / 1000 in 16-bit fixed point, rounded."""
-    weights = torch.tensor([19595, 38470, 7471], dtype=torch.int32, device=images.device).view(1, 3, 1, 1)
-    return ((images.int() * weights).sum(1, keepdim=True) + 32768) >> 16
+    x = images.int()
+    return (x[:, :1] * 19595 + x[:, 1:2] * 38470 + x[:, 2:] * 7471 + 32768) >> 16
 
 
 def _blend(degenerate: torch.Tensor, images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -161,6 +167,14 @@ def _blend(degenerate: torch.Tensor, images: torch.Tensor, factor: torch.Tensor)
     degenerate = degenerate.float()
     out = degenerate + factor.view(-1, 1, 1, 1) * (images.float() - degenerate)
     return out.clamp_(0, 255).to(torch.uint8)
+
+
+def _autocontrast(images, _):
+    # PIL's: each channel's range stretched to 0-255, truncated; a constant channel stays
+    x = images.float()
+    low, high = x.amin(dim=(-2, -1), keepdim=True), x.amax(dim=(-2, -1), keepdim=True)
+    out = ((x - low) * (255 / (high - low).clamp_(min=1))).clamp_(0, 255).to(torch.uint8)
+    return torch.where(high > low, out, images)
 
 
 def _color(images, factor):
@@ -227,7 +241,7 @@ def _solarize_level(level, sign):
 
 # Affine ops are marked None: they are gathered into one resampling (``_affine``) per layer.
 RAND_AUGMENT_OPS = {
-    'AutoContrast': (None, _no_arg(TF.autocontrast)),
+    'AutoContrast': (None, _autocontrast),
     'Equalize': (None, _no_arg(TF.equalize)),
     'Invert': (None, _no_arg(TF.invert)),
     'Rotate': (_signed(30.0), None),
@@ -290,16 +304,16 @@ def _affine(images: torch.Tensor, matrices: torch.Tensor, bicubic: torch.Tensor,
     theta = torch.empty_like(matrices)
     theta[:, :, :2] = matrices[:, :, :2] * scale[None, None, :] / scale[None, :, None]
     theta[:, :, 2] = (matrices[:, :, :2] @ scale + matrices[:, :, 2]) / scale - 1
-    grid = F.affine_grid(theta.float().to(images.device), [n, 3, height, width], align_corners=False)
+    grid = F.affine_grid(_to(theta, images.device, torch.float32), [n, 3, height, width], align_corners=False)
     source = images.float()
     out = torch.empty_like(source)
     for mode, chosen in (('bilinear', ~bicubic), ('bicubic', bicubic)):
-        index = chosen.nonzero().squeeze(1).to(images.device)
+        index = _to(chosen.nonzero().squeeze(1), images.device)
         if len(index):
             out[index] = F.grid_sample(source[index], grid[index], mode=mode, padding_mode='border',
                                        align_corners=False)
     outside = ((grid < -1) | (grid >= 1)).any(dim=-1, keepdim=True).permute(0, 3, 1, 2)
-    out = torch.where(outside, fill.view(1, 3, 1, 1).to(out), out)
+    out = torch.where(outside, _to(fill.view(1, 3, 1, 1), out.device, out.dtype), out)
     return _to_uint8(out)
 
 
@@ -373,14 +387,14 @@ class BatchRandAugment:
             if op is None:
                 affine += [(name, i, a) for i, a in zip(chosen.tolist(), args.tolist())]
                 continue
-            index = chosen.to(images.device)
-            args = args.to(device=images.device, dtype=torch.float32) if args is not None else None
+            index = _to(chosen, images.device)
+            args = _to(args, images.device, torch.float32) if args is not None else None
             images[index] = op(images[index], args)
         if affine:
             names, chosen, args = zip(*affine)
             chosen = torch.tensor(chosen)
             matrices = _affine_matrices(names, torch.tensor(args, dtype=torch.float64), *images.shape[-2:])
-            index = chosen.to(images.device)
+            index = _to(chosen, images.device)
             images[index] = _affine(images[index], matrices, choice['bicubic'][chosen], self.fill)
         return images
 
@@ -418,12 +432,12 @@ def random_erasing(images: torch.Tensor, prob: float = 0.25, scale: Tuple[float,
     chosen = (erase & fits.any(dim=1)).nonzero().squeeze(1)
     if not len(chosen):
         return images
-    box = torch.stack([top, top + h, left, left + w], dim=1)[chosen].long().to(images.device)
+    box = _to(torch.stack([top, top + h, left, left + w], dim=1)[chosen].long(), images.device)
     rows = torch.arange(height, device=images.device)
     cols = torch.arange(width, device=images.device)
     inside = (((rows >= box[:, :1]) & (rows < box[:, 1:2]))[:, :, None]
               & ((cols >= box[:, 2:3]) & (cols < box[:, 3:]))[:, None, :])
-    index = chosen.to(images.device)
+    index = _to(chosen, images.device)
     noise = torch.randn((len(chosen),) + images.shape[1:], dtype=images.dtype, device=images.device)
     images[index] = torch.where(inside[:, None], noise, images[index])
     return images
@@ -479,22 +493,40 @@ class BatchAugmentDataPreprocessor(BaseDataPreprocessor):
                                   for x in encoded}))
             raise TypeError(f'{type(self).__name__} expects a list of encoded files (1-D uint8 tensors; end the '
                             f"pipeline with dict(type='PackEncodedImage')), got {got}")
-        device = self.mean.device
-        images = decode_images([x.cpu() for x in encoded], device)
-        images, samples = self._replace_unreadable(images, samples)
+        images, samples = self.decode(encoded, samples)
         if training:
-            sizes = torch.tensor([image.shape[-2:] for image in images])
-            batch = resized_crops(images, random_resized_crop_params(sizes, self.scale, self.ratio), self.img_size)
-            flip = (torch.rand(len(batch)) < self.flip_prob).to(device)
-            batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
+            batch = self.crop_flip(images)
             if self.rand_augment is not None:
                 batch = self.rand_augment(batch)
+            batch = self.normalize(batch, erase=True)
         else:
-            batch = resize_center_crop(images, self.resize, self.img_size)
-        batch = (batch.float() - self.mean) / self.std
-        if training and self.erasing_prob > 0:
-            batch = random_erasing(batch, self.erasing_prob)
+            batch = self.normalize(self.center_crop(images))
         return dict(inputs=batch, data_samples=self.cast_data(samples) if samples is not None else None)
+
+    # The steps of ``forward``, one method each so that benchmarks/data_pipeline.py can time them.
+
+    def decode(self, encoded: Sequence[torch.Tensor], samples: Optional[list] = None):
+        """The batch's images on the model's device; an unreadable file is replaced by another image and sample."""
+        images = decode_images([x.cpu() for x in encoded], self.mean.device)
+        return self._replace_unreadable(images, samples)
+
+    def crop_flip(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """RandomResizedCrop and horizontal flip: a ``uint8`` batch."""
+        sizes = torch.tensor([image.shape[-2:] for image in images])
+        batch = resized_crops(images, random_resized_crop_params(sizes, self.scale, self.ratio), self.img_size)
+        flip = _to(torch.rand(len(batch)) < self.flip_prob, batch.device)
+        return torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
+
+    def center_crop(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The evaluation view: a ``uint8`` batch."""
+        return resize_center_crop(images, self.resize, self.img_size)
+
+    def normalize(self, batch: torch.Tensor, erase: bool = False) -> torch.Tensor:
+        """To float, normalised; then, if ``erase``, random erasing (timm erases normalised images)."""
+        batch = (batch.float() - self.mean) / self.std
+        if erase and self.erasing_prob > 0:
+            batch = random_erasing(batch, self.erasing_prob)
+        return batch
 
     @staticmethod
     def _replace_unreadable(images: List[Optional[torch.Tensor]], samples: Optional[list]):
