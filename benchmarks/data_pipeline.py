@@ -128,7 +128,7 @@ def device_stages(cfg, data_root: str, batch_size: int, batches: int, device: to
     steps = [
         ('decode', lambda _: pre.decode(encoded)[0]),
         ('crop+flip', pre.crop_flip),
-        ('RandAugment', pre.rand_augment or (lambda x: x)),
+        ('RandAugment', lambda x: pre.rand_augment(x, pre.generators()[0]) if pre.rand_augment else x),
         ('normalise+erasing', lambda x: pre.normalize(x, erase=True)),
     ]
     spent = {name: 0.0 for name, _ in steps}

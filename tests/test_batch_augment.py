@@ -132,15 +132,18 @@ def test_preprocessor_outputs_and_errors(caplog):
         _preprocessor(rand_augment='rand-m9-tweights')
 
 
-def test_seeded_runs_are_reproducible():
-    pre = _preprocessor(img_size=32)
+def test_seeded_runs_are_reproducible_and_ranks_differ(monkeypatch):
     data = _batch([(40, 50), (70, 30), (50, 60), (64, 48)])
-    torch.manual_seed(3)
-    a = pre(data, training=True)['inputs']
-    torch.manual_seed(3)
-    b = pre(data, training=True)['inputs']
-    c = pre(data, training=True)['inputs']
-    assert torch.equal(a, b) and not torch.equal(a, c)
+
+    def run(seed, rank=0):
+        monkeypatch.setattr('mmengine.dist.get_rank', lambda: rank)
+        torch.manual_seed(seed)
+        pre = _preprocessor(img_size=32)
+        return pre(data, training=True)['inputs'], pre(data, training=True)['inputs']
+
+    (a, a2), (b, b2) = run(3), run(3)
+    assert torch.equal(a, b) and torch.equal(a2, b2) and not torch.equal(a, a2)
+    assert not torch.equal(run(4)[0], a) and not torch.equal(run(3, rank=1)[0], a)
 
 
 def test_random_resized_crop_follows_torchvision():

@@ -5,8 +5,8 @@ The data loader's workers only read files (``PackEncodedImage``); ``BatchAugment
 batch (nvJPEG on CUDA, libjpeg on the CPU) and augments it where the model runs, so that a few CPU cores can feed a
 fast GPU. The random choices follow timm's transforms in distribution (``RandomResizedCropAndInterpolation``,
 ``rand_augment_transform``, ``RandomErasing(mode='pixel')``) and the pixel operations follow PIL's, which timm
-applies. Parameters are drawn from torch's CPU generator and the erasing noise from the device's, so a seeded run is
-reproducible and the host never waits for the device.
+applies. Parameters are drawn on the host and the erasing noise on the device, from generators seeded with torch's
+seed and the process's rank: a seeded run is reproducible, and the host does not wait for the device.
 """
 from __future__ import annotations
 
@@ -97,26 +97,29 @@ def decode_images(encoded: Sequence[torch.Tensor], device: torch.device) -> List
 # ------------------------------------------------------------------------------------------------ crops and resizing
 
 def random_resized_crop_params(sizes: torch.Tensor, scale: Tuple[float, float] = (0.08, 1.0),
-                               ratio: Tuple[float, float] = (3 / 4, 4 / 3), attempts: int = 10) -> torch.Tensor:
+                               ratio: Tuple[float, float] = (3 / 4, 4 / 3), attempts: int = 10,
+                               generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """(top, left, height, width) of a random crop per image, as torchvision's and timm's RandomResizedCrop draw it.
 
     ``sizes`` is (N, 2) heights and widths. Each image takes the first of ``attempts`` candidates (area a uniform
     fraction in ``scale`` of the image's, log-uniform aspect ratio in ``ratio``) that fits, else the centre crop
-    of the image clamped to ``ratio``. Returns (N, 4) int64.
+    of the image clamped to ``ratio``. Returns (N, 4) int64. Drawn from ``generator`` (default: torch's).
     """
+    g = generator
     sizes = sizes.to(torch.float64)
     n = len(sizes)
     height, width = sizes[:, :1], sizes[:, 1:]
-    area = (height * width) * torch.empty(n, attempts, dtype=torch.float64).uniform_(*scale)
-    aspect = torch.exp(torch.empty(n, attempts, dtype=torch.float64).uniform_(math.log(ratio[0]), math.log(ratio[1])))
+    area = (height * width) * torch.empty(n, attempts, dtype=torch.float64).uniform_(*scale, generator=g)
+    log_ratio = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(torch.empty(n, attempts, dtype=torch.float64).uniform_(*log_ratio, generator=g))
     w = torch.sqrt(area * aspect).round()
     h = torch.sqrt(area / aspect).round()
     fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
     first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # the first candidate that fits
     h, w = h.gather(1, first).squeeze(1), w.gather(1, first).squeeze(1)
     height, width = height.squeeze(1), width.squeeze(1)
-    top = torch.floor(torch.rand(n, dtype=torch.float64) * (height - h + 1))
-    left = torch.floor(torch.rand(n, dtype=torch.float64) * (width - w + 1))
+    top = torch.floor(torch.rand(n, dtype=torch.float64, generator=g) * (height - h + 1))
+    left = torch.floor(torch.rand(n, dtype=torch.float64, generator=g) * (width - w + 1))
 
     # no candidate fits: the whole image, cut to the nearest aspect ratio in range, centred
     in_ratio = width / height
@@ -360,19 +363,20 @@ class BatchRandAugment:
         self.ops = _RAND_INCREASING_TRANSFORMS if increasing else _RAND_TRANSFORMS
         self.fill = torch.tensor(fill, dtype=torch.float32)
 
-    def sample(self, n: int) -> Dict[str, torch.Tensor]:
+    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
         """One layer's choices for ``n`` images (CPU tensors): op index, applied, magnitude, sign, bicubic."""
-        op = torch.randint(len(self.ops), (n,))
-        applied = torch.rand(n) <= self.prob
+        g = generator
+        op = torch.randint(len(self.ops), (n,), generator=g)
+        applied = torch.rand(n, generator=g) <= self.prob
         if math.isinf(self.magnitude_std):
-            magnitude = torch.rand(n, dtype=torch.float64) * self.magnitude
+            magnitude = torch.rand(n, dtype=torch.float64, generator=g) * self.magnitude
         elif self.magnitude_std > 0:
-            magnitude = torch.normal(self.magnitude, self.magnitude_std, (n,), dtype=torch.float64)
+            magnitude = torch.normal(self.magnitude, self.magnitude_std, (n,), dtype=torch.float64, generator=g)
         else:
             magnitude = torch.full((n,), self.magnitude, dtype=torch.float64)
-        sign = torch.where(torch.rand(n) > 0.5, -1.0, 1.0).to(torch.float64)
+        sign = torch.where(torch.rand(n, generator=g) > 0.5, -1.0, 1.0).to(torch.float64)
         return dict(op=op, applied=applied, magnitude=magnitude.clamp(0, self.magnitude_max), sign=sign,
-                    bicubic=torch.rand(n) < 0.5)
+                    bicubic=torch.rand(n, generator=g) < 0.5)
 
     def apply(self, images: torch.Tensor, choice: Dict[str, torch.Tensor]) -> torch.Tensor:
         """One layer, in place: each image's chosen op, images grouped by op (affine ops in one resampling)."""
@@ -398,12 +402,12 @@ class BatchRandAugment:
             images[index] = _affine(images[index], matrices, choice['bicubic'][chosen], self.fill)
         return images
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f'expected a uint8 batch (N, 3, H, W), got {images.dtype} {tuple(images.shape)}')
         images = images.clone()
         for _ in range(self.num_layers):
-            images = self.apply(images, self.sample(len(images)))
+            images = self.apply(images, self.sample(len(images), generator))
         return images
 
     def __repr__(self) -> str:
@@ -413,22 +417,26 @@ class BatchRandAugment:
 # -------------------------------------------------------------------------------------------------- random erasing
 
 def random_erasing(images: torch.Tensor, prob: float = 0.25, scale: Tuple[float, float] = (0.02, 1 / 3),
-                   min_aspect: float = 0.3, attempts: int = 10) -> torch.Tensor:
+                   min_aspect: float = 0.3, attempts: int = 10, generator: Optional[torch.Generator] = None,
+                   noise_generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """timm's ``RandomErasing(mode='pixel')`` on a normalised float batch (N, C, H, W), in place: with probability
     ``prob`` one rectangle (area a uniform fraction in ``scale`` of the image's, log-uniform aspect ratio in
-    [``min_aspect``, 1 / ``min_aspect``], the first of ``attempts`` that fits) becomes standard normal noise."""
+    [``min_aspect``, 1 / ``min_aspect``], the first of ``attempts`` that fits) becomes standard normal noise.
+    Boxes are drawn from ``generator`` (a CPU one), the noise from ``noise_generator`` (one of the images' device);
+    default: torch's."""
+    g = generator
     n, _, height, width = images.shape
-    erase = torch.rand(n) <= prob
-    area = torch.empty(n, attempts, dtype=torch.float64).uniform_(*scale) * (height * width)
-    aspect = torch.exp(torch.empty(n, attempts, dtype=torch.float64).uniform_(math.log(min_aspect),
-                                                                              -math.log(min_aspect)))
+    erase = torch.rand(n, generator=g) <= prob
+    area = torch.empty(n, attempts, dtype=torch.float64).uniform_(*scale, generator=g) * (height * width)
+    log_aspect = math.log(min_aspect), -math.log(min_aspect)
+    aspect = torch.exp(torch.empty(n, attempts, dtype=torch.float64).uniform_(*log_aspect, generator=g))
     h = torch.sqrt(area * aspect).round()
     w = torch.sqrt(area / aspect).round()
     fits = (w < width) & (h < height)
     first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)
     h, w = h.gather(1, first).squeeze(1), w.gather(1, first).squeeze(1)
-    top = torch.floor(torch.rand(n, dtype=torch.float64) * (height - h + 1))
-    left = torch.floor(torch.rand(n, dtype=torch.float64) * (width - w + 1))
+    top = torch.floor(torch.rand(n, dtype=torch.float64, generator=g) * (height - h + 1))
+    left = torch.floor(torch.rand(n, dtype=torch.float64, generator=g) * (width - w + 1))
     chosen = (erase & fits.any(dim=1)).nonzero().squeeze(1)
     if not len(chosen):
         return images
@@ -438,7 +446,8 @@ def random_erasing(images: torch.Tensor, prob: float = 0.25, scale: Tuple[float,
     inside = (((rows >= box[:, :1]) & (rows < box[:, 1:2]))[:, :, None]
               & ((cols >= box[:, 2:3]) & (cols < box[:, 3:]))[:, None, :])
     index = _to(chosen, images.device)
-    noise = torch.randn((len(chosen),) + images.shape[1:], dtype=images.dtype, device=images.device)
+    noise = torch.randn((len(chosen),) + images.shape[1:], dtype=images.dtype, device=images.device,
+                        generator=noise_generator)
     images[index] = torch.where(inside[:, None], noise, images[index])
     return images
 
@@ -455,6 +464,10 @@ class BatchAugmentDataPreprocessor(BaseDataPreprocessor):
     shorter side to ``int(img_size / crop_pct)`` (bicubic, antialiased) and the central ``img_size`` crop. A file
     that no decoder reads is logged and replaced by another image of the batch (with its label), so that the batch
     keeps its size.
+
+    The random draws come from generators seeded at the first batch with torch's seed (mmengine's
+    ``randomness.seed``) and the process's rank: a seeded run is reproducible, and each process of a distributed run
+    augments its images differently, as the CPU route's data loader workers do.
 
     Args:
         img_size: Side of the square output.
@@ -483,6 +496,7 @@ class BatchAugmentDataPreprocessor(BaseDataPreprocessor):
         # not in the state dict: checkpoints stay interchangeable with ImgDataPreprocessor's
         self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self._generators: Optional[Tuple[torch.Generator, torch.Generator]] = None
 
     def forward(self, data: Dict[str, Any], training: bool = False) -> Dict[str, Any]:
         encoded, samples = data['inputs'], data.get('data_samples')
@@ -497,11 +511,21 @@ class BatchAugmentDataPreprocessor(BaseDataPreprocessor):
         if training:
             batch = self.crop_flip(images)
             if self.rand_augment is not None:
-                batch = self.rand_augment(batch)
+                batch = self.rand_augment(batch, self.generators()[0])
             batch = self.normalize(batch, erase=True)
         else:
             batch = self.normalize(self.center_crop(images))
         return dict(inputs=batch, data_samples=self.cast_data(samples) if samples is not None else None)
+
+    def generators(self) -> Tuple[torch.Generator, torch.Generator]:
+        """The host generator of the parameters and the device generator of the erasing noise."""
+        device = self.mean.device
+        if self._generators is None or self._generators[1].device != device:
+            from mmengine.dist import get_rank
+            seed = (torch.initial_seed() + 1_000_003 * get_rank()) % 2 ** 63
+            host = torch.Generator().manual_seed(seed)
+            self._generators = host, host if device.type == 'cpu' else torch.Generator(device).manual_seed(seed)
+        return self._generators
 
     # The steps of ``forward``, one method each so that benchmarks/data_pipeline.py can time them.
 
@@ -512,9 +536,11 @@ class BatchAugmentDataPreprocessor(BaseDataPreprocessor):
 
     def crop_flip(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
         """RandomResizedCrop and horizontal flip: a ``uint8`` batch."""
+        generator = self.generators()[0]
         sizes = torch.tensor([image.shape[-2:] for image in images])
-        batch = resized_crops(images, random_resized_crop_params(sizes, self.scale, self.ratio), self.img_size)
-        flip = _to(torch.rand(len(batch)) < self.flip_prob, batch.device)
+        boxes = random_resized_crop_params(sizes, self.scale, self.ratio, generator=generator)
+        batch = resized_crops(images, boxes, self.img_size)
+        flip = _to(torch.rand(len(batch), generator=generator) < self.flip_prob, batch.device)
         return torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
 
     def center_crop(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -525,7 +551,8 @@ class BatchAugmentDataPreprocessor(BaseDataPreprocessor):
         """To float, normalised; then, if ``erase``, random erasing (timm erases normalised images)."""
         batch = (batch.float() - self.mean) / self.std
         if erase and self.erasing_prob > 0:
-            batch = random_erasing(batch, self.erasing_prob)
+            batch = random_erasing(batch, self.erasing_prob, generator=self.generators()[0],
+                                   noise_generator=self.generators()[1])
         return batch
 
     @staticmethod
