@@ -23,7 +23,7 @@ from visionssm.mm.classification import ImageClassifier, create_backbone  # noqa
 from visionssm.mm.datasets import DigitsDataset, ImageFolderDataset  # noqa: E402
 from visionssm.mm.metrics import Accuracy  # noqa: E402
 from visionssm.mm.runner import Runner  # noqa: E402
-from visionssm.mm.transforms import Albumentations, PackClsInputs  # noqa: E402
+from visionssm.mm.transforms import Albumentations, PackClsInputs, RandAugment  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, 'configs/classification/**/*.py'), recursive=True)
@@ -129,6 +129,18 @@ def test_albumentations_pipeline_and_unknown_transform():
         Albumentations([dict(type='JpegCompression', quality_lower=80)])
     with pytest.raises(ValueError, match='expected an HxWx3 image'):
         PackClsInputs()(dict(img=np.zeros((8, 8), np.uint8)))
+
+
+def test_rand_augment_posterize_at_full_magnitude():
+    """Magnitude 10 (2% of rand-m9-mstd0.5's draws) keeps 0 bits: a black image, not Pillow 13's ValueError."""
+    aug = RandAugment('rand-m9-mstd0.5-inc1', img_size=32)
+    (op,) = [op for op in aug.augment.ops if op.name == 'PosterizeIncreasing']
+    op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0
+    aug.augment.ops = [op]
+    img = np.full((32, 32, 3), 200, np.uint8)
+    assert not aug(dict(img=img))['img'].any()
+    op.magnitude = 5  # 4 - int(2) = 2 bits: 200 = 0b11001000 -> 0b11000000
+    assert (aug(dict(img=img))['img'] == 192).all()
 
 
 def test_accuracy_topk():
