@@ -78,6 +78,11 @@ def decode_images(encoded: Sequence[torch.Tensor], device: torch.device) -> List
     """
     device = torch.device(device)
     images: List[Optional[torch.Tensor]] = [None] * len(encoded)
+    if device.type == 'cuda':
+        # torchvision's nvJPEG decoder writes its outputs from its own stream without waiting for the current one:
+        # a block just freed by kernels still queued there could be overwritten under them. Nothing is queued
+        # once the stream has drained (in a training loop it has: the step's loss was read on the host).
+        torch.cuda.current_stream(device).synchronize()
     with warnings.catch_warnings():  # torchvision 0.29 marks its decoders deprecated, once per call
         warnings.simplefilter('ignore', DeprecationWarning)
         jpegs = [i for i, data in enumerate(encoded) if _is_jpeg(data)]
