@@ -335,3 +335,35 @@ def test_train_gpu_aug_recipe_on_a_generated_image_folder(tmp_path):
     assert 'ema_state_dict' in checkpoint  # the recipe's EMA
     (epoch,) = json.load(open(work_dir / 'learning_curve.json'))
     assert 'accuracy/top1' in epoch, epoch
+
+
+# ------------------------------------------------------------------------------------------------------ on CUDA
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_cuda_route_matches_the_cpu_route():
+    """nvJPEG against libjpeg, then each step on CUDA against the CPU with the same draws."""
+    data = _batch([(375, 500), (333, 500), (500, 375), (64, 48)] * 4)
+    cpu_images = ba.decode_images(data['inputs'], torch.device('cpu'))
+    cuda_images = ba.decode_images(data['inputs'], torch.device('cuda'))
+    for a, b in zip(cpu_images, cuda_images):
+        assert b.is_cuda and b.shape == a.shape
+        diff = (a.int() - b.cpu().int()).abs().float()
+        assert diff.mean() < 1.5 and diff.quantile(0.99) <= 6  # the decoders' IDCT and chroma upsampling differ
+
+    cpu_pre, cuda_pre = _preprocessor(erasing_prob=0.0), _preprocessor(erasing_prob=0.0).cuda()
+    for training in (True, False):
+        torch.manual_seed(0)
+        cpu_pre._generators = cuda_pre._generators = None
+        a = cpu_pre(data, training=training)['inputs']
+        b = cuda_pre(data, training=training)['inputs']
+        assert b.is_cuda
+        diff = (a - b.cpu()).abs() * cpu_pre.std  # in grey levels
+        assert diff.mean() < 2.0, (training, diff.mean())
+
+    aug = ba.BatchRandAugment()
+    batch = ba.resize_center_crop(cpu_images, 256, 224)
+    for _ in range(4):
+        choice = aug.sample(len(batch))
+        a, b = aug.apply(batch.clone(), choice), aug.apply(batch.cuda(), choice).cpu()
+        diff = (a.int() - b.int()).abs()
+        assert diff.float().mean() < 0.05 and (diff > 1).float().mean() < 1e-3  # float rounding at .5 only
