@@ -146,6 +146,17 @@ def test_seeded_runs_are_reproducible_and_ranks_differ(monkeypatch):
     assert not torch.equal(run(4)[0], a) and not torch.equal(run(3, rank=1)[0], a)
 
 
+def test_autocast_does_not_reach_the_augmentation():
+    """mmengine runs the data preprocessor inside the AMP context; the augmentation stays in full precision."""
+    data = _batch([(40, 50), (70, 30), (50, 60), (64, 48)] * 4)
+    outputs = []
+    for enabled in (False, True):
+        torch.manual_seed(0)
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=enabled):
+            outputs.append(_preprocessor(img_size=32)(data, training=True)['inputs'])
+    assert outputs[1].dtype == torch.float32 and torch.equal(*outputs)
+
+
 def test_random_resized_crop_follows_torchvision():
     from torchvision.transforms import RandomResizedCrop
     torch.manual_seed(0)

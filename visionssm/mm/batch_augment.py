@@ -512,14 +512,17 @@ class BatchAugmentDataPreprocessor(BaseDataPreprocessor):
                                   for x in encoded}))
             raise TypeError(f'{type(self).__name__} expects a list of encoded files (1-D uint8 tensors; end the '
                             f"pipeline with dict(type='PackEncodedImage')), got {got}")
-        images, samples = self.decode(encoded, samples)
-        if training:
-            batch = self.crop_flip(images)
-            if self.rand_augment is not None:
-                batch = self.rand_augment(batch, self.generators()[0])
-            batch = self.normalize(batch, erase=True)
-        else:
-            batch = self.normalize(self.center_crop(images))
+        # mmengine calls it inside the AMP context: sampling grids and filters in half precision would be off by
+        # fractions of a pixel and grey levels
+        with torch.autocast(self.mean.device.type, enabled=False):
+            images, samples = self.decode(encoded, samples)
+            if training:
+                batch = self.crop_flip(images)
+                if self.rand_augment is not None:
+                    batch = self.rand_augment(batch, self.generators()[0])
+                batch = self.normalize(batch, erase=True)
+            else:
+                batch = self.normalize(self.center_crop(images))
         return dict(inputs=batch, data_samples=self.cast_data(samples) if samples is not None else None)
 
     def generators(self) -> Tuple[torch.Generator, torch.Generator]:
