@@ -18,6 +18,7 @@ from PIL import Image  # noqa: E402
 from timm.data import auto_augment as timm_aa  # noqa: E402
 
 from visionssm.mm import batch_augment as ba  # noqa: E402
+from visionssm.mm.runner import test_main as evaluate_main  # noqa: E402  (not collected as a test)
 from visionssm.mm.runner import train_main  # noqa: E402
 from visionssm.registry import MODELS, TRANSFORMS  # noqa: E402
 
@@ -337,7 +338,7 @@ def test_train_gpu_aug_recipe_on_a_generated_image_folder(tmp_path):
                'train_dataloader.persistent_workers=False', 'val_dataloader.persistent_workers=False',
                'train_cfg.max_epochs=1', 'experiment_name=gpu_aug_recipe']
     work_dir = tmp_path / 'work'
-    train_main([GPU_AUG, '--work-dir', str(work_dir), '--cfg-options', *options])
+    train_main([GPU_AUG, '--work-dir', str(work_dir), '--amp', '--cfg-options', *options])
     checkpoint = torch.load(work_dir / 'epoch_1.pth', map_location='cpu', weights_only=False)
     assert checkpoint['meta']['iter'] == 4  # 19 files, 4 full batches of 4; the broken one is replaced in its batch
     assert not any('data_preprocessor' in k for k in checkpoint['state_dict'])
@@ -345,7 +346,14 @@ def test_train_gpu_aug_recipe_on_a_generated_image_folder(tmp_path):
     assert cfg.data_preprocessor.type == 'BatchAugmentDataPreprocessor' and 'data_preprocessor' not in cfg.model
     assert 'ema_state_dict' in checkpoint  # the recipe's EMA
     (epoch,) = json.load(open(work_dir / 'learning_curve.json'))
-    assert 'accuracy/top1' in epoch, epoch
+
+    # tools/test.py through the same route reproduces the validation of the last epoch
+    test_options = [o.replace('val_dataloader', 'test_dataloader') for o in options if 'val_dataloader' in o]
+    evaluate_main([GPU_AUG, str(work_dir / 'epoch_1.pth'), '--work-dir', str(tmp_path / 'test'), '--cfg-options',
+                   *options[:-1], *test_options, 'experiment_name=gpu_aug_recipe_test'])
+    logs = sorted((tmp_path / 'test').glob('*/*.json'))
+    tested = json.loads(logs[-1].read_text().splitlines()[-1])
+    assert tested['accuracy/top1'] == pytest.approx(epoch['accuracy/top1'])
 
 
 # ------------------------------------------------------------------------------------------------------ on CUDA
