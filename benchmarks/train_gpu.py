@@ -17,7 +17,8 @@ Classification runs use ``--cls-batch`` images per step and a folder of ``--cls-
 JPEGs of ImageNet-like sizes (a ``_gpu-aug`` config decodes and augments them on the GPU, inside the step's time,
 and its ``data s/iter`` is only the reading of files); a bf16/fp32 classification run is followed by
 ``tools/benchmark.py``'s training step of the bare backbone at the same batch, precision and drop path
-(``bare_img_per_s``; ``pipeline_efficiency`` is the ratio). Writes ``DIR/train_gpu.json`` and ``DIR/train_gpu.md``; each run's logs stay in ``DIR/<run>/``.
+(``bare_img_per_s``; ``pipeline_efficiency`` is the ratio). Writes ``DIR/train_gpu.json`` and
+``DIR/train_gpu.md``; each run's logs stay in ``DIR/<run>/``.
 """
 from __future__ import annotations
 
