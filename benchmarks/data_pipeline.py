@@ -1,15 +1,20 @@
 """Can the host feed the GPU? A classification config's training pipeline, measured without a model.
 
-Two measurements on the config's own ``train_pipeline`` and ``train_dataloader`` (an ImageNet-layout folder, e.g.
-from ``tools/make_synthetic_data.py --tasks cls``):
+Three measurements on the config's own ``train_pipeline``, ``train_dataloader`` and data preprocessor (an
+ImageNet-layout folder, e.g. from ``tools/make_synthetic_data.py --tasks cls``):
 
 - **per stage**: milliseconds per image of each transform (decode, crop/flip, RandAugment, erasing, packing), in
   this process, one thread: where a worker's time goes;
 - **loader**: images/s delivered by the config's DataLoader (collate and, for the model, the host-to-device copy
-  of each batch when a GPU is present) for each ``--workers`` count: what the training loop can consume at most.
+  of each batch when a GPU is present) for each ``--workers`` count: what the training loop can consume at most;
+- **device**: milliseconds per image of each step of the same recipe on the device (``BatchAugmentDataPreprocessor``,
+  the ``imagenet_bs128_gpu_aug.py`` route: decode, crop/flip, RandAugment, normalise/erasing, and the evaluation
+  view) at ``--device-batch`` images per batch, on the GPU if there is one (else the CPU, for information): time
+  that the training step then spends on its device. With a gpu-aug config its own settings are measured.
 
 Compare the loader's images/s with the model's training throughput (``tools/benchmark.py --measure train``); the
-lower of the two bounds ``tools/train.py``.
+lower of the two bounds ``tools/train.py``. On the device route the workers only read files, and the device's
+augmentation time adds to the step's.
 
     python benchmarks/data_pipeline.py configs/classification/vmamba/vmamba-t-s1l8_8xb128_in1k.py \\
         --data-root data/synthetic/imagenet --workers 4 8 16 --batches 20 --json data_pipeline.json
@@ -87,7 +92,9 @@ def loader_rate(cfg, data_root: str, workers: int, batches: int, device: torch.d
         except StopIteration:  # a small folder: start another epoch
             it = iter(loader)
             data = next(it)
-        if device.type == 'cuda':
+        # encoded files (PackEncodedImage) stay on the host: the device's data preprocessor reads them there
+        encoded = isinstance(data['inputs'], list) and all(x.ndim == 1 for x in data['inputs'])
+        if device.type == 'cuda' and not encoded:
             data['inputs'] = [x.to(device, non_blocking=True) for x in data['inputs']] \
                 if isinstance(data['inputs'], list) else data['inputs'].to(device, non_blocking=True)
             torch.cuda.synchronize(device)
@@ -100,6 +107,53 @@ def loader_rate(cfg, data_root: str, workers: int, batches: int, device: torch.d
                 img_per_s_mean=round(batch_size * len(times) / sum(times), 1))
 
 
+def device_stages(cfg, data_root: str, batch_size: int, batches: int, device: torch.device) -> list[dict]:
+    """Mean ms/image of each step of ``BatchAugmentDataPreprocessor`` on ``device`` (one warm-up batch first)."""
+    from visionssm.registry import MODELS
+
+    pre_cfg = cfg.get('data_preprocessor') or {}
+    if pre_cfg.get('type') != 'BatchAugmentDataPreprocessor':  # a CPU-route config: the same recipe's defaults
+        pre_cfg = dict(type='BatchAugmentDataPreprocessor')
+    pre = MODELS.build(pre_cfg).to(device)
+    dataset = _dataset(cfg, data_root, pipeline=[dict(type='PackEncodedImage')])
+    if len(dataset) == 0:
+        raise ValueError(f'no training images under {data_root!r}')
+    files = [dataset[i % len(dataset)] for i in range(batch_size)]
+    encoded = [f['inputs'] for f in files]
+
+    def sync():
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+
+    steps = [
+        ('decode', lambda _: pre.decode(encoded)[0]),
+        ('crop+flip', pre.crop_flip),
+        ('RandAugment', lambda x: pre.rand_augment(x, pre.generators()[0]) if pre.rand_augment else x),
+        ('normalise+erasing', lambda x: pre.normalize(x, erase=True)),
+    ]
+    spent = {name: 0.0 for name, _ in steps}
+    spent['eval view'] = 0.0
+    for b in range(batches + 1):
+        x = None
+        for name, step in steps:
+            sync()
+            start = time.perf_counter()
+            x = step(x)
+            sync()
+            if b:  # the first batch warms up (cuDNN, nvJPEG handles, allocator)
+                spent[name] += time.perf_counter() - start
+            if name == 'decode':
+                images = x
+        sync()
+        start = time.perf_counter()
+        pre.normalize(pre.center_crop(images))
+        sync()
+        if b:
+            spent['eval view'] += time.perf_counter() - start
+    per_img = 1e3 / (batches * batch_size)
+    return [dict(stage=name, ms_per_img=round(t * per_img, 4)) for name, t in spent.items()]
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('config')
@@ -108,6 +162,9 @@ def main(argv=None) -> dict:
     p.add_argument('--batches', type=int, default=20, help='timed batches per worker count')
     p.add_argument('--batch-size', type=int, help="override the config's train_dataloader.batch_size")
     p.add_argument('--stage-images', type=int, default=200, help='images for the per-stage timing (0: skip)')
+    p.add_argument('--device-batch', type=int, default=128,
+                   help='batch size of the device-route timing (0: skip)')
+    p.add_argument('--device-batches', type=int, default=5, help='timed batches of the device-route timing')
     p.add_argument('--json')
     args = p.parse_args(argv)
 
@@ -130,6 +187,14 @@ def main(argv=None) -> dict:
         for s in result['stages']:
             print(f"{s['stage']:24s} {s['ms_per_img']:8.2f}")
         print(f"{'total (one core)':24s} {total:8.2f}  -> {1e3 / total:.0f} img/s per core")
+    if args.device_batch:
+        result['device_stages'] = device_stages(cfg, args.data_root, args.device_batch, args.device_batches, device)
+        train = sum(s['ms_per_img'] for s in result['device_stages'] if s['stage'] != 'eval view')
+        result['device_ms_per_img'] = round(train, 4)
+        print(f"{'on ' + device.type + ', batch ' + str(args.device_batch):24s} {'ms/img':>8s}")
+        for s in result['device_stages']:
+            print(f"{s['stage']:24s} {s['ms_per_img']:8.3f}")
+        print(f"{'training total':24s} {train:8.3f}  -> {1e3 / train:.0f} img/s on the device")
     result['loader'] = []
     for workers in args.workers:
         row = loader_rate(cfg, args.data_root, workers, args.batches, device)

@@ -8,14 +8,17 @@ pipelines apply: for classification the full recipe, RandAugment, random erasing
         det:configs/detection/mask-rcnn_vmamba-t_fpn_1x_coco.py:fp16 \\
         det:mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py:bf16 \\
         seg:configs/segmentation/upernet_vmamba-t_8xb2-160k_ade20k-512x512.py:fp16 \\
-        cls:configs/classification/vmamba/vmamba-t-s1l8_8xb128_in1k.py:bf16
+        cls:configs/classification/vmamba/vmamba-t-s1l8_8xb128_in1k.py:bf16 \\
+        cls:configs/classification/vmamba/vmamba-t-s1l8_8xb128_in1k_gpu-aug.py:bf16
 
 A run is ``TASK:CONFIG:PRECISION`` (precision fp16, bf16 or fp32; ``mmdet::`` / ``mmseg::`` configs work). Backbone
 weights are not loaded (``init_cfg=None``): the machine may have no network, and speed does not depend on them.
 Classification runs use ``--cls-batch`` images per step and a folder of ``--cls-classes`` x ``--cls-per-class``
-JPEGs of ImageNet-like sizes; a bf16/fp32 classification run is followed by ``tools/benchmark.py``'s training step
-of the bare backbone at the same batch, precision and drop path (``bare_img_per_s``; ``pipeline_efficiency`` is the
-ratio). Writes ``DIR/train_gpu.json`` and ``DIR/train_gpu.md``; each run's logs stay in ``DIR/<run>/``.
+JPEGs of ImageNet-like sizes (a ``_gpu-aug`` config decodes and augments them on the GPU, inside the step's time,
+and its ``data s/iter`` is only the reading of files); a bf16/fp32 classification run is followed by
+``tools/benchmark.py``'s training step of the bare backbone at the same batch, precision and drop path
+(``bare_img_per_s``; ``pipeline_efficiency`` is the ratio). Writes ``DIR/train_gpu.json`` and
+``DIR/train_gpu.md``; each run's logs stay in ``DIR/<run>/``.
 """
 from __future__ import annotations
 

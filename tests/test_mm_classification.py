@@ -23,7 +23,7 @@ from visionssm.mm.classification import ImageClassifier, create_backbone  # noqa
 from visionssm.mm.datasets import DigitsDataset, ImageFolderDataset  # noqa: E402
 from visionssm.mm.metrics import Accuracy  # noqa: E402
 from visionssm.mm.runner import Runner  # noqa: E402
-from visionssm.mm.transforms import Albumentations, PackClsInputs  # noqa: E402
+from visionssm.mm.transforms import Albumentations, PackClsInputs, RandAugment  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, 'configs/classification/**/*.py'), recursive=True)
@@ -131,6 +131,18 @@ def test_albumentations_pipeline_and_unknown_transform():
         PackClsInputs()(dict(img=np.zeros((8, 8), np.uint8)))
 
 
+def test_rand_augment_posterize_at_full_magnitude():
+    """Magnitude 10 (2% of rand-m9-mstd0.5's draws) keeps 0 bits: a black image, not Pillow 13's ValueError."""
+    aug = RandAugment('rand-m9-mstd0.5-inc1', img_size=32)
+    (op,) = [op for op in aug.augment.ops if op.name == 'PosterizeIncreasing']
+    op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0
+    aug.augment.ops = [op]
+    img = np.full((32, 32, 3), 200, np.uint8)
+    assert not aug(dict(img=img))['img'].any()
+    op.magnitude = 5  # 4 - int(2) = 2 bits: 200 = 0b11001000 -> 0b11000000
+    assert (aug(dict(img=img))['img'] == 192).all()
+
+
 def test_accuracy_topk():
     scores = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1], [0.2, 0.5, 0.3]])
     labels = [0, 1, 1, 2]  # top-1 hits: 1 of 4; top-2 hits: 0, 1 (0.3 is 2nd), 1, 2 -> 4 of 4
@@ -234,9 +246,14 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 def test_config_builds_its_model_and_optimizer(path):
     cfg = Config.fromfile(path)
     init_default_scope(cfg.default_scope)
+    model_cfg = cfg.model.copy()
+    if cfg.get('data_preprocessor'):  # the dataset config's, which mmengine's Runner puts into the model
+        model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
     with torch.device('meta'):  # the base models are ~100M parameters: shapes only, no memory, no download
-        model = visionssm.registry.MODELS.build(cfg.model)
+        model = visionssm.registry.MODELS.build(model_cfg)
     assert isinstance(model, ImageClassifier) and model.num_classes == (10 if 'digits' in path else 1000)
+    expected = 'BatchAugmentDataPreprocessor' if 'gpu-aug' in path else 'ImgDataPreprocessor'
+    assert type(model.data_preprocessor).__name__ == expected
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     decayed = {id(p) for g in optim_wrapper.optimizer.param_groups if g['weight_decay'] > 0 for p in g['params']}
     assert all(id(p) not in decayed for n, p in model.named_parameters() if p.ndim <= 1 or n.endswith('.bias'))

@@ -25,7 +25,8 @@ class ImageFolderDataset(BaseDataset):
     """Images in ``data_root/<split>/<class>/<file>`` (the ImageNet layout); classes are the sorted folder names.
 
     Pass ``metainfo=dict(classes=...)`` to require a class list (e.g. the training one for ``val``). The pipeline
-    should start with ``LoadImage``; a sample whose image cannot be read is skipped for the next one.
+    should start with ``LoadImage`` (or be ``PackEncodedImage``, for decoding on the model's device); a sample whose
+    image cannot be read is skipped for the next one.
     """
 
     def __init__(self, data_root: str, split: str = 'train', pipeline: Sequence = (),

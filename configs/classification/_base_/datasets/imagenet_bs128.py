@@ -1,6 +1,7 @@
 # ImageNet-1k as an image folder (data/imagenet/{train,val}/<wnid>/*.JPEG), 128 images per GPU.
 # Train: the DeiT/Swin augmentation (RandomResizedCrop 224 bicubic, flip, RandAugment rand-m9-mstd0.5-inc1,
 # random erasing 0.25; mixup/cutmix live in the model). Test: resize to 256 (crop_pct 0.875) bicubic, centre 224.
+# Workers decode and augment on the CPU; imagenet_bs128_gpu_aug.py does both on the model's device instead.
 data_root = 'data/imagenet'
 img_size = 224
 
@@ -16,6 +17,8 @@ train_pipeline = [
     ]),
     dict(type='PackClsInputs'),
 ]
+# mmengine's Runner sets it as model.data_preprocessor: the ImageNet mean / std on 0-255 pixels
+data_preprocessor = dict(type='ImgDataPreprocessor', mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375])
 test_pipeline = [
     dict(type='LoadImage'),
     dict(type='Albumentations', transforms=[
