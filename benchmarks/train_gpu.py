@@ -94,7 +94,9 @@ def run_one(task: str, config: str, precision: str, args, data_root: Path, out: 
     cfg_path.write_text(
         f"_base_ = [{config if '::' in config else str(ROOT / config)!r}]\n"
         + ("model = dict(backbone=dict(init_cfg=None))\n" if task != 'cls' else '')
-        + f"train_dataloader = dict(batch_size={batch}, num_workers={args.workers})\n"
+        # persistent workers need workers: --workers 0 (load in the main process) must switch them off
+        + f"train_dataloader = dict(batch_size={batch}, num_workers={args.workers}, "
+          f"persistent_workers={args.workers > 0})\n"
         f"custom_hooks = {hooks!r}\n"
         + loop + amp)
     opts = dict(dataset_cfg_options(task, data_root / {'det': 'coco', 'seg': 'ade', 'cls': 'imagenet'}[task]))

@@ -8,9 +8,10 @@
 # 16 cores). Then, each on synthetic data with the config's own pipeline (benchmarks/train_gpu.py):
 #   - Mask R-CNN 1x, VMamba-T beside mmdet's Swin-T, batch 2, fp16 AMP, 300 iterations, then tools/test.py;
 #   - UperNet 512², VMamba-T beside mmseg's Swin-T, batch 2, fp16 AMP, 300 iterations, then tools/test.py;
-#   - the host's data pipeline alone (benchmarks/data_pipeline.py) and the VMamba-T ImageNet recipe (RandAugment,
-#     erasing, Mixup/CutMix, EMA), bf16, batch 128, beside the bare backbone's training step;
-#   - while time remains: bf16 and the other families' T configs.
+#   - the VMamba-T ImageNet recipe (RandAugment, erasing, Mixup/CutMix, EMA), bf16, batch 128, beside the bare
+#     backbone's training step: with the host's data pipeline (15 workers), then with the pipeline on the GPU
+#     (the _gpu-aug recipe: nvJPEG decode and batched augmentation);
+#   - while time remains: both data pipelines alone (benchmarks/data_pipeline.py), bf16, other families' T configs.
 # Writes DIR (default $OUT): log.txt and train.tgz (every run's JSON, markdown, logs and generated config).
 set -u
 dir=${1:-${OUT:?set OUT or pass an output directory}}
@@ -25,14 +26,19 @@ echo "== setup done (${SECONDS}s)" >> "$LOG"
 run() { local lim=$1; shift; local left=$((LIMIT - SECONDS)); (( left < 45 )) && { echo "== skipped $1" >> "$LOG"; return; }
         timeout $(( lim < left ? lim : left )) python3 benchmarks/train_gpu.py "$@" >> "$LOG" 2>&1
         echo "== $1 done (${SECONDS}s)" >> "$LOG"; }
-run 170 det:configs/detection/mask-rcnn_vmamba-t_fpn_1x_coco.py:fp16 \
+run 160 det:configs/detection/mask-rcnn_vmamba-t_fpn_1x_coco.py:fp16 \
     det:mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py:fp16 --out "$R/det" --iters 300
-run 130 seg:configs/segmentation/upernet_vmamba-t_8xb2-160k_ade20k-512x512.py:fp16 \
+run 120 seg:configs/segmentation/upernet_vmamba-t_8xb2-160k_ade20k-512x512.py:fp16 \
     seg:mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py:fp16 --out "$R/seg" --iters 300
 python3 tools/make_synthetic_data.py "$R/cls/data" --tasks cls --train-per-class 4 >> "$LOG" 2>&1
-timeout 60 python3 benchmarks/data_pipeline.py configs/classification/vmamba/vmamba-t-s1l8_8xb128_in1k.py \
-    --data-root "$R/cls/data/imagenet" --workers 8 15 --batches 15 --json "$R/cls/data_pipeline.json" >> "$LOG" 2>&1
-run 130 cls:configs/classification/vmamba/vmamba-t-s1l8_8xb128_in1k.py:bf16 --out "$R/cls" --iters 150 --workers 15
+CLS=configs/classification/vmamba/vmamba-t-s1l8_8xb128_in1k
+run 110 cls:$CLS.py:bf16 --out "$R/cls" --iters 100 --workers 15
+run 100 cls:${CLS}_gpu-aug.py:bf16 --out "$R/cls_gpu_aug" --iters 100 --workers 8 --no-bare
+pipeline() { local left=$((LIMIT - SECONDS)); (( left < 45 )) && return
+             timeout $(( 40 < left ? 40 : left )) python3 benchmarks/data_pipeline.py "$@" >> "$LOG" 2>&1; }
+pipeline $CLS.py --data-root "$R/cls/data/imagenet" --workers 8 15 --batches 10 --json "$R/cls/data_pipeline.json"
+pipeline ${CLS}_gpu-aug.py --data-root "$R/cls/data/imagenet" --workers 4 8 --batches 10 \
+    --json "$R/cls_gpu_aug/data_pipeline.json"
 run 90 det:configs/detection/mask-rcnn_vmamba-t_fpn_1x_coco.py:bf16 \
     det:configs/detection/mask-rcnn_groupmamba-t_fpn_1x_coco.py:fp16 --out "$R/det2" --iters 300
 run 90 seg:configs/segmentation/upernet_vmamba-t_8xb2-160k_ade20k-512x512.py:bf16 --out "$R/seg2" --iters 300
