@@ -10,8 +10,10 @@
 #   2. tools/benchmark.py: MambaVision-T, PlainMamba-L1, MSVMamba-T beside ConvNeXt-T (bf16, batch 128, 224²), and
 #      batch-8 inference of VMamba-T / ConvNeXt-T and Vim-T / DeiT-T (the host-bound case);
 #   3. kernels/bench.py --sweep --only Vim: the sequential kernel's decay handling both ways at Vim's shapes;
-#   4. the kernel fuzz test (tests/test_kernel_fuzz.py) on the GPU: VISIONSSM_FUZZ_CASES per route kind.
-# Writes DIR (default $OUT): env.txt, ab.json, bench.json, kernel_sweep.log, fuzz.json, fuzz.log.
+#   4. VMamba-T's AOTInductor packages (static shapes) against eager and torch.compile at batch 1 and 32;
+#   5. the kernel fuzz test (tests/test_kernel_fuzz.py) on the GPU: VISIONSSM_FUZZ_CASES per route kind.
+# Writes DIR (default $OUT): env.txt, ab.json, bench.json, bench_b8.json, kernel_sweep.log, export_latency.json,
+# fuzz.json, fuzz.log.
 set -uo pipefail
 dir=${1:-${OUT:?set OUT or pass an output directory}}
 base=${2:-1591727}
@@ -33,6 +35,8 @@ python3 tools/benchmark.py --no-baselines --time-budget 60 --json "$dir/bench_b8
     --models vmamba_tiny_s1l8 convnext_tiny vim_tiny deit_tiny_patch16_224 \
     --resolutions 224 --batch-sizes 8 --measure infer:bf16@224 2>&1 | tail -n 6
 timeout 60 python3 kernels/bench.py --sweep --only Vim 2>&1 | tee "$dir/kernel_sweep.log" | tail -n 20
+timeout 150 python3 benchmarks/export_latency.py --models vmamba_tiny_s1l8 --static --out "$dir/export_latency.json" \
+    2>&1 | grep -v Warning | tail -n 8
 left=$((580 - SECONDS)); (( left > 40 )) || left=40
 VISIONSSM_FUZZ_REPORT="$dir/fuzz.json" timeout "$left" python3 -m pytest -p no:cacheprovider -q \
     tests/test_kernel_fuzz.py > "$dir/fuzz.log" 2>&1; tail -n 25 "$dir/fuzz.log"
