@@ -2,8 +2,10 @@
 by tests/_parity.py or VISIONSSM_PARITY_DIR), the mixer against its definition, the official hybrid split, the
 official unmasked window padding and the fixed ``mask_padding`` behaviour, checkpoint containers, the licence notice,
 and ``from_official``'s checks."""
+import importlib
 import json
 import warnings
+from typing import Tuple
 
 import pytest
 import timm
@@ -11,10 +13,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import visionssm
 from visionssm.models import mambavision
 from visionssm.models.mambavision import HybridStage, MambaVisionMixer, checkpoint_filter_fn
+from visionssm.ops import selective_scan
 
 from _parity import PARITY, needs_parity
 
@@ -312,6 +316,151 @@ def test_detection_sized_non_square_input(mask_padding):
     assert all(torch.isfinite(f).all() for f in feats)
 
 
+# --- eager speed: channel-last maps, no copies in the mixer, derived weights kept while inferring ------------------
+
+class _OpLog(TorchDispatchMode):
+    """The ATen ops dispatched inside the block, by name; ``paused`` leaves the ones of a call out."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.paused = [], False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.paused:
+            self.ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+_COPIES = {'clone', 'copy_', '_to_copy', 'contiguous', 'constant_pad_nd'}
+
+
+def _log_the_mixer(monkeypatch) -> Tuple[_OpLog, list]:
+    """A log of the mixer's own ops (the scan's left out) and the list of ``(u, delta, B, C)`` of every scan."""
+    log, scanned = _OpLog(), []
+
+    def scan(u, delta, A, B, C, *args, **kwargs):
+        scanned.append((u, delta, B, C))
+        log.paused = True
+        try:
+            return selective_scan(u, delta, A, B, C, *args, **kwargs)
+        finally:
+            log.paused = False
+
+    monkeypatch.setattr(mambavision, 'selective_scan', scan)
+    return log, scanned
+
+
+def test_every_map_is_channel_last_whatever_the_input_layout():
+    """The conv stages see channels-last maps and the hybrid blocks contiguous (B, L, C) tokens, for an NCHW image as
+    for a channels-last one, and both give the same logits."""
+    torch.manual_seed(0)
+    model = timm.create_model('test_mambavision').eval()
+    seen = []
+    for module in model.modules():
+        if isinstance(module, (mambavision.ConvBlock, mambavision.HybridBlock)):
+            module.register_forward_pre_hook(lambda m, args: seen.append((type(m).__name__, args[0])))
+    x = torch.randn(2, 3, 64, 64)
+    logits = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        seen.clear()
+        with torch.no_grad():
+            logits.append(model(x.contiguous(memory_format=layout)))
+        assert [name for name, _ in seen] == ['ConvBlock'] * 2 + ['HybridBlock'] * 4
+        for name, t in seen:
+            if name == 'ConvBlock':
+                assert t.is_contiguous(memory_format=torch.channels_last), (layout, t.stride())
+            else:
+                assert t.is_contiguous(), (layout, t.stride())
+    torch.testing.assert_close(logits[1], logits[0], atol=1e-6, rtol=1e-6)
+
+
+def test_window_partition_of_one_window_is_a_view():
+    x = torch.randn(2, 7, 7, 8)
+    windows = mambavision.window_partition(x, 7)
+    assert windows.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+    torch.testing.assert_close(windows, x.reshape(2, 49, 8), atol=0, rtol=0)
+    torch.testing.assert_close(mambavision.window_reverse(windows, 7, 7, 7), x, atol=0, rtol=0)
+    padded = mambavision.window_partition(x[:, :6, :5], 7)   # still zero-padded at the bottom/right
+    torch.testing.assert_close(padded, F.pad(x[:, :6, :5], (0, 0, 0, 2, 0, 1)).reshape(2, 49, 8), atol=0, rtol=0)
+
+
+def test_mixer_makes_no_copies(monkeypatch):
+    """in_proj's output is convolved, split, projected and scanned in place: no op of the mixer copies a tensor, and
+    the scan reads u, Δ, B and C with unit-strided channels (the kernels' layout), u and B, C as views."""
+    mixer = _randomized_mixer().float()
+    x = torch.randn(2, 11, 32)
+    log, scanned = _log_the_mixer(monkeypatch)
+    for grad in (True, False):
+        log.ops.clear()
+        with torch.set_grad_enabled(grad), log:
+            mixer(x)
+        assert not _COPIES & set(log.ops), log.ops
+    u, delta, B, C = scanned[-1]
+    assert all(t.stride(-1) == 1 for t in (u, delta, B, C))
+    assert u._base is not None and B._base is C._base is not None
+
+
+def test_mixer_keeps_its_derived_weights_while_inferring(monkeypatch):
+    """Without autograd the conv weight of both halves and A = -exp(A_log) are built once; an in-place update of a
+    parameter rebuilds them (the output follows it)."""
+    mixer = _randomized_mixer()
+    x = torch.randn(2, 11, 32, dtype=torch.float64)
+    log, _ = _log_the_mixer(monkeypatch)
+    with torch.no_grad():
+        mixer(x)
+        with log:
+            mixer(x)
+        assert 'exp' not in log.ops and log.ops.count('cat') == 1, log.ops   # the one cat: [scan, z]
+        mixer.conv1d_z.weight.mul_(1.5)
+        mixer.A_log.add_(0.1)
+        torch.testing.assert_close(mixer(x), _mixer_by_definition(mixer, x), atol=1e-12, rtol=1e-12)
+    log.ops.clear()
+    with log:
+        mixer(x)   # with autograd: built in the graph
+    assert 'exp' in log.ops and log.ops.count('cat') == 2, log.ops
+
+
+def test_mixer_under_bf16_autocast_tracks_its_definition():
+    """Under autocast the scan takes and writes bfloat16 (state and arithmetic in float32 inside): the mixer stays
+    within bfloat16's error of the float64 definition."""
+    mixer = _randomized_mixer()
+    x = torch.randn(2, 11, 32, dtype=torch.float64)
+    with torch.no_grad():
+        want = _mixer_by_definition(mixer, x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            got = mixer.float()(x.float())
+    assert got.dtype == torch.bfloat16
+    err = ((got.double() - want).norm() / want.norm()).item()
+    assert err < 2e-2, err
+
+
+def test_mixer_on_the_triton_kernels_matches_the_reference(monkeypatch):
+    """The mixer's strided views (u a half of the conv output, B and C slices of x_proj's output) through the Triton
+    kernels (the interpreter on a CPU): output and gradients equal the reference scan's."""
+    pytest.importorskip('triton')
+    from visionssm.kernels import triton_scan
+    if not torch.cuda.is_available() and not type(triton_scan._scan_fwd_kernel).__name__.startswith('Interpreted'):
+        pytest.skip('triton was imported before TRITON_INTERPRET=1 was set (tests/conftest.py sets it)')
+    scan_module = importlib.import_module('visionssm.ops.selective_scan')
+    mixer = _randomized_mixer(dim=16).float()
+    x = torch.randn(2, 9, 16)
+
+    def run():
+        xi = x.clone().requires_grad_()
+        out = mixer(xi)
+        out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+        grads = [xi.grad] + [p.grad for p in mixer.parameters()]
+        mixer.zero_grad(set_to_none=True)
+        return out.detach(), grads
+
+    want, want_grads = run()
+    monkeypatch.setitem(scan_module.BACKENDS, 'reference', (triton_scan.selective_scan_triton, lambda u: True))
+    got, got_grads = run()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+
+
 # --- licence, arguments --------------------------------------------------------------------------------------------
 
 def test_licence_is_stated_everywhere():
@@ -342,7 +491,7 @@ def test_bad_arguments_are_named():
 
 @pytest.mark.parametrize('mask_padding', [False, True])
 def test_fx_graph_traced_at_one_size_runs_at_others(mask_padding):
-    """The shape-dependent code (window padding, masks, the scan's precision policy) sits in leaf functions."""
+    """The shape-dependent code (window padding, masks) sits in leaf functions."""
     from timm.layers import get_notrace_functions, get_notrace_modules
     from torchvision.models.feature_extraction import create_feature_extractor
 

@@ -19,9 +19,10 @@ its own conv1d only; the two are concatenated, not gated.
 
 This is a re-implementation on visionssm's shared scan op: the windows are partitioned in the model (the attention
 blocks share them) and each window's tokens are scanned as one sequence, one forward ``Route('row')``. Everything is
-channel-last; the conv stages run on the NHWC map viewed as a channels-last NCHW tensor (no copies). Official
-checkpoints (``{'state_dict': ...}``) convert at load time in ``checkpoint_filter_fn``; ``from_official`` builds the
-model equal to an official ``MambaVision(**kwargs)``.
+channel-last, whatever the input's memory format: the stem makes the image channels-last, the conv stages run on the
+NHWC map viewed as a channels-last NCHW tensor, and the mixer's conv1d, halves, projections and scan work on views
+of the ``(B, L, C)`` tokens (no copies). Official checkpoints (``{'state_dict': ...}``) convert at load time in
+``checkpoint_filter_fn``; ``from_official`` builds the model equal to an official ``MambaVision(**kwargs)``.
 
 Official behaviour kept because the weights were trained with it:
 
@@ -54,7 +55,8 @@ from timm.layers import ClassifierHead, DropPath, register_notrace_function, tru
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from torch.utils.checkpoint import checkpoint
 
-from visionssm.layers import Mlp, ScanLayer, full_precision, init_dt_bias, scan_out_dtype
+from visionssm.layers import Mlp, ScanLayer, full_precision, init_dt_bias
+from visionssm.layers.cache import cached_while_inferring
 from visionssm.ops import Route, selective_scan
 from ._checkpoint import load_through_model
 from ._hierarchical import HierarchicalBackbone
@@ -82,11 +84,13 @@ def _warn_license():
 @register_notrace_function
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
     """``(B, H, W, C)`` zero-padded at the bottom/right to multiples of ``window_size`` → windows
-    ``(B * nH * nW, window_size**2, C)``, tokens row-major inside each window (the official layout)."""
+    ``(B * nH * nW, window_size**2, C)``, tokens row-major inside each window (the official layout). A map of
+    exactly one window (the native resolutions) comes back as a view."""
     batch, height, width, channels = x.shape
     pad_h = (window_size - height % window_size) % window_size
     pad_w = (window_size - width % window_size) % window_size
-    x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    if pad_h or pad_w:  # F.pad copies the map even when it pads nothing
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
     n_h, n_w = (height + pad_h) // window_size, (width + pad_w) // window_size
     x = x.reshape(batch, n_h, window_size, n_w, window_size, channels).transpose(2, 3)
     return x.reshape(batch * n_h * n_w, window_size * window_size, channels)
@@ -152,20 +156,13 @@ def masked_window_reverse(windows: torch.Tensor, win_h: int, win_w: int, order: 
 _FORWARD = (Route('row'),)  # one forward scan over each window's row-major tokens
 
 
-def forward_scan(u: torch.Tensor, delta: torch.Tensor, A_log: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                 D: torch.Tensor, delta_bias: torch.Tensor) -> torch.Tensor:
-    """The mixer's selective scan of ``u (B, L, W)`` along ``_FORWARD``, Δ softplus(delta + delta_bias).
-
-    Parameters enter in at least float32; low-precision inputs return float32 (the op is the FX leaf).
-    """
-    return selective_scan(
-        u, delta, -torch.exp(full_precision(A_log)), B, C, full_precision(D), full_precision(delta_bias),
-        routes=_FORWARD, delta_softplus=True, out_dtype=scan_out_dtype(u))
-
-
 class MambaVisionMixer(ScanLayer):
     """in_proj → two halves, each SiLU(depthwise conv1d, 'same'); the first scanned forward over the tokens →
     out_proj(concat[scan, second half]). Parameter names are the official ones.
+
+    Everything stays channel-last: both halves' conv1d run as one grouped conv over the ``(B, L, C)`` tokens seen
+    as a channels-last ``(B, C, 1, L)`` map, and the halves, Δ, B and C are views that the projections and the scan
+    read in place.
 
     Args:
         dim: model width C (the halves are C / 2 wide).
@@ -196,23 +193,35 @@ class MambaVisionMixer(ScanLayer):
         self.conv1d_x = nn.Conv1d(half, half, d_conv, groups=half, padding='same', bias=False)
         self.conv1d_z = nn.Conv1d(half, half, d_conv, groups=half, padding='same', bias=False)
 
+    def _derived_weights(self, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Both halves' conv weights as one grouped conv's ``(C, 1, 1, k)`` in ``dtype``, and ``A = -exp(A_log)``
+        in at least float32; kept between calls while inferring (``cached_while_inferring``)."""
+        params = (self.conv1d_x.weight, self.conv1d_z.weight, self.A_log)
+        return cached_while_inferring(self, params, dtype, lambda: (
+            torch.cat([self.conv1d_x.weight, self.conv1d_z.weight]).unsqueeze(2).to(dtype),
+            -torch.exp(full_precision(self.A_log))))
+
     def forward(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``x (B, L, C)`` tokens of each window; ``valid (B, L)`` marks image tokens (``mask_padding`` only)."""
         xz = self.in_proj(x)
         if valid is not None:  # padding is zero to the conv, as its own 'same' padding is
             xz = xz * valid.unsqueeze(-1).to(xz.dtype)
-        weight = torch.cat([self.conv1d_x.weight, self.conv1d_z.weight]).to(xz.dtype)
-        xz = F.silu(F.conv1d(xz.transpose(1, 2), weight, padding='same', groups=self.dim)).transpose(1, 2)
-        u, z = xz.chunk(2, dim=-1)
+        conv_weight, A = self._derived_weights(xz.dtype)
+        # (B, C, 1, L) with the channels unit-strided is a channels-last map (a size-1 W would not be recognized as
+        # one): the conv keeps that layout, so its output viewed back as (B, L, C) is contiguous.
+        xz = F.conv2d(xz.transpose(1, 2).unsqueeze(2), conv_weight, padding='same', groups=self.dim)
+        u, z = F.silu(xz).squeeze(2).transpose(1, 2).chunk(2, dim=-1)
         rank, n = self.dt_rank, self.d_state
         dt, B, C = self.x_proj(u).split([rank, n, n], dim=-1)
         # The official model adds dt_proj's bias here and again as the scan's delta_bias; the weights learned so.
-        delta = self.dt_proj(dt)
-        # Autocast may leave the projections in another dtype than u.
-        delta = delta.to(u.dtype).contiguous()
-        B, C = B.unsqueeze(-2).to(u.dtype).contiguous(), C.unsqueeze(-2).to(u.dtype).contiguous()
-        y = forward_scan(u.contiguous(), delta, self.A_log, B, C, self.D, self.dt_proj.bias)
-        return self.out_proj(torch.cat([y.to(z.dtype), z], dim=-1))
+        # On the flattened tokens the projection and its bias are one GEMM (addmm) although dt is a strided view.
+        delta = self.dt_proj(dt.flatten(0, 1)).view_as(u)
+        # Autocast may leave the projections in another dtype than u (no-ops otherwise).
+        delta, B, C = delta.to(u.dtype), B.unsqueeze(-2).to(u.dtype), C.unsqueeze(-2).to(u.dtype)
+        # The scan writes u's dtype, as the official kernel does: the concat and out_proj take that dtype anyway.
+        y = selective_scan(u, delta, A, B, C, full_precision(self.D), full_precision(self.dt_proj.bias),
+                           routes=_FORWARD, delta_softplus=True)
+        return self.out_proj(torch.cat([y, z], dim=-1))
 
 
 class Attention(nn.Module):
@@ -384,7 +393,9 @@ class ConvStem(nn.Module):
         self.act2 = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.norm1(self.conv1(x)))
+        # The convs keep their input's memory format: a channels-last image makes every map of the model
+        # channel-last (the NHWC permute below a view), whatever layout the caller passes.
+        x = self.act1(self.norm1(self.conv1(x.contiguous(memory_format=torch.channels_last))))
         return self.act2(self.norm2(self.conv2(x))).permute(0, 2, 3, 1)
 
 
