@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import visionssm
@@ -459,6 +460,45 @@ def test_mixer_on_the_triton_kernels_matches_the_reference(monkeypatch):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     for g, w in zip(got_grads, want_grads):
         torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+
+
+class _CudaNormPolicy(TorchFunctionMode):
+    """CUDA autocast's float32 policy for LayerNorm, on the CPU (whose autocast keeps the input dtype)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in (F.layer_norm, torch.layer_norm) and torch.is_autocast_enabled('cpu'):
+            up = [a.float() if isinstance(a, torch.Tensor) else a for a in args]
+            with torch.autocast('cpu', enabled=False):
+                return func(*up, **(kwargs or {}))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('attention', [False, True])
+def test_block_norms_keep_the_stream_dtype_under_autocast(attention, monkeypatch):
+    """Under (CUDA's) autocast the hybrid block's norms hand the mixer and the MLP bfloat16, not a float32 copy of
+    the stream, and the block's output equals the float32-norm one's within bfloat16's error."""
+    torch.manual_seed(0)
+    block = mambavision.HybridBlock(32, attention=attention, num_heads=2)   # T's: no layer scale (its float32 γ
+    # would promote the stream to float32, as in the original)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    x = torch.randn(2, 16, 32).bfloat16()
+    dtypes = []
+    for module in (block.mixer, block.mlp):
+        module.register_forward_pre_hook(lambda m, args: dtypes.append(args[0].dtype))
+
+    def run():
+        with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16), _CudaNormPolicy():
+            return block(x).float()
+
+    got = run()
+    assert dtypes == [torch.bfloat16] * 2
+    monkeypatch.setattr(mambavision, 'layer_norm_in_dtype', lambda norm, t: norm(t))   # autocast's float32 norms
+    want = run()
+    assert dtypes[2:] == [torch.float32] * 2
+    err = ((got - want).norm() / want.norm()).item()
+    assert err < 2e-2, err   # bfloat16 rounding of the norm's affine and output (measured 6e-3)
 
 
 # --- licence, arguments --------------------------------------------------------------------------------------------

@@ -34,8 +34,15 @@ Official behaviour kept because the weights were trained with it:
 * The Δ projection's bias enters twice: ``dt_proj`` adds it and the scan adds it again as ``delta_bias``.
 * The conv1d of both mixer halves is 'same' padded (symmetric, non-causal), without bias.
 
-Deliberate differences: attention dropout is applied only in training (the original passes its rate to
-``scaled_dot_product_attention`` in eval too; every release uses rate 0).
+Deliberate differences:
+
+* Attention dropout is applied only in training (the original passes its rate to ``scaled_dot_product_attention``
+  in eval too; every release uses rate 0).
+* Under autocast the hybrid blocks' LayerNorms run in the residual stream's dtype (bfloat16 / float16, statistics
+  accumulated in float32), their affine cast to it, where autocast's float32 policy for LayerNorm would copy the
+  stream to float32, keep that copy for the backward and return float32 for the next GEMM to cast back. The
+  logits' error against a float64 run stays the same (the parity fixture's model with random norm affines, bf16
+  autocast: 6.15e-3 relative, 6.10e-3 with float32 norms). Without autocast they are plain LayerNorms.
 
 torch.fx traces the model (the scan op and a few size-dependent helpers are leaves). TorchScript is not supported,
 because the shared scan op cannot be scripted: ``torch.jit.script``, or building under timm's
@@ -59,6 +66,7 @@ from visionssm.layers import Mlp, ScanLayer, full_precision, init_dt_bias
 from visionssm.layers.cache import cached_while_inferring
 from visionssm.ops import Route, selective_scan
 from ._checkpoint import load_through_model
+from .groupmamba import layer_norm_in_dtype
 from ._hierarchical import HierarchicalBackbone
 
 __all__ = [
@@ -303,11 +311,12 @@ class HybridBlock(nn.Module):
         self.gamma_2 = nn.Parameter(layer_scale * torch.ones(dim)) if layer_scale is not None else None
 
     def forward(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
-        y = self.mixer(self.norm1(x), valid)
+        # The norms run in the residual stream's dtype also under autocast (see the module docstring).
+        y = self.mixer(layer_norm_in_dtype(self.norm1, x), valid)
         if self.gamma_1 is not None:
             y = y * self.gamma_1
         x = x + self.drop_path(y)
-        y = self.mlp(self.norm2(x))
+        y = self.mlp(layer_norm_in_dtype(self.norm2, x))
         if self.gamma_2 is not None:
             y = y * self.gamma_2
         return x + self.drop_path(y)
