@@ -462,6 +462,64 @@ def test_mixer_on_the_triton_kernels_matches_the_reference(monkeypatch):
         torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
 
 
+def _unfolded(block, x):
+    """A conv block or the stem computed module by module (the norms with their running statistics in eval)."""
+    y = block.norm2(block.conv2(block.act1(block.norm1(block.conv1(x)))))
+    if isinstance(block, mambavision.ConvStem):
+        return block.act2(y).permute(0, 2, 3, 1)
+    return x + (y * block.gamma.view(1, -1, 1, 1) if block.gamma is not None else y)
+
+
+def _randomized(module, seed=0):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for t in list(module.parameters()) + [b for b in module.buffers() if b.is_floating_point()]:
+            t.copy_(t + 0.3 * torch.randn_like(t)).abs_() if t.dim() == 1 else t.add_(0.3 * torch.randn_like(t))
+    return module
+
+
+@pytest.mark.parametrize('make', [lambda: mambavision.ConvBlock(8, layer_scale=0.5), lambda: mambavision.ConvBlock(8),
+                                  lambda: mambavision.ConvStem(3, 6, 8)])
+def test_conv_norms_fold_into_the_convs_in_eval(make):
+    """In eval each BatchNorm (and the layer scale) is folded into its conv: the block's output and gradients equal
+    the module-by-module ones; no normalization runs while inferring, and the folded weights follow the running
+    statistics when a training step changes them."""
+    block = _randomized(make()).eval()
+    x = torch.randn(2, 3 if isinstance(block, mambavision.ConvStem) else 8, 10, 12)
+    x = x.contiguous(memory_format=torch.channels_last)
+    log = _OpLog()
+    with torch.no_grad(), log:
+        got = block(x)
+    assert 'native_batch_norm' not in log.ops and 'convolution' in log.ops
+    with torch.no_grad():
+        torch.testing.assert_close(got, _unfolded(block, x), atol=1e-5, rtol=1e-5)
+    xg = x.clone().requires_grad_()
+    block(xg).square().sum().backward()   # eval with autograd: folded in the graph
+    grads = [xg.grad] + [p.grad for p in block.parameters()]
+    block.zero_grad(set_to_none=True)
+    xw = x.clone().requires_grad_()
+    _unfolded(block, xw).square().sum().backward()
+    for g, w in zip(grads, [xw.grad] + [p.grad for p in block.parameters()]):
+        assert (g - w).norm() / w.norm() < 1e-5
+    block.train()(torch.randn_like(x))    # new running statistics
+    block.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), _unfolded(block, x), atol=1e-5, rtol=1e-5)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            low = block(x)
+        want = _unfolded(block, x)
+    assert ((low.float() - want).norm() / want.norm()) < 2e-2
+
+
+def test_model_in_eval_normalizes_only_at_the_head():
+    """MambaVision-T's layout in eval: of its 11 BatchNorms only the head's runs (the others are folded)."""
+    model = timm.create_model('test_mambavision').eval()
+    log = _OpLog()
+    with torch.no_grad(), log:
+        model(torch.randn(1, 3, 64, 64))
+    assert log.ops.count('native_batch_norm') + log.ops.count('_native_batch_norm_legit_no_training') == 1
+
+
 class _CudaNormPolicy(TorchFunctionMode):
     """CUDA autocast's float32 policy for LayerNorm, on the CPU (whose autocast keeps the input dtype)."""
 

@@ -66,7 +66,7 @@ from visionssm.layers import Mlp, ScanLayer, full_precision, init_dt_bias
 from visionssm.layers.cache import cached_while_inferring
 from visionssm.ops import Route, selective_scan
 from ._checkpoint import load_through_model
-from .groupmamba import layer_norm_in_dtype
+from .groupmamba import autocast_dtype, layer_norm_in_dtype
 from ._hierarchical import HierarchicalBackbone
 
 __all__ = [
@@ -259,8 +259,50 @@ class Attention(nn.Module):
 
 # --- blocks and stages -------------------------------------------------------------------------------------------
 
+def fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d, dtype: torch.dtype,
+                    scale: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``conv`` followed by ``norm`` with its running statistics (eval), times ``scale`` per channel if given, as one
+    conv's ``(weight, bias)``: in ``dtype``, the weight channels-last as the maps are."""
+    factor = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+    bias = norm.bias - norm.running_mean * factor
+    if conv.bias is not None:
+        bias = bias + conv.bias * factor
+    if scale is not None:
+        factor, bias = factor * scale, bias * scale
+    weight = conv.weight * factor.view(-1, 1, 1, 1)
+    return weight.to(dtype).contiguous(memory_format=torch.channels_last), bias.to(dtype)
+
+
+def _conv(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+@register_notrace_function
+def conv_norm_pair(block: nn.Module, x: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``block.norm2(block.conv2(block.act1(block.norm1(block.conv1(x)))))``, times ``scale`` per channel if given.
+
+    While both norms are in eval each is folded into its conv (``fold_batch_norm``; the scale into the second), the
+    folded weights kept while inferring: two convs and the activation, no normalization pass over the map. A torch.fx
+    leaf, so a traced graph follows the norms' mode when it runs.
+    """
+    if block.norm1.training or block.norm2.training:
+        y = block.norm2(block.conv2(block.act1(block.norm1(block.conv1(x)))))
+        return y * scale.view(1, -1, 1, 1) if scale is not None else y
+    dtype = autocast_dtype(x)   # the convs' compute dtype
+    pairs = ((block.conv1, block.norm1), (block.conv2, block.norm2))
+    # The batch_norm kernel updates the running statistics without bumping their version counters; the module's
+    # num_batches_tracked.add_(1) of every training step does.
+    params = [t for conv, norm in pairs for t in (conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean,
+                                                  norm.running_var, norm.num_batches_tracked) if t is not None]
+    params += [scale] if scale is not None else []
+    (w1, b1), (w2, b2) = cached_while_inferring(block, params, dtype, lambda: (
+        fold_batch_norm(block.conv1, block.norm1, dtype), fold_batch_norm(block.conv2, block.norm2, dtype, scale)))
+    return _conv(block.conv2, block.act1(_conv(block.conv1, x, w1, b1)), w2, b2)
+
+
 class ConvBlock(nn.Module):
-    """``x + conv3x3 → BN → GELU(tanh) → conv3x3 → BN`` (× layer scale), on NCHW."""
+    """``x + conv3x3 → BN → GELU(tanh) → conv3x3 → BN`` (× layer scale), on NCHW; in eval the norms and the layer
+    scale are folded into the convs (``conv_norm_pair``)."""
 
     def __init__(self, dim: int, drop_path: float = 0., layer_scale: Optional[float] = None):
         super().__init__()
@@ -273,10 +315,7 @@ class ConvBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
-        if self.gamma is not None:
-            y = y * self.gamma.view(1, -1, 1, 1)
-        return x + self.drop_path(y)
+        return x + self.drop_path(conv_norm_pair(self, x, self.gamma))
 
 
 class HybridBlock(nn.Module):
@@ -390,7 +429,7 @@ class HybridStage(nn.Module):
 
 class ConvStem(nn.Module):
     """Two stride-2 3x3 convs without bias, each followed by BatchNorm (eps 1e-4) and ReLU: NCHW image →
-    channel-last map at stride 4."""
+    channel-last map at stride 4; in eval the norms are folded into the convs (``conv_norm_pair``)."""
 
     def __init__(self, in_chans: int = 3, in_dim: int = 64, dim: int = 96):
         super().__init__()
@@ -404,8 +443,8 @@ class ConvStem(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The convs keep their input's memory format: a channels-last image makes every map of the model
         # channel-last (the NHWC permute below a view), whatever layout the caller passes.
-        x = self.act1(self.norm1(self.conv1(x.contiguous(memory_format=torch.channels_last))))
-        return self.act2(self.norm2(self.conv2(x))).permute(0, 2, 3, 1)
+        x = conv_norm_pair(self, x.contiguous(memory_format=torch.channels_last))
+        return self.act2(x).permute(0, 2, 3, 1)
 
 
 class BatchNormNHWC(nn.BatchNorm2d):
