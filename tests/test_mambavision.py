@@ -320,16 +320,19 @@ def test_detection_sized_non_square_input(mask_padding):
 # --- eager speed: channel-last maps, no copies in the mixer, derived weights kept while inferring ------------------
 
 class _OpLog(TorchDispatchMode):
-    """The ATen ops dispatched inside the block, by name; ``paused`` leaves the ones of a call out."""
+    """The ATen ops dispatched inside the block, by name (and their outputs' sizes); ``paused`` leaves the ones of a
+    call out."""
 
     def __init__(self):
         super().__init__()
-        self.ops, self.paused = [], False
+        self.ops, self.sizes, self.paused = [], [], False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
         if not self.paused:
             self.ops.append(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
+            self.sizes.append(out.numel() if isinstance(out, torch.Tensor) else 0)
+        return out
 
 
 _COPIES = {'clone', 'copy_', '_to_copy', 'contiguous', 'constant_pad_nd'}
@@ -518,6 +521,41 @@ def test_model_in_eval_normalizes_only_at_the_head():
     with torch.no_grad(), log:
         model(torch.randn(1, 3, 64, 64))
     assert log.ops.count('native_batch_norm') + log.ops.count('_native_batch_norm_legit_no_training') == 1
+
+
+@pytest.mark.parametrize('shape,scale_shape', [((16, 6, 8), (8,)), ((16, 8, 5, 6), None), ((16, 6, 8), None)])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_residual_with_drop_path_is_one_pass(shape, scale_shape, dtype):
+    """``add_residual`` equals ``x + DropPath(y * scale)`` with the same random numbers, in training and eval, with
+    one op over the whole map (addcmul) where the original takes two or three; its gradients are the same."""
+    from timm.layers import DropPath
+    x, y = torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype)
+    scale = torch.rand(scale_shape) + 0.5 if scale_shape else None
+    drop = DropPath(0.5)
+    for training in (True, False):
+        drop.train(training)
+        torch.manual_seed(1)
+        want = x + drop(y * scale if scale is not None else y)
+        torch.manual_seed(1)
+        log = _OpLog()
+        with log:
+            got = mambavision.add_residual(x, y, drop, scale)
+        assert got.dtype == want.dtype
+        tol = 1e-6 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+        full = [op for op, n in zip(log.ops, log.sizes) if n == x.numel()]
+        assert full == (['addcmul'] if training or scale is not None else ['add']), log.ops
+        if training:
+            dropped = (got == x).flatten(1).all(1).sum().item()
+            assert 0 < dropped < x.shape[0]
+    yg = y.clone().requires_grad_()
+    drop.train()
+    torch.manual_seed(2)
+    (x + drop(yg * scale if scale is not None else yg)).sum().backward()
+    want_grad, yg.grad = yg.grad, None
+    torch.manual_seed(2)
+    mambavision.add_residual(x, yg, drop, scale).sum().backward()
+    torch.testing.assert_close(yg.grad, want_grad, atol=1e-6, rtol=1e-6)
 
 
 class _CudaNormPolicy(TorchFunctionMode):

@@ -300,6 +300,27 @@ def conv_norm_pair(block: nn.Module, x: torch.Tensor, scale: Optional[torch.Tens
     return _conv(block.conv2, block.act1(_conv(block.conv1, x, w1, b1)), w2, b2)
 
 
+@register_notrace_function
+def add_residual(x: torch.Tensor, y: torch.Tensor, drop_path: nn.Module,
+                 scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x + drop_path(y * scale)`` (``scale`` optional, broadcast against ``y``) in one pass over the map.
+
+    timm's ``DropPath`` draws its per-sample mask as it would (the same random numbers), then the mask and the scale
+    multiply ``y`` inside one ``addcmul``, not in products over the whole map before the sum. A torch.fx leaf, so a
+    traced graph follows the module's mode when it runs.
+    """
+    factor = scale
+    if isinstance(drop_path, DropPath) and drop_path.training and drop_path.drop_prob > 0.:
+        keep = 1. - drop_path.drop_prob
+        dtype = y.dtype if scale is None else torch.promote_types(y.dtype, scale.dtype)   # DropPath's input's
+        factor = torch.empty((y.shape[0],) + (1,) * (y.ndim - 1), dtype=dtype, device=y.device).bernoulli_(keep)
+        if keep > 0. and drop_path.scale_by_keep:
+            factor.div_(keep)
+        if scale is not None:
+            factor = factor * scale
+    return x + y if factor is None else torch.addcmul(x, y, factor)
+
+
 class ConvBlock(nn.Module):
     """``x + conv3x3 → BN → GELU(tanh) → conv3x3 → BN`` (× layer scale), on NCHW; in eval the norms and the layer
     scale are folded into the convs (``conv_norm_pair``)."""
@@ -315,7 +336,7 @@ class ConvBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.drop_path(conv_norm_pair(self, x, self.gamma))
+        return add_residual(x, conv_norm_pair(self, x, self.gamma), self.drop_path)
 
 
 class HybridBlock(nn.Module):
@@ -351,14 +372,8 @@ class HybridBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         # The norms run in the residual stream's dtype also under autocast (see the module docstring).
-        y = self.mixer(layer_norm_in_dtype(self.norm1, x), valid)
-        if self.gamma_1 is not None:
-            y = y * self.gamma_1
-        x = x + self.drop_path(y)
-        y = self.mlp(layer_norm_in_dtype(self.norm2, x))
-        if self.gamma_2 is not None:
-            y = y * self.gamma_2
-        return x + self.drop_path(y)
+        x = add_residual(x, self.mixer(layer_norm_in_dtype(self.norm1, x), valid), self.drop_path, self.gamma_1)
+        return add_residual(x, self.mlp(layer_norm_in_dtype(self.norm2, x)), self.drop_path, self.gamma_2)
 
 
 class ConvStage(nn.Module):
