@@ -558,6 +558,28 @@ def test_residual_with_drop_path_is_one_pass(shape, scale_shape, dtype):
     torch.testing.assert_close(yg.grad, want_grad, atol=1e-6, rtol=1e-6)
 
 
+def test_attention_backward_copies_the_qkv_gradient_once():
+    """The attention equals its per-head formulation (qkv permuted to (3, B, heads, L, head_dim)) in output and
+    gradients, and its backward assembles the qkv gradient with one stack, without a further clone."""
+    torch.manual_seed(0)
+    attn = mambavision.Attention(32, num_heads=4)
+    x = torch.randn(2, 9, 32, requires_grad=True)
+    qkv = attn.qkv(x).reshape(2, 9, 3, 4, 8).permute(2, 0, 3, 1, 4)
+    want = attn.proj(F.scaled_dot_product_attention(*qkv.unbind(0)).transpose(1, 2).reshape(2, 9, 32))
+    want.square().sum().backward()
+    want_grads = [x.grad] + [p.grad for p in attn.parameters()]
+    x.grad = None
+    attn.zero_grad(set_to_none=True)
+    got = attn(x)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    log = _OpLog()
+    with log:
+        got.square().sum().backward()
+    for g, w in zip([x.grad] + [p.grad for p in attn.parameters()], want_grads):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+    assert 'clone' not in log.ops and log.ops.count('stack') == 1, log.ops
+
+
 class _CudaNormPolicy(TorchFunctionMode):
     """CUDA autocast's float32 policy for LayerNorm, on the CPU (whose autocast keeps the input dtype)."""
 

@@ -250,9 +250,11 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         batch, length, dim = x.shape
-        q, k, v = self.qkv(x).reshape(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        # Unbound along the qkv axis of the token layout, then viewed per head: the backward stacks the gradients of
+        # q, k and v straight into qkv's (B, L, 3, heads, head_dim) layout (one copy, not a stack and a transpose).
+        q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim).unbind(2)
         mask = valid[:, None, None, :] if valid is not None else None
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+        x = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
                                            dropout_p=self.attn_drop if self.training else 0.)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(batch, length, dim)))
 
