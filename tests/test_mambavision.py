@@ -612,11 +612,34 @@ def test_block_norms_keep_the_stream_dtype_under_autocast(attention, monkeypatch
 
     got = run()
     assert dtypes == [torch.bfloat16] * 2
-    monkeypatch.setattr(mambavision, 'layer_norm_in_dtype', lambda norm, t: norm(t))   # autocast's float32 norms
+    monkeypatch.setattr(mambavision, 'norm_in_dtype', lambda norm, t: norm(t))   # autocast's float32 norms
     want = run()
     assert dtypes[2:] == [torch.float32] * 2
     err = ((got - want).norm() / want.norm()).item()
     assert err < 2e-2, err   # bfloat16 rounding of the norm's affine and output (measured 6e-3)
+
+
+def test_norm_affine_in_the_autocast_dtype_is_kept_while_inferring():
+    norm = nn.LayerNorm(8)
+    with torch.no_grad():
+        norm.weight.normal_(1., 0.5)
+        norm.bias.normal_(0., 0.5)
+    x = torch.randn(2, 3, 8).bfloat16()
+
+    def want():
+        return F.layer_norm(x, (8,), norm.weight.bfloat16(), norm.bias.bfloat16(), norm.eps)
+
+    log = _OpLog()
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        mambavision.norm_in_dtype(norm, x)
+        with log:
+            got = mambavision.norm_in_dtype(norm, x)
+        assert log.ops == ['native_layer_norm'], log.ops
+        torch.testing.assert_close(got, want(), atol=0, rtol=0)
+        norm.weight.mul_(2.)
+        torch.testing.assert_close(mambavision.norm_in_dtype(norm, x), want(), atol=0, rtol=0)
+    with torch.no_grad():
+        assert mambavision.norm_in_dtype(norm, x.float()).dtype == torch.float32   # no autocast: nn.LayerNorm
 
 
 # --- licence, arguments --------------------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ from visionssm.layers import Mlp, ScanLayer, full_precision, init_dt_bias
 from visionssm.layers.cache import cached_while_inferring
 from visionssm.ops import Route, selective_scan
 from ._checkpoint import load_through_model
-from .groupmamba import autocast_dtype, layer_norm_in_dtype
+from .groupmamba import autocast_dtype
 from ._hierarchical import HierarchicalBackbone
 
 __all__ = [
@@ -303,6 +303,20 @@ def conv_norm_pair(block: nn.Module, x: torch.Tensor, scale: Optional[torch.Tens
 
 
 @register_notrace_function
+def norm_in_dtype(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` in ``x``'s dtype also under autocast (statistics accumulated in float32 either way), its affine
+    cast to that dtype and kept while inferring: autocast's float32 policy for LayerNorm would copy a low-precision
+    ``x`` to float32, keep that copy for the backward and return float32 for the next GEMM to cast back."""
+    device = x.device.type
+    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
+        return norm(x)
+    weight, bias = cached_while_inferring(norm, (norm.weight, norm.bias), x.dtype, lambda: (
+        norm.weight.to(x.dtype), norm.bias.to(x.dtype)))
+    with torch.autocast(device, enabled=False):
+        return F.layer_norm(x, norm.normalized_shape, weight, bias, norm.eps)
+
+
+@register_notrace_function
 def add_residual(x: torch.Tensor, y: torch.Tensor, drop_path: nn.Module,
                  scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``x + drop_path(y * scale)`` (``scale`` optional, broadcast against ``y``) in one pass over the map.
@@ -374,8 +388,8 @@ class HybridBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         # The norms run in the residual stream's dtype also under autocast (see the module docstring).
-        x = add_residual(x, self.mixer(layer_norm_in_dtype(self.norm1, x), valid), self.drop_path, self.gamma_1)
-        return add_residual(x, self.mlp(layer_norm_in_dtype(self.norm2, x)), self.drop_path, self.gamma_2)
+        x = add_residual(x, self.mixer(norm_in_dtype(self.norm1, x), valid), self.drop_path, self.gamma_1)
+        return add_residual(x, self.mlp(norm_in_dtype(self.norm2, x)), self.drop_path, self.gamma_2)
 
 
 class ConvStage(nn.Module):
