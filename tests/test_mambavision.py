@@ -2,6 +2,7 @@
 by tests/_parity.py or VISIONSSM_PARITY_DIR), the mixer against its definition, the official hybrid split, the
 official unmasked window padding and the fixed ``mask_padding`` behaviour, checkpoint containers, the licence notice,
 and ``from_official``'s checks."""
+import copy
 import importlib
 import json
 import warnings
@@ -512,6 +513,20 @@ def test_conv_norms_fold_into_the_convs_in_eval(make):
             low = block(x)
         want = _unfolded(block, x)
     assert ((low.float() - want).norm() / want.norm()) < 2e-2
+
+
+def test_folding_a_half_precision_block_computes_in_float32():
+    """A float16 block (``model.half()``) folds its norms in float32 and rounds the folded weight and bias once."""
+    block = _randomized(mambavision.ConvBlock(8, layer_scale=0.7)).eval().half()
+    weight, bias = mambavision.fold_batch_norm(block.conv2, block.norm2, torch.float16, block.gamma)
+    n, conv, gamma = block.norm2, block.conv2, block.gamma.float()
+    factor = n.weight.float() / torch.sqrt(n.running_var.float() + n.eps)
+    want_weight = conv.weight.float() * (factor * gamma).view(-1, 1, 1, 1)
+    want_bias = (n.bias.float() + (conv.bias.float() - n.running_mean.float()) * factor) * gamma
+    # one rounding to float16 (its unit roundoff 2**-11: within 1e-3 relative); folding in float16 misses by more
+    torch.testing.assert_close(weight, want_weight.half(), atol=0, rtol=1e-3)
+    torch.testing.assert_close(bias, want_bias.half(), atol=0, rtol=1e-3)
+    assert weight.dtype == bias.dtype == torch.float16 and weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_model_in_eval_normalizes_only_at_the_head():

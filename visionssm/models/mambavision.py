@@ -264,14 +264,15 @@ class Attention(nn.Module):
 def fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d, dtype: torch.dtype,
                     scale: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """``conv`` followed by ``norm`` with its running statistics (eval), times ``scale`` per channel if given, as one
-    conv's ``(weight, bias)``: in ``dtype``, the weight channels-last as the maps are."""
-    factor = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-    bias = norm.bias - norm.running_mean * factor
+    conv's ``(weight, bias)``: computed in at least float32, returned in ``dtype``, the weight channels-last as the
+    maps are."""
+    factor = full_precision(norm.weight) * torch.rsqrt(full_precision(norm.running_var) + norm.eps)
+    bias = full_precision(norm.bias) - full_precision(norm.running_mean) * factor
     if conv.bias is not None:
-        bias = bias + conv.bias * factor
+        bias = bias + full_precision(conv.bias) * factor
     if scale is not None:
-        factor, bias = factor * scale, bias * scale
-    weight = conv.weight * factor.view(-1, 1, 1, 1)
+        factor, bias = factor * full_precision(scale), bias * full_precision(scale)
+    weight = full_precision(conv.weight) * factor.view(-1, 1, 1, 1)
     return weight.to(dtype).contiguous(memory_format=torch.channels_last), bias.to(dtype)
 
 
