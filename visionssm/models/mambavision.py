@@ -66,8 +66,8 @@ from visionssm.layers import Mlp, ScanLayer, full_precision, init_dt_bias
 from visionssm.layers.cache import cached_while_inferring
 from visionssm.ops import Route, selective_scan
 from ._checkpoint import load_through_model
-from .groupmamba import autocast_dtype
 from ._hierarchical import HierarchicalBackbone
+from .groupmamba import autocast_dtype
 
 __all__ = [
     'MambaVision', 'MambaVisionMixer', 'Attention', 'HybridBlock', 'ConvBlock', 'ConvStage', 'HybridStage',
