@@ -1,7 +1,8 @@
 """MambaVision: faithfulness to the official implementation (the 11 release manifests and the numeric fixture, found
 by tests/_parity.py or VISIONSSM_PARITY_DIR), the mixer against its definition, the official hybrid split, the
-official unmasked window padding and the fixed ``mask_padding`` behaviour, checkpoint containers, the licence notice,
-and ``from_official``'s checks."""
+official unmasked window padding and the fixed ``mask_padding`` behaviour, the eager-speed paths against the plain
+ones (channel-last maps, a copy-free mixer, norms in the autocast dtype, BatchNorms folded in eval, the fused
+residual, the attention's qkv gradient), checkpoint containers, the licence notice, and ``from_official``'s checks."""
 import copy
 import importlib
 import json
