@@ -1,9 +1,13 @@
 """MambaVision: faithfulness to the official implementation (the 11 release manifests and the numeric fixture, found
 by tests/_parity.py or VISIONSSM_PARITY_DIR), the mixer against its definition, the official hybrid split, the
-official unmasked window padding and the fixed ``mask_padding`` behaviour, checkpoint containers, the licence notice,
-and ``from_official``'s checks."""
+official unmasked window padding and the fixed ``mask_padding`` behaviour, the eager-speed paths against the plain
+ones (channel-last maps, a copy-free mixer, norms in the autocast dtype, BatchNorms folded in eval, the fused
+residual, the attention's qkv gradient), checkpoint containers, the licence notice, and ``from_official``'s checks."""
+import copy
+import importlib
 import json
 import warnings
+from typing import Tuple
 
 import pytest
 import timm
@@ -11,10 +15,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import visionssm
 from visionssm.models import mambavision
 from visionssm.models.mambavision import HybridStage, MambaVisionMixer, checkpoint_filter_fn
+from visionssm.ops import selective_scan
 
 from _parity import PARITY, needs_parity
 
@@ -312,6 +319,345 @@ def test_detection_sized_non_square_input(mask_padding):
     assert all(torch.isfinite(f).all() for f in feats)
 
 
+# --- eager speed: channel-last maps, no copies in the mixer, derived weights kept while inferring ------------------
+
+class _OpLog(TorchDispatchMode):
+    """The ATen ops dispatched inside the block, by name (and their outputs' sizes); ``paused`` leaves the ones of a
+    call out."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.sizes, self.paused = [], [], False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not self.paused:
+            self.ops.append(func.overloadpacket.__name__)
+            self.sizes.append(out.numel() if isinstance(out, torch.Tensor) else 0)
+        return out
+
+
+_COPIES = {'clone', 'copy_', '_to_copy', 'contiguous', 'constant_pad_nd'}
+
+
+def _log_the_mixer(monkeypatch) -> Tuple[_OpLog, list]:
+    """A log of the mixer's own ops (the scan's left out) and the list of ``(u, delta, B, C)`` of every scan."""
+    log, scanned = _OpLog(), []
+
+    def scan(u, delta, A, B, C, *args, **kwargs):
+        scanned.append((u, delta, B, C))
+        log.paused = True
+        try:
+            return selective_scan(u, delta, A, B, C, *args, **kwargs)
+        finally:
+            log.paused = False
+
+    monkeypatch.setattr(mambavision, 'selective_scan', scan)
+    return log, scanned
+
+
+def test_every_map_is_channel_last_whatever_the_input_layout():
+    """The conv stages see channels-last maps and the hybrid blocks contiguous (B, L, C) tokens, for an NCHW image as
+    for a channels-last one, and both give the same logits."""
+    torch.manual_seed(0)
+    model = timm.create_model('test_mambavision').eval()
+    seen = []
+    for module in model.modules():
+        if isinstance(module, (mambavision.ConvBlock, mambavision.HybridBlock)):
+            module.register_forward_pre_hook(lambda m, args: seen.append((type(m).__name__, args[0])))
+    x = torch.randn(2, 3, 64, 64)
+    logits = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        seen.clear()
+        with torch.no_grad():
+            logits.append(model(x.contiguous(memory_format=layout)))
+        assert [name for name, _ in seen] == ['ConvBlock'] * 2 + ['HybridBlock'] * 4
+        for name, t in seen:
+            if name == 'ConvBlock':
+                assert t.is_contiguous(memory_format=torch.channels_last), (layout, t.stride())
+            else:
+                assert t.is_contiguous(), (layout, t.stride())
+    torch.testing.assert_close(logits[1], logits[0], atol=1e-6, rtol=1e-6)
+
+
+def test_window_partition_of_one_window_is_a_view():
+    x = torch.randn(2, 7, 7, 8)
+    windows = mambavision.window_partition(x, 7)
+    assert windows.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+    torch.testing.assert_close(windows, x.reshape(2, 49, 8), atol=0, rtol=0)
+    torch.testing.assert_close(mambavision.window_reverse(windows, 7, 7, 7), x, atol=0, rtol=0)
+    padded = mambavision.window_partition(x[:, :6, :5], 7)   # still zero-padded at the bottom/right
+    torch.testing.assert_close(padded, F.pad(x[:, :6, :5], (0, 0, 0, 2, 0, 1)).reshape(2, 49, 8), atol=0, rtol=0)
+
+
+def test_mixer_makes_no_copies(monkeypatch):
+    """in_proj's output is convolved, split, projected and scanned in place: no op of the mixer copies a tensor, and
+    the scan reads u, Δ, B and C with unit-strided channels (the kernels' layout), u and B, C as views."""
+    mixer = _randomized_mixer().float()
+    x = torch.randn(2, 11, 32)
+    log, scanned = _log_the_mixer(monkeypatch)
+    for grad in (True, False):
+        log.ops.clear()
+        with torch.set_grad_enabled(grad), log:
+            mixer(x)
+        assert not _COPIES & set(log.ops), log.ops
+    u, delta, B, C = scanned[-1]
+    assert all(t.stride(-1) == 1 for t in (u, delta, B, C))
+    assert u._base is not None and B._base is C._base is not None
+
+
+def test_mixer_keeps_its_derived_weights_while_inferring(monkeypatch):
+    """Without autograd the conv weight of both halves and A = -exp(A_log) are built once; an in-place update of a
+    parameter rebuilds them (the output follows it)."""
+    mixer = _randomized_mixer()
+    x = torch.randn(2, 11, 32, dtype=torch.float64)
+    log, _ = _log_the_mixer(monkeypatch)
+    with torch.no_grad():
+        mixer(x)
+        with log:
+            mixer(x)
+        assert 'exp' not in log.ops and log.ops.count('cat') == 1, log.ops   # the one cat: [scan, z]
+        mixer.conv1d_z.weight.mul_(1.5)
+        mixer.A_log.add_(0.1)
+        torch.testing.assert_close(mixer(x), _mixer_by_definition(mixer, x), atol=1e-12, rtol=1e-12)
+    log.ops.clear()
+    with log:
+        mixer(x)   # with autograd: built in the graph
+    assert 'exp' in log.ops and log.ops.count('cat') == 2, log.ops
+
+
+def test_mixer_under_bf16_autocast_tracks_its_definition():
+    """Under autocast the scan takes and writes bfloat16 (state and arithmetic in float32 inside): the mixer stays
+    within bfloat16's error of the float64 definition."""
+    mixer = _randomized_mixer()
+    x = torch.randn(2, 11, 32, dtype=torch.float64)
+    with torch.no_grad():
+        want = _mixer_by_definition(mixer, x)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            got = mixer.float()(x.float())
+    assert got.dtype == torch.bfloat16
+    err = ((got.double() - want).norm() / want.norm()).item()
+    assert err < 2e-2, err
+
+
+def test_mixer_on_the_triton_kernels_matches_the_reference(monkeypatch):
+    """The mixer's strided views (u a half of the conv output, B and C slices of x_proj's output) through the Triton
+    kernels (the interpreter on a CPU): output and gradients equal the reference scan's."""
+    pytest.importorskip('triton')
+    from visionssm.kernels import triton_scan
+    if not torch.cuda.is_available() and not type(triton_scan._scan_fwd_kernel).__name__.startswith('Interpreted'):
+        pytest.skip('triton was imported before TRITON_INTERPRET=1 was set (tests/conftest.py sets it)')
+    scan_module = importlib.import_module('visionssm.ops.selective_scan')
+    mixer = _randomized_mixer(dim=16).float()
+    x = torch.randn(2, 9, 16)
+
+    def run():
+        xi = x.clone().requires_grad_()
+        out = mixer(xi)
+        out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+        grads = [xi.grad] + [p.grad for p in mixer.parameters()]
+        mixer.zero_grad(set_to_none=True)
+        return out.detach(), grads
+
+    want, want_grads = run()
+    monkeypatch.setitem(scan_module.BACKENDS, 'reference', (triton_scan.selective_scan_triton, lambda u: True))
+    got, got_grads = run()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+
+
+def _unfolded(block, x):
+    """A conv block or the stem computed module by module (the norms with their running statistics in eval)."""
+    y = block.norm2(block.conv2(block.act1(block.norm1(block.conv1(x)))))
+    if isinstance(block, mambavision.ConvStem):
+        return block.act2(y).permute(0, 2, 3, 1)
+    return x + (y * block.gamma.view(1, -1, 1, 1) if block.gamma is not None else y)
+
+
+def _randomized(module, seed=0):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for t in list(module.parameters()) + [b for b in module.buffers() if b.is_floating_point()]:
+            t.copy_(t + 0.3 * torch.randn_like(t)).abs_() if t.dim() == 1 else t.add_(0.3 * torch.randn_like(t))
+    return module
+
+
+@pytest.mark.parametrize('make', [lambda: mambavision.ConvBlock(8, layer_scale=0.5), lambda: mambavision.ConvBlock(8),
+                                  lambda: mambavision.ConvStem(3, 6, 8)])
+def test_conv_norms_fold_into_the_convs_in_eval(make):
+    """In eval each BatchNorm (and the layer scale) is folded into its conv: the block's output and gradients equal
+    the module-by-module ones; no normalization runs while inferring, and the folded weights follow the running
+    statistics when a training step changes them."""
+    block = _randomized(make()).eval()
+    x = torch.randn(2, 3 if isinstance(block, mambavision.ConvStem) else 8, 10, 12)
+    x = x.contiguous(memory_format=torch.channels_last)
+    log = _OpLog()
+    with torch.no_grad(), log:
+        got = block(x)
+    assert 'native_batch_norm' not in log.ops and 'convolution' in log.ops
+    with torch.no_grad():
+        torch.testing.assert_close(got, _unfolded(block, x), atol=1e-5, rtol=1e-5)
+    xg = x.clone().requires_grad_()
+    block(xg).square().sum().backward()   # eval with autograd: folded in the graph
+    grads = [xg.grad] + [p.grad for p in block.parameters()]
+    block.zero_grad(set_to_none=True)
+    xw = x.clone().requires_grad_()
+    _unfolded(block, xw).square().sum().backward()
+    for g, w in zip(grads, [xw.grad] + [p.grad for p in block.parameters()]):
+        assert (g - w).norm() / w.norm() < 1e-5
+    block.train()(torch.randn_like(x))    # new running statistics
+    block.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), _unfolded(block, x), atol=1e-5, rtol=1e-5)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            low = block(x)
+        want = _unfolded(block, x)
+    assert ((low.float() - want).norm() / want.norm()) < 2e-2
+
+
+def test_folding_a_half_precision_block_computes_in_float32():
+    """A float16 block (``model.half()``) folds its norms in float32 and rounds the folded weight and bias once."""
+    block = _randomized(mambavision.ConvBlock(8, layer_scale=0.7)).eval().half()
+    weight, bias = mambavision.fold_batch_norm(block.conv2, block.norm2, torch.float16, block.gamma)
+    n, conv, gamma = block.norm2, block.conv2, block.gamma.float()
+    factor = n.weight.float() / torch.sqrt(n.running_var.float() + n.eps)
+    want_weight = conv.weight.float() * (factor * gamma).view(-1, 1, 1, 1)
+    want_bias = (n.bias.float() + (conv.bias.float() - n.running_mean.float()) * factor) * gamma
+    # one rounding to float16 (its unit roundoff 2**-11: within 1e-3 relative); folding in float16 misses by more
+    torch.testing.assert_close(weight, want_weight.half(), atol=0, rtol=1e-3)
+    torch.testing.assert_close(bias, want_bias.half(), atol=0, rtol=1e-3)
+    assert weight.dtype == bias.dtype == torch.float16 and weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_model_in_eval_normalizes_only_at_the_head():
+    """MambaVision-T's layout in eval: of its 11 BatchNorms only the head's runs (the others are folded)."""
+    model = timm.create_model('test_mambavision').eval()
+    log = _OpLog()
+    with torch.no_grad(), log:
+        model(torch.randn(1, 3, 64, 64))
+    assert log.ops.count('native_batch_norm') + log.ops.count('_native_batch_norm_legit_no_training') == 1
+
+
+@pytest.mark.parametrize('shape,scale_shape', [((16, 6, 8), (8,)), ((16, 8, 5, 6), None), ((16, 6, 8), None)])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_residual_with_drop_path_is_one_pass(shape, scale_shape, dtype):
+    """``add_residual`` equals ``x + DropPath(y * scale)`` with the same random numbers, in training and eval, with
+    one op over the whole map (addcmul) where the original takes two or three; its gradients are the same."""
+    from timm.layers import DropPath
+    x, y = torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype)
+    scale = torch.rand(scale_shape) + 0.5 if scale_shape else None
+    drop = DropPath(0.5)
+    for training in (True, False):
+        drop.train(training)
+        torch.manual_seed(1)
+        want = x + drop(y * scale if scale is not None else y)
+        torch.manual_seed(1)
+        log = _OpLog()
+        with log:
+            got = mambavision.add_residual(x, y, drop, scale)
+        assert got.dtype == want.dtype
+        tol = 1e-6 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+        full = [op for op, n in zip(log.ops, log.sizes) if n == x.numel()]
+        assert full == (['addcmul'] if training or scale is not None else ['add']), log.ops
+        if training:
+            dropped = (got == x).flatten(1).all(1).sum().item()
+            assert 0 < dropped < x.shape[0]
+    yg = y.clone().requires_grad_()
+    drop.train()
+    torch.manual_seed(2)
+    (x + drop(yg * scale if scale is not None else yg)).sum().backward()
+    want_grad, yg.grad = yg.grad, None
+    torch.manual_seed(2)
+    mambavision.add_residual(x, yg, drop, scale).sum().backward()
+    torch.testing.assert_close(yg.grad, want_grad, atol=1e-6, rtol=1e-6)
+
+
+def test_attention_backward_copies_the_qkv_gradient_once():
+    """The attention equals its per-head formulation (qkv permuted to (3, B, heads, L, head_dim)) in output and
+    gradients, and its backward assembles the qkv gradient with one stack, without a further clone."""
+    torch.manual_seed(0)
+    attn = mambavision.Attention(32, num_heads=4)
+    x = torch.randn(2, 9, 32, requires_grad=True)
+    qkv = attn.qkv(x).reshape(2, 9, 3, 4, 8).permute(2, 0, 3, 1, 4)
+    want = attn.proj(F.scaled_dot_product_attention(*qkv.unbind(0)).transpose(1, 2).reshape(2, 9, 32))
+    want.square().sum().backward()
+    want_grads = [x.grad] + [p.grad for p in attn.parameters()]
+    x.grad = None
+    attn.zero_grad(set_to_none=True)
+    got = attn(x)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    log = _OpLog()
+    with log:
+        got.square().sum().backward()
+    for g, w in zip([x.grad] + [p.grad for p in attn.parameters()], want_grads):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+    assert 'clone' not in log.ops and log.ops.count('stack') == 1, log.ops
+
+
+class _CudaNormPolicy(TorchFunctionMode):
+    """CUDA autocast's float32 policy for LayerNorm, on the CPU (whose autocast keeps the input dtype)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in (F.layer_norm, torch.layer_norm) and torch.is_autocast_enabled('cpu'):
+            up = [a.float() if isinstance(a, torch.Tensor) else a for a in args]
+            with torch.autocast('cpu', enabled=False):
+                return func(*up, **(kwargs or {}))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('attention', [False, True])
+def test_block_norms_keep_the_stream_dtype_under_autocast(attention, monkeypatch):
+    """Under (CUDA's) autocast the hybrid block's norms hand the mixer and the MLP bfloat16, not a float32 copy of
+    the stream, and the block's output equals the float32-norm one's within bfloat16's error."""
+    torch.manual_seed(0)
+    block = mambavision.HybridBlock(32, attention=attention, num_heads=2)   # T's: no layer scale (its float32 γ
+    # would promote the stream to float32, as in the original)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    x = torch.randn(2, 16, 32).bfloat16()
+    dtypes = []
+    for module in (block.mixer, block.mlp):
+        module.register_forward_pre_hook(lambda m, args: dtypes.append(args[0].dtype))
+
+    def run():
+        with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16), _CudaNormPolicy():
+            return block(x).float()
+
+    got = run()
+    assert dtypes == [torch.bfloat16] * 2
+    monkeypatch.setattr(mambavision, 'norm_in_dtype', lambda norm, t: norm(t))   # autocast's float32 norms
+    want = run()
+    assert dtypes[2:] == [torch.float32] * 2
+    err = ((got - want).norm() / want.norm()).item()
+    assert err < 2e-2, err   # bfloat16 rounding of the norm's affine and output (measured 6e-3)
+
+
+def test_norm_affine_in_the_autocast_dtype_is_kept_while_inferring():
+    norm = nn.LayerNorm(8)
+    with torch.no_grad():
+        norm.weight.normal_(1., 0.5)
+        norm.bias.normal_(0., 0.5)
+    x = torch.randn(2, 3, 8).bfloat16()
+
+    def want():
+        return F.layer_norm(x, (8,), norm.weight.bfloat16(), norm.bias.bfloat16(), norm.eps)
+
+    log = _OpLog()
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        mambavision.norm_in_dtype(norm, x)
+        with log:
+            got = mambavision.norm_in_dtype(norm, x)
+        assert log.ops == ['native_layer_norm'], log.ops
+        torch.testing.assert_close(got, want(), atol=0, rtol=0)
+        norm.weight.mul_(2.)
+        torch.testing.assert_close(mambavision.norm_in_dtype(norm, x), want(), atol=0, rtol=0)
+    with torch.no_grad():
+        assert mambavision.norm_in_dtype(norm, x.float()).dtype == torch.float32   # no autocast: nn.LayerNorm
+
+
 # --- licence, arguments --------------------------------------------------------------------------------------------
 
 def test_licence_is_stated_everywhere():
@@ -342,7 +688,7 @@ def test_bad_arguments_are_named():
 
 @pytest.mark.parametrize('mask_padding', [False, True])
 def test_fx_graph_traced_at_one_size_runs_at_others(mask_padding):
-    """The shape-dependent code (window padding, masks, the scan's precision policy) sits in leaf functions."""
+    """The shape-dependent code (window padding, masks) sits in leaf functions."""
     from timm.layers import get_notrace_functions, get_notrace_modules
     from torchvision.models.feature_extraction import create_feature_extractor
 

@@ -19,9 +19,10 @@ its own conv1d only; the two are concatenated, not gated.
 
 This is a re-implementation on visionssm's shared scan op: the windows are partitioned in the model (the attention
 blocks share them) and each window's tokens are scanned as one sequence, one forward ``Route('row')``. Everything is
-channel-last; the conv stages run on the NHWC map viewed as a channels-last NCHW tensor (no copies). Official
-checkpoints (``{'state_dict': ...}``) convert at load time in ``checkpoint_filter_fn``; ``from_official`` builds the
-model equal to an official ``MambaVision(**kwargs)``.
+channel-last, whatever the input's memory format: the stem makes the image channels-last, the conv stages run on the
+NHWC map viewed as a channels-last NCHW tensor, and the mixer's conv1d, halves, projections and scan work on views
+of the ``(B, L, C)`` tokens (no copies). Official checkpoints (``{'state_dict': ...}``) convert at load time in
+``checkpoint_filter_fn``; ``from_official`` builds the model equal to an official ``MambaVision(**kwargs)``.
 
 Official behaviour kept because the weights were trained with it:
 
@@ -33,8 +34,15 @@ Official behaviour kept because the weights were trained with it:
 * The Δ projection's bias enters twice: ``dt_proj`` adds it and the scan adds it again as ``delta_bias``.
 * The conv1d of both mixer halves is 'same' padded (symmetric, non-causal), without bias.
 
-Deliberate differences: attention dropout is applied only in training (the original passes its rate to
-``scaled_dot_product_attention`` in eval too; every release uses rate 0).
+Deliberate differences:
+
+* Attention dropout is applied only in training (the original passes its rate to ``scaled_dot_product_attention``
+  in eval too; every release uses rate 0).
+* Under autocast the hybrid blocks' LayerNorms run in the residual stream's dtype (bfloat16 / float16, statistics
+  accumulated in float32), their affine cast to it, where autocast's float32 policy for LayerNorm would copy the
+  stream to float32, keep that copy for the backward and return float32 for the next GEMM to cast back. The
+  logits' error against a float64 run stays the same (the parity fixture's model with random norm affines, bf16
+  autocast: 6.15e-3 relative, 6.10e-3 with float32 norms). Without autocast they are plain LayerNorms.
 
 torch.fx traces the model (the scan op and a few size-dependent helpers are leaves). TorchScript is not supported,
 because the shared scan op cannot be scripted: ``torch.jit.script``, or building under timm's
@@ -54,10 +62,12 @@ from timm.layers import ClassifierHead, DropPath, register_notrace_function, tru
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from torch.utils.checkpoint import checkpoint
 
-from visionssm.layers import Mlp, ScanLayer, full_precision, init_dt_bias, scan_out_dtype
+from visionssm.layers import Mlp, ScanLayer, full_precision, init_dt_bias
+from visionssm.layers.cache import cached_while_inferring
 from visionssm.ops import Route, selective_scan
 from ._checkpoint import load_through_model
 from ._hierarchical import HierarchicalBackbone
+from .groupmamba import autocast_dtype
 
 __all__ = [
     'MambaVision', 'MambaVisionMixer', 'Attention', 'HybridBlock', 'ConvBlock', 'ConvStage', 'HybridStage',
@@ -82,11 +92,13 @@ def _warn_license():
 @register_notrace_function
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
     """``(B, H, W, C)`` zero-padded at the bottom/right to multiples of ``window_size`` → windows
-    ``(B * nH * nW, window_size**2, C)``, tokens row-major inside each window (the official layout)."""
+    ``(B * nH * nW, window_size**2, C)``, tokens row-major inside each window (the official layout). A map of
+    exactly one window (the native resolutions) comes back as a view."""
     batch, height, width, channels = x.shape
     pad_h = (window_size - height % window_size) % window_size
     pad_w = (window_size - width % window_size) % window_size
-    x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    if pad_h or pad_w:  # F.pad copies the map even when it pads nothing
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
     n_h, n_w = (height + pad_h) // window_size, (width + pad_w) // window_size
     x = x.reshape(batch, n_h, window_size, n_w, window_size, channels).transpose(2, 3)
     return x.reshape(batch * n_h * n_w, window_size * window_size, channels)
@@ -152,20 +164,13 @@ def masked_window_reverse(windows: torch.Tensor, win_h: int, win_w: int, order: 
 _FORWARD = (Route('row'),)  # one forward scan over each window's row-major tokens
 
 
-def forward_scan(u: torch.Tensor, delta: torch.Tensor, A_log: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                 D: torch.Tensor, delta_bias: torch.Tensor) -> torch.Tensor:
-    """The mixer's selective scan of ``u (B, L, W)`` along ``_FORWARD``, Δ softplus(delta + delta_bias).
-
-    Parameters enter in at least float32; low-precision inputs return float32 (the op is the FX leaf).
-    """
-    return selective_scan(
-        u, delta, -torch.exp(full_precision(A_log)), B, C, full_precision(D), full_precision(delta_bias),
-        routes=_FORWARD, delta_softplus=True, out_dtype=scan_out_dtype(u))
-
-
 class MambaVisionMixer(ScanLayer):
     """in_proj → two halves, each SiLU(depthwise conv1d, 'same'); the first scanned forward over the tokens →
     out_proj(concat[scan, second half]). Parameter names are the official ones.
+
+    Everything stays channel-last: both halves' conv1d run as one grouped conv over the ``(B, L, C)`` tokens seen
+    as a channels-last ``(B, C, 1, L)`` map, and the halves, Δ, B and C are views that the projections and the scan
+    read in place.
 
     Args:
         dim: model width C (the halves are C / 2 wide).
@@ -196,23 +201,35 @@ class MambaVisionMixer(ScanLayer):
         self.conv1d_x = nn.Conv1d(half, half, d_conv, groups=half, padding='same', bias=False)
         self.conv1d_z = nn.Conv1d(half, half, d_conv, groups=half, padding='same', bias=False)
 
+    def _derived_weights(self, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Both halves' conv weights as one grouped conv's ``(C, 1, 1, k)`` in ``dtype``, and ``A = -exp(A_log)``
+        in at least float32; kept between calls while inferring (``cached_while_inferring``)."""
+        params = (self.conv1d_x.weight, self.conv1d_z.weight, self.A_log)
+        return cached_while_inferring(self, params, dtype, lambda: (
+            torch.cat([self.conv1d_x.weight, self.conv1d_z.weight]).unsqueeze(2).to(dtype),
+            -torch.exp(full_precision(self.A_log))))
+
     def forward(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``x (B, L, C)`` tokens of each window; ``valid (B, L)`` marks image tokens (``mask_padding`` only)."""
         xz = self.in_proj(x)
         if valid is not None:  # padding is zero to the conv, as its own 'same' padding is
             xz = xz * valid.unsqueeze(-1).to(xz.dtype)
-        weight = torch.cat([self.conv1d_x.weight, self.conv1d_z.weight]).to(xz.dtype)
-        xz = F.silu(F.conv1d(xz.transpose(1, 2), weight, padding='same', groups=self.dim)).transpose(1, 2)
-        u, z = xz.chunk(2, dim=-1)
+        conv_weight, A = self._derived_weights(xz.dtype)
+        # (B, C, 1, L) with the channels unit-strided is a channels-last map (a size-1 W would not be recognized as
+        # one): the conv keeps that layout, so its output viewed back as (B, L, C) is contiguous.
+        xz = F.conv2d(xz.transpose(1, 2).unsqueeze(2), conv_weight, padding='same', groups=self.dim)
+        u, z = F.silu(xz).squeeze(2).transpose(1, 2).chunk(2, dim=-1)
         rank, n = self.dt_rank, self.d_state
         dt, B, C = self.x_proj(u).split([rank, n, n], dim=-1)
         # The official model adds dt_proj's bias here and again as the scan's delta_bias; the weights learned so.
-        delta = self.dt_proj(dt)
-        # Autocast may leave the projections in another dtype than u.
-        delta = delta.to(u.dtype).contiguous()
-        B, C = B.unsqueeze(-2).to(u.dtype).contiguous(), C.unsqueeze(-2).to(u.dtype).contiguous()
-        y = forward_scan(u.contiguous(), delta, self.A_log, B, C, self.D, self.dt_proj.bias)
-        return self.out_proj(torch.cat([y.to(z.dtype), z], dim=-1))
+        # On the flattened tokens the projection and its bias are one GEMM (addmm) although dt is a strided view.
+        delta = self.dt_proj(dt.flatten(0, 1)).view_as(u)
+        # Autocast may leave the projections in another dtype than u (no-ops otherwise).
+        delta, B, C = delta.to(u.dtype), B.unsqueeze(-2).to(u.dtype), C.unsqueeze(-2).to(u.dtype)
+        # The scan writes u's dtype, as the official kernel does: the concat and out_proj take that dtype anyway.
+        y = selective_scan(u, delta, A, B, C, full_precision(self.D), full_precision(self.dt_proj.bias),
+                           routes=_FORWARD, delta_softplus=True)
+        return self.out_proj(torch.cat([y, z], dim=-1))
 
 
 class Attention(nn.Module):
@@ -233,17 +250,97 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
         batch, length, dim = x.shape
-        q, k, v = self.qkv(x).reshape(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        # Unbound along the qkv axis of the token layout, then viewed per head: the backward stacks the gradients of
+        # q, k and v straight into qkv's (B, L, 3, heads, head_dim) layout (one copy, not a stack and a transpose).
+        q, k, v = self.qkv(x).view(batch, length, 3, self.num_heads, self.head_dim).unbind(2)
         mask = valid[:, None, None, :] if valid is not None else None
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+        x = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
                                            dropout_p=self.attn_drop if self.training else 0.)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(batch, length, dim)))
 
 
 # --- blocks and stages -------------------------------------------------------------------------------------------
 
+def fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d, dtype: torch.dtype,
+                    scale: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``conv`` followed by ``norm`` with its running statistics (eval), times ``scale`` per channel if given, as one
+    conv's ``(weight, bias)``: computed in at least float32, returned in ``dtype``, the weight channels-last as the
+    maps are."""
+    factor = full_precision(norm.weight) * torch.rsqrt(full_precision(norm.running_var) + norm.eps)
+    bias = full_precision(norm.bias) - full_precision(norm.running_mean) * factor
+    if conv.bias is not None:
+        bias = bias + full_precision(conv.bias) * factor
+    if scale is not None:
+        factor, bias = factor * full_precision(scale), bias * full_precision(scale)
+    weight = full_precision(conv.weight) * factor.view(-1, 1, 1, 1)
+    return weight.to(dtype).contiguous(memory_format=torch.channels_last), bias.to(dtype)
+
+
+def _conv(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+@register_notrace_function
+def conv_norm_pair(block: nn.Module, x: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``block.norm2(block.conv2(block.act1(block.norm1(block.conv1(x)))))``, times ``scale`` per channel if given.
+
+    While both norms are in eval each is folded into its conv (``fold_batch_norm``; the scale into the second), the
+    folded weights kept while inferring: two convs and the activation, no normalization pass over the map. A torch.fx
+    leaf, so a traced graph follows the norms' mode when it runs.
+    """
+    if block.norm1.training or block.norm2.training:
+        y = block.norm2(block.conv2(block.act1(block.norm1(block.conv1(x)))))
+        return y * scale.view(1, -1, 1, 1) if scale is not None else y
+    dtype = autocast_dtype(x)   # the convs' compute dtype
+    pairs = ((block.conv1, block.norm1), (block.conv2, block.norm2))
+    # The batch_norm kernel updates the running statistics without bumping their version counters; the module's
+    # num_batches_tracked.add_(1) of every training step does.
+    params = [t for conv, norm in pairs for t in (conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean,
+                                                  norm.running_var, norm.num_batches_tracked) if t is not None]
+    params += [scale] if scale is not None else []
+    (w1, b1), (w2, b2) = cached_while_inferring(block, params, dtype, lambda: (
+        fold_batch_norm(block.conv1, block.norm1, dtype), fold_batch_norm(block.conv2, block.norm2, dtype, scale)))
+    return _conv(block.conv2, block.act1(_conv(block.conv1, x, w1, b1)), w2, b2)
+
+
+@register_notrace_function
+def norm_in_dtype(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` in ``x``'s dtype also under autocast (statistics accumulated in float32 either way), its affine
+    cast to that dtype and kept while inferring: autocast's float32 policy for LayerNorm would copy a low-precision
+    ``x`` to float32, keep that copy for the backward and return float32 for the next GEMM to cast back."""
+    device = x.device.type
+    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
+        return norm(x)
+    weight, bias = cached_while_inferring(norm, (norm.weight, norm.bias), x.dtype, lambda: (
+        norm.weight.to(x.dtype), norm.bias.to(x.dtype)))
+    with torch.autocast(device, enabled=False):
+        return F.layer_norm(x, norm.normalized_shape, weight, bias, norm.eps)
+
+
+@register_notrace_function
+def add_residual(x: torch.Tensor, y: torch.Tensor, drop_path: nn.Module,
+                 scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x + drop_path(y * scale)`` (``scale`` optional, broadcast against ``y``) in one pass over the map.
+
+    timm's ``DropPath`` draws its per-sample mask as it would (the same random numbers), then the mask and the scale
+    multiply ``y`` inside one ``addcmul``, not in products over the whole map before the sum. A torch.fx leaf, so a
+    traced graph follows the module's mode when it runs.
+    """
+    factor = scale
+    if isinstance(drop_path, DropPath) and drop_path.training and drop_path.drop_prob > 0.:
+        keep = 1. - drop_path.drop_prob
+        dtype = y.dtype if scale is None else torch.promote_types(y.dtype, scale.dtype)   # DropPath's input's
+        factor = torch.empty((y.shape[0],) + (1,) * (y.ndim - 1), dtype=dtype, device=y.device).bernoulli_(keep)
+        if keep > 0. and drop_path.scale_by_keep:
+            factor.div_(keep)
+        if scale is not None:
+            factor = factor * scale
+    return x + y if factor is None else torch.addcmul(x, y, factor)
+
+
 class ConvBlock(nn.Module):
-    """``x + conv3x3 → BN → GELU(tanh) → conv3x3 → BN`` (× layer scale), on NCHW."""
+    """``x + conv3x3 → BN → GELU(tanh) → conv3x3 → BN`` (× layer scale), on NCHW; in eval the norms and the layer
+    scale are folded into the convs (``conv_norm_pair``)."""
 
     def __init__(self, dim: int, drop_path: float = 0., layer_scale: Optional[float] = None):
         super().__init__()
@@ -256,10 +353,7 @@ class ConvBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
-        if self.gamma is not None:
-            y = y * self.gamma.view(1, -1, 1, 1)
-        return x + self.drop_path(y)
+        return add_residual(x, conv_norm_pair(self, x, self.gamma), self.drop_path)
 
 
 class HybridBlock(nn.Module):
@@ -294,14 +388,9 @@ class HybridBlock(nn.Module):
         self.gamma_2 = nn.Parameter(layer_scale * torch.ones(dim)) if layer_scale is not None else None
 
     def forward(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
-        y = self.mixer(self.norm1(x), valid)
-        if self.gamma_1 is not None:
-            y = y * self.gamma_1
-        x = x + self.drop_path(y)
-        y = self.mlp(self.norm2(x))
-        if self.gamma_2 is not None:
-            y = y * self.gamma_2
-        return x + self.drop_path(y)
+        # The norms run in the residual stream's dtype also under autocast (see the module docstring).
+        x = add_residual(x, self.mixer(norm_in_dtype(self.norm1, x), valid), self.drop_path, self.gamma_1)
+        return add_residual(x, self.mlp(norm_in_dtype(self.norm2, x)), self.drop_path, self.gamma_2)
 
 
 class ConvStage(nn.Module):
@@ -372,7 +461,7 @@ class HybridStage(nn.Module):
 
 class ConvStem(nn.Module):
     """Two stride-2 3x3 convs without bias, each followed by BatchNorm (eps 1e-4) and ReLU: NCHW image →
-    channel-last map at stride 4."""
+    channel-last map at stride 4; in eval the norms are folded into the convs (``conv_norm_pair``)."""
 
     def __init__(self, in_chans: int = 3, in_dim: int = 64, dim: int = 96):
         super().__init__()
@@ -384,8 +473,10 @@ class ConvStem(nn.Module):
         self.act2 = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.norm1(self.conv1(x)))
-        return self.act2(self.norm2(self.conv2(x))).permute(0, 2, 3, 1)
+        # The convs keep their input's memory format: a channels-last image makes every map of the model
+        # channel-last (the NHWC permute below a view), whatever layout the caller passes.
+        x = conv_norm_pair(self, x.contiguous(memory_format=torch.channels_last))
+        return self.act2(x).permute(0, 2, 3, 1)
 
 
 class BatchNormNHWC(nn.BatchNorm2d):
