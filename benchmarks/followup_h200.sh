@@ -18,14 +18,7 @@ set -uo pipefail
 dir=${1:-${OUT:?set OUT or pass an output directory}}
 base=${2:-1591727}
 mkdir -p "$dir"
-export PYTHONUNBUFFERED=1
-if ! python3 -m pip install -q --no-deps --no-build-isolation --no-index -e .; then
-    [[ -e visionssm/kernels ]] || ln -s ../kernels visionssm/kernels
-    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-fi
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; git rev-parse HEAD 2>/dev/null
-  python3 -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__)"
-} | tee "$dir/env.txt"
+source benchmarks/gpu_env.sh
 timeout 200 python3 benchmarks/ab.py --baseline "$base" --rounds 5 --json "$dir/ab.json" \
     --models groupmamba_tiny spatialmamba_tiny vim_tiny vim_small vmamba_tiny_s1l8 2>&1 | tail -n 30
 python3 tools/benchmark.py --no-baselines --time-budget 150 --json "$dir/bench.json" \

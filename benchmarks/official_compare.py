@@ -296,17 +296,6 @@ def our_model(model: str, drop_path: float = DROP_PATH):
 
 
 # -------------------------------------------------------------------------------------------------------- measure
-def _events_ms(fn, n):
-    import torch
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(n):
-        fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / n
-
-
 def _logits(out):
     # GroupMamba (distillation) returns (head, dist_head) in training, Vim a tensor: reduce to one tensor
     return out[0] if isinstance(out, (tuple, list)) else out
@@ -316,6 +305,8 @@ def measure_one(root: Path, side: str, model: str, modes, batch: int, profile: b
     """Build one side's model once and time it in each mode; one row per mode."""
     import torch
     import torch.nn.functional as F
+    sys.path.insert(0, str(HERE))
+    from anchor_protocol import _events_ms   # the same CUDA-event timing as the anchor protocol
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

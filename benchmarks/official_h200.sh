@@ -15,15 +15,7 @@ dir=${2:-${OUT:?set OUT or pass an output directory}}
 LIMIT=${LIMIT:-560}
 MODELS=${MODELS:-vim_tiny groupmamba_tiny spatialmamba_tiny efficientvmamba_tiny mambavision_t}
 mkdir -p "$dir"
-export PYTHONUNBUFFERED=1
-if ! python3 -m pip install -q --no-deps --no-build-isolation --no-index -e .; then
-    [[ -e visionssm/kernels ]] || ln -s ../kernels visionssm/kernels
-    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-fi
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; git rev-parse HEAD 2>/dev/null
-  python3 -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__)"
-  nvcc --version | tail -1
-} | tee "$dir/env.txt"
+source benchmarks/gpu_env.sh
 python3 benchmarks/official_compare.py build "$root" --missing-only --jobs "$(nproc)" > "$dir/build.log" 2>&1
 grep '^\[build\]' "$dir/build.log" | cut -c1-300
 python3 benchmarks/official_compare.py measure "$root" --models $MODELS --profile \

@@ -12,14 +12,7 @@ set -uo pipefail
 dir=${1:-${OUT:?set OUT or pass an output directory}}
 LIMIT=${LIMIT:-560}
 mkdir -p "$dir"
-export PYTHONUNBUFFERED=1
-if ! python3 -m pip install -q --no-deps --no-build-isolation --no-index -e .; then
-    [[ -e visionssm/kernels ]] || ln -s ../kernels visionssm/kernels
-    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-fi
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; git rev-parse HEAD 2>/dev/null
-  python3 -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__)"
-} | tee "$dir/env.txt"
+source benchmarks/gpu_env.sh
 T='vmamba_tiny_s1l8 vim_tiny efficientvmamba_tiny groupmamba_tiny spatialmamba_tiny'
 S='vmamba_small_s1l20 vim_small efficientvmamba_small groupmamba_small spatialmamba_small'
 B='vmamba_base_s1l20 vim_base efficientvmamba_base groupmamba_base spatialmamba_base'
