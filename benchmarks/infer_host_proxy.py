@@ -6,7 +6,9 @@ At small batches an eager inference step on a fast GPU is bound by the host: eve
 work and, on a GPU, mostly a kernel launch of ~10-25 µs of host time. Two figures per model, both on a CPU:
 
 * ops: the ATen ops dispatched in one eval forward (``no_grad``, bf16 autocast with CUDA's float32 policy for
-  layer_norm / group_norm, as ``cpu_step_proxy.py``), views included, at ``--batch`` and ``--img-size``. The scan
+  layer_norm / group_norm as ``cpu_step_proxy.py``, and ``rms_norm`` as CUDA's one fused op), at ``--batch`` and
+  ``--img-size``; of them, the launches: the ops that do device work (not views, not bare allocations). Autocast
+  is entered for each forward, as ``tools/benchmark.py`` does, so its weight casts count. The scan
   runs the Triton backend's real host path (launch decisions, allocations, the merge) with its kernel launches
   stubbed out; each launch counts as one op (``triton_launch``).
 * µs: the wall time of one forward of the same architecture made narrow (``NARROW``: every width about a
@@ -33,6 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
+import torch.nn.functional as F  # noqa: E402
+
 from cpu_step_proxy import CudaAutocastNorms, OpCounter  # noqa: E402
 
 MODELS = ('vmamba_tiny_s1l8', 'convnext_tiny', 'vim_tiny', 'deit_tiny_patch16_224')
@@ -43,6 +47,44 @@ NARROW = (('vmamba_', dict(dims=8)), ('convnext_', dict(dims=(8, 16, 32, 64))), 
 _counters: list = []   # the OpCounters active now: a stubbed launch counts in them
 
 
+class LaunchCounter(OpCounter):
+    """``OpCounter`` that also counts the ops that do device work: not views, not bare allocations."""
+
+    _NO_KERNEL = {'aten.empty', 'aten.new_empty', 'aten.empty_like', 'aten.empty_strided'}
+
+    def __init__(self):
+        super().__init__()
+        self.launches = 0
+        self.paused = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.paused:
+            return func(*args, **(kwargs or {}))
+        if not func.is_view and str(func.overloadpacket) not in self._NO_KERNEL:
+            self.launches += 1
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+
+class CudaNorms(CudaAutocastNorms):
+    """CUDA's norms on the CPU: autocast's float32 policy for layer_norm / group_norm, and ``rms_norm`` counted as
+    the one fused op (``aten._fused_rms_norm``) that CUDA tensors run, where the CPU decomposes it into six."""
+
+    def __init__(self, counter: LaunchCounter):
+        super().__init__()
+        self.counter = counter
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.rms_norm and self.counter in _counters and not self.counter.paused:
+            self.counter.counts['aten._fused_rms_norm'] += 1
+            self.counter.launches += 1
+            self.counter.paused = True
+            try:
+                return func(*args, **(kwargs or {}))
+            finally:
+                self.counter.paused = False
+        return super().__torch_function__(func, types, args, kwargs)
+
+
 class _NoLaunch:
     """Stands in for a jitted Triton kernel: ``kernel[grid](...)`` does nothing but count one launch."""
 
@@ -50,6 +92,7 @@ class _NoLaunch:
         def launch(*args, **kwargs):
             for c in _counters:
                 c.counts['triton_launch'] += 1
+                c.launches += 1
         return launch
 
 
@@ -71,19 +114,22 @@ def _build(name: str, img_size: int, narrow: bool = False):
     return timm.create_model(name, **kwargs).eval()
 
 
-def count_ops(name: str, batch: int, img_size: int) -> OpCounter:
+def count_ops(name: str, batch: int, img_size: int) -> LaunchCounter:
     model = _build(name, img_size)
     x = torch.randn(batch, 3, img_size, img_size)
-    counter = OpCounter()
-    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16), CudaAutocastNorms():
-        for _ in range(2):
-            model(x)
-        _counters.append(counter)
-        try:
-            with counter:
+    counter = LaunchCounter()
+    for i in range(3):
+        # autocast entered per forward, as tools/benchmark.py does: its weight casts are part of every step
+        with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16), CudaNorms(counter):
+            if i < 2:
                 model(x)
-        finally:
-            _counters.remove(counter)
+                continue
+            _counters.append(counter)
+            try:
+                with counter:
+                    model(x)
+            finally:
+                _counters.remove(counter)
     return counter
 
 
@@ -91,13 +137,12 @@ def forward_us(name: str, img_size: int, repeats: int) -> float:
     model = _build(name, img_size, narrow=True)
     x = torch.randn(1, 3, img_size, img_size)
     times = []
-    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
-        for _ in range(max(2, repeats // 10)):
+    for i in range(max(2, repeats // 10) + repeats):
+        t0 = time.perf_counter()
+        with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
             model(x)
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t0)
+        times.append(time.perf_counter() - t0)
+    times = times[-repeats:]
     return statistics.median(times) * 1e6
 
 
@@ -118,7 +163,7 @@ def main(argv=None):
     for name in a.models:
         counter = count_ops(name, a.batch, a.img_size)
         us = forward_us(name, a.time_size, a.repeats)
-        print(f'{name}: ops {sum(counter.counts.values())}, {us:.0f} µs', flush=True)
+        print(f'{name}: ops {sum(counter.counts.values())}, launches {counter.launches}, {us:.0f} µs', flush=True)
         if a.top:
             print('  ' + ', '.join(f'{op} {n}' for op, n in counter.counts.most_common(a.top)))
 
