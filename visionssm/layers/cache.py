@@ -1,19 +1,25 @@
-"""Weights derived from parameters (composed projections, ``A = -exp(A_log)``, fused kernels), kept between calls
-while autograd is off.
+"""Weights derived from parameters (composed projections, ``A = -exp(A_log)``, fused kernels, autocast's casts),
+kept between calls while autograd is off.
 
 An eager inference step is bound by the host's kernel launches at small batches; recomposing a layer's weights on
 every call costs several launches per layer for values that only change when a parameter does. While gradients
 are enabled, while tracing (torch.fx, TorchScript), compiling or exporting, nothing is kept: the weights are
 computed in the graph as usual.
+
+``CastCachedLinear`` / ``CastCachedConv2d`` apply this to autocast: under ``torch.autocast`` every call of a linear
+layer or convolution casts its float32 weight (and bias) to the autocast dtype again, one kernel launch each, on
+every forward; while inferring these layers keep the cast copy instead (the same values: the same cast, done once),
+for the memory of one low-precision copy of their weights.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence, Tuple, TypeVar
+from typing import Callable, Optional, Sequence, Tuple, TypeVar
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-__all__ = ['tracing', 'cached_while_inferring']
+__all__ = ['tracing', 'cached_while_inferring', 'autocast_weights', 'CastCachedLinear', 'CastCachedConv2d']
 
 T = TypeVar('T')
 
@@ -40,3 +46,42 @@ def cached_while_inferring(module: nn.Module, params: Sequence[torch.Tensor], dt
     value = build()
     module.__dict__['_inference_cache'] = (key, value)
     return value
+
+
+def autocast_weights(module: nn.Module, x: torch.Tensor) -> Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+    """``(weight, bias)`` of ``module`` cast to autocast's dtype, kept on it while inferring; None where autocast
+    would not cast them (autograd on, tracing, autocast off for ``x``'s device, float64 or already cast weights,
+    weights on another device), so that the caller runs as usual. Autocast leaves the cast weights as they are and
+    casts ``x`` as before, so the result is the same."""
+    if torch.is_grad_enabled() or tracing():
+        return None
+    device = x.device.type
+    weight, bias = module.weight, module.bias
+    if not torch.is_autocast_enabled(device) or weight.device.type != device:
+        return None
+    dtype = torch.get_autocast_dtype(device)
+    if weight.dtype in (dtype, torch.float64) or x.dtype == torch.float64:
+        return None
+    params = (weight,) if bias is None else (weight, bias)
+    return cached_while_inferring(
+        module, params, dtype, lambda: (weight.to(dtype), None if bias is None else bias.to(dtype)))
+
+
+class CastCachedLinear(nn.Linear):
+    """``nn.Linear`` whose weights, cast by autocast, are kept while inferring (``autocast_weights``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cast = autocast_weights(self, x)
+        if cast is None:
+            return F.linear(x, self.weight, self.bias)
+        return F.linear(x, *cast)
+
+
+class CastCachedConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose weights, cast by autocast, are kept while inferring (``autocast_weights``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cast = autocast_weights(self, x)
+        if cast is None:
+            return self._conv_forward(x, self.weight, self.bias)
+        return self._conv_forward(x, *cast)

@@ -119,9 +119,8 @@ def selective_scan(
         ``(B, H, W_px, C_out)`` (or ``(B, L, C_out)``), plus a trailing ``N`` with ``return_hidden``.
     """
     seq = _check_tensor('u', u, (3, 4), '(B, H, W, C) map or (B, L, C) sequence')
-    if seq:
-        u = u.unsqueeze(1)
-    batch, height, width_px, in_channels = u.shape
+    # a sequence is checked as a 1 x L map; the backends take it as it is (their flattened form)
+    batch, height, width_px, in_channels = _map_shape(u, seq)
     grid = (batch, height, width_px)
     grid_str = f'(B, L) = {(batch, width_px)}' if seq else f'(B, H, W) = {grid}'
     if u.dtype not in _INPUT_DTYPES:
@@ -170,7 +169,8 @@ def selective_scan(
     if out_channels is None:
         out_channels = max(s.out_offset for r in routes for s in r.parts) + width
     key = '|'.join(r.key for r in routes)   # plain strings: torch.compile folds this to a constant
-    if not (torch.compiler.is_compiling() or _exporting()):
+    exporting = _exporting()
+    if not (torch.compiler.is_compiling() or exporting):
         plan = plan_routes(routes, height, width_px, width, in_channels, out_channels)   # errors name the route
         for counter in _flop_counters:
             counter.append(batch * sum(p.numel() for p in plan.positions) * width * (9 * n_state + 1))
@@ -178,21 +178,20 @@ def selective_scan(
         out = u.new_empty(grid + (out_channels,) + ((n_state,) if return_hidden else ()), dtype=out_dtype or u.dtype)
         return out.squeeze(1) if seq else out
     name = _select_backend(backend, u)
-    flat = lambda t: t.flatten(1, 2) if t is not None else None
+    flat = lambda t: t.flatten(1, 2) if t is not None and not seq else t
     args = (flat(u), flat(delta), A, flat(B), flat(C), D, delta_bias)
     if name == 'triton':
-        traced = torch.compiler.is_compiling() or _exporting()
+        traced = torch.compiler.is_compiling() or exporting
         out = _run_triton(*args, None if traced else plan, key, height, width_px, out_channels, delta_softplus,
                           return_hidden, merge == 'mean', out_dtype)
     else:  # the reference (or a backend registered by the user): plain autograd
-        if name == 'export' and _exporting():   # symbolic sizes: positions are built in the graph, unchecked
+        if name == 'export' and exporting:   # symbolic sizes: positions are built in the graph, unchecked
             plan = RoutePlan(tuple(routes), height, width_px, width, in_channels, out_channels, (), 0)
         else:
             plan = plan_routes(routes, height, width_px, width, in_channels, out_channels)
         out = BACKENDS[name][0](*args, plan, delta_softplus=delta_softplus, return_hidden=return_hidden,
                                 mean=(merge == 'mean'), out_dtype=out_dtype)
-    out = out.unflatten(1, (height, width_px))
-    return out.squeeze(1) if seq else out
+    return out if seq else out.unflatten(1, (height, width_px))
 
 
 def _select_backend(backend: str, u: torch.Tensor) -> str:
@@ -219,19 +218,22 @@ def _check_tensor(name, t, ranks, expected) -> bool:
     return len(ranks) > 1 and t.dim() == ranks[0]
 
 
+def _map_shape(t: torch.Tensor, seq: bool) -> tuple:
+    """The shape of ``t`` as a map: a sequence ``(B, L, ...)`` is a ``(B, 1, L, ...)`` map."""
+    return (t.shape[0], 1) + tuple(t.shape[1:]) if seq else tuple(t.shape)
+
+
 def _as_map(name, t, seq, ranks, grid, grid_str, tail, expected):
-    """Check a per-position tensor against the map's grid; returns it in map form."""
+    """Check a per-position tensor against the map's grid; returns it unchanged."""
     if seq:
         ranks = tuple(r - 1 for r in ranks)
         expected = expected.replace('H, W', 'L')
     _check_tensor(name, t, ranks, expected)
-    if seq:
-        t = t.unsqueeze(1)
-    if tuple(t.shape[:3]) != grid:
-        raise ValueError(f'{name} must match u in {grid_str}, got {name} of shape '
-                         f'{tuple(t.shape[1:] if seq else t.shape)}')
-    if tuple(t.shape[3:]) != tail:
-        raise ValueError(f'{name} must have trailing shape {tail} for {expected}, got {tuple(t.shape[3:])}')
+    shape = _map_shape(t, seq)
+    if shape[:3] != grid:
+        raise ValueError(f'{name} must match u in {grid_str}, got {name} of shape {tuple(t.shape)}')
+    if shape[3:] != tail:
+        raise ValueError(f'{name} must have trailing shape {tail} for {expected}, got {shape[3:]}')
     return t
 
 
