@@ -15,7 +15,8 @@ work and, on a GPU, mostly a kernel launch of ~10-25 µs of host time. Two figur
   twelfth, so ~1/150 of the weights) at batch 1 and ``--time-size`` pixels (median of ``--repeats``): the same ops
   in the same order, with their compute (and autocast's weight casts) reduced to almost nothing, so what is left is
   Python and dispatch, what the GPU waits for. Same autocast and scan host path, without the counting (and without
-  the norm policy, a Python mode that would slow every call).
+  the norm policy, a Python mode that would slow every call). It is the process's CPU time, not wall time, so that
+  other work on the machine disturbs it less; torch runs single-threaded for it (``torch.set_num_threads(1)``).
 
 The default models are VMamba-T and Vim-T against ConvNeXt-T and DeiT-T. Every forward before the measured ones
 (two) does the one-time work (route plans, launch decisions, inference caches), as on a GPU after warm-up. Run
@@ -138,10 +139,10 @@ def forward_us(name: str, img_size: int, repeats: int) -> float:
     x = torch.randn(1, 3, img_size, img_size)
     times = []
     for i in range(max(2, repeats // 10) + repeats):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
             model(x)
-        times.append(time.perf_counter() - t0)
+        times.append(time.process_time() - t0)
     times = times[-repeats:]
     return statistics.median(times) * 1e6
 
@@ -158,6 +159,7 @@ def main(argv=None):
     torch.manual_seed(0)
     import visionssm  # noqa: F401  (registers the models)
     _stub_launches()
+    torch.set_num_threads(1)
     print(f'ops: eval forward, batch {a.batch}, {a.img_size}px, bf16 autocast (CUDA norm policy), scan host path; '
           f'µs: batch 1, {a.time_size}px, median of {a.repeats}; torch threads {torch.get_num_threads()}')
     for name in a.models:

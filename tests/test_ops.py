@@ -8,7 +8,7 @@ from visionssm.ops import (
     Route, bidirectional_routes, cross_routes, grouped_routes, lattice_routes, multiscale_routes, plan_routes,
     selective_scan, snake_routes,
 )
-from visionssm.kernels.reference import linear_recurrence
+from visionssm.kernels.reference import linear_recurrence, selective_scan_reference
 
 
 # --- an independent oracle: positions listed by hand, one scalar recurrence per (batch, channel, state) --------
@@ -151,6 +151,23 @@ def test_sequence_form_equals_single_row_map():
     as_seq = selective_scan(u[:, 0], delta[:, 0], A, B[:, 0], C[:, 0], D, bias, routes=routes, merge='mean')
     assert as_seq.shape == (2, 9, 4)
     torch.testing.assert_close(as_seq, as_map[:, 0], atol=0, rtol=0)
+
+
+def test_sequence_form_reaches_the_backend_as_it_is(monkeypatch):
+    # a (B, L, C) sequence is already the backends' flattened form: no view ops on the way in or out
+    import importlib
+    seen = {}
+
+    def capture(u, delta, A, B, C, D, delta_bias, plan, **kwargs):
+        seen.update(u=u, delta=delta, B=B, C=C, plan=plan)
+        return selective_scan_reference(u, delta, A, B, C, D, delta_bias, plan, **kwargs)
+
+    monkeypatch.setitem(importlib.import_module('visionssm.ops.selective_scan').BACKENDS, 'capture',
+                        (capture, lambda u: True))
+    u, delta, A, B, C, D, bias = (t[:, 0] if t.dim() > 2 else t for t in make_inputs(2, 1, 9, 2, 4, 2, 8))
+    out = selective_scan(u, delta, A, B, C, D, bias, routes=bidirectional_routes(4), merge='mean', backend='capture')
+    assert all(seen[k] is t for k, t in (('u', u), ('delta', delta), ('B', B), ('C', C)))
+    assert (seen['plan'].height, seen['plan'].width_px) == (1, 9) and out.shape == (2, 9, 4)
 
 
 def test_no_softplus_and_optional_terms():

@@ -37,14 +37,20 @@ def cached_while_inferring(module: nn.Module, params: Sequence[torch.Tensor], dt
 
     The key holds each parameter's storage address, version counter and device, so it costs no device work.
     """
-    if torch.is_grad_enabled() or tracing() or any(p.device.type == 'meta' for p in params):
+    if torch.is_grad_enabled() or tracing():
         return build()
-    key: Tuple = (dtype, tuple((p.data_ptr(), p._version, p.device) for p in params))
+    return _kept(module, params, dtype, build)
+
+
+def _kept(module: nn.Module, params: Sequence[torch.Tensor], dtype: torch.dtype, build: Callable[[], T]) -> T:
+    # cached_while_inferring past its checks; runs once per layer call, so it is kept to a few attribute reads
+    key = (dtype, [(p.data_ptr(), p._version, p.device) for p in params])
     cache = module.__dict__.get('_inference_cache')   # a plain attribute: not a buffer, not in the state dict
     if cache is not None and cache[0] == key:
         return cache[1]
     value = build()
-    module.__dict__['_inference_cache'] = (key, value)
+    if not any(p.device.type == 'meta' for p in params):   # meta tensors (FLOP counting) share no values
+        module.__dict__['_inference_cache'] = (key, value)
     return value
 
 
@@ -63,8 +69,7 @@ def autocast_weights(module: nn.Module, x: torch.Tensor) -> Optional[Tuple[torch
     if weight.dtype in (dtype, torch.float64) or x.dtype == torch.float64:
         return None
     params = (weight,) if bias is None else (weight, bias)
-    return cached_while_inferring(
-        module, params, dtype, lambda: (weight.to(dtype), None if bias is None else bias.to(dtype)))
+    return _kept(module, params, dtype, lambda: (weight.to(dtype), None if bias is None else bias.to(dtype)))
 
 
 class CastCachedLinear(nn.Linear):
