@@ -54,20 +54,25 @@ def _kept(module: nn.Module, params: Sequence[torch.Tensor], dtype: torch.dtype,
     return value
 
 
-def autocast_weights(module: nn.Module, x: torch.Tensor) -> Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
-    """``(weight, bias)`` of ``module`` cast to autocast's dtype, kept on it while inferring; None where autocast
-    would not cast them (autograd on, tracing, autocast off for ``x``'s device, float64 or already cast weights,
-    weights on another device), so that the caller runs as usual. Autocast leaves the cast weights as they are and
-    casts ``x`` as before, so the result is the same."""
-    if torch.is_grad_enabled() or tracing():
-        return None
+def autocast_weights(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
+                     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``module``'s ``weight`` and ``bias`` for an input ``x``: cast to autocast's dtype and kept on ``module`` while
+    inferring; as they are where autocast would not cast them (autograd on, tracing, autocast off for ``x``'s
+    device, float64 or already cast weights, weights on another device). Autocast leaves the cast weights as they
+    are and casts ``x`` as before, so the result is the same.
+
+    It runs at every call of a linear layer, so its checks are ordered cheapest first and ``tracing()`` is spelled
+    out: torch.fx's flag costs more to read than the rest together, and a torch.fx input is a ``Proxy``.
+    """
+    if (torch.is_grad_enabled() or isinstance(x, torch.fx.Proxy) or torch.compiler.is_compiling()
+            or torch.compiler.is_exporting() or torch.jit.is_tracing()):
+        return weight, bias
     device = x.device.type
-    weight, bias = module.weight, module.bias
-    if not torch.is_autocast_enabled(device) or weight.device.type != device:
-        return None
+    if not torch.is_autocast_enabled(device):
+        return weight, bias
     dtype = torch.get_autocast_dtype(device)
-    if weight.dtype in (dtype, torch.float64) or x.dtype == torch.float64:
-        return None
+    if weight.dtype in (dtype, torch.float64) or x.dtype == torch.float64 or weight.device.type != device:
+        return weight, bias
     params = (weight,) if bias is None else (weight, bias)
     return _kept(module, params, dtype, lambda: (weight.to(dtype), None if bias is None else bias.to(dtype)))
 
@@ -76,17 +81,11 @@ class CastCachedLinear(nn.Linear):
     """``nn.Linear`` whose weights, cast by autocast, are kept while inferring (``autocast_weights``)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cast = autocast_weights(self, x)
-        if cast is None:
-            return F.linear(x, self.weight, self.bias)
-        return F.linear(x, *cast)
+        return F.linear(x, *autocast_weights(self, x, self.weight, self.bias))
 
 
 class CastCachedConv2d(nn.Conv2d):
     """``nn.Conv2d`` whose weights, cast by autocast, are kept while inferring (``autocast_weights``)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cast = autocast_weights(self, x)
-        if cast is None:
-            return self._conv_forward(x, self.weight, self.bias)
-        return self._conv_forward(x, *cast)
+        return self._conv_forward(x, *autocast_weights(self, x, self.weight, self.bias))

@@ -49,7 +49,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import FeatureInfo, feature_take_indices
 
 from visionssm.layers import ScanLayer, full_precision, init_dt_bias
-from visionssm.layers.cache import CastCachedLinear, cached_while_inferring, tracing
+from visionssm.layers.cache import CastCachedConv2d, CastCachedLinear, cached_while_inferring, tracing
 from visionssm.ops import bidirectional_routes, selective_scan
 from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted, load_through_model
 
@@ -259,7 +259,7 @@ class PatchEmbed(nn.Module):
         self.patch_size, self.stride = patch_size, stride
         self.grid_size = self.dynamic_grid(img_size, img_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=stride)
+        self.proj = CastCachedConv2d(in_chans, embed_dim, kernel_size=patch_size, stride=stride)
 
     def dynamic_grid(self, height: int, width: int) -> Tuple[int, int]:
         return (height - self.patch_size) // self.stride + 1, (width - self.patch_size) // self.stride + 1
@@ -381,7 +381,7 @@ class Vim(nn.Module):
             for i in range(depth)])
         self.feature_info = [dict(num_chs=embed_dim, reduction=stride, module=f'blocks.{i}') for i in range(depth)]
         self.norm = RMSNorm(embed_dim, eps=norm_eps)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = CastCachedLinear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights(depth)
 
     def _init_weights(self, depth: int):
@@ -430,7 +430,7 @@ class Vim(nn.Module):
                 raise ValueError(f"global_pool must be 'token', 'avg', 'max' or '', got {global_pool!r}")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = CastCachedLinear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def load_pretrained(self, checkpoint_path: str):
         """Load an official (or our own) checkpoint file, converting it; used by ``pretrained=True``."""
