@@ -16,7 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture
 def tool():
-    spec = importlib.util.spec_from_file_location('infer_host_proxy', os.path.join(ROOT, 'benchmarks/infer_host_proxy.py'))
+    path = os.path.join(ROOT, 'benchmarks/infer_host_proxy.py')
+    spec = importlib.util.spec_from_file_location('infer_host_proxy', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     ss = importlib.import_module('visionssm.ops.selective_scan')
