@@ -1,7 +1,8 @@
 """``selective_scan``: the one scan entry point every family calls.
 
 Checks the arguments (errors name the argument and what was expected), applies the dtype policy, resolves the
-routes for the map's size and dispatches to a backend. Backends live in ``visionssm.kernels``: the pure-PyTorch
+routes for the map's size (both once per call signature: a layer repeats its shapes at every step) and dispatches
+to a backend. Backends live in ``visionssm.kernels``: the pure-PyTorch
 reference (CPU, oracle), the Triton kernels (picked for CUDA tensors) and the loop-free export form (picked
 while exporting or tracing: ONNX, torch.export, AOTInductor).
 
