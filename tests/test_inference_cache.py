@@ -1,10 +1,13 @@
 """Weights derived from parameters are kept between inference calls (visionssm/layers/cache.py) and never stale."""
+import pytest
 import timm
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import visionssm  # noqa: F401
 from visionssm.layers import SS2D
-from visionssm.layers.cache import cached_while_inferring
+from visionssm.layers.cache import CastCachedConv2d, CastCachedLinear, cached_while_inferring
+from visionssm.models.vim import BiMambaMixer
 
 
 def _model(seed=0):
@@ -59,3 +62,102 @@ def test_the_cache_is_off_while_autograd_records_and_on_meta():
         cached_while_inferring(meta, [meta.weight], torch.float32, lambda: calls.append(1))
         assert len(calls) == 6 and '_inference_cache' not in meta.__dict__
     assert '_inference_cache' not in dict(module.state_dict())
+
+
+# --- autocast's weight casts kept while inferring (CastCachedLinear / CastCachedConv2d) ---------------------------
+
+class _CastCounter(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.casts = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._to_copy.default:
+            self.casts.append(tuple(args[0].shape))
+        return func(*args, **(kwargs or {}))
+
+
+def _cast_layers(seed=0):
+    torch.manual_seed(seed)
+    pairs = [(CastCachedLinear(6, 5), torch.nn.Linear(6, 5), (3, 4, 6)),
+             (CastCachedLinear(6, 5, bias=False), torch.nn.Linear(6, 5, bias=False), (3, 6)),
+             (CastCachedConv2d(4, 4, 3, padding=1, groups=4), torch.nn.Conv2d(4, 4, 3, padding=1, groups=4),
+              (2, 4, 5, 5))]
+    for cached, plain, shape in pairs:
+        plain.load_state_dict(cached.state_dict())
+        yield cached, plain, torch.randn(shape)
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_cast_cached_layers_equal_autocast_and_cast_their_weights_once(dtype):
+    for cached, plain, x in _cast_layers():
+        with torch.no_grad(), torch.autocast('cpu', dtype=dtype):
+            want = plain(x)
+            cached(x)
+            with _CastCounter() as counter:
+                got = cached(x)
+        assert got.dtype == want.dtype == dtype
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        assert counter.casts == [tuple(x.shape)]          # only the input's cast: the weights' are kept
+        kept = cached.__dict__['_inference_cache'][1]
+        assert kept[0].dtype == dtype and (kept[1] is None) == (cached.bias is None)
+        assert '_inference_cache' not in dict(cached.state_dict())
+
+
+def test_cast_cached_layers_follow_parameter_changes():
+    for cached, plain, x in _cast_layers():
+        for step in range(4):
+            with torch.no_grad():
+                if step == 1:      # in place, as an optimizer or load_state_dict
+                    cached.weight.mul_(-2)
+                if step == 2:      # replaced
+                    cached.weight = torch.nn.Parameter(torch.randn_like(cached.weight))
+                plain.load_state_dict(cached.state_dict())
+                dtype = torch.float16 if step == 3 else torch.bfloat16     # step 3: another autocast dtype
+                with torch.autocast('cpu', dtype=dtype):
+                    cached(x)
+                    torch.testing.assert_close(cached(x), plain(x), rtol=0, atol=0)
+
+
+def test_cast_cached_layers_keep_nothing_outside_inference_autocast():
+    for cached, plain, x in _cast_layers():
+        with torch.autocast('cpu', dtype=torch.bfloat16):       # autograd records: autocast casts, gradients flow
+            out = cached(x)
+            out.float().sum().backward()
+            torch.testing.assert_close(out, plain(x), rtol=0, atol=0)
+        assert cached.weight.grad is not None
+        traced = torch.fx.symbolic_trace(cached)                # torch.fx: the plain layer in the graph
+        with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+            torch.testing.assert_close(traced(x), plain(x), rtol=0, atol=0)
+        with torch.no_grad():
+            torch.testing.assert_close(cached(x), plain(x), rtol=0, atol=0)             # no autocast: float32
+            cached.double(), plain.double()
+            with torch.autocast('cpu', dtype=torch.bfloat16):   # autocast leaves float64 as it is
+                got = cached(x.double())
+                assert got.dtype == torch.float64
+                torch.testing.assert_close(got, plain(x.double()), rtol=0, atol=0)
+        assert '_inference_cache' not in cached.__dict__
+
+
+@pytest.mark.parametrize('name', ['test_vmamba', 'test_vim'])
+def test_models_under_autocast_equal_their_uncached_forward(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        want = _grad_forward(model, x)          # nothing kept: autocast casts every weight
+        with torch.no_grad():
+            model(x)
+            got = model(x)
+    assert any('_inference_cache' in m.__dict__ for m in model.modules() if isinstance(m, CastCachedLinear))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_vim_cache_key_lists_every_inner_parameter():
+    for conv_bias in (True, False):
+        mixer = BiMambaMixer(16, d_state=4, conv_bias=conv_bias)
+        inner = (mixer.conv1d, mixer.conv1d_b, mixer.x_proj, mixer.x_proj_b, mixer.dt_proj, mixer.dt_proj_b)
+        want = {id(p) for m in inner for p in m.parameters()} | {
+            id(p) for p in (mixer.A_log, mixer.A_b_log, mixer.D, mixer.D_b)}
+        got = [id(p) for p in mixer._inner_parameters()]
+        assert len(got) == len(set(got)) and set(got) == want

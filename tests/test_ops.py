@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from visionssm.ops import (
-    Route, bidirectional_routes, cross_routes, grouped_routes, lattice_routes, multiscale_routes, plan_routes,
-    selective_scan, snake_routes,
+    Route, bidirectional_routes, count_scan_flops, cross_routes, grouped_routes, lattice_routes, multiscale_routes,
+    plan_routes, selective_scan, snake_routes,
 )
-from visionssm.kernels.reference import linear_recurrence
+from visionssm.kernels.reference import linear_recurrence, selective_scan_reference
 
 
 # --- an independent oracle: positions listed by hand, one scalar recurrence per (batch, channel, state) --------
@@ -151,6 +151,48 @@ def test_sequence_form_equals_single_row_map():
     as_seq = selective_scan(u[:, 0], delta[:, 0], A, B[:, 0], C[:, 0], D, bias, routes=routes, merge='mean')
     assert as_seq.shape == (2, 9, 4)
     torch.testing.assert_close(as_seq, as_map[:, 0], atol=0, rtol=0)
+
+
+def test_checks_run_once_per_signature_and_still_catch_every_new_one(monkeypatch):
+    import importlib
+    ss = importlib.import_module('visionssm.ops.selective_scan')
+    calls = []
+    check = ss._check
+    monkeypatch.setattr(ss, '_check', lambda *a, **k: calls.append(1) or check(*a, **k))
+    monkeypatch.setattr(ss, '_CHECKED', {})
+    u, delta, A, B, C, D, bias = make_inputs(2, 3, 4, 4, 4, 2, 4)
+    routes = cross_routes()
+    first = selective_scan(u, delta, A, B, C, D, bias, routes=routes)
+    with count_scan_flops() as flops:
+        again = selective_scan(u, delta, A, B, C, D, bias, routes=list(routes))   # equal routes, another list
+    assert len(calls) == 1 and flops == [2 * (4 * 12) * 4 * (9 * 2 + 1)]       # checked once, still counted
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    with pytest.raises(ValueError, match='delta must have trailing shape'):
+        selective_scan(u, delta[..., :-1], A, B, C, D, bias, routes=routes)
+    with pytest.raises(TypeError, match='B must have the dtype of u'):
+        selective_scan(u, delta, A, B.float(), C, D, bias, routes=routes)
+    with pytest.raises(ValueError, match='C is required'):
+        selective_scan(u, delta, A, B, None, D, bias, routes=routes)
+    with pytest.raises(TypeError, match='D must be a torch.Tensor'):
+        selective_scan(u, delta, A, B, C, D.tolist(), bias, routes=routes)
+    assert len(calls) == 5 and len(ss._CHECKED) == 1                           # failed calls are not kept
+
+
+def test_sequence_form_reaches_the_backend_as_it_is(monkeypatch):
+    # a (B, L, C) sequence is already the backends' flattened form: no view ops on the way in or out
+    import importlib
+    seen = {}
+
+    def capture(u, delta, A, B, C, D, delta_bias, plan, **kwargs):
+        seen.update(u=u, delta=delta, B=B, C=C, plan=plan)
+        return selective_scan_reference(u, delta, A, B, C, D, delta_bias, plan, **kwargs)
+
+    monkeypatch.setitem(importlib.import_module('visionssm.ops.selective_scan').BACKENDS, 'capture',
+                        (capture, lambda u: True))
+    u, delta, A, B, C, D, bias = (t[:, 0] if t.dim() > 2 else t for t in make_inputs(2, 1, 9, 2, 4, 2, 8))
+    out = selective_scan(u, delta, A, B, C, D, bias, routes=bidirectional_routes(4), merge='mean', backend='capture')
+    assert all(seen[k] is t for k, t in (('u', u), ('delta', delta), ('B', B), ('C', C)))
+    assert (seen['plan'].height, seen['plan'].width_px) == (1, 9) and out.shape == (2, 9, 4)
 
 
 def test_no_softplus_and_optional_terms():

@@ -1,19 +1,25 @@
-"""Weights derived from parameters (composed projections, ``A = -exp(A_log)``, fused kernels), kept between calls
-while autograd is off.
+"""Weights derived from parameters (composed projections, ``A = -exp(A_log)``, fused kernels, autocast's casts),
+kept between calls while autograd is off.
 
 An eager inference step is bound by the host's kernel launches at small batches; recomposing a layer's weights on
 every call costs several launches per layer for values that only change when a parameter does. While gradients
 are enabled, while tracing (torch.fx, TorchScript), compiling or exporting, nothing is kept: the weights are
 computed in the graph as usual.
+
+``CastCachedLinear`` / ``CastCachedConv2d`` apply this to autocast: under ``torch.autocast`` every call of a linear
+layer or convolution casts its float32 weight (and bias) to the autocast dtype again, one kernel launch each, on
+every forward; while inferring these layers keep the cast copy instead (the same values: the same cast, done once),
+for the memory of one low-precision copy of their weights.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence, Tuple, TypeVar
+from typing import Callable, Optional, Sequence, Tuple, TypeVar
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-__all__ = ['tracing', 'cached_while_inferring']
+__all__ = ['tracing', 'cached_while_inferring', 'autocast_weights', 'CastCachedLinear', 'CastCachedConv2d']
 
 T = TypeVar('T')
 
@@ -31,12 +37,55 @@ def cached_while_inferring(module: nn.Module, params: Sequence[torch.Tensor], dt
 
     The key holds each parameter's storage address, version counter and device, so it costs no device work.
     """
-    if torch.is_grad_enabled() or tracing() or any(p.device.type == 'meta' for p in params):
+    if torch.is_grad_enabled() or tracing():
         return build()
-    key: Tuple = (dtype, tuple((p.data_ptr(), p._version, p.device) for p in params))
+    return _kept(module, params, dtype, build)
+
+
+def _kept(module: nn.Module, params: Sequence[torch.Tensor], dtype: torch.dtype, build: Callable[[], T]) -> T:
+    # cached_while_inferring past its checks; runs once per layer call, so it is kept to a few attribute reads
+    key = (dtype, [(p.data_ptr(), p._version, p.device) for p in params])
     cache = module.__dict__.get('_inference_cache')   # a plain attribute: not a buffer, not in the state dict
     if cache is not None and cache[0] == key:
         return cache[1]
     value = build()
-    module.__dict__['_inference_cache'] = (key, value)
+    if not any(p.device.type == 'meta' for p in params):   # meta tensors (FLOP counting) share no values
+        module.__dict__['_inference_cache'] = (key, value)
     return value
+
+
+def autocast_weights(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
+                     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``module``'s ``weight`` and ``bias`` for an input ``x``: cast to autocast's dtype and kept on ``module`` while
+    inferring; as they are where autocast would not cast them (autograd on, tracing, autocast off for ``x``'s
+    device, float64 or already cast weights, weights on another device). Autocast leaves the cast weights as they
+    are and casts ``x`` as before, so the result is the same.
+
+    It runs at every call of a linear layer, so its checks are ordered cheapest first and ``tracing()`` is spelled
+    out: torch.fx's flag costs more to read than the rest together, and a torch.fx input is a ``Proxy``.
+    """
+    if (torch.is_grad_enabled() or isinstance(x, torch.fx.Proxy) or torch.compiler.is_compiling()
+            or torch.compiler.is_exporting() or torch.jit.is_tracing()):
+        return weight, bias
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return weight, bias
+    dtype = torch.get_autocast_dtype(device)
+    if weight.dtype in (dtype, torch.float64) or x.dtype == torch.float64 or weight.device.type != device:
+        return weight, bias
+    params = (weight,) if bias is None else (weight, bias)
+    return _kept(module, params, dtype, lambda: (weight.to(dtype), None if bias is None else bias.to(dtype)))
+
+
+class CastCachedLinear(nn.Linear):
+    """``nn.Linear`` whose weights, cast by autocast, are kept while inferring (``autocast_weights``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, *autocast_weights(self, x, self.weight, self.bias))
+
+
+class CastCachedConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose weights, cast by autocast, are kept while inferring (``autocast_weights``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, *autocast_weights(self, x, self.weight, self.bias))

@@ -15,6 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import register_notrace_function
 
+from .cache import CastCachedLinear
+
 __all__ = ['Mlp', 'act_linear']
 
 
@@ -77,10 +79,10 @@ class Mlp(nn.Module):
         super().__init__()
         hidden_features = hidden_features or in_features
         out_features = out_features or in_features
-        self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
+        self.fc1 = CastCachedLinear(in_features, hidden_features, bias=bias)   # autocast's casts kept in inference
         self.act = act_layer()
         self.drop1 = nn.Dropout(drop)
-        self.fc2 = nn.Linear(hidden_features, out_features, bias=bias)
+        self.fc2 = CastCachedLinear(hidden_features, out_features, bias=bias)
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

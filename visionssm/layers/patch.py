@@ -8,6 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models import register_notrace_function
 
+from .cache import CastCachedConv2d
+
 __all__ = ['PatchEmbed', 'ConvStem', 'PatchMerging', 'ConvDownsample', 'pad_to_even']
 
 
@@ -31,7 +33,7 @@ class PatchEmbed(nn.Module):
     def __init__(self, in_chans: int = 3, dim: int = 96, patch_size: int = 4,
                  norm_layer: Type[nn.Module] = nn.LayerNorm):
         super().__init__()
-        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = CastCachedConv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
         self.norm = norm_layer(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -45,10 +47,10 @@ class ConvStem(nn.Module):
     def __init__(self, in_chans: int = 3, dim: int = 96, norm_layer: Type[nn.Module] = nn.LayerNorm,
                  act_layer: Type[nn.Module] = nn.GELU):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_chans, dim // 2, kernel_size=3, stride=2, padding=1)
+        self.conv1 = CastCachedConv2d(in_chans, dim // 2, kernel_size=3, stride=2, padding=1)
         self.norm1 = norm_layer(dim // 2)
         self.act = act_layer()
-        self.conv2 = nn.Conv2d(dim // 2, dim, kernel_size=3, stride=2, padding=1)
+        self.conv2 = CastCachedConv2d(dim // 2, dim, kernel_size=3, stride=2, padding=1)
         self.norm2 = norm_layer(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -78,7 +80,7 @@ class ConvDownsample(nn.Module):
 
     def __init__(self, dim: int, out_dim: int, kernel_size: int = 3, norm_layer: Type[nn.Module] = nn.LayerNorm):
         super().__init__()
-        self.conv = nn.Conv2d(dim, out_dim, kernel_size=kernel_size, stride=2, padding=(kernel_size - 1) // 2)
+        self.conv = CastCachedConv2d(dim, out_dim, kernel_size=kernel_size, stride=2, padding=(kernel_size - 1) // 2)
         self.norm = norm_layer(out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from timm.models import register_notrace_function
 from visionssm.ops import Route, cross_routes, selective_scan
 from visionssm.ops.selective_scan import TORCHSCRIPT_UNSUPPORTED
 
-from .cache import cached_while_inferring, tracing
+from .cache import CastCachedConv2d, CastCachedLinear, cached_while_inferring, tracing
 
 __all__ = ['SS2D', 'ScanLayer', 'InputDtypeLayerNorm', 'init_dt_bias', 'full_precision', 'scan_out_dtype']
 
@@ -157,8 +157,9 @@ class SS2D(ScanLayer):
         self.dt_rank = math.ceil(dim / 16) if dt_rank == 'auto' else int(dt_rank)
         self.gate = gate
 
-        self.in_proj = nn.Linear(dim, d_inner * (2 if gate else 1), bias=False)
-        self.conv = nn.Conv2d(
+        # Linear / conv layers that keep autocast's cast of their weights while inferring (layers/cache.py)
+        self.in_proj = CastCachedLinear(dim, d_inner * (2 if gate else 1), bias=False)
+        self.conv = CastCachedConv2d(
             d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=conv_bias,
         ) if d_conv > 1 else nn.Identity()
         self.act = act_layer()
@@ -177,7 +178,7 @@ class SS2D(ScanLayer):
         self.Ds = nn.Parameter(torch.ones(num_routes * d_inner))
 
         self.out_norm = InputDtypeLayerNorm(d_inner)
-        self.out_proj = nn.Linear(d_inner, dim, bias=False)
+        self.out_proj = CastCachedLinear(d_inner, dim, bias=False)
         self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

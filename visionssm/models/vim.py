@@ -49,7 +49,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import FeatureInfo, feature_take_indices
 
 from visionssm.layers import ScanLayer, full_precision, init_dt_bias
-from visionssm.layers.cache import cached_while_inferring, tracing
+from visionssm.layers.cache import CastCachedConv2d, CastCachedLinear, cached_while_inferring, tracing
 from visionssm.ops import bidirectional_routes, selective_scan
 from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted, load_through_model
 
@@ -112,7 +112,7 @@ class BiMambaMixer(ScanLayer):
         self.recompute = recompute
         self.routes = bidirectional_routes(d_inner)
 
-        self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)
+        self.in_proj = CastCachedLinear(dim, 2 * d_inner, bias=False)   # keeps autocast's cast in inference
         dt_std = self.dt_rank ** -0.5
         for suffix in ('', '_b'):
             # The convs are applied functionally (see _fused_weights); padding is only the official attribute.
@@ -131,12 +131,17 @@ class BiMambaMixer(ScanLayer):
         self.A_b_log = nn.Parameter(a_log.clone())
         self.D = nn.Parameter(torch.ones(d_inner))
         self.D_b = nn.Parameter(torch.ones(d_inner))
-        self.out_proj = nn.Linear(d_inner, dim, bias=False)
+        self.out_proj = CastCachedLinear(d_inner, dim, bias=False)
 
     def _inner_parameters(self) -> List[torch.Tensor]:
-        """The parameters between ``in_proj`` and ``out_proj`` (what ``_fused_weights`` reads)."""
-        return [p for m in (self.conv1d, self.conv1d_b, self.x_proj, self.x_proj_b, self.dt_proj, self.dt_proj_b)
-                for p in m.parameters()] + [self.A_log, self.A_b_log, self.D, self.D_b]
+        """The parameters between ``in_proj`` and ``out_proj`` (what ``_fused_weights`` reads). Read by name, not
+        through ``Module.parameters()``, whose generators cost more host time than the rest of a cached call."""
+        conv, conv_b, dt_proj, dt_proj_b = self.conv1d, self.conv1d_b, self.dt_proj, self.dt_proj_b
+        params = [conv.weight, conv_b.weight, self.x_proj.weight, self.x_proj_b.weight, dt_proj.weight, dt_proj.bias,
+                  dt_proj_b.weight, dt_proj_b.bias, self.A_log, self.A_b_log, self.D, self.D_b]
+        if conv.bias is not None:
+            params += [conv.bias, conv_b.bias]
+        return params
 
     def _fused_weights(self, dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
         """Both directions' weights as one op's: ``(conv_weight, conv_bias, x_proj, dt_proj, A, D, delta_bias)``.
@@ -254,7 +259,7 @@ class PatchEmbed(nn.Module):
         self.patch_size, self.stride = patch_size, stride
         self.grid_size = self.dynamic_grid(img_size, img_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=stride)
+        self.proj = CastCachedConv2d(in_chans, embed_dim, kernel_size=patch_size, stride=stride)
 
     def dynamic_grid(self, height: int, width: int) -> Tuple[int, int]:
         return (height - self.patch_size) // self.stride + 1, (width - self.patch_size) // self.stride + 1
@@ -376,7 +381,7 @@ class Vim(nn.Module):
             for i in range(depth)])
         self.feature_info = [dict(num_chs=embed_dim, reduction=stride, module=f'blocks.{i}') for i in range(depth)]
         self.norm = RMSNorm(embed_dim, eps=norm_eps)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = CastCachedLinear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights(depth)
 
     def _init_weights(self, depth: int):
@@ -425,7 +430,7 @@ class Vim(nn.Module):
                 raise ValueError(f"global_pool must be 'token', 'avg', 'max' or '', got {global_pool!r}")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = CastCachedLinear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def load_pretrained(self, checkpoint_path: str):
         """Load an official (or our own) checkpoint file, converting it; used by ``pretrained=True``."""

@@ -1,7 +1,8 @@
 """``selective_scan``: the one scan entry point every family calls.
 
 Checks the arguments (errors name the argument and what was expected), applies the dtype policy, resolves the
-routes for the map's size and dispatches to a backend. Backends live in ``visionssm.kernels``: the pure-PyTorch
+routes for the map's size (both once per call signature: a layer repeats its shapes at every step) and dispatches
+to a backend. Backends live in ``visionssm.kernels``: the pure-PyTorch
 reference (CPU, oracle), the Triton kernels (picked for CUDA tensors) and the loop-free export form (picked
 while exporting or tracing: ONNX, torch.export, AOTInductor).
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -118,10 +119,89 @@ def selective_scan(
     Returns:
         ``(B, H, W_px, C_out)`` (or ``(B, L, C_out)``), plus a trailing ``N`` with ``return_hidden``.
     """
+    compiling, exporting = torch.compiler.is_compiling(), _exporting()
+    # A layer calls the op with the same shapes at every step: the checks and the route plan depend only on the
+    # call's signature (tensor types, shapes, dtypes and devices, the routes, the options), so they run once for each.
+    # Compiled and exported graphs check with symbolic sizes, every time.
+    signature = None if compiling or exporting else _signature(
+        (u, delta, A, B, C, D, delta_bias), routes, merge, return_hidden, out_channels, out_dtype)
+    checked = _CHECKED.get(signature) if signature is not None else None
+    if checked is None:
+        checked = _check(u, delta, A, B, C, D, delta_bias, routes, merge, return_hidden, out_channels, out_dtype,
+                         with_plan=not (compiling or exporting))
+        if signature is not None:
+            if len(_CHECKED) >= _MAX_CHECKED:
+                _CHECKED.clear()
+            _CHECKED[signature] = checked
+    seq, grid, in_channels, width, n_state, out_channels, key, plan = checked
+    batch, height, width_px = grid
+    if plan is not None:
+        for counter in _flop_counters:
+            counter.append(batch * sum(p.numel() for p in plan.positions) * width * (9 * n_state + 1))
+    if u.device.type == 'meta':   # shape propagation and FLOP counting: nothing to compute
+        out = u.new_empty(grid + (out_channels,) + ((n_state,) if return_hidden else ()), dtype=out_dtype or u.dtype)
+        return out.squeeze(1) if seq else out
+    name = _select_backend(backend, u)
+    flat = lambda t: t.flatten(1, 2) if t is not None and not seq else t
+    args = (flat(u), flat(delta), A, flat(B), flat(C), D, delta_bias)
+    if name == 'triton':
+        traced = torch.compiler.is_compiling() or exporting
+        out = _run_triton(*args, None if traced else plan, key, height, width_px, out_channels, delta_softplus,
+                          return_hidden, merge == 'mean', out_dtype)
+    else:  # the reference (or a backend registered by the user): plain autograd
+        if name == 'export' and exporting:   # symbolic sizes: positions are built in the graph, unchecked
+            plan = RoutePlan(tuple(routes), height, width_px, width, in_channels, out_channels, (), 0)
+        elif plan is None:
+            plan = plan_routes(routes, height, width_px, width, in_channels, out_channels)
+        out = BACKENDS[name][0](*args, plan, delta_softplus=delta_softplus, return_hidden=return_hidden,
+                                mean=(merge == 'mean'), out_dtype=out_dtype)
+    return out if seq else out.unflatten(1, (height, width_px))
+
+
+class _Checked(NamedTuple):
+    """What the checks of a call find: the sequence form?, the grid ``(B, H, W)``, the sizes, the routes' key and the
+    route plan (None inside a compiled or exported graph)."""
+    seq: bool
+    grid: tuple
+    in_channels: int
+    width: int
+    n_state: int
+    out_channels: int
+    key: str
+    plan: Optional[RoutePlan]
+
+
+_CHECKED: dict = {}      # signature of a call that passed the checks -> _Checked
+_MAX_CHECKED = 1024      # distinct signatures kept (cleared when full: image sizes vary in detection)
+
+
+def _signature(tensors, routes, *options) -> Optional[tuple]:
+    """A hashable key of everything the checks read, or None for a call that cannot have one (then it is checked
+    as it comes, and fails with the error that names the problem)."""
+    if not isinstance(routes, (list, tuple)):
+        return None
+    key = [tuple(routes), *options]
+    for t in tensors:
+        if t is None:
+            key.append(None)
+        elif isinstance(t, torch.Tensor):
+            key.append((type(t), t.shape, t.dtype, t.device))
+        else:
+            return None
+    key = tuple(key)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _check(u, delta, A, B, C, D, delta_bias, routes, merge, return_hidden, out_channels, out_dtype,
+           with_plan: bool) -> _Checked:
+    """Check the arguments of ``selective_scan`` (errors name the argument and what was expected)."""
     seq = _check_tensor('u', u, (3, 4), '(B, H, W, C) map or (B, L, C) sequence')
-    if seq:
-        u = u.unsqueeze(1)
-    batch, height, width_px, in_channels = u.shape
+    # a sequence is checked as a 1 x L map; the backends take it as it is (their flattened form)
+    batch, height, width_px, in_channels = _map_shape(u, seq)
     grid = (batch, height, width_px)
     grid_str = f'(B, L) = {(batch, width_px)}' if seq else f'(B, H, W) = {grid}'
     if u.dtype not in _INPUT_DTYPES:
@@ -169,30 +249,12 @@ def selective_scan(
 
     if out_channels is None:
         out_channels = max(s.out_offset for r in routes for s in r.parts) + width
+    if out_channels is None:
+        out_channels = max(s.out_offset for r in routes for s in r.parts) + width
     key = '|'.join(r.key for r in routes)   # plain strings: torch.compile folds this to a constant
-    if not (torch.compiler.is_compiling() or _exporting()):
-        plan = plan_routes(routes, height, width_px, width, in_channels, out_channels)   # errors name the route
-        for counter in _flop_counters:
-            counter.append(batch * sum(p.numel() for p in plan.positions) * width * (9 * n_state + 1))
-    if u.device.type == 'meta':   # shape propagation and FLOP counting: nothing to compute
-        out = u.new_empty(grid + (out_channels,) + ((n_state,) if return_hidden else ()), dtype=out_dtype or u.dtype)
-        return out.squeeze(1) if seq else out
-    name = _select_backend(backend, u)
-    flat = lambda t: t.flatten(1, 2) if t is not None else None
-    args = (flat(u), flat(delta), A, flat(B), flat(C), D, delta_bias)
-    if name == 'triton':
-        traced = torch.compiler.is_compiling() or _exporting()
-        out = _run_triton(*args, None if traced else plan, key, height, width_px, out_channels, delta_softplus,
-                          return_hidden, merge == 'mean', out_dtype)
-    else:  # the reference (or a backend registered by the user): plain autograd
-        if name == 'export' and _exporting():   # symbolic sizes: positions are built in the graph, unchecked
-            plan = RoutePlan(tuple(routes), height, width_px, width, in_channels, out_channels, (), 0)
-        else:
-            plan = plan_routes(routes, height, width_px, width, in_channels, out_channels)
-        out = BACKENDS[name][0](*args, plan, delta_softplus=delta_softplus, return_hidden=return_hidden,
-                                mean=(merge == 'mean'), out_dtype=out_dtype)
-    out = out.unflatten(1, (height, width_px))
-    return out.squeeze(1) if seq else out
+    # the route plan (its errors name the route); a compiled or exported graph has symbolic sizes and builds none
+    plan = plan_routes(routes, height, width_px, width, in_channels, out_channels) if with_plan else None
+    return _Checked(seq, grid, in_channels, width, n_state, out_channels, key, plan)
 
 
 def _select_backend(backend: str, u: torch.Tensor) -> str:
@@ -219,19 +281,22 @@ def _check_tensor(name, t, ranks, expected) -> bool:
     return len(ranks) > 1 and t.dim() == ranks[0]
 
 
+def _map_shape(t: torch.Tensor, seq: bool) -> tuple:
+    """The shape of ``t`` as a map: a sequence ``(B, L, ...)`` is a ``(B, 1, L, ...)`` map."""
+    return (t.shape[0], 1) + tuple(t.shape[1:]) if seq else tuple(t.shape)
+
+
 def _as_map(name, t, seq, ranks, grid, grid_str, tail, expected):
-    """Check a per-position tensor against the map's grid; returns it in map form."""
+    """Check a per-position tensor against the map's grid; returns it unchanged."""
     if seq:
         ranks = tuple(r - 1 for r in ranks)
         expected = expected.replace('H, W', 'L')
     _check_tensor(name, t, ranks, expected)
-    if seq:
-        t = t.unsqueeze(1)
-    if tuple(t.shape[:3]) != grid:
-        raise ValueError(f'{name} must match u in {grid_str}, got {name} of shape '
-                         f'{tuple(t.shape[1:] if seq else t.shape)}')
-    if tuple(t.shape[3:]) != tail:
-        raise ValueError(f'{name} must have trailing shape {tail} for {expected}, got {tuple(t.shape[3:])}')
+    shape = _map_shape(t, seq)
+    if shape[:3] != grid:
+        raise ValueError(f'{name} must match u in {grid_str}, got {name} of shape {tuple(t.shape)}')
+    if shape[3:] != tail:
+        raise ValueError(f'{name} must have trailing shape {tail} for {expected}, got {shape[3:]}')
     return t
 
 
