@@ -114,6 +114,9 @@ def measure(name: str, batch: int, img_size: int, dtype, norms: str) -> dict:
         model.zero_grad(set_to_none=True)
 
     step()  # warm-up: one-time work (route plans, caches) is not part of a step
+    with torch.no_grad():   # as an optimizer step would: every parameter changes, so no weight cache survives it
+        for p in model.parameters():
+            p.add_(0)
     fwd, bwd = OpCounter(), OpCounter()
     step(fwd, bwd, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t))
     by_dtype = collections.Counter()

@@ -153,9 +153,34 @@ def test_mixer_matches_the_official_directions_with_gradients():
         torch.testing.assert_close(g, w, atol=1e-12, rtol=1e-10, msg=name)
 
 
+@pytest.mark.parametrize('dtype', [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize('conv_bias', [True, False])
+def test_fused_weights_backward_equals_autograds(dtype, conv_bias):
+    """The fused weights' one-node backward gives every parameter the gradient autograd gives through the cats,
+    pads, flip and block-diagonals, in the parameter's dtype; a frozen parameter gets none."""
+    torch.manual_seed(0)
+    mixer = vim.BiMambaMixer(16, d_state=4, dt_rank=3, conv_bias=conv_bias).double()
+    mixer.D_b.requires_grad_(False)
+    params = mixer._named_inner_parameters()
+    live = [p for p in params if p is not None and p.requires_grad]
+    upstream = [torch.randn_like(w) if w is not None else None
+                for w in vim.fuse_bidirectional_weights(dtype, 4, *params)]
+
+    def grads(fused):
+        outs = [(w.double() * g.double()).sum() for w, g in zip(fused, upstream) if w is not None]
+        return torch.autograd.grad(sum(outs), live)
+    ours = grads(vim._FusedWeights.apply(dtype, 4, *params))
+    want = grads(vim.fuse_bidirectional_weights(dtype, 4, *params))
+    for g, w, p in zip(ours, want, live):
+        assert g.dtype == p.dtype and g.shape == p.shape
+        torch.testing.assert_close(g, w, atol=0, rtol=0)
+    assert mixer.D_b.grad is None
+
+
 def test_mixer_recompute_keeps_only_the_projections_inputs_and_outputs():
     """With ``recompute`` the mixer keeps in_proj's input and output and out_proj's input for the backward
-    (and the parameters); without, every intermediate of the conv, projections and scan as well."""
+    (and the parameters, and their fused form: weight-sized, whatever the batch); without, every intermediate of
+    the conv, projections and scan as well."""
     x = torch.randn(2, 9, 16, dtype=torch.float64, requires_grad=True)
     saved = {}
     for recompute in (True, False):
@@ -170,8 +195,9 @@ def test_mixer_recompute_keeps_only_the_projections_inputs_and_outputs():
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             mixer(x)
         saved[recompute] = sum(storages.values())
+        fused = sum(w.nelement() for w in mixer._fused_weights(torch.float64) if w is not None) * 8
     e = 2 * 16
-    assert saved[True] == 2 * 9 * (16 + 2 * e + e) * 8   # x, xz = in_proj(x), the gated scan output
+    assert saved[True] == 2 * 9 * (16 + 2 * e + e) * 8 + fused   # x, xz = in_proj(x), the gated scan output
     assert saved[False] > 3 * saved[True]
 
 

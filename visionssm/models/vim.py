@@ -143,7 +143,7 @@ class BiMambaMixer(ScanLayer):
             params += [conv.bias, conv_b.bias]
         return params
 
-    def _fused_weights(self, dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
+    def _fused_weights(self, dtype: torch.dtype) -> Tuple[Optional[torch.Tensor], ...]:
         """Both directions' weights as one op's: ``(conv_weight, conv_bias, x_proj, dt_proj, A, D, delta_bias)``.
 
         * conv ``(2E, 1, 2k-1, 1)``: the forward direction's causal kernel padded with k-1 zero taps after it, and the
@@ -157,28 +157,27 @@ class BiMambaMixer(ScanLayer):
         * A, D, Δ-bias of both directions concatenated, in full precision.
 
         Without autograd (inference) they are kept between calls until a parameter changes (in place or
-        replaced) or the compute dtype changes.
+        replaced) or the compute dtype changes. With autograd they are one node (``_FusedWeights``) whose
+        backward reads each parameter's gradient out of the fused one; traced or exported, plain ops.
         """
-        return cached_while_inferring(self, self._inner_parameters(), dtype, lambda: self._build_fused_weights(dtype))
+        if tracing():
+            return fuse_bidirectional_weights(dtype, self.d_state, *self._named_inner_parameters())
+        return cached_while_inferring(
+            self, self._inner_parameters(), dtype,
+            lambda: _FusedWeights.apply(dtype, self.d_state, *self._named_inner_parameters()))
 
-    def _build_fused_weights(self, dtype: torch.dtype) -> Tuple[torch.Tensor, ...]:
-        k = self.d_conv
-        conv_w = torch.cat([F.pad(self.conv1d.weight, (0, k - 1)), F.pad(self.conv1d_b.weight.flip(-1), (k - 1, 0))])
-        conv_w = conv_w.unsqueeze(-1).to(dtype)
-        conv_b = torch.cat([self.conv1d.bias, self.conv1d_b.bias]).to(dtype) if self.conv1d.bias is not None else None
-        x_proj = torch.block_diag(self.x_proj.weight, self.x_proj_b.weight).to(dtype)
-        bc = (0, 2 * self.d_state)
-        dt_proj = torch.block_diag(F.pad(self.dt_proj.weight, bc), F.pad(self.dt_proj_b.weight, bc)).to(dtype)
-        A = -torch.exp(full_precision(torch.cat([self.A_log, self.A_b_log])))
-        D = full_precision(torch.cat([self.D, self.D_b]))
-        delta_bias = full_precision(torch.cat([self.dt_proj.bias, self.dt_proj_b.bias]))
-        return conv_w, conv_b, x_proj, dt_proj, A, D, delta_bias
+    def _named_inner_parameters(self) -> Tuple[Optional[torch.Tensor], ...]:
+        """The arguments of ``fuse_bidirectional_weights`` after ``dtype`` and ``d_state``, in its order."""
+        return (self.conv1d.weight, self.conv1d_b.weight, self.conv1d.bias, self.conv1d_b.bias, self.x_proj.weight,
+                self.x_proj_b.weight, self.dt_proj.weight, self.dt_proj_b.weight, self.dt_proj.bias,
+                self.dt_proj_b.bias, self.A_log, self.A_b_log, self.D, self.D_b)
 
-    def _gated_scan(self, xz: torch.Tensor) -> torch.Tensor:
-        """``in_proj``'s output ``(B, L, 2E)`` → the merged, gated scan output ``(B, L, E)`` in ``xz``'s dtype."""
+    def _gated_scan(self, xz: torch.Tensor, conv_w: torch.Tensor, conv_b: Optional[torch.Tensor],
+                    x_proj: torch.Tensor, dt_proj: torch.Tensor, A: torch.Tensor, D: torch.Tensor,
+                    delta_bias: torch.Tensor) -> torch.Tensor:
+        """``in_proj``'s output ``(B, L, 2E)`` and the fused weights → the merged, gated scan output ``(B, L, E)``
+        in ``xz``'s dtype."""
         x, z = xz.chunk(2, dim=-1)
-        dtype = xz.dtype   # autocast's where it is on (in_proj ran under it)
-        conv_w, conv_b, x_proj, dt_proj, A, D, delta_bias = self._fused_weights(dtype)
         # Both directions' SiLU(conv) as one grouped conv over the channel-last sequence seen as a (B, 2E, L, 1)
         # map: (B, L, 2E), the forward direction's channels first.
         x2 = torch.cat([x, x], dim=-1).transpose(1, 2).unsqueeze(-1)
@@ -202,37 +201,91 @@ class BiMambaMixer(ScanLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xz = self.in_proj(x)
-        if self.recompute and not tracing() and torch.is_grad_enabled():
-            params = self._inner_parameters()
-            if xz.requires_grad or any(p.requires_grad for p in params):
-                return self.out_proj(_Recomputed.apply(self._gated_scan, xz, *params))
-        y = self._gated_scan(xz)
-        return self.out_proj(y)
+        weights = self._fused_weights(xz.dtype)   # autocast's dtype where it is on (in_proj ran under it)
+        if self.recompute and not tracing() and torch.is_grad_enabled() and (
+                xz.requires_grad or any(w is not None and w.requires_grad for w in weights)):
+            return self.out_proj(_Recomputed.apply(self._gated_scan, xz, *weights))
+        return self.out_proj(self._gated_scan(xz, *weights))
+
+
+def fuse_bidirectional_weights(dtype: torch.dtype, d_state: int, conv_w, conv_w_b, conv_bias, conv_bias_b, x_proj,
+                               x_proj_b, dt_w, dt_w_b, dt_bias, dt_bias_b, A_log, A_b_log, D, D_b):
+    """``BiMambaMixer._fused_weights`` from the two directions' parameters (its docstring gives the layout)."""
+    k = conv_w.shape[-1]
+    conv = torch.cat([F.pad(conv_w, (0, k - 1)), F.pad(conv_w_b.flip(-1), (k - 1, 0))]).unsqueeze(-1).to(dtype)
+    conv_b = torch.cat([conv_bias, conv_bias_b]).to(dtype) if conv_bias is not None else None
+    bc = (0, 2 * d_state)
+    x_proj = torch.block_diag(x_proj, x_proj_b).to(dtype)
+    dt_proj = torch.block_diag(F.pad(dt_w, bc), F.pad(dt_w_b, bc)).to(dtype)
+    A = -torch.exp(full_precision(torch.cat([A_log, A_b_log])))
+    D = full_precision(torch.cat([D, D_b]))
+    delta_bias = full_precision(torch.cat([dt_bias, dt_bias_b]))
+    return conv, conv_b, x_proj, dt_proj, A, D, delta_bias
+
+
+class _FusedWeights(torch.autograd.Function):
+    """``fuse_bidirectional_weights`` as one autograd node. Its backward takes each parameter's gradient straight
+    out of the fused one (slices, one flip, the casts back): autograd's own backward of the cats, pads, flip and
+    block-diagonals dispatches about five times the ops, host time that a training step of 24 Vim blocks feels."""
+
+    @staticmethod
+    def forward(ctx, dtype, d_state, *params):
+        out = fuse_bidirectional_weights(dtype, d_state, *params)
+        conv_w, dt_w, A_log = params[0], params[6], params[10]
+        ctx.dims = conv_w.shape[0], conv_w.shape[-1], params[4].shape[0], dt_w.shape[1]   # E, k, R + 2N, R
+        ctx.dtypes = [p.dtype if p is not None else None for p in params]
+        ctx.save_for_backward(out[4])   # A = -exp(A_log): dA/dA_log = A
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_conv, g_conv_b, g_x_proj, g_dt_proj, g_A, g_D, g_delta_bias):
+        E, k, P, R = ctx.dims
+        grads = [None] * 14
+        if g_conv is not None:
+            g = g_conv.squeeze(-1)
+            grads[0:2] = g[:E, :, :k], g[E:, :, k - 1:].flip(-1)
+        if g_conv_b is not None:
+            grads[2:4] = g_conv_b[:E], g_conv_b[E:]
+        if g_x_proj is not None:
+            grads[4:6] = g_x_proj[:P, :E], g_x_proj[P:, E:]
+        if g_dt_proj is not None:
+            grads[6:8] = g_dt_proj[:E, :R], g_dt_proj[E:, P:P + R]
+        if g_delta_bias is not None:
+            grads[8:10] = g_delta_bias[:E], g_delta_bias[E:]
+        if g_A is not None:
+            (A,) = ctx.saved_tensors
+            g = g_A * A
+            grads[10:12] = g[:E], g[E:]
+        if g_D is not None:
+            grads[12:14] = g_D[:E], g_D[E:]
+        grads = [g.to(dtype) if g is not None and dtype is not None else None for g, dtype in zip(grads, ctx.dtypes)]
+        return (None, None, *(g if need else None for g, need in zip(grads, ctx.needs_input_grad[2:])))
 
 
 class _Recomputed(torch.autograd.Function):
-    """``run(xz)`` computed without autograd; the backward recomputes it from the saved ``xz`` (under the forward's
-    autocast state) and backpropagates through it. The parameters ``run`` reads are inputs, so their gradients
-    leave through this node (``torch.autograd.grad`` and DDP's hooks see them as usual)."""
+    """``run(xz, *weights)`` computed without autograd; the backward recomputes it from the saved ``xz`` and weights
+    (under the forward's autocast state) and backpropagates through it. The weights are inputs, so their gradients
+    leave through this node to ``_FusedWeights`` (``torch.autograd.grad`` and DDP's hooks see them as usual)."""
 
     @staticmethod
-    def forward(ctx, run, xz, *params):
+    def forward(ctx, run, xz, *weights):
         ctx.run = run
         device = xz.device.type
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
-        ctx.save_for_backward(xz, *params)
+        ctx.save_for_backward(xz, *weights)
         with torch.no_grad():
-            return run(xz)
+            return run(xz, *weights)
 
     @staticmethod
     @once_differentiable   # the recomputed graph is not kept: a second derivative would be silently zero
     def backward(ctx, grad):
-        xz, *params = ctx.saved_tensors
         device, enabled, dtype = ctx.autocast
-        xz = xz.detach().requires_grad_(ctx.needs_input_grad[1])
-        wanted = [t for t, need in zip([xz] + params, ctx.needs_input_grad[1:]) if need]
+        inputs = [t.detach().requires_grad_(need) if t is not None else None
+                  for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad[1:])]
+        wanted = [t for t, need in zip(inputs, ctx.needs_input_grad[1:]) if need]
         with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
-            out = ctx.run(xz)
+            out = ctx.run(*inputs)
         found = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True))
         return (None,) + tuple(next(found) if need else None for need in ctx.needs_input_grad[1:])
 
