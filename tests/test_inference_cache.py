@@ -161,3 +161,11 @@ def test_vim_cache_key_lists_every_inner_parameter():
             id(p) for p in (mixer.A_log, mixer.A_b_log, mixer.D, mixer.D_b)}
         got = [id(p) for p in mixer._inner_parameters()]
         assert len(got) == len(set(got)) and set(got) == want
+
+
+def test_cast_cached_layers_run_on_the_meta_device():
+    # shape-only passes (FLOP counting, timm's default-cfg checks) build models on meta, where autocast has no state
+    layer = CastCachedLinear(4, 3, device='meta')
+    with torch.no_grad():
+        out = layer(torch.empty(2, 4, device='meta'))
+    assert out.shape == (2, 3) and out.device.type == 'meta' and '_inference_cache' not in layer.__dict__

@@ -68,7 +68,7 @@ def autocast_weights(module: nn.Module, x: torch.Tensor, weight: torch.Tensor, b
             or torch.compiler.is_exporting() or torch.jit.is_tracing()):
         return weight, bias
     device = x.device.type
-    if not torch.is_autocast_enabled(device):
+    if device == 'meta' or not torch.is_autocast_enabled(device):   # autocast knows no meta device (it raises)
         return weight, bias
     dtype = torch.get_autocast_dtype(device)
     if weight.dtype in (dtype, torch.float64) or x.dtype == torch.float64 or weight.device.type != device:
