@@ -8,8 +8,9 @@ One training step (train mode, bf16 autocast, forward + cross-entropy + backward
   (``torch.autograd.graph.saved_tensors_hooks``), parameters excluded, split by dtype. At batch 8 this scales
   linearly to the activation part of a batch-128 GPU peak (x16).
 * ops: the ATen ops dispatched in the forward (with the loss) and in the backward (a ``TorchDispatchMode``
-  counter, views included): each is host work and, on a GPU, mostly a kernel launch. With ``--top N`` the most
-  frequent ones.
+  counter, views included): each is host work; the launches among them (ops that do device work: not views, not
+  bare allocations) are kernel launches on a GPU. With ``--top N`` the most frequent ones. The counted step follows
+  a warm-up step and a change of every parameter, as after an optimizer step (no weight cache survives it).
 
 Two things are made to behave as on a CUDA device, so the numbers track the GPU step rather than the CPU's:
 
@@ -39,14 +40,22 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 
 class OpCounter(TorchDispatchMode):
-    """Counts every ATen op dispatched inside the block, by name."""
+    """Counts every ATen op dispatched inside the block, by name, and the launches among them: the ops that do
+    device work (not views, not bare allocations), each a kernel launch on a GPU. ``paused`` counts nothing."""
+
+    _NO_KERNEL = {'aten.empty', 'aten.new_empty', 'aten.empty_like', 'aten.empty_strided'}
 
     def __init__(self):
         super().__init__()
         self.counts = collections.Counter()
+        self.launches = 0
+        self.paused = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.counts[str(func.overloadpacket)] += 1
+        if not self.paused:
+            name = str(func.overloadpacket)
+            self.counts[name] += 1
+            self.launches += not func.is_view and name not in self._NO_KERNEL
         return func(*args, **(kwargs or {}))
 
 
@@ -123,7 +132,8 @@ def measure(name: str, batch: int, img_size: int, dtype, norms: str) -> dict:
     for nbytes, dt in saved.values():
         by_dtype[str(dt).replace('torch.', '')] += nbytes
     return dict(saved_mib=sum(by_dtype.values()) / 2 ** 20, by_dtype={k: v / 2 ** 20 for k, v in by_dtype.items()},
-                fwd_ops=sum(fwd.counts.values()), bwd_ops=sum(bwd.counts.values()), fwd=fwd.counts, bwd=bwd.counts)
+                fwd_ops=sum(fwd.counts.values()), bwd_ops=sum(bwd.counts.values()), fwd=fwd.counts, bwd=bwd.counts,
+                fwd_launches=fwd.launches, bwd_launches=bwd.launches)
 
 
 def main(argv=None):
@@ -149,7 +159,8 @@ def main(argv=None):
         r = measure(name, a.batch, a.img_size, dtype, a.norms)
         split = ', '.join(f'{k} {v:.1f}' for k, v in sorted(r['by_dtype'].items()))
         print(f"{name}: saved {r['saved_mib']:.1f} MiB ({split}); ops forward {r['fwd_ops']}, "
-              f"backward {r['bwd_ops']}, total {r['fwd_ops'] + r['bwd_ops']}", flush=True)
+              f"backward {r['bwd_ops']}, total {r['fwd_ops'] + r['bwd_ops']}; launches forward {r['fwd_launches']}, "
+              f"backward {r['bwd_launches']}, total {r['fwd_launches'] + r['bwd_launches']}", flush=True)
         if a.top:
             for part in ('fwd', 'bwd'):
                 print(f'  {part}: ' + ', '.join(f'{op} {n}' for op, n in r[part].most_common(a.top)))

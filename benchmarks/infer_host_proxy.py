@@ -38,7 +38,7 @@ import torch  # noqa: E402
 
 import torch.nn.functional as F  # noqa: E402
 
-from cpu_step_proxy import CudaAutocastNorms, OpCounter  # noqa: E402
+from cpu_step_proxy import CudaAutocastNorms, OpCounter as LaunchCounter  # noqa: E402
 
 MODELS = ('vmamba_tiny_s1l8', 'convnext_tiny', 'vim_tiny', 'deit_tiny_patch16_224')
 # Widths of the timed (narrow) variant of each family: T models' widths / 12 (96 -> 8 per stage-1 channel group,
@@ -46,24 +46,6 @@ MODELS = ('vmamba_tiny_s1l8', 'convnext_tiny', 'vim_tiny', 'deit_tiny_patch16_22
 NARROW = (('vmamba_', dict(dims=8)), ('convnext_', dict(dims=(8, 16, 32, 64))), ('vim_', dict(embed_dim=16)),
           ('deit_', dict(embed_dim=24)))
 _counters: list = []   # the OpCounters active now: a stubbed launch counts in them
-
-
-class LaunchCounter(OpCounter):
-    """``OpCounter`` that also counts the ops that do device work: not views, not bare allocations."""
-
-    _NO_KERNEL = {'aten.empty', 'aten.new_empty', 'aten.empty_like', 'aten.empty_strided'}
-
-    def __init__(self):
-        super().__init__()
-        self.launches = 0
-        self.paused = False
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if self.paused:
-            return func(*args, **(kwargs or {}))
-        if not func.is_view and str(func.overloadpacket) not in self._NO_KERNEL:
-            self.launches += 1
-        return super().__torch_dispatch__(func, types, args, kwargs)
 
 
 class CudaNorms(CudaAutocastNorms):
