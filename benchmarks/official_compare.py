@@ -97,8 +97,8 @@ FAMILIES = {
                    ('selective_scan.cpp', 'selective_scan_core.cu', 'selective_scan_core_fwd2.cu',
                     'selective_scan_core_fwd3.cu', 'selective_scan_core_fwd4.cu')),),
         ('classification',), 'classification/models/vmamba_efficient.py', 'EfficientVSSM',
-        ('classification/models/vmamba_efficient.py', 'classification/lib/__init__.py',
-         'classification/lib/models/__init__.py', 'classification/lib/models/operations.py'),
+        # lib/models/__init__.py imports the whole model zoo of the repository's training code
+        ('classification/models/vmamba_efficient.py', 'classification/lib/**/*.py'),
         # The model imports the kernel as selective_scan_vmamba_pt202.selective_scan_cuda_core, but the bundled
         # setup.py installs it as a top-level selective_scan_cuda_core, so out of the box the import fails and the
         # model silently falls back to mamba_ssm's kernel. Measured here: the kernel the authors wrote it for.
