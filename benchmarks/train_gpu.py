@@ -44,10 +44,13 @@ def _scalars(work_dir: Path) -> list[dict]:
 
 def _base_config(config: str):
     from mmengine.config import Config
-    if '::' in config:  # mmdet:: / mmseg:: configs: their scope's package registers itself on import
-        import importlib
-        importlib.import_module(config.split('::')[0])
-    return Config.fromfile(config if '::' in config else str(ROOT / config))
+    if '::' in config:  # mmdet:: / mmseg:: configs: Config.fromfile reads files only, so inherit from one
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / 'inherit.py'
+            path.write_text(f'_base_ = [{config!r}]\n')
+            return Config.fromfile(str(path))
+    return Config.fromfile(str(ROOT / config))
 
 
 def bare_training_throughput(config: str, precision: str, batch: int, out: Path) -> dict:

@@ -28,12 +28,12 @@ run() { local lim=$1; shift; local left=$((LIMIT - SECONDS)); (( left < 45 )) &&
         echo "== $1 done (${SECONDS}s)" >> "$LOG"; }
 run 160 det:configs/detection/mask-rcnn_vmamba-t_fpn_1x_coco.py:fp16 \
     det:mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py:fp16 --out "$R/det" --iters 300
-run 120 seg:configs/segmentation/upernet_vmamba-t_8xb2-160k_ade20k-512x512.py:fp16 \
+run 170 seg:configs/segmentation/upernet_vmamba-t_8xb2-160k_ade20k-512x512.py:fp16 \
     seg:mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py:fp16 --out "$R/seg" --iters 300
 python3 tools/make_synthetic_data.py "$R/cls/data" --tasks cls --train-per-class 4 >> "$LOG" 2>&1
 CLS=configs/classification/vmamba/vmamba-t-s1l8_8xb128_in1k
-run 110 cls:$CLS.py:bf16 --out "$R/cls" --iters 100 --workers 15
-run 100 cls:${CLS}_gpu-aug.py:bf16 --out "$R/cls_gpu_aug" --iters 100 --workers 8 --no-bare
+run 150 cls:$CLS.py:bf16 --out "$R/cls" --iters 60 --workers 15
+run 130 cls:${CLS}_gpu-aug.py:bf16 --out "$R/cls_gpu_aug" --iters 60 --workers 8 --no-bare
 pipeline() { local left=$((LIMIT - SECONDS)); (( left < 45 )) && return
              timeout $(( 40 < left ? 40 : left )) python3 benchmarks/data_pipeline.py "$@" >> "$LOG" 2>&1; }
 pipeline $CLS.py --data-root "$R/cls/data/imagenet" --workers 8 15 --batches 10 --json "$R/cls/data_pipeline.json"

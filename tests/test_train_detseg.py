@@ -177,3 +177,14 @@ def test_train_gpu_driver_reports_a_run(tmp_path):
     assert (tmp_path / 'train_gpu.md').read_text().count('\n') == 3
     with pytest.raises(SystemExit):
         driver.main(['--out', str(tmp_path), 'det:configs/x.py:fp8'])
+
+
+def test_train_gpu_reads_a_package_scoped_base_config():
+    """``mmdet::...`` baselines (the Swin-T comparison) are read by inheriting from them: Config.fromfile alone
+    takes the scoped name for a file path (FileNotFoundError on the GPU run)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('train_gpu_cfg', ROOT / 'benchmarks' / 'train_gpu.py')
+    train_gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_gpu)
+    cfg = train_gpu._base_config('mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py')
+    assert cfg.model.backbone.type == 'SwinTransformer'
