@@ -12,25 +12,30 @@
 #   3. kernels/bench.py --sweep --only Vim: the sequential kernel's decay handling both ways at Vim's shapes;
 #   4. VMamba-T's AOTInductor packages (static shapes) against eager and torch.compile at batch 1 and 32;
 #   5. the kernel fuzz test (tests/test_kernel_fuzz.py) on the GPU: VISIONSSM_FUZZ_CASES per route kind.
-# Writes DIR (default $OUT): env.txt, ab.json, bench.json, bench_b8.json, kernel_sweep.log, export_latency.json,
-# fuzz.json, fuzz.log.
+# PARTS picks some of them (BENCH_MODELS and BENCH_BUDGET change part 2's models and seconds) (default "ab bench b8 sweep aoti fuzz"); the fuzz takes what is left of LIMIT (default 580
+# seconds since the script started). Writes DIR (default $OUT): env.txt, ab.json, bench.json, bench_b8.json,
+# kernel_sweep.log, export_latency.json, fuzz.json, fuzz.log.
 set -uo pipefail
 dir=${1:-${OUT:?set OUT or pass an output directory}}
 base=${2:-1591727}
+PARTS=" ${PARTS:-ab bench b8 sweep aoti fuzz} "
+LIMIT=${LIMIT:-580}
+part() { [[ "$PARTS" == *" $1 "* ]]; }
 mkdir -p "$dir"
 source benchmarks/gpu_env.sh
-timeout 200 python3 benchmarks/ab.py --baseline "$base" --rounds 5 --json "$dir/ab.json" \
+part ab && timeout 200 python3 benchmarks/ab.py --baseline "$base" --rounds 5 --json "$dir/ab.json" \
     --models groupmamba_tiny spatialmamba_tiny vim_tiny vim_small vmamba_tiny_s1l8 2>&1 | tail -n 30
-python3 tools/benchmark.py --no-baselines --time-budget 150 --json "$dir/bench.json" \
-    --models mambavision_t plainmamba_l1 msvmamba_tiny convnext_tiny vmamba_tiny_s1l8 vim_tiny deit_tiny_patch16_224 \
+part bench && python3 tools/benchmark.py --no-baselines --time-budget "${BENCH_BUDGET:-150}" --json "$dir/bench.json" \
+    --models ${BENCH_MODELS:-mambavision_t plainmamba_l1 msvmamba_tiny convnext_tiny vmamba_tiny_s1l8 vim_tiny deit_tiny_patch16_224} \
     --resolutions 224 --batch-sizes 128 --measure infer,fwd_bwd:bf16@224 2>&1 | tail -n 12
-python3 tools/benchmark.py --no-baselines --time-budget 60 --json "$dir/bench_b8.json" \
+part b8 && python3 tools/benchmark.py --no-baselines --time-budget 60 --json "$dir/bench_b8.json" \
     --models vmamba_tiny_s1l8 convnext_tiny vim_tiny deit_tiny_patch16_224 \
     --resolutions 224 --batch-sizes 8 --measure infer:bf16@224 2>&1 | tail -n 6
-timeout 60 python3 kernels/bench.py --sweep --only Vim 2>&1 | tee "$dir/kernel_sweep.log" | tail -n 20
-timeout 150 python3 benchmarks/export_latency.py --models vmamba_tiny_s1l8 --static --out "$dir/export_latency.json" \
+part sweep && timeout 60 python3 kernels/bench.py --sweep --only Vim 2>&1 | tee "$dir/kernel_sweep.log" | tail -n 20
+part aoti && timeout 150 python3 benchmarks/export_latency.py --models vmamba_tiny_s1l8 --static --out "$dir/export_latency.json" \
     2>&1 | grep -v Warning | tail -n 8
-left=$((580 - SECONDS)); (( left > 40 )) || left=40
-VISIONSSM_FUZZ_REPORT="$dir/fuzz.json" timeout "$left" python3 -m pytest -p no:cacheprovider -q \
-    tests/test_kernel_fuzz.py > "$dir/fuzz.log" 2>&1; tail -n 25 "$dir/fuzz.log"
+left=$((LIMIT - SECONDS)); (( left > 40 )) || left=40
+# SIGINT first: pytest then still writes the report of the route kinds that finished
+part fuzz && { VISIONSSM_FUZZ_REPORT="$dir/fuzz.json" timeout -s INT -k 20 "$left" python3 -m pytest -p no:cacheprovider \
+    -q tests/test_kernel_fuzz.py > "$dir/fuzz.log" 2>&1; tail -n 25 "$dir/fuzz.log"; }
 echo "[followup_h200] done in ${SECONDS}s"

@@ -381,8 +381,13 @@ def _profile(step, scan_pattern: str) -> dict:
                 total_ms=round(sum(by_class.values()), 3), top=[(k[:120], round(v, 3)) for k, v in top])
 
 
-def measure(root: Path, models, modes, batch: int, profile: bool, budget: float, json_path: Path | None) -> list:
+def measure(root: Path, models, modes, batch: int, profile: bool, budget: float, json_path: Path | None,
+            append: bool = False) -> list:
+    """Each model's official and our side, in that order, each in a fresh process. With append, the rows already in
+    json_path are kept (their models measured again are replaced), so that one table can gather several runs."""
     rows, deadline = [], time.time() + budget
+    if append and json_path and json_path.is_file():
+        rows = [r for r in json.loads(json_path.read_text())['results'] if r['model'] not in models]
     for model in models:
         for side in ('official', 'ours'):
             left = deadline - time.time()
@@ -405,8 +410,10 @@ def measure(root: Path, models, modes, batch: int, profile: bool, budget: float,
             for row in got:
                 print(json.dumps({k: v for k, v in row.items() if k != 'profile'}), flush=True)
             rows += got
-            if json_path:
+            if json_path:   # after each measurement: a later crash keeps what was measured
                 json_path.write_text(json.dumps(dict(results=rows), indent=1))
+    if json_path:
+        json_path.write_text(json.dumps(dict(results=rows), indent=1))
     return rows
 
 
@@ -453,6 +460,7 @@ def main(argv=None):
     m.add_argument('--time-budget', type=float, default=1e9, help='seconds; measurements past it are skipped')
     m.add_argument('--json', type=Path)
     m.add_argument('--md', type=Path)
+    m.add_argument('--append', action='store_true', help='keep the rows of other models already in --json')
     bo = sub.add_parser('_build_one')   # one extension in a fresh process (internal)
     for arg in ('root', 'family', 'extension', 'arch'):
         bo.add_argument(arg, type=Path if arg == 'root' else str)
@@ -483,7 +491,7 @@ def main(argv=None):
     bad = set(modes) - {'infer', 'train'}
     if bad:
         ap.error(f'--modes: unknown {sorted(bad)} (use infer, train)')
-    rows = measure(a.root.resolve(), a.models, modes, a.batch, a.profile, a.time_budget, a.json)
+    rows = measure(a.root.resolve(), a.models, modes, a.batch, a.profile, a.time_budget, a.json, a.append)
     md = table(rows)
     print(md)
     if a.md:

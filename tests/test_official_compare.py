@@ -108,3 +108,17 @@ def test_bad_modes_are_refused(oc, capsys):
     with pytest.raises(SystemExit):
         oc.main(['measure', 'root', '--modes', 'infer,fast'])
     assert "unknown ['fast']" in capsys.readouterr().err
+
+
+def test_measure_appends_to_the_rows_of_an_earlier_run(oc, tmp_path):
+    # official_h200.sh measures the families whose kernels are built while the rest compile, then the rest: one table
+    report = tmp_path / 'official.json'
+    earlier = [dict(side=s, model=m, mode='infer', img_s=1.0) for m in ('groupmamba_tiny', 'vim_tiny')
+               for s in ('official', 'ours')]
+    report.write_text(json.dumps(dict(results=earlier)))
+    rows = oc.measure(tmp_path, ['vim_tiny'], ['infer'], 8, False, budget=0, json_path=report, append=True)
+    assert [(r['model'], r['side']) for r in rows] == [('groupmamba_tiny', 'official'), ('groupmamba_tiny', 'ours'),
+                                                      ('vim_tiny', 'official'), ('vim_tiny', 'ours')]
+    assert all(r['status'] == 'skipped (time budget)' for r in rows[2:])   # vim_tiny's earlier rows are replaced
+    assert json.loads(report.read_text())['results'] == rows
+    assert len(oc.measure(tmp_path, ['vim_tiny'], ['infer'], 8, False, budget=0, json_path=report)) == 2
