@@ -155,6 +155,17 @@ def build_runner(cfg: Config) -> _MMRunner:
     return RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
 
 
+@contextmanager
+def _process_group_closed():
+    """Destroy the process group (mmengine leaves it up) before the interpreter exits: gloo's threads torn down
+    during finalization can abort a rank ("terminate called without an active exception") after training finished."""
+    try:
+        yield
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def train_main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser(test=False).parse_args(argv)
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
@@ -166,7 +177,8 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
         if not osp.isfile(args.resume):
             raise FileNotFoundError(f'--resume checkpoint {args.resume!r} does not exist')
         cfg.resume, cfg.load_from = True, args.resume
-    build_runner(cfg).train()
+    with _process_group_closed():
+        build_runner(cfg).train()
     return 0
 
 
@@ -176,5 +188,6 @@ def test_main(argv: Optional[Sequence[str]] = None) -> int:
         raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist')
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     cfg.load_from, cfg.resume = args.checkpoint, False
-    build_runner(cfg).test()
+    with _process_group_closed():
+        build_runner(cfg).test()
     return 0
