@@ -157,12 +157,16 @@ def build_runner(cfg: Config) -> _MMRunner:
 
 @contextmanager
 def _process_group_closed():
-    """Destroy the process group (mmengine leaves it up) before the interpreter exits: gloo's threads torn down
-    during finalization can abort a rank ("terminate called without an active exception") after training finished."""
+    """Tear the process group down (mmengine leaves it up) once every rank is done. A rank that reached the end
+    first used to exit while rank 0 still saved its best checkpoint; gloo's threads, torn down with the interpreter
+    under a live peer, then aborted it ("terminate called without an active exception")."""
+    distributed = lambda: dist.is_available() and dist.is_initialized()
     try:
         yield
+        if distributed() and dist.get_world_size() > 1:
+            dist.barrier()
     finally:
-        if dist.is_available() and dist.is_initialized():
+        if distributed():
             dist.destroy_process_group()
 
 
