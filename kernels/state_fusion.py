@@ -1,0 +1,248 @@
+"""Triton kernels for Spatial-Mamba's state fusion: a sum of dilated 3x3 depthwise convolutions of a channel-last
+map under replicate padding, forward and backward, without padding or layout copies.
+
+Math, for ``h (B, H, W, C)``, branches i with dilations ``d_i`` and kernels ``w_i (C, 3, 3)`` (scaling folded in)::
+
+    out[b, y, x, c] = sum_i sum_{ky, kx} w_i[c, ky, kx] * h[b, clamp(y + (ky-1) d_i), clamp(x + (kx-1) d_i), c]
+
+``clamp`` to ``[0, H-1]`` / ``[0, W-1]`` is replicate padding: the kernels read the clamped positions directly.
+
+Grid of the forward and the input gradient: ``(B*H, cdiv(W, BW), cdiv(C, BC))``, one program per image row, block
+of columns and block of channels; lanes run over channels (contiguous), so each of the taps is a coalesced tile
+load, and the 3 x 9 taps of a tile mostly hit the cache.
+
+Input gradient. ``out`` reads ``h`` at ``clamp(q + o_t)``, so ``dh[p] = sum_t w_t * sum_{q : clamp(q + o_t) = p} g[q]``.
+Written over the padded grid ``P = q + o_t`` (the preimage of ``p`` under clamp: ``{p}`` inside, ``[-pad, 0]`` at
+the first row/column and ``[H-1, H-1+pad]`` at the last), it is a plain gather, ``dh[p] = sum_{P in pre(p)} sum_t
+w_t g[P - o_t]`` with ``g`` zero outside the map: no atomics. Only border rows and the column blocks that hold a
+border column loop over the extra preimage positions.
+
+Kernel gradient: ``dw_t[c] = sum_{b, q} g[b, q, c] * h[b, clamp(q + o_t), c]``. One program per block of image rows
+and block of channels accumulates all taps in a ``[32, BC]`` fp32 register tile; the per-program partials are
+summed by torch (deterministic).
+
+Every product accumulates in fp32; ``out`` and ``dh`` are stored in ``h``'s dtype, ``dw`` in fp32.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+
+try:  # the module must import on machines without triton
+    import triton
+    import triton.language as tl
+    _HAS_TRITON = True
+except Exception:  # pragma: no cover - depends on the machine
+    triton = None
+    tl = None
+    _HAS_TRITON = False
+
+__all__ = ['fuse_states_triton', 'supports']
+
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def supports(h: torch.Tensor, dilations: Sequence[int]) -> bool:
+    """True where the kernels serve: CUDA tensors of fp32/bf16/fp16, three branches, triton importable, and not
+    switched off with ``VISIONSSM_STATE_FUSION=torch``."""
+    return (_HAS_TRITON and h.is_cuda and h.dtype in _DTYPES and len(dilations) == 3
+            and os.environ.get('VISIONSSM_STATE_FUSION', 'triton') != 'torch')
+
+
+if _HAS_TRITON:
+
+    @triton.jit
+    def _branch_fwd(acc, h_row0, w_ptr, y, xs, cs, cmask, H, W, C, d: tl.constexpr, i: tl.constexpr):
+        # h_row0: pointer to image b's first element; acc [BW, BC]
+        wmask = cmask[None, :]
+        for ky in tl.static_range(3):
+            yy = tl.minimum(tl.maximum(y + (ky - 1) * d, 0), H - 1)
+            for kx in tl.static_range(3):
+                xx = tl.minimum(tl.maximum(xs + (kx - 1) * d, 0), W - 1)
+                v = tl.load(h_row0 + (yy * W + xx)[:, None] * C + cs[None, :], mask=wmask, other=0.0)
+                wt = tl.load(w_ptr + (i * 9 + ky * 3 + kx) * C + cs, mask=cmask, other=0.0)
+                acc += v.to(tl.float32) * wt[None, :]
+        return acc
+
+    @triton.jit
+    def _fuse_fwd_kernel(h_ptr, w_ptr, out_ptr, H, W, C, BW: tl.constexpr, BC: tl.constexpr,
+                         D1: tl.constexpr, D2: tl.constexpr, D3: tl.constexpr):
+        row = tl.program_id(0)
+        b = row // H
+        y = row - b * H
+        xs = tl.program_id(1) * BW + tl.arange(0, BW)
+        cs = tl.program_id(2) * BC + tl.arange(0, BC)
+        cmask = cs < C
+        image = b.to(tl.int64) * H * W * C
+        acc = tl.zeros((BW, BC), dtype=tl.float32)
+        acc = _branch_fwd(acc, h_ptr + image, w_ptr, y, xs, cs, cmask, H, W, C, D1, 0)
+        acc = _branch_fwd(acc, h_ptr + image, w_ptr, y, xs, cs, cmask, H, W, C, D2, 1)
+        acc = _branch_fwd(acc, h_ptr + image, w_ptr, y, xs, cs, cmask, H, W, C, D3, 2)
+        mask = (xs < W)[:, None] & cmask[None, :]
+        tl.store(out_ptr + image + (y * W + xs)[:, None] * C + cs[None, :], acc.to(out_ptr.dtype.element_ty),
+                 mask=mask)
+
+    @triton.jit
+    def _branch_bwd_h(acc, g_row0, w_ptr, py, px, valid, cs, cmask, H, W, C, d: tl.constexpr, i: tl.constexpr):
+        # adds sum_t w_t g[P - o_t] for the padded position (py, px) (px per lane, valid lanes only)
+        for ky in tl.static_range(3):
+            qy = py - (ky - 1) * d
+            row_ok = (qy >= 0) & (qy < H)
+            for kx in tl.static_range(3):
+                qx = px - (kx - 1) * d
+                m = (valid & row_ok & (qx >= 0) & (qx < W))[:, None] & cmask[None, :]
+                v = tl.load(g_row0 + (qy * W + qx)[:, None] * C + cs[None, :], mask=m, other=0.0)
+                wt = tl.load(w_ptr + (i * 9 + ky * 3 + kx) * C + cs, mask=cmask, other=0.0)
+                acc += v.to(tl.float32) * wt[None, :]
+        return acc
+
+    @triton.jit
+    def _fuse_bwd_h_kernel(g_ptr, w_ptr, dh_ptr, H, W, C, PAD, BW: tl.constexpr, BC: tl.constexpr,
+                           D1: tl.constexpr, D2: tl.constexpr, D3: tl.constexpr):
+        row = tl.program_id(0)
+        b = row // H
+        y = row - b * H
+        x0 = tl.program_id(1) * BW
+        xs = x0 + tl.arange(0, BW)
+        cs = tl.program_id(2) * BC + tl.arange(0, BC)
+        cmask = cs < C
+        image = b.to(tl.int64) * H * W * C
+        g_row0 = g_ptr + image
+        # preimage of row y: y itself, then -1..-PAD above the first row, H..H-1+PAD below the last
+        n_top = tl.where(y == 0, PAD, 0)
+        n_rows = 1 + n_top + tl.where(y == H - 1, PAD, 0)
+        # the same for columns, looped only by the blocks holding the first / last column
+        n_left = tl.where(x0 == 0, PAD, 0)
+        n_cols = 1 + n_left + tl.where((x0 <= W - 1) & (W - 1 < x0 + BW), PAD, 0)
+        acc = tl.zeros((BW, BC), dtype=tl.float32)
+        for jy in range(0, n_rows):
+            py = tl.where(jy == 0, y, tl.where(jy <= n_top, -jy, H - 1 + jy - n_top))
+            for jx in range(0, n_cols):
+                px = tl.where(jx == 0, xs, tl.where(jx <= n_left, -jx, W - 1 + jx - n_left))
+                valid = tl.where(jx == 0, xs < W, tl.where(jx <= n_left, xs == 0, xs == W - 1))
+                acc = _branch_bwd_h(acc, g_row0, w_ptr, py, px, valid, cs, cmask, H, W, C, D1, 0)
+                acc = _branch_bwd_h(acc, g_row0, w_ptr, py, px, valid, cs, cmask, H, W, C, D2, 1)
+                acc = _branch_bwd_h(acc, g_row0, w_ptr, py, px, valid, cs, cmask, H, W, C, D3, 2)
+        mask = (xs < W)[:, None] & cmask[None, :]
+        tl.store(dh_ptr + image + (y * W + xs)[:, None] * C + cs[None, :], acc.to(dh_ptr.dtype.element_ty),
+                 mask=mask)
+
+    @triton.jit
+    def _branch_bwd_w(acc, taps, g, h_row0, y, xs, cs, cmask, H, W, C, d: tl.constexpr, i: tl.constexpr):
+        for ky in tl.static_range(3):
+            yy = tl.minimum(tl.maximum(y + (ky - 1) * d, 0), H - 1)
+            for kx in tl.static_range(3):
+                xx = tl.minimum(tl.maximum(xs + (kx - 1) * d, 0), W - 1)
+                v = tl.load(h_row0 + (yy * W + xx)[:, None] * C + cs[None, :], mask=cmask[None, :], other=0.0)
+                s = tl.sum(g * v.to(tl.float32), axis=0)
+                acc += tl.where((taps == i * 9 + ky * 3 + kx)[:, None], s[None, :], 0.0)
+        return acc
+
+    @triton.jit
+    def _fuse_bwd_w_kernel(g_ptr, h_ptr, part_ptr, n_rows, H, W, C, ROWS: tl.constexpr, BW: tl.constexpr,
+                           BC: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, D3: tl.constexpr):
+        cs = tl.program_id(1) * BC + tl.arange(0, BC)
+        cmask = cs < C
+        taps = tl.arange(0, 32)
+        acc = tl.zeros((32, BC), dtype=tl.float32)
+        for r in range(0, ROWS):
+            row = tl.program_id(0) * ROWS + r
+            live = row < n_rows
+            row = tl.minimum(row, n_rows - 1)
+            b = row // H
+            y = row - b * H
+            image = b.to(tl.int64) * H * W * C
+            for x0 in range(0, W, BW):
+                xs = x0 + tl.arange(0, BW)
+                m = (live & (xs < W))[:, None] & cmask[None, :]
+                g = tl.load(g_ptr + image + (y * W + xs)[:, None] * C + cs[None, :], mask=m, other=0.0)
+                g = g.to(tl.float32)
+                acc = _branch_bwd_w(acc, taps, g, h_ptr + image, y, xs, cs, cmask, H, W, C, D1, 0)
+                acc = _branch_bwd_w(acc, taps, g, h_ptr + image, y, xs, cs, cmask, H, W, C, D2, 1)
+                acc = _branch_bwd_w(acc, taps, g, h_ptr + image, y, xs, cs, cmask, H, W, C, D3, 2)
+        out = part_ptr + tl.program_id(0).to(tl.int64) * 27 * C + taps[:, None] * C + cs[None, :]
+        tl.store(out, acc, mask=(taps < 27)[:, None] & cmask[None, :])
+
+
+def _blocks(width: int, channels: int) -> tuple[int, int]:
+    bc = min(64, triton.next_power_of_2(channels))
+    bw = max(1, min(triton.next_power_of_2(width), 4096 // bc))
+    return bw, bc
+
+
+def _taps(weight: torch.Tensor) -> torch.Tensor:
+    # (3, C, 1, 3, 3) -> (27, C) fp32, tap-major (branch, ky, kx): one contiguous C-vector per tap
+    return weight.detach().reshape(3, -1, 9).permute(0, 2, 1).reshape(27, -1).float().contiguous()
+
+
+def _check(h: torch.Tensor, weight: torch.Tensor, dilations: Sequence[int]) -> None:
+    if h.dim() != 4 or not h.is_contiguous():
+        raise ValueError(f'state fusion: h must be a contiguous (B, H, W, C) tensor, got {tuple(h.shape)} '
+                         f'with strides {h.stride()}')
+    if tuple(weight.shape) != (3, h.shape[-1], 1, 3, 3):
+        raise ValueError(f'state fusion: weight must be (3, {h.shape[-1]}, 1, 3, 3), got {tuple(weight.shape)}')
+    if len(dilations) != 3:
+        raise ValueError(f'state fusion: the kernels take 3 dilations, got {tuple(dilations)}')
+
+
+def fuse_forward(h: torch.Tensor, taps: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
+    batch, height, width, channels = h.shape
+    out = torch.empty_like(h)
+    bw, bc = _blocks(width, channels)
+    grid = (batch * height, triton.cdiv(width, bw), triton.cdiv(channels, bc))
+    _fuse_fwd_kernel[grid](h, taps, out, height, width, channels, bw, bc, *dilations)
+    return out
+
+
+def fuse_backward(grad: torch.Tensor, h: torch.Tensor, taps: torch.Tensor, dilations: Sequence[int],
+                  need_h: bool = True, need_weight: bool = True):
+    """``(dh, dtaps)``: ``dh`` like ``h`` (or None), ``dtaps (27, C)`` fp32 (or None)."""
+    batch, height, width, channels = h.shape
+    grad = grad.contiguous()
+    bw, bc = _blocks(width, channels)
+    dh = dtaps = None
+    if need_h:
+        dh = torch.empty_like(h)
+        grid = (batch * height, triton.cdiv(width, bw), triton.cdiv(channels, bc))
+        _fuse_bwd_h_kernel[grid](grad, taps, dh, height, width, channels, max(dilations), bw, bc, *dilations)
+    if need_weight:
+        n_rows = batch * height
+        rows = max(1, triton.cdiv(n_rows, 512))       # about 512 partials per channel block
+        parts = triton.cdiv(n_rows, rows)
+        partial = torch.empty(parts, 27, channels, device=h.device, dtype=torch.float32)
+        _fuse_bwd_w_kernel[(parts, triton.cdiv(channels, bc))](grad, h, partial, n_rows, height, width, channels,
+                                                                 rows, bw, bc, *dilations)
+        dtaps = partial.sum(0)
+    return dh, dtaps
+
+
+class _FuseStatesTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight, dilations):
+        taps = _taps(weight)
+        ctx.save_for_backward(h, taps)
+        ctx.dilations = tuple(dilations)
+        ctx.weight_dtype = weight.dtype
+        return fuse_forward(h, taps, dilations)
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, taps = ctx.saved_tensors
+        need_h, need_weight = ctx.needs_input_grad[:2]
+        dh, dtaps = fuse_backward(grad, h, taps, ctx.dilations, need_h, need_weight)
+        dweight = None
+        if dtaps is not None:
+            dweight = dtaps.view(3, 9, -1).permute(0, 2, 1).reshape(3, -1, 1, 3, 3).to(ctx.weight_dtype)
+        return dh, dweight, None
+
+
+def fuse_states_triton(h: torch.Tensor, weight: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
+    """``sum_i conv_{d_i}(replicate_pad(h), weight[i])`` (depthwise 3x3, dilation ``d_i``) for a contiguous
+    channel-last ``h (B, H, W, C)`` and ``weight (3, C, 1, 3, 3)``; ``(B, H, W, C)`` in ``h``'s dtype, differentiable
+    in ``h`` and ``weight``."""
+    _check(h, weight, dilations)
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        return _FuseStatesTriton.apply(h, weight, tuple(dilations))
+    return fuse_forward(h, _taps(weight), tuple(dilations))
