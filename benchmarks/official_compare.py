@@ -228,9 +228,12 @@ def _apply_source_fixes(folder: Path) -> None:
                 f.write_text(new)
 
 
-def pack(root: Path, dest: Path, exclude=()) -> int:
-    """Copy what ``measure`` needs (runtime files and built extensions) into dest; an extension named in
-    ``exclude`` travels as its sources instead, for ``build --missing-only`` on the GPU machine. Returns bytes."""
+def pack(root: Path, dest: Path, exclude=(), families=None) -> int:
+    """Copy what ``measure`` needs (runtime files and built extensions) into dest, for ``families`` (default all;
+    with the family whose kernels one borrows); an extension named in ``exclude`` travels as its sources instead,
+    for ``build --missing-only`` on the GPU machine. Returns bytes."""
+    families = set(families or FAMILIES)
+    families |= {FAMILIES[f].ext_from for f in families if FAMILIES[f].ext_from}
     def copy(f: Path, target: Path) -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(f, target)
@@ -238,6 +241,8 @@ def pack(root: Path, dest: Path, exclude=()) -> int:
 
     total = 0
     for fam_name, fam in FAMILIES.items():
+        if fam_name not in families:
+            continue
         files = [f for pattern in fam.runtime for f in (root / fam_name).glob(pattern)]
         files += [f for ext in fam.extensions if ext.name in exclude
                   for f in (root / fam_name / ext.src_dir).rglob('*') if f.is_file()]
@@ -451,6 +456,7 @@ def main(argv=None):
     p.add_argument('dest', type=Path)
     p.add_argument('--exclude', nargs='*', default=(), metavar='EXTENSION',
                    help='leave these built extensions out (e.g. a large one to build on the GPU machine)')
+    p.add_argument('--families', nargs='+', choices=list(FAMILIES), help='only these (default: all)')
     m = sub.add_parser('measure', help='time official and visionssm models side by side')
     m.add_argument('root', type=Path)
     m.add_argument('--models', nargs='+', default=list(VARIANTS), choices=list(VARIANTS))
@@ -479,7 +485,7 @@ def main(argv=None):
         (a.root / '_ext' / 'build_report.json').write_text(json.dumps(report, indent=1))
         return 1 if any(str(v).startswith('error') for r in report.values() for v in r.values()) else 0
     if a.cmd == 'pack':
-        print(f'{pack(a.root.resolve(), a.dest.resolve(), a.exclude) / 2 ** 20:.1f} MiB copied to {a.dest}')
+        print(f'{pack(a.root.resolve(), a.dest.resolve(), a.exclude, a.families) / 2 ** 20:.1f} MiB copied to {a.dest}')
         return 0
     if a.cmd == '_build_one':
         print(build_one(a.root.resolve(), a.family, a.extension, a.arch, a.jobs))

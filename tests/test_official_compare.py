@@ -92,6 +92,15 @@ def test_pack_copies_only_what_measure_needs(oc, tmp_path):
     got = sorted(str(p.relative_to(tmp_path / 'dest2')) for p in (tmp_path / 'dest2').rglob('*') if p.is_file())
     assert got == ['vim/mamba-1p1p1/csrc/selective_scan/k.cu', 'vim/mamba-1p1p1/mamba_ssm/ops/x.py',
                    'vim/vim/models_mamba.py']
+    # one family: MambaVision brings Vim's kernels (it borrows them), and nothing of the other families
+    (root / 'groupmamba/classification/models/groupmamba.py').parent.mkdir(parents=True)
+    (root / 'groupmamba/classification/models/groupmamba.py').write_text('x')
+    (root / 'mambavision/mambavision/models/mamba_vision.py').parent.mkdir(parents=True)
+    (root / 'mambavision/mambavision/models/mamba_vision.py').write_text('x')
+    oc.pack(root, tmp_path / 'dest3', families=['mambavision'])
+    got = sorted(str(p.relative_to(tmp_path / 'dest3')) for p in (tmp_path / 'dest3').rglob('*') if p.is_file())
+    assert got == ['_ext/vim/selective_scan_cuda.so', 'mambavision/mambavision/models/mamba_vision.py',
+                   'vim/mamba-1p1p1/mamba_ssm/ops/x.py', 'vim/vim/models_mamba.py']
 
 
 def test_table_gives_speed_up_and_memory_ratio(oc):
