@@ -45,10 +45,11 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def supports(h: torch.Tensor, dilations: Sequence[int]) -> bool:
-    """True where the kernels serve: CUDA tensors of fp32/bf16/fp16, three branches, triton importable, and not
-    switched off with ``VISIONSSM_STATE_FUSION=torch``."""
-    return (_HAS_TRITON and h.is_cuda and h.dtype in _DTYPES and len(dilations) == 3
-            and os.environ.get('VISIONSSM_STATE_FUSION', 'triton') != 'torch')
+    """True where the kernels serve: CUDA tensors of fp32/bf16/fp16 whose one image has fewer than 2^31 elements
+    (the offsets inside an image are int32), three branches, triton importable, and not switched off with
+    ``VISIONSSM_STATE_FUSION=torch``."""
+    return (_HAS_TRITON and h.is_cuda and h.dtype in _DTYPES and len(dilations) == 3 and h.dim() == 4
+            and h[:1].numel() < 2 ** 31 and os.environ.get('VISIONSSM_STATE_FUSION', 'triton') != 'torch')
 
 
 if _HAS_TRITON:
