@@ -14,8 +14,8 @@ load, and the 3 x 9 taps of a tile mostly hit the cache.
 Input gradient. ``out`` reads ``h`` at ``clamp(q + o_t)``, so ``dh[p] = sum_t w_t * sum_{q : clamp(q + o_t) = p} g[q]``.
 Written over the padded grid ``P = q + o_t`` (the preimage of ``p`` under clamp: ``{p}`` inside, ``[-pad, 0]`` at
 the first row/column and ``[H-1, H-1+pad]`` at the last), it is a plain gather, ``dh[p] = sum_{P in pre(p)} sum_t
-w_t g[P - o_t]`` with ``g`` zero outside the map: no atomics. Only border rows and the column blocks that hold a
-border column loop over the extra preimage positions.
+w_t g[P - o_t]`` with ``g`` zero outside the map: no atomics. Only border rows loop over their extra preimage rows;
+the first and last columns' extra preimage columns are summed as channel vectors, not tiles.
 
 Kernel gradient: ``dw_t[c] = sum_{b, q} g[b, q, c] * h[b, clamp(q + o_t), c]``. One program per block of image rows
 and block of channels accumulates all taps in a ``[32, BC]`` fp32 register tile; the per-program partials are
@@ -86,18 +86,46 @@ if _HAS_TRITON:
                  mask=mask)
 
     @triton.jit
-    def _branch_bwd_h(acc, g_row0, w_ptr, py, px, valid, cs, cmask, H, W, C, d: tl.constexpr, i: tl.constexpr):
-        # adds sum_t w_t g[P - o_t] for the padded position (py, px) (px per lane, valid lanes only)
+    def _branch_bwd_h(acc, g_row0, w_ptr, py, px, cs, cmask, H, W, C, d: tl.constexpr, i: tl.constexpr):
+        # adds sum_t w_t g[P - o_t] at the padded positions (py, px[lane]) to acc [BW, BC]; g is zero outside the map
         for ky in tl.static_range(3):
             qy = py - (ky - 1) * d
             row_ok = (qy >= 0) & (qy < H)
             for kx in tl.static_range(3):
                 qx = px - (kx - 1) * d
-                m = (valid & row_ok & (qx >= 0) & (qx < W))[:, None] & cmask[None, :]
-                v = tl.load(g_row0 + (qy * W + qx)[:, None] * C + cs[None, :], mask=m, other=0.0)
+                ok = row_ok & (qx >= 0) & (qx < W)
                 wt = tl.load(w_ptr + (i * 9 + ky * 3 + kx) * C + cs, mask=cmask, other=0.0)
+                v = tl.load(g_row0 + (qy * W + qx)[:, None] * C + cs[None, :], mask=ok[:, None] & cmask[None, :],
+                            other=0.0)
                 acc += v.to(tl.float32) * wt[None, :]
         return acc
+
+    @triton.jit
+    def _branch_bwd_h_column(acc, g_row0, w_ptr, py, px, cs, cmask, H, W, C, d: tl.constexpr, i: tl.constexpr):
+        # the same at one padded position (py, px), as a channel vector: acc [BC]
+        for ky in tl.static_range(3):
+            qy = py - (ky - 1) * d
+            for kx in tl.static_range(3):
+                qx = px - (kx - 1) * d
+                ok = (qy >= 0) & (qy < H) & (qx >= 0) & (qx < W)
+                wt = tl.load(w_ptr + (i * 9 + ky * 3 + kx) * C + cs, mask=cmask, other=0.0)
+                v = tl.load(g_row0 + (qy * W + qx) * C + cs, mask=ok & cmask, other=0.0)
+                acc += v.to(tl.float32) * wt
+        return acc
+
+    @triton.jit
+    def _bwd_h_at(acc, g_row0, w_ptr, py, px, cs, cmask, H, W, C,
+                  D1: tl.constexpr, D2: tl.constexpr, D3: tl.constexpr):
+        acc = _branch_bwd_h(acc, g_row0, w_ptr, py, px, cs, cmask, H, W, C, D1, 0)
+        acc = _branch_bwd_h(acc, g_row0, w_ptr, py, px, cs, cmask, H, W, C, D2, 1)
+        return _branch_bwd_h(acc, g_row0, w_ptr, py, px, cs, cmask, H, W, C, D3, 2)
+
+    @triton.jit
+    def _bwd_h_column_at(acc, g_row0, w_ptr, py, px, cs, cmask, H, W, C,
+                         D1: tl.constexpr, D2: tl.constexpr, D3: tl.constexpr):
+        acc = _branch_bwd_h_column(acc, g_row0, w_ptr, py, px, cs, cmask, H, W, C, D1, 0)
+        acc = _branch_bwd_h_column(acc, g_row0, w_ptr, py, px, cs, cmask, H, W, C, D2, 1)
+        return _branch_bwd_h_column(acc, g_row0, w_ptr, py, px, cs, cmask, H, W, C, D3, 2)
 
     @triton.jit
     def _fuse_bwd_h_kernel(g_ptr, w_ptr, dh_ptr, H, W, C, PAD, BW: tl.constexpr, BC: tl.constexpr,
@@ -105,8 +133,7 @@ if _HAS_TRITON:
         row = tl.program_id(0)
         b = row // H
         y = row - b * H
-        x0 = tl.program_id(1) * BW
-        xs = x0 + tl.arange(0, BW)
+        xs = tl.program_id(1) * BW + tl.arange(0, BW)
         cs = tl.program_id(2) * BC + tl.arange(0, BC)
         cmask = cs < C
         image = b.to(tl.int64) * H * W * C
@@ -114,18 +141,21 @@ if _HAS_TRITON:
         # preimage of row y: y itself, then -1..-PAD above the first row, H..H-1+PAD below the last
         n_top = tl.where(y == 0, PAD, 0)
         n_rows = 1 + n_top + tl.where(y == H - 1, PAD, 0)
-        # the same for columns, looped only by the blocks holding the first / last column
-        n_left = tl.where(x0 == 0, PAD, 0)
-        n_cols = 1 + n_left + tl.where((x0 <= W - 1) & (W - 1 < x0 + BW), PAD, 0)
+        # the first / last column's extra preimage columns are summed as channel vectors, in the blocks holding them
+        n_left = tl.where(tl.program_id(1) == 0, PAD, 0)
+        n_right = tl.where((tl.program_id(1) * BW <= W - 1) & (W - 1 < tl.program_id(1) * BW + BW), PAD, 0)
         acc = tl.zeros((BW, BC), dtype=tl.float32)
         for jy in range(0, n_rows):
             py = tl.where(jy == 0, y, tl.where(jy <= n_top, -jy, H - 1 + jy - n_top))
-            for jx in range(0, n_cols):
-                px = tl.where(jx == 0, xs, tl.where(jx <= n_left, -jx, W - 1 + jx - n_left))
-                valid = tl.where(jx == 0, xs < W, tl.where(jx <= n_left, xs == 0, xs == W - 1))
-                acc = _branch_bwd_h(acc, g_row0, w_ptr, py, px, valid, cs, cmask, H, W, C, D1, 0)
-                acc = _branch_bwd_h(acc, g_row0, w_ptr, py, px, valid, cs, cmask, H, W, C, D2, 1)
-                acc = _branch_bwd_h(acc, g_row0, w_ptr, py, px, valid, cs, cmask, H, W, C, D3, 2)
+            acc = _bwd_h_at(acc, g_row0, w_ptr, py, xs, cs, cmask, H, W, C, D1, D2, D3)
+            left = tl.zeros((BC,), dtype=tl.float32)
+            for e in range(1, n_left + 1):
+                left = _bwd_h_column_at(left, g_row0, w_ptr, py, -e, cs, cmask, H, W, C, D1, D2, D3)
+            right = tl.zeros((BC,), dtype=tl.float32)
+            for e in range(1, n_right + 1):
+                right = _bwd_h_column_at(right, g_row0, w_ptr, py, W - 1 + e, cs, cmask, H, W, C, D1, D2, D3)
+            acc += tl.where((xs == 0)[:, None], left[None, :], 0.0) + tl.where((xs == W - 1)[:, None],
+                                                                                right[None, :], 0.0)
         mask = (xs < W)[:, None] & cmask[None, :]
         tl.store(dh_ptr + image + (y * W + xs)[:, None] * C + cs[None, :], acc.to(dh_ptr.dtype.element_ty),
                  mask=mask)
@@ -167,9 +197,13 @@ if _HAS_TRITON:
         tl.store(out, acc, mask=(taps < 27)[:, None] & cmask[None, :])
 
 
+_TILE = 4096       # elements of a program's [BW, BC] tile
+_PARTIALS = 512    # kernel-gradient partials per channel block (each program sums the rest of its rows itself)
+
+
 def _blocks(width: int, channels: int) -> tuple[int, int]:
     bc = min(64, triton.next_power_of_2(channels))
-    bw = max(1, min(triton.next_power_of_2(width), 4096 // bc))
+    bw = max(1, min(triton.next_power_of_2(width), _TILE // bc))
     return bw, bc
 
 
@@ -210,7 +244,7 @@ def fuse_backward(grad: torch.Tensor, h: torch.Tensor, taps: torch.Tensor, dilat
         _fuse_bwd_h_kernel[grid](grad, taps, dh, height, width, channels, max(dilations), bw, bc, *dilations)
     if need_weight:
         n_rows = batch * height
-        rows = max(1, triton.cdiv(n_rows, 512))       # about 512 partials per channel block
+        rows = max(1, triton.cdiv(n_rows, _PARTIALS))
         parts = triton.cdiv(n_rows, rows)
         partial = torch.empty(parts, 27, channels, device=h.device, dtype=torch.float32)
         _fuse_bwd_w_kernel[(parts, triton.cdiv(channels, bc))](grad, h, partial, n_rows, height, width, channels,

@@ -80,6 +80,17 @@ def test_forward_and_gradients_match_the_pytorch_form(shape):
 
 
 @pytest.mark.skipif(_NEEDS_SUBPROCESS, reason='runs in a fresh interpreter process')
+def test_several_column_blocks_and_rows_per_partial(monkeypatch):
+    # small tiles: the first, middle and last column blocks differ (border columns), and each kernel-gradient
+    # program sums several rows, the last program fewer
+    monkeypatch.setattr(SF, '_TILE', 64)
+    monkeypatch.setattr(SF, '_PARTIALS', 3)
+    shape = (2, 5, 19, 6)
+    assert SF._blocks(19, 6) == (8, 8)
+    test_forward_and_gradients_match_the_pytorch_form(shape)
+
+
+@pytest.mark.skipif(_NEEDS_SUBPROCESS, reason='runs in a fresh interpreter process')
 def test_bf16_accumulates_in_fp32():
     g = torch.Generator().manual_seed(1)
     h = torch.randn(2, 7, 6, 8, generator=g).to(DEV, torch.bfloat16)
