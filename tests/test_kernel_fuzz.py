@@ -447,6 +447,7 @@ def test_draws_are_reproducible_and_valid():
 gpu = pytest.mark.skipif(not _CUDA, reason='needs CUDA')
 _RESULTS: dict[str, list] = {}      # route kind -> [(case, errors, failure)], as the tests finish
 _EXTRA: dict[str, dict] = {}        # the int32-offset scans: worst errors per tensor
+_PENDING: dict[str, list] = {}      # route kind -> its shards' futures, for a report of the finished ones if stopped
 
 
 def _workers() -> int:
@@ -482,7 +483,8 @@ def gpu_fuzz():
         return
     with concurrent.futures.ProcessPoolExecutor(_workers(), mp_context=multiprocessing.get_context('spawn')) as ex:
         futures = {s: ex.submit(_gpu_shard, shards[s]) for s in order}
-        yield {kind: [f for s, f in futures.items() if s[0] == kind] for kind in KINDS}
+        _PENDING.update({kind: [f for s, f in futures.items() if s[0] == kind] for kind in KINDS})
+        yield dict(_PENDING)
         for f in futures.values():
             f.cancel()
 
@@ -496,6 +498,7 @@ def test_fuzz_gpu(kind, gpu_fuzz):
         pytest.skip('VISIONSSM_FUZZ_ONLY names another kind')
     results = [r for shard in shards for r in (shard.result() if hasattr(shard, 'result') else shard)]
     _RESULTS[kind] = results
+    _PENDING.pop(kind, None)
     _assert_no_failures(results)
 
 
@@ -578,9 +581,12 @@ def test_gpu_offsets_past_int32(kernel):
 def fuzz_report(pytestconfig):
     """After the module: the table of cases and worst errors per route kind and dtype, and the JSON report."""
     yield
-    if not (_RESULTS or _EXTRA):
+    # stopped early (e.g. a time limit's SIGINT): the shards that finished still count, marked partial
+    partial = sorted(_PENDING)
+    _RESULTS.update(_finished(_PENDING))
+    if not (any(_RESULTS.values()) or _EXTRA):
         return
-    report = _summarize()
+    report = dict(_summarize(), partial_kinds=partial)
     path = os.environ.get('VISIONSSM_FUZZ_REPORT')
     if path:
         with open(path, 'w') as f:
@@ -590,6 +596,20 @@ def fuzz_report(pytestconfig):
     with capture.global_and_fixture_disabled():
         for line in _table(report):
             writer.write_line(line) if writer else print(line)
+
+
+def _finished(pending: dict) -> dict:
+    """kind -> the results of its shards that finished (not cancelled, not failed)."""
+    return {kind: [r for f in futures if f.done() and not f.cancelled() and f.exception() is None
+                   for r in f.result()] for kind, futures in pending.items()}
+
+
+def test_a_stopped_run_reports_its_finished_shards():
+    done, failed, running = (concurrent.futures.Future() for _ in range(3))
+    done.set_result(['case 1', 'case 2'])
+    failed.set_exception(RuntimeError('worker died'))
+    assert _finished({'cross': [done, failed, running], 'lattice': [running]}) == {
+        'cross': ['case 1', 'case 2'], 'lattice': []}
 
 
 def _summarize() -> dict:
@@ -625,4 +645,6 @@ def _table(report: dict) -> list[str]:
                      f'{r["tolerance"]:>9.1e}' + fmt(r['worst']))
     for name, errors in report['int32_offsets'].items():
         lines.append(f'{name:<44}' + fmt(errors))
+    if report.get('partial_kinds'):
+        lines.append(f'stopped early: {", ".join(report["partial_kinds"])} counted from their finished shards only')
     return lines
