@@ -28,14 +28,19 @@ from typing import Any, Dict, Optional, Sequence, Type, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import ClassifierHead, DropPath, trunc_normal_
+import torch.nn.functional as F
+from timm.layers import ClassifierHead, DropPath, register_notrace_function, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._efficientnet_blocks import InvertedResidual, SqueezeExcite
 
-from visionssm.layers import SS2D, ConvDownsample, Mlp, PatchEmbed, PatchMerging, pad_to_even
-from visionssm.ops import lattice_routes
+from visionssm.layers import SS2D, ConvDownsample, Mlp, PatchEmbed, PatchMerging, full_precision, pad_to_even, \
+    scan_out_dtype
+from visionssm.layers.cache import cached_while_inferring, tracing
+from visionssm.ops import Route, lattice_routes, selective_scan
 from ._checkpoint import load_through_model
 from ._hierarchical import HierarchicalBackbone
+from .groupmamba import autocast_dtype, block_diagonal, group_projections
+from .spatialmamba import conv_silu
 
 __all__ = ['EfficientVMamba', 'AtrousSS2D', 'EVSSBlock', 'BiAttn', 'EfficientVMambaStage', 'checkpoint_filter_fn',
            'from_official']
@@ -43,22 +48,167 @@ __all__ = ['EfficientVMamba', 'AtrousSS2D', 'EVSSBlock', 'BiAttn', 'EfficientVMa
 _logger = logging.getLogger(__name__)
 
 
+@register_notrace_function
+def to_lattices(x: torch.Tensor) -> torch.Tensor:
+    """The four stride-2 sub-lattices of a channel-last map ``(B, H, W, D)`` side by side in channels:
+    ``(B, ceil(H/2), ceil(W/2), 4*D)``, block ``a + 2*b`` holding ``x[:, a::2, b::2]`` (odd maps zero-padded at the
+    bottom/right first, as the original pads them). One copy."""
+    x = pad_to_even(x)
+    b, h, w, d = x.shape
+    return x.view(b, h // 2, 2, w // 2, 2, d).permute(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * d)
+
+
+@register_notrace_function
+def from_lattices(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Inverse of ``to_lattices``: the ``(B, height, width, D)`` map, contiguous (one copy; two for odd maps)."""
+    b, h, w, d = x.shape
+    d //= 4
+    x = x.view(b, h, w, 2, 2, d).permute(0, 1, 4, 2, 3, 5).reshape(b, 2 * h, 2 * w, d)
+    return x if (height, width) == (2 * h, 2 * w) else x[:, :height, :width].contiguous()
+
+
+def lattice_weight(x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor) -> torch.Tensor:
+    """The projection of the side-by-side lattices: each route's composed Δ rows and its B / C rows as
+    block-diagonal matrices, ``(K*D + K*2N, K*D)`` (what ``group_projections`` builds)."""
+    rank, n2 = dt_projs_weight.shape[-1], x_proj_weight.shape[1] - dt_projs_weight.shape[-1]
+    w_dt, w_bc = x_proj_weight.split([rank, n2], dim=1)
+    return torch.cat([block_diagonal(torch.matmul(dt_projs_weight, w_dt)), block_diagonal(w_bc)])
+
+
+@register_notrace_function
+def lattice_projections(xs: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor, d_state: int,
+                        weight: Optional[torch.Tensor] = None):
+    """Δ ``(B, h, w, K*D)``, B and C ``(B, h, w, K, N)`` of the side-by-side lattices ``xs (B, h, w, K*D)``: each
+    position gets only the projections of the route that scans it (a quarter of what projecting the whole map for
+    every route computes and keeps). ``weight``: ``lattice_weight``, when already built."""
+    if weight is None:
+        return group_projections(xs, x_proj_weight, dt_projs_weight, d_state)
+    k, n = x_proj_weight.shape[0], d_state
+    dts, BC = F.linear(xs, weight).split([xs.shape[-1], k * 2 * n], dim=-1)
+    B, C = BC.unflatten(-1, (k, 2 * n)).split(n, dim=-1)
+    return dts, B, C
+
+
+class _NormGate(torch.autograd.Function):
+    """``layer_norm(y, weight, bias).to(z.dtype) * silu(z)``, saving only ``y`` (the scan's output), ``z`` (part of
+    in_proj's output, kept anyway) and the statistics; the normed map, ``silu(z)`` and the product are recomputed
+    in the backward."""
+
+    @staticmethod
+    def forward(ctx, y, z, weight, bias, eps):
+        normed, mean, rstd = torch.native_layer_norm(y, y.shape[-1:], weight.to(y.dtype), bias.to(y.dtype), eps)
+        ctx.save_for_backward(y, z, weight, bias, mean, rstd)
+        return normed.to(z.dtype) * F.silu(z)
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, z, weight, bias, mean, rstd = ctx.saved_tensors
+        w, b = weight.to(y.dtype), bias.to(y.dtype)
+        normed = torch.addcmul(b, (y - mean) * rstd, w).to(z.dtype)
+        grad_z = torch.ops.aten.silu_backward(grad * normed, z)
+        grad_y, grad_w, grad_b = torch.ops.aten.native_layer_norm_backward(
+            (grad * F.silu(z)).to(y.dtype), y, y.shape[-1:], mean, rstd, w, b,
+            (ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]))
+        return grad_y, grad_z, _cast(grad_w, weight.dtype), _cast(grad_b, bias.dtype), None
+
+
+def _cast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
+    return None if t is None else t.to(dtype)
+
+
+@register_notrace_function
+def norm_gate(y: torch.Tensor, z: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """``norm(y).to(z.dtype) * silu(z)``: the norm in ``y``'s dtype (the scan's full-precision output), the gate in
+    ``z``'s. Under autograd only ``y``, ``z`` and the statistics are kept. A torch.fx leaf."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (y, z, norm.weight, norm.bias)):
+        return _NormGate.apply(y, z, norm.weight, norm.bias, norm.eps)
+    return norm(y).to(z.dtype) * F.silu(z)
+
+
 class AtrousSS2D(SS2D):
     """SS2D over the four stride-2 sub-lattices (the official ES2D with step 2), gated, conv with bias.
 
     Routes: ``[0::2, 0::2]`` row-major, ``[1::2, 0::2]`` column-major, ``[0::2, 1::2]`` row-major,
     ``[1::2, 1::2]`` column-major; they tile the map, so the merge is a plain scatter.
+
+    The scan runs on the lattices laid side by side in channels (``to_lattices``): route k scans channel block k of a
+    half-size map, so Δ, B and C are projected only where a route reads them, the way the original gathers its
+    sequences before projecting. Under autograd the depthwise conv's output and the normed, gated map are recomputed
+    in the backward (SiLU activation); what is kept is in_proj's output, the lattices, their projections and the
+    scan's output.
     """
 
     def __init__(self, dim: int, **kwargs):
         super().__init__(dim, routes=lattice_routes(), **kwargs)
+        d = self.d_inner
+        # the same routes over the side-by-side lattices: route k reads and writes channel block k
+        self.lattice_routes = tuple(Route(r.order, in_offset=k * d, out_offset=k * d)
+                                    for k, r in enumerate(self.routes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(self.act, nn.SiLU):
+            return super().forward(x)
+        x = self.in_proj(x)
+        if self.gate:
+            x, z = x.chunk(2, dim=-1)
+        x = x.permute(0, 3, 1, 2)   # NHWC viewed as NCHW with channels-last strides
+        x = (conv_silu(x, self.conv) if isinstance(self.conv, nn.Conv2d) else F.silu(x)).permute(0, 2, 3, 1)
+        y = self.scan(x)
+        y = norm_gate(y, z, self.out_norm) if self.gate else self.out_norm(y).to(x.dtype)
+        return self.proj_drop(self.out_proj(y))
 
     def scan(self, x: torch.Tensor) -> torch.Tensor:
         # The original pads odd maps with zeros at the bottom/right before forming the sub-lattices, so every
         # sequence has ceil(H/2) * ceil(W/2) steps and the padded zeros sit inside the scans (they decay the
         # state). Padding the map itself reproduces that exactly: the projections of zero are zero there too.
         height, width = x.shape[1:3]
-        return super().scan(pad_to_even(x))[:, :height, :width]
+        xs = to_lattices(x)
+        if torch.is_grad_enabled() or tracing():
+            weight, (A, D, delta_bias) = None, self.scan_parameters()
+        else:  # inference: the projection (cast once to x's dtype) and A, D, Δ-bias kept between calls; the
+            # parameters in another order than SS2D.scan's, whose projection of the whole map differs
+            weight, A, D, delta_bias = cached_while_inferring(
+                self, (self.dt_projs_weight, self.x_proj_weight, self.A_logs, self.Ds, self.dt_projs_bias), x.dtype,
+                lambda: (lattice_weight(self.x_proj_weight, self.dt_projs_weight).to(x.dtype),
+                         *self.scan_parameters()))
+        dts, B, C = lattice_projections(xs, self.x_proj_weight, self.dt_projs_weight, self.d_state, weight)
+        # Autocast may leave the projections in another dtype than x (CPU autocast keeps some matmuls in fp32).
+        dts, B, C = (t.to(xs.dtype) for t in (dts, B, C))
+        y = selective_scan(xs, dts, A, B, C, D, delta_bias, routes=self.lattice_routes, merge='sum',
+                           delta_softplus=True, out_dtype=scan_out_dtype(xs))
+        return from_lattices(y, height, width)
+
+
+class _NormMean(torch.autograd.Function):
+    """The mean over H, W of ``layer_norm(x)`` (channel-last), in at least float32; keeps only ``x`` (which the
+    gate keeps anyway) and the statistics, not a float32 copy of ``x`` and the normed map."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        xf = full_precision(x)
+        normed, mean, rstd = torch.native_layer_norm(xf, x.shape[-1:], weight.to(xf.dtype), bias.to(xf.dtype), eps)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        return normed.mean((1, 2), keepdim=True)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        xf = full_precision(x)
+        grad = (grad / (x.shape[1] * x.shape[2])).expand_as(xf)
+        grad_x, grad_w, grad_b = torch.ops.aten.native_layer_norm_backward(
+            grad, xf, x.shape[-1:], mean, rstd, weight.to(xf.dtype), bias.to(xf.dtype),
+            (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]))
+        return _cast(grad_x, x.dtype), _cast(grad_w, weight.dtype), _cast(grad_b, bias.dtype), None
+
+
+@register_notrace_function
+def norm_mean(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """``norm(x).mean((1, 2), keepdim=True)`` for a channel-last ``x``. Under autograd the norm runs in at least
+    float32 (autocast's policy for norms on CUDA) and keeps only ``x`` and its statistics. A torch.fx leaf."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, norm.weight, norm.bias)):
+        out = _NormMean.apply(x, norm.weight, norm.bias, norm.eps)
+        return out if torch.is_autocast_enabled(x.device.type) else out.to(x.dtype)
+    return norm(x).mean((1, 2), keepdim=True)
 
 
 class BiAttn(nn.Module):
@@ -78,7 +228,7 @@ class BiAttn(nn.Module):
         self.gate = gate_layer()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.norm(x).mean((1, 2), keepdim=True)
+        s = norm_mean(x, self.norm)
         return x * self.gate(self.fc2(self.act(self.fc1(s))))
 
 
@@ -122,6 +272,7 @@ class EVSSBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm1(x)
+        y = y.to(autocast_dtype(y))   # cast once for both branches (autocast would cast it for each)
         ssm = self.mixer(y)
         conv = self.conv_branch(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         x = x + self.drop_path(self.se(ssm) + self.se(conv))
