@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from visionssm.layers import SS2D, pad_to_even
 from visionssm.models.efficientvmamba import (
-    AtrousSS2D, BiAttn, EVSSBlock, from_lattices, lattice_projections, lattice_weight, norm_gate, norm_mean,
+    AtrousSS2D, BiAttn, EVSSBlock, from_lattices, lattice_projections, lattice_weight, mixer_output, norm_mean,
     to_lattices,
 )
 
@@ -129,24 +129,35 @@ def test_block_matches_the_plain_formulation_float64():
     _assert_same(_grads(block, x, block), _grads(block, x, plain), 1e-10)
 
 
-def test_norm_gate_and_norm_mean_gradcheck():
+def test_mixer_output_and_norm_mean_gradcheck():
     torch.manual_seed(0)
     norm = torch.nn.LayerNorm(6).double()
+    proj = torch.nn.Linear(6, 5, bias=False).double()
     with torch.no_grad():
         norm.weight.uniform_(0.5, 1.5)
         norm.bias.uniform_(-0.5, 0.5)
     y = torch.randn(2, 3, 4, 6, dtype=torch.float64, requires_grad=True)
     z = torch.randn(2, 3, 4, 6, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda y, z: norm_gate(y, z, norm), (y, z))
-    assert torch.autograd.gradcheck(lambda y: norm_mean(y, norm), (y,))
-    assert torch.autograd.gradcheck(lambda w, b: norm_gate(y.detach(), z.detach(), _with(norm, w, b)),
-                                    (norm.weight, norm.bias))
+
+    def output(y, z, w, b, pw):
+        return mixer_output(y, z, _layer_norm(w, b), _linear(pw))
+
+    assert torch.autograd.gradcheck(output, (y, z, norm.weight, norm.bias, proj.weight))
+    assert torch.autograd.gradcheck(lambda y, w, b: norm_mean(y, _layer_norm(w, b)), (y, norm.weight, norm.bias))
 
 
-def _with(norm, weight, bias):
-    out = torch.nn.LayerNorm(norm.normalized_shape, eps=norm.eps).double()
+def _layer_norm(weight, bias):
+    """A LayerNorm whose affine are the given tensors (so gradcheck can vary them)."""
+    out = torch.nn.LayerNorm(weight.shape[0])
     del out.weight, out.bias
     out.weight, out.bias = weight, bias
+    return out
+
+
+def _linear(weight):
+    out = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    del out.weight
+    out.weight = weight
     return out
 
 

@@ -89,27 +89,35 @@ def lattice_projections(xs: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_
     return dts, B, C
 
 
-class _NormGate(torch.autograd.Function):
-    """``layer_norm(y, weight, bias).to(z.dtype) * silu(z)``, saving only ``y`` (the scan's output), ``z`` (part of
-    in_proj's output, kept anyway) and the statistics; the normed map, ``silu(z)`` and the product are recomputed
-    in the backward."""
+class _MixerOutput(torch.autograd.Function):
+    """``mixer_output``, saving only ``y`` (the scan's output), ``z`` (part of in_proj's output, kept anyway) and the
+    norm's statistics: the normed map, ``silu(z)`` and the gated map that out_proj reads are recomputed in the
+    backward."""
 
     @staticmethod
-    def forward(ctx, y, z, weight, bias, eps):
+    def forward(ctx, y, z, weight, bias, eps, proj_weight):
         normed, mean, rstd = torch.native_layer_norm(y, y.shape[-1:], weight.to(y.dtype), bias.to(y.dtype), eps)
-        ctx.save_for_backward(y, z, weight, bias, mean, rstd)
-        return normed.to(z.dtype) * F.silu(z)
+        ctx.dtype = autocast_dtype(z)   # the projection's compute dtype; the backward runs outside autocast
+        ctx.save_for_backward(y, z, weight, bias, mean, rstd, proj_weight)
+        return F.linear(normed.to(z.dtype) * F.silu(z), proj_weight)
 
     @staticmethod
     def backward(ctx, grad):
-        y, z, weight, bias, mean, rstd = ctx.saved_tensors
+        y, z, weight, bias, mean, rstd, proj_weight = ctx.saved_tensors
+        need = ctx.needs_input_grad
         w, b = weight.to(y.dtype), bias.to(y.dtype)
         normed = torch.addcmul(b, (y - mean) * rstd, w).to(z.dtype)
-        grad_z = torch.ops.aten.silu_backward(grad * normed, z)
+        silu_z = F.silu(z)
+        grad = grad.to(ctx.dtype)
+        grad_proj = None
+        if need[5]:
+            gated = (normed * silu_z).to(ctx.dtype)
+            grad_proj = grad.flatten(0, -2).t().mm(gated.flatten(0, -2)).to(proj_weight.dtype)
+        grad_gated = grad.matmul(proj_weight.to(ctx.dtype)).to(z.dtype)
+        grad_z = torch.ops.aten.silu_backward(grad_gated * normed, z)
         grad_y, grad_w, grad_b = torch.ops.aten.native_layer_norm_backward(
-            (grad * F.silu(z)).to(y.dtype), y, y.shape[-1:], mean, rstd, w, b,
-            (ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]))
-        return grad_y, grad_z, _cast(grad_w, weight.dtype), _cast(grad_b, bias.dtype), None
+            (grad_gated * silu_z).to(y.dtype), y, y.shape[-1:], mean, rstd, w, b, (need[0], need[2], need[3]))
+        return grad_y, grad_z, _cast(grad_w, weight.dtype), _cast(grad_b, bias.dtype), None, grad_proj
 
 
 def _cast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
@@ -117,12 +125,13 @@ def _cast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tenso
 
 
 @register_notrace_function
-def norm_gate(y: torch.Tensor, z: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-    """``norm(y).to(z.dtype) * silu(z)``: the norm in ``y``'s dtype (the scan's full-precision output), the gate in
-    ``z``'s. Under autograd only ``y``, ``z`` and the statistics are kept. A torch.fx leaf."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (y, z, norm.weight, norm.bias)):
-        return _NormGate.apply(y, z, norm.weight, norm.bias, norm.eps)
-    return norm(y).to(z.dtype) * F.silu(z)
+def mixer_output(y: torch.Tensor, z: torch.Tensor, norm: nn.LayerNorm, proj: nn.Linear) -> torch.Tensor:
+    """``proj(norm(y).to(z.dtype) * silu(z))`` for a bias-free ``proj``: the norm in ``y``'s dtype (the scan's
+    full-precision output), the gate in ``z``'s. Under autograd only ``y``, ``z`` and the norm's statistics are kept.
+    A torch.fx leaf."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (y, z, norm.weight, norm.bias, proj.weight)):
+        return _MixerOutput.apply(y, z, norm.weight, norm.bias, norm.eps, proj.weight)
+    return proj(norm(y).to(z.dtype) * F.silu(z))
 
 
 class AtrousSS2D(SS2D):
@@ -135,7 +144,7 @@ class AtrousSS2D(SS2D):
     half-size map, so Δ, B and C are projected only where a route reads them, the way the original gathers its
     sequences before projecting. Under autograd the depthwise conv's output and the normed, gated map are recomputed
     in the backward (SiLU activation); what is kept is in_proj's output, the lattices, their projections and the
-    scan's output.
+    scan's output (out_proj without bias).
     """
 
     def __init__(self, dim: int, **kwargs):
@@ -154,8 +163,9 @@ class AtrousSS2D(SS2D):
         x = x.permute(0, 3, 1, 2)   # NHWC viewed as NCHW with channels-last strides
         x = (conv_silu(x, self.conv) if isinstance(self.conv, nn.Conv2d) else F.silu(x)).permute(0, 2, 3, 1)
         y = self.scan(x)
-        y = norm_gate(y, z, self.out_norm) if self.gate else self.out_norm(y).to(x.dtype)
-        return self.proj_drop(self.out_proj(y))
+        y = mixer_output(y, z, self.out_norm, self.out_proj) if self.gate else self.out_proj(
+            self.out_norm(y).to(x.dtype))
+        return self.proj_drop(y)
 
     def scan(self, x: torch.Tensor) -> torch.Tensor:
         # The original pads odd maps with zeros at the bottom/right before forming the sub-lattices, so every
