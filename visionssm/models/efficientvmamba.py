@@ -42,8 +42,8 @@ from ._hierarchical import HierarchicalBackbone
 from .groupmamba import autocast_dtype, block_diagonal, group_projections
 from .spatialmamba import conv_silu
 
-__all__ = ['EfficientVMamba', 'AtrousSS2D', 'EVSSBlock', 'BiAttn', 'EfficientVMambaStage', 'checkpoint_filter_fn',
-           'from_official']
+__all__ = ['EfficientVMamba', 'AtrousSS2D', 'EVSSBlock', 'BiAttn', 'MBConv', 'EfficientVMambaStage',
+           'checkpoint_filter_fn', 'from_official']
 
 _logger = logging.getLogger(__name__)
 
@@ -90,38 +90,41 @@ def lattice_projections(xs: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_
 
 
 class _MixerOutput(torch.autograd.Function):
-    """``mixer_output``, saving only ``y`` (the scan's output), ``z`` (part of in_proj's output, kept anyway) and the
-    norm's statistics: the normed map, ``silu(z)`` and the gated map that out_proj reads are recomputed in the
+    """``mixer_output``, saving only ``y`` (the scan's output) and ``z`` (part of in_proj's output, kept anyway):
+    the normed map (with its statistics), ``silu(z)`` and the gated map that out_proj reads are recomputed in the
     backward."""
 
     @staticmethod
     def forward(ctx, y, z, weight, bias, eps, proj_weight):
-        normed, mean, rstd = torch.native_layer_norm(y, y.shape[-1:], weight.to(y.dtype), bias.to(y.dtype), eps)
-        ctx.dtype = autocast_dtype(z)   # the projection's compute dtype; the backward runs outside autocast
-        ctx.save_for_backward(y, z, weight, bias, mean, rstd, proj_weight)
-        return F.linear(normed.to(z.dtype) * F.silu(z), proj_weight)
+        normed = torch.native_layer_norm(y, y.shape[-1:], weight.to(y.dtype), bias.to(y.dtype), eps)[0]
+        gated = normed.to(z.dtype) * F.silu(z)
+        proj = proj_weight.to(autocast_dtype(gated))   # cast once (the backward runs outside autocast), kept
+        ctx.eps, ctx.proj_dtype = eps, proj_weight.dtype
+        ctx.save_for_backward(y, z, weight, bias, proj)
+        return F.linear(gated.to(proj.dtype), proj)
 
     @staticmethod
     def backward(ctx, grad):
-        y, z, weight, bias, mean, rstd, proj_weight = ctx.saved_tensors
+        y, z, weight, bias, proj = ctx.saved_tensors
         need = ctx.needs_input_grad
         w, b = weight.to(y.dtype), bias.to(y.dtype)
-        normed = torch.addcmul(b, (y - mean) * rstd, w).to(z.dtype)
-        silu_z = F.silu(z)
-        grad = grad.to(ctx.dtype)
+        # the forward's normed map again, bit for bit
+        normed, mean, rstd = torch.native_layer_norm(y, y.shape[-1:], w, b, ctx.eps)
+        normed, silu_z = normed.to(z.dtype), F.silu(z)
+        grad = grad.to(proj.dtype)
         grad_proj = None
         if need[5]:
-            gated = (normed * silu_z).to(ctx.dtype)
-            grad_proj = grad.flatten(0, -2).t().mm(gated.flatten(0, -2)).to(proj_weight.dtype)
-        grad_gated = grad.matmul(proj_weight.to(ctx.dtype)).to(z.dtype)
+            gated = (normed * silu_z).to(proj.dtype)
+            grad_proj = grad.flatten(0, -2).t().mm(gated.flatten(0, -2)).to(ctx.proj_dtype)
+        grad_gated = grad.matmul(proj).to(z.dtype)
         grad_z = torch.ops.aten.silu_backward(grad_gated * normed, z)
         grad_y, grad_w, grad_b = torch.ops.aten.native_layer_norm_backward(
             (grad_gated * silu_z).to(y.dtype), y, y.shape[-1:], mean, rstd, w, b, (need[0], need[2], need[3]))
         return grad_y, grad_z, _cast(grad_w, weight.dtype), _cast(grad_b, bias.dtype), None, grad_proj
 
 
-def _cast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
-    return None if t is None else t.to(dtype)
+def _cast(t: Optional[torch.Tensor], dtype: Optional[torch.dtype]) -> Optional[torch.Tensor]:
+    return None if t is None or dtype is None else t.to(dtype)
 
 
 @register_notrace_function
@@ -221,6 +224,121 @@ def norm_mean(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
     return norm(x).mean((1, 2), keepdim=True)
 
 
+# Activations whose backward the recomputing functions below apply themselves: module type -> (forward, backward
+# from the activation's input).
+_ACTS = {
+    nn.ReLU: (F.relu, lambda grad, x: torch.ops.aten.threshold_backward(grad, x, 0)),
+    nn.GELU: (F.gelu, lambda grad, x: torch.ops.aten.gelu_backward(grad, x)),
+    nn.SiLU: (F.silu, lambda grad, x: torch.ops.aten.silu_backward(grad, x)),
+}
+
+
+def _act_fns(act: nn.Module):
+    """(forward, backward) of a plain ReLU / exact GELU / SiLU module, else None."""
+    if type(act) in _ACTS and getattr(act, 'approximate', 'none') == 'none':
+        return _ACTS[type(act)]
+    return None
+
+
+class _BatchNormActConv(torch.autograd.Function):
+    """``conv(act(batch_norm(x)))`` with batch statistics, keeping only ``x``: the normed map (with its statistics)
+    and the activation, the convolution's input, are recomputed in the backward. The running statistics are updated
+    in the forward, as ``nn.BatchNorm2d`` updates them."""
+
+    @staticmethod
+    def forward(ctx, x, bn_weight, bn_bias, running_mean, running_var, momentum, eps, act_fns, conv_weight,
+                conv_bias, conv_args):
+        normed = torch.ops.aten.native_batch_norm(x, bn_weight, bn_bias, running_mean, running_var, True, momentum,
+                                                  eps)[0]
+        act = act_fns[0](normed)
+        dtype = autocast_dtype(act)   # the convolution's compute dtype; its weight is cast once, kept for the backward
+        weight = conv_weight.to(dtype)
+        out = F.conv2d(act.to(dtype), weight, _cast(conv_bias, dtype), *conv_args)
+        ctx.act_fns, ctx.conv_args, ctx.eps = act_fns, conv_args, eps
+        ctx.conv_dtypes = (conv_weight.dtype, None if conv_bias is None else conv_bias.dtype)
+        ctx.save_for_backward(x, bn_weight, bn_bias, weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, bn_weight, bn_bias, weight = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        act_fn, act_bwd = ctx.act_fns
+        stride, padding, dilation, groups = ctx.conv_args
+        # the forward's normed map again, bit for bit: the batch statistics of the same x
+        normed, mean, invstd = torch.ops.aten.native_batch_norm(x, bn_weight, bn_bias, None, None, True, 0., ctx.eps)
+        weight_dtype, bias_dtype = ctx.conv_dtypes
+        grad_act, grad_cw, grad_cb = torch.ops.aten.convolution_backward(
+            grad.to(weight.dtype), act_fn(normed).to(weight.dtype), weight, None if bias_dtype is None else [
+                weight.shape[0]], stride, padding, dilation, False, (0, 0), groups,
+            (True, need[8], bias_dtype is not None and need[9]))
+        grad_x, grad_bw, grad_bb = torch.ops.aten.native_batch_norm_backward(
+            act_bwd(grad_act.to(normed.dtype), normed), x, bn_weight, None, None, mean, invstd, True, ctx.eps,
+            (need[0], need[1], need[2]))
+        return (grad_x, grad_bw, grad_bb, None, None, None, None, None, _cast(grad_cw, weight_dtype),
+                _cast(grad_cb, bias_dtype), None)
+
+
+def _batch_momentum(bn: nn.BatchNorm2d) -> float:
+    """Count the batch and return the running statistics' update factor, as ``nn.BatchNorm2d.forward`` does."""
+    bn.num_batches_tracked.add_(1)
+    return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+
+
+@register_notrace_function
+def bn_act_conv(x: torch.Tensor, bn: nn.BatchNorm2d, act: nn.Module, conv: nn.Conv2d) -> torch.Tensor:
+    """``conv(act(bn(x)))`` (NCHW). While training with autograd on, only ``x`` and the batch statistics are kept
+    for the backward; otherwise (evaluation, other activations or layers) the modules themselves. A torch.fx leaf."""
+    fns = _act_fns(act)
+    if (fns is None or not (bn.training and bn.track_running_stats and bn.affine) or type(conv) is not nn.Conv2d
+            or conv.padding_mode != 'zeros' or isinstance(conv.padding, str) or not torch.is_grad_enabled()):
+        return conv(act(bn(x)))
+    return _BatchNormActConv.apply(
+        x, bn.weight, bn.bias, bn.running_mean, bn.running_var, _batch_momentum(bn), bn.eps, fns, conv.weight,
+        conv.bias, (conv.stride, conv.padding, conv.dilation, conv.groups))
+
+
+class _ScaleConv(torch.autograd.Function):
+    """``conv(x * scale)``, keeping ``x`` and ``scale`` (which the scale's own gradient needs anyway), not the
+    product."""
+
+    @staticmethod
+    def forward(ctx, x, scale, conv_weight, conv_bias, conv_args):
+        scaled = x * scale
+        dtype = autocast_dtype(scaled)   # the convolution's compute dtype; its weight is cast once, kept
+        weight = conv_weight.to(dtype)
+        ctx.conv_args = conv_args
+        ctx.conv_dtypes = (conv_weight.dtype, None if conv_bias is None else conv_bias.dtype)
+        ctx.save_for_backward(x, scale, weight)
+        return F.conv2d(scaled.to(dtype), weight, _cast(conv_bias, dtype), *conv_args)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, scale, weight = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        stride, padding, dilation, groups = ctx.conv_args
+        weight_dtype, bias_dtype = ctx.conv_dtypes
+        scaled = x * scale
+        grad_in, grad_cw, grad_cb = torch.ops.aten.convolution_backward(
+            grad.to(weight.dtype), scaled.to(weight.dtype), weight, None if bias_dtype is None else [weight.shape[0]],
+            stride, padding, dilation, False, (0, 0), groups,
+            (need[0] or need[1], need[2], bias_dtype is not None and need[3]))
+        grad_in = None if grad_in is None else grad_in.to(scaled.dtype)
+        grad_x = (grad_in * scale).to(x.dtype) if need[0] else None
+        grad_scale = (grad_in * x).sum((2, 3), keepdim=True).to(scale.dtype) if need[1] else None
+        return grad_x, grad_scale, _cast(grad_cw, weight_dtype), _cast(grad_cb, bias_dtype), None
+
+
+@register_notrace_function
+def scale_conv(x: torch.Tensor, scale: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``conv(x * scale)`` for a per-channel ``scale (B, C, 1, 1)`` (NCHW). With autograd on, the product is
+    recomputed in the backward instead of kept. A torch.fx leaf."""
+    if (not torch.is_grad_enabled() or type(conv) is not nn.Conv2d or conv.padding_mode != 'zeros'
+            or isinstance(conv.padding, str)):
+        return conv(x * scale)
+    return _ScaleConv.apply(x, scale, conv.weight, conv.bias, (conv.stride, conv.padding, conv.dilation, conv.groups))
+
+
 class BiAttn(nn.Module):
     """Channel attention of the EVSS block: ``x * sigmoid(fc2(act(fc1(mean_hw(norm(x))))))``, channel-last.
 
@@ -238,8 +356,12 @@ class BiAttn(nn.Module):
         self.gate = gate_layer()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = norm_mean(x, self.norm)
-        return x * self.gate(self.fc2(self.act(self.fc1(s))))
+        return x * self.gates(x)[0]
+
+    def gates(self, *maps: torch.Tensor) -> Sequence[torch.Tensor]:
+        """The gate of each map, ``(B, 1, 1, C)``; the pooled statistics of all maps through one pass of fc1 / fc2."""
+        s = torch.cat([norm_mean(x, self.norm) for x in maps]) if len(maps) > 1 else norm_mean(maps[0], self.norm)
+        return self.gate(self.fc2(self.act(self.fc1(s)))).chunk(len(maps))
 
 
 class EVSSBlock(nn.Module):
@@ -284,18 +406,38 @@ class EVSSBlock(nn.Module):
         y = self.norm1(x)
         y = y.to(autocast_dtype(y))   # cast once for both branches (autocast would cast it for each)
         ssm = self.mixer(y)
-        conv = self.conv_branch(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        x = x + self.drop_path(self.se(ssm) + self.se(conv))
+        cb = self.conv_branch
+        conv = bn_act_conv(cb.conv_dw(y.permute(0, 3, 1, 2)), cb.bn, cb.act, cb.conv_pw).permute(0, 2, 3, 1)
+        gate_ssm, gate_conv = self.se.gates(ssm, conv)   # one SE module for both branches
+        x = x + self.drop_path(torch.addcmul(ssm * gate_ssm, conv, gate_conv))
         if self.mlp is not None:
             x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x
 
 
-def _inverted_residual(dim: int, drop_path: float) -> InvertedResidual:
+class MBConv(InvertedResidual):
     """MobileNetV2 block of stages 3-4: 1x1 expand (x4) → BN-ReLU → 3x3 depthwise → BN-ReLU → SE (ReLU, reduction
-    ``max(1, int(0.125 * mid))``) → 1x1 project → BN, plus the residual. NCHW."""
-    return InvertedResidual(dim, dim, dw_kernel_size=3, exp_ratio=4.0, act_layer=nn.ReLU, se_layer=_se_layer,
-                            drop_path_rate=drop_path)
+    ``max(1, int(0.125 * mid))``) → 1x1 project → BN, plus the residual. NCHW; timm's ``InvertedResidual`` (same
+    modules and names) whose training step recomputes two maps in the backward: the first activation (the depthwise
+    conv's input) from the expansion's output, and the SE-scaled map (the projection's input) from the activation
+    and the SE gate."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = bn_act_conv(self.conv_pw(x), self.bn1, self.bn1.act, self.conv_dw) if isinstance(
+            self.bn1.drop, nn.Identity) else self.conv_dw(self.bn1(self.conv_pw(x)))
+        x = self.aa(self.bn2(x))
+        se = self.se
+        scale = se.gate(se.conv_expand(se.act1(se.conv_reduce(x.mean((2, 3), keepdim=True)))))
+        x = self.bn3(scale_conv(x, scale, self.conv_pwl))
+        if self.has_skip:
+            x = self.drop_path(x) + shortcut
+        return x
+
+
+def _inverted_residual(dim: int, drop_path: float) -> MBConv:
+    return MBConv(dim, dim, dw_kernel_size=3, exp_ratio=4.0, act_layer=nn.ReLU, se_layer=_se_layer,
+                  drop_path_rate=drop_path)
 
 
 def _se_layer(chs: int, **kwargs) -> SqueezeExcite:
