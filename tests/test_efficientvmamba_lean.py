@@ -1,6 +1,7 @@
 """EfficientVMamba's memory-lean training path against the straightforward formulation it replaces: the sub-lattices
 laid side by side, their projections, the out_norm + gate and the channel attention's pooled norm (values and
 float64 gradients), and what a block keeps for the backward under bfloat16 autocast."""
+import copy
 import importlib
 
 import pytest
@@ -8,9 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from visionssm.layers import SS2D, pad_to_even
+from timm.models._efficientnet_blocks import InvertedResidual, SqueezeExcite
+
 from visionssm.models.efficientvmamba import (
-    AtrousSS2D, BiAttn, EVSSBlock, from_lattices, lattice_projections, lattice_weight, mixer_output, norm_mean,
-    to_lattices,
+    AtrousSS2D, BiAttn, EVSSBlock, MBConv, bn_act_conv, from_lattices, lattice_projections, lattice_weight,
+    mixer_output, norm_mean, scale_conv, to_lattices,
 )
 
 
@@ -127,6 +130,46 @@ def test_block_matches_the_plain_formulation_float64():
         return t + _plain_biattn(block.se, _plain_mixer(block.mixer, y)) + _plain_biattn(block.se, conv)
 
     _assert_same(_grads(block, x, block), _grads(block, x, plain), 1e-10)
+
+
+def test_mbconv_matches_timms_inverted_residual_float64():
+    """The recomputing MBConv against timm's InvertedResidual forward on the same modules: values, gradients and
+    the BatchNorms' running statistics."""
+    torch.manual_seed(0)
+    block = MBConv(8, 8, dw_kernel_size=3, exp_ratio=4.0, act_layer=torch.nn.ReLU,
+                   se_layer=lambda chs, **kw: SqueezeExcite(chs, rd_channels=4, **kw)).double().train()
+    for m in block.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    plain = copy.deepcopy(block)
+    x = torch.randn(2, 8, 5, 6, dtype=torch.float64)
+    _assert_same(_grads(block, x, block), _grads(plain, x, lambda t: InvertedResidual.forward(plain, t)), 1e-10)
+    for (name, a), b in zip(block.named_buffers(), plain.buffers()):
+        torch.testing.assert_close(a, b, atol=1e-14, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize('act', [torch.nn.ReLU(), torch.nn.GELU(), torch.nn.SiLU()])
+@pytest.mark.parametrize('momentum', [0.1, None])
+def test_bn_act_conv_matches_the_modules_float64(act, momentum):
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm2d(6, momentum=momentum).double().train()
+    conv = torch.nn.Conv2d(6, 6, 3, padding=1, groups=3).double()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    bn_plain, conv_plain = copy.deepcopy(bn), copy.deepcopy(conv)
+    x = torch.randn(3, 6, 4, 5, dtype=torch.float64)
+    for _ in range(2):   # running statistics over two steps (the cumulative average when momentum is None)
+        got = _grads(torch.nn.ModuleList([bn, conv]), x, lambda t: bn_act_conv(t, bn, act, conv))
+        want = _grads(torch.nn.ModuleList([bn_plain, conv_plain]), x, lambda t: conv_plain(act(bn_plain(t))))
+        _assert_same(got, want, 1e-11)
+    for a, b in zip(bn.buffers(), bn_plain.buffers()):
+        torch.testing.assert_close(a, b, atol=1e-14, rtol=0)
+    x = x.requires_grad_()
+    scale = torch.rand(3, 6, 1, 1, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, s: scale_conv(x, s, conv), (x, scale))
 
 
 def test_mixer_output_and_norm_mean_gradcheck():

@@ -177,7 +177,9 @@ class AtrousSS2D(SS2D):
         height, width = x.shape[1:3]
         xs = to_lattices(x)
         if torch.is_grad_enabled() or tracing():
-            weight, (A, D, delta_bias) = None, self.scan_parameters()
+            # SS2D.scan_parameters, written out: under torch.fx its module's leaves would not be wrapped here
+            weight, A, D = None, -torch.exp(full_precision(self.A_logs)), full_precision(self.Ds)
+            delta_bias = full_precision(self.dt_projs_bias).flatten()
         else:  # inference: the projection (cast once to x's dtype) and A, D, Δ-bias kept between calls; the
             # parameters in another order than SS2D.scan's, whose projection of the whole map differs
             weight, A, D, delta_bias = cached_while_inferring(
@@ -361,7 +363,7 @@ class BiAttn(nn.Module):
     def gates(self, *maps: torch.Tensor) -> Sequence[torch.Tensor]:
         """The gate of each map, ``(B, 1, 1, C)``; the pooled statistics of all maps through one pass of fc1 / fc2."""
         s = torch.cat([norm_mean(x, self.norm) for x in maps]) if len(maps) > 1 else norm_mean(maps[0], self.norm)
-        return self.gate(self.fc2(self.act(self.fc1(s)))).chunk(len(maps))
+        return self.gate(self.fc2(self.act(self.fc1(s)))).unflatten(0, (len(maps), -1)).unbind(0)
 
 
 class EVSSBlock(nn.Module):
