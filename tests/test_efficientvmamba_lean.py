@@ -3,6 +3,8 @@ laid side by side, their projections, the out_norm + gate and the channel attent
 float64 gradients), and what a block keeps for the backward under bfloat16 autocast."""
 import copy
 import importlib
+import importlib.util
+import pathlib
 
 import pytest
 import torch
@@ -240,3 +242,19 @@ def test_block_keeps_less_under_bf16_autocast(monkeypatch):
     with torch.autocast('cpu', dtype=torch.bfloat16):
         lean, full = _saved_bytes(lambda: block(x)), _saved_bytes(plain)
     assert lean < 0.7 * full, (lean, full)
+
+
+def test_cpu_step_proxy_splits_saved_bytes_by_module(monkeypatch):
+    """benchmarks/cpu_step_proxy.py: the by-module split adds up to the total, and with the lean path nothing is
+    kept by the channel attention's norm or the mixer's out_norm modules (their functions keep it, once)."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location('cpu_step_proxy', root / 'benchmarks' / 'cpu_step_proxy.py')
+    proxy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(proxy)
+    ops = importlib.import_module('visionssm.ops.selective_scan')
+    monkeypatch.setitem(ops.BACKENDS, 'reference', (proxy._scan_stub, lambda u: True))
+    r = proxy.measure('test_efficientvmamba', 2, 64, torch.bfloat16, 'cuda')
+    assert abs(sum(r['by_module'].values()) - r['saved_mib']) < 1e-9
+    assert r['by_module']['stages.*.blocks.*.mixer'] > 0
+    assert not any(name.endswith(('se.norm', 'out_norm')) for name in r['by_module'])
+    assert r['fwd_launches'] > 0 and r['bwd_launches'] > 0
