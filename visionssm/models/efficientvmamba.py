@@ -14,6 +14,12 @@ This is a re-implementation on visionssm's shared scan op (the routes are ``latt
 throughout. Official checkpoints convert at load time in ``checkpoint_filter_fn``; ``from_official`` builds the
 model equal to an official ``EfficientVSSM(**kwargs)``.
 
+Training keeps little for the backward (``benchmarks/cpu_step_proxy.py``): ES2D scans the sub-lattices laid side
+by side in channels, so Δ, B and C are projected only where a route reads them; the depthwise convs' outputs, the
+normed and gated maps, the BN-activation maps and the SE-scaled maps are recomputed in the backward by small
+autograd functions (``mixer_output``, ``bn_act_conv``, ``scale_conv``, ``norm_mean``) whose values and gradients
+are those of the plain modules.
+
 ``forward_features`` returns a channel-last map (``output_fmt = 'NHWC'``). torch.fx traces the model (the scan op
 and a few size- or dtype-dependent helpers are leaves). TorchScript is not supported, because the shared scan op
 cannot be scripted: ``torch.jit.script``, or building under timm's ``set_scriptable(True)``, raises
@@ -425,6 +431,8 @@ class MBConv(InvertedResidual):
     and the SE gate."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv_s2d is not None or not isinstance(self.se, SqueezeExcite):
+            return super().forward(x)
         shortcut = x
         x = bn_act_conv(self.conv_pw(x), self.bn1, self.bn1.act, self.conv_dw) if isinstance(
             self.bn1.drop, nn.Identity) else self.conv_dw(self.bn1(self.conv_pw(x)))
