@@ -135,10 +135,11 @@ def _cast(t: Optional[torch.Tensor], dtype: Optional[torch.dtype]) -> Optional[t
 
 @register_notrace_function
 def mixer_output(y: torch.Tensor, z: torch.Tensor, norm: nn.LayerNorm, proj: nn.Linear) -> torch.Tensor:
-    """``proj(norm(y).to(z.dtype) * silu(z))`` for a bias-free ``proj``: the norm in ``y``'s dtype (the scan's
-    full-precision output), the gate in ``z``'s. Under autograd only ``y``, ``z`` and the norm's statistics are kept.
-    A torch.fx leaf."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (y, z, norm.weight, norm.bias, proj.weight)):
+    """``proj(norm(y).to(z.dtype) * silu(z))``: the norm in ``y``'s dtype (the scan's full-precision output), the
+    gate in ``z``'s. Under autograd only ``y`` and ``z`` are kept (and ``proj``'s weight in its compute dtype), for
+    an affine ``norm`` and a bias-free ``proj``. A torch.fx leaf."""
+    if (torch.is_grad_enabled() and norm.weight is not None and norm.bias is not None and proj.bias is None
+            and any(t.requires_grad for t in (y, z, norm.weight, norm.bias, proj.weight))):
         return _MixerOutput.apply(y, z, norm.weight, norm.bias, norm.eps, proj.weight)
     return proj(norm(y).to(z.dtype) * F.silu(z))
 
@@ -425,10 +426,11 @@ class EVSSBlock(nn.Module):
 
 class MBConv(InvertedResidual):
     """MobileNetV2 block of stages 3-4: 1x1 expand (x4) → BN-ReLU → 3x3 depthwise → BN-ReLU → SE (ReLU, reduction
-    ``max(1, int(0.125 * mid))``) → 1x1 project → BN, plus the residual. NCHW; timm's ``InvertedResidual`` (same
-    modules and names) whose training step recomputes two maps in the backward: the first activation (the depthwise
-    conv's input) from the expansion's output, and the SE-scaled map (the projection's input) from the activation
-    and the SE gate."""
+    ``max(1, int(0.125 * mid))``) → 1x1 project → BN, plus the residual. NCHW.
+
+    timm's ``InvertedResidual`` (same modules and names) whose training step recomputes two maps in the backward:
+    the first activation (the depthwise conv's input) from the expansion's output, and the SE-scaled map (the
+    projection's input) from the activation and the SE gate."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.conv_s2d is not None or not isinstance(self.se, SqueezeExcite):
