@@ -17,8 +17,8 @@ model equal to an official ``EfficientVSSM(**kwargs)``.
 Training keeps little for the backward (``benchmarks/cpu_step_proxy.py``): ES2D scans the sub-lattices laid side
 by side in channels, so Δ, B and C are projected only where a route reads them; the depthwise convs' outputs, the
 normed and gated maps, the BN-activation maps and the SE-scaled maps are recomputed in the backward by small
-autograd functions (``mixer_output``, ``bn_act_conv``, ``scale_conv``, ``norm_mean``) whose values and gradients
-are those of the plain modules.
+autograd functions (``mixer_output``, ``bn_act_conv``, ``bn_act``, ``scale_conv``, ``norm_mean``) whose values and
+gradients are those of the plain modules.
 
 ``forward_features`` returns a channel-last map (``output_fmt = 'NHWC'``). torch.fx traces the model (the scan op
 and a few size- or dtype-dependent helpers are leaves). TorchScript is not supported, because the shared scan op
@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import OrderedDict
-from typing import Any, Dict, Optional, Sequence, Type, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
@@ -294,36 +294,89 @@ def _batch_momentum(bn: nn.BatchNorm2d) -> float:
     return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
 
 
+def _recomputable(bn: nn.BatchNorm2d, act: nn.Module):
+    """The activation's (forward, backward) where ``act(bn(x))`` can be recomputed in the backward: training with
+    batch statistics and autograd on, an affine BatchNorm, a known activation. Else None."""
+    if not (torch.is_grad_enabled() and bn.training and bn.track_running_stats and bn.affine):
+        return None
+    return _act_fns(act)
+
+
+def _plain_conv(conv: nn.Module) -> bool:
+    return type(conv) is nn.Conv2d and conv.padding_mode == 'zeros' and not isinstance(conv.padding, str)
+
+
 @register_notrace_function
 def bn_act_conv(x: torch.Tensor, bn: nn.BatchNorm2d, act: nn.Module, conv: nn.Conv2d) -> torch.Tensor:
-    """``conv(act(bn(x)))`` (NCHW). While training with autograd on, only ``x`` and the batch statistics are kept
-    for the backward; otherwise (evaluation, other activations or layers) the modules themselves. A torch.fx leaf."""
-    fns = _act_fns(act)
-    if (fns is None or not (bn.training and bn.track_running_stats and bn.affine) or type(conv) is not nn.Conv2d
-            or conv.padding_mode != 'zeros' or isinstance(conv.padding, str) or not torch.is_grad_enabled()):
+    """``conv(act(bn(x)))`` (NCHW). While training with autograd on, only ``x`` is kept for the backward;
+    otherwise (evaluation, other activations or layers) the modules themselves. A torch.fx leaf."""
+    fns = _recomputable(bn, act)
+    if fns is None or not _plain_conv(conv):
         return conv(act(bn(x)))
     return _BatchNormActConv.apply(
         x, bn.weight, bn.bias, bn.running_mean, bn.running_var, _batch_momentum(bn), bn.eps, fns, conv.weight,
         conv.bias, (conv.stride, conv.padding, conv.dilation, conv.groups))
 
 
-class _ScaleConv(torch.autograd.Function):
-    """``conv(x * scale)``, keeping ``x`` and ``scale`` (which the scale's own gradient needs anyway), not the
-    product."""
+class _BatchNormAct(torch.autograd.Function):
+    """``act(batch_norm(x))`` with batch statistics, keeping only ``x``: the normed map is recomputed in the
+    backward. Nothing here keeps the output; its consumer keeps it or recomputes it (``scale_conv``'s ``source``).
+    The running statistics are updated in the forward, as ``nn.BatchNorm2d`` updates them."""
 
     @staticmethod
-    def forward(ctx, x, scale, conv_weight, conv_bias, conv_args):
+    def forward(ctx, x, bn_weight, bn_bias, running_mean, running_var, momentum, eps, act_fns):
+        normed = torch.ops.aten.native_batch_norm(x, bn_weight, bn_bias, running_mean, running_var, True, momentum,
+                                                  eps)[0]
+        ctx.act_fns, ctx.eps = act_fns, eps
+        ctx.save_for_backward(x, bn_weight, bn_bias)
+        return act_fns[0](normed)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, bn_weight, bn_bias = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        normed, mean, invstd = torch.ops.aten.native_batch_norm(x, bn_weight, bn_bias, None, None, True, 0., ctx.eps)
+        grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
+            ctx.act_fns[1](grad.to(normed.dtype), normed), x, bn_weight, None, None, mean, invstd, True, ctx.eps,
+            (need[0], need[1], need[2]))
+        return grad_x, grad_w, grad_b, None, None, None, None, None
+
+
+@register_notrace_function
+def bn_act(x: torch.Tensor, bn: nn.BatchNorm2d, act: nn.Module) -> torch.Tensor:
+    """``act(bn(x))`` (NCHW). While training with autograd on, only ``x`` is kept for the backward (pass
+    ``source=(x, bn, act)`` to the ``scale_conv`` that reads the output). A torch.fx leaf."""
+    fns = _recomputable(bn, act)
+    if fns is None:
+        return act(bn(x))
+    return _BatchNormAct.apply(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, _batch_momentum(bn), bn.eps,
+                               fns)
+
+
+class _ScaleConv(torch.autograd.Function):
+    """``conv(x * scale)``, keeping ``x`` and ``scale`` (which the scale's own gradient needs anyway), not the
+    product; or, given ``source``, ``source`` instead of ``x``, from which ``x = act(batch_norm(source))`` is
+    recomputed (``x``'s gradient still flows to where ``x`` was computed)."""
+
+    @staticmethod
+    def forward(ctx, x, scale, conv_weight, conv_bias, conv_args, source, bn_weight, bn_bias, eps, act_fns):
         scaled = x * scale
         dtype = autocast_dtype(scaled)   # the convolution's compute dtype; its weight is cast once, kept
         weight = conv_weight.to(dtype)
-        ctx.conv_args = conv_args
+        ctx.conv_args, ctx.eps, ctx.act_fns = conv_args, eps, act_fns
         ctx.conv_dtypes = (conv_weight.dtype, None if conv_bias is None else conv_bias.dtype)
-        ctx.save_for_backward(x, scale, weight)
+        ctx.save_for_backward(*((x,) if source is None else (source, bn_weight, bn_bias)), scale, weight)
         return F.conv2d(scaled.to(dtype), weight, _cast(conv_bias, dtype), *conv_args)
 
     @staticmethod
     def backward(ctx, grad):
-        x, scale, weight = ctx.saved_tensors
+        *kept, scale, weight = ctx.saved_tensors
+        if len(kept) == 1:
+            x = kept[0]
+        else:   # the forward's x again, bit for bit: the batch statistics of the same source
+            source, bn_weight, bn_bias = kept
+            x = ctx.act_fns[0](torch.ops.aten.native_batch_norm(
+                source, bn_weight, bn_bias, None, None, True, 0., ctx.eps)[0])
         need = ctx.needs_input_grad
         stride, padding, dilation, groups = ctx.conv_args
         weight_dtype, bias_dtype = ctx.conv_dtypes
@@ -335,17 +388,21 @@ class _ScaleConv(torch.autograd.Function):
         grad_in = None if grad_in is None else grad_in.to(scaled.dtype)
         grad_x = (grad_in * scale).to(x.dtype) if need[0] else None
         grad_scale = (grad_in * x).sum((2, 3), keepdim=True).to(scale.dtype) if need[1] else None
-        return grad_x, grad_scale, _cast(grad_cw, weight_dtype), _cast(grad_cb, bias_dtype), None
+        return (grad_x, grad_scale, _cast(grad_cw, weight_dtype), _cast(grad_cb, bias_dtype)) + (None,) * 6
 
 
 @register_notrace_function
-def scale_conv(x: torch.Tensor, scale: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+def scale_conv(x: torch.Tensor, scale: torch.Tensor, conv: nn.Conv2d,
+               source: Optional[Tuple[torch.Tensor, nn.BatchNorm2d, nn.Module]] = None) -> torch.Tensor:
     """``conv(x * scale)`` for a per-channel ``scale (B, C, 1, 1)`` (NCHW). With autograd on, the product is
-    recomputed in the backward instead of kept. A torch.fx leaf."""
-    if (not torch.is_grad_enabled() or type(conv) is not nn.Conv2d or conv.padding_mode != 'zeros'
-            or isinstance(conv.padding, str)):
+    recomputed in the backward instead of kept; with ``source = (s, bn, act)``, where ``x = bn_act(s, bn, act)``,
+    so is ``x`` (``s`` is kept instead). A torch.fx leaf."""
+    if not torch.is_grad_enabled() or not _plain_conv(conv):
         return conv(x * scale)
-    return _ScaleConv.apply(x, scale, conv.weight, conv.bias, (conv.stride, conv.padding, conv.dilation, conv.groups))
+    fns = None if source is None else _recomputable(source[1], source[2])
+    src, bn = (source[0], source[1]) if fns is not None else (None, None)
+    return _ScaleConv.apply(x, scale, conv.weight, conv.bias, (conv.stride, conv.padding, conv.dilation, conv.groups),
+                            src, bn and bn.weight, bn and bn.bias, bn and bn.eps, fns)
 
 
 class BiAttn(nn.Module):
@@ -428,9 +485,9 @@ class MBConv(InvertedResidual):
     """MobileNetV2 block of stages 3-4: 1x1 expand (x4) → BN-ReLU → 3x3 depthwise → BN-ReLU → SE (ReLU, reduction
     ``max(1, int(0.125 * mid))``) → 1x1 project → BN, plus the residual. NCHW.
 
-    timm's ``InvertedResidual`` (same modules and names) whose training step recomputes two maps in the backward:
-    the first activation (the depthwise conv's input) from the expansion's output, and the SE-scaled map (the
-    projection's input) from the activation and the SE gate."""
+    timm's ``InvertedResidual`` (same modules and names) whose training step recomputes in the backward the two
+    activations (from the expansion's and the depthwise conv's outputs, which BatchNorm's backward keeps anyway) and
+    the SE-scaled map (the projection's input)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.conv_s2d is not None or not isinstance(self.se, SqueezeExcite):
@@ -438,10 +495,15 @@ class MBConv(InvertedResidual):
         shortcut = x
         x = bn_act_conv(self.conv_pw(x), self.bn1, self.bn1.act, self.conv_dw) if isinstance(
             self.bn1.drop, nn.Identity) else self.conv_dw(self.bn1(self.conv_pw(x)))
-        x = self.aa(self.bn2(x))
+        source = None
+        if isinstance(self.bn2.drop, nn.Identity) and isinstance(self.aa, nn.Identity):
+            source = (x, self.bn2, self.bn2.act)
+            x = bn_act(*source)
+        else:
+            x = self.aa(self.bn2(x))
         se = self.se
         scale = se.gate(se.conv_expand(se.act1(se.conv_reduce(x.mean((2, 3), keepdim=True)))))
-        x = self.bn3(scale_conv(x, scale, self.conv_pwl))
+        x = self.bn3(scale_conv(x, scale, self.conv_pwl, source))
         if self.has_skip:
             x = self.drop_path(x) + shortcut
         return x
