@@ -1,12 +1,13 @@
 """CPU proxies of a model's GPU training-step cost: activation memory saved for backward, and ops dispatched.
 
-    python benchmarks/cpu_step_proxy.py MODEL [MODEL ...] [--batch 8] [--img-size 224] [--top 15]
+    python benchmarks/cpu_step_proxy.py MODEL [MODEL ...] [--batch 8] [--img-size 224] [--top 15] [--by-module 20]
 
 One training step (train mode, bf16 autocast, forward + cross-entropy + backward) on the CPU, measuring:
 
 * saved MiB: the bytes of the distinct storages that autograd saves for the backward
   (``torch.autograd.graph.saved_tensors_hooks``), parameters excluded, split by dtype. At batch 8 this scales
-  linearly to the activation part of a batch-128 GPU peak (x16).
+  linearly to the activation part of a batch-128 GPU peak (x16). With ``--by-module N`` also split by the module
+  whose forward saved a storage first (the innermost one running), block indices folded to ``*``: the N largest.
 * ops: the ATen ops dispatched in the forward (with the loss) and in the backward (a ``TorchDispatchMode``
   counter, views included): each is host work; the launches among them (ops that do device work: not views, not
   bare allocations) are kernel launches on a GPU. With ``--top N`` the most frequent ones. The counted step follows
@@ -29,6 +30,7 @@ import argparse
 import collections
 import contextlib
 import os
+import re
 import sys
 
 sys.path.insert(0, os.getcwd())
@@ -96,19 +98,29 @@ def _scan_stub(u, delta, A, B, C, D, delta_bias, plan, delta_softplus=True, retu
     return _ScanStub.apply(u, delta, A, B, C, D, delta_bias, shape, out_dtype or u.dtype)
 
 
-def measure(name: str, batch: int, img_size: int, dtype, norms: str) -> dict:
+def measure(name: str, batch: int, img_size: int, dtype, norms: str, model=None) -> dict:
+    """One counted training step of ``name`` (or of ``model``, built by the caller): saved bytes by dtype and by
+    module, ops and launches."""
     import timm
-    model = timm.create_model(name).train()
+    model = (model if model is not None else timm.create_model(name)).train()
+    names = {m: re.sub(r'\.\d+(?=\.|$)', '.*', n) or '(model)' for n, m in model.named_modules()}
+    running = []   # the modules whose forward is running, innermost last
+
+    def enter(module, args):
+        running.append(names.get(module, type(module).__name__))
+
+    def leave(module, args, out):
+        running.pop()
     params = {p.untyped_storage().data_ptr() for p in list(model.parameters()) + list(model.buffers())}
     x = torch.randn(batch, 3, img_size, img_size)
     target = torch.randint(0, max(getattr(model, 'num_classes', 0), 1), (batch,))
 
-    saved = {}  # storage data_ptr -> (nbytes, dtype)
+    saved = {}  # storage data_ptr -> (nbytes, dtype, module)
 
     def pack(t):
         s = t.untyped_storage()
-        if s.data_ptr() not in params and s.nbytes():
-            saved[s.data_ptr()] = (s.nbytes(), t.dtype)
+        if s.data_ptr() not in params and s.nbytes() and s.data_ptr() not in saved:
+            saved[s.data_ptr()] = (s.nbytes(), t.dtype, running[-1] if running else '(loss)')
         return t
 
     def step(fwd=contextlib.nullcontext(), bwd=contextlib.nullcontext(), hooks=contextlib.nullcontext()):
@@ -127,11 +139,19 @@ def measure(name: str, batch: int, img_size: int, dtype, norms: str) -> dict:
         for p in model.parameters():
             p.add_(0)
     fwd, bwd = OpCounter(), OpCounter()
-    step(fwd, bwd, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t))
-    by_dtype = collections.Counter()
-    for nbytes, dt in saved.values():
+    hooks = (torch.nn.modules.module.register_module_forward_pre_hook(enter),
+             torch.nn.modules.module.register_module_forward_hook(leave, always_call=True))
+    try:
+        step(fwd, bwd, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t))
+    finally:
+        for h in hooks:
+            h.remove()
+    by_dtype, by_module = collections.Counter(), collections.Counter()
+    for nbytes, dt, module in saved.values():
         by_dtype[str(dt).replace('torch.', '')] += nbytes
+        by_module[module] += nbytes
     return dict(saved_mib=sum(by_dtype.values()) / 2 ** 20, by_dtype={k: v / 2 ** 20 for k, v in by_dtype.items()},
+                by_module={k: v / 2 ** 20 for k, v in by_module.items()},
                 fwd_ops=sum(fwd.counts.values()), bwd_ops=sum(bwd.counts.values()), fwd=fwd.counts, bwd=bwd.counts,
                 fwd_launches=fwd.launches, bwd_launches=bwd.launches)
 
@@ -146,6 +166,8 @@ def main(argv=None):
                     help="autocast policy for layer_norm/group_norm: CUDA's (float32) or the CPU's (input dtype)")
     ap.add_argument('--scan', choices=('stub', 'reference'), default='stub')
     ap.add_argument('--top', type=int, default=0, help='also list the N most frequent ops, forward and backward')
+    ap.add_argument('--by-module', type=int, default=0, metavar='N',
+                    help='also list the N modules that save the most for the backward')
     a = ap.parse_args(argv)
     torch.manual_seed(0)
     import visionssm  # noqa: F401  (registers the models)
@@ -161,6 +183,9 @@ def main(argv=None):
         print(f"{name}: saved {r['saved_mib']:.1f} MiB ({split}); ops forward {r['fwd_ops']}, "
               f"backward {r['bwd_ops']}, total {r['fwd_ops'] + r['bwd_ops']}; launches forward {r['fwd_launches']}, "
               f"backward {r['bwd_launches']}, total {r['fwd_launches'] + r['bwd_launches']}", flush=True)
+        if a.by_module:
+            top = sorted(r['by_module'].items(), key=lambda kv: -kv[1])[:a.by_module]
+            print('  saved MiB by module: ' + ', '.join(f'{m} {v:.1f}' for m, v in top))
         if a.top:
             for part in ('fwd', 'bwd'):
                 print(f'  {part}: ' + ', '.join(f'{op} {n}' for op, n in r[part].most_common(a.top)))

@@ -14,6 +14,12 @@ This is a re-implementation on visionssm's shared scan op (the routes are ``latt
 throughout. Official checkpoints convert at load time in ``checkpoint_filter_fn``; ``from_official`` builds the
 model equal to an official ``EfficientVSSM(**kwargs)``.
 
+Training keeps little for the backward (``benchmarks/cpu_step_proxy.py``): ES2D scans the sub-lattices laid side
+by side in channels, so Δ, B and C are projected only where a route reads them; the depthwise convs' outputs, the
+normed and gated maps, the BN-activation maps and the SE-scaled maps are recomputed in the backward by small
+autograd functions (``mixer_output``, ``bn_act_conv``, ``bn_act``, ``scale_conv``, ``norm_mean``) whose values and
+gradients are those of the plain modules.
+
 ``forward_features`` returns a channel-last map (``output_fmt = 'NHWC'``). torch.fx traces the model (the scan op
 and a few size- or dtype-dependent helpers are leaves). TorchScript is not supported, because the shared scan op
 cannot be scripted: ``torch.jit.script``, or building under timm's ``set_scriptable(True)``, raises
@@ -24,23 +30,118 @@ from __future__ import annotations
 import logging
 import re
 from collections import OrderedDict
-from typing import Any, Dict, Optional, Sequence, Type, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import ClassifierHead, DropPath, trunc_normal_
+import torch.nn.functional as F
+from timm.layers import ClassifierHead, DropPath, register_notrace_function, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._efficientnet_blocks import InvertedResidual, SqueezeExcite
 
-from visionssm.layers import SS2D, ConvDownsample, Mlp, PatchEmbed, PatchMerging, pad_to_even
-from visionssm.ops import lattice_routes
+from visionssm.layers import SS2D, ConvDownsample, Mlp, PatchEmbed, PatchMerging, full_precision, pad_to_even, \
+    scan_out_dtype
+from visionssm.layers.cache import cached_while_inferring, tracing
+from visionssm.ops import Route, lattice_routes, selective_scan
 from ._checkpoint import load_through_model
 from ._hierarchical import HierarchicalBackbone
+from .groupmamba import autocast_dtype, block_diagonal, group_projections
+from .spatialmamba import conv_silu
 
-__all__ = ['EfficientVMamba', 'AtrousSS2D', 'EVSSBlock', 'BiAttn', 'EfficientVMambaStage', 'checkpoint_filter_fn',
-           'from_official']
+__all__ = ['EfficientVMamba', 'AtrousSS2D', 'EVSSBlock', 'BiAttn', 'MBConv', 'EfficientVMambaStage',
+           'checkpoint_filter_fn', 'from_official']
 
 _logger = logging.getLogger(__name__)
+
+
+@register_notrace_function
+def to_lattices(x: torch.Tensor) -> torch.Tensor:
+    """The four stride-2 sub-lattices of a channel-last map ``(B, H, W, D)`` side by side in channels:
+    ``(B, ceil(H/2), ceil(W/2), 4*D)``, block ``a + 2*b`` holding ``x[:, a::2, b::2]`` (odd maps zero-padded at the
+    bottom/right first, as the original pads them). One copy."""
+    x = pad_to_even(x)
+    b, h, w, d = x.shape
+    return x.view(b, h // 2, 2, w // 2, 2, d).permute(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * d)
+
+
+@register_notrace_function
+def from_lattices(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Inverse of ``to_lattices``: the ``(B, height, width, D)`` map, contiguous (one copy; two for odd maps)."""
+    b, h, w, d = x.shape
+    d //= 4
+    x = x.view(b, h, w, 2, 2, d).permute(0, 1, 4, 2, 3, 5).reshape(b, 2 * h, 2 * w, d)
+    return x if (height, width) == (2 * h, 2 * w) else x[:, :height, :width].contiguous()
+
+
+def lattice_weight(x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor) -> torch.Tensor:
+    """The projection of the side-by-side lattices: each route's composed Δ rows and its B / C rows as
+    block-diagonal matrices, ``(K*D + K*2N, K*D)`` (what ``group_projections`` builds)."""
+    rank, n2 = dt_projs_weight.shape[-1], x_proj_weight.shape[1] - dt_projs_weight.shape[-1]
+    w_dt, w_bc = x_proj_weight.split([rank, n2], dim=1)
+    return torch.cat([block_diagonal(torch.matmul(dt_projs_weight, w_dt)), block_diagonal(w_bc)])
+
+
+@register_notrace_function
+def lattice_projections(xs: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor, d_state: int,
+                        weight: Optional[torch.Tensor] = None):
+    """Δ ``(B, h, w, K*D)``, B and C ``(B, h, w, K, N)`` of the side-by-side lattices ``xs (B, h, w, K*D)``: each
+    position gets only the projections of the route that scans it (a quarter of what projecting the whole map for
+    every route computes and keeps). ``weight``: ``lattice_weight``, when already built."""
+    if weight is None:
+        return group_projections(xs, x_proj_weight, dt_projs_weight, d_state)
+    k, n = x_proj_weight.shape[0], d_state
+    dts, BC = F.linear(xs, weight).split([xs.shape[-1], k * 2 * n], dim=-1)
+    B, C = BC.unflatten(-1, (k, 2 * n)).split(n, dim=-1)
+    return dts, B, C
+
+
+class _MixerOutput(torch.autograd.Function):
+    """``mixer_output``, saving only ``y`` (the scan's output) and ``z`` (part of in_proj's output, kept anyway):
+    the normed map (with its statistics), ``silu(z)`` and the gated map that out_proj reads are recomputed in the
+    backward."""
+
+    @staticmethod
+    def forward(ctx, y, z, weight, bias, eps, proj_weight):
+        normed = torch.native_layer_norm(y, y.shape[-1:], weight.to(y.dtype), bias.to(y.dtype), eps)[0]
+        gated = normed.to(z.dtype) * F.silu(z)
+        proj = proj_weight.to(autocast_dtype(gated))   # cast once (the backward runs outside autocast), kept
+        ctx.eps, ctx.proj_dtype = eps, proj_weight.dtype
+        ctx.save_for_backward(y, z, weight, bias, proj)
+        return F.linear(gated.to(proj.dtype), proj)
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, z, weight, bias, proj = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        w, b = weight.to(y.dtype), bias.to(y.dtype)
+        # the forward's normed map again, bit for bit
+        normed, mean, rstd = torch.native_layer_norm(y, y.shape[-1:], w, b, ctx.eps)
+        normed, silu_z = normed.to(z.dtype), F.silu(z)
+        grad = grad.to(proj.dtype)
+        grad_proj = None
+        if need[5]:
+            gated = (normed * silu_z).to(proj.dtype)
+            grad_proj = grad.flatten(0, -2).t().mm(gated.flatten(0, -2)).to(ctx.proj_dtype)
+        grad_gated = grad.matmul(proj).to(z.dtype)
+        grad_z = torch.ops.aten.silu_backward(grad_gated * normed, z)
+        grad_y, grad_w, grad_b = torch.ops.aten.native_layer_norm_backward(
+            (grad_gated * silu_z).to(y.dtype), y, y.shape[-1:], mean, rstd, w, b, (need[0], need[2], need[3]))
+        return grad_y, grad_z, _cast(grad_w, weight.dtype), _cast(grad_b, bias.dtype), None, grad_proj
+
+
+def _cast(t: Optional[torch.Tensor], dtype: Optional[torch.dtype]) -> Optional[torch.Tensor]:
+    return None if t is None or dtype is None else t.to(dtype)
+
+
+@register_notrace_function
+def mixer_output(y: torch.Tensor, z: torch.Tensor, norm: nn.LayerNorm, proj: nn.Linear) -> torch.Tensor:
+    """``proj(norm(y).to(z.dtype) * silu(z))``: the norm in ``y``'s dtype (the scan's full-precision output), the
+    gate in ``z``'s. Under autograd only ``y`` and ``z`` are kept (and ``proj``'s weight in its compute dtype), for
+    an affine ``norm`` and a bias-free ``proj``. A torch.fx leaf."""
+    if (torch.is_grad_enabled() and norm.weight is not None and norm.bias is not None and proj.bias is None
+            and any(t.requires_grad for t in (y, z, norm.weight, norm.bias, proj.weight))):
+        return _MixerOutput.apply(y, z, norm.weight, norm.bias, norm.eps, proj.weight)
+    return proj(norm(y).to(z.dtype) * F.silu(z))
 
 
 class AtrousSS2D(SS2D):
@@ -48,17 +149,260 @@ class AtrousSS2D(SS2D):
 
     Routes: ``[0::2, 0::2]`` row-major, ``[1::2, 0::2]`` column-major, ``[0::2, 1::2]`` row-major,
     ``[1::2, 1::2]`` column-major; they tile the map, so the merge is a plain scatter.
+
+    The scan runs on the lattices laid side by side in channels (``to_lattices``): route k scans channel block k of a
+    half-size map, so Δ, B and C are projected only where a route reads them, the way the original gathers its
+    sequences before projecting. Under autograd the depthwise conv's output and the normed, gated map are recomputed
+    in the backward (SiLU activation); what is kept is in_proj's output, the lattices, their projections and the
+    scan's output (out_proj without bias).
     """
 
     def __init__(self, dim: int, **kwargs):
         super().__init__(dim, routes=lattice_routes(), **kwargs)
+        d = self.d_inner
+        # the same routes over the side-by-side lattices: route k reads and writes channel block k
+        self.lattice_routes = tuple(Route(r.order, in_offset=k * d, out_offset=k * d)
+                                    for k, r in enumerate(self.routes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(self.act, nn.SiLU):
+            return super().forward(x)
+        x = self.in_proj(x)
+        if self.gate:
+            x, z = x.chunk(2, dim=-1)
+        x = x.permute(0, 3, 1, 2)   # NHWC viewed as NCHW with channels-last strides
+        x = (conv_silu(x, self.conv) if isinstance(self.conv, nn.Conv2d) else F.silu(x)).permute(0, 2, 3, 1)
+        y = self.scan(x)
+        y = mixer_output(y, z, self.out_norm, self.out_proj) if self.gate else self.out_proj(
+            self.out_norm(y).to(x.dtype))
+        return self.proj_drop(y)
 
     def scan(self, x: torch.Tensor) -> torch.Tensor:
         # The original pads odd maps with zeros at the bottom/right before forming the sub-lattices, so every
         # sequence has ceil(H/2) * ceil(W/2) steps and the padded zeros sit inside the scans (they decay the
         # state). Padding the map itself reproduces that exactly: the projections of zero are zero there too.
         height, width = x.shape[1:3]
-        return super().scan(pad_to_even(x))[:, :height, :width]
+        xs = to_lattices(x)
+        if torch.is_grad_enabled() or tracing():
+            # SS2D.scan_parameters, written out: under torch.fx its module's leaves would not be wrapped here
+            weight, A, D = None, -torch.exp(full_precision(self.A_logs)), full_precision(self.Ds)
+            delta_bias = full_precision(self.dt_projs_bias).flatten()
+        else:  # inference: the projection (cast once to x's dtype) and A, D, Δ-bias kept between calls; the
+            # parameters in another order than SS2D.scan's, whose projection of the whole map differs
+            weight, A, D, delta_bias = cached_while_inferring(
+                self, (self.dt_projs_weight, self.x_proj_weight, self.A_logs, self.Ds, self.dt_projs_bias), x.dtype,
+                lambda: (lattice_weight(self.x_proj_weight, self.dt_projs_weight).to(x.dtype),
+                         *self.scan_parameters()))
+        dts, B, C = lattice_projections(xs, self.x_proj_weight, self.dt_projs_weight, self.d_state, weight)
+        # Autocast may leave the projections in another dtype than x (CPU autocast keeps some matmuls in fp32).
+        dts, B, C = (t.to(xs.dtype) for t in (dts, B, C))
+        y = selective_scan(xs, dts, A, B, C, D, delta_bias, routes=self.lattice_routes, merge='sum',
+                           delta_softplus=True, out_dtype=scan_out_dtype(xs))
+        return from_lattices(y, height, width)
+
+
+class _NormMean(torch.autograd.Function):
+    """The mean over H, W of ``layer_norm(x)`` (channel-last), in at least float32; keeps only ``x`` (which the
+    gate keeps anyway) and the statistics, not a float32 copy of ``x`` and the normed map."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        xf = full_precision(x)
+        normed, mean, rstd = torch.native_layer_norm(xf, x.shape[-1:], weight.to(xf.dtype), bias.to(xf.dtype), eps)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        return normed.mean((1, 2), keepdim=True)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        xf = full_precision(x)
+        grad = (grad / (x.shape[1] * x.shape[2])).expand_as(xf)
+        grad_x, grad_w, grad_b = torch.ops.aten.native_layer_norm_backward(
+            grad, xf, x.shape[-1:], mean, rstd, weight.to(xf.dtype), bias.to(xf.dtype),
+            (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]))
+        return _cast(grad_x, x.dtype), _cast(grad_w, weight.dtype), _cast(grad_b, bias.dtype), None
+
+
+@register_notrace_function
+def norm_mean(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+    """``norm(x).mean((1, 2), keepdim=True)`` for a channel-last ``x``. Under autograd the norm runs in at least
+    float32 (autocast's policy for norms on CUDA) and keeps only ``x`` and its statistics. A torch.fx leaf."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, norm.weight, norm.bias)):
+        out = _NormMean.apply(x, norm.weight, norm.bias, norm.eps)
+        return out if torch.is_autocast_enabled(x.device.type) else out.to(x.dtype)
+    return norm(x).mean((1, 2), keepdim=True)
+
+
+# Activations whose backward the recomputing functions below apply themselves: module type -> (forward, backward
+# from the activation's input).
+_ACTS = {
+    nn.ReLU: (F.relu, lambda grad, x: torch.ops.aten.threshold_backward(grad, x, 0)),
+    nn.GELU: (F.gelu, lambda grad, x: torch.ops.aten.gelu_backward(grad, x)),
+    nn.SiLU: (F.silu, lambda grad, x: torch.ops.aten.silu_backward(grad, x)),
+}
+
+
+def _act_fns(act: nn.Module):
+    """(forward, backward) of a plain ReLU / exact GELU / SiLU module, else None."""
+    if type(act) in _ACTS and getattr(act, 'approximate', 'none') == 'none':
+        return _ACTS[type(act)]
+    return None
+
+
+class _BatchNormActConv(torch.autograd.Function):
+    """``conv(act(batch_norm(x)))`` with batch statistics, keeping only ``x``: the normed map (with its statistics)
+    and the activation, the convolution's input, are recomputed in the backward. The running statistics are updated
+    in the forward, as ``nn.BatchNorm2d`` updates them."""
+
+    @staticmethod
+    def forward(ctx, x, bn_weight, bn_bias, running_mean, running_var, momentum, eps, act_fns, conv_weight,
+                conv_bias, conv_args):
+        normed = torch.ops.aten.native_batch_norm(x, bn_weight, bn_bias, running_mean, running_var, True, momentum,
+                                                  eps)[0]
+        act = act_fns[0](normed)
+        dtype = autocast_dtype(act)   # the convolution's compute dtype; its weight is cast once, kept for the backward
+        weight = conv_weight.to(dtype)
+        out = F.conv2d(act.to(dtype), weight, _cast(conv_bias, dtype), *conv_args)
+        ctx.act_fns, ctx.conv_args, ctx.eps = act_fns, conv_args, eps
+        ctx.conv_dtypes = (conv_weight.dtype, None if conv_bias is None else conv_bias.dtype)
+        ctx.save_for_backward(x, bn_weight, bn_bias, weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, bn_weight, bn_bias, weight = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        act_fn, act_bwd = ctx.act_fns
+        stride, padding, dilation, groups = ctx.conv_args
+        # the forward's normed map again, bit for bit: the batch statistics of the same x
+        normed, mean, invstd = torch.ops.aten.native_batch_norm(x, bn_weight, bn_bias, None, None, True, 0., ctx.eps)
+        weight_dtype, bias_dtype = ctx.conv_dtypes
+        grad_act, grad_cw, grad_cb = torch.ops.aten.convolution_backward(
+            grad.to(weight.dtype), act_fn(normed).to(weight.dtype), weight, None if bias_dtype is None else [
+                weight.shape[0]], stride, padding, dilation, False, (0, 0), groups,
+            (True, need[8], bias_dtype is not None and need[9]))
+        grad_x, grad_bw, grad_bb = torch.ops.aten.native_batch_norm_backward(
+            act_bwd(grad_act.to(normed.dtype), normed), x, bn_weight, None, None, mean, invstd, True, ctx.eps,
+            (need[0], need[1], need[2]))
+        return (grad_x, grad_bw, grad_bb, None, None, None, None, None, _cast(grad_cw, weight_dtype),
+                _cast(grad_cb, bias_dtype), None)
+
+
+def _batch_momentum(bn: nn.BatchNorm2d) -> float:
+    """Count the batch and return the running statistics' update factor, as ``nn.BatchNorm2d.forward`` does."""
+    bn.num_batches_tracked.add_(1)
+    return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+
+
+def _recomputable(bn: nn.BatchNorm2d, act: nn.Module):
+    """The activation's (forward, backward) where ``act(bn(x))`` can be recomputed in the backward: training with
+    batch statistics and autograd on, an affine BatchNorm, a known activation. Else None."""
+    if not (torch.is_grad_enabled() and bn.training and bn.track_running_stats and bn.affine):
+        return None
+    return _act_fns(act)
+
+
+def _plain_conv(conv: nn.Module) -> bool:
+    return type(conv) is nn.Conv2d and conv.padding_mode == 'zeros' and not isinstance(conv.padding, str)
+
+
+@register_notrace_function
+def bn_act_conv(x: torch.Tensor, bn: nn.BatchNorm2d, act: nn.Module, conv: nn.Conv2d) -> torch.Tensor:
+    """``conv(act(bn(x)))`` (NCHW). While training with autograd on, only ``x`` is kept for the backward;
+    otherwise (evaluation, other activations or layers) the modules themselves. A torch.fx leaf."""
+    fns = _recomputable(bn, act)
+    if fns is None or not _plain_conv(conv):
+        return conv(act(bn(x)))
+    return _BatchNormActConv.apply(
+        x, bn.weight, bn.bias, bn.running_mean, bn.running_var, _batch_momentum(bn), bn.eps, fns, conv.weight,
+        conv.bias, (conv.stride, conv.padding, conv.dilation, conv.groups))
+
+
+class _BatchNormAct(torch.autograd.Function):
+    """``act(batch_norm(x))`` with batch statistics, keeping only ``x``: the normed map is recomputed in the
+    backward. Nothing here keeps the output; its consumer keeps it or recomputes it (``scale_conv``'s ``source``).
+    The running statistics are updated in the forward, as ``nn.BatchNorm2d`` updates them."""
+
+    @staticmethod
+    def forward(ctx, x, bn_weight, bn_bias, running_mean, running_var, momentum, eps, act_fns):
+        normed = torch.ops.aten.native_batch_norm(x, bn_weight, bn_bias, running_mean, running_var, True, momentum,
+                                                  eps)[0]
+        ctx.act_fns, ctx.eps = act_fns, eps
+        ctx.save_for_backward(x, bn_weight, bn_bias)
+        return act_fns[0](normed)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, bn_weight, bn_bias = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        normed, mean, invstd = torch.ops.aten.native_batch_norm(x, bn_weight, bn_bias, None, None, True, 0., ctx.eps)
+        grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
+            ctx.act_fns[1](grad.to(normed.dtype), normed), x, bn_weight, None, None, mean, invstd, True, ctx.eps,
+            (need[0], need[1], need[2]))
+        return grad_x, grad_w, grad_b, None, None, None, None, None
+
+
+@register_notrace_function
+def bn_act(x: torch.Tensor, bn: nn.BatchNorm2d, act: nn.Module) -> torch.Tensor:
+    """``act(bn(x))`` (NCHW). While training with autograd on, only ``x`` is kept for the backward (pass
+    ``source=(x, bn, act)`` to the ``scale_conv`` that reads the output). A torch.fx leaf."""
+    fns = _recomputable(bn, act)
+    if fns is None:
+        return act(bn(x))
+    return _BatchNormAct.apply(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, _batch_momentum(bn), bn.eps,
+                               fns)
+
+
+class _ScaleConv(torch.autograd.Function):
+    """``conv(x * scale)``, keeping ``x`` and ``scale`` (which the scale's own gradient needs anyway), not the
+    product; or, given ``source``, ``source`` instead of ``x``, from which ``x = act(batch_norm(source))`` is
+    recomputed (``x``'s gradient still flows to where ``x`` was computed)."""
+
+    @staticmethod
+    def forward(ctx, x, scale, conv_weight, conv_bias, conv_args, source, bn_weight, bn_bias, eps, act_fns):
+        scaled = x * scale
+        dtype = autocast_dtype(scaled)   # the convolution's compute dtype; its weight is cast once, kept
+        weight = conv_weight.to(dtype)
+        ctx.conv_args, ctx.eps, ctx.act_fns = conv_args, eps, act_fns
+        ctx.conv_dtypes = (conv_weight.dtype, None if conv_bias is None else conv_bias.dtype)
+        ctx.save_for_backward(*((x,) if source is None else (source, bn_weight, bn_bias)), scale, weight)
+        return F.conv2d(scaled.to(dtype), weight, _cast(conv_bias, dtype), *conv_args)
+
+    @staticmethod
+    def backward(ctx, grad):
+        *kept, scale, weight = ctx.saved_tensors
+        if len(kept) == 1:
+            x = kept[0]
+        else:   # the forward's x again, bit for bit: the batch statistics of the same source
+            source, bn_weight, bn_bias = kept
+            x = ctx.act_fns[0](torch.ops.aten.native_batch_norm(
+                source, bn_weight, bn_bias, None, None, True, 0., ctx.eps)[0])
+        need = ctx.needs_input_grad
+        stride, padding, dilation, groups = ctx.conv_args
+        weight_dtype, bias_dtype = ctx.conv_dtypes
+        scaled = x * scale
+        grad_in, grad_cw, grad_cb = torch.ops.aten.convolution_backward(
+            grad.to(weight.dtype), scaled.to(weight.dtype), weight, None if bias_dtype is None else [weight.shape[0]],
+            stride, padding, dilation, False, (0, 0), groups,
+            (need[0] or need[1], need[2], bias_dtype is not None and need[3]))
+        grad_in = None if grad_in is None else grad_in.to(scaled.dtype)
+        grad_x = (grad_in * scale).to(x.dtype) if need[0] else None
+        grad_scale = (grad_in * x).sum((2, 3), keepdim=True).to(scale.dtype) if need[1] else None
+        return (grad_x, grad_scale, _cast(grad_cw, weight_dtype), _cast(grad_cb, bias_dtype)) + (None,) * 6
+
+
+@register_notrace_function
+def scale_conv(x: torch.Tensor, scale: torch.Tensor, conv: nn.Conv2d,
+               source: Optional[Tuple[torch.Tensor, nn.BatchNorm2d, nn.Module]] = None) -> torch.Tensor:
+    """``conv(x * scale)`` for a per-channel ``scale (B, C, 1, 1)`` (NCHW). With autograd on, the product is
+    recomputed in the backward instead of kept; with ``source = (s, bn, act)``, where ``x = bn_act(s, bn, act)``,
+    so is ``x`` (``s`` is kept instead). A torch.fx leaf."""
+    if not torch.is_grad_enabled() or not _plain_conv(conv):
+        return conv(x * scale)
+    fns = None if source is None else _recomputable(source[1], source[2])
+    src, bn = (source[0], source[1]) if fns is not None else (None, None)
+    return _ScaleConv.apply(x, scale, conv.weight, conv.bias, (conv.stride, conv.padding, conv.dilation, conv.groups),
+                            src, bn and bn.weight, bn and bn.bias, bn and bn.eps, fns)
 
 
 class BiAttn(nn.Module):
@@ -78,8 +422,12 @@ class BiAttn(nn.Module):
         self.gate = gate_layer()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.norm(x).mean((1, 2), keepdim=True)
-        return x * self.gate(self.fc2(self.act(self.fc1(s))))
+        return x * self.gates(x)[0]
+
+    def gates(self, *maps: torch.Tensor) -> Sequence[torch.Tensor]:
+        """The gate of each map, ``(B, 1, 1, C)``; the pooled statistics of all maps through one pass of fc1 / fc2."""
+        s = torch.cat([norm_mean(x, self.norm) for x in maps]) if len(maps) > 1 else norm_mean(maps[0], self.norm)
+        return self.gate(self.fc2(self.act(self.fc1(s)))).unflatten(0, (len(maps), -1)).unbind(0)
 
 
 class EVSSBlock(nn.Module):
@@ -122,19 +470,48 @@ class EVSSBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm1(x)
+        y = y.to(autocast_dtype(y))   # cast once for both branches (autocast would cast it for each)
         ssm = self.mixer(y)
-        conv = self.conv_branch(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        x = x + self.drop_path(self.se(ssm) + self.se(conv))
+        cb = self.conv_branch
+        conv = bn_act_conv(cb.conv_dw(y.permute(0, 3, 1, 2)), cb.bn, cb.act, cb.conv_pw).permute(0, 2, 3, 1)
+        gate_ssm, gate_conv = self.se.gates(ssm, conv)   # one SE module for both branches
+        x = x + self.drop_path(torch.addcmul(ssm * gate_ssm, conv, gate_conv))
         if self.mlp is not None:
             x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x
 
 
-def _inverted_residual(dim: int, drop_path: float) -> InvertedResidual:
+class MBConv(InvertedResidual):
     """MobileNetV2 block of stages 3-4: 1x1 expand (x4) → BN-ReLU → 3x3 depthwise → BN-ReLU → SE (ReLU, reduction
-    ``max(1, int(0.125 * mid))``) → 1x1 project → BN, plus the residual. NCHW."""
-    return InvertedResidual(dim, dim, dw_kernel_size=3, exp_ratio=4.0, act_layer=nn.ReLU, se_layer=_se_layer,
-                            drop_path_rate=drop_path)
+    ``max(1, int(0.125 * mid))``) → 1x1 project → BN, plus the residual. NCHW.
+
+    timm's ``InvertedResidual`` (same modules and names) whose training step recomputes in the backward the two
+    activations (from the expansion's and the depthwise conv's outputs, which BatchNorm's backward keeps anyway) and
+    the SE-scaled map (the projection's input)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv_s2d is not None or not isinstance(self.se, SqueezeExcite):
+            return super().forward(x)
+        shortcut = x
+        x = bn_act_conv(self.conv_pw(x), self.bn1, self.bn1.act, self.conv_dw) if isinstance(
+            self.bn1.drop, nn.Identity) else self.conv_dw(self.bn1(self.conv_pw(x)))
+        source = None
+        if isinstance(self.bn2.drop, nn.Identity) and isinstance(self.aa, nn.Identity):
+            source = (x, self.bn2, self.bn2.act)
+            x = bn_act(*source)
+        else:
+            x = self.aa(self.bn2(x))
+        se = self.se
+        scale = se.gate(se.conv_expand(se.act1(se.conv_reduce(x.mean((2, 3), keepdim=True)))))
+        x = self.bn3(scale_conv(x, scale, self.conv_pwl, source))
+        if self.has_skip:
+            x = self.drop_path(x) + shortcut
+        return x
+
+
+def _inverted_residual(dim: int, drop_path: float) -> MBConv:
+    return MBConv(dim, dim, dw_kernel_size=3, exp_ratio=4.0, act_layer=nn.ReLU, se_layer=_se_layer,
+                  drop_path_rate=drop_path)
 
 
 def _se_layer(chs: int, **kwargs) -> SqueezeExcite:
