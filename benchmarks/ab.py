@@ -8,7 +8,8 @@ Two benchmark runs in separate processes differ by a few percent on the same cod
 work on the machine); a change worth that much cannot be shown that way. Here both versions of a model live in one
 process on one device, are timed in turn over several rounds, and each gets the median of its rounds.
 
-The baseline (``--baseline``: a commit, branch or tag) is materialized from git: ``visionssm/`` and ``kernels/``
+The baseline (``--baseline``: a commit, branch or tag, or a ``git archive -o FILE.tar REV visionssm kernels`` file
+for a machine whose checkout lacks the history) is materialized from git: ``visionssm/`` and ``kernels/``
 (``kernels/`` installs as ``visionssm.kernels``, pyproject.toml) go into a temporary directory as the package
 ``visionssm_ab_<commit>``, with every ``visionssm`` name in its Python sources rewritten to that name. That renames
 its absolute imports and also what would be shared between the two copies in one process:
@@ -169,14 +170,33 @@ def _resolve(rev: str) -> str:
         raise ValueError(f'--baseline {rev!r} is not a commit of the repository at {ROOT}') from e
 
 
-def _extract(commit: str, dest: Path, package: str):
-    """``visionssm/`` and ``kernels/`` of ``commit`` as the package ``dest/package`` (kernels as its subpackage),
-    every ``visionssm`` name in the Python sources renamed ``package``."""
+def _archive(commit: str) -> bytes:
     present = _git('ls-tree', '--name-only', commit, PACKAGE, 'kernels').split()
     if PACKAGE not in present:
         raise ValueError(f'commit {commit[:12]} has no {PACKAGE}/ package')
-    archive = subprocess.run(['git', '-C', str(ROOT), 'archive', '--format=tar', commit, *present],
-                             capture_output=True, check=True).stdout
+    return subprocess.run(['git', '-C', str(ROOT), 'archive', '--format=tar', commit, *present],
+                          capture_output=True, check=True).stdout
+
+
+def _archive_commit(path: Path) -> tuple[bytes, str]:
+    """A baseline saved as ``git archive`` output (for a machine whose checkout has no history): its bytes, and the
+    commit git wrote into its header (the file name's stem if there is none)."""
+    archive = path.read_bytes()
+    try:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            names = tar.getnames()
+            commit = tar.pax_headers.get('comment') or path.stem
+    except tarfile.TarError as e:
+        raise ValueError(f'--baseline {str(path)!r} is not a tar archive ({e})') from e
+    if not any(n.startswith(f'{PACKAGE}/') for n in names):
+        raise ValueError(f'--baseline {str(path)!r} holds no {PACKAGE}/ package (make it with: git archive -o FILE '
+                         f'REV {PACKAGE} kernels)')
+    return archive, commit
+
+
+def _extract(archive: bytes, dest: Path, package: str):
+    """``visionssm/`` and ``kernels/`` of a ``git archive`` as the package ``dest/package`` (kernels as its
+    subpackage), every ``visionssm`` name in the Python sources renamed ``package``."""
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         for member in tar.getmembers():
             if not member.isfile():   # directories are made below; a tracked link (visionssm/kernels) is not needed
@@ -192,15 +212,22 @@ def _extract(commit: str, dest: Path, package: str):
 
 def materialize(rev: str) -> Side:
     """Import ``rev``'s package as ``visionssm_ab_<commit>`` (once per process), its models registered in a private
-    copy of timm's registry."""
-    commit = _resolve(rev)
+    copy of timm's registry. ``rev`` is a git revision, or a file that ``git archive -o FILE REV visionssm kernels``
+    wrote."""
+    archive = None
+    if rev.endswith('.tar') or Path(rev).is_file():
+        if not Path(rev).is_file():
+            raise ValueError(f'--baseline {rev!r}: no such file')
+        archive, commit = _archive_commit(Path(rev))
+    else:
+        commit = _resolve(rev)
     if commit in _MATERIALIZED:
         return _MATERIALIZED[commit]
     package = f'{PACKAGE}_ab_{commit[:12]}'
     # kept for the life of the process: Triton reads a kernel's source file when it compiles it
     dest = Path(tempfile.mkdtemp(prefix=f'{package}_'))
     atexit.register(shutil.rmtree, dest, ignore_errors=True)
-    _extract(commit, dest, package)
+    _extract(archive if archive is not None else _archive(commit), dest, package)
     init = dest / package / '__init__.py'
     spec = importlib.util.spec_from_file_location(package, init, submodule_search_locations=[str(init.parent)])
     module = importlib.util.module_from_spec(spec)
@@ -371,7 +398,7 @@ def _modes(text: str) -> list[str]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--baseline', required=True, help='git revision to compare against (commit, branch, tag)')
+    p.add_argument('--baseline', required=True, help='git revision to compare against (commit, branch, tag), or a git archive .tar of it')
     p.add_argument('--models', nargs='+', required=True, help='visionssm model names (timm names)')
     p.add_argument('--modes', type=_modes, default=list(MODES), help='comma-separated subset of infer,train')
     p.add_argument('--batch', type=int, default=128)

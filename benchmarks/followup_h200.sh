@@ -5,8 +5,10 @@
 #   bash benchmarks/followup_h200.sh [DIR] [BASELINE_REV]
 #
 # In order, each under its own time limit, so that one slow part cannot starve the rest:
-#   0. Spatial-Mamba's Triton state fusion: tests/test_state_fusion.py on the GPU, and an A/B of Spatial-Mamba-T/S
-#      against the revision before it;
+#   0. (part "new") Spatial-Mamba's Triton state fusion on the GPU (tests/test_state_fusion.py), and an A/B of
+#      Spatial-Mamba-T/S, EfficientVMamba-T and GroupMamba-T against the revision before their latest changes
+#      (the state fusion kernel, the leaner EfficientVMamba and GroupMamba blocks): speed and peak memory. NEW_BASE
+#      names that revision, or a `git archive` of it where the checkout has no history;
 #   1. ab.py: this checkout against BASELINE_REV (default: the revision before the GroupMamba / Spatial-Mamba / Vim
 #      memory work) for GroupMamba-T, Spatial-Mamba-T, Vim-T/S and VMamba-T, bf16 inference and training;
 #   2. tools/benchmark.py: MambaVision-T, PlainMamba-L1, MSVMamba-T beside ConvNeXt-T (bf16, batch 128, 224²), and
@@ -14,22 +16,21 @@
 #   3. kernels/bench.py --sweep --only Vim: the sequential kernel's decay handling both ways at Vim's shapes;
 #   4. VMamba-T's AOTInductor packages (static shapes) against eager and torch.compile at batch 1 and 32;
 #   5. the kernel fuzz test (tests/test_kernel_fuzz.py) on the GPU: VISIONSSM_FUZZ_CASES per route kind.
-# PARTS picks some of them (parts: fusion ab bench b8 sweep aoti fuzz, the default; BENCH_MODELS and BENCH_BUDGET change
+# PARTS picks some of them (parts: new ab bench b8 sweep aoti fuzz, the default; BENCH_MODELS and BENCH_BUDGET change
 # part 2's models and seconds); the fuzz takes what is left of LIMIT (default 580 seconds since the script
-# started). Writes DIR (default $OUT): env.txt, ab_fusion.json, ab.json, bench.json, bench_b8.json,
+# started). Writes DIR (default $OUT): env.txt, ab_new.json, ab.json, bench.json, bench_b8.json,
 # export_latency.json, fuzz.json, fuzz.log (8 files; the kernel sweep prints to the console).
 set -uo pipefail
 dir=${1:-${OUT:?set OUT or pass an output directory}}
 base=${2:-1591727}
-PARTS=" ${PARTS:-fusion ab bench b8 sweep aoti fuzz} "
+PARTS=" ${PARTS:-new ab bench b8 sweep aoti fuzz} "
 LIMIT=${LIMIT:-580}
 part() { [[ "$PARTS" == *" $1 "* ]]; }
 mkdir -p "$dir"
 source benchmarks/gpu_env.sh
-# Spatial-Mamba's Triton state fusion: its GPU tests, then an A/B against the revision before it
-part fusion && { timeout 120 python3 -m pytest -p no:cacheprovider -q tests/test_state_fusion.py 2>&1 | tail -n 5
-    timeout 150 python3 benchmarks/ab.py --baseline e25da85 --rounds 5 --json "$dir/ab_fusion.json" \
-        --models spatialmamba_tiny spatialmamba_small 2>&1 | tail -n 12; }
+part new && { timeout 100 python3 -m pytest -p no:cacheprovider -q tests/test_state_fusion.py 2>&1 | tail -n 5
+    timeout 240 python3 benchmarks/ab.py --baseline "${NEW_BASE:-e25da85}" --rounds 5 --json "$dir/ab_new.json" \
+        --models spatialmamba_tiny efficientvmamba_tiny groupmamba_tiny spatialmamba_small 2>&1 | tail -n 14; }
 part ab && timeout 200 python3 benchmarks/ab.py --baseline "$base" --rounds 5 --json "$dir/ab.json" \
     --models groupmamba_tiny spatialmamba_tiny vim_tiny vim_small vmamba_tiny_s1l8 2>&1 | tail -n 30
 part bench && python3 tools/benchmark.py --no-baselines --time-budget "${BENCH_BUDGET:-150}" --json "$dir/bench.json" \

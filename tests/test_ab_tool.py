@@ -92,3 +92,20 @@ def test_bad_arguments(ab):
     baseline = ab.materialize('HEAD')
     with pytest.raises(ValueError, match='not a visionssm model'):
         baseline.entrypoint('resnet18')
+
+
+def test_baseline_from_a_git_archive(ab, tmp_path):
+    # a GPU machine's checkout may have no history: the baseline travels as `git archive` output
+    tar = tmp_path / 'base.tar'
+    subprocess.run(['git', '-C', str(ROOT), 'archive', '-o', str(tar), 'HEAD', 'visionssm', 'kernels'], check=True)
+    head = subprocess.run(['git', '-C', str(ROOT), 'rev-parse', 'HEAD'], capture_output=True, text=True).stdout.strip()
+    assert ab._archive_commit(tar)[1] == head            # git writes the commit into the archive's header
+    assert ab.materialize(str(tar)) is ab.materialize('HEAD')
+    (tmp_path / 'junk.tar').write_bytes(b'not a tar file')
+    with pytest.raises(ValueError, match='not a tar archive'):
+        ab.materialize(str(tmp_path / 'junk.tar'))
+    subprocess.run(['git', '-C', str(ROOT), 'archive', '-o', str(tmp_path / 'docs.tar'), 'HEAD', 'docs'], check=True)
+    with pytest.raises(ValueError, match='holds no visionssm/ package'):
+        ab.materialize(str(tmp_path / 'docs.tar'))
+    with pytest.raises(ValueError, match='no such file'):
+        ab.materialize(str(tmp_path / 'missing.tar'))
