@@ -46,6 +46,7 @@ cannot be scripted: ``torch.jit.script``, or building under timm's ``set_scripta
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from functools import partial
@@ -167,6 +168,82 @@ def group_projections(
     return dts, B, C
 
 
+class _GroupWeights(torch.autograd.Function):
+    """``group_weights`` as one autograd node: one zeroed buffer in the compute dtype, each projection's blocks
+    copied (and cast) onto its diagonal by one kernel, dt_proj composed with x_proj's Δ rows by one batched GEMM in
+    the parameters' dtype. The backward reads the diagonal blocks of the incoming gradients only."""
+
+    @staticmethod
+    def forward(ctx, in_w, x_proj_w, dt_w, out_w, dtype):
+        groups, two_d, group_dim = in_w.shape
+        d, rank = two_d // 2, dt_w.shape[-1]
+        n2 = x_proj_w.shape[1] - rank
+        w_dt, w_bc = x_proj_w.split([rank, n2], dim=1)
+        device = in_w.device.type
+        with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) \
+                else contextlib.nullcontext():
+            w_delta = torch.bmm(dt_w, w_dt)                                   # (G, D, D)
+        sizes = (2 * groups * d * groups * group_dim, (groups * d + groups * n2) * groups * d,
+                 groups * group_dim * groups * d)
+        w_in, w_dbl, w_out = in_w.new_zeros(sum(sizes), dtype=dtype).split(sizes)
+        # each block-diagonal view (rows p, g, o x columns g, i) with its diagonal over g last, as the copies read
+        w_in.view(2, groups, d, groups, group_dim).diagonal(0, 1, 3).copy_(
+            in_w.unflatten(1, (2, d)).permute(1, 2, 3, 0))
+        dense_dbl = w_dbl.view(groups * (d + n2), groups * d)
+        dense_dbl[:groups * d].view(groups, d, groups, d).diagonal(0, 0, 2).copy_(w_delta.permute(1, 2, 0))
+        dense_dbl[groups * d:].view(groups, n2, groups, d).diagonal(0, 0, 2).copy_(w_bc.permute(1, 2, 0))
+        w_out.view(groups, group_dim, groups, d).diagonal(0, 0, 2).copy_(out_w.permute(1, 2, 0))
+        ctx.save_for_backward(w_dt, dt_w)
+        ctx.dims = groups, d, group_dim, rank, n2
+        return w_in.view(2 * groups * d, groups * group_dim), dense_dbl, w_out.view(groups * group_dim, groups * d)
+
+    @staticmethod
+    def backward(ctx, g_in, g_dbl, g_out):
+        w_dt, dt_w = ctx.saved_tensors
+        groups, d, group_dim, rank, n2 = ctx.dims
+        dtype = dt_w.dtype
+        grads = [None] * 4
+        if g_in is not None:
+            grads[0] = g_in.new_empty((groups, 2, d, group_dim), dtype=dtype)
+            grads[0].permute(1, 2, 3, 0).copy_(g_in.view(2, groups, d, groups, group_dim).diagonal(0, 1, 3))
+            grads[0] = grads[0].flatten(1, 2)
+        if g_dbl is not None:
+            g_delta = g_dbl[:groups * d].view(groups, d, groups, d).diagonal(0, 0, 2).permute(2, 0, 1).to(dtype)
+            grads[1] = g_dbl.new_empty((groups, rank + n2, d), dtype=dtype)
+            grads[1][:, rank:].permute(1, 2, 0).copy_(g_dbl[groups * d:].view(groups, n2, groups, d).diagonal(0, 0, 2))
+            grads[1][:, :rank].copy_(torch.bmm(dt_w.transpose(1, 2), g_delta))
+            grads[2] = torch.bmm(g_delta, w_dt.transpose(1, 2))
+        if g_out is not None:
+            grads[3] = g_out.new_empty((groups, group_dim, d), dtype=dtype)
+            grads[3].permute(1, 2, 0).copy_(g_out.view(groups, group_dim, groups, d).diagonal(0, 0, 2))
+        return (*grads, None)
+
+
+@register_notrace_function
+def group_weights(
+        in_w: torch.Tensor,
+        x_proj_w: torch.Tensor,
+        dt_w: torch.Tensor,
+        out_w: torch.Tensor,
+        dtype: torch.dtype,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GroupedSS2D's three block-diagonal GEMM weights in ``dtype`` (the GEMMs' compute dtype).
+
+    ``in_w (G, 2D, I)`` → in_proj ``(2*G*D, G*I)``, rows ordered (x / z, group, channel); ``x_proj_w (G, R+2N, D)``
+    with ``dt_w (G, D, R)`` → ``(G*D + G*2N, G*D)``: the composed Δ projection ``dt_w[g] @ x_proj_w[g, :R]`` of every
+    group, then B and C of every group (as ``group_projections``); ``out_w (G, O, D)`` → ``(G*O, G*D)``. In eager
+    mode one autograd node (``_GroupWeights``) with a handful of kernels; while compiling or exporting the same
+    values composed from ``block_diagonal``.
+    """
+    if not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+        return _GroupWeights.apply(in_w, x_proj_w, dt_w, out_w, dtype)
+    d, rank = in_w.shape[1] // 2, dt_w.shape[-1]
+    w_dt, w_bc = x_proj_w.split([rank, x_proj_w.shape[1] - rank], dim=1)
+    w_in = block_diagonal(in_w.unflatten(1, (2, d)).transpose(0, 1)).flatten(0, 1)
+    w_dbl = torch.cat([block_diagonal(torch.matmul(dt_w, w_dt)), block_diagonal(w_bc)])
+    return w_in.to(dtype), w_dbl.to(dtype), block_diagonal(out_w).to(dtype)
+
+
 class _NormGate(torch.autograd.Function):
     """``(layer_norm(y) * weight + bias).to(z.dtype) * act(z)``, the norm per group of D channels, saving only ``y``
     (the scan's output), ``z`` (part of in_proj's output, kept anyway) and the norm's statistics."""
@@ -278,23 +355,52 @@ class GroupedSS2D(ScanLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, C)`` → ``(B, H, W, C)``; group k of the output comes from group k of the input only."""
         groups, d_inner = _NUM_GROUPS, self.d_inner
+        if x.device.type == 'meta':   # FLOP counting: the per-group products
+            w_in = self.in_proj_weight.unflatten(1, (2, d_inner)).transpose(0, 1)
+            x, z = grouped_linear(x, w_in).split(groups * d_inner, dim=-1)
+            x = self.act(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+            dts, B, C = group_projections(x, self.x_proj_weight, self.dt_projs_weight, self.d_state)
+            y = norm_gate(self._scan(x, dts, B, C), z, self.out_norm_weight, self.out_norm_bias, self.out_norm_eps,
+                          self.act)
+            return grouped_linear(y, self.out_proj_weight[None])
         # in_proj's rows as (x, z) x group: x of every group, then z of every group, each contiguous
-        w_in = self.in_proj_weight.unflatten(1, (2, d_inner)).transpose(0, 1)
-        x, z = grouped_linear(x, w_in).split(groups * d_inner, dim=-1)
+        w_in, w_dbl, w_out = group_weights(self.in_proj_weight, self.x_proj_weight, self.dt_projs_weight,
+                                           self.out_proj_weight, autocast_dtype(x))
+        x, z = F.linear(x, w_in).split(groups * d_inner, dim=-1)
         # NHWC viewed as NCHW with channels-last strides: the depthwise conv needs no copy of its input.
         x = self.act(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
-        y = norm_gate(self.scan(x), z, self.out_norm_weight, self.out_norm_bias, self.out_norm_eps, self.act)
-        return grouped_linear(y, self.out_proj_weight[None])
+        # Δ of every group, then B and C of every group: strided views of one GEMM's output, read in place
+        dts, BC = F.linear(x, w_dbl).split([groups * d_inner, groups * 2 * self.d_state], dim=-1)
+        B, C = BC.unflatten(-1, (groups, 2 * self.d_state)).split(self.d_state, dim=-1)
+        y = norm_gate(self._scan(x, dts, B, C), z, self.out_norm_weight, self.out_norm_bias, self.out_norm_eps,
+                      self.act)
+        return F.linear(y, w_out)
 
-    def scan(self, x: torch.Tensor) -> torch.Tensor:
+    def _scan(self, x: torch.Tensor, dts: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
         """Selective scan of the inner map ``x (B, H, W, 4*D)``, group k along route k: ``(B, H, W, 4*D)``."""
-        dts, B, C = group_projections(x, self.x_proj_weight, self.dt_projs_weight, self.d_state)
         dts, B, C = (t.to(x.dtype) for t in (dts, B, C))  # CPU autocast may leave the GEMM in another dtype
         return selective_scan(
             x, dts, -torch.exp(full_precision(self.A_logs)), B, C,
             full_precision(self.Ds), full_precision(self.dt_projs_bias).flatten(),
             routes=self.routes, merge='sum', delta_softplus=True, out_dtype=scan_out_dtype(x),
         )
+
+
+@register_notrace_function
+def channel_affinity(x: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, skip_scale: torch.Tensor) -> torch.Tensor:
+    """The CAM gate times the skip scale, ``skip_scale * sigmoid(fc2(relu(fc1(mean_hw(x)))))``: ``(B, 1, 1, C)`` in
+    ``x``'s dtype, from ``x (B, H, W, C)``.
+
+    The mean and the two small layers run in the parameters' dtype, also under autocast (float32 there): they act on
+    ``(B, C)`` only, so this costs nothing in time, and saves the weight casts (and their gradients' casts back) that
+    autocast would add around the two tiny GEMMs.
+    """
+    dtype = fc1.weight.dtype
+    device = x.device.type
+    with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) \
+            else contextlib.nullcontext():
+        cam = torch.sigmoid(fc2(F.relu(fc1(x.mean(dim=(1, 2), dtype=dtype)))))
+        return (cam * skip_scale).to(x.dtype)[:, None, None]
 
 
 class GroupMambaMixer(nn.Module):
@@ -318,9 +424,7 @@ class GroupMambaMixer(nn.Module):
         # products below then keep (and save for the backward) low-precision maps, not float32 ones.
         x = self.norm(x)
         x = x.to(autocast_dtype(x))
-        cam = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean(dim=(1, 2))))))
-        scale = (self.skip_scale * cam).to(x.dtype)   # skip scale and CAM gate together: (B, C)
-        y = self.ssm(x) * x * scale.view(scale.shape[0], 1, 1, -1)
+        y = self.ssm(x) * x * channel_affinity(x, self.fc1, self.fc2, self.skip_scale)
         return self.proj(layer_norm_in_dtype(self.norm, y))
 
 
@@ -403,6 +507,18 @@ class ConvMlp(nn.Module):
         return conv_mlp(x, self.fc1, self.dwconv, self.act, self.fc2)
 
 
+@register_notrace_function
+def add_residual(x: torch.Tensor, y: torch.Tensor, drop_path: nn.Module) -> torch.Tensor:
+    """``x + drop_path(y)`` in one pass over the map: timm's ``DropPath`` draws its per-sample mask as it would (the
+    same random numbers), and the mask and the ``1 / keep`` rescaling enter one ``addcmul``. A torch.fx leaf, so a
+    traced graph follows the module's mode when it runs."""
+    if isinstance(drop_path, DropPath) and drop_path.training and drop_path.drop_prob > 0.:
+        keep = 1. - drop_path.drop_prob
+        mask = y.new_empty((y.shape[0],) + (1,) * (y.ndim - 1)).bernoulli_(keep)
+        return torch.addcmul(x, y, mask, value=1. / keep if keep > 0. and drop_path.scale_by_keep else 1.)
+    return x + drop_path(y)
+
+
 class GroupMambaBlock(nn.Module):
     """``x + mixer(x)`` (the mixer normalizes its own input), then ``x + ConvMlp(norm2(x))``."""
 
@@ -421,8 +537,8 @@ class GroupMambaBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.mixer(x))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = add_residual(x, self.mixer(x), self.drop_path)
+        return add_residual(x, self.mlp(self.norm2(x)), self.drop_path)
 
 
 class GroupMambaStage(nn.Module):
