@@ -244,34 +244,44 @@ def group_weights(
     return w_in.to(dtype), w_dbl.to(dtype), block_diagonal(out_w).to(dtype)
 
 
+def _norm_gate(y, z, weight, bias, eps, act_fn):
+    """The forward of ``norm_gate``: the norm without affine (one kernel), the affine in the parameters' dtype
+    promoted with ``y``'s, and the product with ``act(z)`` computed at that precision and written in ``z``'s dtype
+    (one kernel). Returns the output, the normed map and the statistics."""
+    y_hat, mean, rstd = torch.ops.aten.native_layer_norm(y.unflatten(-1, weight.shape), weight.shape[-1:], None,
+                                                        None, eps)
+    out = torch.empty_like(z)
+    torch.mul(torch.addcmul(bias, y_hat, weight).flatten(-2), act_fn(z), out=out)
+    return out, y_hat, mean, rstd
+
+
 class _NormGate(torch.autograd.Function):
-    """``(layer_norm(y) * weight + bias).to(z.dtype) * act(z)``, the norm per group of D channels, saving only ``y``
-    (the scan's output), ``z`` (part of in_proj's output, kept anyway) and the norm's statistics."""
+    """``norm_gate`` saving only ``y`` (the scan's output) and ``z`` (part of in_proj's output, kept anyway): the
+    backward recomputes the norm (the same kernel, so the same statistics) and the gate."""
 
     @staticmethod
     def forward(ctx, y, z, weight, bias, eps, act_fn, act_bwd):
-        groups, d = weight.shape
-        y_hat, mean, rstd = torch.ops.aten.native_layer_norm(y.unflatten(-1, (groups, d)), [d], None, None, eps)
-        y_hat = y_hat.flatten(-2).to(z.dtype)
-        ctx.act_fn, ctx.act_bwd = act_fn, act_bwd
-        ctx.save_for_backward(y, z, weight, bias, mean, rstd)
-        return torch.addcmul(bias.flatten().to(z.dtype), y_hat, weight.flatten().to(z.dtype)) * act_fn(z)
+        ctx.act_fn, ctx.act_bwd, ctx.eps = act_fn, act_bwd, eps
+        ctx.save_for_backward(y, z, weight, bias)
+        return _norm_gate(y, z, weight, bias, eps, act_fn)[0]
 
     @staticmethod
     def backward(ctx, grad_out):
-        y, z, weight, bias, mean, rstd = ctx.saved_tensors
+        y, z, weight, bias = ctx.saved_tensors
         groups, d = weight.shape
-        y_hat = ((y.unflatten(-1, (groups, d)) - mean) * rstd).flatten(-2).to(z.dtype)
-        w = weight.flatten().to(z.dtype)
+        y = y.unflatten(-1, (groups, d))
+        y_hat, mean, rstd = torch.ops.aten.native_layer_norm(y, [d], None, None, ctx.eps)
         grad_out = grad_out.to(z.dtype)
-        grad_z = ctx.act_bwd(grad_out * torch.addcmul(bias.flatten().to(z.dtype), y_hat, w), z)
-        grad_t = grad_out * ctx.act_fn(z)                      # gradient of the affine's output
-        flat, acc = grad_t.flatten(0, -2), torch.promote_types(grad_t.dtype, torch.float32)
-        grad_w = (flat * y_hat.flatten(0, -2)).sum(0, dtype=acc).view(groups, d).to(weight.dtype)
-        grad_b = flat.sum(0, dtype=acc).view(groups, d).to(bias.dtype)
+        grad_gate = torch.empty_like(z)      # d out / d act(z), rounded as the forward rounds its product
+        torch.mul(grad_out, torch.addcmul(bias, y_hat, weight).flatten(-2), out=grad_gate)
+        grad_z = ctx.act_bwd(grad_gate, z)
+        grad_t = (grad_out * ctx.act_fn(z)).unflatten(-1, (groups, d))     # gradient of the affine's output
+        rows = tuple(range(grad_t.ndim - 2))
+        acc = torch.promote_types(y_hat.dtype, weight.dtype)
+        grad_w = (grad_t * y_hat).sum(rows, dtype=acc).to(weight.dtype)
+        grad_b = grad_t.sum(rows, dtype=acc).to(bias.dtype)
         grad_y = torch.ops.aten.native_layer_norm_backward(
-            (grad_t * w).to(y.dtype).unflatten(-1, (groups, d)), y.unflatten(-1, (groups, d)), [d], mean, rstd,
-            None, None, [True, False, False])[0].flatten(-2)
+            (grad_t * weight).to(y.dtype), y, [d], mean, rstd, None, None, [True, False, False])[0].flatten(-2)
         return grad_y, grad_z, grad_w, grad_b, None, None, None
 
 
@@ -280,15 +290,18 @@ def norm_gate(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, bias: torc
               act: nn.Module) -> torch.Tensor:
     """GroupedSS2D's out_norm and gate: ``(LN_g(y) * weight + bias) * act(z)`` with ``LN_g`` a LayerNorm over each
     group of D channels of ``y (..., G*D)``, ``weight`` and ``bias`` ``(G, D)``. The norm runs in ``y``'s dtype
-    (the scan's full-precision output), the affine and the gate in ``z``'s, as the original casts after the affine.
-    Under autograd only ``y``, ``z`` and the statistics are kept (GELU, SiLU, ReLU gates), not the three maps between.
-    A torch.fx leaf."""
+    (the scan's full-precision output), the affine in the parameters' (promoted with ``y``'s) and the gate's
+    product at that precision, rounded once to ``z``'s dtype, as the original, whose float32 product is rounded
+    when out_proj reads it. Under autograd only ``y`` and ``z`` are kept (GELU, SiLU, ReLU gates), not the maps
+    between. A torch.fx leaf."""
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (y, z, weight, bias))):
+        return _norm_gate(y, z, weight, bias, eps, act)[0]
     fns = _act_backward(act)
-    if fns is not None and torch.is_grad_enabled() and any(t.requires_grad for t in (y, z, weight, bias)):
+    if fns is not None:
         return _NormGate.apply(y, z, weight, bias, eps, *fns)
     groups, d = weight.shape
-    y = F.layer_norm(y.unflatten(-1, (groups, d)), (d,), eps=eps).flatten(-2).to(z.dtype)
-    return torch.addcmul(bias.flatten().to(z.dtype), y, weight.flatten().to(z.dtype)) * act(z)
+    y = F.layer_norm(y.unflatten(-1, (groups, d)), (d,), eps=eps) * weight + bias
+    return (y.flatten(-2) * act(z)).to(z.dtype)
 
 
 class GroupedSS2D(ScanLayer):
