@@ -61,13 +61,14 @@ from timm.models import (build_model_with_cfg, checkpoint_seq, generate_default_
 from timm.models._features import feature_take_indices
 
 from visionssm.layers import ConvDownsample, Mlp, ScanLayer, full_precision, init_dt_bias, scan_out_dtype
+from visionssm.layers.cache import cached_while_inferring
 from visionssm.layers.mlp import _act_backward
 from visionssm.ops import grouped_routes, selective_scan
 from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted, load_through_model
 
 __all__ = [
     'GroupMamba', 'GroupedSS2D', 'GroupMambaMixer', 'GroupMambaBlock', 'GroupMambaStage', 'ClassBlock',
-    'autocast_dtype', 'layer_norm_in_dtype', 'block_diagonal', 'grouped_linear', 'group_projections', 'norm_gate',
+    'autocast_dtype', 'layer_norm_in_dtype', 'cast_weights', 'block_diagonal', 'grouped_linear', 'group_projections', 'norm_gate',
     'conv_mlp',
     'checkpoint_filter_fn', 'from_official',
 ]
@@ -114,17 +115,39 @@ def autocast_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 @register_notrace_function
-def layer_norm_in_dtype(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+def layer_norm_in_dtype(norm: nn.LayerNorm, x: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                        bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``norm(x)`` in ``x``'s dtype also under autocast, whose float32 policy for LayerNorm would copy a
     low-precision ``x`` to float32, keep that copy for the backward and return float32. (The statistics are
-    accumulated in float32 either way.)"""
+    accumulated in float32 either way.) ``weight`` and ``bias``, when given, are ``norm``'s already in ``x``'s
+    dtype (``cast_weights``)."""
     device = x.device.type
     if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
         return norm(x)
-    with torch.autocast(device, enabled=False):
+    if weight is None and bias is None:
         weight = norm.weight.to(x.dtype) if norm.weight is not None else None
         bias = norm.bias.to(x.dtype) if norm.bias is not None else None
+    with torch.autocast(device, enabled=False):
         return F.layer_norm(x, norm.normalized_shape, weight, bias, norm.eps)
+
+
+@register_notrace_function
+def cast_weights(module: nn.Module, params: Sequence[Optional[torch.Tensor]],
+                 dtype: torch.dtype) -> List[Optional[torch.Tensor]]:
+    """``params`` in ``dtype``, for layers that would each have autocast cast their weights: the low-precision
+    copies come from one concatenation and one cast (and their gradients go back by one concatenation and one cast),
+    where autocast launches a cast per tensor, and another per gradient. Kept on ``module`` while inferring.
+    Parameters already in ``dtype`` (autocast off) are returned as they are."""
+    present = [p for p in params if p is not None]
+    if all(p.dtype == dtype for p in present):
+        return list(params)
+
+    def build():   # (vectors need no reshaping: fewer view ops on the host)
+        flat = torch.cat([p if p.ndim == 1 else p.reshape(-1) for p in present]).to(dtype)
+        views = iter(flat.split([p.numel() for p in present]))
+        return [None if p is None else next(views) if p.ndim == 1 else next(views).view(p.shape) for p in params]
+
+    return cached_while_inferring(module, present, dtype, build)
 
 
 @register_notrace_function
@@ -365,8 +388,9 @@ class GroupedSS2D(ScanLayer):
         trunc_normal_(self.in_proj_weight, std=.02)
         trunc_normal_(self.out_proj_weight, std=.02)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, H, W, C)`` → ``(B, H, W, C)``; group k of the output comes from group k of the input only."""
+    def forward(self, x: torch.Tensor, conv_weights: Optional[Sequence[Optional[torch.Tensor]]] = None) -> torch.Tensor:
+        """``(B, H, W, C)`` → ``(B, H, W, C)``; group k of the output comes from group k of the input only.
+        ``conv_weights``: the depthwise conv's weight and bias, already cast (``cast_weights``)."""
         groups, d_inner = _NUM_GROUPS, self.d_inner
         if x.device.type == 'meta':   # FLOP counting: the per-group products
             w_in = self.in_proj_weight.unflatten(1, (2, d_inner)).transpose(0, 1)
@@ -381,7 +405,9 @@ class GroupedSS2D(ScanLayer):
                                            self.out_proj_weight, autocast_dtype(x))
         x, z = F.linear(x, w_in).split(groups * d_inner, dim=-1)
         # NHWC viewed as NCHW with channels-last strides: the depthwise conv needs no copy of its input.
-        x = self.act(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+        conv = self.conv
+        x = conv._conv_forward(x.permute(0, 3, 1, 2), *(conv_weights or (conv.weight, conv.bias)))
+        x = self.act(x.permute(0, 2, 3, 1))
         # Δ of every group, then B and C of every group: strided views of one GEMM's output, read in place
         dts, BC = F.linear(x, w_dbl).split([groups * d_inner, groups * 2 * self.d_state], dim=-1)
         B, C = BC.unflatten(-1, (groups, 2 * self.d_state)).split(self.d_state, dim=-1)
@@ -399,6 +425,22 @@ class GroupedSS2D(ScanLayer):
         )
 
 
+class _SpatialMean(torch.autograd.Function):
+    """``x.mean(dim=(1, 2), dtype=dtype)`` of a channel-last map whose gradient is a broadcast view of the small
+    ``(B, C)`` one in ``x``'s dtype: the map-sized gradient then costs nothing until it is summed with the map's
+    other gradients, where autograd's mean would write it out (in ``dtype``) and cast it."""
+
+    @staticmethod
+    def forward(ctx, x, dtype):
+        ctx.shape, ctx.dtype = x.shape, x.dtype
+        return x.mean(dim=(1, 2), dtype=dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        batch, height, width, channels = ctx.shape
+        return (grad / (height * width)).to(ctx.dtype)[:, None, None].expand(ctx.shape), None
+
+
 @register_notrace_function
 def channel_affinity(x: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, skip_scale: torch.Tensor) -> torch.Tensor:
     """The CAM gate times the skip scale, ``skip_scale * sigmoid(fc2(relu(fc1(mean_hw(x)))))``: ``(B, 1, 1, C)`` in
@@ -412,7 +454,7 @@ def channel_affinity(x: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, skip_scale
     device = x.device.type
     with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) \
             else contextlib.nullcontext():
-        cam = torch.sigmoid(fc2(F.relu(fc1(x.mean(dim=(1, 2), dtype=dtype)))))
+        cam = torch.sigmoid(fc2(F.relu(fc1(_SpatialMean.apply(x, dtype)))))
         return (cam * skip_scale).to(x.dtype)[:, None, None]
 
 
@@ -434,11 +476,17 @@ class GroupMambaMixer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Under autocast the normed map goes on in the GEMMs' dtype: it is what in_proj reads anyway, and the
-        # products below then keep (and save for the backward) low-precision maps, not float32 ones.
+        # products below then keep (and save for the backward) low-precision maps, not float32 ones. The norm
+        # reading the (float32) residual stream runs in float32 (the module docstring says why); the weights of
+        # the second norm, proj and the depthwise conv are cast together, once.
         x = self.norm(x)
-        x = x.to(autocast_dtype(x))
-        y = self.ssm(x) * x * channel_affinity(x, self.fc1, self.fc2, self.skip_scale)
-        return self.proj(layer_norm_in_dtype(self.norm, y))
+        dtype = autocast_dtype(x)
+        norm_w, norm_b, proj_w, proj_b, conv_w, conv_b = cast_weights(self, (
+            self.norm.weight, self.norm.bias, self.proj.weight, self.proj.bias, self.ssm.conv.weight,
+            self.ssm.conv.bias), dtype)
+        x = x.to(dtype)
+        y = self.ssm(x, (conv_w, conv_b)) * x * channel_affinity(x, self.fc1, self.fc2, self.skip_scale)
+        return F.linear(layer_norm_in_dtype(self.norm, y, norm_w, norm_b), proj_w, proj_b)
 
 
 class _ConvMlp(torch.autograd.Function):
@@ -488,17 +536,21 @@ class _ConvMlp(torch.autograd.Function):
 
 
 @register_notrace_function
-def conv_mlp(x: torch.Tensor, fc1: nn.Linear, conv: nn.Conv2d, act: nn.Module, fc2: nn.Linear) -> torch.Tensor:
+def conv_mlp(x: torch.Tensor, fc1: nn.Linear, conv: nn.Conv2d, act: nn.Module, fc2: nn.Linear,
+             weights: Optional[Sequence[Optional[torch.Tensor]]] = None) -> torch.Tensor:
     """``fc2(act(conv(fc1(x))))`` on a channel-last map; under autograd only ``x`` is saved (GELU, SiLU, ReLU; other
-    activations run as they are). A torch.fx leaf: traced graphs keep the memory saving."""
+    activations run as they are). ``weights``: fc1's, the conv's and fc2's weight and bias in that order, in place of
+    the modules' (e.g. already cast, ``cast_weights``). A torch.fx leaf: traced graphs keep the memory saving."""
     fns = _act_backward(act)
-    params = (fc1.weight, fc1.bias, conv.weight, conv.bias, fc2.weight, fc2.bias)
+    params = tuple(weights) if weights is not None else (
+        fc1.weight, fc1.bias, conv.weight, conv.bias, fc2.weight, fc2.bias)
     if fns is not None and conv.padding_mode == 'zeros' and not isinstance(conv.padding, str) \
             and torch.is_grad_enabled() and (x.requires_grad or any(p is not None and p.requires_grad for p in params)):
         # saved in the dtype fc1 computes in (under autocast the norm before may return float32)
         return _ConvMlp.apply(x.to(autocast_dtype(x)), *params, (conv.stride, conv.padding, conv.dilation,
                                                                   conv.groups), *fns)
-    return fc2(act(conv(fc1(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)))
+    h = conv._conv_forward(F.linear(x, params[0], params[1]).permute(0, 3, 1, 2), params[2], params[3])
+    return F.linear(act(h.permute(0, 2, 3, 1)), params[4], params[5])
 
 
 class ConvMlp(nn.Module):
@@ -517,7 +569,11 @@ class ConvMlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return conv_mlp(x, self.fc1, self.dwconv, self.act, self.fc2)
+        return conv_mlp(x, self.fc1, self.dwconv, self.act, self.fc2, cast_weights(self, self.params(), autocast_dtype(x)))
+
+    def params(self) -> Tuple[Optional[torch.Tensor], ...]:
+        """The weights and biases of fc1, the conv and fc2, in ``conv_mlp``'s order."""
+        return self.fc1.weight, self.fc1.bias, self.dwconv.weight, self.dwconv.bias, self.fc2.weight, self.fc2.bias
 
 
 @register_notrace_function
