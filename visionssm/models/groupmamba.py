@@ -31,13 +31,25 @@ Differences from the original, all deliberate:
   for low-precision inputs (the shared op's policy) and the rest follows the input dtype.
 * Under autocast the mixer keeps its maps in the autocast dtype where the original, through autocast's float32
   LayerNorm, computed (and kept for the backward) float32 maps: the normed input is cast once to the GEMMs'
-  dtype, the CAM/skip products and the mixer's second LayerNorm run in that dtype, and out_norm normalizes the
-  scan's full-precision output but applies its affine in the map's dtype. The residual stream and the norms
-  reading it stay float32. Without autocast every step computes as in the original.
+  dtype, the CAM/skip products and the mixer's second LayerNorm run in that dtype. out_norm normalizes the scan's
+  full-precision output and applies its affine in float32, and the product with the gate is rounded once to the
+  autocast dtype (as the original's float32 product is when out_proj reads it). The CAM's pooling and two small
+  layers run in float32 (they act on ``(B, C)`` only).
+* The residual stream and the two norms reading it (the mixer's first LayerNorm and ``norm2``) stay float32 under
+  autocast, by measurement: with the stream and those norms in bfloat16 (as MambaVision's hybrid blocks), the
+  logits of GroupMamba-T (random init with perturbed norm affines, 64², three seeds, CUDA's autocast policy for
+  the other norms) differ from a float64 run by 3.30e-2 (relative), against 2.41e-2 as here. A LayerNorm of a
+  bfloat16 input loses the low bits of ``x - mean`` where the channels share a large offset, and a bfloat16 stream
+  is rounded at every residual sum (38 in GroupMamba-T).
+  Without autocast every step computes as in the original.
 
-Training cost, same values: each per-group projection is one GEMM with a block-diagonal weight (``grouped_linear``),
-and the backward recomputes what is cheap to recompute instead of keeping it: the MLP's hidden maps
-(``conv_mlp``) and the maps between out_norm and the gate (``norm_gate``).
+Training cost, same values: each per-group projection is one GEMM with a block-diagonal weight, the three weights
+of a ``GroupedSS2D`` made by one autograd node in the GEMMs' dtype (``group_weights``: one zeroed buffer, a cast
+copy per projection); the weights that autocast would cast one by one (the mixer's proj, depthwise conv and second
+norm; the MLP's) are cast together by one kernel, with one cast of their gradients back (``cast_weights``); drop
+path and the residual sum are one ``addcmul`` (``add_residual``). The backward recomputes what is cheap to
+recompute instead of keeping it: the MLP's hidden maps (``conv_mlp``) and the maps between out_norm and the gate
+(``norm_gate``).
 
 ``forward_features`` returns a channel-last map (``output_fmt = 'NHWC'``). torch.fx traces the model (the scan op
 and a few size- or dtype-dependent helpers are leaves). TorchScript is not supported, because the shared scan op
@@ -68,8 +80,8 @@ from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converte
 
 __all__ = [
     'GroupMamba', 'GroupedSS2D', 'GroupMambaMixer', 'GroupMambaBlock', 'GroupMambaStage', 'ClassBlock',
-    'autocast_dtype', 'layer_norm_in_dtype', 'cast_weights', 'block_diagonal', 'grouped_linear', 'group_projections', 'norm_gate',
-    'conv_mlp',
+    'autocast_dtype', 'layer_norm_in_dtype', 'cast_weights', 'block_diagonal', 'grouped_linear', 'group_projections',
+    'group_weights', 'norm_gate', 'channel_affinity', 'conv_mlp', 'add_residual',
     'checkpoint_filter_fn', 'from_official',
 ]
 
@@ -151,18 +163,19 @@ def cast_weights(module: nn.Module, params: Sequence[Optional[torch.Tensor]],
 
 
 @register_notrace_function
-def grouped_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def grouped_linear(x: torch.Tensor, weight: torch.Tensor, dense: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Group g of ``x (..., G*I)`` through ``weight[p, g] (O x I)`` for every p: ``(..., P*G*O)``, ordered (p, g, o).
 
     One GEMM over all groups with the block-diagonal weight: the input and output are read and written where they
     are, with the full width's alignment, where per-group products need copies of odd-width channel slices (87 at
-    GroupMamba-T's stage 3) and run as unaligned GEMMs. The zero blocks add exact zeros. On the meta device (FLOP
-    counting) the per-group products, so the count stays the architecture's.
+    GroupMamba-T's stage 3) and run as unaligned GEMMs. The zero blocks add exact zeros. ``dense``: that weight
+    already built (``group_weights``). On the meta device (FLOP counting) the per-group products, so the count stays
+    the architecture's.
     """
     parts, groups, out_dim, in_dim = weight.shape
     if x.device.type == 'meta':
         return torch.einsum('...gi,pgoi->...pgo', x.unflatten(-1, (groups, in_dim)), weight).flatten(-3)
-    return F.linear(x, block_diagonal(weight).flatten(0, 1))
+    return F.linear(x, block_diagonal(weight).flatten(0, 1) if dense is None else dense)
 
 
 @register_notrace_function
@@ -171,22 +184,25 @@ def group_projections(
         x_proj_weight: torch.Tensor,
         dt_projs_weight: torch.Tensor,
         d_state: int,
+        dense: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Δ ``(B, H, W, G*D)``, B and C ``(B, H, W, G, N)`` of the inner map ``x (B, H, W, G*D)``, group g from channel
     group g with ``x_proj_weight[g] (R+2N, D)`` and ``dt_projs_weight[g] (D, R)``.
 
     As ``visionssm.layers.ss2d.route_projections``: dt_proj composed with the first R rows of x_proj into a D x D
     matrix per group, and all groups' Δ, B and C from one block-diagonal GEMM; Δ, B and C are strided views of its
-    output, which the scan reads in place. On the meta device, the original two low-rank steps per group.
+    output, which the scan reads in place. ``dense``: that weight already built (``group_weights``). On the meta
+    device, the original two low-rank steps per group.
     """
     groups, rank, n = x_proj_weight.shape[0], dt_projs_weight.shape[-1], d_state
     if x.device.type == 'meta':
         x_dbl = torch.einsum('...gd,gcd->...gc', x.unflatten(-1, (groups, x_proj_weight.shape[-1])), x_proj_weight)
         dts, B, C = torch.split(x_dbl, [rank, n, n], dim=-1)
         return torch.einsum('...gr,gdr->...gd', dts, dt_projs_weight).flatten(-2), B, C
-    w_dt, w_bc = x_proj_weight.split([rank, 2 * n], dim=1)   # split, not slices: one op, and a cat backward
-    weight = torch.cat([block_diagonal(torch.matmul(dt_projs_weight, w_dt)), block_diagonal(w_bc)])
-    dts, BC = F.linear(x, weight).split([x.shape[-1], groups * 2 * n], dim=-1)
+    if dense is None:
+        w_dt, w_bc = x_proj_weight.split([rank, 2 * n], dim=1)   # split, not slices: one op, and a cat backward
+        dense = torch.cat([block_diagonal(torch.matmul(dt_projs_weight, w_dt)), block_diagonal(w_bc)])
+    dts, BC = F.linear(x, dense).split([x.shape[-1], groups * 2 * n], dim=-1)
     B, C = BC.unflatten(-1, (groups, 2 * n)).split(n, dim=-1)
     return dts, B, C
 
@@ -392,28 +408,19 @@ class GroupedSS2D(ScanLayer):
         """``(B, H, W, C)`` → ``(B, H, W, C)``; group k of the output comes from group k of the input only.
         ``conv_weights``: the depthwise conv's weight and bias, already cast (``cast_weights``)."""
         groups, d_inner = _NUM_GROUPS, self.d_inner
-        if x.device.type == 'meta':   # FLOP counting: the per-group products
-            w_in = self.in_proj_weight.unflatten(1, (2, d_inner)).transpose(0, 1)
-            x, z = grouped_linear(x, w_in).split(groups * d_inner, dim=-1)
-            x = self.act(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
-            dts, B, C = group_projections(x, self.x_proj_weight, self.dt_projs_weight, self.d_state)
-            y = norm_gate(self._scan(x, dts, B, C), z, self.out_norm_weight, self.out_norm_bias, self.out_norm_eps,
-                          self.act)
-            return grouped_linear(y, self.out_proj_weight[None])
-        # in_proj's rows as (x, z) x group: x of every group, then z of every group, each contiguous
         w_in, w_dbl, w_out = group_weights(self.in_proj_weight, self.x_proj_weight, self.dt_projs_weight,
                                            self.out_proj_weight, autocast_dtype(x))
-        x, z = F.linear(x, w_in).split(groups * d_inner, dim=-1)
+        # in_proj's rows as (x, z) x group: x of every group, then z of every group, each contiguous
+        x, z = grouped_linear(x, self.in_proj_weight.unflatten(1, (2, d_inner)).transpose(0, 1), w_in).split(
+            groups * d_inner, dim=-1)
         # NHWC viewed as NCHW with channels-last strides: the depthwise conv needs no copy of its input.
         conv = self.conv
         x = conv._conv_forward(x.permute(0, 3, 1, 2), *(conv_weights or (conv.weight, conv.bias)))
         x = self.act(x.permute(0, 2, 3, 1))
-        # Δ of every group, then B and C of every group: strided views of one GEMM's output, read in place
-        dts, BC = F.linear(x, w_dbl).split([groups * d_inner, groups * 2 * self.d_state], dim=-1)
-        B, C = BC.unflatten(-1, (groups, 2 * self.d_state)).split(self.d_state, dim=-1)
+        dts, B, C = group_projections(x, self.x_proj_weight, self.dt_projs_weight, self.d_state, w_dbl)
         y = norm_gate(self._scan(x, dts, B, C), z, self.out_norm_weight, self.out_norm_bias, self.out_norm_eps,
                       self.act)
-        return F.linear(y, w_out)
+        return grouped_linear(y, self.out_proj_weight[None], w_out)
 
     def _scan(self, x: torch.Tensor, dts: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
         """Selective scan of the inner map ``x (B, H, W, 4*D)``, group k along route k: ``(B, H, W, 4*D)``."""
@@ -569,7 +576,8 @@ class ConvMlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return conv_mlp(x, self.fc1, self.dwconv, self.act, self.fc2, cast_weights(self, self.params(), autocast_dtype(x)))
+        weights = cast_weights(self, self.params(), autocast_dtype(x))
+        return conv_mlp(x, self.fc1, self.dwconv, self.act, self.fc2, weights)
 
     def params(self) -> Tuple[Optional[torch.Tensor], ...]:
         """The weights and biases of fc1, the conv and fc2, in ``conv_mlp``'s order."""
