@@ -265,15 +265,18 @@ def group_weights(
         dt_w: torch.Tensor,
         out_w: torch.Tensor,
         dtype: torch.dtype,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
     """GroupedSS2D's three block-diagonal GEMM weights in ``dtype`` (the GEMMs' compute dtype).
 
     ``in_w (G, 2D, I)`` → in_proj ``(2*G*D, G*I)``, rows ordered (x / z, group, channel); ``x_proj_w (G, R+2N, D)``
     with ``dt_w (G, D, R)`` → ``(G*D + G*2N, G*D)``: the composed Δ projection ``dt_w[g] @ x_proj_w[g, :R]`` of every
     group, then B and C of every group (as ``group_projections``); ``out_w (G, O, D)`` → ``(G*O, G*D)``. In eager
     mode one autograd node (``_GroupWeights``) with a handful of kernels; while compiling or exporting the same
-    values composed from ``block_diagonal``.
+    values composed from ``block_diagonal``. None on the meta device, where the projections count the per-group
+    products (FLOP counting).
     """
+    if in_w.device.type == 'meta':
+        return None, None, None
     if not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
         return _GroupWeights.apply(in_w, x_proj_w, dt_w, out_w, dtype)
     d, rank = in_w.shape[1] // 2, dt_w.shape[-1]
