@@ -587,15 +587,34 @@ class ConvMlp(nn.Module):
         return self.fc1.weight, self.fc1.bias, self.dwconv.weight, self.dwconv.bias, self.fc2.weight, self.fc2.bias
 
 
+class _AddScaled(torch.autograd.Function):
+    """``x + y * factor`` (``factor`` a per-sample scale without gradient) in ``x``'s dtype, whose backward writes
+    ``y``'s gradient in ``y``'s dtype by one kernel (autograd's addcmul would write it in ``x``'s, then cast)."""
+
+    @staticmethod
+    def forward(ctx, x, y, factor):
+        ctx.save_for_backward(factor)
+        ctx.y_dtype = y.dtype
+        return torch.addcmul(x, y, factor)
+
+    @staticmethod
+    def backward(ctx, grad):
+        factor, = ctx.saved_tensors
+        grad_y = torch.empty(grad.shape, dtype=ctx.y_dtype, device=grad.device)
+        return grad, torch.mul(grad, factor, out=grad_y), None
+
+
 @register_notrace_function
 def add_residual(x: torch.Tensor, y: torch.Tensor, drop_path: nn.Module) -> torch.Tensor:
     """``x + drop_path(y)`` in one pass over the map: timm's ``DropPath`` draws its per-sample mask as it would (the
-    same random numbers), and the mask and the ``1 / keep`` rescaling enter one ``addcmul``. A torch.fx leaf, so a
+    same random numbers, the same ``1 / keep`` rescaling), and the mask enters one ``addcmul``. A torch.fx leaf, so a
     traced graph follows the module's mode when it runs."""
     if isinstance(drop_path, DropPath) and drop_path.training and drop_path.drop_prob > 0.:
         keep = 1. - drop_path.drop_prob
         mask = y.new_empty((y.shape[0],) + (1,) * (y.ndim - 1)).bernoulli_(keep)
-        return torch.addcmul(x, y, mask, value=1. / keep if keep > 0. and drop_path.scale_by_keep else 1.)
+        if keep > 0. and drop_path.scale_by_keep:
+            mask.div_(keep)
+        return _AddScaled.apply(x, y, mask) if torch.is_grad_enabled() else torch.addcmul(x, y, mask)
     return x + drop_path(y)
 
 
