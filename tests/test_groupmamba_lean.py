@@ -298,3 +298,28 @@ def test_cast_weights():
         lin.weight.add_(1)
         assert cast_weights(lin, params, torch.bfloat16)[0] is not first[0]
 
+
+
+def test_model_inference_cache_under_autocast():
+    """While inferring the cast and block-diagonal weights are kept: the same logits as a forward that builds them
+    (bf16 autocast), and rebuilt after a parameter changes in place (as by an optimizer step). (Each phase in its own
+    autocast region: autocast's own cast cache, which lives as long as the region, would keep stale casts.)"""
+    import timm
+    torch.manual_seed(0)
+    model = timm.create_model('test_groupmamba', num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+
+    def forward(grad: bool):
+        with torch.autocast('cpu', dtype=torch.bfloat16), torch.set_grad_enabled(grad):
+            return model(x).detach()
+
+    want = forward(True)                        # autograd on: nothing kept
+    forward(False)
+    torch.testing.assert_close(forward(False), want, rtol=0, atol=0)
+    assert '_inference_cache' in model.stages[0].blocks[0].mixer.ssm.__dict__
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+    got = forward(False)
+    torch.testing.assert_close(got, forward(True), rtol=0, atol=0)
+    assert not torch.allclose(got, want)

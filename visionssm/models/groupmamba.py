@@ -411,8 +411,9 @@ class GroupedSS2D(ScanLayer):
         """``(B, H, W, C)`` → ``(B, H, W, C)``; group k of the output comes from group k of the input only.
         ``conv_weights``: the depthwise conv's weight and bias, already cast (``cast_weights``)."""
         groups, d_inner = _NUM_GROUPS, self.d_inner
-        w_in, w_dbl, w_out = group_weights(self.in_proj_weight, self.x_proj_weight, self.dt_projs_weight,
-                                           self.out_proj_weight, autocast_dtype(x))
+        params, dtype = (self.in_proj_weight, self.x_proj_weight, self.dt_projs_weight, self.out_proj_weight), \
+            autocast_dtype(x)
+        w_in, w_dbl, w_out = cached_while_inferring(self, params, dtype, lambda: group_weights(*params, dtype))
         # in_proj's rows as (x, z) x group: x of every group, then z of every group, each contiguous
         x, z = grouped_linear(x, self.in_proj_weight.unflatten(1, (2, d_inner)).transpose(0, 1), w_in).split(
             groups * d_inner, dim=-1)
