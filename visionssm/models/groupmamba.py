@@ -426,8 +426,11 @@ class GroupedSS2D(ScanLayer):
                       self.act)
         return grouped_linear(y, self.out_proj_weight[None], w_out)
 
-    def _scan(self, x: torch.Tensor, dts: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    def scan(self, x: torch.Tensor) -> torch.Tensor:
         """Selective scan of the inner map ``x (B, H, W, 4*D)``, group k along route k: ``(B, H, W, 4*D)``."""
+        return self._scan(x, *group_projections(x, self.x_proj_weight, self.dt_projs_weight, self.d_state))
+
+    def _scan(self, x: torch.Tensor, dts: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
         dts, B, C = (t.to(x.dtype) for t in (dts, B, C))  # CPU autocast may leave the GEMM in another dtype
         return selective_scan(
             x, dts, -torch.exp(full_precision(self.A_logs)), B, C,
@@ -448,7 +451,7 @@ class _SpatialMean(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        batch, height, width, channels = ctx.shape
+        height, width = ctx.shape[1:3]
         return (grad / (height * width)).to(ctx.dtype)[:, None, None].expand(ctx.shape), None
 
 
