@@ -31,13 +31,25 @@ Differences from the original, all deliberate:
   for low-precision inputs (the shared op's policy) and the rest follows the input dtype.
 * Under autocast the mixer keeps its maps in the autocast dtype where the original, through autocast's float32
   LayerNorm, computed (and kept for the backward) float32 maps: the normed input is cast once to the GEMMs'
-  dtype, the CAM/skip products and the mixer's second LayerNorm run in that dtype, and out_norm normalizes the
-  scan's full-precision output but applies its affine in the map's dtype. The residual stream and the norms
-  reading it stay float32. Without autocast every step computes as in the original.
+  dtype, the CAM/skip products and the mixer's second LayerNorm run in that dtype. out_norm normalizes the scan's
+  full-precision output and applies its affine in float32, and the product with the gate is rounded once to the
+  autocast dtype (as the original's float32 product is when out_proj reads it). The CAM's pooling and two small
+  layers run in float32 (they act on ``(B, C)`` only).
+* The residual stream and the two norms reading it (the mixer's first LayerNorm and ``norm2``) stay float32 under
+  autocast, by measurement: with the stream and those norms in bfloat16 (as MambaVision's hybrid blocks), the
+  logits of GroupMamba-T (random init with perturbed norm affines, 64², three seeds, CUDA's autocast policy for
+  the other norms) differ from a float64 run by 3.30e-2 (relative), against 2.41e-2 as here. A LayerNorm of a
+  bfloat16 input loses the low bits of ``x - mean`` where the channels share a large offset, and a bfloat16 stream
+  is rounded at every residual sum (38 in GroupMamba-T).
+  Without autocast every step computes as in the original.
 
-Training cost, same values: each per-group projection is one GEMM with a block-diagonal weight (``grouped_linear``),
-and the backward recomputes what is cheap to recompute instead of keeping it: the MLP's hidden maps
-(``conv_mlp``) and the maps between out_norm and the gate (``norm_gate``).
+Training cost, same values: each per-group projection is one GEMM with a block-diagonal weight, the three weights
+of a ``GroupedSS2D`` made by one autograd node in the GEMMs' dtype (``group_weights``: one zeroed buffer, a cast
+copy per projection); the weights that autocast would cast one by one (the mixer's proj, depthwise conv and second
+norm; the MLP's) are cast together by one kernel, with one cast of their gradients back (``cast_weights``); drop
+path and the residual sum are one ``addcmul`` (``add_residual``). The backward recomputes what is cheap to
+recompute instead of keeping it: the MLP's hidden maps (``conv_mlp``) and the maps between out_norm and the gate
+(``norm_gate``).
 
 ``forward_features`` returns a channel-last map (``output_fmt = 'NHWC'``). torch.fx traces the model (the scan op
 and a few size- or dtype-dependent helpers are leaves). TorchScript is not supported, because the shared scan op
@@ -46,6 +58,7 @@ cannot be scripted: ``torch.jit.script``, or building under timm's ``set_scripta
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from functools import partial
@@ -60,14 +73,15 @@ from timm.models import (build_model_with_cfg, checkpoint_seq, generate_default_
 from timm.models._features import feature_take_indices
 
 from visionssm.layers import ConvDownsample, Mlp, ScanLayer, full_precision, init_dt_bias, scan_out_dtype
+from visionssm.layers.cache import cached_while_inferring
 from visionssm.layers.mlp import _act_backward
 from visionssm.ops import grouped_routes, selective_scan
 from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted, load_through_model
 
 __all__ = [
     'GroupMamba', 'GroupedSS2D', 'GroupMambaMixer', 'GroupMambaBlock', 'GroupMambaStage', 'ClassBlock',
-    'autocast_dtype', 'layer_norm_in_dtype', 'block_diagonal', 'grouped_linear', 'group_projections', 'norm_gate',
-    'conv_mlp',
+    'autocast_dtype', 'layer_norm_in_dtype', 'cast_weights', 'block_diagonal', 'grouped_linear', 'group_projections',
+    'group_weights', 'norm_gate', 'channel_affinity', 'conv_mlp', 'add_residual',
     'checkpoint_filter_fn', 'from_official',
 ]
 
@@ -113,32 +127,55 @@ def autocast_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 @register_notrace_function
-def layer_norm_in_dtype(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+def layer_norm_in_dtype(norm: nn.LayerNorm, x: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                        bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``norm(x)`` in ``x``'s dtype also under autocast, whose float32 policy for LayerNorm would copy a
     low-precision ``x`` to float32, keep that copy for the backward and return float32. (The statistics are
-    accumulated in float32 either way.)"""
+    accumulated in float32 either way.) ``weight`` and ``bias``, when given, are ``norm``'s already in ``x``'s
+    dtype (``cast_weights``)."""
     device = x.device.type
     if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
         return norm(x)
-    with torch.autocast(device, enabled=False):
+    if weight is None and bias is None:
         weight = norm.weight.to(x.dtype) if norm.weight is not None else None
         bias = norm.bias.to(x.dtype) if norm.bias is not None else None
+    with torch.autocast(device, enabled=False):
         return F.layer_norm(x, norm.normalized_shape, weight, bias, norm.eps)
 
 
 @register_notrace_function
-def grouped_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def cast_weights(module: nn.Module, params: Sequence[Optional[torch.Tensor]],
+                 dtype: torch.dtype) -> List[Optional[torch.Tensor]]:
+    """``params`` in ``dtype``, for layers that would each have autocast cast their weights: the low-precision
+    copies come from one concatenation and one cast (and their gradients go back by one concatenation and one cast),
+    where autocast launches a cast per tensor, and another per gradient. Kept on ``module`` while inferring.
+    Parameters already in ``dtype`` (autocast off) are returned as they are."""
+    present = [p for p in params if p is not None]
+    if all(p.dtype == dtype for p in present):
+        return list(params)
+
+    def build():   # (vectors need no reshaping: fewer view ops on the host)
+        flat = torch.cat([p if p.ndim == 1 else p.reshape(-1) for p in present]).to(dtype)
+        views = iter(flat.split([p.numel() for p in present]))
+        return [None if p is None else next(views) if p.ndim == 1 else next(views).view(p.shape) for p in params]
+
+    return cached_while_inferring(module, present, dtype, build)
+
+
+@register_notrace_function
+def grouped_linear(x: torch.Tensor, weight: torch.Tensor, dense: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Group g of ``x (..., G*I)`` through ``weight[p, g] (O x I)`` for every p: ``(..., P*G*O)``, ordered (p, g, o).
 
     One GEMM over all groups with the block-diagonal weight: the input and output are read and written where they
     are, with the full width's alignment, where per-group products need copies of odd-width channel slices (87 at
-    GroupMamba-T's stage 3) and run as unaligned GEMMs. The zero blocks add exact zeros. On the meta device (FLOP
-    counting) the per-group products, so the count stays the architecture's.
+    GroupMamba-T's stage 3) and run as unaligned GEMMs. The zero blocks add exact zeros. ``dense``: that weight
+    already built (``group_weights``). On the meta device (FLOP counting) the per-group products, so the count stays
+    the architecture's.
     """
     parts, groups, out_dim, in_dim = weight.shape
     if x.device.type == 'meta':
         return torch.einsum('...gi,pgoi->...pgo', x.unflatten(-1, (groups, in_dim)), weight).flatten(-3)
-    return F.linear(x, block_diagonal(weight).flatten(0, 1))
+    return F.linear(x, block_diagonal(weight).flatten(0, 1) if dense is None else dense)
 
 
 @register_notrace_function
@@ -147,54 +184,146 @@ def group_projections(
         x_proj_weight: torch.Tensor,
         dt_projs_weight: torch.Tensor,
         d_state: int,
+        dense: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Δ ``(B, H, W, G*D)``, B and C ``(B, H, W, G, N)`` of the inner map ``x (B, H, W, G*D)``, group g from channel
     group g with ``x_proj_weight[g] (R+2N, D)`` and ``dt_projs_weight[g] (D, R)``.
 
     As ``visionssm.layers.ss2d.route_projections``: dt_proj composed with the first R rows of x_proj into a D x D
     matrix per group, and all groups' Δ, B and C from one block-diagonal GEMM; Δ, B and C are strided views of its
-    output, which the scan reads in place. On the meta device, the original two low-rank steps per group.
+    output, which the scan reads in place. ``dense``: that weight already built (``group_weights``). On the meta
+    device, the original two low-rank steps per group.
     """
     groups, rank, n = x_proj_weight.shape[0], dt_projs_weight.shape[-1], d_state
     if x.device.type == 'meta':
         x_dbl = torch.einsum('...gd,gcd->...gc', x.unflatten(-1, (groups, x_proj_weight.shape[-1])), x_proj_weight)
         dts, B, C = torch.split(x_dbl, [rank, n, n], dim=-1)
         return torch.einsum('...gr,gdr->...gd', dts, dt_projs_weight).flatten(-2), B, C
-    w_dt, w_bc = x_proj_weight.split([rank, 2 * n], dim=1)   # split, not slices: one op, and a cat backward
-    weight = torch.cat([block_diagonal(torch.matmul(dt_projs_weight, w_dt)), block_diagonal(w_bc)])
-    dts, BC = F.linear(x, weight).split([x.shape[-1], groups * 2 * n], dim=-1)
+    if dense is None:
+        w_dt, w_bc = x_proj_weight.split([rank, 2 * n], dim=1)   # split, not slices: one op, and a cat backward
+        dense = torch.cat([block_diagonal(torch.matmul(dt_projs_weight, w_dt)), block_diagonal(w_bc)])
+    dts, BC = F.linear(x, dense).split([x.shape[-1], groups * 2 * n], dim=-1)
     B, C = BC.unflatten(-1, (groups, 2 * n)).split(n, dim=-1)
     return dts, B, C
 
 
+class _GroupWeights(torch.autograd.Function):
+    """``group_weights`` as one autograd node: one zeroed buffer in the compute dtype, each projection's blocks
+    copied (and cast) onto its diagonal by one kernel, dt_proj composed with x_proj's Δ rows by one batched GEMM in
+    the parameters' dtype. The backward reads the diagonal blocks of the incoming gradients only."""
+
+    @staticmethod
+    def forward(ctx, in_w, x_proj_w, dt_w, out_w, dtype):
+        groups, two_d, group_dim = in_w.shape
+        d, rank = two_d // 2, dt_w.shape[-1]
+        n2 = x_proj_w.shape[1] - rank
+        w_dt, w_bc = x_proj_w.split([rank, n2], dim=1)
+        device = in_w.device.type
+        with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) \
+                else contextlib.nullcontext():
+            w_delta = torch.bmm(dt_w, w_dt)                                   # (G, D, D)
+        sizes = (2 * groups * d * groups * group_dim, (groups * d + groups * n2) * groups * d,
+                 groups * group_dim * groups * d)
+        w_in, w_dbl, w_out = in_w.new_zeros(sum(sizes), dtype=dtype).split(sizes)
+        # each block-diagonal view (rows p, g, o x columns g, i) with its diagonal over g last, as the copies read
+        w_in.view(2, groups, d, groups, group_dim).diagonal(0, 1, 3).copy_(
+            in_w.unflatten(1, (2, d)).permute(1, 2, 3, 0))
+        dense_dbl = w_dbl.view(groups * (d + n2), groups * d)
+        dense_dbl[:groups * d].view(groups, d, groups, d).diagonal(0, 0, 2).copy_(w_delta.permute(1, 2, 0))
+        dense_dbl[groups * d:].view(groups, n2, groups, d).diagonal(0, 0, 2).copy_(w_bc.permute(1, 2, 0))
+        w_out.view(groups, group_dim, groups, d).diagonal(0, 0, 2).copy_(out_w.permute(1, 2, 0))
+        ctx.save_for_backward(w_dt, dt_w)
+        ctx.dims = groups, d, group_dim, rank, n2
+        return w_in.view(2 * groups * d, groups * group_dim), dense_dbl, w_out.view(groups * group_dim, groups * d)
+
+    @staticmethod
+    def backward(ctx, g_in, g_dbl, g_out):
+        w_dt, dt_w = ctx.saved_tensors
+        groups, d, group_dim, rank, n2 = ctx.dims
+        dtype = dt_w.dtype
+        grads = [None] * 4
+        if g_in is not None:
+            grads[0] = g_in.new_empty((groups, 2, d, group_dim), dtype=dtype)
+            grads[0].permute(1, 2, 3, 0).copy_(g_in.view(2, groups, d, groups, group_dim).diagonal(0, 1, 3))
+            grads[0] = grads[0].flatten(1, 2)
+        if g_dbl is not None:
+            g_delta = g_dbl[:groups * d].view(groups, d, groups, d).diagonal(0, 0, 2).permute(2, 0, 1).to(dtype)
+            grads[1] = g_dbl.new_empty((groups, rank + n2, d), dtype=dtype)
+            grads[1][:, rank:].permute(1, 2, 0).copy_(g_dbl[groups * d:].view(groups, n2, groups, d).diagonal(0, 0, 2))
+            grads[1][:, :rank].copy_(torch.bmm(dt_w.transpose(1, 2), g_delta))
+            grads[2] = torch.bmm(g_delta, w_dt.transpose(1, 2))
+        if g_out is not None:
+            grads[3] = g_out.new_empty((groups, group_dim, d), dtype=dtype)
+            grads[3].permute(1, 2, 0).copy_(g_out.view(groups, group_dim, groups, d).diagonal(0, 0, 2))
+        return (*grads, None)
+
+
+@register_notrace_function
+def group_weights(
+        in_w: torch.Tensor,
+        x_proj_w: torch.Tensor,
+        dt_w: torch.Tensor,
+        out_w: torch.Tensor,
+        dtype: torch.dtype,
+) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """GroupedSS2D's three block-diagonal GEMM weights in ``dtype`` (the GEMMs' compute dtype).
+
+    ``in_w (G, 2D, I)`` → in_proj ``(2*G*D, G*I)``, rows ordered (x / z, group, channel); ``x_proj_w (G, R+2N, D)``
+    with ``dt_w (G, D, R)`` → ``(G*D + G*2N, G*D)``: the composed Δ projection ``dt_w[g] @ x_proj_w[g, :R]`` of every
+    group, then B and C of every group (as ``group_projections``); ``out_w (G, O, D)`` → ``(G*O, G*D)``. In eager
+    mode one autograd node (``_GroupWeights``) with a handful of kernels; while compiling or exporting the same
+    values composed from ``block_diagonal``. None on the meta device, where the projections count the per-group
+    products (FLOP counting).
+    """
+    if in_w.device.type == 'meta':
+        return None, None, None
+    if not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+        return _GroupWeights.apply(in_w, x_proj_w, dt_w, out_w, dtype)
+    d, rank = in_w.shape[1] // 2, dt_w.shape[-1]
+    w_dt, w_bc = x_proj_w.split([rank, x_proj_w.shape[1] - rank], dim=1)
+    w_in = block_diagonal(in_w.unflatten(1, (2, d)).transpose(0, 1)).flatten(0, 1)
+    w_dbl = torch.cat([block_diagonal(torch.matmul(dt_w, w_dt)), block_diagonal(w_bc)])
+    return w_in.to(dtype), w_dbl.to(dtype), block_diagonal(out_w).to(dtype)
+
+
+def _norm_gate(y, z, weight, bias, eps, act_fn):
+    """The forward of ``norm_gate``: the norm without affine (one kernel), the affine in the parameters' dtype
+    promoted with ``y``'s, and the product with ``act(z)`` computed at that precision and written in ``z``'s dtype
+    (one kernel). Returns the output, the normed map and the statistics."""
+    y_hat, mean, rstd = torch.ops.aten.native_layer_norm(y.unflatten(-1, weight.shape), weight.shape[-1:], None,
+                                                        None, eps)
+    out = torch.empty_like(z)
+    torch.mul(torch.addcmul(bias, y_hat, weight).flatten(-2), act_fn(z), out=out)
+    return out, y_hat, mean, rstd
+
+
 class _NormGate(torch.autograd.Function):
-    """``(layer_norm(y) * weight + bias).to(z.dtype) * act(z)``, the norm per group of D channels, saving only ``y``
-    (the scan's output), ``z`` (part of in_proj's output, kept anyway) and the norm's statistics."""
+    """``norm_gate`` saving only ``y`` (the scan's output) and ``z`` (part of in_proj's output, kept anyway): the
+    backward recomputes the norm (the same kernel, so the same statistics) and the gate."""
 
     @staticmethod
     def forward(ctx, y, z, weight, bias, eps, act_fn, act_bwd):
-        groups, d = weight.shape
-        y_hat, mean, rstd = torch.ops.aten.native_layer_norm(y.unflatten(-1, (groups, d)), [d], None, None, eps)
-        y_hat = y_hat.flatten(-2).to(z.dtype)
-        ctx.act_fn, ctx.act_bwd = act_fn, act_bwd
-        ctx.save_for_backward(y, z, weight, bias, mean, rstd)
-        return torch.addcmul(bias.flatten().to(z.dtype), y_hat, weight.flatten().to(z.dtype)) * act_fn(z)
+        ctx.act_fn, ctx.act_bwd, ctx.eps = act_fn, act_bwd, eps
+        ctx.save_for_backward(y, z, weight, bias)
+        return _norm_gate(y, z, weight, bias, eps, act_fn)[0]
 
     @staticmethod
     def backward(ctx, grad_out):
-        y, z, weight, bias, mean, rstd = ctx.saved_tensors
+        y, z, weight, bias = ctx.saved_tensors
         groups, d = weight.shape
-        y_hat = ((y.unflatten(-1, (groups, d)) - mean) * rstd).flatten(-2).to(z.dtype)
-        w = weight.flatten().to(z.dtype)
+        y = y.unflatten(-1, (groups, d))
+        y_hat, mean, rstd = torch.ops.aten.native_layer_norm(y, [d], None, None, ctx.eps)
         grad_out = grad_out.to(z.dtype)
-        grad_z = ctx.act_bwd(grad_out * torch.addcmul(bias.flatten().to(z.dtype), y_hat, w), z)
-        grad_t = grad_out * ctx.act_fn(z)                      # gradient of the affine's output
-        flat, acc = grad_t.flatten(0, -2), torch.promote_types(grad_t.dtype, torch.float32)
-        grad_w = (flat * y_hat.flatten(0, -2)).sum(0, dtype=acc).view(groups, d).to(weight.dtype)
-        grad_b = flat.sum(0, dtype=acc).view(groups, d).to(bias.dtype)
+        grad_gate = torch.empty_like(z)      # d out / d act(z), rounded as the forward rounds its product
+        torch.mul(grad_out, torch.addcmul(bias, y_hat, weight).flatten(-2), out=grad_gate)
+        grad_z = ctx.act_bwd(grad_gate, z)
+        grad_t = (grad_out * ctx.act_fn(z)).unflatten(-1, (groups, d))     # gradient of the affine's output
+        rows = tuple(range(grad_t.ndim - 2))
+        acc = torch.promote_types(y_hat.dtype, weight.dtype)
+        grad_w = (grad_t * y_hat).sum(rows, dtype=acc).to(weight.dtype)
+        grad_b = grad_t.sum(rows, dtype=acc).to(bias.dtype)
         grad_y = torch.ops.aten.native_layer_norm_backward(
-            (grad_t * w).to(y.dtype).unflatten(-1, (groups, d)), y.unflatten(-1, (groups, d)), [d], mean, rstd,
-            None, None, [True, False, False])[0].flatten(-2)
+            (grad_t * weight).to(y.dtype), y, [d], mean, rstd, None, None, [True, False, False])[0].flatten(-2)
         return grad_y, grad_z, grad_w, grad_b, None, None, None
 
 
@@ -203,15 +332,18 @@ def norm_gate(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, bias: torc
               act: nn.Module) -> torch.Tensor:
     """GroupedSS2D's out_norm and gate: ``(LN_g(y) * weight + bias) * act(z)`` with ``LN_g`` a LayerNorm over each
     group of D channels of ``y (..., G*D)``, ``weight`` and ``bias`` ``(G, D)``. The norm runs in ``y``'s dtype
-    (the scan's full-precision output), the affine and the gate in ``z``'s, as the original casts after the affine.
-    Under autograd only ``y``, ``z`` and the statistics are kept (GELU, SiLU, ReLU gates), not the three maps between.
-    A torch.fx leaf."""
+    (the scan's full-precision output), the affine in the parameters' (promoted with ``y``'s) and the gate's
+    product at that precision, rounded once to ``z``'s dtype, as the original, whose float32 product is rounded
+    when out_proj reads it. Under autograd only ``y`` and ``z`` are kept (GELU, SiLU, ReLU gates), not the maps
+    between. A torch.fx leaf."""
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (y, z, weight, bias))):
+        return _norm_gate(y, z, weight, bias, eps, act)[0]
     fns = _act_backward(act)
-    if fns is not None and torch.is_grad_enabled() and any(t.requires_grad for t in (y, z, weight, bias)):
+    if fns is not None:
         return _NormGate.apply(y, z, weight, bias, eps, *fns)
     groups, d = weight.shape
-    y = F.layer_norm(y.unflatten(-1, (groups, d)), (d,), eps=eps).flatten(-2).to(z.dtype)
-    return torch.addcmul(bias.flatten().to(z.dtype), y, weight.flatten().to(z.dtype)) * act(z)
+    y = F.layer_norm(y.unflatten(-1, (groups, d)), (d,), eps=eps) * weight + bias
+    return (y.flatten(-2) * act(z)).to(z.dtype)
 
 
 class GroupedSS2D(ScanLayer):
@@ -275,26 +407,69 @@ class GroupedSS2D(ScanLayer):
         trunc_normal_(self.in_proj_weight, std=.02)
         trunc_normal_(self.out_proj_weight, std=.02)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, H, W, C)`` → ``(B, H, W, C)``; group k of the output comes from group k of the input only."""
+    def forward(self, x: torch.Tensor, conv_weights: Optional[Sequence[Optional[torch.Tensor]]] = None) -> torch.Tensor:
+        """``(B, H, W, C)`` → ``(B, H, W, C)``; group k of the output comes from group k of the input only.
+        ``conv_weights``: the depthwise conv's weight and bias, already cast (``cast_weights``)."""
         groups, d_inner = _NUM_GROUPS, self.d_inner
+        params, dtype = (self.in_proj_weight, self.x_proj_weight, self.dt_projs_weight, self.out_proj_weight), \
+            autocast_dtype(x)
+        w_in, w_dbl, w_out = cached_while_inferring(self, params, dtype, lambda: group_weights(*params, dtype))
         # in_proj's rows as (x, z) x group: x of every group, then z of every group, each contiguous
-        w_in = self.in_proj_weight.unflatten(1, (2, d_inner)).transpose(0, 1)
-        x, z = grouped_linear(x, w_in).split(groups * d_inner, dim=-1)
+        x, z = grouped_linear(x, self.in_proj_weight.unflatten(1, (2, d_inner)).transpose(0, 1), w_in).split(
+            groups * d_inner, dim=-1)
         # NHWC viewed as NCHW with channels-last strides: the depthwise conv needs no copy of its input.
-        x = self.act(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
-        y = norm_gate(self.scan(x), z, self.out_norm_weight, self.out_norm_bias, self.out_norm_eps, self.act)
-        return grouped_linear(y, self.out_proj_weight[None])
+        conv = self.conv
+        x = conv._conv_forward(x.permute(0, 3, 1, 2), *(conv_weights or (conv.weight, conv.bias)))
+        x = self.act(x.permute(0, 2, 3, 1))
+        dts, B, C = group_projections(x, self.x_proj_weight, self.dt_projs_weight, self.d_state, w_dbl)
+        y = norm_gate(self._scan(x, dts, B, C), z, self.out_norm_weight, self.out_norm_bias, self.out_norm_eps,
+                      self.act)
+        return grouped_linear(y, self.out_proj_weight[None], w_out)
 
     def scan(self, x: torch.Tensor) -> torch.Tensor:
         """Selective scan of the inner map ``x (B, H, W, 4*D)``, group k along route k: ``(B, H, W, 4*D)``."""
-        dts, B, C = group_projections(x, self.x_proj_weight, self.dt_projs_weight, self.d_state)
+        return self._scan(x, *group_projections(x, self.x_proj_weight, self.dt_projs_weight, self.d_state))
+
+    def _scan(self, x: torch.Tensor, dts: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
         dts, B, C = (t.to(x.dtype) for t in (dts, B, C))  # CPU autocast may leave the GEMM in another dtype
         return selective_scan(
             x, dts, -torch.exp(full_precision(self.A_logs)), B, C,
             full_precision(self.Ds), full_precision(self.dt_projs_bias).flatten(),
             routes=self.routes, merge='sum', delta_softplus=True, out_dtype=scan_out_dtype(x),
         )
+
+
+class _SpatialMean(torch.autograd.Function):
+    """``x.mean(dim=(1, 2), dtype=dtype)`` of a channel-last map whose gradient is a broadcast view of the small
+    ``(B, C)`` one in ``x``'s dtype: the map-sized gradient then costs nothing until it is summed with the map's
+    other gradients, where autograd's mean would write it out (in ``dtype``) and cast it."""
+
+    @staticmethod
+    def forward(ctx, x, dtype):
+        ctx.shape, ctx.dtype = x.shape, x.dtype
+        return x.mean(dim=(1, 2), dtype=dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        height, width = ctx.shape[1:3]
+        return (grad / (height * width)).to(ctx.dtype)[:, None, None].expand(ctx.shape), None
+
+
+@register_notrace_function
+def channel_affinity(x: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, skip_scale: torch.Tensor) -> torch.Tensor:
+    """The CAM gate times the skip scale, ``skip_scale * sigmoid(fc2(relu(fc1(mean_hw(x)))))``: ``(B, 1, 1, C)`` in
+    ``x``'s dtype, from ``x (B, H, W, C)``.
+
+    The mean and the two small layers run in the parameters' dtype, also under autocast (float32 there): they act on
+    ``(B, C)`` only, so this costs nothing in time, and saves the weight casts (and their gradients' casts back) that
+    autocast would add around the two tiny GEMMs.
+    """
+    dtype = fc1.weight.dtype
+    device = x.device.type
+    with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) \
+            else contextlib.nullcontext():
+        cam = torch.sigmoid(fc2(F.relu(fc1(_SpatialMean.apply(x, dtype)))))
+        return (cam * skip_scale).to(x.dtype)[:, None, None]
 
 
 class GroupMambaMixer(nn.Module):
@@ -315,13 +490,17 @@ class GroupMambaMixer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Under autocast the normed map goes on in the GEMMs' dtype: it is what in_proj reads anyway, and the
-        # products below then keep (and save for the backward) low-precision maps, not float32 ones.
+        # products below then keep (and save for the backward) low-precision maps, not float32 ones. The norm
+        # reading the (float32) residual stream runs in float32 (the module docstring says why); the weights of
+        # the second norm, proj and the depthwise conv are cast together, once.
         x = self.norm(x)
-        x = x.to(autocast_dtype(x))
-        cam = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean(dim=(1, 2))))))
-        scale = (self.skip_scale * cam).to(x.dtype)   # skip scale and CAM gate together: (B, C)
-        y = self.ssm(x) * x * scale.view(scale.shape[0], 1, 1, -1)
-        return self.proj(layer_norm_in_dtype(self.norm, y))
+        dtype = autocast_dtype(x)
+        norm_w, norm_b, proj_w, proj_b, conv_w, conv_b = cast_weights(self, (
+            self.norm.weight, self.norm.bias, self.proj.weight, self.proj.bias, self.ssm.conv.weight,
+            self.ssm.conv.bias), dtype)
+        x = x.to(dtype)
+        y = self.ssm(x, (conv_w, conv_b)) * x * channel_affinity(x, self.fc1, self.fc2, self.skip_scale)
+        return F.linear(layer_norm_in_dtype(self.norm, y, norm_w, norm_b), proj_w, proj_b)
 
 
 class _ConvMlp(torch.autograd.Function):
@@ -371,17 +550,21 @@ class _ConvMlp(torch.autograd.Function):
 
 
 @register_notrace_function
-def conv_mlp(x: torch.Tensor, fc1: nn.Linear, conv: nn.Conv2d, act: nn.Module, fc2: nn.Linear) -> torch.Tensor:
+def conv_mlp(x: torch.Tensor, fc1: nn.Linear, conv: nn.Conv2d, act: nn.Module, fc2: nn.Linear,
+             weights: Optional[Sequence[Optional[torch.Tensor]]] = None) -> torch.Tensor:
     """``fc2(act(conv(fc1(x))))`` on a channel-last map; under autograd only ``x`` is saved (GELU, SiLU, ReLU; other
-    activations run as they are). A torch.fx leaf: traced graphs keep the memory saving."""
+    activations run as they are). ``weights``: fc1's, the conv's and fc2's weight and bias in that order, in place of
+    the modules' (e.g. already cast, ``cast_weights``). A torch.fx leaf: traced graphs keep the memory saving."""
     fns = _act_backward(act)
-    params = (fc1.weight, fc1.bias, conv.weight, conv.bias, fc2.weight, fc2.bias)
+    params = tuple(weights) if weights is not None else (
+        fc1.weight, fc1.bias, conv.weight, conv.bias, fc2.weight, fc2.bias)
     if fns is not None and conv.padding_mode == 'zeros' and not isinstance(conv.padding, str) \
             and torch.is_grad_enabled() and (x.requires_grad or any(p is not None and p.requires_grad for p in params)):
         # saved in the dtype fc1 computes in (under autocast the norm before may return float32)
         return _ConvMlp.apply(x.to(autocast_dtype(x)), *params, (conv.stride, conv.padding, conv.dilation,
                                                                   conv.groups), *fns)
-    return fc2(act(conv(fc1(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)))
+    h = conv._conv_forward(F.linear(x, params[0], params[1]).permute(0, 3, 1, 2), params[2], params[3])
+    return F.linear(act(h.permute(0, 2, 3, 1)), params[4], params[5])
 
 
 class ConvMlp(nn.Module):
@@ -400,7 +583,43 @@ class ConvMlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return conv_mlp(x, self.fc1, self.dwconv, self.act, self.fc2)
+        weights = cast_weights(self, self.params(), autocast_dtype(x))
+        return conv_mlp(x, self.fc1, self.dwconv, self.act, self.fc2, weights)
+
+    def params(self) -> Tuple[Optional[torch.Tensor], ...]:
+        """The weights and biases of fc1, the conv and fc2, in ``conv_mlp``'s order."""
+        return self.fc1.weight, self.fc1.bias, self.dwconv.weight, self.dwconv.bias, self.fc2.weight, self.fc2.bias
+
+
+class _AddScaled(torch.autograd.Function):
+    """``x + y * factor`` (``factor`` a per-sample scale without gradient) in ``x``'s dtype, whose backward writes
+    ``y``'s gradient in ``y``'s dtype by one kernel (autograd's addcmul would write it in ``x``'s, then cast)."""
+
+    @staticmethod
+    def forward(ctx, x, y, factor):
+        ctx.save_for_backward(factor)
+        ctx.y_dtype = y.dtype
+        return torch.addcmul(x, y, factor)
+
+    @staticmethod
+    def backward(ctx, grad):
+        factor, = ctx.saved_tensors
+        grad_y = torch.empty(grad.shape, dtype=ctx.y_dtype, device=grad.device)
+        return grad, torch.mul(grad, factor, out=grad_y), None
+
+
+@register_notrace_function
+def add_residual(x: torch.Tensor, y: torch.Tensor, drop_path: nn.Module) -> torch.Tensor:
+    """``x + drop_path(y)`` in one pass over the map: timm's ``DropPath`` draws its per-sample mask as it would (the
+    same random numbers, the same ``1 / keep`` rescaling), and the mask enters one ``addcmul``. A torch.fx leaf, so a
+    traced graph follows the module's mode when it runs."""
+    if isinstance(drop_path, DropPath) and drop_path.training and drop_path.drop_prob > 0.:
+        keep = 1. - drop_path.drop_prob
+        mask = y.new_empty((y.shape[0],) + (1,) * (y.ndim - 1)).bernoulli_(keep)
+        if keep > 0. and drop_path.scale_by_keep:
+            mask.div_(keep)
+        return _AddScaled.apply(x, y, mask) if torch.is_grad_enabled() else torch.addcmul(x, y, mask)
+    return x + drop_path(y)
 
 
 class GroupMambaBlock(nn.Module):
@@ -421,8 +640,8 @@ class GroupMambaBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.mixer(x))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = add_residual(x, self.mixer(x), self.drop_path)
+        return add_residual(x, self.mlp(self.norm2(x)), self.drop_path)
 
 
 class GroupMambaStage(nn.Module):
