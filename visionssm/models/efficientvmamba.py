@@ -42,11 +42,10 @@ from timm.models._efficientnet_blocks import InvertedResidual, SqueezeExcite
 from visionssm.layers import SS2D, ConvDownsample, Mlp, PatchEmbed, PatchMerging, full_precision, pad_to_even, \
     scan_out_dtype
 from visionssm.layers.cache import cached_while_inferring, tracing
+from visionssm.layers.fused import autocast_dtype, block_diagonal, conv_silu, group_projections
 from visionssm.ops import Route, lattice_routes, selective_scan
 from ._checkpoint import load_through_model
 from ._hierarchical import HierarchicalBackbone
-from .groupmamba import autocast_dtype, block_diagonal, group_projections
-from .spatialmamba import conv_silu
 
 __all__ = ['EfficientVMamba', 'AtrousSS2D', 'EVSSBlock', 'BiAttn', 'MBConv', 'EfficientVMambaStage',
            'checkpoint_filter_fn', 'from_official']

@@ -74,6 +74,7 @@ from timm.models._features import feature_take_indices
 
 from visionssm.layers import ConvDownsample, Mlp, ScanLayer, full_precision, init_dt_bias, scan_out_dtype
 from visionssm.layers.cache import cached_while_inferring
+from visionssm.layers.fused import autocast_dtype, block_diagonal, group_projections
 from visionssm.layers.mlp import _act_backward
 from visionssm.ops import grouped_routes, selective_scan
 from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted, load_through_model
@@ -86,44 +87,6 @@ __all__ = [
 ]
 
 _NUM_GROUPS = 4  # one per scan direction of grouped_routes
-
-
-class _BlockDiagonal(torch.autograd.Function):
-    """``block_diagonal`` as one autograd node: zeros with the blocks copied onto their diagonal; the gradient is
-    the diagonal blocks of the incoming one (a view, no kernel)."""
-
-    @staticmethod
-    def forward(ctx, weight):
-        *lead, groups, out_dim, in_dim = ctx.shape = weight.shape
-        dense = weight.new_zeros(*lead, groups, out_dim, groups, in_dim)
-        dense.diagonal(0, -4, -2).copy_(weight.movedim(-3, -1))
-        return dense.view(*lead, groups * out_dim, groups * in_dim)
-
-    @staticmethod
-    def backward(ctx, grad):
-        *lead, groups, out_dim, in_dim = ctx.shape
-        return grad.reshape(*lead, groups, out_dim, groups, in_dim).diagonal(0, -4, -2).movedim(-1, -3)
-
-
-def block_diagonal(weight: torch.Tensor) -> torch.Tensor:
-    """``(..., G, O, I)`` per-group weights → ``(..., G*O, G*I)``: group g's block at rows ``g*O``, columns ``g*I``,
-    zeros elsewhere. Under autograd one node (``_BlockDiagonal``); else (and while compiling or exporting) a
-    product with the identity."""
-    if torch.is_grad_enabled() and weight.requires_grad and not (
-            torch.compiler.is_compiling() or torch.compiler.is_exporting()):
-        return _BlockDiagonal.apply(weight)
-    groups = weight.shape[-3]
-    eye = torch.eye(groups, dtype=weight.dtype, device=weight.device)
-    return (weight.unsqueeze(-2) * eye[:, None, :, None]).flatten(-4, -3).flatten(-2)
-
-
-@register_notrace_function
-def autocast_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype autocast runs ``x``'s GEMMs in (bfloat16 / float16), or ``x``'s own where autocast is off."""
-    device = x.device.type
-    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return x.dtype
 
 
 @register_notrace_function
@@ -176,35 +139,6 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, dense: Optional[torch.
     if x.device.type == 'meta':
         return torch.einsum('...gi,pgoi->...pgo', x.unflatten(-1, (groups, in_dim)), weight).flatten(-3)
     return F.linear(x, block_diagonal(weight).flatten(0, 1) if dense is None else dense)
-
-
-@register_notrace_function
-def group_projections(
-        x: torch.Tensor,
-        x_proj_weight: torch.Tensor,
-        dt_projs_weight: torch.Tensor,
-        d_state: int,
-        dense: Optional[torch.Tensor] = None,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Δ ``(B, H, W, G*D)``, B and C ``(B, H, W, G, N)`` of the inner map ``x (B, H, W, G*D)``, group g from channel
-    group g with ``x_proj_weight[g] (R+2N, D)`` and ``dt_projs_weight[g] (D, R)``.
-
-    As ``visionssm.layers.ss2d.route_projections``: dt_proj composed with the first R rows of x_proj into a D x D
-    matrix per group, and all groups' Δ, B and C from one block-diagonal GEMM; Δ, B and C are strided views of its
-    output, which the scan reads in place. ``dense``: that weight already built (``group_weights``). On the meta
-    device, the original two low-rank steps per group.
-    """
-    groups, rank, n = x_proj_weight.shape[0], dt_projs_weight.shape[-1], d_state
-    if x.device.type == 'meta':
-        x_dbl = torch.einsum('...gd,gcd->...gc', x.unflatten(-1, (groups, x_proj_weight.shape[-1])), x_proj_weight)
-        dts, B, C = torch.split(x_dbl, [rank, n, n], dim=-1)
-        return torch.einsum('...gr,gdr->...gd', dts, dt_projs_weight).flatten(-2), B, C
-    if dense is None:
-        w_dt, w_bc = x_proj_weight.split([rank, 2 * n], dim=1)   # split, not slices: one op, and a cat backward
-        dense = torch.cat([block_diagonal(torch.matmul(dt_projs_weight, w_dt)), block_diagonal(w_bc)])
-    dts, BC = F.linear(x, dense).split([x.shape[-1], groups * 2 * n], dim=-1)
-    B, C = BC.unflatten(-1, (groups, 2 * n)).split(n, dim=-1)
-    return dts, B, C
 
 
 class _GroupWeights(torch.autograd.Function):

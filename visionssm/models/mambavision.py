@@ -53,7 +53,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -67,7 +67,7 @@ from visionssm.layers.cache import cached_while_inferring
 from visionssm.ops import Route, selective_scan
 from ._checkpoint import load_through_model
 from ._hierarchical import HierarchicalBackbone
-from .groupmamba import autocast_dtype
+from visionssm.layers.fused import autocast_dtype
 
 __all__ = [
     'MambaVision', 'MambaVisionMixer', 'Attention', 'HybridBlock', 'ConvBlock', 'ConvStage', 'HybridStage',

@@ -29,7 +29,6 @@ scripted: ``torch.jit.script``, or building under timm's ``set_scriptable(True)`
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Dict, Optional, Sequence, Type, Union
 
 import torch

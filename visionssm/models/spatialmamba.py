@@ -37,6 +37,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 
 from visionssm.kernels import state_fusion as fusion_kernels
 from visionssm.layers import SS2D, Mlp, full_precision
+from visionssm.layers.fused import conv_silu
 from visionssm.layers.ss2d import route_projections
 from visionssm.ops import Route, selective_scan
 from ._checkpoint import load_through_model
@@ -236,41 +237,6 @@ def state_dtype(x: torch.Tensor) -> torch.dtype:
     bfloat16 has float32's range; the official code fuses in bfloat16 under bfloat16 autocast too (its fp32 states
     are cast by autocast for the convolutions)."""
     return torch.float32 if x.dtype == torch.float16 else x.dtype
-
-
-class _ConvSiLU(torch.autograd.Function):
-    """``conv_silu`` whose backward recomputes the convolution's output (one depthwise conv) instead of keeping it:
-    the convolution keeps its input anyway."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, padding, groups):
-        ctx.save_for_backward(x, weight, bias)
-        ctx.conv = (padding, groups)
-        return F.silu(F.conv2d(x, weight.to(x.dtype), _cast(bias, x.dtype), padding=padding, groups=groups))
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight, bias = ctx.saved_tensors
-        padding, groups = ctx.conv
-        w = weight.to(x.dtype)
-        y = F.conv2d(x, w, _cast(bias, x.dtype), padding=padding, groups=groups)
-        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            torch.ops.aten.silu_backward(grad, y), x, w, None if bias is None else bias.shape, (1, 1), padding, (1, 1),
-            False, (0, 0), groups, (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None))
-        return grad_x, _cast(grad_w, weight.dtype), _cast(grad_b, None if bias is None else bias.dtype), None, None
-
-
-def _cast(t: Optional[torch.Tensor], dtype: Optional[torch.dtype]) -> Optional[torch.Tensor]:
-    return None if t is None else t.to(dtype)
-
-
-@register_notrace_function
-def conv_silu(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """``SiLU(conv(x))`` for a stride-1 conv with bias, in x's dtype (autocast's choice for the conv). A torch.fx
-    leaf (it picks its autograd by grad mode)."""
-    if _tracing() or not torch.is_grad_enabled():
-        return F.silu(conv(x))
-    return _ConvSiLU.apply(x, conv.weight, conv.bias, conv.padding, conv.groups)
 
 
 class _MixerOutput(torch.autograd.Function):

@@ -231,7 +231,7 @@ class _FusedWeights(torch.autograd.Function):
     @staticmethod
     def forward(ctx, dtype, d_state, *params):
         out = fuse_bidirectional_weights(dtype, d_state, *params)
-        conv_w, dt_w, A_log = params[0], params[6], params[10]
+        conv_w, dt_w = params[0], params[6]
         ctx.dims = conv_w.shape[0], conv_w.shape[-1], params[4].shape[0], dt_w.shape[1]   # E, k, R + 2N, R
         ctx.dtypes = [p.dtype if p is not None else None for p in params]
         ctx.save_for_backward(out[4])   # A = -exp(A_log): dA/dA_log = A
