@@ -5,10 +5,11 @@
 #   bash benchmarks/followup_h200.sh [DIR] [BASELINE_REV]
 #
 # In order, each under its own time limit, so that one slow part cannot starve the rest:
-#   0. (part "new") Spatial-Mamba's Triton state fusion on the GPU (tests/test_state_fusion.py), and an A/B of
-#      Spatial-Mamba-T/S, EfficientVMamba-T and GroupMamba-T against the revision before their latest changes
-#      (the state fusion kernel, the leaner EfficientVMamba and GroupMamba blocks): speed and peak memory. NEW_BASE
-#      names that revision, or a `git archive` of it where the checkout has no history;
+#   0. (part "new") the Triton state fusion and LayerNorm kernels on the GPU (tests/test_state_fusion.py,
+#      tests/test_layer_norm.py), and an A/B of Spatial-Mamba-T/S, EfficientVMamba-T, GroupMamba-T and VMamba-T
+#      against the revision before their latest changes (the two kernels, the leaner EfficientVMamba and
+#      GroupMamba blocks): speed and peak memory. NEW_BASE names that revision, or a `git archive` of it where the
+#      checkout has no history;
 #   1. ab.py: this checkout against BASELINE_REV (default: the revision before the GroupMamba / Spatial-Mamba / Vim
 #      memory work) for GroupMamba-T, Spatial-Mamba-T, Vim-T/S and VMamba-T, bf16 inference and training;
 #   2. tools/benchmark.py: MambaVision-T, PlainMamba-L1, MSVMamba-T beside ConvNeXt-T (bf16, batch 128, 224²), and
@@ -28,9 +29,11 @@ LIMIT=${LIMIT:-580}
 part() { [[ "$PARTS" == *" $1 "* ]]; }
 mkdir -p "$dir"
 source benchmarks/gpu_env.sh
-part new && { timeout 100 python3 -m pytest -p no:cacheprovider -q tests/test_state_fusion.py 2>&1 | tail -n 5
-    timeout 240 python3 benchmarks/ab.py --baseline "${NEW_BASE:-e25da85}" --rounds 5 --json "$dir/ab_new.json" \
-        --models spatialmamba_tiny efficientvmamba_tiny groupmamba_tiny spatialmamba_small 2>&1 | tail -n 14; }
+part new && { timeout 160 python3 -m pytest -p no:cacheprovider -q tests/test_state_fusion.py tests/test_layer_norm.py \
+        2>&1 | tail -n 5
+    timeout 280 python3 benchmarks/ab.py --baseline "${NEW_BASE:-e25da85}" --rounds 5 --json "$dir/ab_new.json" \
+        --models spatialmamba_tiny efficientvmamba_tiny groupmamba_tiny vmamba_tiny_s1l8 spatialmamba_small 2>&1 \
+        | tail -n 16; }
 part ab && timeout 200 python3 benchmarks/ab.py --baseline "$base" --rounds 5 --json "$dir/ab.json" \
     --models groupmamba_tiny spatialmamba_tiny vim_tiny vim_small vmamba_tiny_s1l8 2>&1 | tail -n 30
 part bench && python3 tools/benchmark.py --no-baselines --time-budget "${BENCH_BUDGET:-150}" --json "$dir/bench.json" \

@@ -43,6 +43,7 @@ from visionssm.layers import SS2D, ConvDownsample, Mlp, PatchEmbed, PatchMerging
     scan_out_dtype
 from visionssm.layers.cache import cached_while_inferring, tracing
 from visionssm.layers.fused import autocast_dtype, block_diagonal, conv_silu, group_projections
+from visionssm.layers.norm import norm_to
 from visionssm.ops import Route, lattice_routes, selective_scan
 from ._checkpoint import load_through_model
 from ._hierarchical import HierarchicalBackbone
@@ -468,15 +469,14 @@ class EVSSBlock(nn.Module):
             self.norm2 = self.mlp = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.norm1(x)
-        y = y.to(autocast_dtype(y))   # cast once for both branches (autocast would cast it for each)
+        y = norm_to(self.norm1, x)   # in the GEMMs' dtype once for both branches (autocast would cast it for each)
         ssm = self.mixer(y)
         cb = self.conv_branch
         conv = bn_act_conv(cb.conv_dw(y.permute(0, 3, 1, 2)), cb.bn, cb.act, cb.conv_pw).permute(0, 2, 3, 1)
         gate_ssm, gate_conv = self.se.gates(ssm, conv)   # one SE module for both branches
         x = x + self.drop_path(torch.addcmul(ssm * gate_ssm, conv, gate_conv))
         if self.mlp is not None:
-            x = x + self.drop_path(self.mlp(self.norm2(x)))
+            x = x + self.drop_path(self.mlp(norm_to(self.norm2, x)))
         return x
 
 

@@ -35,8 +35,8 @@ Differences from the original, all deliberate:
   full-precision output and applies its affine in float32, and the product with the gate is rounded once to the
   autocast dtype (as the original's float32 product is when out_proj reads it). The CAM's pooling and two small
   layers run in float32 (they act on ``(B, C)`` only).
-* The residual stream and the two norms reading it (the mixer's first LayerNorm and ``norm2``) stay float32 under
-  autocast, by measurement: with the stream and those norms in bfloat16 (as MambaVision's hybrid blocks), the
+* The residual stream and the two norms reading it (the mixer's first LayerNorm and ``norm2``) compute in float32
+  under autocast (their outputs are written in the autocast dtype that the GEMMs after them read), by measurement: with the stream and those norms in bfloat16 (as MambaVision's hybrid blocks), the
   logits of GroupMamba-T (random init with perturbed norm affines, 64², three seeds, CUDA's autocast policy for
   the other norms) differ from a float64 run by 3.30e-2 (relative), against 2.41e-2 as here. A LayerNorm of a
   bfloat16 input loses the low bits of ``x - mean`` where the channels share a large offset, and a bfloat16 stream
@@ -47,7 +47,8 @@ Training cost, same values: each per-group projection is one GEMM with a block-d
 of a ``GroupedSS2D`` made by one autograd node in the GEMMs' dtype (``group_weights``: one zeroed buffer, a cast
 copy per projection); the weights that autocast would cast one by one (the mixer's proj, depthwise conv and second
 norm; the MLP's) are cast together by one kernel, with one cast of their gradients back (``cast_weights``); drop
-path and the residual sum are one ``addcmul`` (``add_residual``). The backward recomputes what is cheap to
+path and the residual sum are one ``addcmul`` (``add_residual``). On CUDA the LayerNorms, whose rows here are 16
+to 448 channels, run as Triton kernels (``visionssm.layers.norm``), out_norm with its per-group affine in one. The backward recomputes what is cheap to
 recompute instead of keeping it: the MLP's hidden maps (``conv_mlp``) and the maps between out_norm and the gate
 (``norm_gate``).
 
@@ -73,9 +74,11 @@ from timm.models import (build_model_with_cfg, checkpoint_seq, generate_default_
 from timm.models._features import feature_take_indices
 
 from visionssm.layers import ConvDownsample, Mlp, ScanLayer, full_precision, init_dt_bias, scan_out_dtype
-from visionssm.layers.cache import cached_while_inferring
+from visionssm.layers.cache import cached_while_inferring, tracing
 from visionssm.layers.fused import autocast_dtype, block_diagonal, group_projections
 from visionssm.layers.mlp import _act_backward
+from visionssm.layers.norm import layer_norm, norm_to
+from visionssm.kernels import layer_norm as norm_kernels
 from visionssm.ops import grouped_routes, selective_scan
 from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted, load_through_model
 
@@ -96,14 +99,9 @@ def layer_norm_in_dtype(norm: nn.LayerNorm, x: torch.Tensor, weight: Optional[to
     low-precision ``x`` to float32, keep that copy for the backward and return float32. (The statistics are
     accumulated in float32 either way.) ``weight`` and ``bias``, when given, are ``norm``'s already in ``x``'s
     dtype (``cast_weights``)."""
-    device = x.device.type
-    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
-        return norm(x)
     if weight is None and bias is None:
-        weight = norm.weight.to(x.dtype) if norm.weight is not None else None
-        bias = norm.bias.to(x.dtype) if norm.bias is not None else None
-    with torch.autocast(device, enabled=False):
-        return F.layer_norm(x, norm.normalized_shape, weight, bias, norm.eps)
+        weight, bias = norm.weight, norm.bias
+    return layer_norm(x, weight, bias, norm.eps, out_dtype=x.dtype)
 
 
 @register_notrace_function
@@ -221,14 +219,21 @@ def group_weights(
 
 
 def _norm_gate(y, z, weight, bias, eps, act_fn):
-    """The forward of ``norm_gate``: the norm without affine (one kernel), the affine in the parameters' dtype
-    promoted with ``y``'s, and the product with ``act(z)`` computed at that precision and written in ``z``'s dtype
-    (one kernel). Returns the output, the normed map and the statistics."""
-    y_hat, mean, rstd = torch.ops.aten.native_layer_norm(y.unflatten(-1, weight.shape), weight.shape[-1:], None,
-                                                        None, eps)
-    out = torch.empty_like(z)
-    torch.mul(torch.addcmul(bias, y_hat, weight).flatten(-2), act_fn(z), out=out)
-    return out, y_hat, mean, rstd
+    """The forward of ``norm_gate``: the norm and its affine in the parameters' dtype promoted with ``y``'s, and the
+    product with ``act(z)`` computed at that precision and written in ``z``'s dtype (one kernel). On CUDA the norm
+    and affine are one Triton kernel (``visionssm.layers.norm``), else the norm without affine and the affine are
+    one each."""
+    if _triton_norm(y, weight):
+        affine = norm_kernels.layer_norm_forward(y.contiguous(), weight.shape[-1], weight, bias, eps,
+                                                 torch.promote_types(y.dtype, weight.dtype))[0]
+    else:
+        y_hat = F.layer_norm(y.unflatten(-1, weight.shape), weight.shape[-1:], None, None, eps)
+        affine = torch.addcmul(bias, y_hat, weight).flatten(-2)
+    return torch.mul(affine, act_fn(z), out=torch.empty_like(z))
+
+
+def _triton_norm(y: torch.Tensor, weight: torch.Tensor) -> bool:
+    return norm_kernels.supports(y, weight.shape[-1], weight.shape[0]) and weight.is_contiguous() and not tracing()
 
 
 class _NormGate(torch.autograd.Function):
@@ -239,15 +244,26 @@ class _NormGate(torch.autograd.Function):
     def forward(ctx, y, z, weight, bias, eps, act_fn, act_bwd):
         ctx.act_fn, ctx.act_bwd, ctx.eps = act_fn, act_bwd, eps
         ctx.save_for_backward(y, z, weight, bias)
-        return _norm_gate(y, z, weight, bias, eps, act_fn)[0]
+        return _norm_gate(y, z, weight, bias, eps, act_fn)
 
     @staticmethod
     def backward(ctx, grad_out):
         y, z, weight, bias = ctx.saved_tensors
         groups, d = weight.shape
+        grad_out = grad_out.to(z.dtype)
+        if _triton_norm(y, weight):
+            # the same kernel as the forward (so the same statistics and affine), and its backward
+            y = y.contiguous()
+            affine, mean, rstd = norm_kernels.layer_norm_forward(y, d, weight, bias, ctx.eps,
+                                                                 torch.promote_types(y.dtype, weight.dtype))
+            grad_gate = torch.empty_like(z)
+            torch.mul(grad_out, affine, out=grad_gate)
+            grad_z = ctx.act_bwd(grad_gate, z)
+            grad_y, grad_w, grad_b = norm_kernels.layer_norm_backward(grad_out * ctx.act_fn(z), y, d, weight, mean,
+                                                                      rstd, groups)
+            return grad_y, grad_z, grad_w.to(weight.dtype), grad_b.to(bias.dtype), None, None, None
         y = y.unflatten(-1, (groups, d))
         y_hat, mean, rstd = torch.ops.aten.native_layer_norm(y, [d], None, None, ctx.eps)
-        grad_out = grad_out.to(z.dtype)
         grad_gate = torch.empty_like(z)      # d out / d act(z), rounded as the forward rounds its product
         torch.mul(grad_out, torch.addcmul(bias, y_hat, weight).flatten(-2), out=grad_gate)
         grad_z = ctx.act_bwd(grad_gate, z)
@@ -271,7 +287,7 @@ def norm_gate(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, bias: torc
     when out_proj reads it. Under autograd only ``y`` and ``z`` are kept (GELU, SiLU, ReLU gates), not the maps
     between. A torch.fx leaf."""
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in (y, z, weight, bias))):
-        return _norm_gate(y, z, weight, bias, eps, act)[0]
+        return _norm_gate(y, z, weight, bias, eps, act)
     fns = _act_backward(act)
     if fns is not None:
         return _NormGate.apply(y, z, weight, bias, eps, *fns)
@@ -427,12 +443,11 @@ class GroupMambaMixer(nn.Module):
         # products below then keep (and save for the backward) low-precision maps, not float32 ones. The norm
         # reading the (float32) residual stream runs in float32 (the module docstring says why); the weights of
         # the second norm, proj and the depthwise conv are cast together, once.
-        x = self.norm(x)
         dtype = autocast_dtype(x)
         norm_w, norm_b, proj_w, proj_b, conv_w, conv_b = cast_weights(self, (
             self.norm.weight, self.norm.bias, self.proj.weight, self.proj.bias, self.ssm.conv.weight,
             self.ssm.conv.bias), dtype)
-        x = x.to(dtype)
+        x = norm_to(self.norm, x, dtype)
         y = self.ssm(x, (conv_w, conv_b)) * x * channel_affinity(x, self.fc1, self.fc2, self.skip_scale)
         return F.linear(layer_norm_in_dtype(self.norm, y, norm_w, norm_b), proj_w, proj_b)
 
@@ -575,7 +590,7 @@ class GroupMambaBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = add_residual(x, self.mixer(x), self.drop_path)
-        return add_residual(x, self.mlp(self.norm2(x)), self.drop_path)
+        return add_residual(x, self.mlp(norm_to(self.norm2, x, autocast_dtype(x))), self.drop_path)
 
 
 class GroupMambaStage(nn.Module):

@@ -38,6 +38,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from visionssm.kernels import state_fusion as fusion_kernels
 from visionssm.layers import SS2D, Mlp, full_precision
 from visionssm.layers.fused import conv_silu
+from visionssm.layers.norm import norm_to
 from visionssm.layers.ss2d import route_projections
 from visionssm.ops import Route, selective_scan
 from ._checkpoint import load_through_model
@@ -367,9 +368,9 @@ class SpatialMambaBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.cpe1(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        x = x + self.drop_path(self.mixer(self.norm1(x)))
+        x = x + self.drop_path(self.mixer(norm_to(self.norm1, x)))   # norms written in the GEMMs' dtype
         x = x + self.cpe2(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        return x + self.drop_path(self.mlp(norm_to(self.norm2, x)))
 
 
 class SpatialMambaStage(nn.Module):

@@ -29,6 +29,7 @@ from timm.layers import ClassifierHead, DropPath, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 
 from visionssm.layers import SS2D, ConvDownsample, ConvStem, Mlp, PatchEmbed, PatchMerging
+from visionssm.layers.norm import norm_to
 from visionssm.ops import cross_routes
 from ._checkpoint import load_through_model
 from ._hierarchical import HierarchicalBackbone
@@ -69,9 +70,10 @@ class VSSBlock(nn.Module):
             self.norm2 = self.mlp = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.mixer(self.norm1(x)))
+        # the norms hand their output to the mixer's and the MLP's first GEMM in its dtype (autocast's)
+        x = x + self.drop_path(self.mixer(norm_to(self.norm1, x)))
         if self.mlp is not None:
-            x = x + self.drop_path(self.mlp(self.norm2(x)))
+            x = x + self.drop_path(self.mlp(norm_to(self.norm2, x)))
         return x
 
 

@@ -1,0 +1,164 @@
+"""Triton LayerNorm over the last dimension for the narrow rows of vision SSMs, forward and backward.
+
+PyTorch's CUDA LayerNorm gives each row one thread block. That suits transformer widths; the norms of these models
+run over 16 to 768 channels (GroupMamba's per-group out_norm over 16 channels at stage 1), where most of a block's
+threads idle: on an H200 the float32 LayerNorm kernels took 26 of the 140 ms of GPU time of a GroupMamba-T training
+step (bf16, batch 128; ``benchmarks/results/h200-2026-12/official/official.json``), about ten times what the bytes
+they move cost. Here one program normalizes ``BLOCK_M``
+rows at once, as a ``[BLOCK_M, BLOCK_N]`` register tile of about 4096 elements.
+
+Math, for ``x`` viewed as ``(M, N)`` rows with ``mean``, biased ``var`` and ``rstd = 1 / sqrt(var + eps)`` per row::
+
+    y = (x - mean) * rstd * w[g] + b[g]          g = row % G
+
+``G`` > 1 gives each of G consecutive rows its own affine (GroupMamba's per-group norms: ``(..., G, N)`` maps with
+``(G, N)`` weights); ``G`` = 1 is ``F.layer_norm``. Backward, with ``x_hat = (x - mean) * rstd`` and ``t = dy * w``::
+
+    dx = rstd * (t - mean_n(t) - x_hat * mean_n(t * x_hat))
+    dw[g] = sum over the rows of group g of dy * x_hat,   db[g] = the same of dy
+
+The weight and bias gradients are per-program partial sums (each program's ``BLOCK_M`` rows, a multiple of G, so
+every program holds whole groups) that torch sums afterwards: deterministic, no atomics.
+
+Statistics and products in fp32 whatever the input dtype; ``y`` is stored in the requested dtype (float32 for
+autocast's LayerNorm policy, or the GEMM dtype that reads it next), ``dx`` in ``x``'s dtype.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import torch
+
+try:  # the module must import on machines without triton
+    import triton
+    import triton.language as tl
+    _HAS_TRITON = True
+except Exception:  # pragma: no cover - depends on the machine
+    triton = None
+    tl = None
+    _HAS_TRITON = False
+
+__all__ = ['layer_norm_forward', 'layer_norm_backward', 'supports']
+
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_TILE = 4096        # elements of a program's [BLOCK_M, BLOCK_N] tile
+MAX_WIDTH = 4096    # widest row the kernels take; wider rows suit PyTorch's one-block-per-row kernel
+
+
+def supports(x: torch.Tensor, width: int, groups: int = 1) -> bool:
+    """True where the kernels serve: a CUDA tensor of fp32/bf16/fp16 with rows of at most ``MAX_WIDTH``, a power-of-2
+    number of affine groups, triton importable, and not switched off with ``VISIONSSM_LAYER_NORM=torch``."""
+    return (_HAS_TRITON and x.is_cuda and x.dtype in _DTYPES and 0 < width <= MAX_WIDTH
+            and groups & (groups - 1) == 0 and os.environ.get('VISIONSSM_LAYER_NORM', 'triton') != 'torch')
+
+
+if _HAS_TRITON:
+
+    @triton.jit
+    def _ln_fwd_kernel(x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, M, N, G, eps,
+                       HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.arange(0, BLOCK_N)
+        rmask = rows < M
+        cmask = cols < N
+        mask = rmask[:, None] & cmask[None, :]
+        offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=1) / N
+        xc = tl.where(mask, x - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / N + eps)
+        y = xc * rstd[:, None]
+        woffs = (rows % G)[:, None] * N + cols[None, :]
+        if HAS_W:
+            y = y * tl.load(w_ptr + woffs, mask=mask, other=0.0).to(tl.float32)
+        if HAS_B:
+            y = y + tl.load(b_ptr + woffs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(mean_ptr + rows, mean, mask=rmask)
+        tl.store(rstd_ptr + rows, rstd, mask=rmask)
+
+    @triton.jit
+    def _ln_bwd_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, mean_ptr, rstd_ptr, dw_ptr, db_ptr, M, N,
+                       HAS_W: tl.constexpr, NEED_WB: tl.constexpr, GROUPS: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        pid = tl.program_id(0)
+        rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.arange(0, BLOCK_N)
+        rmask = rows < M
+        cmask = cols < N
+        mask = rmask[:, None] & cmask[None, :]
+        offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(mean_ptr + rows, mask=rmask, other=0.0)
+        rstd = tl.load(rstd_ptr + rows, mask=rmask, other=0.0)
+        x_hat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+        t = dy
+        if HAS_W:
+            t = dy * tl.load(w_ptr + (rows % GROUPS)[:, None] * N + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        c1 = tl.sum(t * x_hat, axis=1) / N
+        c2 = tl.sum(t, axis=1) / N
+        dx = (t - x_hat * c1[:, None] - c2[:, None]) * rstd[:, None]
+        tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        if NEED_WB:
+            # rows pid*BLOCK_M + j*GROUPS + g: summed over j, one partial per group (masked rows hold zeros)
+            part = pid.to(tl.int64) * GROUPS * N + tl.arange(0, GROUPS)[:, None] * N + cols[None, :]
+            pmask = (tl.arange(0, GROUPS) < GROUPS)[:, None] & cmask[None, :]
+            dw = tl.sum(tl.reshape(dy * x_hat, (BLOCK_M // GROUPS, GROUPS, BLOCK_N)), axis=0)
+            db = tl.sum(tl.reshape(dy, (BLOCK_M // GROUPS, GROUPS, BLOCK_N)), axis=0)
+            tl.store(dw_ptr + part, dw, mask=pmask)
+            tl.store(db_ptr + part, db, mask=pmask)
+
+
+def _blocks(width: int, groups: int) -> Tuple[int, int]:
+    block_n = triton.next_power_of_2(width)
+    block_m = max(groups, _TILE // block_n)   # a power of 2 and a multiple of groups
+    return block_m, block_n
+
+
+def _rows(x: torch.Tensor, width: int) -> int:
+    if not x.is_contiguous() or x.numel() % width:
+        raise ValueError(f'layer norm: x must be contiguous with rows of {width}, got {tuple(x.shape)} with strides '
+                         f'{x.stride()}')
+    return x.numel() // width
+
+
+def layer_norm_forward(x: torch.Tensor, width: int, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                       eps: float, out_dtype: Optional[torch.dtype] = None
+                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(y, mean, rstd)`` of a contiguous ``x`` normalized over rows of ``width`` elements; ``weight`` / ``bias``
+    None or ``(G, width)`` (G consecutive rows, a power of 2, each with its own affine; ``(width,)`` is G = 1).
+    ``y`` like ``x`` in ``out_dtype`` (default ``x``'s); ``mean`` and ``rstd`` fp32, one per row."""
+    rows = _rows(x, width)
+    affine = weight if weight is not None else bias
+    groups = affine.numel() // width if affine is not None else 1
+    y = torch.empty_like(x, dtype=out_dtype or x.dtype)
+    mean = torch.empty(rows, device=x.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    block_m, block_n = _blocks(width, groups)
+    _ln_fwd_kernel[(triton.cdiv(rows, block_m),)](
+        x, y, weight if weight is not None else x, bias if bias is not None else x, mean, rstd, rows, width, groups,
+        eps, weight is not None, bias is not None, block_m, block_n)
+    return y, mean, rstd
+
+
+def layer_norm_backward(grad: torch.Tensor, x: torch.Tensor, width: int, weight: Optional[torch.Tensor],
+                        mean: torch.Tensor, rstd: torch.Tensor, groups: int = 1, need_weight_grads: bool = True
+                        ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """``(dx, dw, db)`` for ``layer_norm_forward``'s ``y``: ``dx`` like ``x``; ``dw`` and ``db`` ``(groups, width)``
+    fp32 sums of ``grad * x_hat`` and ``grad`` (None unless ``need_weight_grads``)."""
+    rows = _rows(x, width)
+    grad = grad.contiguous()
+    dx = torch.empty_like(x)
+    block_m, block_n = _blocks(width, groups)
+    programs = triton.cdiv(rows, block_m)
+    dw = db = dx
+    if need_weight_grads:
+        dw = torch.empty(programs, groups, width, device=x.device, dtype=torch.float32)
+        db = torch.empty_like(dw)
+    _ln_bwd_kernel[(programs,)](x, grad, dx, weight if weight is not None else x, mean, rstd, dw, db, rows, width,
+                                weight is not None, need_weight_grads, groups, block_m, block_n)
+    if not need_weight_grads:
+        return dx, None, None
+    return dx, dw.sum(0), db.sum(0)

@@ -1,0 +1,231 @@
+"""The Triton LayerNorm (``kernels/layer_norm.py``, ``visionssm.layers.norm``) against PyTorch in float64: outputs,
+statistics and the three gradients, on random widths (1 to 1000 channels, off the power-of-2 blocks), row counts off
+the block size, per-group affines and every input dtype; then GroupMamba's norms through it against its PyTorch path.
+
+Without CUDA the kernels run under the Triton interpreter on CPU tensors (small shapes), with the dispatch opened to
+CPU tensors.
+"""
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+_CUDA = torch.cuda.is_available()
+if not _CUDA:
+    os.environ['TRITON_INTERPRET'] = '1'   # before triton's import
+
+pytest.importorskip('triton')
+
+from visionssm.kernels import layer_norm as LN  # noqa: E402
+from visionssm.layers.norm import layer_norm  # noqa: E402
+
+_NEEDS_SUBPROCESS = not _CUDA and not type(LN._ln_fwd_kernel).__name__.startswith('Interpreted')
+DEV = 'cuda' if _CUDA else 'cpu'
+
+if _NEEDS_SUBPROCESS:
+    def test_cpu_cases_in_fresh_process():
+        import subprocess
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, TRITON_INTERPRET='1')
+        r = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-p', 'no:xdist',
+                            os.path.abspath(__file__)], env=env, cwd=root, capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+
+pytestmark = pytest.mark.skipif(_NEEDS_SUBPROCESS, reason='runs in a fresh interpreter process')
+
+
+def triton_on_cpu_dispatch(monkeypatch):
+    """The dispatch serves CPU tensors too (the interpreter runs the kernels)."""
+    monkeypatch.setattr(LN, 'supports', lambda x, width, groups=1: (
+        x.dtype in LN._DTYPES and 0 < width <= LN.MAX_WIDTH and groups & (groups - 1) == 0))
+
+
+@pytest.fixture
+def triton_on_cpu(monkeypatch):
+    """The dispatch serves CPU tensors too; on a GPU it is left as it is."""
+    if not _CUDA:
+        triton_on_cpu_dispatch(monkeypatch)
+
+
+def _reference(x, width, weight, bias, eps):
+    """float64 LayerNorm over segments of ``width`` with per-segment affines, and its autograd leaves."""
+    groups = x.shape[-1] // width
+    x64 = x.detach().double().requires_grad_()
+    w64 = None if weight is None else weight.detach().double().requires_grad_()
+    b64 = None if bias is None else bias.detach().double().requires_grad_()
+    y = F.layer_norm(x64.unflatten(-1, (groups, width)), (width,), None, None, eps)
+    if w64 is not None:
+        y = y * w64.view(groups, width)
+    if b64 is not None:
+        y = y + b64.view(groups, width)
+    return y.flatten(-2), x64, w64, b64
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12)).item()
+
+
+CASES = [  # (leading shape, width, groups, affine)
+    ((3, 5), 64, 1, True),
+    ((7,), 1, 1, True),            # one channel: x_hat = 0
+    ((2, 3, 5), 20, 1, False),     # no affine, width off the block
+    ((1,), 1000, 1, True),         # one row, wide
+    ((2, 9), 16, 4, True),         # GroupMamba's per-group norm at stage 1
+    ((5, 3), 24, 2, True),
+    ((301,), 96, 1, True),         # rows off the block size (BLOCK_M 32 for 96 channels)
+    ((33,), 3, 1, True),
+]
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize('lead, width, groups, affine', CASES, ids=lambda c: str(c))
+def test_kernels_match_float64(lead, width, groups, affine, dtype):
+    g = torch.Generator().manual_seed(width * 7 + groups)
+    channels = width * groups
+    x = (torch.randn(*lead, channels, generator=g) * 3 + 1).to(dtype).to(DEV)
+    weight = torch.randn(channels, generator=g).to(DEV) if affine else None
+    bias = torch.randn(channels, generator=g).to(DEV) if affine else None
+    grad = torch.randn(*lead, channels, generator=g).to(DEV)
+    want, x64, w64, b64 = _reference(x, width, weight, bias, 1e-5)
+    want.backward(grad.double())
+
+    shaped = lambda t: None if t is None else t.view(groups, width)
+    y, mean, rstd = LN.layer_norm_forward(x, width, shaped(weight), shaped(bias), 1e-5, torch.float32)
+    assert y.dtype == torch.float32 and y.shape == x.shape
+    assert _rel(y, want) < 2e-6
+    rows = x.double().view(-1, width)
+    torch.testing.assert_close(mean.double(), rows.mean(-1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rstd.double(), (rows.var(-1, unbiased=False) + 1e-5).rsqrt(), rtol=1e-5, atol=0)
+
+    dx, dw, db = LN.layer_norm_backward(grad, x, width, shaped(weight), mean, rstd, groups)
+    assert dx.dtype == dtype and dx.shape == x.shape
+    tol = 2e-6 if dtype == torch.float32 else 1e-2
+    if width > 1:   # one channel: the input gradient is exactly 0
+        assert _rel(dx, x64.grad) < tol
+    else:
+        assert dx.abs().max() == 0
+    if affine:
+        assert _rel(dw.flatten(), w64.grad) < 1e-5 and _rel(db.flatten(), b64.grad) < 1e-5
+    y16 = LN.layer_norm_forward(x, width, shaped(weight), shaped(bias), 1e-5, torch.bfloat16)[0]
+    # stored straight in bf16: within one bf16 step of the float32 result (the interpreter truncates, a GPU rounds)
+    torch.testing.assert_close(y16.float(), y, rtol=2 ** -7, atol=1e-6)
+
+
+@pytest.mark.parametrize('width, groups', [(48, 1), (12, 4)])
+def test_layer_norm_autograd_matches_pytorch(triton_on_cpu, width, groups):
+    g = torch.Generator().manual_seed(3)
+    channels = width * groups
+    x = torch.randn(2, 5, 3, channels, generator=g).to(DEV).requires_grad_()
+    weight = torch.randn(channels, generator=g).to(DEV).requires_grad_()
+    bias = torch.randn(channels, generator=g).to(DEV).requires_grad_()
+    grad = torch.randn(2, 5, 3, channels, generator=g).to(DEV)
+    out = layer_norm(x, weight, bias, 1e-6, width=width)
+    out.backward(grad)
+    want, x64, w64, b64 = _reference(x, width, weight, bias, 1e-6)
+    want.backward(grad.double())
+    assert out.dtype == torch.float32 and out.grad_fn is not None and 'LayerNormTriton' in type(out.grad_fn).__name__
+    for got, ref in ((out, want), (x.grad, x64.grad), (weight.grad, w64.grad), (bias.grad, b64.grad)):
+        assert _rel(got, ref) < 1e-5
+    with torch.no_grad():   # inference: the forward kernel alone
+        torch.testing.assert_close(layer_norm(x, weight, bias, 1e-6, width=width), out.detach(), rtol=0, atol=0)
+
+
+def test_layer_norm_output_dtype_follows_autocast_and_request(triton_on_cpu):
+    x = torch.randn(4, 32, device=DEV)
+    weight, bias = torch.randn(32, device=DEV), torch.randn(32, device=DEV)
+    want = F.layer_norm(x, (32,), weight, bias)
+    with torch.autocast(DEV, dtype=torch.bfloat16):
+        assert layer_norm(x, weight, bias).dtype == torch.float32          # autocast's LayerNorm policy
+        low = layer_norm(x, weight, bias, out_dtype=torch.bfloat16)        # handed to a GEMM
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low, want.to(torch.bfloat16), rtol=1e-2, atol=1e-2)
+
+
+def test_pytorch_form_equals_the_kernels_without_dispatch(monkeypatch):
+    """The CPU / tracing form computes the same function as the kernels (per-group affines included)."""
+    monkeypatch.setenv('VISIONSSM_LAYER_NORM', 'torch')
+    x = torch.randn(3, 4, 32, dtype=torch.float64)
+    weight, bias = torch.randn(32, dtype=torch.float64), torch.randn(32, dtype=torch.float64)
+    want = _reference(x, 8, weight, bias, 1e-5)[0]
+    torch.testing.assert_close(layer_norm(x, weight, bias, width=8), want)
+    torch.testing.assert_close(layer_norm(x, weight, bias), F.layer_norm(x, (32,), weight, bias))
+
+
+def test_bad_input_is_refused_with_the_reason():
+    x = torch.randn(2, 30)
+    with pytest.raises(ValueError, match='not a multiple of width 8'):
+        layer_norm(x, width=8)
+    with pytest.raises(ValueError, match='weight has 20 elements'):
+        layer_norm(x, torch.ones(20))
+    with pytest.raises(ValueError, match='must be contiguous'):
+        LN.layer_norm_forward(torch.randn(30, 4).t(), 30, None, None, 1e-5)
+
+
+def test_dispatch_is_cuda_only_and_can_be_switched_off(monkeypatch):
+    x = torch.randn(2, 16)
+    assert not LN.supports(x, 16)
+    assert not LN.supports(x.double(), 16)
+    if _CUDA:
+        assert LN.supports(x.cuda(), 16, 4)
+        assert not LN.supports(x.cuda(), 16, 3)                 # affine groups: powers of 2
+        assert not LN.supports(x.cuda(), LN.MAX_WIDTH * 2)      # wide rows: PyTorch's kernel
+        monkeypatch.setenv('VISIONSSM_LAYER_NORM', 'torch')
+        assert not LN.supports(x.cuda(), 16)
+
+
+def _step(model, x, autocast):
+    model.zero_grad()
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        out = model(x)
+    out.float().square().mean().backward()
+    return out.detach().float(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _run_both_ways(monkeypatch, name, autocast):
+    """(outputs, gradients) of one training step of ``name`` through PyTorch's LayerNorm and through the kernels."""
+    import timm
+    import visionssm  # noqa: F401  (registers the models)
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10).to(DEV)
+    x = torch.randn(2, 3, 64, 48, device=DEV)
+    monkeypatch.setenv('VISIONSSM_LAYER_NORM', 'torch')
+    want = _step(model, x, autocast)
+    reference = _step(model, x, False) if autocast else want
+    monkeypatch.delenv('VISIONSSM_LAYER_NORM')
+    calls = []
+    forward = LN.layer_norm_forward
+    monkeypatch.setattr(LN, 'layer_norm_forward', lambda *a, **k: calls.append(a[1]) or forward(*a, **k))
+    if not _CUDA:
+        triton_on_cpu_dispatch(monkeypatch)
+    got = _step(model, x, autocast)
+    assert calls, 'the kernels did not run'
+    return got, want, reference
+
+
+MODELS = ['test_groupmamba', 'test_vmamba', 'test_efficientvmamba', 'test_spatialmamba']
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_models_through_the_kernels_equal_their_pytorch_path(monkeypatch, name):
+    """The blocks' norms (``norm_to``; GroupMamba's per-group out_norm with its gate too) through the kernels: the
+    same float32 outputs and gradients as through PyTorch, to rounding."""
+    (got, got_grads), (want, want_grads), _ = _run_both_ways(monkeypatch, name, autocast=False)
+    assert _rel(got, want) < 1e-5
+    assert got_grads.keys() == want_grads.keys()
+    scale = max(g.abs().max() for g in want_grads.values())   # some gradients are sums that nearly cancel
+    for n in want_grads:
+        assert (got_grads[n] - want_grads[n]).abs().max() < 1e-5 * scale, n
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_models_through_the_kernels_under_bf16_autocast(monkeypatch, name):
+    """Under bf16 autocast (the norms hand bf16 maps to the GEMMs) the step through the kernels is as close to the
+    float32 step as the step through PyTorch (rounding differs, and the interpreter truncates where a GPU rounds)."""
+    (got, got_grads), (want, want_grads), (ref, ref_grads) = _run_both_ways(monkeypatch, name, autocast=True)
+    scale = max(g.abs().max() for g in ref_grads.values())
+    worst = lambda grads: max(((grads[n] - ref_grads[n]).abs().max() / scale).item() for n in ref_grads)
+    assert got_grads.keys() == want_grads.keys() == ref_grads.keys()
+    assert _rel(got, ref) < 1.5 * _rel(want, ref) + 1e-3
+    assert worst(got_grads) < 1.5 * worst(want_grads) + 1e-3

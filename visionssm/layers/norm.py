@@ -1,0 +1,110 @@
+"""LayerNorm for narrow rows: the Triton kernels of ``kernels/layer_norm.py`` on CUDA, PyTorch elsewhere.
+
+``layer_norm`` normalizes ``x`` over consecutive segments of ``width`` channels of its last dimension (the whole
+last dimension by default), each of the G = ``x.shape[-1] / width`` segments with its own affine, and writes the
+result in ``out_dtype``: a norm whose output a GEMM reads under autocast can hand it over in the GEMM's dtype, with
+no float32 map written and cast. Statistics are float32 either way.
+
+On CUDA (not while tracing or exporting) it is one Triton kernel forward and one backward, which keeps only ``x``,
+the weights and two float32 statistics per row. ``VISIONSSM_LAYER_NORM=torch`` selects the PyTorch form, which also
+serves the CPU and graph capture.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import register_notrace_function
+
+from visionssm.kernels import layer_norm as norm_kernels
+
+from .cache import tracing
+from .fused import autocast_dtype
+
+__all__ = ['layer_norm', 'norm_to']
+
+
+class _LayerNormTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, width, eps, out_dtype):
+        groups = x.shape[-1] // width
+        w = None if weight is None else weight.view(groups, width)
+        b = None if bias is None else bias.view(groups, width)
+        y, mean, rstd = norm_kernels.layer_norm_forward(x, width, w, b, eps, out_dtype)
+        ctx.save_for_backward(x, w, mean, rstd)
+        ctx.width, ctx.groups, ctx.has_bias = width, groups, bias is not None
+        ctx.dtypes = (None if weight is None else weight.dtype, None if bias is None else bias.dtype)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w, mean, rstd = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dx, dw, db = norm_kernels.layer_norm_backward(grad, x, ctx.width, w, mean, rstd, ctx.groups,
+                                                      need_weight_grads=need[1] or need[2])
+        grad_w = dw.flatten().to(ctx.dtypes[0]) if need[1] else None
+        grad_b = db.flatten().to(ctx.dtypes[1]) if need[2] and ctx.has_bias else None
+        return dx if need[0] else None, grad_w, grad_b, None, None, None
+
+
+def _to(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
+    return None if t is None else t.to(dtype)
+
+
+@register_notrace_function
+def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+               eps: float = 1e-5, width: Optional[int] = None, out_dtype: Optional[torch.dtype] = None
+               ) -> torch.Tensor:
+    """LayerNorm of ``x`` over segments of ``width`` channels (default: all of the last dimension), in ``out_dtype``
+    (default: autocast's float32 under autocast, else ``x``'s dtype). Asked for in ``x``'s low-precision dtype, the
+    PyTorch form also computes in it (float32 statistics), as a model converted with ``.half()`` does.
+
+    ``weight`` and ``bias`` (None or ``(x.shape[-1],)``): segment g's affine is ``weight[g*width:(g+1)*width]``.
+    With ``width`` the last dimension this is ``F.layer_norm(x, x.shape[-1:], weight, bias, eps)`` as autocast runs
+    it, cast to ``out_dtype``. A torch.fx leaf.
+    """
+    channels = x.shape[-1]
+    width = width or channels
+    if channels % width:
+        raise ValueError(f'layer_norm: the last dimension ({channels}) is not a multiple of width {width}')
+    for name, t in (('weight', weight), ('bias', bias)):
+        if t is not None and t.numel() != channels:
+            raise ValueError(f'layer_norm: {name} has {t.numel()} elements, the last dimension {channels}')
+    device = x.device.type
+    autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+    if out_dtype is None:
+        out_dtype = torch.float32 if autocast else x.dtype
+    groups = channels // width
+    if not tracing() and norm_kernels.supports(x, width, groups):
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+            return _LayerNormTriton.apply(x.contiguous(), weight, bias, width, eps, out_dtype)
+        w = None if weight is None else weight.view(groups, width)
+        b = None if bias is None else bias.view(groups, width)
+        return norm_kernels.layer_norm_forward(x.contiguous(), width, w, b, eps, out_dtype)[0]
+    if not autocast:   # a model converted with .half(): its weights in x's dtype or cast to it (InputDtypeLayerNorm)
+        weight, bias = _to(weight, x.dtype), _to(bias, x.dtype)
+    if groups == 1:
+        if autocast and out_dtype == x.dtype != torch.float32:
+            # in x's low-precision dtype: autocast's float32 policy would copy x to float32 and keep the copy
+            with torch.autocast(device, enabled=False):
+                return F.layer_norm(x, (width,), _to(weight, x.dtype), _to(bias, x.dtype), eps)
+        return F.layer_norm(x, (width,), weight, bias, eps).to(out_dtype)
+    y = F.layer_norm(x.unflatten(-1, (groups, width)), (width,), None, None, eps)
+    if weight is not None:
+        y = y * weight.view(groups, width)
+    if bias is not None:
+        y = y + bias.view(groups, width)
+    return y.flatten(-2).to(out_dtype)
+
+
+@register_notrace_function
+def norm_to(norm: nn.Module, x: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``norm(x).to(dtype)`` for a norm whose output a GEMM reads in ``dtype`` (default: autocast's dtype, else
+    ``x``'s): a LayerNorm over the last dimension writes it in ``dtype`` directly (``layer_norm``), not a float32 map
+    and then its cast. Other norms run as they are. A torch.fx leaf."""
+    dtype = dtype or autocast_dtype(x)
+    if isinstance(norm, nn.LayerNorm) and len(norm.normalized_shape) == 1:
+        return layer_norm(x, norm.weight, norm.bias, norm.eps, out_dtype=dtype)
+    return norm(x).to(dtype)
