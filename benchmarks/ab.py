@@ -3,6 +3,7 @@
 
     python benchmarks/ab.py --baseline REV --models groupmamba_tiny vim_tiny [--modes infer,train]
         [--batch 128] [--img-size 224] [--precision bf16] [--rounds 7] [--json out.json]
+        [--baseline-env VAR=VALUE ...]
 
 Two benchmark runs in separate processes differ by a few percent on the same code (clocks, temperature, other
 work on the machine); a change worth that much cannot be shown that way. Here both versions of a model live in one
@@ -19,6 +20,10 @@ its absolute imports and also what would be shared between the two copies in one
 * the timm model registry: the copy is imported, and its models built, with a private copy of timm's registry
   tables in place, so ``timm.create_model`` keeps building this checkout's models and the copy's models get their
   own default configs; each model is built by calling each side's registered entrypoint function directly.
+
+``--baseline-env VAR=VALUE`` (repeatable) sets environment variables while the baseline side builds and runs, e.g.
+``--baseline HEAD --baseline-env VISIONSSM_LAYER_NORM=torch`` times a kernel behind its switch against the same
+code without it (the switches are read at each call).
 
 timm's torch.fx leaf sets gain the copy's functions; that is additive and leaves this checkout's tracing as it was.
 The current side is the working tree as it is, uncommitted changes included (the JSON records whether it is dirty).
@@ -51,6 +56,7 @@ import importlib.util
 import inspect
 import io
 import json
+import os
 import re
 import shutil
 import statistics
@@ -111,6 +117,7 @@ class Side:
     package: str
     commit: Optional[str]
     registry: Optional[dict] = None     # None: timm's own (the current checkout's models)
+    env: dict = dataclasses.field(default_factory=dict)   # environment variables set while this side runs
 
     def entrypoint(self, name: str) -> Callable:
         with _timm_registry(self.registry):
@@ -125,7 +132,7 @@ class Side:
         """The model from this side's entrypoint, initialised on ``device`` from ``seed``; ViT-style models (an
         ``img_size`` constructor argument) built for ``img_size``, as tools/benchmark.py does."""
         fn = self.entrypoint(name)
-        with _timm_registry(self.registry):
+        with _timm_registry(self.registry), environ(self.env):
             with torch.device('meta'):
                 probe = fn()
             kwargs = {}
@@ -139,6 +146,21 @@ class Side:
             raise RuntimeError(f'{name} of the {self.label} is a {type(model).__module__} class, '
                                f'not one of {self.package}')
         return model
+
+
+@contextlib.contextmanager
+def environ(env: dict):
+    """``os.environ`` updated with ``env`` inside the block, restored after."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _git(*args: str) -> str:
@@ -254,7 +276,7 @@ def _nbytes(model: torch.nn.Module) -> int:
 
 
 def parity(baseline: torch.nn.Module, current: torch.nn.Module, img_size: int, batch: int,
-           device: torch.device) -> dict:
+           device: torch.device, envs: Sequence[dict] = ({}, {})) -> dict:
     """Load the current weights into the baseline where the state_dicts match; max |Δ| of fp32 logits."""
     shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in (baseline, current)]
     if shapes[0] != shapes[1]:
@@ -262,37 +284,42 @@ def parity(baseline: torch.nn.Module, current: torch.nn.Module, img_size: int, b
     baseline.load_state_dict(current.state_dict())
     _set_precision('fp32', device)
     x = torch.randn(batch, 3, img_size, img_size, generator=torch.Generator().manual_seed(0)).to(device)
-    with torch.no_grad():
-        logits = [m.eval()(x).float() for m in (baseline, current)]
+    logits = []
+    for m, env in zip((baseline, current), envs):
+        with torch.no_grad(), environ(env):
+            logits.append(m.eval()(x).float())
     return dict(same_weights=True, max_abs_diff=(logits[0] - logits[1]).abs().max().item(),
                 max_abs_logit=logits[1].abs().max().item())
 
 
 def time_pair(models: Sequence[torch.nn.Module], mode: str, precision: str, batch: int, img_size: int,
-              device: torch.device, warmup: int, rounds: int, repeat_s: float, pool: int = 3) -> list[dict]:
-    """Time the models in turn, round by round; per model its per-iteration times and peak memory."""
+              device: torch.device, warmup: int, rounds: int, repeat_s: float, pool: int = 3,
+              envs: Optional[Sequence[dict]] = None) -> list[dict]:
+    """Time the models in turn, round by round; per model its per-iteration times and peak memory, each model
+    run with its entry of ``envs`` in the environment."""
     training = mode == 'train'
     num_classes = getattr(models[0], 'num_classes', 1000) or 1000
     batches = _random_batches(pool, batch, img_size, num_classes, device, channels_last=False)
     autocast = _autocast(precision, device)
     _set_precision(precision, device)
 
-    def stepper(model):
+    def stepper(model, env):
         model.train(training)
 
         def step(i: int):
             x, y = batches[i % len(batches)]
-            if not training:
-                with torch.no_grad(), autocast:
-                    model(x)
-                return
-            with autocast:
-                loss = F.cross_entropy(model(x), y)
-            loss.backward()
+            with environ(env):
+                if not training:
+                    with torch.no_grad(), autocast:
+                        model(x)
+                    return
+                with autocast:
+                    loss = F.cross_entropy(model(x), y)
+                loss.backward()
             model.zero_grad(set_to_none=True)
         return step
 
-    steps = [stepper(m) for m in models]
+    steps = [stepper(m, env) for m, env in zip(models, envs or [{}] * len(models))]
     warm = [[] for _ in models]
     for step, times in zip(steps, warm):
         for i in range(warmup):
@@ -338,7 +365,7 @@ def compare(name: str, baseline: Side, current: Side, modes: Sequence[str], prec
         assert type(models[0]).__module__ != type(models[1]).__module__, 'both sides built from the same module'
         info = dict(params_m=sum(p.numel() for p in models[1].parameters()) / 1e6,
                     baseline_module=type(models[0]).__module__, current_module=type(models[1]).__module__,
-                    **parity(*models, img_size, min(parity_batch, batch), device))
+                    **parity(*models, img_size, min(parity_batch, batch), device, (baseline.env, current.env)))
     except Exception as e:
         for row in rows:
             row['status'] = 'oom' if _is_oom(e) else _error(e)
@@ -348,7 +375,8 @@ def compare(name: str, baseline: Side, current: Side, modes: Sequence[str], prec
     for row in rows:
         row.update(info)
         try:
-            stats = time_pair(models, row['mode'], precision, batch, img_size, device, warmup, rounds, repeat_s)
+            stats = time_pair(models, row['mode'], precision, batch, img_size, device, warmup, rounds, repeat_s,
+                              envs=(baseline.env, current.env))
         except Exception as e:
             row['status'] = 'oom' if _is_oom(e) else _error(e)
             continue
@@ -410,7 +438,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--parity-batch', type=int, default=8, help='images of the fp32 logit comparison')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--json', help='write the rows and the environment to this file')
+    p.add_argument('--baseline-env', action='append', default=[], type=_env_setting, metavar='VAR=VALUE',
+                   help='an environment variable set while the baseline side runs (repeatable)')
     return p
+
+
+def _env_setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition('=')
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f'{text!r} is not VAR=VALUE')
+    return name, value
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -420,7 +457,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                          '--repeat-time >= 0')
     device = torch.device(args.device)
     current = current_side()
-    baseline = materialize(args.baseline)
+    baseline = dataclasses.replace(materialize(args.baseline), env=dict(args.baseline_env))
     rows = []
     for name in args.models:
         rows += compare(name, baseline, current, args.modes, args.precision, args.batch, args.img_size, device,
@@ -429,13 +466,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         dirty = bool(_git('status', '--porcelain', '--untracked-files=no', '--', PACKAGE, 'kernels'))
     except (OSError, subprocess.CalledProcessError):
         dirty = None
-    result = dict(baseline=dict(rev=args.baseline, commit=baseline.commit, package=baseline.package),
+    result = dict(baseline=dict(rev=args.baseline, commit=baseline.commit, package=baseline.package,
+                                env=baseline.env),
                   current=dict(commit=current.commit, dirty=dirty),
                   protocol=dict(modes=args.modes, precision=args.precision, batch_size=args.batch,
                                 img_size=args.img_size, warmup=args.warmup, rounds=args.rounds,
                                 repeat_s=args.repeat_time, parity_batch=args.parity_batch),
                   environment=environment(args.device), rows=rows)
-    print(f'baseline {args.baseline} ({baseline.commit[:12]}) against the current checkout '
+    with_env = ''.join(f' {k}={v}' for k, v in baseline.env.items())
+    print(f'baseline {args.baseline} ({baseline.commit[:12]}){with_env} against the current checkout '
           f"({(current.commit or '?')[:12]}{', modified' if dirty else ''}), {args.precision}, "
           f'batch {args.batch}, {args.img_size}², {device}')
     print(format_table(rows))

@@ -10,6 +10,10 @@
 #      against the revision before their latest changes (the two kernels, the leaner EfficientVMamba and
 #      GroupMamba blocks): speed and peak memory. NEW_BASE names that revision, or a `git archive` of it where the
 #      checkout has no history;
+#  0b. (part "ln", not in the default set) the Triton LayerNorm alone: GroupMamba-T, VMamba-T, EfficientVMamba-T
+#      and Spatial-Mamba-T against the same code with VISIONSSM_LAYER_NORM=torch (ab.py --baseline-env), training
+#      and batch-128 inference, then batch-8 inference (the host-bound case). LN_BASE names that code: a revision,
+#      or a `git archive` of it where the checkout has no history (default HEAD).
 #   1. ab.py: this checkout against BASELINE_REV (default: the revision before the GroupMamba / Spatial-Mamba / Vim
 #      memory work) for GroupMamba-T, Spatial-Mamba-T, Vim-T/S and VMamba-T, bf16 inference and training;
 #   2. tools/benchmark.py: MambaVision-T, PlainMamba-L1, MSVMamba-T beside ConvNeXt-T (bf16, batch 128, 224²), and
@@ -20,7 +24,8 @@
 # PARTS picks some of them (parts: new ab bench b8 sweep aoti fuzz, the default; BENCH_MODELS and BENCH_BUDGET change
 # part 2's models and seconds); the fuzz takes what is left of LIMIT (default 580 seconds since the script
 # started). Writes DIR (default $OUT): env.txt, ab_new.json, ab.json, bench.json, bench_b8.json,
-# export_latency.json, fuzz.json, fuzz.log (8 files; the kernel sweep prints to the console).
+# export_latency.json, fuzz.json, fuzz.log (8 files; the kernel sweep prints to the console); part ln: ab_ln.json,
+# ab_ln_b8.json.
 set -uo pipefail
 dir=${1:-${OUT:?set OUT or pass an output directory}}
 base=${2:-1591727}
@@ -34,6 +39,12 @@ part new && { timeout 160 python3 -m pytest -p no:cacheprovider -q tests/test_st
     timeout 280 python3 benchmarks/ab.py --baseline "${NEW_BASE:-e25da85}" --rounds 5 --json "$dir/ab_new.json" \
         --models spatialmamba_tiny efficientvmamba_tiny groupmamba_tiny vmamba_tiny_s1l8 spatialmamba_small 2>&1 \
         | tail -n 16; }
+part ln && { timeout 220 python3 benchmarks/ab.py --baseline "${LN_BASE:-HEAD}" --baseline-env VISIONSSM_LAYER_NORM=torch \
+        --rounds 5 --json "$dir/ab_ln.json" --models groupmamba_tiny vmamba_tiny_s1l8 efficientvmamba_tiny \
+        spatialmamba_tiny 2>&1 | tail -n 12
+    timeout 90 python3 benchmarks/ab.py --baseline "${LN_BASE:-HEAD}" --baseline-env VISIONSSM_LAYER_NORM=torch \
+        --rounds 5 --batch 8 --modes infer --json "$dir/ab_ln_b8.json" --models vmamba_tiny_s1l8 groupmamba_tiny \
+        2>&1 | tail -n 6; }
 part ab && timeout 200 python3 benchmarks/ab.py --baseline "$base" --rounds 5 --json "$dir/ab.json" \
     --models groupmamba_tiny spatialmamba_tiny vim_tiny vim_small vmamba_tiny_s1l8 2>&1 | tail -n 30
 part bench && python3 tools/benchmark.py --no-baselines --time-budget "${BENCH_BUDGET:-150}" --json "$dir/bench.json" \

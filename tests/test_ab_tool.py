@@ -47,7 +47,7 @@ def test_ab_against_head(ab, tmp_path):
     head = subprocess.run(['git', '-C', str(ROOT), 'rev-parse', 'HEAD'], capture_output=True, text=True).stdout.strip()
     package = f'visionssm_ab_{head[:12]}'
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
-    assert result['baseline'] == dict(rev='HEAD', commit=head, package=package)
+    assert result['baseline'] == dict(rev='HEAD', commit=head, package=package, env={})
     assert [(r['model'], r['mode']) for r in result['rows']] == [('test_vmamba', 'infer'), ('test_vmamba', 'train')]
     for row in result['rows']:
         assert row['status'] == 'ok', row['status']
@@ -109,3 +109,27 @@ def test_baseline_from_a_git_archive(ab, tmp_path):
         ab.materialize(str(tmp_path / 'docs.tar'))
     with pytest.raises(ValueError, match='no such file'):
         ab.materialize(str(tmp_path / 'missing.tar'))
+
+
+def test_baseline_env_is_set_for_the_baseline_side_only(ab, monkeypatch):
+    monkeypatch.delenv('AB_TEST_SWITCH', raising=False)
+
+    class Probe(torch.nn.Module):   # records the switch at every forward
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+            self.fc = torch.nn.Linear(3, 4)
+
+        def forward(self, x):
+            self.seen.append(__import__('os').environ.get('AB_TEST_SWITCH'))
+            return self.fc(x.mean((2, 3)))
+
+    models = [Probe(), Probe()]
+    ab.time_pair(models, 'infer', 'fp32', 2, 8, torch.device('cpu'), warmup=1, rounds=2, repeat_s=0,
+                 envs=({'AB_TEST_SWITCH': 'off'}, {}))
+    assert set(models[0].seen) == {'off'} and set(models[1].seen) == {None}
+    assert 'AB_TEST_SWITCH' not in __import__('os').environ
+    assert ab._parser().parse_args(['--baseline', 'HEAD', '--models', 'test_vim', '--baseline-env',
+                                    'VISIONSSM_LAYER_NORM=torch']).baseline_env == [('VISIONSSM_LAYER_NORM', 'torch')]
+    with pytest.raises(SystemExit):
+        ab._parser().parse_args(['--baseline', 'HEAD', '--models', 'test_vim', '--baseline-env', 'no-value'])

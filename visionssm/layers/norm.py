@@ -23,7 +23,7 @@ from visionssm.kernels import layer_norm as norm_kernels
 from .cache import tracing
 from .fused import autocast_dtype
 
-__all__ = ['layer_norm', 'norm_to']
+__all__ = ['layer_norm', 'norm_to', 'native_layer_norm', 'native_layer_norm_backward']
 
 
 class _LayerNormTriton(torch.autograd.Function):
@@ -49,8 +49,8 @@ class _LayerNormTriton(torch.autograd.Function):
         return dx if need[0] else None, grad_w, grad_b, None, None, None
 
 
-def _to(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
-    return None if t is None else t.to(dtype)
+def _to(t: Optional[torch.Tensor], dtype: Optional[torch.dtype]) -> Optional[torch.Tensor]:
+    return None if t is None or dtype is None else t.to(dtype)
 
 
 @register_notrace_function
@@ -108,3 +108,35 @@ def norm_to(norm: nn.Module, x: torch.Tensor, dtype: Optional[torch.dtype] = Non
     if isinstance(norm, nn.LayerNorm) and len(norm.normalized_shape) == 1:
         return layer_norm(x, norm.weight, norm.bias, norm.eps, out_dtype=dtype)
     return norm(x).to(dtype)
+
+
+def native_layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,
+                      out_dtype: Optional[torch.dtype] = None):
+    """``torch.native_layer_norm`` over the last dimension for autograd functions that save the statistics
+    themselves: ``(y, mean, rstd)``, ``y`` in ``out_dtype`` (default ``x``'s), ``mean`` / ``rstd`` float32 of shape
+    ``(..., 1)``. Through the Triton kernel where it serves (weights in any dtype), else PyTorch's (weights cast to
+    ``x``'s dtype)."""
+    width = x.shape[-1]
+    if not tracing() and norm_kernels.supports(x, width):
+        y, mean, rstd = norm_kernels.layer_norm_forward(x.contiguous(), width, weight, bias, eps, out_dtype)
+        stats = x.shape[:-1] + (1,)
+        return y, mean.view(stats), rstd.view(stats)
+    y, mean, rstd = torch.native_layer_norm(x, (width,), _to(weight, x.dtype), _to(bias, x.dtype), eps)
+    return y.to(out_dtype or x.dtype), mean, rstd
+
+
+def native_layer_norm_backward(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+                               weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], output_mask):
+    """``aten.native_layer_norm_backward`` for ``native_layer_norm``'s statistics: ``(dx, dweight, dbias)``, each
+    None where ``output_mask`` says so, ``dx`` in ``x``'s dtype, ``dweight`` / ``dbias`` in the weights'."""
+    width = x.shape[-1]
+    need_x, need_w, need_b = output_mask
+    if not tracing() and norm_kernels.supports(x, width):
+        dx, dw, db = norm_kernels.layer_norm_backward(grad, x.contiguous(), width, weight, mean.flatten(),
+                                                      rstd.flatten(), need_weight_grads=need_w or need_b)
+        return (dx if need_x else None, _to(dw, weight.dtype).view(-1) if need_w and weight is not None else None,
+                _to(db, bias.dtype).view(-1) if need_b and bias is not None else None)
+    w, b = _to(weight, x.dtype), _to(bias, x.dtype)
+    dx, dw, db = torch.ops.aten.native_layer_norm_backward(grad.to(x.dtype), x, (width,), mean, rstd, w, b,
+                                                           (need_x, need_w and w is not None, need_b and b is not None))
+    return dx, _to(dw, None if weight is None else weight.dtype), _to(db, None if bias is None else bias.dtype)

@@ -43,7 +43,7 @@ from visionssm.layers import SS2D, ConvDownsample, Mlp, PatchEmbed, PatchMerging
     scan_out_dtype
 from visionssm.layers.cache import cached_while_inferring, tracing
 from visionssm.layers.fused import autocast_dtype, block_diagonal, conv_silu, group_projections
-from visionssm.layers.norm import norm_to
+from visionssm.layers.norm import native_layer_norm, native_layer_norm_backward, norm_to
 from visionssm.ops import Route, lattice_routes, selective_scan
 from ._checkpoint import load_through_model
 from ._hierarchical import HierarchicalBackbone
@@ -102,8 +102,8 @@ class _MixerOutput(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y, z, weight, bias, eps, proj_weight):
-        normed = torch.native_layer_norm(y, y.shape[-1:], weight.to(y.dtype), bias.to(y.dtype), eps)[0]
-        gated = normed.to(z.dtype) * F.silu(z)
+        normed = native_layer_norm(y, weight, bias, eps, out_dtype=z.dtype)[0]
+        gated = normed * F.silu(z)
         proj = proj_weight.to(autocast_dtype(gated))   # cast once (the backward runs outside autocast), kept
         ctx.eps, ctx.proj_dtype = eps, proj_weight.dtype
         ctx.save_for_backward(y, z, weight, bias, proj)
@@ -113,10 +113,9 @@ class _MixerOutput(torch.autograd.Function):
     def backward(ctx, grad):
         y, z, weight, bias, proj = ctx.saved_tensors
         need = ctx.needs_input_grad
-        w, b = weight.to(y.dtype), bias.to(y.dtype)
         # the forward's normed map again, bit for bit
-        normed, mean, rstd = torch.native_layer_norm(y, y.shape[-1:], w, b, ctx.eps)
-        normed, silu_z = normed.to(z.dtype), F.silu(z)
+        normed, mean, rstd = native_layer_norm(y, weight, bias, ctx.eps, out_dtype=z.dtype)
+        silu_z = F.silu(z)
         grad = grad.to(proj.dtype)
         grad_proj = None
         if need[5]:
@@ -124,9 +123,9 @@ class _MixerOutput(torch.autograd.Function):
             grad_proj = grad.flatten(0, -2).t().mm(gated.flatten(0, -2)).to(ctx.proj_dtype)
         grad_gated = grad.matmul(proj).to(z.dtype)
         grad_z = torch.ops.aten.silu_backward(grad_gated * normed, z)
-        grad_y, grad_w, grad_b = torch.ops.aten.native_layer_norm_backward(
-            (grad_gated * silu_z).to(y.dtype), y, y.shape[-1:], mean, rstd, w, b, (need[0], need[2], need[3]))
-        return grad_y, grad_z, _cast(grad_w, weight.dtype), _cast(grad_b, bias.dtype), None, grad_proj
+        grad_y, grad_w, grad_b = native_layer_norm_backward(
+            (grad_gated * silu_z).to(y.dtype), y, mean, rstd, weight, bias, (need[0], need[2], need[3]))
+        return grad_y, grad_z, grad_w, grad_b, None, grad_proj
 
 
 def _cast(t: Optional[torch.Tensor], dtype: Optional[torch.dtype]) -> Optional[torch.Tensor]:
@@ -141,7 +140,7 @@ def mixer_output(y: torch.Tensor, z: torch.Tensor, norm: nn.LayerNorm, proj: nn.
     if (torch.is_grad_enabled() and norm.weight is not None and norm.bias is not None and proj.bias is None
             and any(t.requires_grad for t in (y, z, norm.weight, norm.bias, proj.weight))):
         return _MixerOutput.apply(y, z, norm.weight, norm.bias, norm.eps, proj.weight)
-    return proj(norm(y).to(z.dtype) * F.silu(z))
+    return proj(norm_to(norm, y, z.dtype) * F.silu(z))
 
 
 class AtrousSS2D(SS2D):

@@ -39,6 +39,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 
 from visionssm.layers import ConvDownsample, ConvStem, PatchEmbed, PatchMerging
 from visionssm.layers.ss2d import ScanLayer, full_precision, init_dt_bias, scan_out_dtype
+from visionssm.layers.norm import norm_to
 from visionssm.ops import Route, multiscale_routes, selective_scan
 from ._checkpoint import load_through_model
 from ._hierarchical import HierarchicalBackbone
@@ -242,10 +243,10 @@ class MSVSSBlock(nn.Module):
         self.ffn_post_norm = ffn_post_norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.mixer(self.norm1(x)))
+        x = x + self.drop_path(self.mixer(norm_to(self.norm1, x)))   # norms written in the GEMMs' dtype
         if self.ffn_post_norm:
             return x + self.drop_path(self.norm2(self.ffn(x)))
-        return x + self.drop_path(self.ffn(self.norm2(x)))
+        return x + self.drop_path(self.ffn(norm_to(self.norm2, x)))
 
 
 class MSVMambaStage(nn.Module):

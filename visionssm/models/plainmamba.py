@@ -49,6 +49,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 
 from visionssm.layers import ScanLayer, full_precision, init_dt_bias, scan_out_dtype
+from visionssm.layers.norm import norm_to
 from visionssm.ops import Route, selective_scan, snake_routes
 from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted, load_through_model
 from .vim import VimFeaturePyramid
@@ -175,7 +176,7 @@ class PlainMambaLayer(nn.Module):
         ) if with_dwconv else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.mamba(self.norm(x)))
+        x = x + self.drop_path(self.mamba(norm_to(self.norm, x)))   # the norm written in in_proj's dtype
         if self.dw is not None:
             x = self.dw(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return x

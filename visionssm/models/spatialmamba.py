@@ -38,7 +38,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from visionssm.kernels import state_fusion as fusion_kernels
 from visionssm.layers import SS2D, Mlp, full_precision
 from visionssm.layers.fused import conv_silu
-from visionssm.layers.norm import norm_to
+from visionssm.layers.norm import native_layer_norm, native_layer_norm_backward, norm_to
 from visionssm.layers.ss2d import route_projections
 from visionssm.ops import Route, selective_scan
 from ._checkpoint import load_through_model
@@ -249,9 +249,8 @@ class _MixerOutput(torch.autograd.Function):
     @staticmethod
     def forward(ctx, fused, C, x, Ds, z, norm_weight, norm_bias, eps, proj_weight):
         y = torch.addcmul(x * Ds, fused, C)
-        normed, mean, rstd = torch.native_layer_norm(y, y.shape[-1:], norm_weight.to(y.dtype), norm_bias.to(y.dtype),
-                                                     eps)
-        gated = normed.to(x.dtype) * F.silu(z)
+        normed, mean, rstd = native_layer_norm(y, norm_weight, norm_bias, eps, out_dtype=x.dtype)
+        gated = normed * F.silu(z)
         # the dtype the projection computes in (autocast's, else the gated map's); the backward uses it explicitly
         ctx.dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         ctx.save_for_backward(fused, C, x, Ds, z, norm_weight, norm_bias, mean, rstd, proj_weight)
@@ -272,9 +271,8 @@ class _MixerOutput(torch.autograd.Function):
             grad_proj = grad.flatten(0, -2).t().mm(gated.flatten(0, -2)).to(proj_weight.dtype)
         grad_gated = grad.matmul(proj_weight.to(ctx.dtype)).to(x.dtype)
         grad_z = torch.ops.aten.silu_backward(grad_gated * normed, z)
-        grad_y, grad_norm_weight, grad_norm_bias = torch.ops.aten.native_layer_norm_backward(
-            (grad_gated * silu_z).to(y.dtype), y, y.shape[-1:], mean, rstd, norm_weight, norm_bias,
-            (True, need[5], need[6]))
+        grad_y, grad_norm_weight, grad_norm_bias = native_layer_norm_backward(
+            (grad_gated * silu_z).to(y.dtype), y, mean, rstd, norm_weight, norm_bias, (True, need[5], need[6]))
         grad_fused = (grad_y * C).to(fused.dtype)
         grad_C = (grad_y * fused).sum(-1, keepdim=True).to(C.dtype)
         grad_x = (grad_y * Ds).to(x.dtype)
@@ -289,7 +287,7 @@ def mixer_output(fused: torch.Tensor, C: torch.Tensor, x: torch.Tensor, Ds: torc
     the gate in x's dtype. ``fused, x, z (B, H, W, D)``, ``C (B, H, W, 1)``; ``proj`` without bias. A torch.fx leaf
     (it picks its autograd by grad mode)."""
     if _tracing() or not torch.is_grad_enabled():
-        return proj(norm(torch.addcmul(x * Ds, fused, C)).to(x.dtype) * F.silu(z))
+        return proj(norm_to(norm, torch.addcmul(x * Ds, fused, C), x.dtype) * F.silu(z))
     return _MixerOutput.apply(fused, C, x, Ds, z, norm.weight, norm.bias, norm.eps, proj.weight)
 
 
