@@ -25,6 +25,7 @@ autocast's LayerNorm policy, or the GEMM dtype that reads it next), ``dx`` in ``
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Optional, Tuple
 
@@ -43,6 +44,8 @@ __all__ = ['layer_norm_forward', 'layer_norm_backward', 'supports']
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _TILE = 4096        # elements of a program's [BLOCK_M, BLOCK_N] tile
+_WARPS = 8          # 16 elements of the tile per thread: no register spills (4 warps spilled in the backward)
+_BWD_WAVES = 4      # backward programs per SM (each loops over tiles)
 MAX_WIDTH = 4096    # widest row the kernels take; wider rows suit PyTorch's one-block-per-row kernel
 
 
@@ -56,8 +59,16 @@ def supports(x: torch.Tensor, width: int, groups: int = 1) -> bool:
 if _HAS_TRITON:
 
     @triton.jit
-    def _ln_fwd_kernel(x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, M, N, G, eps,
-                       HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    def _affine_tile(ptr, rows, cols, mask, N, GROUPS: tl.constexpr):
+        # the [BLOCK_M, BLOCK_N] weights of the rows: one vector broadcast, or row r's group r % GROUPS
+        if GROUPS == 1:
+            return tl.load(ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+        return tl.load(ptr + (rows % GROUPS)[:, None] * N + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _ln_fwd_kernel(x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, M, N, eps,
+                       HAS_W: tl.constexpr, HAS_B: tl.constexpr, GROUPS: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = tl.arange(0, BLOCK_N)
         rmask = rows < M
@@ -67,54 +78,76 @@ if _HAS_TRITON:
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         mean = tl.sum(x, axis=1) / N
         xc = tl.where(mask, x - mean[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / N + eps)
+        # correctly rounded (the GPU's plain sqrt and division are approximate): the statistics match PyTorch's
+        rstd = tl.div_rn(1.0, tl.sqrt_rn(tl.sum(xc * xc, axis=1) / N + eps))
         y = xc * rstd[:, None]
-        woffs = (rows % G)[:, None] * N + cols[None, :]
         if HAS_W:
-            y = y * tl.load(w_ptr + woffs, mask=mask, other=0.0).to(tl.float32)
+            y = y * _affine_tile(w_ptr, rows, cols, mask, N, GROUPS)
         if HAS_B:
-            y = y + tl.load(b_ptr + woffs, mask=mask, other=0.0).to(tl.float32)
+            y = y + _affine_tile(b_ptr, rows, cols, mask, N, GROUPS)
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
         tl.store(mean_ptr + rows, mean, mask=rmask)
         tl.store(rstd_ptr + rows, rstd, mask=rmask)
 
     @triton.jit
-    def _ln_bwd_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, mean_ptr, rstd_ptr, dw_ptr, db_ptr, M, N,
+    def _ln_bwd_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, mean_ptr, rstd_ptr, dw_ptr, db_ptr, M, N, TILES,
                        HAS_W: tl.constexpr, NEED_WB: tl.constexpr, GROUPS: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        # a fixed grid of programs, each over tiles pid, pid + programs, ...: its weight-gradient partials stay in
+        # registers, and the partials buffer has one [GROUPS, N] slot per program, not per tile
         pid = tl.program_id(0)
-        rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = tl.arange(0, BLOCK_N)
-        rmask = rows < M
         cmask = cols < N
-        mask = rmask[:, None] & cmask[None, :]
-        offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        mean = tl.load(mean_ptr + rows, mask=rmask, other=0.0)
-        rstd = tl.load(rstd_ptr + rows, mask=rmask, other=0.0)
-        x_hat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
-        t = dy
-        if HAS_W:
-            t = dy * tl.load(w_ptr + (rows % GROUPS)[:, None] * N + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        c1 = tl.sum(t * x_hat, axis=1) / N
-        c2 = tl.sum(t, axis=1) / N
-        dx = (t - x_hat * c1[:, None] - c2[:, None]) * rstd[:, None]
-        tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        dw = tl.zeros((GROUPS, BLOCK_N), dtype=tl.float32)
+        db = tl.zeros((GROUPS, BLOCK_N), dtype=tl.float32)
+        for tile in range(pid, TILES, tl.num_programs(0)):
+            rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+            rmask = rows < M
+            mask = rmask[:, None] & cmask[None, :]
+            offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
+            x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            mean = tl.load(mean_ptr + rows, mask=rmask, other=0.0)
+            rstd = tl.load(rstd_ptr + rows, mask=rmask, other=0.0)
+            x_hat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+            t = dy
+            if HAS_W:
+                t = dy * _affine_tile(w_ptr, rows, cols, mask, N, GROUPS)
+            c1 = tl.sum(t * x_hat, axis=1) / N
+            c2 = tl.sum(t, axis=1) / N
+            dx = (t - x_hat * c1[:, None] - c2[:, None]) * rstd[:, None]
+            tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+            if NEED_WB:
+                # rows tile*BLOCK_M + j*GROUPS + g summed over j: one partial per group (masked rows hold zeros)
+                dw += tl.sum(tl.reshape(dy * x_hat, (BLOCK_M // GROUPS, GROUPS, BLOCK_N)), axis=0)
+                db += tl.sum(tl.reshape(dy, (BLOCK_M // GROUPS, GROUPS, BLOCK_N)), axis=0)
         if NEED_WB:
-            # rows pid*BLOCK_M + j*GROUPS + g: summed over j, one partial per group (masked rows hold zeros)
             part = pid.to(tl.int64) * GROUPS * N + tl.arange(0, GROUPS)[:, None] * N + cols[None, :]
             pmask = (tl.arange(0, GROUPS) < GROUPS)[:, None] & cmask[None, :]
-            dw = tl.sum(tl.reshape(dy * x_hat, (BLOCK_M // GROUPS, GROUPS, BLOCK_N)), axis=0)
-            db = tl.sum(tl.reshape(dy, (BLOCK_M // GROUPS, GROUPS, BLOCK_N)), axis=0)
             tl.store(dw_ptr + part, dw, mask=pmask)
             tl.store(db_ptr + part, db, mask=pmask)
+
+
+def _programs(x: torch.Tensor) -> int:
+    if x.is_cuda:
+        return _BWD_WAVES * torch.cuda.get_device_properties(x.device).multi_processor_count
+    return 3   # the interpreter: few programs, so that the tests run the loop over tiles
 
 
 def _blocks(width: int, groups: int) -> Tuple[int, int]:
     block_n = triton.next_power_of_2(width)
     block_m = max(groups, _TILE // block_n)   # a power of 2 and a multiple of groups
     return block_m, block_n
+
+
+def _device(x: torch.Tensor):
+    # Triton launches on the current CUDA device, not the tensor's
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
+def _affine(t: Optional[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    # the kernels index the weights densely; an absent one is a dummy pointer the kernel never reads
+    return t.contiguous() if t is not None else x
 
 
 def _rows(x: torch.Tensor, width: int) -> int:
@@ -137,9 +170,10 @@ def layer_norm_forward(x: torch.Tensor, width: int, weight: Optional[torch.Tenso
     mean = torch.empty(rows, device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
     block_m, block_n = _blocks(width, groups)
-    _ln_fwd_kernel[(triton.cdiv(rows, block_m),)](
-        x, y, weight if weight is not None else x, bias if bias is not None else x, mean, rstd, rows, width, groups,
-        eps, weight is not None, bias is not None, block_m, block_n)
+    with _device(x):
+        _ln_fwd_kernel[(triton.cdiv(rows, block_m),)](
+            x, y, _affine(weight, x), _affine(bias, x), mean, rstd, rows, width, eps, weight is not None,
+            bias is not None, groups, block_m, block_n, num_warps=_WARPS)
     return y, mean, rstd
 
 
@@ -152,13 +186,15 @@ def layer_norm_backward(grad: torch.Tensor, x: torch.Tensor, width: int, weight:
     grad = grad.contiguous()
     dx = torch.empty_like(x)
     block_m, block_n = _blocks(width, groups)
-    programs = triton.cdiv(rows, block_m)
+    tiles = triton.cdiv(rows, block_m)
+    programs = max(1, min(tiles, _programs(x)))
     dw = db = dx
     if need_weight_grads:
         dw = torch.empty(programs, groups, width, device=x.device, dtype=torch.float32)
         db = torch.empty_like(dw)
-    _ln_bwd_kernel[(programs,)](x, grad, dx, weight if weight is not None else x, mean, rstd, dw, db, rows, width,
-                                weight is not None, need_weight_grads, groups, block_m, block_n)
+    with _device(x):
+        _ln_bwd_kernel[(programs,)](x, grad, dx, _affine(weight, x), mean, rstd, dw, db, rows, width, tiles,
+                                    weight is not None, need_weight_grads, groups, block_m, block_n, num_warps=_WARPS)
     if not need_weight_grads:
         return dx, None, None
     return dx, dw.sum(0), db.sum(0)
