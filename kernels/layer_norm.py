@@ -67,7 +67,7 @@ if _HAS_TRITON:
 
     @triton.jit
     def _ln_fwd_kernel(x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, M, N, eps,
-                       HAS_W: tl.constexpr, HAS_B: tl.constexpr, GROUPS: tl.constexpr,
+                       HAS_W: tl.constexpr, HAS_B: tl.constexpr, GROUPS: tl.constexpr, STATS: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = tl.arange(0, BLOCK_N)
@@ -86,8 +86,9 @@ if _HAS_TRITON:
         if HAS_B:
             y = y + _affine_tile(b_ptr, rows, cols, mask, N, GROUPS)
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
-        tl.store(mean_ptr + rows, mean, mask=rmask)
-        tl.store(rstd_ptr + rows, rstd, mask=rmask)
+        if STATS:
+            tl.store(mean_ptr + rows, mean, mask=rmask)
+            tl.store(rstd_ptr + rows, rstd, mask=rmask)
 
     @triton.jit
     def _ln_bwd_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, mean_ptr, rstd_ptr, dw_ptr, db_ptr, M, N, TILES,
@@ -158,22 +159,25 @@ def _rows(x: torch.Tensor, width: int) -> int:
 
 
 def layer_norm_forward(x: torch.Tensor, width: int, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-                       eps: float, out_dtype: Optional[torch.dtype] = None
-                       ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       eps: float, out_dtype: Optional[torch.dtype] = None, stats: bool = True
+                       ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """``(y, mean, rstd)`` of a contiguous ``x`` normalized over rows of ``width`` elements; ``weight`` / ``bias``
     None or ``(G, width)`` (G consecutive rows, a power of 2, each with its own affine; ``(width,)`` is G = 1).
-    ``y`` like ``x`` in ``out_dtype`` (default ``x``'s); ``mean`` and ``rstd`` fp32, one per row."""
+    ``y`` like ``x`` in ``out_dtype`` (default ``x``'s); ``mean`` and ``rstd`` fp32, one per row (None unless
+    ``stats``: inference needs no statistics, and two allocations less are host time saved)."""
     rows = _rows(x, width)
     affine = weight if weight is not None else bias
     groups = affine.numel() // width if affine is not None else 1
     y = torch.empty_like(x, dtype=out_dtype or x.dtype)
-    mean = torch.empty(rows, device=x.device, dtype=torch.float32)
-    rstd = torch.empty_like(mean)
+    mean = rstd = None
+    if stats:
+        mean = torch.empty(rows, device=x.device, dtype=torch.float32)
+        rstd = torch.empty_like(mean)
     block_m, block_n = _blocks(width, groups)
     with _device(x):
         _ln_fwd_kernel[(triton.cdiv(rows, block_m),)](
-            x, y, _affine(weight, x), _affine(bias, x), mean, rstd, rows, width, eps, weight is not None,
-            bias is not None, groups, block_m, block_n, num_warps=_WARPS)
+            x, y, _affine(weight, x), _affine(bias, x), y if mean is None else mean, y if rstd is None else rstd, rows,
+            width, eps, weight is not None, bias is not None, groups, stats, block_m, block_n, num_warps=_WARPS)
     return y, mean, rstd
 
 

@@ -58,6 +58,7 @@ float64 inputs are handed to the reference (the oracle is exact there; the kerne
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -1018,6 +1019,11 @@ def _f32(t: Optional[torch.Tensor]):
     return t.detach().float().contiguous()
 
 
+def _on(device: torch.device):
+    """Triton launches on the current CUDA device, not the tensors': make theirs current for the launch."""
+    return torch.cuda.device(device) if device.type == 'cuda' else contextlib.nullcontext()
+
+
 def triton_forward(u, delta, A, B, C, D, delta_bias, plan: RoutePlan, delta_softplus: bool, return_hidden: bool,
                    mean: bool, out_dtype: Optional[torch.dtype], need_grad: bool):
     """Forward kernel on flattened maps: returns ``(out, ckpt)``, ``ckpt`` the states saved for
@@ -1049,14 +1055,17 @@ def triton_forward(u, delta, A, B, C, D, delta_bias, plan: RoutePlan, delta_soft
                        dtype=torch.float32)
     if launch.chunked:
         sync = torch.zeros(1 + launch.seqs * launch.nck, device=dev, dtype=torch.int32)
-        launch.kernel[launch.grid](*args, ckpt, sync, launch.pos, launch.meta, *strides, W, N, K, launch.nblk,
-                                   launch.nck, launch.seqs, scale, **launch.consts, **flags)
+        with _on(dev):
+            launch.kernel[launch.grid](*args, ckpt, sync, launch.pos, launch.meta, *strides, W, N, K, launch.nblk,
+                                       launch.nck, launch.seqs, scale, **launch.consts, **flags)
         if not need_grad:
             ckpt = ckpt.new_empty(0)
     else:
-        launch.kernel[launch.grid](*args, ckpt if need_grad else out, launch.pos, launch.meta, launch.shift, *strides,
-                                   W, N, K, launch.nck, scale, OFF64=_off64(num_pos, su[1], sd[1], sB[1], sC[1], so[1]),
-                                   **launch.consts, **flags)
+        with _on(dev):
+            launch.kernel[launch.grid](*args, ckpt if need_grad else out, launch.pos, launch.meta, launch.shift,
+                                       *strides, W, N, K, launch.nck, scale,
+                                       OFF64=_off64(num_pos, su[1], sd[1], sB[1], sC[1], so[1]),
+                                       **launch.consts, **flags)
     if launch.merge == 'routes':
         out = out.view(batch, num_pos, K, plan.out_channels, *hidden).sum(2)
     if out.dtype != out_dtype:
@@ -1105,13 +1114,17 @@ def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePla
     if launch.chunked:
         carry = torch.empty((batch, K, launch.nck, W, N), device=dev, dtype=torch.float32)
         sync = torch.zeros(1 + launch.seqs * launch.nck, device=dev, dtype=torch.int32)
-        launch.kernel[launch.grid](*args, carry, sync, launch.pos, launch.meta, *grads, *strides, part.stride(0),
-                                   W, N, K, launch.nblk, launch.nck, launch.seqs, scale, **launch.consts, **flags)
+        with _on(dev):
+            launch.kernel[launch.grid](*args, carry, sync, launch.pos, launch.meta, *grads, *strides,
+                                       part.stride(0), W, N, K, launch.nblk, launch.nck, launch.seqs, scale,
+                                       **launch.consts, **flags)
     else:
-        launch.kernel[launch.grid](*args, launch.pos, launch.meta, launch.shift, *grads, *strides, part.stride(0), W,
-                                   N, K, launch.nck, scale,
-                                   OFF64=_off64(num_pos, su[1], sd[1], sB[1], sC[1], so[1], sdu[1], sdd[1], sdB[1]),
-                                   **launch.consts, **flags)
+        with _on(dev):
+            launch.kernel[launch.grid](*args, launch.pos, launch.meta, launch.shift, *grads, *strides,
+                                       part.stride(0), W, N, K, launch.nck, scale,
+                                       OFF64=_off64(num_pos, su[1], sd[1], sB[1], sC[1], so[1], sdu[1], sdd[1],
+                                                    sdB[1]),
+                                       **launch.consts, **flags)
     gA = dA.sum(0).view(KW, N).to(A.dtype)
     gD = dD.sum(0).to(D.dtype) if has_d else None
     gbias = dbias.sum(0).to(delta_bias.dtype) if bias32 is not None else None

@@ -82,7 +82,7 @@ def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Opt
             return _LayerNormTriton.apply(x.contiguous(), weight, bias, width, eps, out_dtype)
         w = None if weight is None else weight.view(groups, width)
         b = None if bias is None else bias.view(groups, width)
-        return norm_kernels.layer_norm_forward(x.contiguous(), width, w, b, eps, out_dtype)[0]
+        return norm_kernels.layer_norm_forward(x.contiguous(), width, w, b, eps, out_dtype, stats=False)[0]
     if not autocast:   # a model converted with .half(): its weights in x's dtype or cast to it (InputDtypeLayerNorm)
         weight, bias = _to(weight, x.dtype), _to(bias, x.dtype)
     if groups == 1:

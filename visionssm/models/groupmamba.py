@@ -225,7 +225,7 @@ def _norm_gate(y, z, weight, bias, eps, act_fn):
     one each."""
     if _triton_norm(y, weight):
         affine = norm_kernels.layer_norm_forward(y.contiguous(), weight.shape[-1], weight, bias, eps,
-                                                 torch.promote_types(y.dtype, weight.dtype))[0]
+                                                 torch.promote_types(y.dtype, weight.dtype), stats=False)[0]
     else:
         y_hat = F.layer_norm(y.unflatten(-1, weight.shape), weight.shape[-1:], None, None, eps)
         affine = torch.addcmul(bias, y_hat, weight).flatten(-2)
