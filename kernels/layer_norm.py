@@ -25,20 +25,12 @@ autocast's LayerNorm policy, or the GEMM dtype that reads it next), ``dx`` in ``
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Optional, Tuple
 
 import torch
 
-try:  # the module must import on machines without triton
-    import triton
-    import triton.language as tl
-    _HAS_TRITON = True
-except Exception:  # pragma: no cover - depends on the machine
-    triton = None
-    tl = None
-    _HAS_TRITON = False
+from .launch import HAS_TRITON as _HAS_TRITON, on_device, sm_count, tl, triton
 
 __all__ = ['layer_norm_forward', 'layer_norm_backward', 'supports']
 
@@ -131,7 +123,7 @@ if _HAS_TRITON:
 
 def _programs(x: torch.Tensor) -> int:
     if x.is_cuda:
-        return _BWD_WAVES * torch.cuda.get_device_properties(x.device).multi_processor_count
+        return _BWD_WAVES * sm_count(x.device)
     return 3   # the interpreter: few programs, so that the tests run the loop over tiles
 
 
@@ -139,11 +131,6 @@ def _blocks(width: int, groups: int) -> Tuple[int, int]:
     block_n = triton.next_power_of_2(width)
     block_m = max(groups, _TILE // block_n)   # a power of 2 and a multiple of groups
     return block_m, block_n
-
-
-def _device(x: torch.Tensor):
-    # Triton launches on the current CUDA device, not the tensor's
-    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 def _affine(t: Optional[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -174,7 +161,7 @@ def layer_norm_forward(x: torch.Tensor, width: int, weight: Optional[torch.Tenso
         mean = torch.empty(rows, device=x.device, dtype=torch.float32)
         rstd = torch.empty_like(mean)
     block_m, block_n = _blocks(width, groups)
-    with _device(x):
+    with on_device(x.device):
         _ln_fwd_kernel[(triton.cdiv(rows, block_m),)](
             x, y, _affine(weight, x), _affine(bias, x), y if mean is None else mean, y if rstd is None else rstd, rows,
             width, eps, weight is not None, bias is not None, groups, stats, block_m, block_n, num_warps=_WARPS)
@@ -196,7 +183,7 @@ def layer_norm_backward(grad: torch.Tensor, x: torch.Tensor, width: int, weight:
     if need_weight_grads:
         dw = torch.empty(programs, groups, width, device=x.device, dtype=torch.float32)
         db = torch.empty_like(dw)
-    with _device(x):
+    with on_device(x.device):
         _ln_bwd_kernel[(programs,)](x, grad, dx, _affine(weight, x), mean, rstd, dw, db, rows, width, tiles,
                                     weight is not None, need_weight_grads, groups, block_m, block_n, num_warps=_WARPS)
     if not need_weight_grads:

@@ -25,20 +25,12 @@ Every product accumulates in fp32; ``out`` and ``dh`` are stored in ``h``'s dtyp
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Sequence
 
 import torch
 
-try:  # the module must import on machines without triton
-    import triton
-    import triton.language as tl
-    _HAS_TRITON = True
-except Exception:  # pragma: no cover - depends on the machine
-    triton = None
-    tl = None
-    _HAS_TRITON = False
+from .launch import HAS_TRITON as _HAS_TRITON, on_device, tl, triton
 
 __all__ = ['fuse_states_triton', 'supports']
 
@@ -202,11 +194,6 @@ _TILE = 4096       # elements of a program's [BW, BC] tile
 _PARTIALS = 512    # kernel-gradient partials per channel block (each program sums the rest of its rows itself)
 
 
-def _device(h: torch.Tensor):
-    # Triton launches on the current CUDA device, not the tensor's
-    return torch.cuda.device(h.device) if h.is_cuda else contextlib.nullcontext()
-
-
 def _blocks(width: int, channels: int) -> tuple[int, int]:
     bc = min(64, triton.next_power_of_2(channels))
     bw = max(1, min(triton.next_power_of_2(width), _TILE // bc))
@@ -233,7 +220,7 @@ def fuse_forward(h: torch.Tensor, taps: torch.Tensor, dilations: Sequence[int]) 
     out = torch.empty_like(h)
     bw, bc = _blocks(width, channels)
     grid = (batch * height, triton.cdiv(width, bw), triton.cdiv(channels, bc))
-    with _device(h):
+    with on_device(h.device):
         _fuse_fwd_kernel[grid](h, taps, out, height, width, channels, bw, bc, *dilations)
     return out
 
@@ -248,14 +235,14 @@ def fuse_backward(grad: torch.Tensor, h: torch.Tensor, taps: torch.Tensor, dilat
     if need_h:
         dh = torch.empty_like(h)
         grid = (batch * height, triton.cdiv(width, bw), triton.cdiv(channels, bc))
-        with _device(h):
+        with on_device(h.device):
             _fuse_bwd_h_kernel[grid](grad, taps, dh, height, width, channels, max(dilations), bw, bc, *dilations)
     if need_weight:
         n_rows = batch * height
         rows = max(1, triton.cdiv(n_rows, _PARTIALS))
         parts = triton.cdiv(n_rows, rows)
         partial = torch.empty(parts, 27, channels, device=h.device, dtype=torch.float32)
-        with _device(h):
+        with on_device(h.device):
             _fuse_bwd_w_kernel[(parts, triton.cdiv(channels, bc))](grad, h, partial, n_rows, height, width, channels,
                                                                      rows, bw, bc, *dilations)
         dtaps = partial.sum(0)

@@ -58,7 +58,6 @@ float64 inputs are handed to the reference (the oracle is exact there; the kerne
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
@@ -66,6 +65,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from .launch import on_device, sm_count
 from .reference import selective_scan_reference
 from .routes import RoutePlan, plan_routes, route_from_key
 
@@ -855,17 +855,12 @@ def _merge() -> str:
 SEQ_MIN_WARPS_PER_SM = 8
 
 
-@functools.lru_cache(maxsize=8)
-def _sm_count(device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == 'cuda' else 132
-
-
 def _use_chunked(n_state: int, route_len: int, seq_warps: int, device) -> bool:
     if FORCE_KERNEL is not None:
         return FORCE_KERNEL == 'chunked'
     if _CHUNK_OVERRIDE is not None:
         return True
-    return n_state == 1 and route_len >= 512 and seq_warps < SEQ_MIN_WARPS_PER_SM * _sm_count(device)
+    return n_state == 1 and route_len >= 512 and seq_warps < SEQ_MIN_WARPS_PER_SM * sm_count(device)
 
 
 def _sequential_only(plan: RoutePlan) -> bool:
@@ -1019,11 +1014,6 @@ def _f32(t: Optional[torch.Tensor]):
     return t.detach().float().contiguous()
 
 
-def _on(device: torch.device):
-    """Triton launches on the current CUDA device, not the tensors': make theirs current for the launch."""
-    return torch.cuda.device(device) if device.type == 'cuda' else contextlib.nullcontext()
-
-
 def triton_forward(u, delta, A, B, C, D, delta_bias, plan: RoutePlan, delta_softplus: bool, return_hidden: bool,
                    mean: bool, out_dtype: Optional[torch.dtype], need_grad: bool):
     """Forward kernel on flattened maps: returns ``(out, ckpt)``, ``ckpt`` the states saved for
@@ -1055,13 +1045,13 @@ def triton_forward(u, delta, A, B, C, D, delta_bias, plan: RoutePlan, delta_soft
                        dtype=torch.float32)
     if launch.chunked:
         sync = torch.zeros(1 + launch.seqs * launch.nck, device=dev, dtype=torch.int32)
-        with _on(dev):
+        with on_device(dev):
             launch.kernel[launch.grid](*args, ckpt, sync, launch.pos, launch.meta, *strides, W, N, K, launch.nblk,
                                        launch.nck, launch.seqs, scale, **launch.consts, **flags)
         if not need_grad:
             ckpt = ckpt.new_empty(0)
     else:
-        with _on(dev):
+        with on_device(dev):
             launch.kernel[launch.grid](*args, ckpt if need_grad else out, launch.pos, launch.meta, launch.shift,
                                        *strides, W, N, K, launch.nck, scale,
                                        OFF64=_off64(num_pos, su[1], sd[1], sB[1], sC[1], so[1]),
@@ -1114,12 +1104,12 @@ def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePla
     if launch.chunked:
         carry = torch.empty((batch, K, launch.nck, W, N), device=dev, dtype=torch.float32)
         sync = torch.zeros(1 + launch.seqs * launch.nck, device=dev, dtype=torch.int32)
-        with _on(dev):
+        with on_device(dev):
             launch.kernel[launch.grid](*args, carry, sync, launch.pos, launch.meta, *grads, *strides,
                                        part.stride(0), W, N, K, launch.nblk, launch.nck, launch.seqs, scale,
                                        **launch.consts, **flags)
     else:
-        with _on(dev):
+        with on_device(dev):
             launch.kernel[launch.grid](*args, launch.pos, launch.meta, launch.shift, *grads, *strides,
                                        part.stride(0), W, N, K, launch.nck, scale,
                                        OFF64=_off64(num_pos, su[1], sd[1], sB[1], sC[1], so[1], sdu[1], sdd[1],

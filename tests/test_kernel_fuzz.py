@@ -64,7 +64,9 @@ except ImportError:  # a machine without the package's other dependencies (e.g. 
 
 # triton imported before TRITON_INTERPRET could be set (another test module imported it first): the CPU cases then
 # run once in a fresh interpreter process (as tests/test_triton_scan.py does)
-_NEEDS_SUBPROCESS = not _CUDA and not type(TS._scan_fwd_kernel).__name__.startswith('Interpreted')
+from _interpreter import fresh_process_test, needs_fresh_process  # noqa: E402
+
+_NEEDS_SUBPROCESS = needs_fresh_process(TS._scan_fwd_kernel)
 
 KINDS = ('cross', 'bidirectional', 'lattice', 'grouped', 'hidden', 'snake', 'multiscale')
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -383,13 +385,7 @@ def _cases(kind: str, count: int, tiny: bool) -> list[Case]:
 # ----------------------------------------------------------------------------------------------------- CPU mode
 
 if _NEEDS_SUBPROCESS and not _CUDA:
-    def test_cpu_cases_in_fresh_process():
-        import subprocess
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ, TRITON_INTERPRET='1')
-        r = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-p', 'no:xdist',
-                            os.path.abspath(__file__)], env=env, cwd=root, capture_output=True, text=True)
-        assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    test_cpu_cases_in_fresh_process = fresh_process_test(__file__)
 
 _CPU_CASES = 3      # per route kind: one per dtype
 

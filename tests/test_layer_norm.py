@@ -6,7 +6,6 @@ Without CUDA the kernels run under the Triton interpreter on CPU tensors (small 
 CPU tensors.
 """
 import os
-import sys
 
 import pytest
 import torch
@@ -21,17 +20,13 @@ pytest.importorskip('triton')
 from visionssm.kernels import layer_norm as LN  # noqa: E402
 from visionssm.layers.norm import layer_norm  # noqa: E402
 
-_NEEDS_SUBPROCESS = not _CUDA and not type(LN._ln_fwd_kernel).__name__.startswith('Interpreted')
+from _interpreter import fresh_process_test, needs_fresh_process  # noqa: E402
+
+_NEEDS_SUBPROCESS = needs_fresh_process(LN._ln_fwd_kernel)
 DEV = 'cuda' if _CUDA else 'cpu'
 
 if _NEEDS_SUBPROCESS:
-    def test_cpu_cases_in_fresh_process():
-        import subprocess
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ, TRITON_INTERPRET='1')
-        r = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-p', 'no:xdist',
-                            os.path.abspath(__file__)], env=env, cwd=root, capture_output=True, text=True)
-        assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    test_cpu_cases_in_fresh_process = fresh_process_test(__file__)
 
 pytestmark = pytest.mark.skipif(_NEEDS_SUBPROCESS, reason='runs in a fresh interpreter process')
 

@@ -24,19 +24,15 @@ except ImportError:  # pragma: no cover - a machine without the package's other 
 
 from visionssm.models.spatialmamba import StateFusion, _fuse, _replicate_index  # noqa: E402
 
-_NEEDS_SUBPROCESS = not _CUDA and not type(SF._fuse_fwd_kernel).__name__.startswith('Interpreted')
+from _interpreter import fresh_process_test, needs_fresh_process  # noqa: E402
+
+_NEEDS_SUBPROCESS = needs_fresh_process(SF._fuse_fwd_kernel)
 DEV = 'cuda' if _CUDA else 'cpu'
 DILATIONS = (1, 3, 5)
 
 
 if _NEEDS_SUBPROCESS:
-    def test_cpu_cases_in_fresh_process():
-        import subprocess
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ, TRITON_INTERPRET='1')
-        r = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-p', 'no:xdist',
-                            os.path.abspath(__file__)], env=env, cwd=root, capture_output=True, text=True)
-        assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    test_cpu_cases_in_fresh_process = fresh_process_test(__file__)
 
 
 def _reference(h, weight):

@@ -31,16 +31,12 @@ except ImportError:  # a machine without the package's other dependencies (e.g. 
 # triton may have been imported (e.g. by torch._inductor through timm, when another test module imported visionssm
 # first) before TRITON_INTERPRET could be set: then the kernels cannot run on CPU in this process, and the whole
 # file runs once in a fresh interpreter process instead (test_cpu_cases_in_fresh_process).
-_NEEDS_SUBPROCESS = not _CUDA and not type(TS._scan_fwd_kernel).__name__.startswith('Interpreted')
+from _interpreter import fresh_process_test, needs_fresh_process  # noqa: E402
+
+_NEEDS_SUBPROCESS = needs_fresh_process(TS._scan_fwd_kernel)
 
 if _NEEDS_SUBPROCESS:
-    def test_cpu_cases_in_fresh_process():
-        import subprocess
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ, TRITON_INTERPRET='1')
-        r = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-p', 'no:xdist',
-                            os.path.abspath(__file__)], env=env, cwd=root, capture_output=True, text=True)
-        assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    test_cpu_cases_in_fresh_process = fresh_process_test(__file__)
 
 DEV = 'cuda' if _CUDA else 'cpu'
 TOL = {torch.float32: 2e-4, torch.float16: 4e-3, torch.bfloat16: 2.5e-2}

@@ -233,7 +233,7 @@ def _norm_gate(y, z, weight, bias, eps, act_fn):
 
 
 def _triton_norm(y: torch.Tensor, weight: torch.Tensor) -> bool:
-    return norm_kernels.supports(y, weight.shape[-1], weight.shape[0]) and weight.is_contiguous() and not tracing()
+    return norm_kernels.supports(y, weight.shape[-1], weight.shape[0]) and not tracing()
 
 
 class _NormGate(torch.autograd.Function):

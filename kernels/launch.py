@@ -1,0 +1,31 @@
+"""What the Triton kernels of this folder share around a launch: triton itself (absent on some machines, where the
+modules still import), the device to launch on and the GPU's SM count."""
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+
+try:  # the kernels' modules must import on machines without triton
+    import triton
+    import triton.language as tl
+    HAS_TRITON = True
+except Exception:  # pragma: no cover - depends on the machine
+    triton = None
+    tl = None
+    HAS_TRITON = False
+
+__all__ = ['HAS_TRITON', 'on_device', 'sm_count', 'tl', 'triton']
+
+
+def on_device(device: torch.device):
+    """The context to launch a kernel for tensors on ``device`` in: Triton launches on the current CUDA device, not
+    the tensors', so theirs is made current (nothing for CPU tensors, which the interpreter runs)."""
+    return torch.cuda.device(device) if device.type == 'cuda' else contextlib.nullcontext()
+
+
+@functools.lru_cache(maxsize=8)
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA ``device`` (132, an H100's / H200's, for the interpreter)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == 'cuda' else 132
