@@ -188,8 +188,9 @@ class StateFusion(nn.Module):
 
     On CUDA the fusion runs in Triton (``kernels/state_fusion.py``): the three branches in one pass that reads the
     clamped positions directly (no padded copy, no layout change), fp32 accumulation, and a backward of two kernels.
-    The cuDNN channels-last grouped convolutions it replaces, with their layout transforms, took about a quarter of
-    the GPU time of a training step of Spatial-Mamba-T on an H200.
+    cuDNN's channels-last grouped-convolution kernels, which ran it and the blocks' other depthwise convolutions, took
+    with their layout transforms 69 of the 255 ms of GPU time of a Spatial-Mamba-T training step on an H200 (bf16, batch 128, 224²;
+    ``benchmarks/results/h200-2026-12/official/official.json``).
     ``VISIONSSM_STATE_FUSION=torch`` selects the PyTorch form below, which also serves the CPU and graph capture.
 
     A torch.fx leaf: its autocast-free region (an autocast context a traced graph would drop) and its size-dependent
