@@ -19,8 +19,8 @@ Two things are made to behave as on a CUDA device, so the numbers track the GPU 
   the input dtype; CPU autocast keeps the input dtype. ``--norms cuda`` (default) applies the CUDA policy.
 * The selective scan: on a CPU it runs the pure-PyTorch reference, whose many small ops and intermediates would
   swamp both counts. ``--scan stub`` (default) replaces it by one autograd function that saves what the Triton
-  backend saves (its inputs; not its small per-chunk state checkpoints) and returns zeros; ``--scan reference``
-  keeps the reference.
+  backend saves (its inputs, and its fp32 state checkpoints where ``keeps_states`` keeps them, at their size for
+  a batch-128 step scaled to the batch run) and returns zeros; ``--scan reference`` keeps the reference.
 
 Run from the repository root (imports ``visionssm`` from the current directory first).
 """
@@ -78,24 +78,39 @@ class CudaAutocastNorms(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+GPU_BATCH = 128   # the step the saved bytes are scaled to (x16 from batch 8): its kernel choice sets the checkpoints'
+
+
+def _checkpoints(u: torch.Tensor, plan, n_state: int) -> torch.Tensor:
+    """The fp32 state checkpoints the Triton forward keeps for ``u``'s batch (``keeps_states``), spaced as a
+    ``GPU_BATCH`` step spaces them (at N = 1 the kernel choice, and with it the spacing, depends on the batch); a
+    one-element placeholder where the backward recomputes them."""
+    from visionssm.kernels import triton_scan as ts
+    if not ts.keeps_states(n_state):
+        return u.new_empty((), dtype=torch.float32)
+    shape = ts.checkpoint_shape(GPU_BATCH, plan, n_state, torch.device('cpu'))
+    return u.new_empty((u.shape[0],) + shape[1:], dtype=torch.float32)
+
+
 class _ScanStub(torch.autograd.Function):
-    """Stands in for the Triton scan: saves its inputs, returns zeros; zero gradients."""
+    """Stands in for the Triton scan: saves its inputs and checkpoints, returns zeros; zero gradients."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, out_shape, out_dtype):
-        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, states, out_shape, out_dtype):
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, states)
         return u.new_zeros(out_shape, dtype=out_dtype)
 
     @staticmethod
     def backward(ctx, dout):
-        saved = ctx.saved_tensors
-        return tuple(torch.zeros_like(t) if t is not None else None for t in saved) + (None, None)
+        saved = ctx.saved_tensors[:-1]
+        return tuple(torch.zeros_like(t) if t is not None else None for t in saved) + (None, None, None)
 
 
 def _scan_stub(u, delta, A, B, C, D, delta_bias, plan, delta_softplus=True, return_hidden=False, mean=False,
                out_dtype=None):
     shape = (u.shape[0], u.shape[1], plan.out_channels) + ((A.shape[-1],) if return_hidden else ())
-    return _ScanStub.apply(u, delta, A, B, C, D, delta_bias, shape, out_dtype or u.dtype)
+    states = _checkpoints(u, plan, A.shape[-1]) if torch.is_grad_enabled() else None
+    return _ScanStub.apply(u, delta, A, B, C, D, delta_bias, states, shape, out_dtype or u.dtype)
 
 
 def measure(name: str, batch: int, img_size: int, dtype, norms: str, model=None) -> dict:

@@ -14,6 +14,10 @@
 #      and Spatial-Mamba-T against the same code with VISIONSSM_LAYER_NORM=torch (ab.py --baseline-env), training
 #      and batch-128 inference, then batch-8 inference (the host-bound case). LN_BASE names that code: a revision,
 #      or a `git archive` of it where the checkout has no history (default HEAD).
+#  0c. (part "states", not in the default set) the scan's state checkpoints recomputed in the backward at d_state > 4
+#      (the default) against kept (VISIONSSM_SCAN_STATES=keep, ab.py --baseline-env): PlainMamba-L1,
+#      EfficientVMamba-T and MambaVision-T training, speed and peak memory, then kernels/bench.py at Vim-S's
+#      shapes (both ways). STATES_BASE names the code as LN_BASE does (default HEAD);
 #   1. ab.py: this checkout against BASELINE_REV (default: the revision before the GroupMamba / Spatial-Mamba / Vim
 #      memory work) for GroupMamba-T, Spatial-Mamba-T, Vim-T/S and VMamba-T, bf16 inference and training;
 #   2. tools/benchmark.py: MambaVision-T, PlainMamba-L1, MSVMamba-T beside ConvNeXt-T (bf16, batch 128, 224²), and
@@ -25,7 +29,7 @@
 # part 2's models and seconds); the fuzz takes what is left of LIMIT (default 580 seconds since the script
 # started). Writes DIR (default $OUT): env.txt, ab_new.json, ab.json, bench.json, bench_b8.json,
 # export_latency.json, fuzz.json, fuzz.log (8 files; the kernel sweep prints to the console); part ln: ab_ln.json,
-# ab_ln_b8.json.
+# ab_ln_b8.json; part states: ab_states.json.
 set -uo pipefail
 dir=${1:-${OUT:?set OUT or pass an output directory}}
 base=${2:-1591727}
@@ -45,6 +49,10 @@ part ln && { timeout 220 python3 benchmarks/ab.py --baseline "${LN_BASE:-HEAD}" 
     timeout 90 python3 benchmarks/ab.py --baseline "${LN_BASE:-HEAD}" --baseline-env VISIONSSM_LAYER_NORM=torch \
         --rounds 5 --batch 8 --modes infer --json "$dir/ab_ln_b8.json" --models vmamba_tiny_s1l8 groupmamba_tiny \
         2>&1 | tail -n 6; }
+part states && { timeout 240 python3 benchmarks/ab.py --baseline "${STATES_BASE:-HEAD}" \
+        --baseline-env VISIONSSM_SCAN_STATES=keep --rounds 5 --modes train --json "$dir/ab_states.json" \
+        --models plainmamba_l1 efficientvmamba_tiny mambavision_t 2>&1 | tail -n 10
+    timeout 90 python3 kernels/bench.py --no-ref --only Vim 2>&1 | tail -n 8; }
 part ab && timeout 200 python3 benchmarks/ab.py --baseline "$base" --rounds 5 --json "$dir/ab.json" \
     --models groupmamba_tiny spatialmamba_tiny vim_tiny vim_small vmamba_tiny_s1l8 2>&1 | tail -n 30
 part bench && python3 tools/benchmark.py --no-baselines --time-budget "${BENCH_BUDGET:-150}" --json "$dir/bench.json" \

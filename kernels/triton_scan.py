@@ -29,7 +29,9 @@ a buffer that torch sums (``MERGE``, or fp32 ``atomic_add`` into one zeroed buff
 kernel. Offsets are int64 except a position's offset inside one image, int32 where the host checked it fits.
 
 Backward: the forward saves the state before every chunk of the backward (``ckpt (Bt, K, n_chunks, W, N)``, only
-when a gradient is needed). The backward program walks its route's chunks from last to first: it loads the chunk
+when a gradient is needed), where those checkpoints are small; where they are not (``keeps_states``: more than one
+fp32 state per step and channel, as at N = 16), the forward saves none and the backward first runs the forward
+kernel again to write them, so that they exist for one scan's backward at a time. The backward program walks its route's chunks from last to first: it loads the chunk
 (dy and C included; with ``SEQ_PREFETCH`` the next chunk's loads are issued before the current chunk's arithmetic),
 recomputes its states from the checkpoint into registers, then walks the rows backwards with
 the adjoint ``g_t = dy_t C_t + a_{t+1} g_{t+1}`` carried in registers across chunks. Per step it writes ddelta
@@ -911,6 +913,22 @@ def _kernel_config_uncached(plan: RoutePlan, n_state: int, backward: bool, batch
     return False, BT, BD, BN, num_warps, max(1, -(-Lmax // BT))
 
 
+def keeps_states(n_state: int) -> bool:
+    """Whether a forward that needs a gradient keeps the backward's state checkpoints (``checkpoint_shape``), or
+    saves none and leaves the backward to recompute them with one more forward kernel.
+
+    Kept for N <= 4, where they hold at most one fp32 state per step and channel (the backward's chunks, their
+    spacing, are at least 4 steps; at N = 1 they are half the bytes of a bf16 Δ); recomputed for larger N (at N = 16
+    they are 8x Δ's bytes: PlainMamba-L1's training step at batch 128 took 22.4 GiB on an H200, of which about 14.8
+    were checkpoints). ``VISIONSSM_SCAN_STATES=keep`` / ``recompute`` overrides the choice."""
+    choice = os.environ.get('VISIONSSM_SCAN_STATES', 'auto')
+    if choice == 'auto':
+        return n_state <= 4
+    if choice not in ('keep', 'recompute'):
+        raise ValueError(f"VISIONSSM_SCAN_STATES must be 'auto', 'keep' or 'recompute', got {choice!r}")
+    return choice == 'keep'
+
+
 def checkpoint_shape(batch: int, plan: RoutePlan, n_state: int, device) -> tuple:
     """Shape of the fp32 states ``triton_forward`` saves for the backward (``need_grad=True``): the state entering
     every chunk of the backward's chunk length."""
@@ -1068,6 +1086,10 @@ def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePla
     """Backward kernel: ``(du, ddelta, dA, dB, dC, dD, ddelta_bias)`` in the dtypes of the inputs (None for an
     absent input; dD is None with ``return_hidden``, where D is unused). The inputs are read in place (delta, B and
     C are typically strided views of one projection); the gradients are contiguous."""
+    if ckpt.numel() == 0 or not any(ckpt.stride()):   # the forward kept no checkpoints (keeps_states), or only
+        # a placeholder of their shape: write them now, for this scan only
+        ckpt = triton_forward(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, return_hidden, mean, None,
+                              True)[1]
     dout, u, delta, B, C = _prep(dout), _prep(u), _prep(delta), _prep(B), _prep(C)
     batch, num_pos, in_ch = u.shape
     dev = u.device
@@ -1171,12 +1193,25 @@ def run_scan(u, delta, A, B, C, D, delta_bias, plan: Optional[RoutePlan], key: s
                             bool(mean), out_dtype)
 
 
+def _in_backward() -> bool:
+    """Whether this runs inside the autograd engine's backward: a forward run there is a recomputation
+    (``torch.utils.checkpoint``, a layer's own) whose backward follows at once, so its checkpoints are kept."""
+    return torch._C._current_graph_task_id() != -1
+
+
 class _EagerScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, delta_bias, plan, delta_softplus, return_hidden, mean, out_dtype):
-        out, saved = triton_forward(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, return_hidden, mean,
-                                    out_dtype, True)
-        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, saved)
+        # A forward run inside the backward is a recomputation (torch.utils.checkpoint, Vim's mixer) whose backward
+        # follows at once: it keeps its checkpoints whatever their size.
+        keep = keeps_states(A.shape[-1]) or _in_backward()
+        out, states = triton_forward(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, return_hidden, mean,
+                                     out_dtype, keep)
+        if not keep:   # one element standing for them, of their shape: torch.utils.checkpoint (non-reentrant)
+            # compares the shapes saved by the forward and by its recomputation, and hands the recomputation's to
+            # this node's backward
+            states = states.new_empty(()).expand(checkpoint_shape(u.shape[0], plan, A.shape[-1], u.device))
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, states)
         ctx.config = (plan, delta_softplus, return_hidden, mean)
         return out
 
@@ -1218,9 +1253,9 @@ if not hasattr(torch.ops.visionssm, 'selective_scan'):   # one definition per pr
                  width_px: int, out_channels: int, delta_softplus: bool, return_hidden: bool, mean: bool,
                  out_dtype: Optional[torch.dtype], need_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Flattened maps in; ``(out, saved)`` out, ``saved`` the kernels' checkpoint states for the backward (empty
-        without ``need_grad``)."""
+        without ``need_grad``, and where ``keeps_states`` leaves them to the backward)."""
         return triton_forward(u, delta, A, B, C, D, delta_bias, _plan(routes_key, height, width_px, A, u, out_channels),
-                              delta_softplus, return_hidden, mean, out_dtype, need_grad)
+                              delta_softplus, return_hidden, mean, out_dtype, need_grad and keeps_states(A.shape[1]))
 
 
     @_scan_op.register_fake
@@ -1231,7 +1266,7 @@ if not hasattr(torch.ops.visionssm, 'selective_scan'):   # one definition per pr
                           dtype=out_dtype or u.dtype)
         plan = _plan(routes_key, height, width_px, A, u, out_channels)
         _prepare_launches(plan, n_state, u.shape[0], u.device, need_grad)
-        if not need_grad:
+        if not (need_grad and keeps_states(n_state)):
             return out, u.new_empty(0, dtype=torch.float32)
         return out, u.new_empty(checkpoint_shape(u.shape[0], plan, n_state, u.device), dtype=torch.float32)
 
@@ -1245,8 +1280,9 @@ if not hasattr(torch.ops.visionssm, 'selective_scan'):   # one definition per pr
             return
         from torch._subclasses.fake_tensor import unset_fake_temporarily
         with unset_fake_temporarily():
-            _forward_launch(plan, n_state, batch, device, bool(need_grad), _knobs())
-            if need_grad:
+            _forward_launch(plan, n_state, batch, device, False, _knobs())
+            if need_grad:   # the forward that writes checkpoints (in the backward where keeps_states says so)
+                _forward_launch(plan, n_state, batch, device, True, _knobs())
                 _backward_launch(plan, n_state, batch, device, _knobs())
 
 

@@ -258,3 +258,31 @@ def test_cpu_step_proxy_splits_saved_bytes_by_module(monkeypatch):
     assert r['by_module']['stages.*.blocks.*.mixer'] > 0
     assert not any(name.endswith(('se.norm', 'out_norm')) for name in r['by_module'])
     assert r['fwd_launches'] > 0 and r['bwd_launches'] > 0
+
+
+def test_cpu_step_proxy_counts_the_kept_state_checkpoints(monkeypatch):
+    """benchmarks/cpu_step_proxy.py saves what the Triton backend saves: at d_state 16 the fp32 state checkpoints
+    only with VISIONSSM_SCAN_STATES=keep (the backward recomputes them by default), exactly their bytes."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location('cpu_step_proxy', root / 'benchmarks' / 'cpu_step_proxy.py')
+    proxy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(proxy)
+    ops = importlib.import_module('visionssm.ops.selective_scan')
+    monkeypatch.setitem(ops.BACKENDS, 'reference', (proxy._scan_stub, lambda u: True))
+    checkpoints = []
+    states = proxy._checkpoints
+
+    def recorded(u, plan, n_state):
+        t = states(u, plan, n_state)
+        checkpoints.append(t.numel() * 4 / 2 ** 20 if t.dim() else 0.)
+        return t
+    monkeypatch.setattr(proxy, '_checkpoints', recorded)
+    saved, kept = {}, {}
+    for choice in ('keep', 'auto'):
+        monkeypatch.setenv('VISIONSSM_SCAN_STATES', choice)
+        checkpoints.clear()
+        saved[choice] = proxy.measure('test_efficientvmamba', 2, 64, torch.bfloat16, 'cuda')['by_dtype']['float32']
+        kept[choice] = sum(checkpoints[len(checkpoints) // 2:])   # the counted step's scans (after the warm-up's)
+    assert kept['auto'] == 0 and kept['keep'] > 0
+    # less the one-element placeholders that stand for them
+    assert saved['keep'] - saved['auto'] == pytest.approx(kept['keep'], abs=1e-4)

@@ -391,6 +391,90 @@ def test_vim_checkpoints_every_four_steps():
     assert TS.checkpoint_shape(128, plan, 16, torch.device('cpu')) == (128, 2, 50, 768, 16)
 
 
+def _saved_checkpoints(case, choice, monkeypatch):
+    """Run ``case`` through the autograd path with VISIONSSM_SCAN_STATES=``choice``: (output, gradients, shapes of
+    the fp32 state checkpoints the forward saved for the backward)."""
+    monkeypatch.setenv('VISIONSSM_SCAN_STATES', choice)
+    c = KERNEL_CASES[case]
+    plan = R.plan_routes(c['routes'], c['height'], c['width_px'], c['width'], c['in_ch'], c['out_ch'])
+    inputs = _make(plan, c['batch'], c['n_state'], c['dtype'], hidden=c.get('hidden', False), seed=3)
+    shape = (c['batch'], plan.height * plan.width_px, plan.out_channels) + ((c['n_state'],) if c.get('hidden') else ())
+    grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(4)).to(c['dtype'])
+    checkpoints = []
+
+    def pack(t):
+        if t.dtype == torch.float32 and t.dim() == 5:   # (batch, routes, chunks, width, N); kept or a placeholder
+            checkpoints.append((tuple(t.shape), 'kept' if any(t.stride()) else 'placeholder'))
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out, grads = _run(TS.selective_scan_triton, inputs, plan, grad_out, upcast=False,
+                          return_hidden=c.get('hidden', False))
+    return out, grads, checkpoints, TS.checkpoint_shape(c['batch'], plan, c['n_state'], torch.device('cpu'))
+
+
+@pytest.mark.parametrize('case', ['long_route_nstate16', 'cross_nstate3_mean', 'snake_params_at_step',
+                                  'hidden_one_route', 'lattice_unequal_lengths'])
+def test_recomputed_checkpoints_give_the_same_gradients(case, monkeypatch):
+    """Checkpoints kept by the forward, or written by a forward run again in the backward (keeps_states): the same
+    kernel computes the same states, so every gradient is bit-equal; otherwise only a one-element placeholder of
+    their shape is saved."""
+    if _NEEDS_SUBPROCESS:
+        pytest.skip('runs in test_cpu_cases_in_fresh_process')
+    out_k, grads_k, saved_k, shape = _saved_checkpoints(case, 'keep', monkeypatch)
+    out_r, grads_r, saved_r, _ = _saved_checkpoints(case, 'recompute', monkeypatch)
+    assert saved_k == [(shape, 'kept')] and saved_r == [(shape, 'placeholder')]
+    assert torch.equal(out_k, out_r)
+    for name, g in grads_k.items():
+        assert (g is None) == (grads_r[name] is None), name
+        assert g is None or torch.equal(g, grads_r[name]), name
+
+
+def test_checkpoints_kept_for_small_states_only(monkeypatch):
+    """Kept up to N = 4 (at most one fp32 state per step and channel), recomputed above; the switch overrides."""
+    monkeypatch.delenv('VISIONSSM_SCAN_STATES', raising=False)
+    assert [TS.keeps_states(n) for n in (1, 2, 4, 5, 8, 16)] == [True, True, True, False, False, False]
+    monkeypatch.setenv('VISIONSSM_SCAN_STATES', 'keep')
+    assert TS.keeps_states(16)
+    monkeypatch.setenv('VISIONSSM_SCAN_STATES', 'recompute')
+    assert not TS.keeps_states(1)
+    monkeypatch.setenv('VISIONSSM_SCAN_STATES', 'always')
+    with pytest.raises(ValueError, match='VISIONSSM_SCAN_STATES'):
+        TS.keeps_states(1)
+
+
+@pytest.mark.parametrize('reentrant', [False, True])
+def test_recomputation_inside_a_backward_keeps_its_checkpoints(reentrant, monkeypatch):
+    """Under torch.utils.checkpoint the scan's forward runs again inside the backward, right before its own backward:
+    that forward keeps its checkpoints (one forward kernel there, not two) whatever the state size."""
+    if _NEEDS_SUBPROCESS:
+        pytest.skip('runs in test_cpu_cases_in_fresh_process')
+    monkeypatch.delenv('VISIONSSM_SCAN_STATES', raising=False)
+    plan = R.plan_routes(R.bidirectional_routes(2), 1, 9, 2, 4, 2)
+    inputs = {k: v.requires_grad_(True) if v is not None else None
+              for k, v in _make(plan, 1, 16, torch.float32).items()}
+    calls = []
+    forward = TS.triton_forward
+
+    def counted(*args):
+        calls.append(args[-1])   # need_grad: whether this forward writes checkpoints
+        return forward(*args)
+    monkeypatch.setattr(TS, 'triton_forward', counted)
+    run = lambda *t: TS.selective_scan_triton(*t, plan)
+    out = torch.utils.checkpoint.checkpoint(run, *inputs.values(), use_reentrant=reentrant)
+    out.sum().backward()
+    # the checkpointed forward keeps none; its recomputation keeps them, and the backward reads those
+    assert calls == [False, True]
+    want = {k: v.grad.clone() for k, v in inputs.items() if v is not None}
+    for v in inputs.values():
+        if v is not None:
+            v.grad = None
+    calls.clear()
+    run(*inputs.values()).sum().backward()
+    assert calls == [False, True]    # the backward writes them itself
+    for k, g in want.items():
+        assert torch.equal(g, inputs[k].grad), k
+
+
 def test_supports_never_raises():
     assert TS.supports(torch.zeros(1)) is False
     assert TS.supports(None) is False
