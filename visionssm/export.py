@@ -60,12 +60,14 @@ def example_input(model: nn.Module, img_size: Optional[Union[int, Sequence[int]]
 
 
 def dynamic_shapes(model: nn.Module, max_size: int = 2048, max_batch: int = 1024) -> tuple[dict, ...]:
-    """``torch.export`` dynamic shapes for ``model(x)``: dynamic batch, height and width (multiples of the stride)."""
+    """``torch.export`` dynamic shapes for ``model(x)``: dynamic batch, height and width (multiples of the stride),
+    from two strides, or from the model's ``min_export_size`` where its graph needs more."""
     multiple = input_multiple(model)
-    steps = max(2, max_size // multiple)
+    low = max(2, -(-getattr(model, 'min_export_size', 0) // multiple))
+    steps = max(low, max_size // multiple)
     return ({0: Dim('batch', min=1, max=max_batch),
-             2: multiple * Dim('height_steps', min=2, max=steps),
-             3: multiple * Dim('width_steps', min=2, max=steps)},)
+             2: multiple * Dim('height_steps', min=low, max=steps),
+             3: multiple * Dim('width_steps', min=low, max=steps)},)
 
 
 def export_program(model: nn.Module, x: Optional[torch.Tensor] = None, dynamic: bool = True,

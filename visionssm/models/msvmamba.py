@@ -311,6 +311,10 @@ class MSVMamba(HierarchicalBackbone):
         ssm_act_layer: mixer activation.
     """
 
+    # The smallest input an export with dynamic sizes accepts (visionssm.export.dynamic_shapes): the last stage's
+    # half-resolution map must be at least 2 pixels a side, since a size traced at 1 is fixed in the graph.
+    min_export_size = 96
+
     def __init__(
             self,
             in_chans: int = 3,

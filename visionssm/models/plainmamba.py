@@ -48,7 +48,9 @@ from timm.layers import DropPath, register_notrace_function, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
+from visionssm.kernels.export_scan import route_index
 from visionssm.layers import ScanLayer, full_precision, init_dt_bias, scan_out_dtype
+from visionssm.layers.cache import tracing
 from visionssm.layers.norm import norm_to
 from visionssm.ops import Route, selective_scan, snake_routes
 from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted, load_through_model
@@ -66,26 +68,28 @@ def direction_codes(routes: Tuple[Route, ...], height: int, width: int, device: 
 
     The code of step t is the direction of the move that reached the t-th position (0 start, 1 right, 2 left, 3 up,
     4 down; a reverse route gets the opposite codes). It is placed where step t reads B: at the route's position, or
-    at its raster position with ``params_at='step'``. Cached per grid and device (traced as plain ops when compiled).
+    at its raster position with ``params_at='step'``. Cached per grid and device; built as plain ops of the map's
+    (possibly symbolic) size when compiled or exported.
     """
-    if torch.compiler.is_compiling():
-        return _direction_codes(routes, height, width).to(device)
+    if tracing():
+        return _direction_codes(routes, height, width, device)
     return _cached_direction_codes(routes, height, width, device)
 
 
-def _direction_codes(routes: Tuple[Route, ...], height: int, width: int) -> torch.Tensor:
-    codes = torch.zeros(height * width, len(routes), dtype=torch.long)
-    for k, route in enumerate(routes):
-        pos = route.positions(height, width)
+def _direction_codes(routes: Tuple[Route, ...], height: int, width: int, device: torch.device) -> torch.Tensor:
+    codes = []
+    for route in routes:
+        pos, reads = route_index(route, height, width, device)   # where step t goes, and where it reads B
         move = pos[1:] - pos[:-1]
         code = torch.where(move == width, 4, torch.where(move == -width, 3, torch.where(move == 1, 1, 2)))
-        codes[route.param_positions(height, width), k] = torch.cat([code.new_zeros(1), code])
-    return codes.view(height, width, len(routes))
+        code = torch.cat([code.new_zeros(1), code])
+        codes.append(torch.zeros_like(code).index_copy(0, reads, code))
+    return torch.stack(codes, -1).view(height, width, len(routes))
 
 
 @functools.lru_cache(maxsize=64)
 def _cached_direction_codes(routes: Tuple[Route, ...], height: int, width: int, device: torch.device) -> torch.Tensor:
-    return _direction_codes(routes, height, width).to(device)
+    return _direction_codes(routes, height, width, torch.device('cpu')).to(device)
 
 
 class PlainMamba2D(ScanLayer):
@@ -221,7 +225,8 @@ def resize_pos_embed(pos_embed: torch.Tensor, old_grid: Tuple[int, int], height:
     """``(1, H, W, C)``: the position embedding of ``old_grid`` as a map, bicubic-resized to ``height x width`` when
     they differ (mmcls ``resize_pos_embed``; in the embedding's own dtype, so float64 stays exact)."""
     grid = pos_embed.reshape(1, old_grid[0], old_grid[1], -1).permute(0, 3, 1, 2)
-    if (height, width) != tuple(old_grid):
+    # a traced graph resizes always (its size may be symbolic); at the same size the bicubic resize is exact
+    if tracing() or (height, width) != tuple(old_grid):
         grid = F.interpolate(grid, size=(height, width), mode='bicubic', align_corners=False)
     return grid.permute(0, 2, 3, 1)
 
