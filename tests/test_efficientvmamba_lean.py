@@ -244,15 +244,21 @@ def test_block_keeps_less_under_bf16_autocast(monkeypatch):
     assert lean < 0.7 * full, (lean, full)
 
 
-def test_cpu_step_proxy_splits_saved_bytes_by_module(monkeypatch):
-    """benchmarks/cpu_step_proxy.py: the by-module split adds up to the total, and with the lean path nothing is
-    kept by the channel attention's norm or the mixer's out_norm modules (their functions keep it, once)."""
+def _step_proxy(monkeypatch):
+    """benchmarks/cpu_step_proxy.py, imported, with its scan stub in place of the reference."""
     root = pathlib.Path(__file__).resolve().parents[1]
     spec = importlib.util.spec_from_file_location('cpu_step_proxy', root / 'benchmarks' / 'cpu_step_proxy.py')
     proxy = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(proxy)
     ops = importlib.import_module('visionssm.ops.selective_scan')
     monkeypatch.setitem(ops.BACKENDS, 'reference', (proxy._scan_stub, lambda u: True))
+    return proxy
+
+
+def test_cpu_step_proxy_splits_saved_bytes_by_module(monkeypatch):
+    """benchmarks/cpu_step_proxy.py: the by-module split adds up to the total, and with the lean path nothing is
+    kept by the channel attention's norm or the mixer's out_norm modules (their functions keep it, once)."""
+    proxy = _step_proxy(monkeypatch)
     r = proxy.measure('test_efficientvmamba', 2, 64, torch.bfloat16, 'cuda')
     assert abs(sum(r['by_module'].values()) - r['saved_mib']) < 1e-9
     assert r['by_module']['stages.*.blocks.*.mixer'] > 0
@@ -263,12 +269,7 @@ def test_cpu_step_proxy_splits_saved_bytes_by_module(monkeypatch):
 def test_cpu_step_proxy_counts_the_kept_state_checkpoints(monkeypatch):
     """benchmarks/cpu_step_proxy.py saves what the Triton backend saves: at d_state 16 the fp32 state checkpoints
     only with VISIONSSM_SCAN_STATES=keep (the backward recomputes them by default), exactly their bytes."""
-    root = pathlib.Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location('cpu_step_proxy', root / 'benchmarks' / 'cpu_step_proxy.py')
-    proxy = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(proxy)
-    ops = importlib.import_module('visionssm.ops.selective_scan')
-    monkeypatch.setitem(ops.BACKENDS, 'reference', (proxy._scan_stub, lambda u: True))
+    proxy = _step_proxy(monkeypatch)
     checkpoints = []
     states = proxy._checkpoints
 
