@@ -20,14 +20,14 @@ onnx = pytest.importorskip('onnx')
 ort = pytest.importorskip('onnxruntime')
 
 TINY = [m for m in timm.list_models(module=list(FAMILIES)) if m.startswith('test_')]   # every family's
-# MambaVision exports for the traced size only (test_onnx_static_matches_eager): its window partition gives the
-# number of windows per axis dimensions of their own, which are 1 at the native resolutions, and torch.export fixes
-# a size it traces at 1. Every other family keeps dynamic sizes.
-STATIC_ONLY = {'test_mambavision'}
-TEST_MODELS = [m for m in TINY if m not in STATIC_ONLY]
+TEST_MODELS = TINY
+# Exported for the traced size only (test_onnx_static_matches_eager): MambaVision's masked windows (an option, not
+# the released models'), whose window sides are min(window, map side).
+STATIC_ONLY = {'test_mambavision': dict(mask_padding=True)}
 TRACE_SIZE = {'test_msvmamba': 96}   # its min_export_size; the others trace at 64
 CHECK_SIZES = {'test_msvmamba': [(1, 96, 128), (3, 160, 96)]}
-T_MODELS = ['vmamba_tiny_s1l8', 'vim_tiny', 'efficientvmamba_tiny', 'groupmamba_tiny', 'spatialmamba_tiny']
+T_MODELS = ['vmamba_tiny_s1l8', 'vim_tiny', 'efficientvmamba_tiny', 'groupmamba_tiny', 'spatialmamba_tiny',
+            'mambavision_t', 'plainmamba_l1', 'msvmamba_tiny']
 RTOL = 1e-4   # max |onnxruntime - eager| / max |eager|, fp32
 
 
@@ -82,7 +82,7 @@ def test_onnx_dynamic_matches_eager(name, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(STATIC_ONLY))
 def test_onnx_static_matches_eager(name, tmp_path):
-    model = _model(name)
+    model = _model(name, **STATIC_ONLY[name])
     path = export_onnx(model, tmp_path / f'{name}.onnx', example_input(model, 64), dynamic=False)
     _check_onnx_at_sizes(model, path, [(2, 64, 64)])
 

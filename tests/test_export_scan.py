@@ -114,3 +114,23 @@ def test_op_exports_with_dynamic_height_and_width(pattern):
     for size in ((4, 8), (12, 6)) if pattern == 'lattice' else ((4, 8), (13, 7)):
         x = make_inputs(2, *size, len(routes), 3, 2, 3 * mult, dtype=torch.float32, seed=3)
         torch.testing.assert_close(program.module()(*x), _Scan(routes, merge)(*x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('pattern', ['cross', 'snake_params_at_step', 'multiscale'])
+def test_op_compiles_fullgraph_on_the_cpu(pattern):
+    """torch.compile where Triton does not run: the op's 'auto' backend takes the export form, one graph (the
+    reference's route planning would break it), matching eager."""
+    routes, merge, mult = PATTERNS[pattern]
+    scan = _Scan(routes, merge)
+    compiled = torch.compile(scan, fullgraph=True, dynamic=False)
+    x = make_inputs(2, 5, 7, len(routes), 3, 2, 3 * mult, dtype=torch.float32, seed=4)
+    torch.testing.assert_close(compiled(*x), scan(*x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_model_compiles_fullgraph_on_the_cpu():
+    import timm
+    model = timm.create_model('test_vmamba').eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), model(x), rtol=1e-4, atol=1e-5)

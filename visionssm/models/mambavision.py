@@ -50,6 +50,7 @@ because the shared scan op cannot be scripted: ``torch.jit.script``, or building
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import warnings
@@ -63,7 +64,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from torch.utils.checkpoint import checkpoint
 
 from visionssm.layers import Mlp, ScanLayer, full_precision, init_dt_bias
-from visionssm.layers.cache import cached_while_inferring
+from visionssm.layers.cache import cached_while_inferring, tracing
 from visionssm.ops import Route, selective_scan
 from ._checkpoint import load_through_model
 from ._hierarchical import HierarchicalBackbone
@@ -95,23 +96,47 @@ def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
     ``(B * nH * nW, window_size**2, C)``, tokens row-major inside each window (the official layout). A map of
     exactly one window (the native resolutions) comes back as a view."""
     batch, height, width, channels = x.shape
-    pad_h = (window_size - height % window_size) % window_size
-    pad_w = (window_size - width % window_size) % window_size
-    if pad_h or pad_w:  # F.pad copies the map even when it pads nothing
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    n_h, n_w = (height + pad_h) // window_size, (width + pad_w) // window_size
-    x = x.reshape(batch, n_h, window_size, n_w, window_size, channels).transpose(2, 3)
-    return x.reshape(batch * n_h * n_w, window_size * window_size, channels)
+    n_h, n_w = _windows(height, window_size), _windows(width, window_size)
+    pad_h, pad_w = n_h * window_size - height, n_w * window_size - width
+    with _symbolic_windows():
+        if tracing() or pad_h or pad_w:  # F.pad copies the map even when it pads nothing
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        x = x.reshape(batch, n_h, window_size, n_w, window_size, channels).transpose(2, 3)
+        return _copy_if_tracing(x).reshape(batch * n_h * n_w, window_size * window_size, channels)
 
 
 @register_notrace_function
 def window_reverse(windows: torch.Tensor, window_size: int, height: int, width: int) -> torch.Tensor:
     """Inverse of ``window_partition``: windows → ``(B, height, width, C)``, the padding cropped."""
-    n_h, n_w = -(-height // window_size), -(-width // window_size)
+    n_h, n_w = _windows(height, window_size), _windows(width, window_size)
     channels = windows.shape[-1]
-    x = windows.reshape(-1, n_h, n_w, window_size, window_size, channels).transpose(2, 3)
-    x = x.reshape(-1, n_h * window_size, n_w * window_size, channels)
-    return x[:, :height, :width].contiguous()
+    with _symbolic_windows():
+        x = windows.reshape(-1, n_h, n_w, window_size, window_size, channels).transpose(2, 3)
+        x = _copy_if_tracing(x).reshape(-1, n_h * window_size, n_w * window_size, channels)
+        x = x.narrow(1, 0, height).narrow(2, 0, width)
+        return x.contiguous() if not tracing() else _copy_if_tracing(x)
+
+
+def _windows(size: int, window_size: int) -> int:
+    # ceil division with non-negative operands: ONNX divides integers toward zero, and the exported -(-a // b)
+    # rounded the wrong way wherever a map needs padding
+    return (size + window_size - 1) // window_size
+
+
+# With dynamic sizes (torch.export) the window counts are symbolic, and at the native resolutions they are 1.
+# torch.export fixes a size that its shape checks see at 1, and a reshape or ``contiguous()`` of a transposed or
+# cropped window layout asks whether it could be a view, which depends on exactly that. So while tracing the
+# checks treat the counts as sizes that may be 1 or more (size-oblivious), and those layouts are copied outright.
+
+def _symbolic_windows():
+    config = torch.fx.experimental._config
+    if not tracing() or not hasattr(config, 'backed_size_oblivious'):   # older torch: the traced size is fixed
+        return contextlib.nullcontext()
+    return config.patch(backed_size_oblivious=True)
+
+
+def _copy_if_tracing(x: torch.Tensor) -> torch.Tensor:
+    return x.clone(memory_format=torch.contiguous_format) if tracing() else x
 
 
 @register_notrace_function
@@ -124,7 +149,7 @@ def masked_window_layout(height: int, width: int, window_size: int, device: torc
     of the padded map; ``valid`` marks the image tokens in the reordered window.
     """
     win_h, win_w = min(window_size, height), min(window_size, width)
-    n_h, n_w = -(-height // win_h), -(-width // win_w)
+    n_h, n_w = _windows(height, win_h), _windows(width, win_w)
     rows = torch.arange(n_h, device=device)[:, None] * win_h + torch.arange(win_h, device=device) < height
     cols = torch.arange(n_w, device=device)[:, None] * win_w + torch.arange(win_w, device=device) < width
     valid = (rows[:, None, :, None] & cols[None, :, None, :]).reshape(n_h * n_w, win_h * win_w)
@@ -150,7 +175,7 @@ def masked_window_partition(x: torch.Tensor, win_h: int, win_w: int, order: torc
 def masked_window_reverse(windows: torch.Tensor, win_h: int, win_w: int, order: torch.Tensor, height: int,
                           width: int) -> torch.Tensor:
     """Inverse of ``masked_window_partition``."""
-    n_h, n_w = -(-height // win_h), -(-width // win_w)
+    n_h, n_w = _windows(height, win_h), _windows(width, win_w)
     channels = windows.shape[-1]
     x = windows.reshape(-1, n_h * n_w, win_h * win_w, channels)
     x = x.scatter(2, order[None, :, :, None].expand(x.shape[0], -1, -1, channels), x)

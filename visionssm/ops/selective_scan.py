@@ -114,7 +114,7 @@ def selective_scan(
         out_channels: output channels; default ``max(out_offset) + W`` (over the segments of concatenated routes).
         out_dtype: default the input dtype; e.g. ``torch.float32`` to keep a low-precision scan's output in fp32.
         backend: ``'auto'`` (Triton on CUDA when available, else the reference; ``'export'`` while exporting or
-            tracing) or a name in ``BACKENDS``.
+            tracing, and under ``torch.compile`` where the reference would run) or a name in ``BACKENDS``.
 
     Returns:
         ``(B, H, W_px, C_out)`` (or ``(B, L, C_out)``), plus a trailing ``N`` with ``return_hidden``.
@@ -149,7 +149,8 @@ def selective_scan(
         out = _run_triton(*args, None if traced else plan, key, height, width_px, out_channels, delta_softplus,
                           return_hidden, merge == 'mean', out_dtype)
     else:  # the reference (or a backend registered by the user): plain autograd
-        if name == 'export' and exporting:   # symbolic sizes: positions are built in the graph, unchecked
+        if name == 'export' and (exporting or compiling):   # sizes may be symbolic: positions are built in the
+            # graph, unchecked
             plan = RoutePlan(tuple(routes), height, width_px, width, in_channels, out_channels, (), 0)
         elif plan is None:
             plan = plan_routes(routes, height, width_px, width, in_channels, out_channels)
@@ -263,7 +264,9 @@ def _select_backend(backend: str, u: torch.Tensor) -> str:
             return 'export'
         for name in ('triton', 'reference'):
             if name in BACKENDS and BACKENDS[name][1](u):
-                return name
+                # torch.compile where Triton does not run (CPU, float64): the loop-free export form, which traces
+                # as one graph at any size; the reference's route planning and chunk loops would break it
+                return 'export' if name == 'reference' and torch.compiler.is_compiling() else name
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; available: 'auto', {', '.join(map(repr, BACKENDS))}")
     if not BACKENDS[backend][1](u):
