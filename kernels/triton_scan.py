@@ -1086,8 +1086,7 @@ def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePla
     """Backward kernel: ``(du, ddelta, dA, dB, dC, dD, ddelta_bias)`` in the dtypes of the inputs (None for an
     absent input; dD is None with ``return_hidden``, where D is unused). The inputs are read in place (delta, B and
     C are typically strided views of one projection); the gradients are contiguous."""
-    if ckpt.numel() == 0 or not any(ckpt.stride()):   # the forward kept no checkpoints (keeps_states), or only
-        # a placeholder of their shape: write them now, for this scan only
+    if ckpt.numel() == 0:   # the forward kept no checkpoints (keeps_states): write them now, for this scan only
         ckpt = triton_forward(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, return_hidden, mean, None,
                               True)[1]
     dout, u, delta, B, C = _prep(dout), _prep(u), _prep(delta), _prep(B), _prep(C)
@@ -1193,31 +1192,37 @@ def run_scan(u, delta, A, B, C, D, delta_bias, plan: Optional[RoutePlan], key: s
                             bool(mean), out_dtype)
 
 
-def _in_backward() -> bool:
-    """Whether this runs inside the autograd engine's backward: a forward run there is a recomputation
-    (``torch.utils.checkpoint``, a layer's own) whose backward follows at once, so its checkpoints are kept."""
-    return torch._C._current_graph_task_id() != -1
+def _recomputing() -> bool:
+    """Whether this forward runs inside the autograd engine's backward with no saved-tensor hooks active: a
+    recomputation (reentrant ``torch.utils.checkpoint``, Vim's mixer) whose own backward follows at once. Under
+    hooks (non-reentrant ``torch.utils.checkpoint``'s recomputation, offloading) the saved tensors go where the
+    hooks put them, and the backward that reads them is not this node's."""
+    if torch._C._current_graph_task_id() == -1:
+        return False
+    hooks = getattr(torch._C._autograd, '_top_saved_tensors_default_hooks', None)
+    return hooks is not None and hooks(False) is None
 
 
 class _EagerScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, delta_bias, plan, delta_softplus, return_hidden, mean, out_dtype):
-        # A forward run inside the backward is a recomputation (torch.utils.checkpoint, Vim's mixer) whose backward
-        # follows at once: it keeps its checkpoints whatever their size.
-        keep = keeps_states(A.shape[-1]) or _in_backward()
+        keep = keeps_states(A.shape[-1])
+        # A recomputation in the backward writes its checkpoints whatever their size (its backward follows at once)
+        # and holds them on ctx, off the saved tensors: those look alike in every forward, as non-reentrant
+        # torch.utils.checkpoint requires, and saved-tensor hooks (offloading) never see a checkpoint.
+        recomputing = not keep and _recomputing()
         out, states = triton_forward(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, return_hidden, mean,
-                                     out_dtype, keep)
-        if not keep:   # one element standing for them, of their shape: torch.utils.checkpoint (non-reentrant)
-            # compares the shapes saved by the forward and by its recomputation, and hands the recomputation's to
-            # this node's backward
-            states = states.new_empty(()).expand(checkpoint_shape(u.shape[0], plan, A.shape[-1], u.device))
-        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, states)
+                                     out_dtype, keep or recomputing)
+        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, states if keep else states.new_empty(0))
+        ctx.states = states if recomputing else None
         ctx.config = (plan, delta_softplus, return_hidden, mean)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         u, delta, A, B, C, D, delta_bias, saved = ctx.saved_tensors
+        if ctx.states is not None:
+            saved, ctx.states = ctx.states, None
         grads = triton_backward(dout.contiguous(), u, delta, A, B, C, D, delta_bias, saved, *ctx.config)
         return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad)) + (None,) * 5
 

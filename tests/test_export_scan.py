@@ -128,9 +128,10 @@ def test_op_compiles_fullgraph_on_the_cpu(pattern):
 
 
 @pytest.mark.slow
-def test_model_compiles_fullgraph_on_the_cpu():
+@pytest.mark.parametrize('name', ['test_vmamba', 'test_mambavision'])
+def test_model_compiles_fullgraph_on_the_cpu(name):
     import timm
-    model = timm.create_model('test_vmamba').eval()
+    model = timm.create_model(name).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), model(x), rtol=1e-4, atol=1e-5)

@@ -4,6 +4,7 @@ Without CUDA the kernels run under the Triton interpreter on CPU tensors (small 
 directly, ``supports()`` only governs auto-dispatch). With CUDA the same cases run on the GPU, plus larger
 ``@pytest.mark.gpu`` cases.
 """
+import contextlib
 import importlib
 import os
 import sys
@@ -403,8 +404,8 @@ def _saved_checkpoints(case, choice, monkeypatch):
     checkpoints = []
 
     def pack(t):
-        if t.dtype == torch.float32 and t.dim() == 5:   # (batch, routes, chunks, width, N); kept or a placeholder
-            checkpoints.append((tuple(t.shape), 'kept' if any(t.stride()) else 'placeholder'))
+        if t.dtype == torch.float32 and t.dim() == 5:   # (batch, routes, chunks, width, N)
+            checkpoints.append(tuple(t.shape))
         return t
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out, grads = _run(TS.selective_scan_triton, inputs, plan, grad_out, upcast=False,
@@ -416,13 +417,12 @@ def _saved_checkpoints(case, choice, monkeypatch):
                                   'hidden_one_route', 'lattice_unequal_lengths'])
 def test_recomputed_checkpoints_give_the_same_gradients(case, monkeypatch):
     """Checkpoints kept by the forward, or written by a forward run again in the backward (keeps_states): the same
-    kernel computes the same states, so every gradient is bit-equal; otherwise only a one-element placeholder of
-    their shape is saved."""
+    kernel computes the same states, so every gradient is bit-equal; only the kept ones are saved."""
     if _NEEDS_SUBPROCESS:
         pytest.skip('runs in test_cpu_cases_in_fresh_process')
     out_k, grads_k, saved_k, shape = _saved_checkpoints(case, 'keep', monkeypatch)
     out_r, grads_r, saved_r, _ = _saved_checkpoints(case, 'recompute', monkeypatch)
-    assert saved_k == [(shape, 'kept')] and saved_r == [(shape, 'placeholder')]
+    assert saved_k == [shape] and saved_r == []
     assert torch.equal(out_k, out_r)
     for name, g in grads_k.items():
         assert (g is None) == (grads_r[name] is None), name
@@ -443,9 +443,11 @@ def test_checkpoints_kept_for_small_states_only(monkeypatch):
 
 
 @pytest.mark.parametrize('reentrant', [False, True])
-def test_recomputation_inside_a_backward_keeps_its_checkpoints(reentrant, monkeypatch):
-    """Under torch.utils.checkpoint the scan's forward runs again inside the backward, right before its own backward:
-    that forward keeps its checkpoints (one forward kernel there, not two) whatever the state size."""
+def test_recomputation_inside_a_backward(reentrant, monkeypatch):
+    """Under reentrant torch.utils.checkpoint the scan's forward runs again inside the backward, right before its own
+    backward: that forward writes its checkpoints (one forward kernel there, not two) whatever the state size. The
+    non-reentrant checkpoint runs the first forward's backward on what the recomputation saved: the recomputation
+    saves no checkpoint (what it saves must look like the first forward's), and the backward writes them."""
     if _NEEDS_SUBPROCESS:
         pytest.skip('runs in test_cpu_cases_in_fresh_process')
     monkeypatch.delenv('VISIONSSM_SCAN_STATES', raising=False)
@@ -462,8 +464,7 @@ def test_recomputation_inside_a_backward_keeps_its_checkpoints(reentrant, monkey
     run = lambda *t: TS.selective_scan_triton(*t, plan)
     out = torch.utils.checkpoint.checkpoint(run, *inputs.values(), use_reentrant=reentrant)
     out.sum().backward()
-    # the checkpointed forward keeps none; its recomputation keeps them, and the backward reads those
-    assert calls == [False, True]
+    assert calls == ([False, True] if reentrant else [False, False, True])
     want = {k: v.grad.clone() for k, v in inputs.items() if v is not None}
     for v in inputs.values():
         if v is not None:
@@ -473,6 +474,28 @@ def test_recomputation_inside_a_backward_keeps_its_checkpoints(reentrant, monkey
     assert calls == [False, True]    # the backward writes them itself
     for k, g in want.items():
         assert torch.equal(g, inputs[k].grad), k
+
+
+def test_recomputed_checkpoints_under_offloading_hooks(monkeypatch):
+    """Saved-tensor hooks that copy what is saved (torch.autograd.graph.save_on_cpu, activation offloading) see no
+    checkpoint, and the gradients are those of a plain run."""
+    if _NEEDS_SUBPROCESS:
+        pytest.skip('runs in test_cpu_cases_in_fresh_process')
+    monkeypatch.delenv('VISIONSSM_SCAN_STATES', raising=False)
+    plan = R.plan_routes(R.bidirectional_routes(2), 1, 9, 2, 4, 2)
+    inputs = {k: v.requires_grad_(True) if v is not None else None
+              for k, v in _make(plan, 1, 16, torch.float32).items()}
+    grads = []
+    for offload in (False, True):
+        for v in inputs.values():
+            if v is not None:
+                v.grad = None
+        with torch.autograd.graph.save_on_cpu() if offload else contextlib.nullcontext():
+            out = TS.selective_scan_triton(*inputs.values(), plan)
+        out.sum().backward()
+        grads.append([v.grad.clone() for v in inputs.values() if v is not None])
+    for plain, offloaded in zip(*grads):
+        assert torch.equal(plain, offloaded)
 
 
 def test_supports_never_raises():
@@ -575,22 +598,23 @@ def test_gpu_dispatch_through_op():
 
 # ---------------------------------------------------------------------------------------------- torch.library op
 
-def _op_args(need_grad):
+def _op_args(need_grad, n_state=2):
     importlib.import_module('visionssm.ops.selective_scan')   # registers the ops
     routes = R.cross_routes()
     plan = R.plan_routes(routes, 2, 3, 3, 3, 3)
-    x = _make(plan, 1, 2, torch.float32)
+    x = _make(plan, 1, n_state, torch.float32)
     x = {k: (v.requires_grad_(need_grad) if v is not None else None) for k, v in x.items()}
     return (x['u'], x['delta'], x['A'], x['B'], x['C'], x['D'], x['delta_bias'], '|'.join(r.key for r in routes), 2, 3, 3,
             True, False, False, None, need_grad)
 
 
+@pytest.mark.parametrize('n_state', [2, 16], ids=['kept', 'recomputed'])   # the backward's checkpoints
 @pytest.mark.parametrize('need_grad', [False, True])
-def test_op_registration(need_grad):
+def test_op_registration(need_grad, n_state):
     # schema, fake (meta) implementation, autograd registration and dynamic-shape AOT dispatch, all by torch
     if _NEEDS_SUBPROCESS:
         pytest.skip('runs in test_cpu_cases_in_fresh_process')
-    torch.library.opcheck(torch.ops.visionssm.selective_scan.default, _op_args(need_grad))
+    torch.library.opcheck(torch.ops.visionssm.selective_scan.default, _op_args(need_grad, n_state))
 
 
 def test_op_compiles_without_graph_break():

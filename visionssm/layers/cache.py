@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['tracing', 'cached_while_inferring', 'autocast_weights', 'CastCachedLinear', 'CastCachedConv2d']
+__all__ = ['tracing', 'exporting', 'cached_while_inferring', 'autocast_weights', 'CastCachedLinear', 'CastCachedConv2d']
 
 T = TypeVar('T')
 
@@ -28,6 +28,11 @@ def tracing() -> bool:
     """Inside ``torch.compile``, an export, TorchScript tracing or ``torch.fx`` symbolic tracing."""
     return (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
             or torch.fx._symbolic_trace.is_fx_symbolic_tracing())
+
+
+def exporting() -> bool:
+    """Inside ``torch.export`` (also under the ONNX exporter), where sizes may be symbolic."""
+    return torch.compiler.is_exporting()
 
 
 def cached_while_inferring(module: nn.Module, params: Sequence[torch.Tensor], dtype: torch.dtype,

@@ -64,7 +64,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from torch.utils.checkpoint import checkpoint
 
 from visionssm.layers import Mlp, ScanLayer, full_precision, init_dt_bias
-from visionssm.layers.cache import cached_while_inferring, tracing
+from visionssm.layers.cache import cached_while_inferring, exporting
 from visionssm.ops import Route, selective_scan
 from ._checkpoint import load_through_model
 from ._hierarchical import HierarchicalBackbone
@@ -99,10 +99,10 @@ def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
     n_h, n_w = _windows(height, window_size), _windows(width, window_size)
     pad_h, pad_w = n_h * window_size - height, n_w * window_size - width
     with _symbolic_windows():
-        if tracing() or pad_h or pad_w:  # F.pad copies the map even when it pads nothing
+        if exporting() or pad_h or pad_w:  # F.pad copies the map even when it pads nothing
             x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
         x = x.reshape(batch, n_h, window_size, n_w, window_size, channels).transpose(2, 3)
-        return _copy_if_tracing(x).reshape(batch * n_h * n_w, window_size * window_size, channels)
+        return _copy_if_exporting(x).reshape(batch * n_h * n_w, window_size * window_size, channels)
 
 
 @register_notrace_function
@@ -112,9 +112,9 @@ def window_reverse(windows: torch.Tensor, window_size: int, height: int, width: 
     channels = windows.shape[-1]
     with _symbolic_windows():
         x = windows.reshape(-1, n_h, n_w, window_size, window_size, channels).transpose(2, 3)
-        x = _copy_if_tracing(x).reshape(-1, n_h * window_size, n_w * window_size, channels)
+        x = _copy_if_exporting(x).reshape(-1, n_h * window_size, n_w * window_size, channels)
         x = x.narrow(1, 0, height).narrow(2, 0, width)
-        return x.contiguous() if not tracing() else _copy_if_tracing(x)
+        return _copy_if_exporting(x) if exporting() else x.contiguous()
 
 
 def _windows(size: int, window_size: int) -> int:
@@ -125,18 +125,19 @@ def _windows(size: int, window_size: int) -> int:
 
 # With dynamic sizes (torch.export) the window counts are symbolic, and at the native resolutions they are 1.
 # torch.export fixes a size that its shape checks see at 1, and a reshape or ``contiguous()`` of a transposed or
-# cropped window layout asks whether it could be a view, which depends on exactly that. So while tracing the
+# cropped window layout asks whether it could be a view, which depends on exactly that. So while exporting the
 # checks treat the counts as sizes that may be 1 or more (size-oblivious), and those layouts are copied outright.
+# (Not under torch.compile: it recompiles per size, and dynamo cannot trace the config patch.)
 
 def _symbolic_windows():
     config = torch.fx.experimental._config
-    if not tracing() or not hasattr(config, 'backed_size_oblivious'):   # older torch: the traced size is fixed
+    if not exporting() or not hasattr(config, 'backed_size_oblivious'):   # older torch: the traced size is fixed
         return contextlib.nullcontext()
     return config.patch(backed_size_oblivious=True)
 
 
-def _copy_if_tracing(x: torch.Tensor) -> torch.Tensor:
-    return x.clone(memory_format=torch.contiguous_format) if tracing() else x
+def _copy_if_exporting(x: torch.Tensor) -> torch.Tensor:
+    return x.clone(memory_format=torch.contiguous_format) if exporting() else x
 
 
 @register_notrace_function

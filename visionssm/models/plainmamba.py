@@ -50,7 +50,7 @@ from timm.models._features import feature_take_indices
 
 from visionssm.kernels.export_scan import route_index
 from visionssm.layers import ScanLayer, full_precision, init_dt_bias, scan_out_dtype
-from visionssm.layers.cache import tracing
+from visionssm.layers.cache import exporting, tracing
 from visionssm.layers.norm import norm_to
 from visionssm.ops import Route, selective_scan, snake_routes
 from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted, load_through_model
@@ -225,8 +225,8 @@ def resize_pos_embed(pos_embed: torch.Tensor, old_grid: Tuple[int, int], height:
     """``(1, H, W, C)``: the position embedding of ``old_grid`` as a map, bicubic-resized to ``height x width`` when
     they differ (mmcls ``resize_pos_embed``; in the embedding's own dtype, so float64 stays exact)."""
     grid = pos_embed.reshape(1, old_grid[0], old_grid[1], -1).permute(0, 3, 1, 2)
-    # a traced graph resizes always (its size may be symbolic); at the same size the bicubic resize is exact
-    if tracing() or (height, width) != tuple(old_grid):
+    # an exported graph resizes always (its size may be symbolic); at the same size the bicubic resize is exact
+    if exporting() or (height, width) != tuple(old_grid):
         grid = F.interpolate(grid, size=(height, width), mode='bicubic', align_corners=False)
     return grid.permute(0, 2, 3, 1)
 
