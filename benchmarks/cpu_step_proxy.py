@@ -83,11 +83,11 @@ GPU_BATCH = 128   # the step the saved bytes are scaled to (x16 from batch 8): i
 
 def _checkpoints(u: torch.Tensor, plan, n_state: int) -> torch.Tensor:
     """The fp32 state checkpoints the Triton forward keeps for ``u``'s batch (``keeps_states``), spaced as a
-    ``GPU_BATCH`` step spaces them (at N = 1 the kernel choice, and with it the spacing, depends on the batch); a
-    one-element placeholder where the backward recomputes them."""
+    ``GPU_BATCH`` step spaces them (at N = 1 the kernel choice, and with it the spacing, depends on the batch); an
+    empty tensor where the backward recomputes them."""
     from visionssm.kernels import triton_scan as ts
     if not ts.keeps_states(n_state):
-        return u.new_empty((), dtype=torch.float32)
+        return u.new_empty(0, dtype=torch.float32)
     shape = ts.checkpoint_shape(GPU_BATCH, plan, n_state, torch.device('cpu'))
     return u.new_empty((u.shape[0],) + shape[1:], dtype=torch.float32)
 
