@@ -26,8 +26,8 @@ TEST_MODELS = TINY
 STATIC_ONLY = {'test_mambavision': dict(mask_padding=True)}
 TRACE_SIZE = {'test_msvmamba': 96}   # its min_export_size; the others trace at 64
 CHECK_SIZES = {'test_msvmamba': [(1, 96, 128), (3, 160, 96)]}
-# MSVMamba's dynamic export is checked on test_msvmamba only: tracing its concatenated routes with symbolic sizes
-# takes 5 minutes for msvmamba_tiny on the 2-core CI machine (4.5 for the tiny model)
+# MSVMamba's dynamic export is checked on test_msvmamba only: exporting msvmamba_tiny took 5.5 minutes on the
+# 2-core CI machine (the tiny model 4.5)
 T_MODELS = ['vmamba_tiny_s1l8', 'vim_tiny', 'efficientvmamba_tiny', 'groupmamba_tiny', 'spatialmamba_tiny',
             'mambavision_t', 'plainmamba_l1']
 RTOL = 1e-4   # max |onnxruntime - eager| / max |eager|, fp32
