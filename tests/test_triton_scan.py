@@ -442,18 +442,23 @@ def test_checkpoints_kept_for_small_states_only(monkeypatch):
         TS.keeps_states(1)
 
 
+def _recomputed_case(monkeypatch):
+    """A bidirectional scan at d_state 16 (checkpoints recomputed by default): its plan and leaf inputs."""
+    if _NEEDS_SUBPROCESS:
+        pytest.skip('runs in test_cpu_cases_in_fresh_process')
+    monkeypatch.delenv('VISIONSSM_SCAN_STATES', raising=False)
+    plan = R.plan_routes(R.bidirectional_routes(2), 1, 9, 2, 4, 2)
+    return plan, {k: v.requires_grad_(True) if v is not None else None
+                  for k, v in _make(plan, 1, 16, torch.float32).items()}
+
+
 @pytest.mark.parametrize('reentrant', [False, True])
 def test_recomputation_inside_a_backward(reentrant, monkeypatch):
     """Under reentrant torch.utils.checkpoint the scan's forward runs again inside the backward, right before its own
     backward: that forward writes its checkpoints (one forward kernel there, not two) whatever the state size. The
     non-reentrant checkpoint runs the first forward's backward on what the recomputation saved: the recomputation
     saves no checkpoint (what it saves must look like the first forward's), and the backward writes them."""
-    if _NEEDS_SUBPROCESS:
-        pytest.skip('runs in test_cpu_cases_in_fresh_process')
-    monkeypatch.delenv('VISIONSSM_SCAN_STATES', raising=False)
-    plan = R.plan_routes(R.bidirectional_routes(2), 1, 9, 2, 4, 2)
-    inputs = {k: v.requires_grad_(True) if v is not None else None
-              for k, v in _make(plan, 1, 16, torch.float32).items()}
+    plan, inputs = _recomputed_case(monkeypatch)
     calls = []
     forward = TS.triton_forward
 
@@ -479,12 +484,7 @@ def test_recomputation_inside_a_backward(reentrant, monkeypatch):
 def test_recomputed_checkpoints_under_offloading_hooks(monkeypatch):
     """Saved-tensor hooks that copy what is saved (torch.autograd.graph.save_on_cpu, activation offloading) see no
     checkpoint, and the gradients are those of a plain run."""
-    if _NEEDS_SUBPROCESS:
-        pytest.skip('runs in test_cpu_cases_in_fresh_process')
-    monkeypatch.delenv('VISIONSSM_SCAN_STATES', raising=False)
-    plan = R.plan_routes(R.bidirectional_routes(2), 1, 9, 2, 4, 2)
-    inputs = {k: v.requires_grad_(True) if v is not None else None
-              for k, v in _make(plan, 1, 16, torch.float32).items()}
+    plan, inputs = _recomputed_case(monkeypatch)
     grads = []
     for offload in (False, True):
         for v in inputs.values():
