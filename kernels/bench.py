@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from unittest import mock
 
 import torch
 
@@ -185,14 +186,9 @@ def main():
         g_f = bench_one(selective_scan_triton, x, plan, mean, False, graph=True)
         g_t = bench_one(selective_scan_triton, x, plan, mean, True, graph=True)
         if not TS.keeps_states(n_state):   # the backward recomputes the checkpoints: also time them kept
-            before = os.environ.get('VISIONSSM_SCAN_STATES')
-            os.environ['VISIONSSM_SCAN_STATES'] = 'keep'
-            try:
+            with mock.patch.dict(os.environ, VISIONSSM_SCAN_STATES='keep'):
                 k_t = bench_one(selective_scan_triton, x, plan, mean, True)
                 k_g = bench_one(selective_scan_triton, x, plan, mean, True, graph=True)
-            finally:
-                os.environ.pop('VISIONSSM_SCAN_STATES') if before is None else os.environ.update(
-                    VISIONSSM_SCAN_STATES=before)
             print(f'  {name}: forward+backward {t_t:.3f} ms eager, {g_t:.3f} ms graph with the checkpoints '
                   f'recomputed in the backward (the default at d_state {n_state}); kept: {k_t:.3f} / {k_g:.3f} ms',
                   flush=True)

@@ -31,8 +31,8 @@ kernel. Offsets are int64 except a position's offset inside one image, int32 whe
 Backward: the forward saves the state before every chunk of the backward (``ckpt (Bt, K, n_chunks, W, N)``, only
 when a gradient is needed), where those checkpoints are small; where they are not (``keeps_states``: more than one
 fp32 state per step and channel, as at N = 16), the forward saves none and the backward first runs the forward
-kernel again to write them, so that they exist for one scan's backward at a time. The backward program walks its route's chunks from last to first: it loads the chunk
-(dy and C included; with ``SEQ_PREFETCH`` the next chunk's loads are issued before the current chunk's arithmetic),
+kernel again to write them, so that they exist for one scan's backward at a time. The backward program walks its
+route's chunks from last to first: it loads the chunk (dy and C included; with ``SEQ_PREFETCH`` the next chunk's loads are issued before the current chunk's arithmetic),
 recomputes its states from the checkpoint into registers, then walks the rows backwards with
 the adjoint ``g_t = dy_t C_t + a_{t+1} g_{t+1}`` carried in registers across chunks. Per step it writes ddelta
 (plain store: route k owns delta block k), du (route blocks or fp32 atomic: several routes may read one u element),
@@ -919,8 +919,8 @@ def keeps_states(n_state: int) -> bool:
 
     Kept for N <= 4, where they hold at most one fp32 state per step and channel (the backward's chunks, their
     spacing, are at least 4 steps; at N = 1 they are half the bytes of a bf16 Δ); recomputed for larger N (at N = 16
-    they are 8x Δ's bytes: PlainMamba-L1's training step at batch 128 took 22.4 GiB on an H200, of which about 14.8
-    were checkpoints). ``VISIONSSM_SCAN_STATES=keep`` / ``recompute`` overrides the choice."""
+    they are 8x Δ's bytes: PlainMamba-L1's training step, bf16, batch 128, 224², took 22.4 GiB on an H200, of which
+    about 14.8 were checkpoints). ``VISIONSSM_SCAN_STATES=keep`` / ``recompute`` overrides the choice."""
     choice = os.environ.get('VISIONSSM_SCAN_STATES', 'auto')
     if choice == 'auto':
         return n_state <= 4

@@ -20,7 +20,6 @@ onnx = pytest.importorskip('onnx')
 ort = pytest.importorskip('onnxruntime')
 
 TINY = [m for m in timm.list_models(module=list(FAMILIES)) if m.startswith('test_')]   # every family's
-TEST_MODELS = TINY
 # Exported for the traced size only (test_onnx_static_matches_eager): MambaVision's masked windows (an option, not
 # the released models'), whose window sides are min(window, map side).
 STATIC_ONLY = {'test_mambavision': dict(mask_padding=True)}
@@ -73,7 +72,7 @@ def test_input_multiple_and_dynamic_shapes():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', TEST_MODELS)
+@pytest.mark.parametrize('name', TINY)
 def test_onnx_dynamic_matches_eager(name, tmp_path):
     model = _model(name)
     path = export_onnx(model, tmp_path / f'{name}.onnx', example_input(model, TRACE_SIZE.get(name, 64)), dynamic=True)

@@ -114,7 +114,7 @@ def window_reverse(windows: torch.Tensor, window_size: int, height: int, width: 
         x = windows.reshape(-1, n_h, n_w, window_size, window_size, channels).transpose(2, 3)
         x = _copy_if_exporting(x).reshape(-1, n_h * window_size, n_w * window_size, channels)
         x = x.narrow(1, 0, height).narrow(2, 0, width)
-        return _copy_if_exporting(x) if exporting() else x.contiguous()
+        return x.clone(memory_format=torch.contiguous_format) if exporting() else x.contiguous()
 
 
 def _windows(size: int, window_size: int) -> int:
