@@ -53,9 +53,12 @@ if _HAS_TRITON:
     @triton.jit
     def _affine_tile(ptr, rows, cols, mask, N, GROUPS: tl.constexpr):
         # the [BLOCK_M, BLOCK_N] weights of the rows: one vector broadcast, or row r's group r % GROUPS
+        # (one return: compiled Triton rejects a second return of another shape even behind a constexpr branch)
         if GROUPS == 1:
-            return tl.load(ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
-        return tl.load(ptr + (rows % GROUPS)[:, None] * N + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            w = tl.load(ptr + cols, mask=cols < N, other=0.0).to(tl.float32)[None, :]
+        else:
+            w = tl.load(ptr + (rows % GROUPS)[:, None] * N + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        return w
 
     @triton.jit
     def _ln_fwd_kernel(x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, M, N, eps,

@@ -400,7 +400,7 @@ def _saved_checkpoints(case, choice, monkeypatch):
     plan = R.plan_routes(c['routes'], c['height'], c['width_px'], c['width'], c['in_ch'], c['out_ch'])
     inputs = _make(plan, c['batch'], c['n_state'], c['dtype'], hidden=c.get('hidden', False), seed=3)
     shape = (c['batch'], plan.height * plan.width_px, plan.out_channels) + ((c['n_state'],) if c.get('hidden') else ())
-    grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(4)).to(c['dtype'])
+    grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(4)).to(DEV, c['dtype'])
     checkpoints = []
 
     def pack(t):
