@@ -1,0 +1,242 @@
+"""Compile the Triton kernels for a GPU without a GPU: every launch that the models make, to machine code.
+
+    python -m visionssm.kernels.compile_check [--arch 90] [--models test_vmamba ...] [--dtypes float32 bfloat16]
+
+Triton's interpreter, which runs the kernels on CPU tensors in the tests, executes the kernels' Python and never
+meets the compiler's rules: a helper with two returns of different shapes, a type the code generator rejects, PTX
+that ptxas refuses. This check closes that gap on machines without a GPU. It runs the models (forward and backward)
+and the scan at long routes on CPU tensors with the kernels' dispatch opened to the CPU and every launch recorded
+instead of run, the host path deciding block sizes, chunking and constexprs as on a GPU (which it does from the
+route plan and an H100 / H200's SM count), then compiles each distinct launch through Triton's own pipeline for
+``--arch`` (TTIR, TTGIR, LLVM IR, PTX, cubin with the ptxas that Triton ships). Nothing runs: outputs are left
+unwritten, so values are meaningless and only the launches count.
+
+It must run in a process where triton was imported without ``TRITON_INTERPRET=1``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from typing import Iterable, NamedTuple, Optional, Sequence
+
+import torch
+
+_TYPES = {torch.float32: 'fp32', torch.bfloat16: 'bf16', torch.float16: 'fp16', torch.float64: 'fp64',
+          torch.int64: 'i64', torch.int32: 'i32', torch.int16: 'i16', torch.int8: 'i8', torch.uint8: 'u8',
+          torch.bool: 'i1'}
+DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+
+
+class Launch(NamedTuple):
+    """One distinct kernel launch: what the compiler specializes on."""
+    kernel: object                 # the JITFunction
+    signature: tuple               # (argument name, Triton type or 'constexpr')
+    constexprs: tuple              # (argument name, value)
+    options: tuple                 # (launch option, value): num_warps, num_stages, ...
+
+    @property
+    def name(self) -> str:
+        return self.kernel.fn.__name__
+
+    def describe(self) -> str:
+        consts = ', '.join(f'{k}={v}' for k, v in self.constexprs)
+        types = sorted({t for _, t in self.signature if t.startswith('*')})
+        return f'{self.name}[{consts}; {", ".join(types)}; {dict(self.options)}]'
+
+
+def _arg_type(value) -> Optional[str]:
+    """Triton's type of a runtime argument (None: a constexpr, as Triton treats None)."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        return '*' + _TYPES[value.dtype]
+    if isinstance(value, bool):
+        return 'i1'
+    if isinstance(value, int):
+        return 'i32' if -2 ** 31 <= value < 2 ** 31 else 'i64'
+    if isinstance(value, float):
+        return 'fp32'
+    raise TypeError(f'kernel argument of unsupported type {type(value).__name__}')
+
+
+def _launch(kernel, args: tuple, kwargs: dict) -> Launch:
+    names = [p.name for p in kernel.params]
+    constexpr = {p.name for p in kernel.params if p.is_constexpr}
+    values = dict(zip(names, args))
+    values.update((k, v) for k, v in kwargs.items() if k in names)
+    missing = [n for n in names if n not in values]
+    if missing:   # a parameter with a default the call left out
+        defaults = {p.name: p.default for p in kernel.params}
+        values.update((n, defaults[n]) for n in missing)
+    signature, consts = [], []
+    for name in names:
+        value = values[name]
+        kind = 'constexpr' if name in constexpr else _arg_type(value)
+        if kind is None:
+            kind = 'constexpr'
+        signature.append((name, kind))
+        if kind == 'constexpr':
+            consts.append((name, value))
+    options = tuple(sorted((k, v) for k, v in kwargs.items() if k not in names))
+    return Launch(kernel, tuple(signature), tuple(consts), options)
+
+
+@contextlib.contextmanager
+def recording():
+    """Within: CPU tensors take the Triton paths of the scan, the LayerNorm and the state fusion, and every kernel
+    launch is appended to the yielded list instead of running."""
+    import triton
+    from triton.runtime.jit import JITFunction
+    if os.environ.get('TRITON_INTERPRET') == '1':
+        raise RuntimeError('compile_check needs triton without TRITON_INTERPRET=1: the interpreter compiles nothing')
+    import importlib
+    from . import layer_norm, state_fusion, triton_scan
+    ops = importlib.import_module('visionssm.ops.selective_scan')   # the module, not the function it exports
+    launches: list = []
+
+    def record(self, *args, grid, warmup=False, **kwargs):
+        launches.append(_launch(self, args, kwargs))
+
+    opened = {
+        layer_norm: lambda x, width, groups=1: (x.dtype in layer_norm._DTYPES and 0 < width <= layer_norm.MAX_WIDTH
+                                                and groups & (groups - 1) == 0),
+        state_fusion: lambda h, dilations: h.dtype in state_fusion._DTYPES and len(dilations) == 3 and h.dim() == 4,
+        triton_scan: lambda u: isinstance(u, torch.Tensor) and u.dtype in (torch.float32, torch.bfloat16,
+                                                                           torch.float16),
+    }
+    saved = {mod: mod.supports for mod in opened}
+    saved_backend, saved_run = ops.BACKENDS['triton'], JITFunction.run
+    try:
+        for mod, predicate in opened.items():
+            mod.supports = predicate
+        ops.BACKENDS['triton'] = (saved_backend[0], opened[triton_scan])
+        JITFunction.run = record
+        assert triton.__version__   # imported for real, above
+        yield launches
+    finally:
+        JITFunction.run = saved_run
+        ops.BACKENDS['triton'] = saved_backend
+        for mod, predicate in saved.items():
+            mod.supports = predicate
+
+
+def distinct(launches: Iterable[Launch]) -> list:
+    seen, out = set(), []
+    for launch in launches:
+        key = (launch.name, launch.signature, launch.constexprs, launch.options)
+        if key not in seen:
+            seen.add(key)
+            out.append(launch)
+    return out
+
+
+def compile_launch(launch: Launch, arch: int = 90):
+    """Compile one launch to a cubin for ``sm_<arch>``; returns Triton's compiled kernel."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    names = [name for name, _ in launch.signature]
+    source = ASTSource(launch.kernel, dict(launch.signature),
+                       constexprs={(names.index(name),): value for name, value in launch.constexprs})
+    return triton.compile(source, target=GPUTarget('cuda', arch, 32), options=dict(launch.options))
+
+
+def record_models(names: Sequence[str], dtypes: Sequence[torch.dtype], img_size: Optional[int] = None) -> list:
+    """The launches of each model's training step (forward, backward) and eval forward, in each dtype: fp32 as
+    is, bf16 / fp16 under autocast as the benchmarks and trainers run them."""
+    import timm
+    import visionssm  # noqa: F401  (registers the models)
+    launches = []
+    with recording() as recorded:
+        for name in names:
+            model = timm.create_model(name)
+            cfg = model.pretrained_cfg
+            size = img_size or cfg.get('test_input_size', cfg['input_size'])[-1]
+            x = torch.randn(2, 3, size, size)
+            for dtype in dtypes:
+                cast = (torch.autocast('cpu', dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext())
+                with cast:
+                    model.train()(x).float().sum().backward()
+                    with torch.no_grad():
+                        model.eval()(x)
+                model.zero_grad(set_to_none=True)
+        launches.extend(recorded)
+    return launches
+
+
+def record_long_scans(dtypes: Sequence[torch.dtype]) -> list:
+    """The scan at route lengths and state sizes that take its chunked kernels (Vim at 1024², long rasters)."""
+    from visionssm.ops import selective_scan
+    from visionssm.kernels import routes as R
+    # (routes, height, width in pixels, channels per route, input channels, n_state, merge)
+    cases = [(R.bidirectional_routes(192), 1, 4097, 192, 384, 16, 'mean'), (R.cross_routes(), 64, 64, 96, 96, 1, 'sum'),
+             (R.cross_routes(), 128, 128, 96, 96, 4, 'sum')]
+    with recording() as recorded:
+        for routes, height, width_px, width, in_channels, n_state, merge in cases:
+            for dtype in dtypes:
+                k = len(routes)
+                leaf = lambda *shape, dt=dtype: torch.randn(*shape, dtype=dt).requires_grad_(True)
+                u = leaf(1, height, width_px, in_channels)
+                out = selective_scan(u, leaf(1, height, width_px, k * width), -torch.rand(k * width, n_state),
+                                     leaf(1, height, width_px, k, n_state), leaf(1, height, width_px, k, n_state),
+                                     leaf(k * width, dt=torch.float32), leaf(k * width, dt=torch.float32),
+                                     routes=routes, merge=merge, out_channels=width, backend='triton')
+                out.float().sum().backward()
+        return list(recorded)
+
+
+def check(launches: Sequence[Launch], arch: int = 90, log=print) -> list:
+    """Compile each distinct launch; returns [(launch, error message)] of those that failed."""
+    failures = []
+    for launch in distinct(launches):
+        start = time.perf_counter()
+        try:
+            compile_launch(launch, arch)
+            log(f'ok   {time.perf_counter() - start:5.1f}s  {launch.describe()}')
+        except Exception as e:  # every compiler error is a finding: report it with the launch
+            message = _message(e)
+            failures.append((launch, message))
+            log(f'FAIL {time.perf_counter() - start:5.1f}s  {launch.describe()}\n{message}')
+    return failures
+
+
+def _message(e: BaseException) -> str:
+    """The error and its causes: Triton's CompilationError points at the call site, its cause says what is wrong."""
+    parts = []
+    while e is not None:
+        parts.append(f'{type(e).__name__}: {e}'.strip())
+        e = e.__cause__
+    return '\ncaused by '.join(parts)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--arch', type=int, default=90, help='compute capability x10 to compile for (default 90: H100/H200)')
+    p.add_argument('--models', nargs='*', help="models to record (default: every registered 'test_*' model)")
+    p.add_argument('--img-size', type=int, help="input size (default: each model's test input size)")
+    p.add_argument('--dtypes', nargs='+', default=list(DTYPES), choices=list(DTYPES))
+    p.add_argument('--no-long', dest='long', action='store_false', help='skip the long-route scans')
+    a = p.parse_args(argv)
+    import timm
+    import visionssm  # noqa: F401
+    names = a.models or [m for m in timm.list_models('test_*') if _is_visionssm(m)]
+    dtypes = [DTYPES[d] for d in a.dtypes]
+    launches = record_models(names, dtypes, a.img_size) + (record_long_scans(dtypes) if a.long else [])
+    unique = distinct(launches)
+    print(f'{len(launches)} launches, {len(unique)} distinct, from {len(names)} models'
+          f'{" and the long-route scans" if a.long else ""}; compiling for sm_{a.arch}', flush=True)
+    failures = check(unique, a.arch, log=lambda s: print(s, flush=True))
+    print(f'{len(unique) - len(failures)} of {len(unique)} compiled')
+    return 1 if failures else 0
+
+
+def _is_visionssm(name: str) -> bool:
+    import timm
+    return timm.models.model_entrypoint(name).__module__.startswith('visionssm.')
+
+
+if __name__ == '__main__':
+    sys.exit(main())
