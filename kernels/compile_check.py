@@ -88,7 +88,6 @@ def _launch(kernel, args: tuple, kwargs: dict) -> Launch:
 def recording():
     """Within: CPU tensors take the Triton paths of the scan, the LayerNorm and the state fusion, and every kernel
     launch is appended to the yielded list instead of running."""
-    import triton
     from triton.runtime.jit import JITFunction
     if os.environ.get('TRITON_INTERPRET') == '1':
         raise RuntimeError('compile_check needs triton without TRITON_INTERPRET=1: the interpreter compiles nothing')
@@ -114,7 +113,6 @@ def recording():
             mod.supports = predicate
         ops.BACKENDS['triton'] = (saved_backend[0], opened[triton_scan])
         JITFunction.run = record
-        assert triton.__version__   # imported for real, above
         yield launches
     finally:
         JITFunction.run = saved_run
