@@ -47,17 +47,18 @@ if [ -z "$wheel" ]; then
     tar -xzf "$SDIST" -C "$work"
     src="$work/mmcv-$MMCV_VERSION"
     sed -i -E "s/-std=c\+\+1[47]/-std=${std}/g" "$src/setup.py"
-    mkdir -p "$cache"
     cuda_env=()
     [[ $cuda == - ]] || cuda_env=(FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${arch//_/ }")
     (cd "$src" && env MMCV_WITH_OPS=1 MAX_JOBS="$jobs" "${cuda_env[@]}" \
-        "$PY" -m pip wheel --no-build-isolation --no-deps -w "$cache" .)
-    wheel=$(ls "$cache"/mmcv-"$MMCV_VERSION"-*.whl | head -n 1)
+        "$PY" -m pip wheel --no-build-isolation --no-deps -w "$work/dist" .)
+    wheel=$(ls "$work"/dist/mmcv-"$MMCV_VERSION"-*.whl | head -n 1)
+    built=1
 fi
 echo "[build_mmcv] installing $wheel"
 # shellcheck disable=SC2086  (MMCV_PIP_FLAGS: e.g. "--no-index --no-deps" on an offline machine)
 "$PY" -m pip install -q ${MMCV_PIP_FLAGS:-} "$wheel"
-"$PY" - <<'PYEOF'
+# the check runs in its own process: a wheel that crashes it (a segfault in the compiled ops) is reported, not cached
+if ! "$PY" - <<'PYEOF'
 import mmcv, torch
 from mmcv import _ext  # noqa: F401  (the compiled ops)
 from mmcv.ops import nms, roi_align
@@ -72,3 +73,11 @@ for dev in devices:
     assert out.shape == (1, 1, 2, 2) and torch.isfinite(out).all()
 print('[build_mmcv] mmcv', mmcv.__version__, 'with compiled ops, checked on', ', '.join(devices))
 PYEOF
+then
+    echo "[build_mmcv] the mmcv wheel $wheel does not work with this torch (the check above failed or crashed);" \
+         "it is not cached" >&2
+    exit 1
+fi
+if [[ -n ${built:-} ]]; then
+    mkdir -p "$cache" && cp "$wheel" "$cache/" && echo "[build_mmcv] cached in $cache"
+fi
