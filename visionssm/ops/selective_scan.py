@@ -250,8 +250,6 @@ def _check(u, delta, A, B, C, D, delta_bias, routes, merge, return_hidden, out_c
 
     if out_channels is None:
         out_channels = max(s.out_offset for r in routes for s in r.parts) + width
-    if out_channels is None:
-        out_channels = max(s.out_offset for r in routes for s in r.parts) + width
     key = '|'.join(r.key for r in routes)   # plain strings: torch.compile folds this to a constant
     # the route plan (its errors name the route); a compiled or exported graph has symbolic sizes and builds none
     plan = plan_routes(routes, height, width_px, width, in_channels, out_channels) if with_plan else None
