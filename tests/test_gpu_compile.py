@@ -46,6 +46,20 @@ def test_every_launch_of_the_models_compiles_for_sm90():
         assert f' {kernel}[' in r.stdout, f'{kernel} was never launched'
 
 
+# The T model of each family at 224² in bf16: the block sizes and layouts of the shapes people train (wider rows for
+# the LayerNorm, the state fusion's wider tiles, the chunked scan kernels at Vim's 197 tokens).
+T_MODELS = ('vmamba_tiny_s1l8', 'vim_tiny', 'efficientvmamba_tiny', 'groupmamba_tiny', 'spatialmamba_tiny',
+            'mambavision_t', 'plainmamba_l1', 'msvmamba_tiny')
+
+
+@pytest.mark.slow
+def test_the_t_models_launches_compile_for_sm90():
+    r = _run(['-m', 'visionssm.kernels.compile_check', '--models', *T_MODELS, '--img-size', '224',
+              '--dtypes', 'bfloat16', '--no-long'])
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1].endswith(' compiled'), r.stdout[-2000:]
+
+
 # A helper whose two returns differ in shape behind a constexpr branch: the interpreter runs it, the compiler
 # refuses it (the LayerNorm kernel once shipped this way and failed on every GPU).
 _KERNELS = '''
