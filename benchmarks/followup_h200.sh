@@ -5,10 +5,11 @@
 #   bash benchmarks/followup_h200.sh [DIR] [BASELINE_REV]
 #
 # In order, each under its own time limit, so that one slow part cannot starve the rest:
-#   0. (part "new") the Triton state fusion and LayerNorm kernels on the GPU (tests/test_state_fusion.py,
-#      tests/test_layer_norm.py), and an A/B of Spatial-Mamba-T/S, EfficientVMamba-T, GroupMamba-T and VMamba-T
-#      against the revision before their latest changes (the two kernels, the leaner EfficientVMamba and
-#      GroupMamba blocks): speed and peak memory. NEW_BASE names that revision, or a `git archive` of it where the
+#  00. (part "tests") the kernels' tests on the GPU: LayerNorm, state fusion, the scan (pytest -n 8, 100 s; the
+#      failures and distinct errors print to the console);
+#   0. (part "new") an A/B of Spatial-Mamba-T/S, EfficientVMamba-T, GroupMamba-T and VMamba-T against the
+#      revision before their latest changes (the two kernels, the leaner EfficientVMamba and GroupMamba blocks):
+#      speed and peak memory. NEW_BASE names that revision, or a `git archive` of it where the
 #      checkout has no history;
 #  0b. (part "ln", not in the default set) the Triton LayerNorm alone: GroupMamba-T, VMamba-T, EfficientVMamba-T
 #      and Spatial-Mamba-T against the same code with VISIONSSM_LAYER_NORM=torch (ab.py --baseline-env), training
@@ -24,25 +25,29 @@
 #      batch-8 inference of VMamba-T / ConvNeXt-T and Vim-T / DeiT-T (the host-bound case);
 #   3. kernels/bench.py --sweep --only Vim: the sequential kernel's decay handling both ways at Vim's shapes;
 #   4. VMamba-T's AOTInductor packages (static shapes) against eager and torch.compile at batch 1 and 32;
-#   5. the kernel fuzz test (tests/test_kernel_fuzz.py) on the GPU: VISIONSSM_FUZZ_CASES per route kind.
-# PARTS picks some of them (parts: new ab bench b8 sweep aoti fuzz, the default; BENCH_MODELS and BENCH_BUDGET change
-# part 2's models and seconds); the fuzz takes what is left of LIMIT (default 580 seconds since the script
-# started). Writes DIR (default $OUT): env.txt, ab_new.json, ab.json, bench.json, bench_b8.json,
+#   5. the kernel fuzz test (tests/test_kernel_fuzz.py) on the GPU: VISIONSSM_FUZZ_CASES per route kind;
+#  5b. (part "profile8", not in the default set) tools/profile_model.py at batch 8 for VMamba-T: where the host-bound
+#      step's time goes (profile_b8.log).
+# PARTS picks some of them (parts: tests new ab bench b8 sweep aoti fuzz, the default; BENCH_MODELS and
+# BENCH_BUDGET change part 2's models and seconds); the fuzz takes what is left of LIMIT (default 580 seconds since
+# the script started). Writes DIR (default $OUT): env.txt, ab_new.json, ab.json, bench.json, bench_b8.json,
 # export_latency.json, fuzz.json, fuzz.log (8 files; the kernel sweep prints to the console); part ln: ab_ln.json,
-# ab_ln_b8.json; part states: ab_states.json.
+# ab_ln_b8.json; part states: ab_states.json; part profile8: profile_b8.log.
 set -uo pipefail
 dir=${1:-${OUT:?set OUT or pass an output directory}}
 base=${2:-1591727}
-PARTS=" ${PARTS:-new ab bench b8 sweep aoti fuzz} "
+PARTS=" ${PARTS:-tests new ab bench b8 sweep aoti fuzz} "
 LIMIT=${LIMIT:-580}
 part() { [[ "$PARTS" == *" $1 "* ]]; }
 mkdir -p "$dir"
 source benchmarks/gpu_env.sh
-part new && { timeout 160 python3 -m pytest -p no:cacheprovider -q tests/test_state_fusion.py tests/test_layer_norm.py \
-        2>&1 | tail -n 5
-    timeout 280 python3 benchmarks/ab.py --baseline "${NEW_BASE:-e25da85}" --rounds 5 --json "$dir/ab_new.json" \
-        --models spatialmamba_tiny efficientvmamba_tiny groupmamba_tiny vmamba_tiny_s1l8 spatialmamba_small 2>&1 \
-        | tail -n 16; }
+part tests && { timeout 100 python3 -m pytest -p no:cacheprovider -q -n 8 -rf tests/test_state_fusion.py \
+    tests/test_layer_norm.py tests/test_triton_scan.py > /tmp/gpu_tests.log 2>&1
+    grep -E "^E   .*Error|^FAILED|passed|failed" /tmp/gpu_tests.log | sort | uniq -c | head -n 30 | cut -c1-240; }
+part profile8 && timeout 60 python3 tools/profile_model.py vmamba_tiny_s1l8 --batch 8 --steps 10 --top 20 \
+    > "$dir/profile_b8.log" 2>&1
+part new && timeout 280 python3 benchmarks/ab.py --baseline "${NEW_BASE:-e25da85}" --rounds 5 --json "$dir/ab_new.json" \
+    --models spatialmamba_tiny efficientvmamba_tiny groupmamba_tiny vmamba_tiny_s1l8 spatialmamba_small 2>&1 | tail -n 16
 part ln && { timeout 220 python3 benchmarks/ab.py --baseline "${LN_BASE:-HEAD}" --baseline-env VISIONSSM_LAYER_NORM=torch \
         --rounds 5 --json "$dir/ab_ln.json" --models groupmamba_tiny vmamba_tiny_s1l8 efficientvmamba_tiny \
         spatialmamba_tiny 2>&1 | tail -n 12
