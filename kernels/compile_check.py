@@ -166,12 +166,13 @@ def record_models(names: Sequence[str], dtypes: Sequence[torch.dtype], img_size:
 
 
 def record_long_scans(dtypes: Sequence[torch.dtype]) -> list:
-    """The scan at route lengths and state sizes that take its chunked kernels (Vim at 1024², long rasters)."""
+    """The scan at route lengths and state sizes that take its chunked kernels (Vim at 1024², long rasters), its
+    sequential kernels also with 64-bit offsets."""
     from visionssm.ops import selective_scan
     from visionssm.kernels import routes as R
     # (routes, height, width in pixels, channels per route, input channels, n_state, merge)
-    cases = [(R.bidirectional_routes(192), 1, 4097, 192, 384, 16, 'mean'), (R.cross_routes(), 64, 64, 96, 96, 1, 'sum'),
-             (R.cross_routes(), 128, 128, 96, 96, 4, 'sum')]
+    cases = [(R.bidirectional_routes(192), 1, 4097, 192, 384, 16, 'mean'),
+             (R.cross_routes(), 64, 64, 96, 96, 1, 'sum'), (R.cross_routes(), 128, 128, 96, 96, 4, 'sum')]
     with recording() as recorded:
         for routes, height, width_px, width, in_channels, n_state, merge in cases:
             for dtype in dtypes:
@@ -183,7 +184,19 @@ def record_long_scans(dtypes: Sequence[torch.dtype]) -> list:
                                      leaf(k * width, dt=torch.float32), leaf(k * width, dt=torch.float32),
                                      routes=routes, merge=merge, out_channels=width, backend='triton')
                 out.float().sum().backward()
-        return list(recorded)
+        return list(recorded) + int64_offset_variants(recorded)
+
+
+def int64_offset_variants(launches: Iterable[Launch]) -> list:
+    """The sequential scan kernels' launches again with 64-bit position offsets (``OFF64``, which the host picks for
+    maps whose offsets could pass 2^31 elements: too large to record on a CPU)."""
+    out = []
+    for launch in launches:
+        consts = dict(launch.constexprs)
+        if consts.get('OFF64') is False:
+            consts['OFF64'] = True
+            out.append(launch._replace(constexprs=tuple(consts.items())))
+    return out
 
 
 def check(launches: Sequence[Launch], arch: int = 90, log=print) -> list:
