@@ -163,6 +163,8 @@ def selective_scan_export(
     ``out_channels``; positions and coverage are not read from it, so it may be an unchecked plan built while
     exporting. ``mean`` divides by the number of route visits of each output element, counted in the graph.
     """
+    if delta.dim() == u.dim() + 1:   # (B, P, K, W), e.g. one Δ expanded for every route: the K*W layout
+        delta = delta.flatten(-2)
     compute = torch.float64 if u.dtype == torch.float64 else torch.float32
     out_dtype = out_dtype or u.dtype
     batch, num_pos = u.shape[0], u.shape[1]

@@ -84,6 +84,8 @@ def selective_scan_reference(
 
     Inputs are assumed validated (``visionssm.ops.selective_scan`` does that).
     """
+    if delta.dim() == u.dim() + 1:   # (B, P, K, W), e.g. one Δ expanded for every route: the K*W layout
+        delta = delta.flatten(-2)
     compute = torch.float64 if u.dtype == torch.float64 else torch.float32
     out_dtype = out_dtype or u.dtype
     batch, num_pos, _ = u.shape

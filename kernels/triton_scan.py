@@ -9,7 +9,7 @@ Math (per route k, channel d of the route's W channels, state n; see ``reference
 Layout (flattened channel-last, exactly the reference's; the last dim of every map must have stride 1):
 
     u      (Bt, P, C_in)      P = H*W positions, route k reads channels [in_offset_k, in_offset_k + W)
-    delta  (Bt, P, K*W)       route k reads channel block k
+    delta  (Bt, P, K*W)       route k reads channel block k; or (Bt, P, K, W) with any route stride (0: one Δ)
     B, C   (Bt, P, K, N)      route k reads group k
     A      (K*W, N) fp32;  D, delta_bias (K*W,) fp32
     out    (Bt, P, C_out) or (Bt, P, C_out, N)
@@ -214,7 +214,7 @@ if _HAS_TRITON:
     @triton.jit
     def _scan_fwd_kernel(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, ckpt_ptr, pos_ptr, meta_ptr, sh_ptr,
-            su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p,
+            su_b, su_p, sd_b, sd_p, sd_k, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p,
             W, N, K, NCK, scale,
             BD: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, CK: tl.constexpr, OFF64: tl.constexpr,
             EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, PREFETCH: tl.constexpr,
@@ -245,7 +245,7 @@ if _HAS_TRITON:
             bias = tl.load(bias_ptr + ch, mask=md, other=0.0)
 
         u_base = u_ptr + b * su_b + in_off + d
-        d_base = delta_ptr + b * sd_b + ch
+        d_base = delta_ptr + b * sd_b + k * sd_k + d                    # route k's Δ block (sd_k 0: shared)
         B_base = B_ptr + b * sB_b + k * sB_k + n
         C_base = C_ptr + b * sC_b + k * sC_k + n
         if HIDDEN:
@@ -317,7 +317,7 @@ if _HAS_TRITON:
     def _scan_bwd_kernel(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dout_ptr, ckpt_ptr, pos_ptr, meta_ptr, sh_ptr,
             du_ptr, ddelta_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
-            su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p, sdu_b, sdu_p,
+            su_b, su_p, sd_b, sd_p, sd_k, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p, sdu_b, sdu_p,
             sdd_b, sdd_p, sdB_b, sdB_p, sdB_k, s_part,
             W, N, K, NCK, scale,
             BD: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, OFF64: tl.constexpr,
@@ -353,7 +353,7 @@ if _HAS_TRITON:
         # views of one projection (read in place), their gradients are contiguous (dB and dC alike)
         u_base = u_ptr + b * su_b + in_off + d
         du_base = du_ptr + b * sdu_b + du_off + d
-        d_base = delta_ptr + b * sd_b + ch
+        d_base = delta_ptr + b * sd_b + k * sd_k + d                    # route k's Δ block (sd_k 0: shared)
         dd_base = ddelta_ptr + b * sdd_b + ch
         B_base = B_ptr + b * sB_b + k * sB_k + n
         dB_base = dB_ptr + b * sdB_b + k * sdB_k + n
@@ -532,7 +532,7 @@ if _HAS_TRITON:
     @triton.jit
     def _scan_fwd_chunked_kernel(
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, out_ptr, state_ptr, sync_ptr, pos_ptr, meta_ptr,
-            su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p,
+            su_b, su_p, sd_b, sd_p, sd_k, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p,
             W, N, K, NBLK, NCK, seqs, scale,
             BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
             HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr,
@@ -562,7 +562,7 @@ if _HAS_TRITON:
         mtd = mt[:, None] & md[None, :]
         mtn = mt[:, None] & mn[None, :]
         u = tl.load(u_ptr + b * su_b + in_off + d[None, :] + p * su_p, mask=mtd, other=0.0).to(tl.float32)
-        dt = _dt(delta_ptr + b * sd_b + ch[None, :] + q * sd_p, mtd, bias_ptr, ch, md, HAS_BIAS, SOFTPLUS)
+        dt = _dt(delta_ptr + b * sd_b + k * sd_k + d[None, :] + q * sd_p, mtd, bias_ptr, ch, md, HAS_BIAS, SOFTPLUS)
         Bt = tl.load(B_ptr + b * sB_b + k * sB_k + n[None, :] + q * sB_p, mask=mtn, other=0.0).to(tl.float32)
         if not HIDDEN:
             Ct = tl.load(C_ptr + b * sC_b + k * sC_k + n[None, :] + q * sC_p, mask=mtn, other=0.0).to(tl.float32)
@@ -605,7 +605,7 @@ if _HAS_TRITON:
             u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dout_ptr, ckpt_ptr, carry_ptr, sync_ptr,
             pos_ptr, meta_ptr,
             du_ptr, ddelta_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
-            su_b, su_p, sd_b, sd_p, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p, sdu_b, sdu_p,
+            su_b, su_p, sd_b, sd_p, sd_k, sB_b, sB_p, sB_k, sC_b, sC_p, sC_k, so_b, so_p, sdu_b, sdu_p,
             sdd_b, sdd_p, sdB_b, sdB_p, sdB_k, s_part,
             W, N, K, NBLK, NCK, seqs, scale,
             BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
@@ -635,7 +635,7 @@ if _HAS_TRITON:
         mtd = mt[:, None] & md[None, :]
         mtn = mt[:, None] & mn[None, :]
         u_off = b * su_b + in_off + d[None, :] + p * su_p
-        d_off = b * sd_b + ch[None, :] + q * sd_p
+        d_off = b * sd_b + k * sd_k + d[None, :] + q * sd_p
         B_off = b * sB_b + k * sB_k + n[None, :] + q * sB_p
         C_off = b * sC_b + k * sC_k + n[None, :] + q * sC_p
         # Registers decide this kernel's speed (at 255 it spilled ~2 GB per stage-1 call, ncu on the H100): only
@@ -675,7 +675,7 @@ if _HAS_TRITON:
         # 3) the gradients of the chunk (positions and offsets formed again: 64-bit, they cost 2 registers per step)
         p, q = _chunk_positions(pos_ptr, start, pstart, t, mt, SPLIT)
         u_off = b * su_b + in_off + d[None, :] + p * su_p
-        d_off = b * sd_b + ch[None, :] + q * sd_p
+        d_off = b * sd_b + k * sd_k + d[None, :] + q * sd_p
         B_off = b * sB_b + k * sB_k + n[None, :] + q * sB_p
         dt = _dt(delta_ptr + d_off, mtd, bias_ptr, ch, md, HAS_BIAS, SOFTPLUS)
         u = tl.load(u_ptr + u_off, mask=mtd, other=0.0).to(tl.float32)
@@ -1026,6 +1026,12 @@ def _prep(t: Optional[torch.Tensor]):
     return t if t is None or t.stride(-1) == 1 else t.contiguous()
 
 
+def _route_stride(delta: torch.Tensor, width: int) -> int:
+    """Elements between two routes' Δ blocks: ``(B, P, K*W)`` blocks follow each other; a ``(B, P, K, W)`` Δ has its
+    own stride, 0 where every route reads one Δ (expanded)."""
+    return delta.stride(2) if delta.dim() == 4 else width
+
+
 def _f32(t: Optional[torch.Tensor]):
     if t is None or (t.dtype == torch.float32 and t.is_contiguous()):
         return t
@@ -1054,7 +1060,8 @@ def triton_forward(u, delta, A, B, C, D, delta_bias, plan: RoutePlan, delta_soft
     Cx = C if C is not None else B
     su, sd, sB, sC, so = u.stride(), delta.stride(), B.stride(), Cx.stride(), out.stride()
     args = (u, delta, A32, B, Cx, D32 if D32 is not None else A32, bias32 if bias32 is not None else A32, out)
-    strides = (su[0], su[1], sd[0], sd[1], sB[0], sB[1], sB[2], sC[0], sC[1], sC[2], so[0], so[1])
+    strides = (su[0], su[1], sd[0], sd[1], _route_stride(delta, W), sB[0], sB[1], sB[2], sC[0], sC[1], sC[2], so[0],
+               so[1])
     flags = dict(HAS_D=D is not None and not return_hidden, HAS_BIAS=delta_bias is not None,
                  SOFTPLUS=bool(delta_softplus), HIDDEN=bool(return_hidden), ATOMIC=launch.merge == 'atomic')
     # the states entering every chunk (slot 0 written by the kernels): the backward's checkpoints, and the chunked
@@ -1116,8 +1123,8 @@ def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePla
     Cx = C if C is not None else B
     su, sd, sB, sC, so, sdu, sdd, sdB = (
         u.stride(), delta.stride(), B.stride(), Cx.stride(), dout.stride(), du.stride(), ddelta.stride(), dB.stride())
-    strides = (su[0], su[1], sd[0], sd[1], sB[0], sB[1], sB[2], sC[0], sC[1], sC[2], so[0], so[1], sdu[0], sdu[1],
-               sdd[0], sdd[1], sdB[0], sdB[1], sdB[2])
+    strides = (su[0], su[1], sd[0], sd[1], _route_stride(delta, W), sB[0], sB[1], sB[2], sC[0], sC[1], sC[2], so[0],
+               so[1], sdu[0], sdu[1], sdd[0], sdd[1], sdB[0], sdB[1], sdB[2])
     args = (u, delta, A32, B, Cx, D32 if D32 is not None else A32, bias32 if bias32 is not None else A32, dout, ckpt)
     grads = (du, ddelta, dB, dC, dA, dD, dbias)
     flags = dict(HAS_D=has_d, HAS_BIAS=bias32 is not None, SOFTPLUS=bool(delta_softplus), HIDDEN=bool(return_hidden),

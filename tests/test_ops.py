@@ -236,6 +236,23 @@ def test_gradcheck(pattern):
     assert torch.autograd.gradcheck(fn, args, atol=1e-8, rtol=1e-6)
 
 
+@pytest.mark.parametrize('backend', ['reference', 'export'])
+@pytest.mark.parametrize('pattern', ['cross', 'snake_params_at_step', 'multiscale', 'bidirectional_mean'])
+def test_one_delta_shared_by_the_routes(pattern, backend):
+    """A Δ shared by every route, passed expanded as (B, H, W, K, W) with route stride 0, is the same scan as the
+    Δ repeated into K blocks, with the same gradient."""
+    routes, merge, in_mult = PATTERNS[pattern]
+    K, Wr = len(routes), 3
+    u, _, A, B, C, D, bias = make_inputs(2, 3, 4, K, Wr, 2, in_mult * Wr)
+    shared = (torch.randn(2, 3, 4, Wr, dtype=torch.float64) * 0.5).requires_grad_(True)
+    results = []
+    for delta in (shared.repeat(1, 1, 1, K), shared.unsqueeze(-2).expand(2, 3, 4, K, Wr)):
+        out = selective_scan(u, delta, A, B, C, D, bias, routes=routes, merge=merge, backend=backend)
+        grad, = torch.autograd.grad(out.square().sum(), shared)
+        results.append((out, grad))
+    torch.testing.assert_close(results[1], results[0], rtol=1e-12, atol=1e-12)
+
+
 def test_gradcheck_hidden():
     args = [t.requires_grad_() if t is not None else None for t in make_inputs(1, 2, 3, 1, 2, 2, 2, hidden=True)]
     inputs = [t for t in args if t is not None]
@@ -311,6 +328,8 @@ def _call(routes=None, **overrides):
     (dict(A=torch.zeros(7, 2, dtype=torch.float64)), r'A has 7 rows, not a multiple of the 4 routes'),
     (dict(delta=torch.zeros(1, 2, 3, 7, dtype=torch.float64)), r'delta must have trailing shape \(8,\)'),
     (dict(delta=torch.zeros(1, 3, 3, 8, dtype=torch.float64)), r'delta must match u in \(B, H, W\)'),
+    (dict(delta=torch.zeros(1, 2, 3, 4, 3, dtype=torch.float64)), r'delta must have trailing shape \(4, 2\) for '
+                                                                   r'\(B, H, W, K, W\)'),
     (dict(B=torch.zeros(1, 2, 3, 4, 3, dtype=torch.float64)), r'B must have trailing shape \(4, 2\)'),
     (dict(C=torch.zeros(1, 2, 3, 8, dtype=torch.float64)), r'C must be \(B, H, W, K, N\).*got rank 4'),
     (dict(C=None), r'C is required unless return_hidden=True'),

@@ -429,6 +429,44 @@ def test_recomputed_checkpoints_give_the_same_gradients(case, monkeypatch):
         assert g is None or torch.equal(g, grads_r[name]), name
 
 
+@pytest.mark.parametrize('case', ['cross_nstate3_mean', 'snake_params_at_step', 'long_route_nstate16',
+                                  'lattice_unequal_lengths', 'bidirectional_mean_fp16', 'hidden_one_route'])
+def test_one_delta_shared_by_the_routes(case):
+    """Δ passed expanded as (B, P, K, W) with route stride 0 (PlainMamba's and MSVMamba's routes share one Δ): the
+    outputs and gradients of Δ repeated into K blocks, bit for bit, and the saved tensors hold one Δ, not K."""
+    if _NEEDS_SUBPROCESS:
+        pytest.skip('runs in test_cpu_cases_in_fresh_process')
+    c = KERNEL_CASES[case]
+    plan = R.plan_routes(c['routes'], c['height'], c['width_px'], c['width'], c['in_ch'], c['out_ch'])
+    hidden = c.get('hidden', False)
+    inputs = _make(plan, c['batch'], c['n_state'], c['dtype'], hidden=hidden, seed=5)
+    K, W = plan.num_routes, plan.width
+    shared = inputs.pop('delta')[..., :W].contiguous()
+    shape = (c['batch'], plan.height * plan.width_px, plan.out_channels) + ((c['n_state'],) if hidden else ())
+    grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(6)).to(DEV, c['dtype'])
+    results = []
+    for expanded in (False, True):
+        base = shared.clone().requires_grad_(True)
+        delta = base.unsqueeze(2).expand(*base.shape[:2], K, W) if expanded else base.repeat(1, 1, K)
+        leaves = {k: v.clone().requires_grad_(True) if v is not None else None for k, v in inputs.items()}
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = TS.selective_scan_triton(leaves['u'], delta, leaves['A'], leaves['B'], leaves['C'], leaves['D'],
+                                           leaves['delta_bias'], plan, return_hidden=hidden, mean=c.get('mean', False))
+        out.backward(grad_out)
+        grads = [base.grad] + [v.grad for v in leaves.values() if v is not None]
+        results.append((out.detach(), grads, sum(storages.values())))
+    (out_r, grads_r, saved_r), (out_e, grads_e, saved_e) = results
+    assert torch.equal(out_e, out_r)
+    for g_e, g_r in zip(grads_e, grads_r):
+        assert torch.equal(g_e, g_r)
+    assert saved_r - saved_e == (K - 1) * shared.untyped_storage().nbytes()
+
+
 def test_checkpoints_kept_for_small_states_only(monkeypatch):
     """Kept up to N = 4 (at most one fp32 state per step and channel), recomputed above; the switch overrides."""
     monkeypatch.delenv('VISIONSSM_SCAN_STATES', raising=False)
@@ -598,11 +636,13 @@ def test_gpu_dispatch_through_op():
 
 # ---------------------------------------------------------------------------------------------- torch.library op
 
-def _op_args(need_grad, n_state=2):
+def _op_args(need_grad, n_state=2, shared_delta=False):
     importlib.import_module('visionssm.ops.selective_scan')   # registers the ops
     routes = R.cross_routes()
     plan = R.plan_routes(routes, 2, 3, 3, 3, 3)
     x = _make(plan, 1, n_state, torch.float32)
+    if shared_delta:   # one Δ for the four routes, expanded (route stride 0)
+        x['delta'] = x['delta'][..., :3].unsqueeze(2).expand(1, 6, 4, 3)
     x = {k: (v.requires_grad_(need_grad) if v is not None else None) for k, v in x.items()}
     return (x['u'], x['delta'], x['A'], x['B'], x['C'], x['D'], x['delta_bias'], '|'.join(r.key for r in routes), 2, 3, 3,
             True, False, False, None, need_grad)
@@ -615,6 +655,14 @@ def test_op_registration(need_grad, n_state):
     if _NEEDS_SUBPROCESS:
         pytest.skip('runs in test_cpu_cases_in_fresh_process')
     torch.library.opcheck(torch.ops.visionssm.selective_scan.default, _op_args(need_grad, n_state))
+
+
+def test_op_registration_with_a_shared_delta():
+    if _NEEDS_SUBPROCESS:
+        pytest.skip('runs in test_cpu_cases_in_fresh_process')
+    args = _op_args(True, shared_delta=True)
+    assert args[1].stride(2) == 0
+    torch.library.opcheck(torch.ops.visionssm.selective_scan.default, args)
 
 
 def test_op_compiles_without_graph_break():

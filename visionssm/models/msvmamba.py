@@ -74,11 +74,14 @@ def scan_routes(x, dts, A_logs, B, C, D, bias, routes: Sequence[Route]) -> torch
     """One parameter set's scan along ``routes``. Low-precision inputs scan with full-precision parameters and
     return float32 (state and merge stay in full precision up to out_norm)."""
     num = len(routes)
-    if num > 1:   # independent routes sharing the parameter set: the op takes one parameter block per route
-        dts, A_logs, D, bias = dts.repeat(1, 1, 1, num), A_logs.repeat(num, 1), D.repeat(num), bias.repeat(num)
+    # autocast may leave the projections in another dtype; cast before expanding (a cast copies what it is given)
+    dts, B, C = (t.to(x.dtype) for t in (dts, B, C))
+    if num > 1:   # independent routes sharing the parameter set: one Δ for all, expanded (no copy, and one copy
+        # saved for the backward), and one parameter block per route
+        dts = dts.unsqueeze(-2).expand(-1, -1, -1, num, -1)
+        A_logs, D, bias = A_logs.repeat(num, 1), D.repeat(num), bias.repeat(num)
     B = B.unsqueeze(-2).expand(-1, -1, -1, num, -1)
     C = C.unsqueeze(-2).expand(-1, -1, -1, num, -1)
-    dts, B, C = (t.to(x.dtype) for t in (dts, B, C))   # autocast may leave the projections in another dtype
     return selective_scan(
         x, dts, -torch.exp(full_precision(A_logs)), B, C, full_precision(D), full_precision(bias), routes=routes,
         merge='sum', delta_softplus=True, out_dtype=scan_out_dtype(x))

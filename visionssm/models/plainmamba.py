@@ -151,13 +151,14 @@ class PlainMamba2D(ScanLayer):
         dt, B, C = F.linear(u, self.x_proj.weight.to(u.dtype)).split([R, N, N], dim=-1)
         bias = full_precision(self.dt_proj.bias)
         delta = F.linear(dt, self.dt_proj.weight.to(u.dtype), bias.to(u.dtype) if self.dt_bias_twice else None)
-        # The four scans share x, Δ, A, C and D; route k reads block k of the per-route tensors.
+        # The four scans share x, Δ, A, C and D; route k reads block k of the per-route tensors (Δ and C expanded:
+        # one copy in memory and in what the backward saves).
         codes = direction_codes(self.routes, u.shape[1], u.shape[2], u.device)
         B = B.unsqueeze(-2) + self.direction_Bs[codes].to(B.dtype)                   # (B, H, W, K, N)
         C = C.unsqueeze(-2).expand(-1, -1, -1, K, -1)
         A = -torch.exp(full_precision(self.A_log)).repeat(K, 1)
         y = selective_scan(
-            u.contiguous(), delta.to(u.dtype).repeat(1, 1, 1, K), A, B.to(u.dtype).contiguous(), C.to(u.dtype),
+            u.contiguous(), delta.to(u.dtype).unsqueeze(-2).expand(-1, -1, -1, K, -1), A, B.to(u.dtype).contiguous(), C.to(u.dtype),
             full_precision(self.D).repeat(K), bias.repeat(K), routes=self.routes, merge='sum', delta_softplus=True,
             out_channels=E, out_dtype=scan_out_dtype(u),
         )

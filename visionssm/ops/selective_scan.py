@@ -31,6 +31,8 @@ BACKENDS: dict[str, tuple[Callable, Callable[[torch.Tensor], bool]]] = {
     # loop-free (chunked) form: what torch.export / ONNX / AOTInductor trace; see kernels/export_scan.py
     'export': (selective_scan_export, lambda u: True),
 }
+# The backends written here take Δ also as (B, P, K, W) blocks (expanded, where routes share one); others get K*W.
+_BUILTIN = ('reference', 'export', 'triton')
 
 
 def _exporting() -> bool:
@@ -100,7 +102,9 @@ def selective_scan(
     Args:
         u: input map ``(B, H, W_px, C_in)``, or a sequence ``(B, L, C_in)`` (a ``1 x L`` grid). Route k reads
             channels ``[in_offset_k, in_offset_k + W)``.
-        delta: ``(B, H, W_px, K*W)`` (or ``(B, L, K*W)``): route k's Δ is channel block k, at every position.
+        delta: ``(B, H, W_px, K*W)`` (or ``(B, L, K*W)``): route k's Δ is channel block k, at every position. Or
+            ``(B, H, W_px, K, W)`` (``(B, L, K, W)``) with any strides: routes that share one Δ take it expanded
+            (``delta.unsqueeze(-2).expand(..., K, W)``), and neither the forward nor the saved tensors copy it.
         A: ``(K*W, N)`` state matrix (negative for a stable scan), float32 or float64.
         B: ``(B, H, W_px, K, N)`` (or ``(B, L, K, N)``): input projection of route k, shared by its channels.
         C: like ``B``; the output projection. Must be None when ``return_hidden``.
@@ -142,6 +146,8 @@ def selective_scan(
         out = u.new_empty(grid + (out_channels,) + ((n_state,) if return_hidden else ()), dtype=out_dtype or u.dtype)
         return out.squeeze(1) if seq else out
     name = _select_backend(backend, u)
+    if delta.dim() == u.dim() + 1 and name not in _BUILTIN:   # a backend of the user's takes the K*W layout
+        delta = delta.flatten(-2)
     flat = lambda t: t.flatten(1, 2) if t is not None and not seq else t
     args = (flat(u), flat(delta), A, flat(B), flat(C), D, delta_bias)
     if name == 'triton':
@@ -218,7 +224,10 @@ def _check(u, delta, A, B, C, D, delta_bias, routes, merge, return_hidden, out_c
     if n_state < 1:
         raise ValueError('A must have at least one state column (N >= 1)')
 
-    delta = _as_map('delta', delta, seq, (4,), grid, grid_str, (num_routes * width,), '(B, H, W, K*W)')
+    if isinstance(delta, torch.Tensor) and delta.dim() == u.dim() + 1:   # one (expandable) block per route
+        delta = _as_map('delta', delta, seq, (5,), grid, grid_str, (num_routes, width), '(B, H, W, K, W)')
+    else:
+        delta = _as_map('delta', delta, seq, (4,), grid, grid_str, (num_routes * width,), '(B, H, W, K*W)')
     B = _as_map('B', B, seq, (5,), grid, grid_str, (num_routes, n_state), '(B, H, W, K, N)')
     if return_hidden:
         if C is not None:
