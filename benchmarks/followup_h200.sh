@@ -41,9 +41,12 @@ LIMIT=${LIMIT:-580}
 part() { [[ "$PARTS" == *" $1 "* ]]; }
 mkdir -p "$dir"
 source benchmarks/gpu_env.sh
-part tests && { timeout 100 python3 -m pytest -p no:cacheprovider -q -n 8 -rf tests/test_state_fusion.py \
-    tests/test_layer_norm.py tests/test_triton_scan.py > /tmp/gpu_tests.log 2>&1
-    grep -E "^E   .*Error|^FAILED|passed|failed" /tmp/gpu_tests.log | sort | uniq -c | head -n 30 | cut -c1-240; }
+part tests && { xdist=$(python3 -c 'import xdist' 2> /dev/null && echo "-n 8")
+    timeout 100 python3 -m pytest -p no:cacheprovider -q $xdist -rf tests/test_state_fusion.py \
+        tests/test_layer_norm.py tests/test_triton_scan.py > /tmp/gpu_tests.log 2>&1
+    echo "[followup_h200] kernel tests: pytest exit $? (124: cut at 100 s)"
+    grep -E "^E   .*Error|^FAILED|passed|failed" /tmp/gpu_tests.log | sort | uniq -c | head -n 30 | cut -c1-240
+    grep -qE "passed|failed" /tmp/gpu_tests.log || tail -n 15 /tmp/gpu_tests.log; }
 part profile8 && timeout 60 python3 tools/profile_model.py vmamba_tiny_s1l8 --batch 8 --steps 10 --top 20 \
     > "$dir/profile_b8.log" 2>&1
 part new && timeout 280 python3 benchmarks/ab.py --baseline "${NEW_BASE:-e25da85}" --rounds 5 --json "$dir/ab_new.json" \

@@ -24,68 +24,50 @@ from typing import Iterable, NamedTuple, Optional, Sequence
 
 import torch
 
-_TYPES = {torch.float32: 'fp32', torch.bfloat16: 'bf16', torch.float16: 'fp16', torch.float64: 'fp64',
-          torch.int64: 'i64', torch.int32: 'i32', torch.int16: 'i16', torch.int8: 'i8', torch.uint8: 'u8',
-          torch.bool: 'i1'}
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+ARCH = 90   # the GPU generation the launches are specialized and compiled for (H100 / H200)
 
 
 class Launch(NamedTuple):
-    """One distinct kernel launch: what the compiler specializes on."""
+    """One distinct kernel launch, specialized as Triton's JIT specializes it on the GPU: the argument types, the
+    constexprs (with integer arguments equal to 1 among them), the divisibility attributes of pointers and
+    integers, and the compile options (num_warps, ...)."""
     kernel: object                 # the JITFunction
-    signature: tuple               # (argument name, Triton type or 'constexpr')
-    constexprs: tuple              # (argument name, value)
-    options: tuple                 # (launch option, value): num_warps, num_stages, ...
+    signature: dict                # argument name -> Triton type ('*bf16', 'i32', 'constexpr', ...)
+    constexprs: dict               # argument path -> value
+    attrs: dict                    # argument path -> attributes (e.g. 16-byte divisibility)
+    options: dict                  # the backend's compile options
 
     @property
     def name(self) -> str:
         return self.kernel.fn.__name__
 
+    def key(self) -> str:
+        return repr((self.name, sorted(self.signature.items()), sorted(self.constexprs.items()),
+                     sorted(self.attrs.items()), sorted(self.options.items())))
+
     def describe(self) -> str:
-        consts = ', '.join(f'{k}={v}' for k, v in self.constexprs)
-        types = sorted({t for _, t in self.signature if t.startswith('*')})
-        return f'{self.name}[{consts}; {", ".join(types)}; {dict(self.options)}]'
+        names = [p.name for p in self.kernel.params]
+        consts = ', '.join(f'{names[path[0]]}={value}' for path, value in self.constexprs.items() if len(path) == 1)
+        types = sorted({t for t in self.signature.values() if t.startswith('*')})
+        return f"{self.name}[{consts}; {', '.join(types)}; num_warps={self.options.get('num_warps')}]"
 
 
-def _arg_type(value) -> Optional[str]:
-    """Triton's type of a runtime argument (None: a constexpr, as Triton treats None)."""
-    if value is None:
-        return None
-    if isinstance(value, torch.Tensor):
-        return '*' + _TYPES[value.dtype]
-    if isinstance(value, bool):
-        return 'i1'
-    if isinstance(value, int):
-        return 'i32' if -2 ** 31 <= value < 2 ** 31 else 'i64'
-    if isinstance(value, float):
-        return 'fp32'
-    raise TypeError(f'kernel argument of unsupported type {type(value).__name__}')
-
-
-def _launch(kernel, args: tuple, kwargs: dict) -> Launch:
-    names = [p.name for p in kernel.params]
-    constexpr = {p.name for p in kernel.params if p.is_constexpr}
-    values = dict(zip(names, args))
-    values.update((k, v) for k, v in kwargs.items() if k in names)
-    missing = [n for n in names if n not in values]
-    if missing:   # a parameter with a default the call left out
-        defaults = {p.name: p.default for p in kernel.params}
-        values.update((n, defaults[n]) for n in missing)
-    signature, consts = [], []
-    for name in names:
-        value = values[name]
-        kind = 'constexpr' if name in constexpr else _arg_type(value)
-        if kind is None:
-            kind = 'constexpr'
-        signature.append((name, kind))
-        if kind == 'constexpr':
-            consts.append((name, value))
-    options = tuple(sorted((k, v) for k, v in kwargs.items() if k not in names))
-    return Launch(kernel, tuple(signature), tuple(consts), options)
+def _launch(kernel, args: tuple, kwargs: dict, arch: int = ARCH) -> Launch:
+    """The launch ``kernel[grid](*args, **kwargs)`` specialized for ``sm_<arch>`` by Triton's own binder (as
+    ``JITFunction.run`` does on a GPU)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+    backend = make_backend(GPUTarget('cuda', arch, 32))
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
+    return Launch(kernel, dict(signature), dict(constexprs), dict(attrs), dict(options.__dict__))
 
 
 @contextlib.contextmanager
-def recording():
+def recording(arch: int = ARCH):
     """Within: CPU tensors take the Triton paths of the scan, the LayerNorm and the state fusion, and every kernel
     launch is appended to the yielded list instead of running."""
     from triton.runtime.jit import JITFunction
@@ -97,7 +79,7 @@ def recording():
     launches: list = []
 
     def record(self, *args, grid, warmup=False, **kwargs):
-        launches.append(_launch(self, args, kwargs))
+        launches.append(_launch(self, args, kwargs, arch))
 
     opened = {
         layer_norm: lambda x, width, groups=1: (x.dtype in layer_norm._DTYPES and 0 < width <= layer_norm.MAX_WIDTH
@@ -124,31 +106,30 @@ def recording():
 def distinct(launches: Iterable[Launch]) -> list:
     seen, out = set(), []
     for launch in launches:
-        key = (launch.name, launch.signature, launch.constexprs, launch.options)
+        key = launch.key()
         if key not in seen:
             seen.add(key)
             out.append(launch)
     return out
 
 
-def compile_launch(launch: Launch, arch: int = 90):
+def compile_launch(launch: Launch, arch: int = ARCH):
     """Compile one launch to a cubin for ``sm_<arch>``; returns Triton's compiled kernel."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    names = [name for name, _ in launch.signature]
-    source = ASTSource(launch.kernel, dict(launch.signature),
-                       constexprs={(names.index(name),): value for name, value in launch.constexprs})
-    return triton.compile(source, target=GPUTarget('cuda', arch, 32), options=dict(launch.options))
+    source = ASTSource(launch.kernel, launch.signature, launch.constexprs, launch.attrs)
+    return triton.compile(source, target=GPUTarget('cuda', arch, 32), options=launch.options)
 
 
-def record_models(names: Sequence[str], dtypes: Sequence[torch.dtype], img_size: Optional[int] = None) -> list:
+def record_models(names: Sequence[str], dtypes: Sequence[torch.dtype], img_size: Optional[int] = None,
+                  arch: int = ARCH) -> list:
     """The launches of each model's training step (forward, backward) and eval forward, in each dtype: fp32 as
     is, bf16 / fp16 under autocast as the benchmarks and trainers run them."""
     import timm
     import visionssm  # noqa: F401  (registers the models)
     launches = []
-    with recording() as recorded:
+    with recording(arch) as recorded:
         for name in names:
             model = timm.create_model(name)
             cfg = model.pretrained_cfg
@@ -165,7 +146,7 @@ def record_models(names: Sequence[str], dtypes: Sequence[torch.dtype], img_size:
     return launches
 
 
-def record_long_scans(dtypes: Sequence[torch.dtype]) -> list:
+def record_long_scans(dtypes: Sequence[torch.dtype], arch: int = ARCH) -> list:
     """The scan at route lengths and state sizes that take its chunked kernels (Vim at 1024², long rasters), its
     sequential kernels also with 64-bit offsets."""
     from visionssm.ops import selective_scan
@@ -173,7 +154,7 @@ def record_long_scans(dtypes: Sequence[torch.dtype]) -> list:
     # (routes, height, width in pixels, channels per route, input channels, n_state, merge)
     cases = [(R.bidirectional_routes(192), 1, 4097, 192, 384, 16, 'mean'),
              (R.cross_routes(), 64, 64, 96, 96, 1, 'sum'), (R.cross_routes(), 128, 128, 96, 96, 4, 'sum')]
-    with recording() as recorded:
+    with recording(arch) as recorded:
         for routes, height, width_px, width, in_channels, n_state, merge in cases:
             for dtype in dtypes:
                 k = len(routes)
@@ -192,14 +173,15 @@ def int64_offset_variants(launches: Iterable[Launch]) -> list:
     maps whose offsets could pass 2^31 elements: too large to record on a CPU)."""
     out = []
     for launch in launches:
-        consts = dict(launch.constexprs)
-        if consts.get('OFF64') is False:
-            consts['OFF64'] = True
-            out.append(launch._replace(constexprs=tuple(consts.items())))
+        names = [p.name for p in launch.kernel.params]
+        if 'OFF64' in names:
+            path = (names.index('OFF64'),)
+            if launch.constexprs.get(path) is False:
+                out.append(launch._replace(constexprs={**launch.constexprs, path: True}))
     return out
 
 
-def check(launches: Sequence[Launch], arch: int = 90, log=print) -> list:
+def check(launches: Sequence[Launch], arch: int = ARCH, log=print) -> list:
     """Compile each distinct launch; returns [(launch, error message)] of those that failed."""
     failures = []
     for launch in distinct(launches):
@@ -225,7 +207,8 @@ def _message(e: BaseException) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--arch', type=int, default=90, help='compute capability x10 to compile for (default 90: H100/H200)')
+    p.add_argument('--arch', type=int, default=ARCH,
+                   help='compute capability x10 to specialize and compile for (default 90: H100 / H200)')
     p.add_argument('--models', nargs='*', help="models to record (default: every registered 'test_*' model)")
     p.add_argument('--img-size', type=int, help="input size (default: each model's test input size)")
     p.add_argument('--dtypes', nargs='+', default=list(DTYPES), choices=list(DTYPES))
@@ -235,7 +218,8 @@ def main(argv=None) -> int:
     import visionssm  # noqa: F401
     names = a.models or [m for m in timm.list_models('test_*') if _is_visionssm(m)]
     dtypes = [DTYPES[d] for d in a.dtypes]
-    launches = record_models(names, dtypes, a.img_size) + (record_long_scans(dtypes) if a.long else [])
+    launches = record_models(names, dtypes, a.img_size, a.arch)
+    launches += record_long_scans(dtypes, a.arch) if a.long else []
     unique = distinct(launches)
     print(f'{len(launches)} launches, {len(unique)} distinct, from {len(names)} models'
           f'{" and the long-route scans" if a.long else ""}; compiling for sm_{a.arch}', flush=True)

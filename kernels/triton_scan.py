@@ -1313,7 +1313,8 @@ if not hasattr(torch.ops.visionssm, 'selective_scan'):   # one definition per pr
     @_scan_backward_op.register_fake
     def _(dout, u, delta, A, B, C, D, delta_bias, saved, routes_key, height, width_px, out_channels, delta_softplus,
           return_hidden, mean):
-        like = lambda t, present=True: torch.empty_like(t) if t is not None and present else u.new_empty(0)
+        # the real gradients are contiguous whatever the inputs' strides (a permuted or expanded Δ, a strided u)
+        like = lambda t, present=True: t.new_empty(t.shape) if t is not None and present else u.new_empty(0)
         return [like(u), like(delta), like(A), like(B), like(C), like(D, not return_hidden), like(delta_bias)]
 
 

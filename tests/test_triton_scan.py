@@ -429,13 +429,15 @@ def test_recomputed_checkpoints_give_the_same_gradients(case, monkeypatch):
         assert g is None or torch.equal(g, grads_r[name]), name
 
 
+@pytest.mark.parametrize('kernel', [None, 'chunked'], ids=['own_choice', 'chunked'])
 @pytest.mark.parametrize('case', ['cross_nstate3_mean', 'snake_params_at_step', 'long_route_nstate16',
                                   'lattice_unequal_lengths', 'bidirectional_mean_fp16', 'hidden_one_route'])
-def test_one_delta_shared_by_the_routes(case):
+def test_one_delta_shared_by_the_routes(case, kernel, monkeypatch):
     """Δ passed expanded as (B, P, K, W) with route stride 0 (PlainMamba's and MSVMamba's routes share one Δ): the
     outputs and gradients of Δ repeated into K blocks, bit for bit, and the saved tensors hold one Δ, not K."""
     if _NEEDS_SUBPROCESS:
         pytest.skip('runs in test_cpu_cases_in_fresh_process')
+    monkeypatch.setattr(TS, 'FORCE_KERNEL', kernel)
     c = KERNEL_CASES[case]
     plan = R.plan_routes(c['routes'], c['height'], c['width_px'], c['width'], c['in_ch'], c['out_ch'])
     hidden = c.get('hidden', False)
@@ -663,6 +665,19 @@ def test_op_registration_with_a_shared_delta():
     args = _op_args(True, shared_delta=True)
     assert args[1].stride(2) == 0
     torch.library.opcheck(torch.ops.visionssm.selective_scan.default, args)
+
+
+def test_backward_op_fake_matches_real_strides():
+    """The backward op's fake implementation (what torch.compile plans with) gives the real gradients' strides,
+    contiguous, also for a Δ that is dense but not contiguous (a permuted (B, P, K, W) block layout)."""
+    if _NEEDS_SUBPROCESS:
+        pytest.skip('runs in test_cpu_cases_in_fresh_process')
+    args = [a.detach() if isinstance(a, torch.Tensor) else a for a in _op_args(True)]
+    args[1] = args[1].view(1, 6, 4, 3).transpose(1, 2).contiguous().transpose(1, 2)
+    assert not args[1].is_contiguous()
+    out, saved = torch.ops.visionssm.selective_scan(*args)
+    backward_args = (torch.randn_like(out), *args[:7], saved, *args[7:14])
+    torch.library.opcheck(torch.ops.visionssm.selective_scan_backward.default, backward_args)
 
 
 def test_op_compiles_without_graph_break():

@@ -74,8 +74,15 @@ for dev in devices:
 print('[build_mmcv] mmcv', mmcv.__version__, 'with compiled ops, checked on', ', '.join(devices))
 PYEOF
 then
-    echo "[build_mmcv] the mmcv wheel $wheel does not work with this torch (the check above failed or crashed);" \
-         "it is not cached" >&2
+    if [[ -n ${built:-} ]]; then
+        echo "[build_mmcv] the freshly built $wheel does not work with this torch (the check above failed or" \
+             "crashed); it is not cached" >&2
+    else   # a wheel cached before (by an older build script, say): drop it, so the next run builds anew
+        rm -f "$wheel"
+        echo "[build_mmcv] the cached $wheel does not work with this torch (the check above failed or crashed);" \
+             "removed it from the cache: run again to build anew" >&2
+    fi
+    "$PY" -m pip uninstall -q -y mmcv >&2 || true
     exit 1
 fi
 if [[ -n ${built:-} ]]; then

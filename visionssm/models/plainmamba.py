@@ -155,12 +155,12 @@ class PlainMamba2D(ScanLayer):
         # one copy in memory and in what the backward saves).
         codes = direction_codes(self.routes, u.shape[1], u.shape[2], u.device)
         B = B.unsqueeze(-2) + self.direction_Bs[codes].to(B.dtype)                   # (B, H, W, K, N)
-        C = C.unsqueeze(-2).expand(-1, -1, -1, K, -1)
+        # cast before expanding: a cast of an expanded tensor copies it K times
+        delta, C = (t.to(u.dtype).unsqueeze(-2).expand(-1, -1, -1, K, -1) for t in (delta, C))
         A = -torch.exp(full_precision(self.A_log)).repeat(K, 1)
         y = selective_scan(
-            u.contiguous(), delta.to(u.dtype).unsqueeze(-2).expand(-1, -1, -1, K, -1), A, B.to(u.dtype).contiguous(), C.to(u.dtype),
-            full_precision(self.D).repeat(K), bias.repeat(K), routes=self.routes, merge='sum', delta_softplus=True,
-            out_channels=E, out_dtype=scan_out_dtype(u),
+            u.contiguous(), delta, A, B.to(u.dtype).contiguous(), C, full_precision(self.D).repeat(K), bias.repeat(K),
+            routes=self.routes, merge='sum', delta_softplus=True, out_channels=E, out_dtype=scan_out_dtype(u),
         )
         y = y * F.silu(z.to(y.dtype))
         return self.out_proj(y.to(x.dtype))
