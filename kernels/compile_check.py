@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import sys
 import time
@@ -53,14 +54,20 @@ class Launch(NamedTuple):
         return f"{self.name}[{consts}; {', '.join(types)}; num_warps={self.options.get('num_warps')}]"
 
 
-def _launch(kernel, args: tuple, kwargs: dict, arch: int = ARCH) -> Launch:
-    """The launch ``kernel[grid](*args, **kwargs)`` specialized for ``sm_<arch>`` by Triton's own binder (as
-    ``JITFunction.run`` does on a GPU)."""
+@functools.lru_cache(maxsize=None)
+def _binder(kernel, arch: int):
+    """Triton's backend for ``sm_<arch>`` and ``kernel``'s argument binder, as ``JITFunction`` builds them once."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
     from triton.runtime.jit import create_function_from_signature
     backend = make_backend(GPUTarget('cuda', arch, 32))
-    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    return backend, create_function_from_signature(kernel.signature, kernel.params, backend)
+
+
+def _launch(kernel, args: tuple, kwargs: dict, arch: int = ARCH) -> Launch:
+    """The launch ``kernel[grid](*args, **kwargs)`` specialized for ``sm_<arch>`` by Triton's own binder (as
+    ``JITFunction.run`` does on a GPU)."""
+    backend, binder = _binder(kernel, arch)
     bound, specialization, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
     return Launch(kernel, dict(signature), dict(constexprs), dict(attrs), dict(options.__dict__))
@@ -68,39 +75,23 @@ def _launch(kernel, args: tuple, kwargs: dict, arch: int = ARCH) -> Launch:
 
 @contextlib.contextmanager
 def recording(arch: int = ARCH):
-    """Within: CPU tensors take the Triton paths of the scan, the LayerNorm and the state fusion, and every kernel
-    launch is appended to the yielded list instead of running."""
+    """Within: CPU tensors take the Triton paths of the scan, the LayerNorm and the state fusion (their ``supports``
+    read ``launch.RECORDING``), and every kernel launch is appended to the yielded list instead of running."""
     from triton.runtime.jit import JITFunction
     if os.environ.get('TRITON_INTERPRET') == '1':
         raise RuntimeError('compile_check needs triton without TRITON_INTERPRET=1: the interpreter compiles nothing')
-    import importlib
-    from . import layer_norm, state_fusion, triton_scan
-    ops = importlib.import_module('visionssm.ops.selective_scan')   # the module, not the function it exports
+    from . import launch
     launches: list = []
 
     def record(self, *args, grid, warmup=False, **kwargs):
         launches.append(_launch(self, args, kwargs, arch))
 
-    opened = {
-        layer_norm: lambda x, width, groups=1: (x.dtype in layer_norm._DTYPES and 0 < width <= layer_norm.MAX_WIDTH
-                                                and groups & (groups - 1) == 0),
-        state_fusion: lambda h, dilations: h.dtype in state_fusion._DTYPES and len(dilations) == 3 and h.dim() == 4,
-        triton_scan: lambda u: isinstance(u, torch.Tensor) and u.dtype in (torch.float32, torch.bfloat16,
-                                                                           torch.float16),
-    }
-    saved = {mod: mod.supports for mod in opened}
-    saved_backend, saved_run = ops.BACKENDS['triton'], JITFunction.run
+    saved_run = JITFunction.run
     try:
-        for mod, predicate in opened.items():
-            mod.supports = predicate
-        ops.BACKENDS['triton'] = (saved_backend[0], opened[triton_scan])
-        JITFunction.run = record
+        launch.RECORDING, JITFunction.run = True, record
         yield launches
     finally:
-        JITFunction.run = saved_run
-        ops.BACKENDS['triton'] = saved_backend
-        for mod, predicate in saved.items():
-            mod.supports = predicate
+        launch.RECORDING, JITFunction.run = False, saved_run
 
 
 def distinct(launches: Iterable[Launch]) -> list:

@@ -16,7 +16,15 @@ except Exception:  # pragma: no cover - depends on the machine
     tl = None
     HAS_TRITON = False
 
-__all__ = ['HAS_TRITON', 'on_device', 'sm_count', 'tl', 'triton']
+__all__ = ['HAS_TRITON', 'on_device', 'on_gpu', 'sm_count', 'tl', 'triton']
+
+# Set by kernels/compile_check.py while it records the launches of CPU tensors (recorded, compiled, never run).
+RECORDING = False
+
+
+def on_gpu(t: torch.Tensor) -> bool:
+    """Whether ``t``'s kernels launch on a GPU: a CUDA tensor, or any while compile_check records launches."""
+    return t.is_cuda or RECORDING
 
 
 def on_device(device: torch.device):

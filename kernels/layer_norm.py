@@ -30,7 +30,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .launch import HAS_TRITON as _HAS_TRITON, on_device, sm_count, tl, triton
+from .launch import HAS_TRITON as _HAS_TRITON, on_device, on_gpu, sm_count, tl, triton
 
 __all__ = ['layer_norm_forward', 'layer_norm_backward', 'supports']
 
@@ -44,7 +44,7 @@ MAX_WIDTH = 4096    # widest row the kernels take; wider rows suit PyTorch's one
 def supports(x: torch.Tensor, width: int, groups: int = 1) -> bool:
     """True where the kernels serve: a CUDA tensor of fp32/bf16/fp16 with rows of at most ``MAX_WIDTH``, a power-of-2
     number of affine groups, triton importable, and not switched off with ``VISIONSSM_LAYER_NORM=torch``."""
-    return (_HAS_TRITON and x.is_cuda and x.dtype in _DTYPES and 0 < width <= MAX_WIDTH
+    return (_HAS_TRITON and on_gpu(x) and x.dtype in _DTYPES and 0 < width <= MAX_WIDTH
             and groups & (groups - 1) == 0 and os.environ.get('VISIONSSM_LAYER_NORM', 'triton') != 'torch')
 
 

@@ -30,7 +30,7 @@ from typing import Sequence
 
 import torch
 
-from .launch import HAS_TRITON as _HAS_TRITON, on_device, tl, triton
+from .launch import HAS_TRITON as _HAS_TRITON, on_device, on_gpu, tl, triton
 
 __all__ = ['fuse_states_triton', 'supports']
 
@@ -41,7 +41,7 @@ def supports(h: torch.Tensor, dilations: Sequence[int]) -> bool:
     """True where the kernels serve: CUDA tensors of fp32/bf16/fp16 whose one image has fewer than 2^31 elements
     (the offsets inside an image are int32), three branches, triton importable, and not switched off with
     ``VISIONSSM_STATE_FUSION=torch``."""
-    return (_HAS_TRITON and h.is_cuda and h.dtype in _DTYPES and len(dilations) == 3 and h.dim() == 4
+    return (_HAS_TRITON and on_gpu(h) and h.dtype in _DTYPES and len(dilations) == 3 and h.dim() == 4
             and h[:1].numel() < 2 ** 31 and os.environ.get('VISIONSSM_STATE_FUSION', 'triton') != 'torch')
 
 

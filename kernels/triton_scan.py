@@ -67,7 +67,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from .launch import on_device, sm_count
+from .launch import on_device, on_gpu, sm_count
 from .reference import selective_scan_reference
 from .routes import RoutePlan, plan_routes, route_from_key
 
@@ -91,7 +91,7 @@ __all__ = ['selective_scan_triton', 'supports']
 def supports(u: torch.Tensor) -> bool:
     """True for CUDA tensors of dtype fp32/bf16/fp16 when triton imports; never raises."""
     try:
-        return (_HAS_TRITON and isinstance(u, torch.Tensor) and u.is_cuda
+        return (_HAS_TRITON and isinstance(u, torch.Tensor) and on_gpu(u)
                 and u.dtype in (torch.float32, torch.bfloat16, torch.float16))
     except Exception:  # pragma: no cover
         return False

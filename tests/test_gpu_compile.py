@@ -32,14 +32,19 @@ def _run(args, timeout=1500):
                           timeout=timeout)
 
 
+def _compiled(stdout: str) -> tuple[int, int]:
+    """(compiled, distinct launches) from compile_check's last line, 'N of M compiled'."""
+    compiled, total = stdout.strip().splitlines()[-1].split(' compiled')[0].split(' of ')
+    return int(compiled), int(total)
+
+
 def test_every_launch_of_the_models_compiles_for_sm90():
     """Every registered test model (training step and eval forward; fp32, and bf16 / fp16 autocast) and the scan at
     long routes (the chunked kernels): each distinct launch compiles to a cubin."""
     r = _run(['-m', 'visionssm.kernels.compile_check'])
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
-    summary = r.stdout.strip().splitlines()[-1]
-    compiled, total = (int(t) for t in summary.split(' compiled')[0].split(' of '))
-    assert compiled == total and total >= 40, summary   # the scan, LayerNorm and state-fusion kernels all seen
+    compiled, total = _compiled(r.stdout)
+    assert compiled == total >= 40, r.stdout[-2000:]   # the scan, LayerNorm and state-fusion kernels all seen
     for kernel in ('_scan_fwd_kernel', '_scan_bwd_kernel', '_scan_fwd_chunked_kernel', '_scan_bwd_chunked_kernel',
                    '_ln_fwd_kernel', '_ln_bwd_kernel', '_fuse_fwd_kernel', '_fuse_bwd_h_kernel',
                    '_fuse_bwd_w_kernel'):
@@ -57,7 +62,7 @@ def test_the_t_models_launches_compile_for_sm90():
     r = _run(['-m', 'visionssm.kernels.compile_check', '--models', *T_MODELS, '--img-size', '224',
               '--dtypes', 'bfloat16', '--no-long'])
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
-    compiled, total = (int(t) for t in r.stdout.strip().splitlines()[-1].split(' compiled')[0].split(' of '))
+    compiled, total = _compiled(r.stdout)
     assert compiled == total > 50, r.stdout[-2000:]
 
 
