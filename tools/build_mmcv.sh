@@ -6,8 +6,8 @@
 #   tools/build_mmcv.sh PYTHON [SDIST]      # SDIST: a local mmcv-2.1.0.tar.gz (offline machines); else from PyPI
 #
 # PyPI ships mmcv 2.1 only as an sdist (OpenMMLab's prebuilt wheels stop at torch 2.1). Its setup.py hard-codes
-# -std=c++14/17, while torch >= 2.13 headers need C++20 (torch 2.x before that: C++17); and pip's own wheel cache
-# ignores the torch version. Environment: MMCV_VERSION (2.1.0), MAX_JOBS (all cores), VISIONSSM_WHEEL_CACHE,
+# -std=c++14/17, while torch's headers need the standard torch builds its own extensions with (C++20 from torch
+# 2.13, C++17 before); and pip's own wheel cache ignores the torch version. Environment: MMCV_VERSION (2.1.0), MAX_JOBS (all cores), VISIONSSM_WHEEL_CACHE,
 # TORCH_CUDA_ARCH_LIST (default: the visible GPU's), MMCV_CPU_ONLY=1 (no CUDA ops even on a GPU machine),
 # MMCV_PIP_FLAGS (extra flags for installing the wheel).
 set -euo pipefail
@@ -18,12 +18,14 @@ PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"  # absolute, but not reso
 [[ -z $SDIST ]] || SDIST="$(cd "$(dirname "$SDIST")" && pwd)/$(basename "$SDIST")"
 MMCV_VERSION=${MMCV_VERSION:-2.1.0}
 read -r torch_ver std cuda arch < <("$PY" - <<'PYEOF'
-import os, torch
-major, minor = (int(p) for p in torch.__version__.split('+')[0].split('.')[:2])
+import inspect, os, re, torch
+import torch.utils.cpp_extension as ext
+# the language standard torch builds its own extensions with: its headers (and the inline code they expand into
+# mmcv's objects) must be read the same way
+std = max(re.findall(r'-std=c\+\+(\d\d)', inspect.getsource(ext)), key=int, default='17')
 cuda = torch.cuda.is_available() and os.environ.get('MMCV_CPU_ONLY', '0') != '1'
 arch = os.environ.get('TORCH_CUDA_ARCH_LIST') or ('%d.%d' % torch.cuda.get_device_capability() if cuda else '-')
-print(torch.__version__, 'c++20' if (major, minor) >= (2, 13) else 'c++17',
-      torch.version.cuda if cuda else '-', arch.replace(' ', '_'))
+print(torch.__version__, 'c++' + std, torch.version.cuda if cuda else '-', arch.replace(' ', '_'))
 PYEOF
 )
 key=torch-${torch_ver}
