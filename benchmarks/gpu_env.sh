@@ -2,6 +2,9 @@
 # this checkout without touching the machine's packages (or puts it on PYTHONPATH where pip cannot) and records the
 # machine, the commit and the versions in $dir/env.txt.
 export PYTHONUNBUFFERED=1
+# C++ that torch compiles on the machine (mmcv, Inductor's AOT packages) needs a compiler that links libstdc++
+# dynamically; some CUDA images set CXX to one that does not
+compilers=$(tools/cxx_for_extensions.sh) && read -r CXX CC <<< "$compilers" && export CXX CC
 if ! python3 -m pip install -q --no-deps --no-build-isolation --no-index -e .; then
     [[ -e visionssm/kernels ]] || ln -s ../kernels visionssm/kernels
     export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}

@@ -6,10 +6,11 @@
 #   tools/build_mmcv.sh PYTHON [SDIST]      # SDIST: a local mmcv-2.1.0.tar.gz (offline machines); else from PyPI
 #
 # PyPI ships mmcv 2.1 only as an sdist (OpenMMLab's prebuilt wheels stop at torch 2.1). Its setup.py hard-codes
-# -std=c++14/17, while torch's headers need the standard torch builds its own extensions with (C++20 from torch
-# 2.13, C++17 before); and pip's own wheel cache ignores the torch version. Environment: MMCV_VERSION (2.1.0), MAX_JOBS (all cores), VISIONSSM_WHEEL_CACHE,
-# TORCH_CUDA_ARCH_LIST (default: the visible GPU's), MMCV_CPU_ONLY=1 (no CUDA ops even on a GPU machine),
-# MMCV_PIP_FLAGS (extra flags for installing the wheel).
+# -std=c++14/17, while torch >= 2.13 headers need C++20 (torch 2.x before that: C++17); pip's own wheel cache
+# ignores the torch version; and the compiler must link libstdc++ dynamically (tools/cxx_for_extensions.sh picks
+# it). Environment: MMCV_VERSION (2.1.0), MAX_JOBS (all cores), VISIONSSM_WHEEL_CACHE, TORCH_CUDA_ARCH_LIST
+# (default: the visible GPU's), MMCV_CPU_ONLY=1 (no CUDA ops even on a GPU machine), MMCV_PIP_FLAGS (extra flags
+# for installing the wheel), CXX / CC (the compilers, when they link libstdc++ dynamically).
 set -euo pipefail
 PY=${1:?usage: build_mmcv.sh PYTHON [SDIST]}
 SDIST=${2:-}
@@ -18,14 +19,13 @@ PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"  # absolute, but not reso
 [[ -z $SDIST ]] || SDIST="$(cd "$(dirname "$SDIST")" && pwd)/$(basename "$SDIST")"
 MMCV_VERSION=${MMCV_VERSION:-2.1.0}
 read -r torch_ver std cuda arch < <("$PY" - <<'PYEOF'
-import inspect, os, re, torch
-import torch.utils.cpp_extension as ext
-# the language standard torch builds its own extensions with: its headers (and the inline code they expand into
-# mmcv's objects) must be read the same way
-std = max(re.findall(r'-std=c\+\+(\d\d)', inspect.getsource(ext)), key=int, default='17')
+import os, torch
+major, minor = (int(p) for p in torch.__version__.split('+')[0].split('.')[:2])
 cuda = torch.cuda.is_available() and os.environ.get('MMCV_CPU_ONLY', '0') != '1'
 arch = os.environ.get('TORCH_CUDA_ARCH_LIST') or ('%d.%d' % torch.cuda.get_device_capability() if cuda else '-')
-print(torch.__version__, 'c++' + std, torch.version.cuda if cuda else '-', arch.replace(' ', '_'))
+# the standard torch's own cpp_extension compiles with: C++20 from torch 2.13, C++17 before
+print(torch.__version__, 'c++20' if (major, minor) >= (2, 13) else 'c++17',
+      torch.version.cuda if cuda else '-', arch.replace(' ', '_'))
 PYEOF
 )
 key=torch-${torch_ver}
@@ -49,9 +49,11 @@ if [ -z "$wheel" ]; then
     tar -xzf "$SDIST" -C "$work"
     src="$work/mmcv-$MMCV_VERSION"
     sed -i -E "s/-std=c\+\+1[47]/-std=${std}/g" "$src/setup.py"
+    compilers=$("$(dirname "$0")/cxx_for_extensions.sh")
+    read -r cxx cc <<< "$compilers"
     cuda_env=()
     [[ $cuda == - ]] || cuda_env=(FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${arch//_/ }")
-    (cd "$src" && env MMCV_WITH_OPS=1 MAX_JOBS="$jobs" "${cuda_env[@]}" \
+    (cd "$src" && env MMCV_WITH_OPS=1 MAX_JOBS="$jobs" CXX="$cxx" CC="$cc" "${cuda_env[@]}" \
         "$PY" -m pip wheel --no-build-isolation --no-deps -w "$work/dist" .)
     wheel=$(ls "$work"/dist/mmcv-"$MMCV_VERSION"-*.whl | head -n 1)
     built=1
@@ -77,8 +79,9 @@ print('[build_mmcv] mmcv', mmcv.__version__, 'with compiled ops, checked on', ',
 PYEOF
 then
     if [[ -n ${built:-} ]]; then
+        mkdir -p "$cache/rejected" && cp "$wheel" "$cache/rejected/"
         echo "[build_mmcv] the freshly built $wheel does not work with this torch (the check above failed or" \
-             "crashed); it is not cached" >&2
+             "crashed); it is not cached, but kept for inspection in $cache/rejected" >&2
     else   # a wheel cached before (by an older build script, say): drop it, so the next run builds anew
         rm -f "$wheel"
         echo "[build_mmcv] the cached $wheel does not work with this torch (the check above failed or crashed);" \
