@@ -460,8 +460,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     baseline = dataclasses.replace(materialize(args.baseline), env=dict(args.baseline_env))
     rows = []
     for name in args.models:
-        rows += compare(name, baseline, current, args.modes, args.precision, args.batch, args.img_size, device,
-                        args.warmup, args.rounds, args.repeat_time, args.parity_batch)
+        done = compare(name, baseline, current, args.modes, args.precision, args.batch, args.img_size, device,
+                       args.warmup, args.rounds, args.repeat_time, args.parity_batch)
+        rows += done
+        # each model's rows as soon as they exist: a run cut short by a time limit still reports them
+        print('\n'.join(format_table(done).splitlines()[2:]), flush=True)
     try:
         dirty = bool(_git('status', '--porcelain', '--untracked-files=no', '--', PACKAGE, 'kernels'))
     except (OSError, subprocess.CalledProcessError):

@@ -5,7 +5,9 @@
 
 Prints images/s (CUDA events, median over a timed loop separate from the profiled steps), the host time to enqueue
 one step (a step whose host time reaches its GPU time leaves the GPU idle: launch-bound), the GPU time spent in
-kernels per step, and the kernels sorted by total CUDA time, grouped by name. GPU only.
+kernels per step, the kernels sorted by total CUDA time, grouped by name, and then the host side: the operators
+sorted by their own CPU time per step, beside the step's enqueue time (the difference is Python between operators).
+GPU only.
 """
 from __future__ import annotations
 
@@ -106,6 +108,23 @@ def main(argv=None):
     for e in rows:
         t = e.device_time_total / 3
         print(f'{t / 1e3:8.3f} ms {100 * t / total:5.1f}%  x{e.count // 3:<4d} {e.key[:110]}')
+
+    # the host side, which bounds small batches: operators by their own CPU time (the profiler adds a few µs to
+    # each, so read it as a ranking); what the operators do not account for is Python between them
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(3):
+            step()
+        enqueue = (time.perf_counter() - t0) / 3 * 1e6
+        torch.cuda.synchronize()
+    ops = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CPU]
+    leaves = sum(e.self_cpu_time_total for e in ops) / 3
+    print(f'host per step (profiled): {enqueue / 1e3:.2f} ms enqueue, {leaves / 1e3:.2f} ms in operators\' own CPU '
+          f'time, {sum(e.count for e in ops if e.key.startswith("aten::")) // 3} aten calls')
+    for e in sorted(ops, key=lambda e: -e.self_cpu_time_total)[:args.top]:
+        t = e.self_cpu_time_total / 3
+        print(f'{t / 1e3:8.3f} ms {100 * t / enqueue:5.1f}%  x{e.count // 3:<4d} '
+              f'{t / max(1, e.count // 3):6.1f} µs/call  {e.key[:90]}')
 
 
 if __name__ == '__main__':
