@@ -12,11 +12,15 @@
 #     backbone's training step: with the host's data pipeline (15 workers), then with the pipeline on the GPU
 #     (the _gpu-aug recipe: nvJPEG decode and batched augmentation);
 #   - while time remains: both data pipelines alone (benchmarks/data_pipeline.py), bf16, other families' T configs.
-# Writes DIR (default $OUT): log.txt and train.tgz (every run's JSON, markdown, logs and generated config).
+# PARTS picks some of them (det seg cls pipeline more, the default: all, in this order); LIMIT (default 575) is the
+# seconds the whole script may take. Writes DIR (default $OUT): log.txt and train.tgz (every run's JSON, markdown,
+# logs and generated config).
 set -u
 dir=${1:-${OUT:?set OUT or pass an output directory}}
 wheels=${2:-.whl}
 LIMIT=${LIMIT:-575}
+PARTS=" ${PARTS:-det seg cls pipeline more} "
+part() { [[ "$PARTS" == *" $1 "* ]]; }
 mkdir -p "$dir"
 export PYTHONUNBUFFERED=1
 LOG=$dir/log.txt; R=$(mktemp -d)
@@ -26,22 +30,24 @@ echo "== setup done (${SECONDS}s)" >> "$LOG"
 run() { local lim=$1; shift; local left=$((LIMIT - SECONDS)); (( left < 45 )) && { echo "== skipped $1" >> "$LOG"; return; }
         timeout $(( lim < left ? lim : left )) python3 benchmarks/train_gpu.py "$@" >> "$LOG" 2>&1
         echo "== $1 done (${SECONDS}s)" >> "$LOG"; }
-run 160 det:configs/detection/mask-rcnn_vmamba-t_fpn_1x_coco.py:fp16 \
+part det && run 160 det:configs/detection/mask-rcnn_vmamba-t_fpn_1x_coco.py:fp16 \
     det:mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py:fp16 --out "$R/det" --iters 300
-run 170 seg:configs/segmentation/upernet_vmamba-t_8xb2-160k_ade20k-512x512.py:fp16 \
+part seg && run 170 seg:configs/segmentation/upernet_vmamba-t_8xb2-160k_ade20k-512x512.py:fp16 \
     seg:mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py:fp16 --out "$R/seg" --iters 300
-python3 tools/make_synthetic_data.py "$R/cls/data" --tasks cls --train-per-class 4 >> "$LOG" 2>&1
 CLS=configs/classification/vmamba/vmamba-t-s1l8_8xb128_in1k
-run 150 cls:$CLS.py:bf16 --out "$R/cls" --iters 60 --workers 15
-run 130 cls:${CLS}_gpu-aug.py:bf16 --out "$R/cls_gpu_aug" --iters 60 --workers 8 --no-bare
+{ part cls || part pipeline; } && python3 tools/make_synthetic_data.py "$R/cls/data" --tasks cls --train-per-class 4 \
+    >> "$LOG" 2>&1
+part cls && run 150 cls:$CLS.py:bf16 --out "$R/cls" --iters 60 --workers 15
+part cls && run 130 cls:${CLS}_gpu-aug.py:bf16 --out "$R/cls_gpu_aug" --iters 60 --workers 8 --no-bare
 pipeline() { local left=$((LIMIT - SECONDS)); (( left < 45 )) && return
              timeout $(( 40 < left ? 40 : left )) python3 benchmarks/data_pipeline.py "$@" >> "$LOG" 2>&1; }
-pipeline $CLS.py --data-root "$R/cls/data/imagenet" --workers 8 15 --batches 10 --json "$R/cls/data_pipeline.json"
-pipeline ${CLS}_gpu-aug.py --data-root "$R/cls/data/imagenet" --workers 4 8 --batches 10 \
+part pipeline && pipeline $CLS.py --data-root "$R/cls/data/imagenet" --workers 8 15 --batches 10 --json "$R/cls/data_pipeline.json"
+part pipeline && pipeline ${CLS}_gpu-aug.py --data-root "$R/cls/data/imagenet" --workers 4 8 --batches 10 \
     --json "$R/cls_gpu_aug/data_pipeline.json"
-run 90 det:configs/detection/mask-rcnn_vmamba-t_fpn_1x_coco.py:bf16 \
+part more && run 90 det:configs/detection/mask-rcnn_vmamba-t_fpn_1x_coco.py:bf16 \
     det:configs/detection/mask-rcnn_groupmamba-t_fpn_1x_coco.py:fp16 --out "$R/det2" --iters 300
-run 90 seg:configs/segmentation/upernet_vmamba-t_8xb2-160k_ade20k-512x512.py:bf16 --out "$R/seg2" --iters 300
+part more && run 90 seg:configs/segmentation/upernet_vmamba-t_8xb2-160k_ade20k-512x512.py:bf16 --out "$R/seg2" --iters 300
 (cd "$R" && find . \( -name '*.json' -o -name '*.md' -o -name '*.log' -o -name 'config.py' \) -not -path '*/data/*' \
     | tar czf "$dir/train.tgz" -T -)
 echo "== done (${SECONDS}s)" >> "$LOG"
+cat "$R"/*/train_gpu.md 2> /dev/null; grep -E "^== |Error|error:" "$LOG" | tail -n 20 | cut -c1-240
