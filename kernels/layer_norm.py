@@ -86,11 +86,11 @@ if _HAS_TRITON:
             tl.store(rstd_ptr + rows, rstd, mask=rmask)
 
     @triton.jit
-    def _ln_bwd_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, mean_ptr, rstd_ptr, dw_ptr, db_ptr, M, N, TILES,
+    def _ln_bwd_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, mean_ptr, rstd_ptr, part_ptr, M, N, TILES,
                        HAS_W: tl.constexpr, NEED_WB: tl.constexpr, GROUPS: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         # a fixed grid of programs, each over tiles pid, pid + programs, ...: its weight-gradient partials stay in
-        # registers, and the partials buffer has one [GROUPS, N] slot per program, not per tile
+        # registers, and the partials buffer has one [2, GROUPS, N] slot per program (dw, then db), not per tile
         pid = tl.program_id(0)
         cols = tl.arange(0, BLOCK_N)
         cmask = cols < N
@@ -118,10 +118,10 @@ if _HAS_TRITON:
                 dw += tl.sum(tl.reshape(dy * x_hat, (BLOCK_M // GROUPS, GROUPS, BLOCK_N)), axis=0)
                 db += tl.sum(tl.reshape(dy, (BLOCK_M // GROUPS, GROUPS, BLOCK_N)), axis=0)
         if NEED_WB:
-            part = pid.to(tl.int64) * GROUPS * N + tl.arange(0, GROUPS)[:, None] * N + cols[None, :]
+            part = pid.to(tl.int64) * 2 * GROUPS * N + tl.arange(0, GROUPS)[:, None] * N + cols[None, :]
             pmask = (tl.arange(0, GROUPS) < GROUPS)[:, None] & cmask[None, :]
-            tl.store(dw_ptr + part, dw, mask=pmask)
-            tl.store(db_ptr + part, db, mask=pmask)
+            tl.store(part_ptr + part, dw, mask=pmask)
+            tl.store(part_ptr + GROUPS * N + part, db, mask=pmask)
 
 
 def _programs(x: torch.Tensor) -> int:
@@ -182,13 +182,13 @@ def layer_norm_backward(grad: torch.Tensor, x: torch.Tensor, width: int, weight:
     block_m, block_n = _blocks(width, groups)
     tiles = triton.cdiv(rows, block_m)
     programs = max(1, min(tiles, _programs(x)))
-    dw = db = dx
-    if need_weight_grads:
-        dw = torch.empty(programs, groups, width, device=x.device, dtype=torch.float32)
-        db = torch.empty_like(dw)
+    partials = dx   # a dummy pointer the kernel never writes without NEED_WB
+    if need_weight_grads:   # dw's and db's partials in one buffer: one reduction launch for both
+        partials = torch.empty(programs, 2, groups, width, device=x.device, dtype=torch.float32)
     with on_device(x.device):
-        _ln_bwd_kernel[(programs,)](x, grad, dx, _affine(weight, x), mean, rstd, dw, db, rows, width, tiles,
+        _ln_bwd_kernel[(programs,)](x, grad, dx, _affine(weight, x), mean, rstd, partials, rows, width, tiles,
                                     weight is not None, need_weight_grads, groups, block_m, block_n, num_warps=_WARPS)
     if not need_weight_grads:
         return dx, None, None
-    return dx, dw.sum(0), db.sum(0)
+    dw, db = partials.sum(0).unbind(0)
+    return dx, dw, db
