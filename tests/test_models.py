@@ -6,6 +6,7 @@ stride, ``blocks``, token features) share the tests; where the contract differs,
 ``_hierarchical``, read from the model's ``feature_info`` reductions.
 """
 import functools
+import re
 
 import pytest
 import timm
@@ -245,3 +246,27 @@ def test_bad_arguments_are_named():
         timm.create_model('test_vmamba', downsample='v7')
     with pytest.raises(ValueError, match=r'dims has 3 entries but depths has 4'):
         timm.create_model('test_vmamba', dims=(8, 16, 32))
+
+
+@pytest.mark.parametrize('name', [m for m in MODELS if m.startswith('test_')])
+def test_every_block_reads_a_contiguous_map(name):
+    """The residual stream reaches each block as a contiguous map: a stem whose NCHW output is only viewed as NHWC
+    makes every block run on NCHW memory behind the view (a copy before each norm, adds of mixed layouts)."""
+    model = _model(name)
+    seen = []
+
+    def check(module, args):
+        x = args[0]
+        seen.append((module.__class__.__name__, x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last),
+                     tuple(x.shape), x.stride()))
+
+    blocks = [m for n, m in model.named_modules() if re.search(r'(^|\.)blocks\.\d+$', n)]
+    handles = [b.register_forward_pre_hook(check) for b in blocks]
+    try:
+        with torch.no_grad():
+            model(_input())
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(seen) == len(blocks) > 0
+    assert all(ok for _, ok, _, _ in seen), [s for s in seen if not s[1]]

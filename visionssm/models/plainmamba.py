@@ -216,7 +216,9 @@ class ConvPatchEmbed(nn.Module):
         self.grid_size = tuple(-(-(img_size // 2) // (patch_size // 2)) for _ in range(2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.convs(self.stem(x))
+        # channels-last convolutions: the tokens come out as a contiguous NHWC map (from an NCHW one every block
+        # would run on NCHW memory behind an NHWC view: a copy before each norm, adds of mixed layouts)
+        x = self.convs(self.stem(x.contiguous(memory_format=torch.channels_last)))
         x = self.projection(pad_to_stride(x, self.patch_size // 2))
         return x.permute(0, 2, 3, 1)
 

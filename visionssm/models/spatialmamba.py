@@ -77,7 +77,9 @@ class Stem(nn.Module):
         self.conv3 = nn.Sequential(ConvNormAct(half, dim * 4, 3, stride=2), ConvNormAct(dim * 4, dim, 1, act_layer=None))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv1(x)
+        # channels-last convolutions: their output permuted is a contiguous NHWC map. From an NCHW one every block
+        # would run on NCHW memory behind an NHWC view (a copy before each norm, adds of mixed layouts)
+        x = self.conv1(x.contiguous(memory_format=torch.channels_last))
         x = self.conv2(x) + x
         return self.conv3(x).permute(0, 2, 3, 1)
 
