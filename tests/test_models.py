@@ -5,7 +5,6 @@ Hierarchical models (feature maps at several reductions, ``stages``) and plain o
 stride, ``blocks``, token features) share the tests; where the contract differs, the test branches on
 ``_hierarchical``, read from the model's ``feature_info`` reductions.
 """
-import functools
 import re
 
 import pytest
@@ -15,6 +14,8 @@ from timm.models import group_parameters
 
 import visionssm
 from visionssm.models import FAMILIES
+
+from _model_cache import eval_model
 
 # Not run here: MambaVision's L variants (228-740M parameters; the 512-px ones pad a 64-px input's hybrid maps into
 # 32x32 windows) take minutes per test on a CPU, and mambavision_b_21k is mambavision_b's architecture with other
@@ -26,10 +27,6 @@ RELEASED = [m for m in MODELS if not m.startswith('test_')]
 SIZE = 64
 
 
-@functools.lru_cache(maxsize=None)
-def _model(name):
-    torch.manual_seed(0)
-    return timm.create_model(name).eval()
 
 
 def _hierarchical(model) -> bool:
@@ -55,7 +52,7 @@ def test_every_family_is_registered():
 
 @pytest.mark.parametrize('name', MODELS)
 def test_forward_features_and_head(name):
-    model = _model(name)
+    model = eval_model(name)
     x = _input()
     with torch.no_grad():
         feats = model.forward_features(x)
@@ -75,7 +72,7 @@ def test_forward_features_and_head(name):
 @pytest.mark.parametrize('name', MODELS)
 @pytest.mark.parametrize('size', [(67, 45), (33, 97)])
 def test_odd_and_non_square_inputs(name, size):
-    model = _model(name)
+    model = eval_model(name)
     with torch.no_grad():
         out = model(_input(1, size))
         feats = model.forward_intermediates(_input(1, size), intermediates_only=True)
@@ -111,7 +108,7 @@ def test_features_only(name):
     with torch.no_grad():
         feats = model(_input())
     assert [f.shape[1] for f in feats] == info.channels()
-    backbone = _model(name)
+    backbone = eval_model(name)
     if _hierarchical(backbone):
         assert [f.shape[-1] for f in feats] == [SIZE // r for r in info.reduction()]
     else:  # a simple feature pyramid rescaled from the plain map at the stem stride s (up by deconv, down by pool)
@@ -129,7 +126,7 @@ def test_features_only(name):
 
 @pytest.mark.parametrize('name', MODELS)
 def test_forward_intermediates(name):
-    model = _model(name)
+    model = eval_model(name)
     x = _input()
     with torch.no_grad():
         final, inter = model.forward_intermediates(x)
@@ -221,7 +218,7 @@ def test_vmamba_weights_are_the_official_releases(name):
 
 @pytest.mark.parametrize('name', [m for m in MODELS if m.startswith('test_')])
 def test_bfloat16_autocast(name):
-    model = _model(name)
+    model = eval_model(name)
     x = _input()
     with torch.no_grad():
         want = model(x)
@@ -252,7 +249,7 @@ def test_bad_arguments_are_named():
 def test_every_block_reads_a_contiguous_map(name):
     """The residual stream reaches each block as a contiguous map: a stem whose NCHW output is only viewed as NHWC
     makes every block run on NCHW memory behind the view (a copy before each norm, adds of mixed layouts)."""
-    model = _model(name)
+    model = eval_model(name)
     seen = []
 
     def check(module, args):

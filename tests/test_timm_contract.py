@@ -6,7 +6,6 @@ TorchScript. Traced graphs are compared with the eager model, value for value.
 The default-cfg checks run on every variant: at the cfg's input size on the meta device (shapes only), and on the
 CPU with values for the tiny ``test_*`` variants. Tracing and TorchScript run on the tiny variants.
 """
-import functools
 import math
 import sys
 import warnings
@@ -20,6 +19,8 @@ from torchvision.models import feature_extraction as tv_fx
 
 import visionssm  # noqa: F401  (registers the models)
 from visionssm.models import FAMILIES
+
+from _model_cache import eval_model
 from visionssm.ops import Route, selective_scan
 from visionssm.ops.selective_scan import TORCHSCRIPT_UNSUPPORTED
 
@@ -28,10 +29,6 @@ TINY = [m for m in MODELS if m.startswith('test_')]
 FORMATS = ('NCHW', 'NHWC', 'NLC')  # NLC: token features, which timm tests as non-standard (its ViTs)
 
 
-@functools.lru_cache(maxsize=None)
-def _model(name):
-    torch.manual_seed(0)
-    return timm.create_model(name).eval()
 
 
 def _input(model, batch=1, size=None, seed=0):
@@ -146,7 +143,7 @@ def _eager_module_outputs(model, modules, x):
 @pytest.mark.parametrize('name', TINY)
 def test_fx_forward_matches_eager(name):
     """timm's test_model_forward_fx, and the feature-info modules through timm's ``create_feature_extractor``."""
-    model = _model(name)
+    model = eval_model(name)
     x = _input(model)
     with torch.inference_mode():
         fx_out = list(_timm_fx_model(model)(x).values())
@@ -165,7 +162,7 @@ def test_fx_forward_matches_eager(name):
 def test_fx_symbolic_trace(name):
     """A plain trace with timm's leaves: the scan op is a leaf node, and nothing size-dependent is frozen into the
     graph (other input sizes, odd and non-square, still match eager)."""
-    model = _model(name)
+    model = eval_model(name)
     graph_module = torch.fx.GraphModule(model, _LeafTracer().trace(model))
     scans = [n for n in graph_module.graph.nodes if n.op == 'call_function' and n.target is selective_scan]
     assert scans, 'selective_scan is not a leaf of the traced graph'
@@ -207,7 +204,7 @@ def test_features_only_fx(name):
     model's own ``output_fmt``, equal to eager."""
     torch.manual_seed(0)
     features = timm.create_model(name, features_only=True, feature_cls='fx').eval()
-    model = _model(name)
+    model = eval_model(name)
     fmt = _output_fmt(model)
     assert features.output_fmt == fmt
     info = features.feature_info
@@ -237,7 +234,7 @@ def _script(module):
 def test_torchscript(name):
     """Scripts (built under timm's ``set_scriptable(True)``, as timm's test_model_forward_torchscript) and matches
     eager; or refuses both with ``TORCHSCRIPT_UNSUPPORTED``, the reason being stated in the family's docstring."""
-    model = _model(name)
+    model = eval_model(name)
     try:
         _script(model)
     except RuntimeError as e:
