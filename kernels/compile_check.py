@@ -156,20 +156,36 @@ def record_long_scans(dtypes: Sequence[torch.dtype], arch: int = ARCH) -> list:
                                      leaf(k * width, dt=torch.float32), leaf(k * width, dt=torch.float32),
                                      routes=routes, merge=merge, out_channels=width, backend='triton')
                 out.float().sum().backward()
-        return list(recorded) + int64_offset_variants(recorded)
+        return list(recorded) + int64_offset_variants(recorded) + states_only_variants(recorded)
+
+
+def _variants(launches: Iterable[Launch], constexpr: str) -> list:
+    """The launches whose kernel has ``constexpr`` and passes it as ``value``, again with ``not value``."""
+    out = []
+    for launch in launches:
+        names = [p.name for p in launch.kernel.params]
+        if constexpr in names:
+            path = (names.index(constexpr),)
+            value = launch.constexprs.get(path)
+            if isinstance(value, bool):
+                out.append(launch._replace(constexprs={**launch.constexprs, path: not value}))
+    return out
 
 
 def int64_offset_variants(launches: Iterable[Launch]) -> list:
     """The sequential scan kernels' launches again with 64-bit position offsets (``OFF64``, which the host picks for
     maps whose offsets could pass 2^31 elements: too large to record on a CPU)."""
-    out = []
-    for launch in launches:
-        names = [p.name for p in launch.kernel.params]
-        if 'OFF64' in names:
-            path = (names.index('OFF64'),)
-            if launch.constexprs.get(path) is False:
-                out.append(launch._replace(constexprs={**launch.constexprs, path: True}))
-    return out
+    return [v for v in _variants(launches, 'OFF64') if v.constexprs[(_index(v, 'OFF64'),)]]
+
+
+def states_only_variants(launches: Iterable[Launch]) -> list:
+    """The forward kernels' launches that write an output, again without (``WRITE_OUT``): the backward's
+    recomputation of the checkpoints takes whichever forward kernel the plan picks, chunked ones included."""
+    return [v for v in _variants(launches, 'WRITE_OUT') if not v.constexprs[(_index(v, 'WRITE_OUT'),)]]
+
+
+def _index(launch: Launch, name: str) -> int:
+    return [p.name for p in launch.kernel.params].index(name)
 
 
 def check(launches: Sequence[Launch], arch: int = ARCH, log=print) -> list:

@@ -219,7 +219,8 @@ if _HAS_TRITON:
             BD: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, CK: tl.constexpr, OFF64: tl.constexpr,
             EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, PREFETCH: tl.constexpr,
             HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr,
-            ATOMIC: tl.constexpr, SAVE: tl.constexpr, SEG: tl.constexpr, SPLIT: tl.constexpr):
+            ATOMIC: tl.constexpr, SAVE: tl.constexpr, SEG: tl.constexpr, SPLIT: tl.constexpr,
+            WRITE_OUT: tl.constexpr):
         # One program walks its route chunk by chunk. A chunk is BT steps unrolled at compile time: every load of
         # the chunk is issued before its arithmetic (BT independent rows in flight, not one memory latency per
         # step), and the state stays in registers as a [BD, BN] tile, one channel per lane along BD. Loads carry
@@ -260,48 +261,50 @@ if _HAS_TRITON:
         h = tl.zeros([BD, BN], dtype=tl.float32)
         if SAVE:   # slot 0: the zero state entering the first chunk (the buffer is not zero-filled)
             tl.store(ck_base, h, mask=mdn)
+        WITH_C: tl.constexpr = WRITE_OUT and not HIDDEN   # C is read for the output only
         n_chunks = tl.cdiv(length, BT)
         if PREFETCH:
             rows = _chunk_loads(pos_ptr, start, pstart, 0, length, u_base, d_base, B_base, C_base, u_base, su_p, sd_p,
-                                sB_p, sC_p, 0, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N, not HIDDEN, False, HIDDEN,
-                                sh_ptr, N, False, SPLIT)
+                                sB_p, sC_p, 0, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N, WITH_C, False, HIDDEN, sh_ptr, N,
+                                False, SPLIT)
         for c in range(0, n_chunks):
             t0 = c * BT
             if PREFETCH:
                 cur = rows
                 rows = _chunk_loads(pos_ptr, start, pstart, tl.minimum(c + 1, n_chunks - 1) * BT, length, u_base,
                                     d_base, B_base, C_base, u_base, su_p, sd_p, sB_p, sC_p, 0, md, mn, mdn, BT, OFF64,
-                                    EVEN_D, EVEN_N, not HIDDEN, False, HIDDEN, sh_ptr, N, False, SPLIT)
+                                    EVEN_D, EVEN_N, WITH_C, False, HIDDEN, sh_ptr, N, False, SPLIT)
             else:
                 cur = _chunk_loads(pos_ptr, start, pstart, t0, length, u_base, d_base, B_base, C_base, u_base, su_p,
-                                   sd_p, sB_p, sC_p, 0, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N, not HIDDEN, False,
-                                   HIDDEN, sh_ptr, N, False, SPLIT)
+                                   sd_p, sB_p, sC_p, 0, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N, WITH_C, False, HIDDEN,
+                                   sh_ptr, N, False, SPLIT)
             for i in tl.static_range(BT):
                 ok = t0 + i < length
                 u = cur[7 * i + 1].to(tl.float32)
                 dt = _to_dt(cur[7 * i + 2], bias, HAS_BIAS, SOFTPLUS)
                 h = _exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * cur[7 * i + 3].to(tl.float32)[None, :]
-                ptrs = o_base + cur[7 * i] * so_p + _out_shift(sh_ptr, start, t0 + i, length, N, SEG, HIDDEN)
-                if HIDDEN:
-                    y = h * scale
-                    m = ok & mdn
-                    if ATOMIC:
-                        tl.atomic_add(ptrs, y, mask=m, sem='relaxed')
+                if WRITE_OUT:   # off: the backward's recomputation, which wants the checkpoints only
+                    ptrs = o_base + cur[7 * i] * so_p + _out_shift(sh_ptr, start, t0 + i, length, N, SEG, HIDDEN)
+                    if HIDDEN:
+                        y = h * scale
+                        m = ok & mdn
+                        if ATOMIC:
+                            tl.atomic_add(ptrs, y, mask=m, sem='relaxed')
+                        else:
+                            tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=m)
                     else:
-                        tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=m)
-                else:
-                    y = tl.sum(h * cur[7 * i + 4].to(tl.float32)[None, :], axis=1)
-                    if HAS_D:
-                        y = y + Dv * u
-                    y = y * scale
-                    if EVEN_D:
-                        m = ok
-                    else:
-                        m = ok & md
-                    if ATOMIC:
-                        tl.atomic_add(ptrs, y, mask=m, sem='relaxed')
-                    else:
-                        tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=m)
+                        y = tl.sum(h * cur[7 * i + 4].to(tl.float32)[None, :], axis=1)
+                        if HAS_D:
+                            y = y + Dv * u
+                        y = y * scale
+                        if EVEN_D:
+                            m = ok
+                        else:
+                            m = ok & md
+                        if ATOMIC:
+                            tl.atomic_add(ptrs, y, mask=m, sem='relaxed')
+                        else:
+                            tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=m)
                 if SAVE:   # slot j holds the state entering the backward's chunk j, every CK steps
                     if BT % CK == 0:
                         if (i + 1) % CK == 0:
@@ -536,7 +539,7 @@ if _HAS_TRITON:
             W, N, K, NBLK, NCK, seqs, scale,
             BT: tl.constexpr, BD: tl.constexpr, BN: tl.constexpr, VEC: tl.constexpr,
             HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr,
-            ATOMIC: tl.constexpr, SPLIT: tl.constexpr):
+            ATOMIC: tl.constexpr, SPLIT: tl.constexpr, WRITE_OUT: tl.constexpr):
         # One program per chunk of BT steps of one (batch, route, channel block): load the chunk's [BT, BD] of
         # u / delta and [BT, BN] of B / C at once, scan it along time from a zero state (pa: decay products,
         # sx: states), then take the state entering the chunk from the previous chunk's program (slot c of
@@ -564,7 +567,7 @@ if _HAS_TRITON:
         u = tl.load(u_ptr + b * su_b + in_off + d[None, :] + p * su_p, mask=mtd, other=0.0).to(tl.float32)
         dt = _dt(delta_ptr + b * sd_b + k * sd_k + d[None, :] + q * sd_p, mtd, bias_ptr, ch, md, HAS_BIAS, SOFTPLUS)
         Bt = tl.load(B_ptr + b * sB_b + k * sB_k + n[None, :] + q * sB_p, mask=mtn, other=0.0).to(tl.float32)
-        if not HIDDEN:
+        if WRITE_OUT and not HIDDEN:
             Ct = tl.load(C_ptr + b * sC_b + k * sC_k + n[None, :] + q * sC_p, mask=mtn, other=0.0).to(tl.float32)
         a = tl.where(mt[:, None, None], tl.exp(dt[:, :, None] * A), 1.0)    # past the route's end: identity
         x = (dt * u)[:, :, None] * Bt[:, None, :]
@@ -580,25 +583,27 @@ if _HAS_TRITON:
             h_out = _row(pa, r, BT - 1) * h_in + _row(sx, r, BT - 1)
             _publish(state_ptr + slot + W * N, h_out, mdn, flags + c + 1)
 
-        hs = pa * h_in[None, :, :] + sx                                     # [BT, BD, BN]
-        if HIDDEN:
-            y = hs * scale
-            ptrs = out_ptr + b * so_b + ((out_off + d)[:, None] * N + n[None, :])[None, :, :] + p[:, :, None] * so_p
-            m3 = mt[:, None, None] & mdn[None, :, :]
-            if ATOMIC:
-                tl.atomic_add(ptrs, y, mask=m3, sem='relaxed')
+        if WRITE_OUT:   # off: the backward's recomputation, which wants the checkpoints (the slots) only
+            hs = pa * h_in[None, :, :] + sx                                 # [BT, BD, BN]
+            if HIDDEN:
+                y = hs * scale
+                ptrs = (out_ptr + b * so_b + ((out_off + d)[:, None] * N + n[None, :])[None, :, :]
+                        + p[:, :, None] * so_p)
+                m3 = mt[:, None, None] & mdn[None, :, :]
+                if ATOMIC:
+                    tl.atomic_add(ptrs, y, mask=m3, sem='relaxed')
+                else:
+                    tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=m3)
             else:
-                tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=m3)
-        else:
-            y = tl.sum(hs * Ct[:, None, :], axis=2)
-            if HAS_D:
-                y = y + tl.load(D_ptr + ch, mask=md, other=0.0)[None, :] * u
-            y = y * scale
-            ptrs = out_ptr + b * so_b + out_off + d[None, :] + p * so_p
-            if ATOMIC:
-                tl.atomic_add(ptrs, y, mask=mtd, sem='relaxed')
-            else:
-                tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=mtd)
+                y = tl.sum(hs * Ct[:, None, :], axis=2)
+                if HAS_D:
+                    y = y + tl.load(D_ptr + ch, mask=md, other=0.0)[None, :] * u
+                y = y * scale
+                ptrs = out_ptr + b * so_b + out_off + d[None, :] + p * so_p
+                if ATOMIC:
+                    tl.atomic_add(ptrs, y, mask=mtd, sem='relaxed')
+                else:
+                    tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=mtd)
 
     @triton.jit
     def _scan_bwd_chunked_kernel(
@@ -1039,9 +1044,13 @@ def _f32(t: Optional[torch.Tensor]):
 
 
 def triton_forward(u, delta, A, B, C, D, delta_bias, plan: RoutePlan, delta_softplus: bool, return_hidden: bool,
-                   mean: bool, out_dtype: Optional[torch.dtype], need_grad: bool):
+                   mean: bool, out_dtype: Optional[torch.dtype], need_grad: bool, states_only: bool = False):
     """Forward kernel on flattened maps: returns ``(out, ckpt)``, ``ckpt`` the states saved for
-    ``triton_backward`` (an empty tensor when ``need_grad`` is False)."""
+    ``triton_backward`` (an empty tensor when ``need_grad`` is False). ``states_only`` (with ``need_grad``): the
+    checkpoints alone, ``out`` None; the kernel neither reads C nor writes an output (the backward's
+    recomputation)."""
+    if states_only and not need_grad:
+        raise ValueError('triton_forward: states_only computes the checkpoints, which need need_grad=True')
     u, delta, B, C = _prep(u), _prep(delta), _prep(B), _prep(C)
     batch, num_pos, _ = u.shape
     dev = u.device
@@ -1052,7 +1061,9 @@ def triton_forward(u, delta, A, B, C, D, delta_bias, plan: RoutePlan, delta_soft
     out_dtype = out_dtype or u.dtype
     hidden = (N,) if return_hidden else ()
     alloc = torch.zeros if launch.zero else torch.empty
-    if launch.merge == 'routes':      # one output block per route, summed below
+    if states_only:                   # no output: a pointer the kernel never writes through
+        out = A32.new_empty((1, 1))
+    elif launch.merge == 'routes':    # one output block per route, summed below
         out = alloc((batch, num_pos, K * plan.out_channels) + hidden, device=dev, dtype=out_dtype)
     else:
         out = alloc((batch, num_pos, plan.out_channels) + hidden, device=dev,
@@ -1063,7 +1074,8 @@ def triton_forward(u, delta, A, B, C, D, delta_bias, plan: RoutePlan, delta_soft
     strides = (su[0], su[1], sd[0], sd[1], _route_stride(delta, W), sB[0], sB[1], sB[2], sC[0], sC[1], sC[2], so[0],
                so[1])
     flags = dict(HAS_D=D is not None and not return_hidden, HAS_BIAS=delta_bias is not None,
-                 SOFTPLUS=bool(delta_softplus), HIDDEN=bool(return_hidden), ATOMIC=launch.merge == 'atomic')
+                 SOFTPLUS=bool(delta_softplus), HIDDEN=bool(return_hidden), ATOMIC=launch.merge == 'atomic',
+                 WRITE_OUT=not states_only)
     # the states entering every chunk (slot 0 written by the kernels): the backward's checkpoints, and the chunked
     # kernels' chain
     ckpt = torch.empty((batch, K, launch.nck, W, N) if (need_grad or launch.chunked) else (0,), device=dev,
@@ -1081,6 +1093,8 @@ def triton_forward(u, delta, A, B, C, D, delta_bias, plan: RoutePlan, delta_soft
                                        *strides, W, N, K, launch.nck, scale,
                                        OFF64=_off64(num_pos, su[1], sd[1], sB[1], sC[1], so[1]),
                                        **launch.consts, **flags)
+    if states_only:
+        return None, ckpt
     if launch.merge == 'routes':
         out = out.view(batch, num_pos, K, plan.out_channels, *hidden).sum(2)
     if out.dtype != out_dtype:
@@ -1095,7 +1109,7 @@ def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePla
     C are typically strided views of one projection); the gradients are contiguous."""
     if ckpt.numel() == 0:   # the forward kept no checkpoints (keeps_states): write them now, for this scan only
         ckpt = triton_forward(u, delta, A, B, C, D, delta_bias, plan, delta_softplus, return_hidden, mean, None,
-                              True)[1]
+                              True, states_only=True)[1]
     dout, u, delta, B, C = _prep(dout), _prep(u), _prep(delta), _prep(B), _prep(C)
     batch, num_pos, in_ch = u.shape
     dev = u.device

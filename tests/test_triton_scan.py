@@ -413,13 +413,16 @@ def _saved_checkpoints(case, choice, monkeypatch):
     return out, grads, checkpoints, TS.checkpoint_shape(c['batch'], plan, c['n_state'], torch.device('cpu'))
 
 
+@pytest.mark.parametrize('kernel', [None, 'chunked'], ids=['own_choice', 'chunked'])
 @pytest.mark.parametrize('case', ['long_route_nstate16', 'cross_nstate3_mean', 'snake_params_at_step',
                                   'hidden_one_route', 'lattice_unequal_lengths'])
-def test_recomputed_checkpoints_give_the_same_gradients(case, monkeypatch):
-    """Checkpoints kept by the forward, or written by a forward run again in the backward (keeps_states): the same
-    kernel computes the same states, so every gradient is bit-equal; only the kept ones are saved."""
+def test_recomputed_checkpoints_give_the_same_gradients(case, kernel, monkeypatch):
+    """Checkpoints kept by the forward, or written in the backward by the forward kernel run again without its
+    output (keeps_states, states_only): the same states, so every gradient is bit-equal; only the kept ones are
+    saved."""
     if _NEEDS_SUBPROCESS:
         pytest.skip('runs in test_cpu_cases_in_fresh_process')
+    monkeypatch.setattr(TS, 'FORCE_KERNEL', kernel)
     out_k, grads_k, saved_k, shape = _saved_checkpoints(case, 'keep', monkeypatch)
     out_r, grads_r, saved_r, _ = _saved_checkpoints(case, 'recompute', monkeypatch)
     assert saved_k == [shape] and saved_r == []
@@ -427,6 +430,28 @@ def test_recomputed_checkpoints_give_the_same_gradients(case, monkeypatch):
     for name, g in grads_k.items():
         assert (g is None) == (grads_r[name] is None), name
         assert g is None or torch.equal(g, grads_r[name]), name
+
+
+@pytest.mark.parametrize('kernel', [None, 'chunked'], ids=['own_choice', 'chunked'])
+@pytest.mark.parametrize('case', ['cross_nstate3_mean', 'hidden_one_route', 'long_route_nstate16'])
+def test_states_only_forward_writes_the_checkpoints_alone(case, kernel, monkeypatch):
+    """``triton_forward(states_only=True)``: the checkpoints of the full forward, bit for bit, and no output. (Routes
+    of equal lengths: a shorter route leaves its last slots unwritten, and never read, in either buffer; the
+    gradient test above covers those.)"""
+    if _NEEDS_SUBPROCESS:
+        pytest.skip('runs in test_cpu_cases_in_fresh_process')
+    monkeypatch.setattr(TS, 'FORCE_KERNEL', kernel)
+    c = KERNEL_CASES[case]
+    plan = R.plan_routes(c['routes'], c['height'], c['width_px'], c['width'], c['in_ch'], c['out_ch'])
+    x = _make(plan, c['batch'], c['n_state'], c['dtype'], hidden=c.get('hidden', False), seed=7)
+    args = (x['u'], x['delta'], x['A'], x['B'], x['C'], x['D'], x['delta_bias'], plan, True, c.get('hidden', False),
+            c.get('mean', False), None, True)
+    out, ckpt = TS.triton_forward(*args)
+    none, states = TS.triton_forward(*args, states_only=True)
+    assert none is None and out is not None
+    assert torch.equal(states, ckpt)
+    with pytest.raises(ValueError, match='need_grad'):
+        TS.triton_forward(*args[:-1], False, states_only=True)
 
 
 @pytest.mark.parametrize('kernel', [None, 'chunked'], ids=['own_choice', 'chunked'])
@@ -502,21 +527,22 @@ def test_recomputation_inside_a_backward(reentrant, monkeypatch):
     calls = []
     forward = TS.triton_forward
 
-    def counted(*args):
-        calls.append(args[-1])   # need_grad: whether this forward writes checkpoints
-        return forward(*args)
+    def counted(*args, states_only=False):
+        # need_grad: whether this forward writes checkpoints; 'states': it writes them alone (no output)
+        calls.append('states' if states_only else args[-1])
+        return forward(*args, states_only=states_only)
     monkeypatch.setattr(TS, 'triton_forward', counted)
     run = lambda *t: TS.selective_scan_triton(*t, plan)
     out = torch.utils.checkpoint.checkpoint(run, *inputs.values(), use_reentrant=reentrant)
     out.sum().backward()
-    assert calls == ([False, True] if reentrant else [False, False, True])
+    assert calls == ([False, True] if reentrant else [False, False, 'states'])
     want = {k: v.grad.clone() for k, v in inputs.items() if v is not None}
     for v in inputs.values():
         if v is not None:
             v.grad = None
     calls.clear()
     run(*inputs.values()).sum().backward()
-    assert calls == [False, True]    # the backward writes them itself
+    assert calls == [False, 'states']    # the backward writes them itself, without an output
     for k, g in want.items():
         assert torch.equal(g, inputs[k].grad), k
 
