@@ -159,33 +159,28 @@ def record_long_scans(dtypes: Sequence[torch.dtype], arch: int = ARCH) -> list:
         return list(recorded) + int64_offset_variants(recorded) + states_only_variants(recorded)
 
 
-def _variants(launches: Iterable[Launch], constexpr: str) -> list:
-    """The launches whose kernel has ``constexpr`` and passes it as ``value``, again with ``not value``."""
+def _with_constexpr(launches: Iterable[Launch], name: str, value: bool) -> list:
+    """The launches whose kernel takes the constexpr ``name`` and passes ``not value``, again with ``value``."""
     out = []
     for launch in launches:
         names = [p.name for p in launch.kernel.params]
-        if constexpr in names:
-            path = (names.index(constexpr),)
-            value = launch.constexprs.get(path)
-            if isinstance(value, bool):
-                out.append(launch._replace(constexprs={**launch.constexprs, path: not value}))
+        if name in names:
+            path = (names.index(name),)
+            if launch.constexprs.get(path) is (not value):
+                out.append(launch._replace(constexprs={**launch.constexprs, path: value}))
     return out
 
 
 def int64_offset_variants(launches: Iterable[Launch]) -> list:
     """The sequential scan kernels' launches again with 64-bit position offsets (``OFF64``, which the host picks for
     maps whose offsets could pass 2^31 elements: too large to record on a CPU)."""
-    return [v for v in _variants(launches, 'OFF64') if v.constexprs[(_index(v, 'OFF64'),)]]
+    return _with_constexpr(launches, 'OFF64', True)
 
 
 def states_only_variants(launches: Iterable[Launch]) -> list:
     """The forward kernels' launches that write an output, again without (``WRITE_OUT``): the backward's
     recomputation of the checkpoints takes whichever forward kernel the plan picks, chunked ones included."""
-    return [v for v in _variants(launches, 'WRITE_OUT') if not v.constexprs[(_index(v, 'WRITE_OUT'),)]]
-
-
-def _index(launch: Launch, name: str) -> int:
-    return [p.name for p in launch.kernel.params].index(name)
+    return _with_constexpr(launches, 'WRITE_OUT', False)
 
 
 def check(launches: Sequence[Launch], arch: int = ARCH, log=print) -> list:
