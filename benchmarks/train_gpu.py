@@ -4,7 +4,8 @@ then evaluate the last checkpoint with ``tools/test.py``. Each run is ``tools/tr
 synthetic COCO / ADE20K set or ImageNet folder written by ``tools/make_synthetic_data.py`` (the configs' own
 pipelines apply: for classification the full recipe, RandAugment, random erasing, Mixup/CutMix and EMA).
 
-    python benchmarks/train_gpu.py --out DIR [--iters 300] [--num-train 64] [--size 480 640] \\
+    python benchmarks/train_gpu.py --out DIR [--iters 300] [--num-train 64] [--size 480 640] [--profile 5] \\
+        [--time-limit S] \\
         det:configs/detection/mask-rcnn_vmamba-t_fpn_1x_coco.py:fp16 \\
         det:mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py:bf16 \\
         seg:configs/segmentation/upernet_vmamba-t_8xb2-160k_ade20k-512x512.py:fp16 \\
@@ -18,7 +19,10 @@ JPEGs of ImageNet-like sizes (a ``_gpu-aug`` config decodes and augments them on
 and its ``data s/iter`` is only the reading of files); a bf16/fp32 classification run is followed by
 ``tools/benchmark.py``'s training step of the bare backbone at the same batch, precision and drop path
 (``bare_img_per_s``; ``pipeline_efficiency`` is the ratio). Writes ``DIR/train_gpu.json`` and
-``DIR/train_gpu.md``; each run's logs stay in ``DIR/<run>/``.
+``DIR/train_gpu.md``; each run's logs stay in ``DIR/<run>/`` (streamed there: a run cut by ``--time-limit`` or
+killed keeps them, and a cut run still reports its logged iterations). ``--profile N`` adds
+``visionssm.StepProfileHook`` over N iterations of each run: wall, data-wait and GPU kernel time per iteration, and
+the forward's host and kernel time per model part (backbone, neck, heads).
 """
 from __future__ import annotations
 
@@ -26,11 +30,13 @@ import argparse
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,6 +76,33 @@ def bare_training_throughput(config: str, precision: str, batch: int, out: Path)
                 bare_peak_mem_gib=round(ok[0]['peak_mem_gib'], 2))
 
 
+def _run_logged(cmd: list, log: Path, time_limit: Optional[float]) -> str:
+    """Run ``cmd`` with its output streamed to ``log`` (a run cut short keeps what it wrote); 'ok' or what failed."""
+    with open(log, 'w') as f:
+        # its own process group: a cut run's data-loader workers go with it
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            code = proc.wait(timeout=time_limit)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return f'cut after {time_limit:g} s'
+    if code == 0:
+        return 'ok'
+    lines = [l for l in log.read_text(errors='replace').strip().splitlines() if l.strip()]
+    return f'failed ({code}): ' + (lines[-1][:300] if lines else '?')
+
+
+def test_metrics(log: str) -> str:
+    """The evaluation line of a tools/test.py log: mmdet / mmpretrain print ``Epoch(test)``, mmseg ``Iter(test)``,
+    each followed by the ``[n/n]`` progress and the metrics."""
+    lines = [l for l in log.splitlines() if '(test)' in l and any(k in l for k in ('bbox_mAP', 'mIoU', 'accuracy/top1'))]
+    if not lines:
+        return ''
+    tail = lines[-1].split('(test)', 1)[1].strip()
+    return tail.split(']', 1)[1].strip()[:300] if tail.startswith('[') else tail[:300]
+
+
 def run_one(task: str, config: str, precision: str, args, data_root: Path, out: Path) -> dict:
     from visionssm.mm.synthetic import dataset_cfg_options
     name = f'{Path(config.split("::")[-1]).stem}_{precision}'
@@ -84,6 +117,9 @@ def run_one(task: str, config: str, precision: str, args, data_root: Path, out: 
     hooks = list(_base_config(config).get('custom_hooks', [])) + [dict(type='visionssm.LossScaleHook')]
     if task == 'det':  # mmdet's check stops the run at the first non-finite loss (mmseg and mmengine have none)
         hooks.append(dict(type='mmdet.CheckInvalidLossHook', interval=1))
+    if args.profile:   # after two thirds of the run: warmed up, and most logged iterations stay unprofiled
+        hooks.append(dict(type='visionssm.StepProfileHook', iters=args.profile,
+                          start=max(0, min(args.iters - args.profile, args.iters * 2 // 3))))
     # a local config that inherits (so mmdet:: / mmseg:: configs work too) and sets what the run changes
     if task in ('det', 'cls'):
         loop = f'train_cfg = dict(max_epochs={epochs}, val_interval={epochs})\n' \
@@ -107,11 +143,9 @@ def run_one(task: str, config: str, precision: str, args, data_root: Path, out: 
     cmd = [sys.executable, str(ROOT / 'tools/train.py'), str(cfg_path), '--work-dir', str(work_dir),
            '--cfg-options'] + [f'{k}={v}' for k, v in opts.items()]
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    (work_dir / 'train.log').write_text(proc.stdout + proc.stderr)
-    row = dict(task=task, config=config, precision=precision, batch=batch, workers=args.workers, wall_s=round(time.time() - t0, 1),
-               status='ok' if proc.returncode == 0 else f'train failed ({proc.returncode}): '
-               + (proc.stderr.strip().splitlines() or ['?'])[-1][:300])
+    status = _run_logged(cmd, work_dir / 'train.log', args.time_limit)
+    row = dict(task=task, config=config, precision=precision, batch=batch, workers=args.workers,
+               wall_s=round(time.time() - t0, 1), status=status)
     logs = [s for s in _scalars(work_dir) if 'loss' in s and 'time' in s]
     if logs:
         steady = [s for s in logs if s.get('step', 0) > min(50, args.iters // 2)] or logs
@@ -125,17 +159,17 @@ def run_one(task: str, config: str, precision: str, args, data_root: Path, out: 
                    loss_first=round(statistics.mean(losses[:k]), 4), loss_last=round(statistics.mean(losses[-k:]), 4),
                    nonfinite_losses=sum(not math.isfinite(x) for x in losses),
                    loss_scale_min=min(scales) if scales else None, loss_scale_last=scales[-1] if scales else None)
+    profile = work_dir / 'step_profile.json'
+    if profile.exists():
+        prof = json.loads(profile.read_text())
+        row.update(profile={k: prof.get(k) for k in ('iters', 'wall_ms', 'data_ms', 'kernel_ms', 'gpu_busy', 'forward')})
     ckpts = sorted(work_dir.glob('*.pth'), key=os.path.getmtime)
-    if proc.returncode == 0 and ckpts:
-        test = subprocess.run([sys.executable, str(ROOT / 'tools/test.py'), str(cfg_path), str(ckpts[-1]),
-                               '--work-dir', str(work_dir / 'test'), '--cfg-options']
-                              + [f'{k}={v}' for k, v in opts.items()],
-                              cwd=ROOT, capture_output=True, text=True)
-        (work_dir / 'test.log').write_text(test.stdout + test.stderr)
-        metric_lines = [l for l in test.stdout.splitlines()
-                        if ('bbox_mAP' in l or 'mIoU' in l or 'accuracy/top1' in l) and 'Epoch(test)' in l]
-        row['test'] = metric_lines[-1].split('Epoch(test)')[-1].strip()[:300] if metric_lines else \
-            f'test failed ({test.returncode})' if test.returncode else 'no metrics line'
+    if status == 'ok' and ckpts:
+        test_cmd = [sys.executable, str(ROOT / 'tools/test.py'), str(cfg_path), str(ckpts[-1]),
+                    '--work-dir', str(work_dir / 'test'), '--cfg-options'] + [f'{k}={v}' for k, v in opts.items()]
+        test_status = _run_logged(test_cmd, work_dir / 'test.log', args.time_limit)
+        metrics = test_metrics((work_dir / 'test.log').read_text())
+        row['test'] = metrics or (f'test {test_status}' if test_status != 'ok' else 'no metrics line')
     if task == 'cls' and precision != 'fp16' and args.bare:  # tools/benchmark.py has no fp16 autocast mode
         row.update(bare_training_throughput(config, precision, batch, work_dir))
         if row.get('bare_img_per_s') and row.get('img_per_s'):
@@ -153,6 +187,17 @@ def to_markdown(rows: list[dict]) -> str:
                      f"{r.get('bare_img_per_s', '–')} | {r.get('peak_mem_gib', '–')} | "
                      f"{r.get('loss_first', '–')} → {r.get('loss_last', '–')} | {r.get('nonfinite_losses', '–')} | "
                      f"{r.get('loss_scale_min', '–')} | {r.get('test', '–')} | {r['status']} |")
+    profiled = [r for r in rows if r.get('profile')]
+    if profiled:
+        lines += ['', '| config | precision | profiled iters | wall ms/iter | data wait ms | GPU kernel ms | GPU busy | '
+                  'forward host ms / kernel ms by part |', '|---|---|---|---|---|---|---|---|']
+        for r in profiled:
+            p = r['profile']
+            parts = ', '.join(f"{name} {v['host_ms']} / {v['kernel_ms'] if v['kernel_ms'] is not None else '–'}"
+                              for name, v in (p.get('forward') or {}).items())
+            lines.append(f"| `{r['config']}` | {r['precision']} | {p['iters']} | {p['wall_ms']} | {p['data_ms']} | "
+                         f"{p['kernel_ms'] if p['kernel_ms'] is not None else '–'} | "
+                         f"{p['gpu_busy'] if p['gpu_busy'] is not None else '–'} | {parts} |")
     return '\n'.join(lines) + '\n'
 
 
@@ -171,6 +216,12 @@ def main(argv=None) -> list[dict]:
     p.add_argument('--cls-per-class', type=int, default=4, help='classification: training JPEGs per class')
     p.add_argument('--no-bare', dest='bare', action='store_false',
                    help='classification: skip the bare-backbone training benchmark')
+    p.add_argument('--time-limit', type=float, default=None, metavar='S',
+                   help='seconds each tools/train.py / tools/test.py call may take; a run cut there keeps its logged '
+                        'iterations in the report (status "cut after S s")')
+    p.add_argument('--profile', type=int, default=0, metavar='N',
+                   help='profile N training iterations two thirds into each run (visionssm.StepProfileHook): wall, '
+                        'data wait and GPU kernel time per iteration, per model part; DIR/<run>/step_profile.json')
     p.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                    help='passed to every tools/train.py and tools/test.py call (e.g. a smaller model for a smoke run)')
     args = p.parse_args(argv)

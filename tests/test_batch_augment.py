@@ -334,7 +334,8 @@ def test_train_gpu_aug_recipe_on_a_generated_image_folder(tmp_path):
     options = ['data_preprocessor.img_size=32', 'model.backbone.model_name=test_vmamba', 'model.num_classes=3',
                f'train_dataloader.dataset.data_root={root}', f'val_dataloader.dataset.data_root={root}',
                'train_dataloader.batch_size=4', 'val_dataloader.batch_size=4',
-               'train_dataloader.num_workers=0', 'val_dataloader.num_workers=0',
+               # one worker: the batches cross a process boundary as pack_collate packs them
+               'train_dataloader.num_workers=1', 'val_dataloader.num_workers=0',
                'train_dataloader.persistent_workers=False', 'val_dataloader.persistent_workers=False',
                'train_cfg.max_epochs=1', 'experiment_name=gpu_aug_recipe']
     work_dir = tmp_path / 'work'

@@ -168,13 +168,22 @@ def test_train_gpu_driver_reports_a_run(tmp_path):
                   'test_dataloader.dataset.pipeline.1.scale': (128, 128), **QUIET_LOADERS})
     options = _argv('unused', options=small, name='unused')[2:-2]
     rows = driver.main(['--out', str(tmp_path), '--iters', '4', '--num-train', '4', '--num-val', '1', '--batch', '1',
-                        '--workers', '0', '--size', '96', '128',
+                        '--workers', '0', '--size', '96', '128', '--profile', '2', '--time-limit', '600',
                         'det:configs/detection/mask-rcnn_vmamba-t_fpn_1x_coco.py:fp32', '--cfg-options', *options])
     row, = rows
     assert row['status'] == 'ok' and row['iters'] == 4 and row['nonfinite_losses'] == 0
     assert row['img_per_s'] > 0 and row['loss_scale_min'] is None  # fp32: no loss scaler
-    assert 'coco/bbox_mAP' in row['test']
-    assert (tmp_path / 'train_gpu.md').read_text().count('\n') == 3
+    assert row['test'].startswith('coco/bbox_mAP')
+    # the step profile (CPU: no kernel time): two iterations, the forward split into the detector's parts
+    profile = row['profile']
+    assert profile['iters'] == 2 and profile['wall_ms'] > 0 and profile['kernel_ms'] is None
+    assert {'backbone', 'neck', 'rpn_head', 'roi_head.bbox_head', 'roi_head.mask_head'} <= set(profile['forward'])
+    assert 'backbone.model' not in profile['forward']   # the second level only where the first did not run
+    assert profile['forward']['backbone']['host_ms'] > 0
+    assert json.loads((tmp_path / row['config'].split('/')[-1].replace('.py', '_fp32') / 'step_profile.json')
+                      .read_text())['host_ops']
+    table = (tmp_path / 'train_gpu.md').read_text().splitlines()
+    assert len(table) == 3 + 4 and table[-1].startswith('| `configs/detection/mask-rcnn_vmamba-t')
     with pytest.raises(SystemExit):
         driver.main(['--out', str(tmp_path), 'det:configs/x.py:fp8'])
 
@@ -188,3 +197,40 @@ def test_train_gpu_reads_a_package_scoped_base_config():
     spec.loader.exec_module(train_gpu)
     cfg = train_gpu._base_config('mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py')
     assert cfg.model.backbone.type == 'SwinTransformer'
+
+
+def _train_gpu_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('train_gpu_helpers', ROOT / 'benchmarks' / 'train_gpu.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_gpu_reads_every_frameworks_evaluation_line():
+    """mmseg logs its evaluation as ``Iter(test)``, mmdet and mmpretrain as ``Epoch(test)``: both are reported (the
+    first GPU UperNet runs read 'no metrics line')."""
+    read = _train_gpu_module().test_metrics
+    seg = ('12/05 18:09:41 - mmengine - INFO - Iter(test) [16/16]    aAcc: 35.9600  mIoU: 6.4200  mAcc: 80.2300  '
+           'data_time: 0.0108  time: 0.2952')
+    det = ('2026/12/05 18:01:02 - mmengine - INFO - Epoch(test) [16/16]    coco/bbox_mAP: 0.1990  '
+           'coco/bbox_mAP_50: 0.5240')
+    assert read('noise\n' + seg + '\n').startswith('aAcc: 35.9600  mIoU: 6.4200')
+    assert read(det) == 'coco/bbox_mAP: 0.1990  coco/bbox_mAP_50: 0.5240'
+    assert read('Iter(train) [300/300] loss: 1.0\n') == ''
+
+
+def test_train_gpu_cut_run_keeps_its_log(tmp_path):
+    """A run past ``--time-limit`` is killed with its process group and keeps what it logged."""
+    import sys
+    run = _train_gpu_module()._run_logged
+    log = tmp_path / 'train.log'
+    status = run([sys.executable, '-c', 'import time; print("iteration 1", flush=True); time.sleep(60)'], log, 2)
+    assert status == 'cut after 2 s' and 'iteration 1' in log.read_text()
+    assert run([sys.executable, '-c', 'raise SystemExit("bad config")'], log, 60) == 'failed (1): bad config'
+
+
+def test_step_profile_hook_rejects_an_empty_window():
+    from visionssm.mm.hooks import StepProfileHook
+    with pytest.raises(ValueError, match='iters >= 1'):
+        StepProfileHook(start=0, iters=0)

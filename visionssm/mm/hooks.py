@@ -1,8 +1,10 @@
-"""Hooks: the learning curve that the demo plots, and the AMP loss scale in the training log."""
+"""Hooks: the learning curve that the demo plots, the AMP loss scale in the training log, and a profile of where
+a training iteration's time goes."""
 from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -11,7 +13,7 @@ from mmengine.hooks import Hook
 
 from ..registry import HOOKS
 
-__all__ = ['LearningCurveHook', 'LossScaleHook']
+__all__ = ['LearningCurveHook', 'LossScaleHook', 'StepProfileHook']
 
 
 @HOOKS.register_module()
@@ -80,3 +82,127 @@ class LossScaleHook(Hook):
         scaler = getattr(runner.optim_wrapper, 'loss_scaler', None)
         if scaler is not None and hasattr(scaler, 'get_scale'):
             runner.message_hub.update_scalar('train/loss_scale', float(scaler.get_scale()))
+
+
+@HOOKS.register_module()
+class StepProfileHook(Hook):
+    """Where a training iteration's time goes: ``torch.profiler`` over ``iters`` iterations after ``start`` of them.
+
+    Writes ``<work_dir>/step_profile.json`` and logs a summary:
+
+    * ``wall_ms``: wall time per profiled iteration, the data loading included, synchronized at both ends;
+      ``data_ms``: the part spent waiting for the data loader;
+    * ``kernel_ms``: the GPU's kernel time per iteration (CUDA only) and ``gpu_busy`` = kernel / wall: far below 1,
+      the GPU waits for the host (launches, Python, the loader, synchronizations);
+    * ``forward``: per part of the model (``backbone``, ``neck``, heads: its direct children, or theirs where a
+      child runs other than through its forward), the host time of its forward and, on CUDA, the kernel time it
+      launched;
+    * ``kernels``: the kernels by total time; ``host_ops``: the operators by their own CPU time.
+
+    The profiler slows the host a little (a few µs per operator), so read the host figures as a ranking.
+    """
+
+    priority = 'VERY_LOW'
+
+    def __init__(self, start: int = 20, iters: int = 5, top: int = 20, filename: str = 'step_profile.json'):
+        if start < 0 or iters < 1:
+            raise ValueError(f'StepProfileHook: start must be >= 0 and iters >= 1, got start={start}, iters={iters}')
+        self.start, self.iters, self.top, self.filename = start, iters, top, filename
+        self._prof = None
+        self._handles: list = []
+        self._t0 = self._data_t0 = 0.0
+        self._data_s, self._done = 0.0, 0
+        self.summary: Optional[dict] = None
+
+    def _sync(self) -> None:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        if runner.iter == self.start and self._prof is None and self.summary is None:
+            from torch.profiler import ProfilerActivity, profile
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+            self._label_parts(runner)
+            self._sync()
+            self._prof = profile(activities=activities)
+            self._prof.__enter__()
+            # the loader was waited for before this hook: from here the data time is read from the next ones
+            self._t0, self._data_s, self._done = time.perf_counter(), 0.0, 0
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs: Optional[dict] = None) -> None:
+        if self._prof is None:
+            return
+        self._done += 1
+        hub = runner.message_hub
+        if self._done > 1 and 'train/data_time' in hub.log_scalars:
+            # IterTimerHook's data time of this iteration; the first one's wait came before the profile started
+            self._data_s += hub.get_scalar('train/data_time').current()
+        if self._done == self.iters:
+            self._finish(runner)
+
+    def after_train(self, runner) -> None:
+        if self._prof is not None:   # training ended inside the profiled window: report what ran
+            self._finish(runner)
+
+    def _finish(self, runner) -> None:
+        self._sync()
+        wall = time.perf_counter() - self._t0
+        self._prof.__exit__(None, None, None)
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.summary = self._summarize(self._prof, wall, max(1, self._done))
+        self._prof = None
+        runner.logger.info('step profile: ' + json.dumps(
+            {k: self.summary[k] for k in ('iters', 'wall_ms', 'data_ms', 'kernel_ms', 'gpu_busy', 'forward')}))
+        self._write(runner.work_dir)
+
+    def _label_parts(self, runner) -> None:
+        """record_function ranges around the forward of the model's parts: its direct children (backbone, neck,
+        heads) and theirs, for a part that is not called as a module itself (mmdet's ``roi_head.loss`` calls its
+        ``bbox_head`` and ``mask_head``); ``_summarize`` keeps the second level only where the first did not run."""
+        from torch.profiler import record_function
+
+        def enter(module, args, label):
+            module.__dict__.setdefault('_step_profile_ranges', []).append(record_function(label).__enter__())
+
+        def leave(module, args, output):
+            ranges = module.__dict__.get('_step_profile_ranges')
+            if ranges:
+                ranges.pop().__exit__(None, None, None)
+
+        model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+        for name, child in model.named_children():
+            if name == 'data_preprocessor' or not any(True for _ in child.parameters()):
+                continue
+            parts = [(name, child)] + [(f'{name}.{sub}', grandchild) for sub, grandchild in child.named_children()]
+            for label, module in parts:
+                self._handles += [
+                    module.register_forward_pre_hook(lambda m, a, label=f'forward:{label}': enter(m, a, label)),
+                    module.register_forward_hook(leave)]
+
+    def _summarize(self, prof, wall: float, n: int) -> dict:
+        events = prof.key_averages()
+        device = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        host = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
+        kernel_us = sum(e.self_device_time_total for e in device) / n if device else None
+        ran = {e.key.split(':', 1)[1]: e for e in host if e.key.startswith('forward:')}
+        parts = {name: dict(host_ms=round(e.cpu_time_total / n / 1e3, 3),
+                            kernel_ms=round(e.device_time_total / n / 1e3, 3) if device else None)
+                 for name, e in ran.items() if '.' not in name or name.split('.')[0] not in ran}
+        ops = [e for e in host if not e.key.startswith(('forward:', 'ProfilerStep'))]
+        return dict(
+            iters=n, wall_ms=round(wall / n * 1e3, 3), data_ms=round(self._data_s / n * 1e3, 3),
+            kernel_ms=None if kernel_us is None else round(kernel_us / 1e3, 3),
+            gpu_busy=None if kernel_us is None else round(kernel_us / 1e3 / (wall / n * 1e3), 3),
+            forward=parts,
+            kernels=[dict(name=e.key[:160], ms=round(e.self_device_time_total / n / 1e3, 4), calls=e.count // n)
+                     for e in sorted(device, key=lambda e: -e.self_device_time_total)[:self.top]],
+            host_ops=[dict(name=e.key[:160], ms=round(e.self_cpu_time_total / n / 1e3, 4), calls=e.count // n)
+                      for e in sorted(ops, key=lambda e: -e.self_cpu_time_total)[:self.top]],
+            aten_calls=sum(e.count for e in ops if e.key.startswith('aten::')) // n)
+
+    @master_only
+    def _write(self, work_dir: str) -> None:
+        with open(os.path.join(work_dir, self.filename), 'w') as f:
+            json.dump(self.summary, f, indent=1)

@@ -129,8 +129,8 @@ class PackEncodedImage(BaseTransform):
     """Read ``results['img_path']``'s bytes, undecoded, into a 1-D ``uint8`` tensor and pack it with the label.
 
     For ``BatchAugmentDataPreprocessor``, which decodes and augments whole batches on the model's device: a worker
-    only reads files. mmengine's default collate (``pseudo_collate``) keeps the variable-length tensors as a list.
-    An empty file is logged and yields ``None`` (the dataset moves on); other unreadable files are found when the
+    only reads files. The collate (``pack_collate``, or mmengine's ``pseudo_collate``) keeps the variable-length
+    tensors as a list. An empty file is logged and yields ``None`` (the dataset moves on); other unreadable files are found when the
     batch is decoded.
     """
 

@@ -34,6 +34,8 @@ train_dataloader = dict(
     persistent_workers=True,
     drop_last=True,  # mixup/cutmix pairs images within a batch: sizes must be even
     sampler=dict(type='DefaultSampler', shuffle=True),
+    # one stacked image tensor; the batch leaves its worker as one buffer per dtype, not 256 tensors
+    collate_fn=dict(type='visionssm.pack_collate'),
     dataset=dict(type='ImageFolderDataset', data_root=data_root, split='train', pipeline=train_pipeline),
 )
 val_dataloader = dict(
@@ -41,6 +43,7 @@ val_dataloader = dict(
     num_workers=8,
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=False),
+    collate_fn=dict(type='visionssm.pack_collate'),
     dataset=dict(type='ImageFolderDataset', data_root=data_root, split='val', pipeline=test_pipeline),
 )
 test_dataloader = val_dataloader

@@ -1,0 +1,104 @@
+"""pack_collate / PackedBatch: a classification batch leaves a data loader worker as one buffer per dtype."""
+import pytest
+
+pytest.importorskip('mmengine')
+
+import pickle  # noqa: E402
+from multiprocessing.reduction import ForkingPickler  # noqa: E402
+
+import torch  # noqa: E402
+from mmengine.dataset import pseudo_collate  # noqa: E402
+from mmengine.structures import BaseDataElement  # noqa: E402
+
+from visionssm.mm.collate import PackedBatch, pack_collate  # noqa: E402
+
+
+def _samples(n=6, encoded=False):
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(n):
+        sample = BaseDataElement(metainfo=dict(img_path=f'train/c{i % 3}/{i}.jpg'))
+        sample.gt_label = torch.tensor(i % 3)
+        img = torch.randint(0, 256, (100 + 7 * i,) if encoded else (3, 8, 8), generator=g, dtype=torch.uint8)
+        out.append(dict(inputs=img, data_samples=sample))
+    return out
+
+
+class _CountTensors:
+    """Counts the tensors that torch's ForkingPickler reducer shares (one shared-memory segment and descriptor each)."""
+
+    def __enter__(self):
+        self.count = 0
+        self.original = ForkingPickler._extra_reducers[torch.Tensor]
+
+        def counting(t):
+            self.count += 1
+            return self.original(t)
+        ForkingPickler._extra_reducers[torch.Tensor] = counting
+        return self
+
+    def __exit__(self, *exc):
+        ForkingPickler._extra_reducers[torch.Tensor] = self.original
+
+
+def _through_a_worker_queue(batch):
+    with _CountTensors() as shared:
+        payload = ForkingPickler.dumps(batch)
+    return pickle.loads(payload), shared.count
+
+
+@pytest.mark.parametrize('encoded', [False, True], ids=['decoded', 'encoded'])
+def test_a_packed_batch_crosses_processes_as_one_buffer_per_dtype(encoded):
+    samples = _samples(encoded=encoded)
+    plain, plain_shared = _through_a_worker_queue(pseudo_collate(samples))
+    packed, packed_shared = _through_a_worker_queue(pack_collate(samples))
+    assert plain_shared == 12 and packed_shared == 2   # images and labels one by one; uint8 and int64 buffers
+    assert type(packed) is dict
+    images = list(packed['inputs']) if not encoded else packed['inputs']
+    if encoded:   # files of different lengths stay a list (BatchAugmentDataPreprocessor decodes them)
+        assert isinstance(images, list) and [len(x) for x in images] == [100 + 7 * i for i in range(6)]
+    else:         # same-shape images are one batch tensor
+        assert packed['inputs'].shape == (6, 3, 8, 8)
+    for got, want in zip(images, plain['inputs']):
+        assert torch.equal(got, want)
+    for got, want in zip(packed['data_samples'], plain['data_samples']):
+        assert torch.equal(got.gt_label, want.gt_label) and got.gt_label.dtype == torch.int64
+        assert got.img_path == want.img_path
+
+
+def test_a_packed_batch_is_the_batch_in_its_own_process():
+    batch = pack_collate(_samples())
+    assert isinstance(batch, PackedBatch) and isinstance(batch, dict)
+    assert batch['inputs'].shape == (6, 3, 8, 8) and len(batch['data_samples']) == 6
+
+
+def test_pack_collate_leaves_other_batches_as_pseudo_collate_does():
+    pairs = [(torch.ones(2), 1), (torch.zeros(2), 2)]   # not dicts: pseudo_collate's result, untouched
+    assert not isinstance(pack_collate(pairs), PackedBatch)
+    mixed = [dict(inputs=torch.zeros(3, 4, 4)), dict(inputs=torch.zeros(3, 5, 4))]   # shapes differ: a list
+    assert isinstance(pack_collate(mixed)['inputs'], list)
+    grads = PackedBatch(x=torch.ones(2, requires_grad=True), y=torch.zeros(0), z=torch.tensor(3.0))
+    back, _ = _through_a_worker_queue(grads)
+    assert back['x'].requires_grad and back['y'].shape == (0,) and back['z'].shape == () and back['z'] == 3.0
+
+
+def test_a_data_loader_with_workers_delivers_the_same_batches():
+    from torch.utils.data import DataLoader
+    samples = _samples(8)
+    runs = []
+    for workers in (0, 2):
+        loader = DataLoader(samples, batch_size=4, num_workers=workers, collate_fn=pack_collate)
+        runs.append(list(loader))
+    for a, b in zip(*runs):
+        assert torch.equal(a['inputs'], b['inputs'])
+        assert [s.gt_label.item() for s in a['data_samples']] == [s.gt_label.item() for s in b['data_samples']]
+
+
+def test_the_classification_configs_use_it():
+    from mmengine.config import Config
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1] / 'configs/classification/vmamba'
+    for name in ('vmamba-t-s1l8_8xb128_in1k.py', 'vmamba-t-s1l8_8xb128_in1k_gpu-aug.py'):
+        cfg = Config.fromfile(str(root / name))
+        assert cfg.train_dataloader.collate_fn.type == 'visionssm.pack_collate'
+        assert cfg.val_dataloader.collate_fn.type == 'visionssm.pack_collate'
