@@ -22,7 +22,8 @@ and its ``data s/iter`` is only the reading of files); a bf16/fp32 classificatio
 ``DIR/train_gpu.md``; each run's logs stay in ``DIR/<run>/`` (streamed there: a run cut by ``--time-limit`` or
 killed keeps them, and a cut run still reports its logged iterations). ``--profile N`` adds
 ``visionssm.StepProfileHook`` over N iterations of each run: wall, data-wait and GPU kernel time per iteration, and
-the forward's host and kernel time per model part (backbone, neck, heads).
+the forward's host and kernel time per model part (backbone, neck, heads). ``--report DIR [DIR ...]`` prints one
+table of the reports of several output folders.
 """
 from __future__ import annotations
 
@@ -201,7 +202,23 @@ def to_markdown(rows: list[dict]) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def report(dirs: list[str]) -> str:
+    """One table of the rows in ``DIR/train_gpu.json`` of several output folders (e.g. runs made concurrently)."""
+    rows = []
+    for d in dirs:
+        path = Path(d) / 'train_gpu.json'
+        if path.exists():
+            rows += json.loads(path.read_text())
+        else:
+            print(f'[train_gpu] {path}: no report (the run did not finish)', file=sys.stderr)
+    return to_markdown(rows) if rows else ''
+
+
 def main(argv=None) -> list[dict]:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ['--report']:
+        print(report(argv[1:]), end='')
+        return []
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('runs', nargs='+', metavar='TASK:CONFIG:PRECISION')
     p.add_argument('--out', required=True, type=Path)

@@ -12,16 +12,17 @@
 #   - the VMamba-T ImageNet recipe (RandAugment, erasing, Mixup/CutMix, EMA), bf16, batch 128, beside the bare
 #     backbone's training step: with the host's data pipeline (15 workers), then with the pipeline on the GPU
 #     (the _gpu-aug recipe: nvJPEG decode and batched augmentation);
-#   - while time remains: both data pipelines alone (benchmarks/data_pipeline.py), bf16, other families' T configs.
-# PARTS picks some of them (det seg cls pipeline more, the default: all, in this order); LIMIT (default 575) is the
+#   - while time remains: both data pipelines alone (benchmarks/data_pipeline.py), then every family's T detection and
+#     segmentation config in fp16 and bf16 (part families, below).
+# PARTS picks some of them (det seg cls pipeline families, the default: all, in this order); LIMIT (default 575) is the
 # seconds the whole script may take; PROFILE (default 5) the iterations of each run that StepProfileHook profiles.
-# Measured on an H100 with a prebuilt mmcv wheel: setup 30 s, det 290 s, seg 240 s, cls more than 280 s. Writes DIR (default $OUT): log.txt and train.tgz (every run's JSON, markdown,
-# logs and generated config).
+# Measured on an H100 with a prebuilt mmcv wheel: setup 30 s, det 290 s, seg 240 s, cls more than 280 s.
+# Writes DIR (default $OUT): log.txt and train.tgz (every run's JSON, markdown, logs and generated config).
 set -u
 dir=${1:-${OUT:?set OUT or pass an output directory}}
 wheels=${2:-.whl}
 LIMIT=${LIMIT:-575}
-PARTS=" ${PARTS:-det seg cls pipeline more} "
+PARTS=" ${PARTS:-det seg cls pipeline families} "
 part() { [[ "$PARTS" == *" $1 "* ]]; }
 mkdir -p "$dir"
 export PYTHONUNBUFFERED=1
@@ -50,9 +51,36 @@ pipeline() { local left=$((LIMIT - SECONDS)); (( left < 45 )) && return
 part pipeline && pipeline $CLS.py --data-root "$R/cls/data/imagenet" --workers 8 15 --batches 10 --json "$R/cls/data_pipeline.json"
 part pipeline && pipeline ${CLS}_gpu-aug.py --data-root "$R/cls/data/imagenet" --workers 4 8 --batches 10 \
     --json "$R/cls_gpu_aug/data_pipeline.json"
-part more && run 90 det:configs/detection/mask-rcnn_vmamba-t_fpn_1x_coco.py:bf16 \
-    det:configs/detection/mask-rcnn_groupmamba-t_fpn_1x_coco.py:fp16 --out "$R/det2" --iters 300
-part more && run 90 seg:configs/segmentation/upernet_vmamba-t_8xb2-160k_ade20k-512x512.py:bf16 --out "$R/seg2" --iters 300
+# families: every family's T detection and segmentation config in fp16 and bf16, 300 iterations each, FAMILY_JOBS
+# (default 8) at once on the one GPU, 2 data workers each: whether each trains without a non-finite loss or a
+# collapsing fp16 loss scale. Concurrent runs share the GPU and the host: their s/iter are no speed comparison.
+# FAMILIES (a regular expression, default all) picks configs.
+D=configs/detection S=configs/segmentation U=8xb2-160k_ade20k-512x512
+FAMILY_RUNS=(det:$D/mask-rcnn_efficientvmamba-t_fpn_1x_coco.py det:$D/mask-rcnn_groupmamba-t_fpn_1x_coco.py
+    det:$D/mask-rcnn_spatialmamba-t_fpn_1x_coco.py det:$D/msvmamba/mask-rcnn_msvmamba-t_fpn_1x_coco.py
+    det:$D/mask-rcnn_vmamba-t_fpn_1x_coco.py det:$D/retinanet_vmamba-t_fpn_1x_coco.py
+    det:$D/retinanet_efficientvmamba-t_fpn_1x_coco.py det:$D/plainmamba/mask-rcnn_plainmamba-adapter-l1_fpn_1x_coco.py
+    det:$D/mambavision/cascade-mask-rcnn_mambavision-t_fpn_ms-3x_coco.py
+    seg:$S/upernet_vmamba-t_$U.py seg:$S/upernet_efficientvmamba-t_$U.py seg:$S/upernet_groupmamba-t_$U.py
+    seg:$S/upernet_spatialmamba-t_$U.py seg:$S/upernet_vim-t_$U.py seg:$S/upernet_plainmamba-l1_$U.py
+    seg:$S/msvmamba/upernet_msvmamba-t_$U.py seg:$S/mambavision/upernet_mambavision-t_$U.py)
+if part families; then
+    n=0; mkdir -p "$R/families"
+    for spec in "${FAMILY_RUNS[@]}"; do for prec in fp16 bf16; do
+        [[ $spec =~ ${FAMILIES:-.} ]] || continue
+        [[ " $PARTS " == *" det "* && $spec:$prec == det:$D/mask-rcnn_vmamba-t_fpn_1x_coco.py:fp16 ]] && continue
+        [[ " $PARTS " == *" seg "* && $spec:$prec == seg:$S/upernet_vmamba-t_$U.py:fp16 ]] && continue
+        left=$((LIMIT - SECONDS - 20)); (( left < 120 )) && { echo "== families: no time for $spec:$prec" >> "$LOG"; continue; }
+        while (( $(jobs -rp | wc -l) >= ${FAMILY_JOBS:-8} )); do wait -n; done
+        left=$((LIMIT - SECONDS - 20))
+        timeout $left python3 benchmarks/train_gpu.py "$spec:$prec" --out "$R/families/$n" --iters 300 --workers 2 \
+            --time-limit $((left - 30)) > "$R/families/run_$n.log" 2>&1 &
+        n=$((n + 1))
+    done; done
+    wait
+    python3 benchmarks/train_gpu.py --report "$R"/families/[0-9]* > "$R/families/train_gpu.md" 2>> "$LOG"
+    echo "== families: $n runs (${SECONDS}s)" >> "$LOG"
+fi
 (cd "$R" && find . \( -name '*.json' -o -name '*.md' -o -name '*.log' -o -name 'config.py' \) -not -path '*/data/*' \
     | tar czf "$dir/train.tgz" -T -)
 echo "== done (${SECONDS}s)" >> "$LOG"

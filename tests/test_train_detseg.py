@@ -184,6 +184,8 @@ def test_train_gpu_driver_reports_a_run(tmp_path):
                       .read_text())['host_ops']
     table = (tmp_path / 'train_gpu.md').read_text().splitlines()
     assert len(table) == 3 + 4 and table[-1].startswith('| `configs/detection/mask-rcnn_vmamba-t')
+    # --report: one table of several output folders (a folder without a report is named on stderr)
+    assert driver.report([str(tmp_path), str(tmp_path / 'unfinished')]) == (tmp_path / 'train_gpu.md').read_text()
     with pytest.raises(SystemExit):
         driver.main(['--out', str(tmp_path), 'det:configs/x.py:fp8'])
 
