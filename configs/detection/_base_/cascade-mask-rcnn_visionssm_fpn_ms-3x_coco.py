@@ -68,6 +68,8 @@ param_scheduler = [
 
 # No weight decay on what is not a weight matrix (see mask-rcnn_visionssm_fpn_1x_coco.py).
 optim_wrapper = dict(
+    # one parameter group per set of options, not one per parameter (host time of every optimizer step)
+    constructor='visionssm.GroupedOptimWrapperConstructor',
     type='OptimWrapper',
     optimizer=dict(_delete_=True, type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg=dict(

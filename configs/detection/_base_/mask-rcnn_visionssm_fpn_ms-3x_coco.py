@@ -16,6 +16,8 @@ model = dict(
 
 # No weight decay on what is not a weight matrix (see mask-rcnn_visionssm_fpn_1x_coco.py).
 optim_wrapper = dict(
+    # one parameter group per set of options, not one per parameter (host time of every optimizer step)
+    constructor='visionssm.GroupedOptimWrapperConstructor',
     paramwise_cfg=dict(
         _delete_=True,
         flat_decay_mult=0.,

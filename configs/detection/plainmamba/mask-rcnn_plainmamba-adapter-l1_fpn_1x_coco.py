@@ -47,6 +47,8 @@ train_dataloader = dict(dataset=dict(filter_cfg=dict(filter_empty_gt=False, min_
 # The official paramwise_cfg: names containing these substrings get no weight decay (other 1-D parameters, such as
 # BatchNorm weights and the injectors' gamma, decay).
 optim_wrapper = dict(
+    # one parameter group per set of options, not one per parameter (host time of every optimizer step)
+    constructor='visionssm.GroupedOptimWrapperConstructor',
     optimizer=dict(_delete_=True, type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg=dict(
         custom_keys={

@@ -46,6 +46,8 @@ sync_bn = 'torch'
 
 # The official paramwise_cfg: names containing these substrings get no weight decay.
 optim_wrapper = dict(
+    # one parameter group per set of options, not one per parameter (host time of every optimizer step)
+    constructor='visionssm.GroupedOptimWrapperConstructor',
     optimizer=dict(_delete_=True, type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
     clip_grad=dict(max_norm=35, norm_type=2),
     paramwise_cfg=dict(

@@ -22,6 +22,8 @@ model = dict(
 # PlainMamba's direction_Bs.
 # (custom_keys match by substring: a key like 'D' would catch every name with a capital D.)
 optim_wrapper = dict(
+    # one parameter group per set of options, not one per parameter (host time of every optimizer step)
+    constructor='visionssm.GroupedOptimWrapperConstructor',
     paramwise_cfg=dict(
         _delete_=True,
         flat_decay_mult=0.,
