@@ -65,3 +65,33 @@ def test_the_configs_use_it():
                  'segmentation/upernet_vmamba-t_8xb2-160k_ade20k-512x512.py'):
         cfg = Config.fromfile(str(root / name))
         assert cfg.optim_wrapper.constructor == 'visionssm.GroupedOptimWrapperConstructor', name
+
+
+@pytest.mark.parametrize('update_buffers', [False, True])
+def test_foreach_ema_equals_mmengine_ema(update_buffers):
+    from mmengine.model import ExponentialMovingAverage
+    from visionssm.mm.optim import ForeachExponentialMovingAverage
+    model = _Named()
+    plain = ExponentialMovingAverage(model, momentum=0.1, interval=2, update_buffers=update_buffers)
+    foreach = ForeachExponentialMovingAverage(model, momentum=0.1, interval=2, update_buffers=update_buffers)
+    x = torch.randn(4, 3, 8, 8)
+    for step in range(6):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model.train()(x)   # BatchNorm's running statistics change: the buffers
+        plain.update_parameters(model)
+        foreach.update_parameters(model)
+    assert foreach.steps == plain.steps == 6
+    for a, b in zip(foreach.module.state_dict().values(), plain.module.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not torch.equal(foreach.module.body[0].weight, model.body[0].weight)   # an average, not a copy
+
+
+def test_the_recipes_use_the_foreach_ema():
+    from pathlib import Path
+    from mmengine.config import Config
+    root = Path(__file__).resolve().parents[1] / 'configs/classification'
+    hooks = [h for path in sorted(root.glob('*/*.py')) for h in Config.fromfile(str(path)).get('custom_hooks', [])
+             if h['type'] == 'EMAHook']
+    assert len(hooks) >= 10 and all(h['ema_type'] == 'visionssm.ForeachExponentialMovingAverage' for h in hooks)

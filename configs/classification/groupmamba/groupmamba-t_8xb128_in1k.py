@@ -12,4 +12,7 @@ _base_ = [
 ]
 
 model = dict(backbone=dict(model_name='groupmamba_tiny', drop_path_rate=0.05))
-custom_hooks = [dict(type='LearningCurveHook'), dict(type='EMAHook', momentum=1e-4, priority='ABOVE_NORMAL')]
+custom_hooks = [
+    dict(type='LearningCurveHook'),
+    dict(type='EMAHook', ema_type='visionssm.ForeachExponentialMovingAverage', momentum=1e-4, priority='ABOVE_NORMAL'),
+]

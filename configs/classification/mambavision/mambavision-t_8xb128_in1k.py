@@ -16,4 +16,7 @@ _base_ = [
 
 model = dict(backbone=dict(model_name='mambavision_t', drop_path_rate=0.2))
 # mmengine's momentum weighs the new weights: 1 - 0.9998
-custom_hooks = [dict(type='LearningCurveHook'), dict(type='EMAHook', momentum=2e-4, priority='ABOVE_NORMAL')]
+custom_hooks = [
+    dict(type='LearningCurveHook'),
+    dict(type='EMAHook', ema_type='visionssm.ForeachExponentialMovingAverage', momentum=2e-4, priority='ABOVE_NORMAL'),
+]

@@ -13,4 +13,7 @@ _base_ = [
 
 model = dict(backbone=dict(model_name='msvmamba_tiny', drop_path_rate=0.2))
 # mmengine's momentum weighs the new weights: 1 - 0.9999
-custom_hooks = [dict(type='LearningCurveHook'), dict(type='EMAHook', momentum=1e-4, priority='ABOVE_NORMAL')]
+custom_hooks = [
+    dict(type='LearningCurveHook'),
+    dict(type='EMAHook', ema_type='visionssm.ForeachExponentialMovingAverage', momentum=1e-4, priority='ABOVE_NORMAL'),
+]

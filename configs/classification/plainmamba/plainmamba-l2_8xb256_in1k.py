@@ -20,4 +20,7 @@ param_scheduler = [
          begin=warmup_epochs, end=max_epochs, convert_to_iter_based=True),
 ]
 # mmengine's momentum weighs the new weights, as the official hook's
-custom_hooks = [dict(type='LearningCurveHook'), dict(type='EMAHook', momentum=1e-4, priority='ABOVE_NORMAL')]
+custom_hooks = [
+    dict(type='LearningCurveHook'),
+    dict(type='EMAHook', ema_type='visionssm.ForeachExponentialMovingAverage', momentum=1e-4, priority='ABOVE_NORMAL'),
+]

@@ -31,4 +31,7 @@ param_scheduler = [
          begin=warmup_epochs, end=max_epochs),
 ]
 # mmengine's momentum weighs the new weights: 1 - 0.99996
-custom_hooks = [dict(type='LearningCurveHook'), dict(type='EMAHook', momentum=4e-5, priority='ABOVE_NORMAL')]
+custom_hooks = [
+    dict(type='LearningCurveHook'),
+    dict(type='EMAHook', ema_type='visionssm.ForeachExponentialMovingAverage', momentum=4e-5, priority='ABOVE_NORMAL'),
+]
