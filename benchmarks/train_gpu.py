@@ -104,7 +104,8 @@ def test_metrics(log: str) -> str:
     return tail.split(']', 1)[1].strip()[:300] if tail.startswith('[') else tail[:300]
 
 
-def run_one(task: str, config: str, precision: str, args, data_root: Path, out: Path) -> dict:
+def run_one(task: str, config: str, precision: str, args, data_root: Path, out: Path,
+            save=lambda row: None) -> dict:
     from visionssm.mm.synthetic import dataset_cfg_options
     name = f'{Path(config.split("::")[-1]).stem}_{precision}'
     work_dir = out / name
@@ -164,6 +165,7 @@ def run_one(task: str, config: str, precision: str, args, data_root: Path, out: 
     if profile.exists():
         prof = json.loads(profile.read_text())
         row.update(profile={k: prof.get(k) for k in ('iters', 'wall_ms', 'data_ms', 'kernel_ms', 'gpu_busy', 'forward')})
+    save(row)   # the training's figures reach the report before the evaluation and the bare benchmark run
     ckpts = sorted(work_dir.glob('*.pth'), key=os.path.getmtime)
     if status == 'ok' and ckpts:
         test_cmd = [sys.executable, str(ROOT / 'tools/test.py'), str(cfg_path), str(ckpts[-1]),
@@ -259,7 +261,8 @@ def main(argv=None) -> list[dict]:
     rows = []
     for task, config, precision in runs:
         print(f'[train_gpu] {task} {config} {precision}', flush=True)
-        rows.append(run_one(task, config, precision, args, data_root, args.out))
+        save = lambda row: (args.out / 'train_gpu.json').write_text(json.dumps(rows + [row], indent=1))  # noqa: E731
+        rows.append(run_one(task, config, precision, args, data_root, args.out, save))
         print(json.dumps(rows[-1]), flush=True)
         (args.out / 'train_gpu.json').write_text(json.dumps(rows, indent=1))
     (args.out / 'train_gpu.md').write_text(to_markdown(rows))

@@ -84,4 +84,5 @@ fi
 (cd "$R" && find . \( -name '*.json' -o -name '*.md' -o -name '*.log' -o -name 'config.py' \) -not -path '*/data/*' \
     | tar czf "$dir/train.tgz" -T -)
 echo "== done (${SECONDS}s)" >> "$LOG"
-cat "$R"/*/train_gpu.md 2> /dev/null; grep -E "^== |Error|error:" "$LOG" | tail -n 20 | cut -c1-240
+python3 benchmarks/train_gpu.py --report "$R"/det "$R"/seg "$R"/cls "$R"/cls_gpu_aug 2> /dev/null
+cat "$R"/families/train_gpu.md 2> /dev/null; grep -E "^== |Error|error:" "$LOG" | tail -n 20 | cut -c1-240
