@@ -1,0 +1,100 @@
+"""Host time of one call of each op that the models' eager steps are made of, on tiny CUDA tensors: what a launch
+costs the host when the GPU is not the bottleneck (batch-8 inference, detection at batch 2).
+
+    python benchmarks/launch_overhead.py [--calls 2000]
+
+Each line is the median over 5 rounds of the host time per call, measured over ``--calls`` back-to-back calls
+(``time.perf_counter``; the GPU finishes each tiny kernel long before the next launch, so the queue never fills):
+
+* ``torch.add``, ``F.linear``, ``F.layer_norm`` (+ cast): PyTorch's own ops, the baseline cost of a launch;
+* ``triton: empty kernel``: a Triton kernel doing nothing, launched through ``kernel[grid](...)``: Triton's launcher;
+* ``visionssm layer_norm``: the Triton LayerNorm as the blocks call it (one launch);
+* ``selective_scan, 4 cross routes``: the scan op as VMamba-T's blocks call it in inference (checks cached, one
+  launch plus the merge);
+* the same inside ``torch.cuda.device``, which every Triton launch here enters.
+
+Compare a model's launches (``benchmarks/infer_host_proxy.py`` counts them) with these costs to see where a
+host-bound step's time goes. GPU only.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+
+def per_call_us(fn, calls: int, rounds: int = 5) -> float:
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - t0) / calls * 1e6)
+        torch.cuda.synchronize()
+    return statistics.median(times)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--calls', type=int, default=2000)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit('benchmarks/launch_overhead.py needs a CUDA device')
+    import triton
+    import triton.language as tl
+
+    from visionssm.layers.norm import layer_norm
+    from visionssm.ops import cross_routes, selective_scan
+
+    @triton.jit
+    def _empty(x_ptr, n, BLOCK: tl.constexpr):
+        pass
+
+    dev = torch.device('cuda')
+    x = torch.randn(8, 96, device=dev)
+    w = torch.randn(96, 96, device=dev)
+    ln_w, ln_b = torch.ones(96, device=dev), torch.zeros(96, device=dev)
+    xb = x.to(torch.bfloat16)
+    # one VMamba-T stage-4 scan at batch 1 (7 x 7 map, 4 routes of 96 channels, d_state 1)
+    b, h, wd, k, c, n = 1, 7, 7, 4, 96, 1
+    u = torch.randn(b, h, wd, c, device=dev, dtype=torch.bfloat16)
+    delta = torch.randn(b, h, wd, k * c, device=dev, dtype=torch.bfloat16)
+    A = -torch.rand(k * c, n, device=dev)
+    Bm = torch.randn(b, h, wd, k, n, device=dev, dtype=torch.bfloat16)
+    Cm = torch.randn_like(Bm)
+    D, bias = torch.ones(k * c, device=dev), torch.zeros(k * c, device=dev)
+    routes = cross_routes()
+    cases = [
+        ('torch.add', lambda: torch.add(x, x)),
+        ('F.linear', lambda: F.linear(x, w)),
+        ('F.layer_norm + cast to bf16', lambda: F.layer_norm(x, (96,), ln_w, ln_b).to(torch.bfloat16)),
+        ('triton: empty kernel', lambda: _empty[(1,)](x, 8, BLOCK=64)),
+        ('triton: empty kernel in torch.cuda.device', lambda: _with_device(dev, lambda: _empty[(1,)](x, 8, BLOCK=64))),
+        ('visionssm layer_norm (Triton, bf16 out)', lambda: layer_norm(x, ln_w, ln_b, out_dtype=torch.bfloat16)),
+        ('visionssm layer_norm, bf16 in (Triton)', lambda: layer_norm(xb, ln_w, ln_b)),
+        ('selective_scan, 4 cross routes', lambda: selective_scan(u, delta, A, Bm, Cm, D, bias, routes=routes)),
+    ]
+    print(f'{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; '
+          f'host µs per call, median of 5 rounds of {args.calls}')
+    with torch.no_grad():
+        for name, fn in cases:
+            print(f'{per_call_us(fn, args.calls):8.1f} µs  {name}', flush=True)
+
+
+def _with_device(device, fn):
+    with torch.cuda.device(device):
+        return fn()
+
+
+if __name__ == '__main__':
+    main()
