@@ -20,7 +20,8 @@ and its ``data s/iter`` is only the reading of files); a bf16/fp32 classificatio
 ``tools/benchmark.py``'s training step of the bare backbone at the same batch, precision and drop path
 (``bare_img_per_s``; ``pipeline_efficiency`` is the ratio). Writes ``DIR/train_gpu.json`` and
 ``DIR/train_gpu.md``; each run's logs stay in ``DIR/<run>/`` (streamed there: a run cut by ``--time-limit`` or
-killed keeps them, and a cut run still reports its logged iterations). ``--profile N`` adds
+killed keeps them, and a cut run still reports its logged iterations; a run's training figures are written to
+the JSON before its evaluation starts). ``--profile N`` adds
 ``visionssm.StepProfileHook`` over N iterations of each run: wall, data-wait and GPU kernel time per iteration, and
 the forward's host and kernel time per model part (backbone, neck, heads). ``--report DIR [DIR ...]`` prints one
 table of the reports of several output folders.
@@ -60,7 +61,8 @@ def _base_config(config: str):
     return Config.fromfile(str(ROOT / config))
 
 
-def bare_training_throughput(config: str, precision: str, batch: int, out: Path) -> dict:
+def bare_training_throughput(config: str, precision: str, batch: int, out: Path,
+                             time_limit: Optional[float] = None) -> dict:
     """tools/benchmark.py's training step (forward, loss, backward, AdamW) of the config's backbone alone."""
     backbone = _base_config(config).model.backbone
     name, drop_path = backbone['model_name'], backbone.get('drop_path_rate', 0.0)
@@ -68,30 +70,41 @@ def bare_training_throughput(config: str, precision: str, batch: int, out: Path)
     cmd = [sys.executable, str(ROOT / 'tools/benchmark.py'), '--no-baselines', '--no-progress', '--models', name,
            '--measure', f'train:{precision}@224', '--batch-sizes', str(batch), '--drop-path', str(drop_path),
            '--json', str(result)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    status = _run_logged(cmd, out / 'bare_benchmark.log', time_limit)
     rows = json.loads(result.read_text()).get('results', []) if result.exists() else []
     ok = [r for r in rows if r.get('status') == 'ok' and r.get('img_per_s')]
-    if proc.returncode or not ok:
-        return dict(bare_status=f'benchmark failed ({proc.returncode}): {(proc.stderr.strip().splitlines() or ["?"])[-1][:200]}')
+    if status != 'ok' or not ok:
+        return dict(bare_status=f'benchmark {status if status != "ok" else "reported no result"}')
     return dict(bare_model=name, bare_img_per_s=round(ok[0]['img_per_s'], 1),
                 bare_peak_mem_gib=round(ok[0]['peak_mem_gib'], 2))
 
 
 def _run_logged(cmd: list, log: Path, time_limit: Optional[float]) -> str:
-    """Run ``cmd`` with its output streamed to ``log`` (a run cut short keeps what it wrote); 'ok' or what failed."""
+    """Run ``cmd`` with its output streamed to ``log`` (a run cut short keeps what it wrote); 'ok' or what failed.
+
+    The command runs in its own process group, killed with it when the time limit passes or when this process
+    ends another way (an exception, or the SIGTERM of an outer ``timeout``): no training outlives the driver and
+    takes the GPU from what runs next."""
+    if time_limit is not None and time_limit <= 0:
+        return 'not run: no time left'
     with open(log, 'w') as f:
-        # its own process group: a cut run's data-loader workers go with it
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
             code = proc.wait(timeout=time_limit)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return f'cut after {time_limit:g} s'
+            return f'cut after {time_limit:.0f} s'
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     if code == 0:
         return 'ok'
     lines = [l for l in log.read_text(errors='replace').strip().splitlines() if l.strip()]
     return f'failed ({code}): ' + (lines[-1][:300] if lines else '?')
+
+
+def _left(deadline: Optional[float]) -> Optional[float]:
+    return None if deadline is None else deadline - time.time()
 
 
 def test_metrics(log: str) -> str:
@@ -145,6 +158,7 @@ def run_one(task: str, config: str, precision: str, args, data_root: Path, out: 
     cmd = [sys.executable, str(ROOT / 'tools/train.py'), str(cfg_path), '--work-dir', str(work_dir),
            '--cfg-options'] + [f'{k}={v}' for k, v in opts.items()]
     t0 = time.time()
+    deadline = None if args.time_limit is None else t0 + args.time_limit   # training, evaluation and bare benchmark
     status = _run_logged(cmd, work_dir / 'train.log', args.time_limit)
     row = dict(task=task, config=config, precision=precision, batch=batch, workers=args.workers,
                wall_s=round(time.time() - t0, 1), status=status)
@@ -170,11 +184,11 @@ def run_one(task: str, config: str, precision: str, args, data_root: Path, out: 
     if status == 'ok' and ckpts:
         test_cmd = [sys.executable, str(ROOT / 'tools/test.py'), str(cfg_path), str(ckpts[-1]),
                     '--work-dir', str(work_dir / 'test'), '--cfg-options'] + [f'{k}={v}' for k, v in opts.items()]
-        test_status = _run_logged(test_cmd, work_dir / 'test.log', args.time_limit)
+        test_status = _run_logged(test_cmd, work_dir / 'test.log', _left(deadline))
         metrics = test_metrics((work_dir / 'test.log').read_text())
         row['test'] = metrics or (f'test {test_status}' if test_status != 'ok' else 'no metrics line')
     if task == 'cls' and precision != 'fp16' and args.bare:  # tools/benchmark.py has no fp16 autocast mode
-        row.update(bare_training_throughput(config, precision, batch, work_dir))
+        row.update(bare_training_throughput(config, precision, batch, work_dir, _left(deadline)))
         if row.get('bare_img_per_s') and row.get('img_per_s'):
             row['pipeline_efficiency'] = round(row['img_per_s'] / row['bare_img_per_s'], 3)
     return row
@@ -236,8 +250,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument('--no-bare', dest='bare', action='store_false',
                    help='classification: skip the bare-backbone training benchmark')
     p.add_argument('--time-limit', type=float, default=None, metavar='S',
-                   help='seconds each tools/train.py / tools/test.py call may take; a run cut there keeps its logged '
-                        'iterations in the report (status "cut after S s")')
+                   help='seconds each run may take: its training, evaluation and bare benchmark together; a training '
+                        'cut there keeps its logged iterations in the report (status "cut after S s")')
     p.add_argument('--profile', type=int, default=0, metavar='N',
                    help='profile N training iterations two thirds into each run (visionssm.StepProfileHook): wall, '
                         'data wait and GPU kernel time per iteration, per model part; DIR/<run>/step_profile.json')
@@ -271,4 +285,6 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == '__main__':
+    # an outer `timeout` stops this process with SIGTERM: exit instead, so the running command's group is killed
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(f'[train_gpu] stopped by signal {signum}'))
     main()

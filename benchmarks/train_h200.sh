@@ -30,11 +30,12 @@ LOG=$dir/log.txt; R=$(mktemp -d)
 bash tools/setup_gpu_training.sh python3 "$wheels" > "$LOG" 2>&1 || { tail -30 "$LOG"; exit 1; }
 echo "== setup done (${SECONDS}s)" >> "$LOG"
 # run LIMIT_S ARGS...: one benchmarks/train_gpu.py call, cut to the time left; each of its runs (training, then
-# tools/test.py) gets an equal share (--time-limit), so a slow first run leaves the baseline its time and a cut run
-# still reports its logged iterations; PROFILE iterations of each run are profiled (0: none)
+# tools/test.py and, for classification, the bare benchmark) gets an equal share (--time-limit), so a slow first run
+# leaves the baseline its time and a cut run still reports its logged iterations; PROFILE iterations of each run are
+# profiled (0: none)
 run() { local lim=$1; shift; local left=$((LIMIT - SECONDS)); (( left < 45 )) && { echo "== skipped $1" >> "$LOG"; return; }
         local t=$(( lim < left ? lim : left )) n=0 a; for a in "$@"; do [[ $a =~ ^(det|seg|cls): ]] && n=$((n + 1)); done
-        timeout $((t + 20)) python3 benchmarks/train_gpu.py "$@" --time-limit $(( (t - 10) / n )) \
+        timeout $t python3 benchmarks/train_gpu.py "$@" --time-limit $(( (t - 15) / n )) \
             --profile "${PROFILE:-5}" >> "$LOG" 2>&1
         echo "== $1 done (${SECONDS}s)" >> "$LOG"; }
 part det && run ${DET_S:-330} det:configs/detection/mask-rcnn_vmamba-t_fpn_1x_coco.py:fp16 \
@@ -72,7 +73,7 @@ if part families; then
         [[ " $PARTS " == *" seg "* && $spec:$prec == seg:$S/upernet_vmamba-t_$U.py:fp16 ]] && continue
         left=$((LIMIT - SECONDS - 20)); (( left < 120 )) && { echo "== families: no time for $spec:$prec" >> "$LOG"; continue; }
         while (( $(jobs -rp | wc -l) >= ${FAMILY_JOBS:-8} )); do wait -n; done
-        left=$((LIMIT - SECONDS - 20))
+        left=$((LIMIT - SECONDS - 20)); (( left < 120 )) && { echo "== families: no time for $spec:$prec" >> "$LOG"; continue; }
         timeout $left python3 benchmarks/train_gpu.py "$spec:$prec" --out "$R/families/$n" --iters 300 --workers 2 \
             --time-limit $((left - 30)) > "$R/families/run_$n.log" 2>&1 &
         n=$((n + 1))

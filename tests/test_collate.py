@@ -102,3 +102,27 @@ def test_the_classification_configs_use_it():
         cfg = Config.fromfile(str(root / name))
         assert cfg.train_dataloader.collate_fn.type == 'visionssm.pack_collate'
         assert cfg.val_dataloader.collate_fn.type == 'visionssm.pack_collate'
+
+
+def test_layouts_and_special_tensors_survive_the_trip():
+    image = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).view(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    label = torch.tensor([1, 2])
+    batch = PackedBatch(cl=image, same=[label, label], strided=image[:, :, ::2], expanded=label.expand(3, 2),
+                        sparse=torch.eye(3).to_sparse(), scalar=torch.tensor(7))
+    back, shared = _through_a_worker_queue(batch)
+    assert back['cl'].is_contiguous(memory_format=torch.channels_last) and torch.equal(back['cl'], image)
+    assert back['same'][0] is back['same'][1] and torch.equal(back['same'][0], label)   # one tensor, referenced twice
+    assert torch.equal(back['strided'], image[:, :, ::2]) and torch.equal(back['expanded'], label.expand(3, 2))
+    assert back['sparse'].is_sparse and torch.equal(back['sparse'].to_dense(), torch.eye(3))   # pickled as usual
+    assert back['scalar'].shape == () and back['scalar'] == 7
+    assert shared <= 4   # float32 and int64 buffers (and the sparse tensor's own parts)
+
+
+def test_copying_a_packed_batch_does_not_pack_it():
+    import copy
+    from unittest import mock
+    batch = pack_collate(_samples())
+    with mock.patch.object(PackedBatch, '__reduce__', side_effect=AssertionError('packed')):
+        shallow, deep = copy.copy(batch), copy.deepcopy(batch)
+    assert isinstance(shallow, PackedBatch) and shallow['inputs'] is batch['inputs']
+    assert torch.equal(deep['inputs'], batch['inputs']) and deep['inputs'] is not batch['inputs']

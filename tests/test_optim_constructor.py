@@ -95,3 +95,12 @@ def test_the_recipes_use_the_foreach_ema():
     hooks = [h for path in sorted(root.glob('*/*.py')) for h in Config.fromfile(str(path)).get('custom_hooks', [])
              if h['type'] == 'EMAHook']
     assert len(hooks) >= 10 and all(h['ema_type'] == 'visionssm.ForeachExponentialMovingAverage' for h in hooks)
+
+
+def test_a_tied_parameter_is_refused_unless_bypassed():
+    tied = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
+    tied[1].weight = tied[0].weight
+    with pytest.raises(ValueError, match='bypass_duplicate'):
+        GroupedOptimWrapperConstructor(copy.deepcopy(CFG), dict(bias_decay_mult=0.0))(tied)
+    wrapper = GroupedOptimWrapperConstructor(copy.deepcopy(CFG), dict(bias_decay_mult=0.0, bypass_duplicate=True))(tied)
+    assert sum(len(g['params']) for g in wrapper.optimizer.param_groups) == 3

@@ -7,6 +7,7 @@ most of its time importing torch, mmdet and mmseg again). Only sizes change thro
 narrow heads (32 channels), fewer proposals and sampled RoIs, and a handful of iterations.
 """
 import json
+import os
 import re
 from pathlib import Path
 
@@ -230,6 +231,35 @@ def test_train_gpu_cut_run_keeps_its_log(tmp_path):
     status = run([sys.executable, '-c', 'import time; print("iteration 1", flush=True); time.sleep(60)'], log, 2)
     assert status == 'cut after 2 s' and 'iteration 1' in log.read_text()
     assert run([sys.executable, '-c', 'raise SystemExit("bad config")'], log, 60) == 'failed (1): bad config'
+    assert run([sys.executable, '-c', 'pass'], log, 0) == 'not run: no time left'
+
+
+def test_train_gpu_stopped_by_a_signal_takes_its_run_along(tmp_path):
+    """An outer ``timeout`` (SIGTERM) of the driver also ends the training it started: nothing keeps the GPU."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    marker = tmp_path / 'child.pid'
+    child_code = f'import os, time; open({str(marker)!r}, "w").write(str(os.getpid())); time.sleep(60)'
+    script = tmp_path / 'driver.py'
+    script.write_text(
+        'import pathlib, signal, sys\n'
+        f'sys.path.insert(0, {str(ROOT / "benchmarks")!r})\n'
+        'import train_gpu\n'
+        'signal.signal(signal.SIGTERM, lambda s, f: sys.exit(1))\n'
+        f'train_gpu._run_logged([sys.executable, "-c", {child_code!r}], pathlib.Path({str(tmp_path / "log")!r}), 120)\n')
+    driver = subprocess.Popen([sys.executable, str(script)])
+    for _ in range(100):
+        if marker.exists() and marker.read_text():
+            break
+        time.sleep(0.1)
+    child = int(marker.read_text())
+    driver.send_signal(signal.SIGTERM)
+    driver.wait(timeout=30)
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
 
 
 def test_step_profile_hook_rejects_an_empty_window():

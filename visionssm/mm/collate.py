@@ -15,8 +15,8 @@ those buffers. Use it as a dataloader's ``collate_fn=dict(type='visionssm.pack_c
 """
 from __future__ import annotations
 
+import copy
 import io
-import math
 import pickle
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -28,18 +28,38 @@ from ..registry import FUNCTIONS
 __all__ = ['pack_collate', 'PackedBatch']
 
 
+def _packable(obj) -> bool:
+    """A plain dense CPU tensor outside autograd (others, e.g. sparse, quantized or nested, pickle as usual)."""
+    return (type(obj) is torch.Tensor and obj.device.type == 'cpu' and obj.layout == torch.strided
+            and not obj.requires_grad and not obj.is_quantized and not obj.is_nested)
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Whether ``t``'s elements fill a gap-free block of its storage (any order of dimensions: channels_last too)."""
+    expected = 1
+    for size, stride in sorted((d for d in zip(t.shape, t.stride()) if d[0] != 1), key=lambda d: d[1]):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 class _TensorExtractor(pickle.Pickler):
-    """Pickles a structure with its CPU tensors left out, by reference (``persistent_id``), and collects them."""
+    """Pickles a structure with its packable tensors left out, by reference (``persistent_id``), and collects them
+    (each tensor object once: a tensor referenced twice comes back as one)."""
 
     def __init__(self, file):
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.tensors: List[torch.Tensor] = []
+        self._index: Dict[int, int] = {}
 
     def persistent_id(self, obj):
-        if type(obj) is torch.Tensor and obj.device.type == 'cpu' and not obj.requires_grad:
+        if not _packable(obj):
+            return None
+        if id(obj) not in self._index:
+            self._index[id(obj)] = len(self.tensors)
             self.tensors.append(obj)
-            return len(self.tensors) - 1
-        return None
+        return self._index[id(obj)]
 
 
 class _TensorRestorer(pickle.Unpickler):
@@ -52,8 +72,8 @@ class _TensorRestorer(pickle.Unpickler):
 
 
 def _unpack(payload: bytes, buffers: Dict[torch.dtype, torch.Tensor],
-            layout: Sequence[Tuple[torch.dtype, int, Tuple[int, ...]]]) -> Any:
-    views = [buffers[dtype][offset:offset + math.prod(shape)].view(shape) for dtype, offset, shape in layout]
+            layout: Sequence[Tuple[torch.dtype, int, Tuple[int, ...], Tuple[int, ...]]]) -> Any:
+    views = [buffers[dtype].as_strided(shape, stride, offset) for dtype, offset, shape, stride in layout]
     return _TensorRestorer(io.BytesIO(payload), views).load()
 
 
@@ -61,8 +81,9 @@ class PackedBatch(dict):
     """A collated batch (a ``dict``) whose CPU tensors cross a process boundary as one buffer per dtype.
 
     In the process that made it, it is the batch itself. Pickled (a data loader worker's queue), it is its structure
-    without the tensors, the tensors' bytes concatenated per dtype, and their shapes; unpickled, a plain ``dict``
-    whose tensors are views into those buffers (independent tensors that shared memory become separate views).
+    without the tensors, the tensors' bytes concatenated per dtype into shared memory, and their shapes and strides;
+    unpickled, a plain ``dict`` whose tensors are views into those buffers, in their memory layout (channels_last
+    stays channels_last). Distinct tensors that shared memory come back as separate views.
     """
 
     def __reduce__(self):
@@ -73,11 +94,26 @@ class PackedBatch(dict):
         sizes: Dict[torch.dtype, int] = {}
         layout = []
         for t in pickler.tensors:
-            layout.append((t.dtype, sizes.get(t.dtype, 0), tuple(t.shape)))
-            groups.setdefault(t.dtype, []).append(t.reshape(-1))
-            sizes[t.dtype] = sizes.get(t.dtype, 0) + t.numel()
-        buffers = {dtype: torch.cat(flat) for dtype, flat in groups.items()}
+            if _dense(t):   # its storage block in memory order, rebuilt with its own strides
+                flat = t.as_strided((t.numel(),), (1,))
+                stride = t.stride()
+            else:           # gaps between its elements: packed contiguous
+                flat, stride = t.reshape(-1), t.contiguous().stride()
+            offset = sizes.get(t.dtype, 0)
+            layout.append((t.dtype, offset, tuple(t.shape), tuple(stride)))
+            groups.setdefault(t.dtype, []).append(flat)
+            sizes[t.dtype] = offset + t.numel()
+        buffers = {}
+        for dtype, flats in groups.items():   # written once, into the shared memory the worker's queue sends
+            buffers[dtype] = torch.empty(sizes[dtype], dtype=dtype).share_memory_()
+            torch.cat(flats, out=buffers[dtype])
         return _unpack, (file.getvalue(), buffers, layout)
+
+    def __copy__(self):   # copy.copy (pin_memory in the main process): a shallow copy, not a pack
+        return PackedBatch(self)
+
+    def __deepcopy__(self, memo):
+        return PackedBatch(copy.deepcopy(dict(self), memo))
 
 
 @FUNCTIONS.register_module()

@@ -179,7 +179,7 @@ class StepProfileHook(Hook):
             for label, module in parts:
                 self._handles += [
                     module.register_forward_pre_hook(lambda m, a, label=f'forward:{label}': enter(m, a, label)),
-                    module.register_forward_hook(leave)]
+                    module.register_forward_hook(leave, always_call=True)]   # closes the range on an exception
 
     def _summarize(self, prof, wall: float, n: int) -> dict:
         events = prof.key_averages()

@@ -41,15 +41,31 @@ class GroupedOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             return super().add_params(params, module, prefix, is_dcn_module)
         single: List[dict] = []
         super().add_params(single, module, prefix, is_dcn_module)
-        merged = {}
+        merged, seen = {}, set()
         for group in single:
+            for p in group['params']:
+                # mmengine's groups hold a shared (tied) parameter twice unless bypass_duplicate; as separate groups
+                # torch refuses them, merged into one it would update the parameter twice per step: refuse here
+                if id(p) in seen:
+                    raise ValueError('a parameter appears twice in the model (tied weights?): set '
+                                     "paramwise_cfg=dict(bypass_duplicate=True) to keep its first occurrence")
+                seen.add(id(p))
             options = {k: v for k, v in group.items() if k != 'params'}
-            key = tuple(sorted((k, repr(v)) for k, v in options.items()))
+            key = tuple(sorted((k, _option_key(v)) for k, v in options.items()))
             if key not in merged:
                 merged[key] = dict(options, params=[])
                 params.append(merged[key])
             merged[key]['params'].extend(group['params'])
 
+
+def _option_key(value):
+    """A hashable stand-in for an option's value: plain values as they are, anything else by identity (never
+    merged with another object, whatever its printed form)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (tuple, list)) and all(v is None or isinstance(v, (bool, int, float, str)) for v in value):
+        return tuple(value)
+    return ('object', id(value))
 
 def _by_device_and_dtype(pairs) -> Dict[tuple, Tuple[List[torch.Tensor], List[torch.Tensor]]]:
     groups: Dict[tuple, Tuple[List[torch.Tensor], List[torch.Tensor]]] = {}
