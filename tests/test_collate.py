@@ -126,3 +126,12 @@ def test_copying_a_packed_batch_does_not_pack_it():
         shallow, deep = copy.copy(batch), copy.deepcopy(batch)
     assert isinstance(shallow, PackedBatch) and shallow['inputs'] is batch['inputs']
     assert torch.equal(deep['inputs'], batch['inputs']) and deep['inputs'] is not batch['inputs']
+
+
+def test_the_recipes_copy_batches_without_a_synchronization_per_tensor():
+    """A blocking host-to-device copy synchronizes the stream: mmengine copies each of a batch's 128 labels apart."""
+    from mmengine.config import Config
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1] / 'configs/classification/vmamba'
+    for name in ('vmamba-t-s1l8_8xb128_in1k.py', 'vmamba-t-s1l8_8xb128_in1k_gpu-aug.py'):
+        assert Config.fromfile(str(root / name)).data_preprocessor.non_blocking is True

@@ -19,6 +19,7 @@ data_preprocessor = dict(
     crop_pct=0.875,
     mean=[123.675, 116.28, 103.53],
     std=[58.395, 57.12, 57.375],
+    non_blocking=True,   # the labels are copied to the GPU without a stream synchronization each
 )
 train_pipeline = [dict(type='PackEncodedImage')]
 test_pipeline = [dict(type='PackEncodedImage')]
