@@ -177,8 +177,9 @@ def run_one(task: str, config: str, precision: str, args, data_root: Path, out: 
                    loss_scale_min=min(scales) if scales else None, loss_scale_last=scales[-1] if scales else None)
     profile = work_dir / 'step_profile.json'
     if profile.exists():
+        from visionssm.mm.hooks import StepProfileHook
         prof = json.loads(profile.read_text())
-        row.update(profile={k: prof.get(k) for k in ('iters', 'wall_ms', 'data_ms', 'kernel_ms', 'gpu_busy', 'forward')})
+        row.update(profile={k: prof.get(k) for k in StepProfileHook.SUMMARY_KEYS})
     save(row)   # the training's figures reach the report before the evaluation and the bare benchmark run
     ckpts = sorted(work_dir.glob('*.pth'), key=os.path.getmtime)
     if status == 'ok' and ckpts:

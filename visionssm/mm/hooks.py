@@ -103,6 +103,8 @@ class StepProfileHook(Hook):
     """
 
     priority = 'VERY_LOW'
+    # the summary's per-iteration figures (logged, and what benchmarks/train_gpu.py reports)
+    SUMMARY_KEYS = ('iters', 'wall_ms', 'data_ms', 'kernel_ms', 'gpu_busy', 'forward')
 
     def __init__(self, start: int = 20, iters: int = 5, top: int = 20, filename: str = 'step_profile.json'):
         if start < 0 or iters < 1:
@@ -110,8 +112,7 @@ class StepProfileHook(Hook):
         self.start, self.iters, self.top, self.filename = start, iters, top, filename
         self._prof = None
         self._handles: list = []
-        self._t0 = self._data_t0 = 0.0
-        self._data_s, self._done = 0.0, 0
+        self._t0, self._data_s, self._done = 0.0, 0.0, 0
         self.summary: Optional[dict] = None
 
     def _sync(self) -> None:
@@ -153,8 +154,7 @@ class StepProfileHook(Hook):
         self._handles = []
         self.summary = self._summarize(self._prof, wall, max(1, self._done))
         self._prof = None
-        runner.logger.info('step profile: ' + json.dumps(
-            {k: self.summary[k] for k in ('iters', 'wall_ms', 'data_ms', 'kernel_ms', 'gpu_busy', 'forward')}))
+        runner.logger.info('step profile: ' + json.dumps({k: self.summary[k] for k in self.SUMMARY_KEYS}))
         self._write(runner.work_dir)
 
     def _label_parts(self, runner) -> None:
