@@ -20,7 +20,8 @@ Two things are made to behave as on a CUDA device, so the numbers track the GPU 
 * The selective scan: on a CPU it runs the pure-PyTorch reference, whose many small ops and intermediates would
   swamp both counts. ``--scan stub`` (default) replaces it by one autograd function that saves what the Triton
   backend saves (its inputs, and its fp32 state checkpoints where ``keeps_states`` keeps them, at their size for
-  a batch-128 step scaled to the batch run) and returns zeros; ``--scan reference`` keeps the reference.
+  a batch-128 step scaled to the batch run) and returns zeros; ``--scan reference`` keeps the reference. With
+  the stub, the token conv1d also takes its Triton host path, each kernel launch counted and not run.
 
 Run from the repository root (imports ``visionssm`` from the current directory first).
 """
@@ -46,6 +47,7 @@ class OpCounter(TorchDispatchMode):
     device work (not views, not bare allocations), each a kernel launch on a GPU. ``paused`` counts nothing."""
 
     _NO_KERNEL = {'aten.empty', 'aten.new_empty', 'aten.empty_like', 'aten.empty_strided'}
+    active: list = []   # the counters entered now, innermost last: a stubbed Triton launch counts in them
 
     def __init__(self):
         super().__init__()
@@ -53,12 +55,45 @@ class OpCounter(TorchDispatchMode):
         self.launches = 0
         self.paused = False
 
+    def __enter__(self):
+        OpCounter.active.append(self)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        OpCounter.active.remove(self)
+        return super().__exit__(*exc)
+
+    def count_launch(self, name: str = 'triton_launch'):
+        if not self.paused:
+            self.counts[name] += 1
+            self.launches += 1
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if not self.paused:
             name = str(func.overloadpacket)
             self.counts[name] += 1
             self.launches += not func.is_view and name not in self._NO_KERNEL
         return func(*args, **(kwargs or {}))
+
+
+class NoLaunch:
+    """Stands in for a jitted Triton kernel: ``kernel[grid](...)`` does nothing but count one launch in the active
+    counters."""
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            for counter in OpCounter.active:
+                counter.count_launch()
+        return launch
+
+
+def stub_conv1d_launches():
+    """The token conv1d (``visionssm.layers.conv1d``) takes its Triton path on CPU tensors, every kernel launch a
+    no-op that counts one launch: its host path and launches as on a GPU (outputs left unwritten)."""
+    import visionssm.kernels.conv1d as ck
+    for name in ('_conv_fwd_kernel', '_conv_bwd_kernel', '_conv_dx_kernel'):
+        setattr(ck, name, NoLaunch())
+    ck.on_gpu = lambda t: True   # float64 stays on the PyTorch form: the kernels take no float64
 
 
 class CudaAutocastNorms(TorchFunctionMode):
@@ -190,6 +225,7 @@ def main(argv=None):
         import importlib
         ss = importlib.import_module('visionssm.ops.selective_scan')
         ss.BACKENDS['reference'] = (_scan_stub, lambda u: True)
+        stub_conv1d_launches()
     dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': None}[a.precision]
     print(f'batch {a.batch}, {a.img_size}px, {a.precision} autocast, {a.norms} norm policy, scan {a.scan}')
     for name in a.models:

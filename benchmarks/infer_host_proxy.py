@@ -38,14 +38,13 @@ import torch  # noqa: E402
 
 import torch.nn.functional as F  # noqa: E402
 
-from cpu_step_proxy import CudaAutocastNorms, OpCounter as LaunchCounter  # noqa: E402
+from cpu_step_proxy import CudaAutocastNorms, NoLaunch, OpCounter as LaunchCounter, stub_conv1d_launches  # noqa: E402
 
 MODELS = ('vmamba_tiny_s1l8', 'convnext_tiny', 'vim_tiny', 'deit_tiny_patch16_224')
 # Widths of the timed (narrow) variant of each family: T models' widths / 12 (96 -> 8 per stage-1 channel group,
 # ViT-T 192 -> 16; DeiT keeps its 3 heads). A family not listed is timed at its own widths.
 NARROW = (('vmamba_', dict(dims=8)), ('convnext_', dict(dims=(8, 16, 32, 64))), ('vim_', dict(embed_dim=16)),
           ('deit_', dict(embed_dim=24)))
-_counters: list = []   # the OpCounters active now: a stubbed launch counts in them
 
 
 class CudaNorms(CudaAutocastNorms):
@@ -57,7 +56,7 @@ class CudaNorms(CudaAutocastNorms):
         self.counter = counter
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func is F.rms_norm and self.counter in _counters and not self.counter.paused:
+        if func is F.rms_norm and self.counter in LaunchCounter.active and not self.counter.paused:
             self.counter.counts['aten._fused_rms_norm'] += 1
             self.counter.launches += 1
             self.counter.paused = True
@@ -68,25 +67,16 @@ class CudaNorms(CudaAutocastNorms):
         return super().__torch_function__(func, types, args, kwargs)
 
 
-class _NoLaunch:
-    """Stands in for a jitted Triton kernel: ``kernel[grid](...)`` does nothing but count one launch."""
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            for c in _counters:
-                c.counts['triton_launch'] += 1
-                c.launches += 1
-        return launch
-
-
 def _stub_launches():
-    """The Triton backend on CPU tensors, every kernel launch a no-op: the scan's host path as on a GPU."""
+    """The Triton backends on CPU tensors, every kernel launch a no-op: the host paths of the scan and of the token
+    conv1d as on a GPU."""
     import importlib
     import visionssm.kernels.triton_scan as ts
     ss = importlib.import_module('visionssm.ops.selective_scan')   # the module, not the function it exports
     for name in ('_scan_fwd_kernel', '_scan_bwd_kernel', '_scan_fwd_chunked_kernel', '_scan_bwd_chunked_kernel'):
-        setattr(ts, name, _NoLaunch())
+        setattr(ts, name, NoLaunch())
     ss.BACKENDS['triton'] = (ts.selective_scan_triton, lambda u: u.dtype != torch.float64)
+    stub_conv1d_launches()
 
 
 def _build(name: str, img_size: int, narrow: bool = False):
@@ -107,12 +97,8 @@ def count_ops(name: str, batch: int, img_size: int) -> LaunchCounter:
             if i < 2:
                 model(x)
                 continue
-            _counters.append(counter)
-            try:
-                with counter:
-                    model(x)
-            finally:
-                _counters.remove(counter)
+            with counter:
+                model(x)
     return counter
 
 

@@ -65,6 +65,7 @@ from torch.utils.checkpoint import checkpoint
 
 from visionssm.layers import Mlp, ScanLayer, full_precision, init_dt_bias
 from visionssm.layers.cache import cached_while_inferring, exporting
+from visionssm.layers.conv1d import depthwise_conv1d
 from visionssm.ops import Route, selective_scan
 from ._checkpoint import load_through_model
 from ._hierarchical import HierarchicalBackbone
@@ -194,9 +195,9 @@ class MambaVisionMixer(ScanLayer):
     """in_proj → two halves, each SiLU(depthwise conv1d, 'same'); the first scanned forward over the tokens →
     out_proj(concat[scan, second half]). Parameter names are the official ones.
 
-    Everything stays channel-last: both halves' conv1d run as one grouped conv over the ``(B, L, C)`` tokens seen
-    as a channels-last ``(B, C, 1, L)`` map, and the halves, Δ, B and C are views that the projections and the scan
-    read in place.
+    Everything stays channel-last: both halves' conv1d run as one depthwise conv along the ``(B, L, C)`` tokens
+    (``visionssm.layers.conv1d``), and the halves, Δ, B and C are views that the projections and the scan read in
+    place.
 
     Args:
         dim: model width C (the halves are C / 2 wide).
@@ -223,16 +224,16 @@ class MambaVisionMixer(ScanLayer):
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(half, 1))
         self.D = nn.Parameter(torch.ones(half))
         self.out_proj = nn.Linear(dim, dim, bias=False)
-        # Applied functionally as one grouped conv over both halves (see forward); the modules hold the weights.
+        # Applied functionally as one depthwise conv over both halves (see forward); the modules hold the weights.
         self.conv1d_x = nn.Conv1d(half, half, d_conv, groups=half, padding='same', bias=False)
         self.conv1d_z = nn.Conv1d(half, half, d_conv, groups=half, padding='same', bias=False)
 
     def _derived_weights(self, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Both halves' conv weights as one grouped conv's ``(C, 1, 1, k)`` in ``dtype``, and ``A = -exp(A_log)``
+        """Both halves' conv weights as one depthwise conv's ``(C, 1, k)`` in ``dtype``, and ``A = -exp(A_log)``
         in at least float32; kept between calls while inferring (``cached_while_inferring``)."""
         params = (self.conv1d_x.weight, self.conv1d_z.weight, self.A_log)
         return cached_while_inferring(self, params, dtype, lambda: (
-            torch.cat([self.conv1d_x.weight, self.conv1d_z.weight]).unsqueeze(2).to(dtype),
+            torch.cat([self.conv1d_x.weight, self.conv1d_z.weight]).to(dtype),
             -torch.exp(full_precision(self.A_log))))
 
     def forward(self, x: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -241,10 +242,8 @@ class MambaVisionMixer(ScanLayer):
         if valid is not None:  # padding is zero to the conv, as its own 'same' padding is
             xz = xz * valid.unsqueeze(-1).to(xz.dtype)
         conv_weight, A = self._derived_weights(xz.dtype)
-        # (B, C, 1, L) with the channels unit-strided is a channels-last map (a size-1 W would not be recognized as
-        # one): the conv keeps that layout, so its output viewed back as (B, L, C) is contiguous.
-        xz = F.conv2d(xz.transpose(1, 2).unsqueeze(2), conv_weight, padding='same', groups=self.dim)
-        u, z = F.silu(xz).squeeze(2).transpose(1, 2).chunk(2, dim=-1)
+        # Both halves' SiLU(conv), 'same' padded, as one depthwise conv along the tokens (on CUDA one Triton kernel).
+        u, z = depthwise_conv1d(xz, conv_weight, left=(conv_weight.shape[-1] - 1) // 2).chunk(2, dim=-1)
         rank, n = self.dt_rank, self.d_state
         dt, B, C = self.x_proj(u).split([rank, n, n], dim=-1)
         # The official model adds dt_proj's bias here and again as the scan's delta_bias; the weights learned so.

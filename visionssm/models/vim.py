@@ -49,6 +49,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import FeatureInfo, feature_take_indices
 
 from visionssm.layers import ScanLayer, full_precision, init_dt_bias
+from visionssm.layers.conv1d import depthwise_conv1d
 from visionssm.layers.cache import CastCachedConv2d, CastCachedLinear, cached_while_inferring, tracing
 from visionssm.ops import bidirectional_routes, selective_scan
 from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted, load_through_model
@@ -146,10 +147,10 @@ class BiMambaMixer(ScanLayer):
     def _fused_weights(self, dtype: torch.dtype) -> Tuple[Optional[torch.Tensor], ...]:
         """Both directions' weights as one op's: ``(conv_weight, conv_bias, x_proj, dt_proj, A, D, delta_bias)``.
 
-        * conv ``(2E, 1, 2k-1, 1)``: the forward direction's causal kernel padded with k-1 zero taps after it, and the
+        * conv ``(2E, 1, 2k-1)``: the forward direction's causal kernel padded with k-1 zero taps after it, and the
           backward direction's reversed kernel with k-1 zero taps before it. With k-1 zeros of padding on both
-          sides of the sequence, one grouped conv gives the causal conv of ``x`` and the anti-causal one (the
-          official flip → causal conv → flip, with no activation flipped).
+          sides of the sequence, one depthwise conv over ``x`` repeated twice gives the causal conv of ``x`` and the
+          anti-causal one (the official flip → causal conv → flip, with no activation flipped).
         * ``x_proj`` ``(2(R + 2N), 2E)``, block-diagonal: per direction ``[Δ, B, C]`` from its own channels. B and C
           of both directions are then strided ``(…, 2, N)`` views of its output, read in place by the scan.
         * ``dt_proj`` ``(2E, 2(R + 2N))``, block-diagonal, each direction's weight padded with zero columns for B
@@ -178,11 +179,9 @@ class BiMambaMixer(ScanLayer):
         """``in_proj``'s output ``(B, L, 2E)`` and the fused weights → the merged, gated scan output ``(B, L, E)``
         in ``xz``'s dtype."""
         x, z = xz.chunk(2, dim=-1)
-        # Both directions' SiLU(conv) as one grouped conv over the channel-last sequence seen as a (B, 2E, L, 1)
-        # map: (B, L, 2E), the forward direction's channels first.
-        x2 = torch.cat([x, x], dim=-1).transpose(1, 2).unsqueeze(-1)
-        u = F.conv2d(x2, conv_w, conv_b, padding=(self.d_conv - 1, 0), groups=2 * self.d_inner)
-        u = F.silu(u).squeeze(-1).transpose(1, 2).contiguous()
+        # Both directions' SiLU(conv) as one conv repeating x's channels: (B, L, 2E), the forward direction's first
+        # (on CUDA one Triton kernel reading x in place).
+        u = depthwise_conv1d(x, conv_w, conv_b, left=self.d_conv - 1, repeats=2)
         x_dbl = F.linear(u, x_proj)                      # (B, L, 2(R + 2N)): [Δ_f, B_f, C_f, Δ_b, B_b, C_b]
         delta = F.linear(x_dbl, dt_proj)                 # (B, L, 2E)
         r, n = self.dt_rank, self.d_state
@@ -212,7 +211,7 @@ def fuse_bidirectional_weights(dtype: torch.dtype, d_state: int, conv_w, conv_w_
                                x_proj_b, dt_w, dt_w_b, dt_bias, dt_bias_b, A_log, A_b_log, D, D_b):
     """``BiMambaMixer._fused_weights`` from the two directions' parameters (its docstring gives the layout)."""
     k = conv_w.shape[-1]
-    conv = torch.cat([F.pad(conv_w, (0, k - 1)), F.pad(conv_w_b.flip(-1), (k - 1, 0))]).unsqueeze(-1).to(dtype)
+    conv = torch.cat([F.pad(conv_w, (0, k - 1)), F.pad(conv_w_b.flip(-1), (k - 1, 0))]).to(dtype)
     conv_b = torch.cat([conv_bias, conv_bias_b]).to(dtype) if conv_bias is not None else None
     bc = (0, 2 * d_state)
     x_proj = torch.block_diag(x_proj, x_proj_b).to(dtype)
@@ -243,8 +242,7 @@ class _FusedWeights(torch.autograd.Function):
         E, k, P, R = ctx.dims
         grads = [None] * 14
         if g_conv is not None:
-            g = g_conv.squeeze(-1)
-            grads[0:2] = g[:E, :, :k], g[E:, :, k - 1:].flip(-1)
+            grads[0:2] = g_conv[:E, :, :k], g_conv[E:, :, k - 1:].flip(-1)
         if g_conv_b is not None:
             grads[2:4] = g_conv_b[:E], g_conv_b[E:]
         if g_x_proj is not None:
