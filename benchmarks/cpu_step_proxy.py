@@ -21,7 +21,8 @@ Two things are made to behave as on a CUDA device, so the numbers track the GPU 
   swamp both counts. ``--scan stub`` (default) replaces it by one autograd function that saves what the Triton
   backend saves (its inputs, and its fp32 state checkpoints where ``keeps_states`` keeps them, at their size for
   a batch-128 step scaled to the batch run) and returns zeros; ``--scan reference`` keeps the reference. With
-  the stub, the token conv1d also takes its Triton host path, each kernel launch counted and not run.
+  the stub, the token conv1d and the norms also take their Triton host paths, each kernel launch counted and not
+  run (``stub_triton_launches``).
 
 Run from the repository root (imports ``visionssm`` from the current directory first).
 """
@@ -87,13 +88,20 @@ class NoLaunch:
         return launch
 
 
-def stub_conv1d_launches():
-    """The token conv1d (``visionssm.layers.conv1d``) takes its Triton path on CPU tensors, every kernel launch a
-    no-op that counts one launch: its host path and launches as on a GPU (outputs left unwritten)."""
-    import visionssm.kernels.conv1d as ck
-    for name in ('_conv_fwd_kernel', '_conv_bwd_kernel', '_conv_dx_kernel'):
-        setattr(ck, name, NoLaunch())
-    ck.on_gpu = lambda t: True   # float64 stays on the PyTorch form: the kernels take no float64
+def stub_triton_launches() -> contextlib.ExitStack:
+    """The Triton paths of the token conv1d (``visionssm.layers.conv1d``) and of the LayerNorm / RMSNorm
+    (``visionssm.layers.norm``) serve CPU tensors, every kernel launch a no-op that counts one launch: their host
+    paths, launches and saved tensors as on a GPU (outputs left unwritten; float64 stays on PyTorch, as the kernels
+    take none). Undone by closing the returned stack."""
+    from unittest import mock
+    from visionssm.kernels import conv1d, layer_norm
+    stack = contextlib.ExitStack()
+    for module, kernels in ((conv1d, ('_conv_fwd_kernel', '_conv_bwd_kernel', '_conv_dx_kernel')),
+                            (layer_norm, ('_ln_fwd_kernel', '_ln_bwd_kernel'))):
+        for name in kernels:
+            stack.enter_context(mock.patch.object(module, name, NoLaunch()))
+        stack.enter_context(mock.patch.object(module, 'on_gpu', lambda t: True))
+    return stack
 
 
 class CudaAutocastNorms(TorchFunctionMode):
@@ -225,7 +233,7 @@ def main(argv=None):
         import importlib
         ss = importlib.import_module('visionssm.ops.selective_scan')
         ss.BACKENDS['reference'] = (_scan_stub, lambda u: True)
-        stub_conv1d_launches()
+        stub_triton_launches()
     dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': None}[a.precision]
     print(f'batch {a.batch}, {a.img_size}px, {a.precision} autocast, {a.norms} norm policy, scan {a.scan}')
     for name in a.models:

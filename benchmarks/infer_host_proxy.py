@@ -6,11 +6,11 @@ At small batches an eager inference step on a fast GPU is bound by the host: eve
 work and, on a GPU, mostly a kernel launch of ~10-25 µs of host time. Two figures per model, both on a CPU:
 
 * ops: the ATen ops dispatched in one eval forward (``no_grad``, bf16 autocast with CUDA's float32 policy for
-  layer_norm / group_norm as ``cpu_step_proxy.py``, and ``rms_norm`` as CUDA's one fused op), at ``--batch`` and
-  ``--img-size``; of them, the launches: the ops that do device work (not views, not bare allocations). Autocast
-  is entered for each forward, as ``tools/benchmark.py`` does, so its weight casts count. The scan
-  runs the Triton backend's real host path (launch decisions, allocations, the merge) with its kernel launches
-  stubbed out; each launch counts as one op (``triton_launch``).
+  layer_norm / group_norm as ``cpu_step_proxy.py``, and ``F.rms_norm`` as CUDA's one fused op), at ``--batch``
+  and ``--img-size``; of them, the launches: the ops that do device work (not views, not bare allocations).
+  Autocast is entered for each forward, as ``tools/benchmark.py`` does, so its weight casts count. The scan, the
+  token conv1d and the LayerNorm / RMSNorm kernels run their Triton host paths (launch decisions, allocations,
+  the scan's merge) with the kernel launches stubbed out; each launch counts as one op (``triton_launch``).
 * µs: the wall time of one forward of the same architecture made narrow (``NARROW``: every width about a
   twelfth, so ~1/150 of the weights) at batch 1 and ``--time-size`` pixels (median of ``--repeats``): the same ops
   in the same order, with their compute (and autocast's weight casts) reduced to almost nothing, so what is left is
@@ -25,6 +25,7 @@ from the repository root with ``OMP_NUM_THREADS=1`` for steady timings.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -38,7 +39,7 @@ import torch  # noqa: E402
 
 import torch.nn.functional as F  # noqa: E402
 
-from cpu_step_proxy import CudaAutocastNorms, NoLaunch, OpCounter as LaunchCounter, stub_conv1d_launches  # noqa: E402
+from cpu_step_proxy import CudaAutocastNorms, NoLaunch, OpCounter as LaunchCounter, stub_triton_launches  # noqa: E402
 
 MODELS = ('vmamba_tiny_s1l8', 'convnext_tiny', 'vim_tiny', 'deit_tiny_patch16_224')
 # Widths of the timed (narrow) variant of each family: T models' widths / 12 (96 -> 8 per stage-1 channel group,
@@ -67,16 +68,19 @@ class CudaNorms(CudaAutocastNorms):
         return super().__torch_function__(func, types, args, kwargs)
 
 
-def _stub_launches():
-    """The Triton backends on CPU tensors, every kernel launch a no-op: the host paths of the scan and of the token
-    conv1d as on a GPU."""
+def _stub_launches() -> contextlib.ExitStack:
+    """The Triton backends on CPU tensors, every kernel launch a no-op: the host paths of the scan, the token conv1d
+    and the norms as on a GPU. Undone by closing the returned stack."""
     import importlib
+    from unittest import mock
     import visionssm.kernels.triton_scan as ts
     ss = importlib.import_module('visionssm.ops.selective_scan')   # the module, not the function it exports
+    stack = stub_triton_launches()
     for name in ('_scan_fwd_kernel', '_scan_bwd_kernel', '_scan_fwd_chunked_kernel', '_scan_bwd_chunked_kernel'):
-        setattr(ts, name, NoLaunch())
-    ss.BACKENDS['triton'] = (ts.selective_scan_triton, lambda u: u.dtype != torch.float64)
-    stub_conv1d_launches()
+        stack.enter_context(mock.patch.object(ts, name, NoLaunch()))
+    stack.enter_context(mock.patch.dict(ss.BACKENDS, triton=(ts.selective_scan_triton,
+                                                             lambda u: u.dtype != torch.float64)))
+    return stack
 
 
 def _build(name: str, img_size: int, narrow: bool = False):

@@ -1,12 +1,15 @@
-"""LayerNorm for narrow rows: the Triton kernels of ``kernels/layer_norm.py`` on CUDA, PyTorch elsewhere.
+"""LayerNorm for narrow rows, and RMSNorm: the Triton kernels of ``kernels/layer_norm.py`` on CUDA, PyTorch elsewhere.
 
 ``layer_norm`` normalizes ``x`` over consecutive segments of ``width`` channels of its last dimension (the whole
 last dimension by default), each of the G = ``x.shape[-1] / width`` segments with its own affine, and writes the
 result in ``out_dtype``: a norm whose output a GEMM reads under autocast can hand it over in the GEMM's dtype, with
 no float32 map written and cast. Statistics are float32 either way.
 
-On CUDA (not while tracing or exporting) it is one Triton kernel forward and one backward, which keeps only ``x``,
-the weights and two float32 statistics per row. ``VISIONSSM_LAYER_NORM=torch`` selects the PyTorch form, which also
+``rms_norm`` (and the ``RMSNorm`` module, Vim's) does the same for RMSNorm over the last dimension, computed in at
+least float32.
+
+On CUDA (not while tracing or exporting) each is one Triton kernel forward and one backward, which keeps only ``x``,
+the weights and float32 statistics per row. ``VISIONSSM_LAYER_NORM=torch`` selects the PyTorch form, which also
 serves the CPU and graph capture.
 """
 from __future__ import annotations
@@ -23,7 +26,9 @@ from visionssm.kernels import layer_norm as norm_kernels
 from .cache import tracing
 from .fused import autocast_dtype
 
-__all__ = ['layer_norm', 'norm_to', 'native_layer_norm', 'native_layer_norm_backward']
+__all__ = ['RMSNorm', 'layer_norm', 'rms_norm', 'norm_to', 'native_layer_norm', 'native_layer_norm_backward']
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 class _LayerNormTriton(torch.autograd.Function):
@@ -47,6 +52,60 @@ class _LayerNormTriton(torch.autograd.Function):
         grad_w = dw.flatten().to(ctx.dtypes[0]) if need[1] else None
         grad_b = db.flatten().to(ctx.dtypes[1]) if need[2] and ctx.has_bias else None
         return dx if need[0] else None, grad_w, grad_b, None, None, None
+
+
+class _RMSNormTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, eps, out_dtype):
+        width = x.shape[-1]
+        w = None if weight is None else weight.view(1, width)
+        y, _, rstd = norm_kernels.layer_norm_forward(x, width, w, None, eps, out_dtype, rms=True)
+        ctx.save_for_backward(x, w, rstd)
+        ctx.weight_dtype = None if weight is None else weight.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w, rstd = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dx, dw, _ = norm_kernels.layer_norm_backward(grad, x, x.shape[-1], w, None, rstd,
+                                                     need_weight_grads=need[1], rms=True)
+        return dx if need[0] else None, dw.flatten().to(ctx.weight_dtype) if need[1] else None, None, None
+
+
+@register_notrace_function
+def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, eps: float = 1e-5,
+             out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """RMSNorm of ``x`` over its last dimension, computed in at least float32 (float64 stays float64), the weight
+    cast to that precision, written in ``out_dtype`` (default: the precision computed in). On CUDA (not while
+    tracing or exporting) one Triton kernel each way (``kernels/layer_norm.py``), which writes ``out_dtype``
+    directly: a GEMM's low-precision input without a float32 map and its cast. A torch.fx leaf."""
+    width = x.shape[-1]
+    if weight is not None and weight.numel() != width:
+        raise ValueError(f'rms_norm: weight has {weight.numel()} elements, the last dimension {width}')
+    compute = torch.float32 if x.dtype in _LOW_PRECISION else x.dtype
+    out_dtype = out_dtype or compute
+    if not tracing() and norm_kernels.supports(x, width):
+        if torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad)):
+            return _RMSNormTriton.apply(x.contiguous(), weight, eps, out_dtype)
+        w = None if weight is None else weight.view(1, width)
+        return norm_kernels.layer_norm_forward(x.contiguous(), width, w, None, eps, out_dtype, stats=False,
+                                               rms=True)[0]
+    x = x.to(compute)
+    return F.rms_norm(x, (width,), _to(weight, compute), eps).to(out_dtype)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm without bias, computed in at least float32 (the precision of Mamba's fused Triton norm), output in
+    the weight's dtype; ``norm_to`` hands it to a GEMM in autocast's dtype instead."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps, self.weight.dtype)
 
 
 def _to(t: Optional[torch.Tensor], dtype: Optional[torch.dtype]) -> Optional[torch.Tensor]:
@@ -102,12 +161,21 @@ def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Opt
 @register_notrace_function
 def norm_to(norm: nn.Module, x: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """``norm(x).to(dtype)`` for a norm whose output a GEMM reads in ``dtype`` (default: autocast's dtype, else
-    ``x``'s): a LayerNorm over the last dimension writes it in ``dtype`` directly (``layer_norm``), not a float32 map
-    and then its cast. Other norms run as they are. A torch.fx leaf."""
+    ``x``'s; an ``RMSNorm``'s weight dtype without autocast): a LayerNorm over the last dimension and an
+    ``RMSNorm`` write it in ``dtype`` directly (``layer_norm``, ``rms_norm``), not a float32 map and then its cast.
+    Other norms run as they are. A torch.fx leaf."""
+    if isinstance(norm, RMSNorm):
+        return rms_norm(x, norm.weight, norm.eps, dtype or (
+            autocast_dtype(x) if _autocast_on(x) else norm.weight.dtype))
     dtype = dtype or autocast_dtype(x)
     if isinstance(norm, nn.LayerNorm) and len(norm.normalized_shape) == 1:
         return layer_norm(x, norm.weight, norm.bias, norm.eps, out_dtype=dtype)
     return norm(x).to(dtype)
+
+
+def _autocast_on(x: torch.Tensor) -> bool:
+    device = x.device.type
+    return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
 
 
 def native_layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,

@@ -50,26 +50,13 @@ from timm.models._features import FeatureInfo, feature_take_indices
 
 from visionssm.layers import ScanLayer, full_precision, init_dt_bias
 from visionssm.layers.conv1d import depthwise_conv1d
+from visionssm.layers.norm import RMSNorm, norm_to
 from visionssm.layers.cache import CastCachedConv2d, CastCachedLinear, cached_while_inferring, tracing
 from visionssm.ops import bidirectional_routes, selective_scan
 from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted, load_through_model
 
 __all__ = ['Vim', 'VimBlock', 'BiMambaMixer', 'VimFeaturePyramid', 'RMSNorm', 'checkpoint_filter_fn',
            'resample_pos_embed', 'from_official']
-
-
-class RMSNorm(nn.Module):
-    """RMSNorm without bias, computed in at least float32 (the official Triton kernel's precision)."""
-
-    def __init__(self, dim: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = full_precision(x)
-        y = F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
-        return y.to(self.weight.dtype)  # the residual stays in full precision, the mixer gets the model's dtype
 
 
 class BiMambaMixer(ScanLayer):
@@ -298,7 +285,8 @@ class VimBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.drop_path(self.mixer(self.norm(x)))
+        # in_proj reads the norm's output in autocast's dtype: written so directly (no float32 map and its cast)
+        return x + self.drop_path(self.mixer(norm_to(self.norm, x)))
 
 
 class PatchEmbed(nn.Module):
