@@ -53,6 +53,7 @@ class OpCounter(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.counts = collections.Counter()
+        self.kernels = collections.Counter()   # the stubbed Triton launches by kernel
         self.launches = 0
         self.paused = False
 
@@ -64,9 +65,10 @@ class OpCounter(TorchDispatchMode):
         OpCounter.active.remove(self)
         return super().__exit__(*exc)
 
-    def count_launch(self, name: str = 'triton_launch'):
+    def count_launch(self, name: str = 'triton_launch', kernel: str = 'triton'):
         if not self.paused:
             self.counts[name] += 1
+            self.kernels[kernel] += 1
             self.launches += 1
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -78,13 +80,16 @@ class OpCounter(TorchDispatchMode):
 
 
 class NoLaunch:
-    """Stands in for a jitted Triton kernel: ``kernel[grid](...)`` does nothing but count one launch in the active
-    counters."""
+    """Stands in for the jitted Triton kernel ``name``: ``kernel[grid](...)`` does nothing but count one launch in
+    the active counters (as ``triton_launch``, and by kernel in their ``kernels``)."""
+
+    def __init__(self, name: str = 'triton'):
+        self.name = name
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
             for counter in OpCounter.active:
-                counter.count_launch()
+                counter.count_launch(kernel=self.name)
         return launch
 
 
@@ -99,7 +104,7 @@ def stub_triton_launches() -> contextlib.ExitStack:
     for module, kernels in ((conv1d, ('_conv_fwd_kernel', '_conv_bwd_kernel', '_conv_dx_kernel')),
                             (layer_norm, ('_ln_fwd_kernel', '_ln_bwd_kernel'))):
         for name in kernels:
-            stack.enter_context(mock.patch.object(module, name, NoLaunch()))
+            stack.enter_context(mock.patch.object(module, name, NoLaunch(name)))
         stack.enter_context(mock.patch.object(module, 'on_gpu', lambda t: True))
     return stack
 

@@ -6,8 +6,9 @@ At small batches an eager inference step on a fast GPU is bound by the host: eve
 work and, on a GPU, mostly a kernel launch of ~10-25 µs of host time. Two figures per model, both on a CPU:
 
 * ops: the ATen ops dispatched in one eval forward (``no_grad``, bf16 autocast with CUDA's float32 policy for
-  layer_norm / group_norm as ``cpu_step_proxy.py``, and ``F.rms_norm`` as CUDA's one fused op), at ``--batch``
-  and ``--img-size``; of them, the launches: the ops that do device work (not views, not bare allocations).
+  layer_norm / group_norm as ``cpu_step_proxy.py``, and a plain ``F.rms_norm`` — in other models than
+  visionssm's, whose norms take the Triton path below — as CUDA's one fused op), at ``--batch`` and
+  ``--img-size``; of them, the launches: the ops that do device work (not views, not bare allocations).
   Autocast is entered for each forward, as ``tools/benchmark.py`` does, so its weight casts count. The scan, the
   token conv1d and the LayerNorm / RMSNorm kernels run their Triton host paths (launch decisions, allocations,
   the scan's merge) with the kernel launches stubbed out; each launch counts as one op (``triton_launch``).
@@ -77,7 +78,7 @@ def _stub_launches() -> contextlib.ExitStack:
     ss = importlib.import_module('visionssm.ops.selective_scan')   # the module, not the function it exports
     stack = stub_triton_launches()
     for name in ('_scan_fwd_kernel', '_scan_bwd_kernel', '_scan_fwd_chunked_kernel', '_scan_bwd_chunked_kernel'):
-        stack.enter_context(mock.patch.object(ts, name, NoLaunch()))
+        stack.enter_context(mock.patch.object(ts, name, NoLaunch(name)))
     stack.enter_context(mock.patch.dict(ss.BACKENDS, triton=(ts.selective_scan_triton,
                                                              lambda u: u.dtype != torch.float64)))
     return stack

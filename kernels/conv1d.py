@@ -4,7 +4,7 @@ and backward.
 Vim's mixer runs both directions' convs (the causal one of ``x`` and the anti-causal one, each followed by SiLU) as
 one grouped conv over ``[x, x]``. With PyTorch that is a concatenation, a transpose to ``(B, 2E, L)``, PyTorch's
 generic depthwise kernel (cuDNN does not take that layout), a SiLU and a transpose back with a copy: on an H200 the
-three depthwise-conv kernels alone took 13.3 of the 137 ms of a Vim-T training step (bf16, batch 128;
+three depthwise-conv kernels alone took 13.2 of the 137 ms of a Vim-T training step (bf16, batch 128;
 ``benchmarks/results/h200-2026-12/profile_train_vim.log``), several times what their bytes cost, and the copies
 around them more. Here the forward is one pass that reads ``x`` in place (any row stride: a chunk of a wider
 projection) and writes the activated output once; the backward is two passes.
@@ -47,9 +47,10 @@ MAX_TAPS = 64
 
 
 def supports(x: torch.Tensor, taps: int, repeats: int = 1) -> bool:
-    """True where the kernels serve: a CUDA ``(B, L, C)`` tensor of fp32/bf16/fp16, at most ``MAX_TAPS`` taps, a
-    power-of-2 number of repeats, triton importable, and not switched off with ``VISIONSSM_CONV1D=torch``."""
-    return (_HAS_TRITON and on_gpu(x) and x.dtype in _DTYPES and x.dim() == 3
+    """True where the kernels serve: a CUDA ``(B, L, C)`` tensor of fp32/bf16/fp16 with a batch within a grid
+    axis (65535), at most ``MAX_TAPS`` taps, a power-of-2 number of repeats, triton importable, and not switched off
+    with ``VISIONSSM_CONV1D=torch``."""
+    return (_HAS_TRITON and on_gpu(x) and x.dtype in _DTYPES and x.dim() == 3 and x.shape[0] <= 65535
             and 0 < taps <= MAX_TAPS and repeats > 0 and repeats & (repeats - 1) == 0
             and os.environ.get('VISIONSSM_CONV1D', 'triton') != 'torch')
 
@@ -79,8 +80,8 @@ if _HAS_TRITON:
     def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, L, C, stride_b, stride_t, stride_wj, stride_wk,
                          HAS_BIAS: tl.constexpr, SILU: tl.constexpr, R: tl.constexpr, K: tl.constexpr,
                          PAD: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
-        b = tl.program_id(0).to(tl.int64)
-        ts = tl.program_id(1) * BT + tl.arange(0, BT)
+        ts = tl.program_id(0) * BT + tl.arange(0, BT)   # step blocks on axis 0: the one without a 65535 cap
+        b = tl.program_id(1).to(tl.int64)
         cs = tl.program_id(2) * BC + tl.arange(0, BC)
         pre = _pre_activation(x_ptr + b * stride_b, w_ptr, b_ptr, ts, cs, L, C, stride_t, stride_wj, stride_wk,
                               HAS_BIAS, R, K, PAD, BT, BC)
@@ -140,8 +141,8 @@ if _HAS_TRITON:
     def _conv_dx_kernel(gp_ptr, w_ptr, dx_ptr, L, C, stride_wj, stride_wk,
                         R: tl.constexpr, K: tl.constexpr, PAD: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr):
         # dx[t, c] = sum_k sum_r w[r*C + c, k] * gp[t - k + PAD, r*C + c]
-        b = tl.program_id(0).to(tl.int64)
-        ts = tl.program_id(1) * BT + tl.arange(0, BT)
+        ts = tl.program_id(0) * BT + tl.arange(0, BT)   # step blocks on axis 0: the one without a 65535 cap
+        b = tl.program_id(1).to(tl.int64)
         cs = tl.program_id(2) * BC + tl.arange(0, BC)
         cmask = cs < C
         wcol = tl.arange(0, R)[:, None] * C + cs[None, :]
@@ -191,7 +192,7 @@ def conv1d_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     steps, widest, warps = _FWD
     block_c = _block_c(channels, widest)
     with on_device(x.device):
-        _conv_fwd_kernel[(batch, triton.cdiv(length, steps), triton.cdiv(channels, block_c))](
+        _conv_fwd_kernel[(triton.cdiv(length, steps), batch, triton.cdiv(channels, block_c))](
             x, weight, weight if bias is None else bias, y, length, channels, x.stride(0), x.stride(1),
             weight.stride(0), weight.stride(1), bias is not None, silu, repeats, taps, left, steps, block_c,
             num_warps=warps)
@@ -239,7 +240,7 @@ def conv1d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, b
             steps, widest, warps = _DX
             block_c = _block_c(channels, widest)
             dx = torch.empty(batch, length, channels, device=x.device, dtype=x.dtype)
-            _conv_dx_kernel[(batch, triton.cdiv(length, steps), triton.cdiv(channels, block_c))](
+            _conv_dx_kernel[(triton.cdiv(length, steps), batch, triton.cdiv(channels, block_c))](
                 gp, weight, dx, length, channels, weight.stride(0), weight.stride(1), repeats, taps, left, steps,
                 block_c, num_warps=warps)
     if not need_weights:

@@ -65,21 +65,25 @@ def _rel(a, b):
 def _case(seed):
     rng = random.Random(seed)
     taps = rng.randint(1, 9)
-    return dict(batch=rng.randint(1, 3), length=rng.choice([1, 2, 5, 31, 32, 33, 70]),
-                channels=rng.choice([1, 3, 16, 40, 64, 65, 100]), taps=taps, left=rng.randrange(taps),
+    long = _CUDA and rng.random() < 0.3   # on a GPU also long sequences and wide maps (several programs per block)
+    return dict(batch=rng.randint(1, 3), length=rng.choice([1, 2, 5, 31, 32, 33, 70] + ([197, 1000, 3136] * long)),
+                channels=rng.choice([1, 3, 16, 40, 64, 65, 100] + ([384, 1000] * long)), taps=taps,
+                left=rng.randrange(taps),
                 repeats=rng.choice([1, 2]), bias=rng.random() < 0.7, silu=rng.random() < 0.8,
                 strided=rng.random() < 0.5, dtype=rng.choice([torch.float32, torch.bfloat16, torch.float16]))
 
 
-@pytest.mark.parametrize('seed', range(24))
+@pytest.mark.parametrize('seed', range(200 if _CUDA else 24))
 def test_matches_float64(seed, triton_on_cpu):
     c = _case(seed)
     g = torch.Generator().manual_seed(seed)
     width = c['repeats'] * c['channels']
     x = torch.randn(c['batch'], c['length'], c['channels'] * (2 if c['strided'] else 1), generator=g)
-    if c['strided']:   # every other block of channels: a chunk of a wider projection, read in place
+    x = x.to(DEV, c['dtype'])
+    if c['strided']:   # the second half of the channels: a chunk of a wider projection, read in place
         x = x[..., c['channels']:]
-    x = x.to(DEV, c['dtype']).requires_grad_()
+        assert not x.is_contiguous() or c['length'] == 1
+    x.requires_grad_()
     weight = (torch.randn(width, c['taps'], generator=g) / c['taps'] ** 0.5).to(DEV, c['dtype']).requires_grad_()
     bias = torch.randn(width, generator=g).to(DEV, c['dtype']).requires_grad_() if c['bias'] else None
     y = depthwise_conv1d(x, weight, bias, left=c['left'], repeats=c['repeats'], silu=c['silu'])
@@ -158,6 +162,17 @@ def test_conv1d_weight_layout_and_default_padding(triton_on_cpu):
     assert _rel(got, want.double()) < 1e-5
 
 
+def test_second_derivative_is_refused(triton_on_cpu):
+    """The kernels build no graph: differentiating their backward raises instead of returning a partial answer."""
+    x = torch.randn(1, 6, 4, device=DEV, requires_grad=True)
+    w = torch.randn(4, 3, device=DEV, requires_grad=True)
+    (gx,) = torch.autograd.grad(depthwise_conv1d(x, w).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match='not have been used in the graph'):
+        torch.autograd.grad(gx.square().sum(), w)
+    with pytest.raises(RuntimeError, match='once_differentiable'):
+        gx.square().sum().backward()
+
+
 def test_empty_and_bad_input(triton_on_cpu):
     x = torch.randn(2, 0, 4, device=DEV, requires_grad=True)
     w = torch.randn(4, 3, device=DEV, requires_grad=True)
@@ -169,21 +184,27 @@ def test_empty_and_bad_input(triton_on_cpu):
         depthwise_conv1d(torch.randn(1, 4, 4, device=DEV), w, left=3)
     with pytest.raises(ValueError, match=r'weight \(2 \* C, K\)'):
         depthwise_conv1d(torch.randn(1, 4, 4, device=DEV), w, repeats=2)
+    with pytest.raises(ValueError, match=r"depthwise Conv1d's \(C, 1, K\)"):
+        depthwise_conv1d(torch.randn(1, 4, 4, device=DEV), torch.randn(4, 2, 3, device=DEV))
 
 
-def test_torch_form_when_switched_off(monkeypatch):
-    """``VISIONSSM_CONV1D=torch`` takes the PyTorch form (what the CPU, compile and exports run), equal to the
-    definition."""
-    monkeypatch.setenv('VISIONSSM_CONV1D', 'torch')
+def test_torch_form_when_switched_off(triton_on_cpu, monkeypatch):
+    """``VISIONSSM_CONV1D=torch`` takes the PyTorch form (what the CPU, compile and exports run) where the kernels
+    would serve, equal to the definition; so does float64, which the kernels take nowhere."""
     calls = []
     monkeypatch.setattr(CK, 'conv1d_forward', lambda *a, **k: calls.append(1))
-    x = torch.randn(2, 7, 5, dtype=torch.float64)
-    w = torch.randn(10, 3, dtype=torch.float64)
-    b = torch.randn(10, dtype=torch.float64)
-    for left in (0, 1, 2):
-        want = _reference(x, w, b, left, 2, True)[0]
-        assert torch.allclose(depthwise_conv1d(x, w, b, left=left, repeats=2), want, atol=1e-12)
+    monkeypatch.setenv('VISIONSSM_CONV1D', 'torch')
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+        x = torch.randn(2, 7, 5, dtype=dtype, device=DEV)
+        w = torch.randn(10, 3, dtype=dtype, device=DEV)
+        b = torch.randn(10, dtype=dtype, device=DEV)
+        for left in (0, 1, 2):
+            want = _reference(x, w, b, left, 2, True)[0]
+            assert _rel(depthwise_conv1d(x, w, b, left=left, repeats=2), want) < tol
     assert not calls
+    monkeypatch.delenv('VISIONSSM_CONV1D')
+    depthwise_conv1d(x.float(), w.float(), b.float(), repeats=2)
+    assert calls   # the switch, not the inputs, kept the kernels out above
 
 
 def _vim_mixer():
@@ -197,7 +218,7 @@ def _mambavision_mixer():
 
 
 @pytest.mark.parametrize('build', [_vim_mixer, _mambavision_mixer], ids=['vim', 'mambavision'])
-def test_mixer_through_the_kernel(build, triton_on_cpu):
+def test_mixer_through_the_kernel(build, triton_on_cpu, monkeypatch):
     """Vim's mixer (both directions' convs as one repeated conv, with the recomputing backward) and MambaVision's
     (both halves' 'same' convs) with the kernel equal their PyTorch path: output, input and conv gradients."""
     torch.manual_seed(0)
@@ -212,11 +233,14 @@ def test_mixer_through_the_kernel(build, triton_on_cpu):
         y.square().sum().backward()
         return (y.detach(), xi.grad) + tuple(g.clone() for g in conv_grads(mixer))
 
+    calls = []
+    forward = CK.conv1d_forward
+    monkeypatch.setattr(CK, 'conv1d_forward', lambda *a, **k: calls.append(1) or forward(*a, **k))
     got = run()
-    os.environ['VISIONSSM_CONV1D'] = 'torch'
-    try:
-        want = run()
-    finally:
-        del os.environ['VISIONSSM_CONV1D']
+    assert calls
+    calls.clear()
+    monkeypatch.setenv('VISIONSSM_CONV1D', 'torch')
+    want = run()
+    assert not calls
     for a, b in zip(got, want):
         assert _rel(a, b.double()) < 1e-4

@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
+from torch.autograd.function import once_differentiable
 
 from visionssm.kernels import conv1d as conv_kernels
 
@@ -34,6 +35,7 @@ class _Conv1dTriton(torch.autograd.Function):
         return conv_kernels.conv1d_forward(x, weight, bias, left, repeats, silu)
 
     @staticmethod
+    @once_differentiable   # the kernels build no graph: a second derivative would be silently wrong
     def backward(ctx, grad):
         x, weight, bias = ctx.saved_tensors
         left, repeats, silu = ctx.conv
@@ -67,8 +69,9 @@ def _torch_form(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
 @register_notrace_function
 def depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                      left: Optional[int] = None, repeats: int = 1, silu: bool = True) -> torch.Tensor:
-    """``SiLU(conv)`` (``silu=False``: the conv alone) of ``x (B, L, C)`` along L, depthwise, in ``x``'s dtype,
-    contiguous ``(B, L, repeats*C)``.
+    """``SiLU(conv)`` (``silu=False``: the conv alone) of ``x (B, L, C)`` along L, depthwise, contiguous
+    ``(B, L, repeats*C)`` in ``x``'s dtype (on the PyTorch form under autocast, autocast's: pass ``x`` in it, as
+    the models do, for the same result on both).
 
     Args:
         x: channel-last tokens; any strides (a view of a wider projection is read in place on CUDA).
@@ -78,7 +81,11 @@ def depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
         repeats: convs per input channel; output channel ``r*C + c`` reads channel ``c``.
     A torch.fx leaf (it picks its path by device and grad mode).
     """
-    weight = weight.flatten(1) if weight.dim() == 3 else weight
+    if weight.dim() == 3:   # a Conv1d's (C, 1, K)
+        if weight.shape[1] != 1:
+            raise ValueError(f'depthwise_conv1d: a 3-D weight must be a depthwise Conv1d\'s (C, 1, K), got '
+                             f'{tuple(weight.shape)}')
+        weight = weight.flatten(1)
     taps = weight.shape[-1]
     left = taps - 1 if left is None else left
     if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != repeats * x.shape[-1]:

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
+from torch.autograd.function import once_differentiable
 
 from visionssm.kernels import layer_norm as norm_kernels
 
@@ -44,6 +45,7 @@ class _LayerNormTriton(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable   # the kernels build no graph: a second derivative would be silently wrong
     def backward(ctx, grad):
         x, w, mean, rstd = ctx.saved_tensors
         need = ctx.needs_input_grad
@@ -65,6 +67,7 @@ class _RMSNormTriton(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable   # the kernels build no graph: a second derivative would be silently wrong
     def backward(ctx, grad):
         x, w, rstd = ctx.saved_tensors
         need = ctx.needs_input_grad
