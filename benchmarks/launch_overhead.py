@@ -8,7 +8,9 @@ Each line is the median over 5 rounds of the host time per call, measured over `
 
 * ``torch.add``, ``F.linear``, ``F.layer_norm`` (+ cast): PyTorch's own ops, the baseline cost of a launch;
 * ``triton: empty kernel``: a Triton kernel doing nothing, launched through ``kernel[grid](...)``: Triton's launcher;
-* ``visionssm layer_norm``: the Triton LayerNorm as the blocks call it (one launch);
+* ``visionssm layer_norm`` / ``rms_norm``: the Triton LayerNorm and RMSNorm as the blocks call them (one launch),
+  the RMSNorm beside PyTorch's ``F.rms_norm`` and the cast it replaces;
+* ``depthwise_conv1d``: Vim's token conv (one launch) and the PyTorch form it replaces;
 * ``selective_scan, 4 cross routes``: the scan op as VMamba-T's blocks call it in inference (checks cached, one
   launch plus the merge);
 * the same inside ``torch.cuda.device``, which every Triton launch here enters.
@@ -53,7 +55,8 @@ def main(argv=None):
     import triton
     import triton.language as tl
 
-    from visionssm.layers.norm import layer_norm
+    from visionssm.layers.conv1d import _torch_form, depthwise_conv1d
+    from visionssm.layers.norm import layer_norm, rms_norm
     from visionssm.ops import cross_routes, selective_scan
 
     @triton.jit
@@ -74,6 +77,11 @@ def main(argv=None):
     Cm = torch.randn_like(Bm)
     D, bias = torch.ones(k * c, device=dev), torch.zeros(k * c, device=dev)
     routes = cross_routes()
+    # Vim-T's token conv at batch 1: x a chunk of in_proj's output, both directions' 7-tap convs, bias
+    xz = torch.randn(1, 197, 768, device=dev, dtype=torch.bfloat16)
+    conv_w = torch.randn(768, 7, device=dev, dtype=torch.bfloat16)
+    conv_b = torch.randn(768, device=dev, dtype=torch.bfloat16)
+    conv = lambda: depthwise_conv1d(xz[..., :384], conv_w, conv_b, left=3, repeats=2)
     cases = [
         ('torch.add', lambda: torch.add(x, x)),
         ('F.linear', lambda: F.linear(x, w)),
@@ -82,6 +90,10 @@ def main(argv=None):
         ('triton: empty kernel in torch.cuda.device', lambda: _with_device(dev, lambda: _empty[(1,)](x, 8, BLOCK=64))),
         ('visionssm layer_norm (Triton, bf16 out)', lambda: layer_norm(x, ln_w, ln_b, out_dtype=torch.bfloat16)),
         ('visionssm layer_norm, bf16 in (Triton)', lambda: layer_norm(xb, ln_w, ln_b)),
+        ('F.rms_norm + cast to bf16', lambda: F.rms_norm(x, (96,), ln_w).to(torch.bfloat16)),
+        ('visionssm rms_norm (Triton, bf16 out)', lambda: rms_norm(x, ln_w, out_dtype=torch.bfloat16)),
+        ('depthwise_conv1d, Vim (Triton)', conv),
+        ('depthwise_conv1d, Vim (its PyTorch form)', lambda: _torch_form(xz[..., :384], conv_w, conv_b, 3, 2, True)),
         ('selective_scan, 4 cross routes', lambda: selective_scan(u, delta, A, Bm, Cm, D, bias, routes=routes)),
     ]
     print(f'{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; '
