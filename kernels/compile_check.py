@@ -156,7 +156,8 @@ def record_long_scans(dtypes: Sequence[torch.dtype], arch: int = ARCH) -> list:
                                      leaf(k * width, dt=torch.float32), leaf(k * width, dt=torch.float32),
                                      routes=routes, merge=merge, out_channels=width, backend='triton')
                 out.float().sum().backward()
-        return list(recorded) + int64_offset_variants(recorded) + states_only_variants(recorded)
+        return (list(recorded) + int64_offset_variants(recorded) + states_only_variants(recorded)
+                + dbc_partials_variants(recorded))
 
 
 def _with_constexpr(launches: Iterable[Launch], name: str, value: bool) -> list:
@@ -181,6 +182,12 @@ def states_only_variants(launches: Iterable[Launch]) -> list:
     """The forward kernels' launches that write an output, again without (``WRITE_OUT``): the backward's
     recomputation of the checkpoints takes whichever forward kernel the plan picks, chunked ones included."""
     return _with_constexpr(launches, 'WRITE_OUT', False)
+
+
+def dbc_partials_variants(launches: Iterable[Launch]) -> list:
+    """The sequential backward's launches again with dB / dC stored per channel block (``DBC_PART``, off by
+    default: ``SEQ_DBC_PARTIALS`` / ``VISIONSSM_SCAN_DBC``)."""
+    return _with_constexpr(launches, 'DBC_PART', True)
 
 
 def check(launches: Sequence[Launch], arch: int = ARCH, log=print) -> list:

@@ -327,7 +327,7 @@ if _HAS_TRITON:
             EVEN_D: tl.constexpr, EVEN_N: tl.constexpr, PREFETCH: tl.constexpr,
             HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HIDDEN: tl.constexpr,
             DU_ATOMIC: tl.constexpr, SEG: tl.constexpr, DD_ATOMIC: tl.constexpr, SPLIT: tl.constexpr,
-            KEEP_DECAY: tl.constexpr):
+            KEEP_DECAY: tl.constexpr, DBC_PART: tl.constexpr):
         # Chunks from last to first, each BT steps unrolled: recompute the chunk's states from its checkpoint
         # (forward over the rows, each row's incoming state kept in registers), then walk the rows backwards with
         # the adjoint carry q = a_{t+1} g_{t+1} in registers across chunks. Rows past the route's end read its last
@@ -362,6 +362,9 @@ if _HAS_TRITON:
         dB_base = dB_ptr + b * sdB_b + k * sdB_k + n
         C_base = C_ptr + b * sC_b + k * sC_k + n
         dC_base = dC_ptr + b * sdB_b + k * sdB_k + n
+        if DBC_PART:   # this channel block's own slot of the (batch, position, route, block, N) partials
+            dB_base += blk * N
+            dC_base += blk * N
         if HIDDEN:
             o_base = dout_ptr + b * so_b + (out_off + d)[:, None] * N + n[None, :]
         else:
@@ -429,8 +432,11 @@ if _HAS_TRITON:
                     Ct = cur[7 * i + 4].to(tl.float32)
                     h_t = ah + (dt * u)[:, None] * Bt[None, :]
                     g = dy[:, None] * Ct[None, :] + carry
-                    tl.atomic_add(dC_base + q * sdB_p, tl.sum(dy[:, None] * h_t, axis=0), mask=mn & ok,
-                                  sem='relaxed')
+                    if DBC_PART:
+                        tl.store(dC_base + q * sdB_p, tl.sum(dy[:, None] * h_t, axis=0), mask=mn & ok)
+                    else:
+                        tl.atomic_add(dC_base + q * sdB_p, tl.sum(dy[:, None] * h_t, axis=0), mask=mn & ok,
+                                      sem='relaxed')
                 gB = tl.sum(g * Bt[None, :], axis=1)
                 du = gB * dt
                 if HAS_D:
@@ -441,8 +447,11 @@ if _HAS_TRITON:
                     tl.atomic_add(du_base + p * sdu_p, du, mask=m, sem='relaxed')
                 else:
                     tl.store(du_base + p * sdu_p, du.to(du_ptr.dtype.element_ty), mask=m)
-                tl.atomic_add(dB_base + q * sdB_p, tl.sum(g * (dt * u)[:, None], axis=0), mask=mn & ok,
-                              sem='relaxed')
+                if DBC_PART:
+                    tl.store(dB_base + q * sdB_p, tl.sum(g * (dt * u)[:, None], axis=0), mask=mn & ok)
+                else:
+                    tl.atomic_add(dB_base + q * sdB_p, tl.sum(g * (dt * u)[:, None], axis=0), mask=mn & ok,
+                                  sem='relaxed')
                 gah = g * ah
                 ddt = tl.sum(gah * A, axis=1) + gB * u
                 dA_acc += gah * dt[:, None]
@@ -843,6 +852,24 @@ MERGE = None
 SEQ_KEEP_DECAY = False
 
 
+# The sequential backward reduces dB and dC over a program's BD channels, then adds them at each (position, route)
+# with one fp32 atomic per channel block: at d_state 16 and Vim-S's width, 48 blocks add to every position's B and C,
+# at about the same time. With SEQ_DBC_PARTIALS each block stores its sums in its own slot of a (batch, position,
+# route, block, N) fp32 buffer that torch sums afterwards (no atomics, deterministic; one more pass over the buffer).
+# Off until measured on a GPU; ``VISIONSSM_SCAN_DBC=partials`` / ``atomic`` (read at each call) overrides it. Plans
+# whose routes revisit positions keep the atomics (one program adds to a position twice).
+SEQ_DBC_PARTIALS = False
+
+
+def _dbc_partials() -> bool:
+    choice = os.environ.get('VISIONSSM_SCAN_DBC')
+    if choice is None:
+        return bool(SEQ_DBC_PARTIALS)
+    if choice not in ('partials', 'atomic'):
+        raise ValueError(f"VISIONSSM_SCAN_DBC must be 'partials' or 'atomic', got {choice!r}")
+    return choice == 'partials'
+
+
 def _keep_decay(n_state: int) -> bool:
     return SEQ_KEEP_DECAY if SEQ_KEEP_DECAY is not None else n_state > 4
 
@@ -892,7 +919,8 @@ def _chunk_config(width: int, n_state: int, backward: bool):
 
 def _knobs() -> tuple:
     """The module-level settings above (tests and benchmarks change them): part of every launch cache's key."""
-    return FORCE_KERNEL, _CHUNK_OVERRIDE, _SEQ_OVERRIDE, SEQ_PREFETCH, MERGE, SEQ_MIN_WARPS_PER_SM, SEQ_KEEP_DECAY
+    return (FORCE_KERNEL, _CHUNK_OVERRIDE, _SEQ_OVERRIDE, SEQ_PREFETCH, MERGE, SEQ_MIN_WARPS_PER_SM, SEQ_KEEP_DECAY,
+            _dbc_partials())
 
 
 def _kernel_config(plan: RoutePlan, n_state: int, backward: bool, batch: int, device):
@@ -1009,7 +1037,8 @@ def _backward_launch(plan: RoutePlan, n_state: int, batch: int, device, knobs) -
     if plan.revisits:   # a route reads one input element more than once: its du adds up inside one program
         merge = 'atomic'
     if not chunked:
-        consts.update(SEG=_segmented(plan), DD_ATOMIC=plan.revisits, KEEP_DECAY=_keep_decay(n_state))
+        consts.update(SEG=_segmented(plan), DD_ATOMIC=plan.revisits, KEEP_DECAY=_keep_decay(n_state),
+                      DBC_PART=knobs[-1] and not plan.revisits)
     zero = merge == 'atomic' or (merge == 'routes' and not _every_route_reads_everything(plan)) or (
         merge == 'none' and not covered)
     # route k's delta block is written at the route's positions: zeros only where a route skips some, or adds
@@ -1125,8 +1154,15 @@ def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePla
         du = alloc(u.shape, device=dev, dtype=torch.float32 if launch.merge == 'atomic' else u.dtype)
     ddelta = (torch.zeros if launch.zero_grad_delta else torch.empty)(
         delta.shape, device=dev, dtype=torch.float32 if plan.revisits else delta.dtype)
-    dB = torch.zeros(B.shape, device=dev, dtype=torch.float32)
-    dC = torch.zeros(B.shape, device=dev, dtype=torch.float32) if C is not None else dB
+    dbc_part = launch.consts.get('DBC_PART', False)
+    if dbc_part:   # one slot per channel block, summed below; zeros where a route skips positions (no store there)
+        bc_shape = B.shape[:-1] + (launch.nblk, N)
+        bc_alloc = torch.zeros if launch.zero_grad_delta else torch.empty
+        dB = bc_alloc(bc_shape, device=dev, dtype=torch.float32)
+        dC = bc_alloc(bc_shape, device=dev, dtype=torch.float32) if C is not None else dB
+    else:
+        dB = torch.zeros(B.shape, device=dev, dtype=torch.float32)
+        dC = torch.zeros(B.shape, device=dev, dtype=torch.float32) if C is not None else dB
     # per-batch (sequential) or per-(batch, chunk) (chunked) partials of dA, dD and ddelta_bias, one row each of one
     # buffer, summed below
     KW = K * W
@@ -1162,6 +1198,8 @@ def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePla
     gbias = dbias.sum(0).to(delta_bias.dtype) if bias32 is not None else None
     if launch.merge == 'routes':
         du = du.view(batch, num_pos, K, in_ch).sum(2)
+    if dbc_part:
+        dB, dC = dB.sum(-2), (dC.sum(-2) if C is not None else None)
     dC = dC.to(C.dtype) if C is not None else None
     return du.to(u.dtype), ddelta.to(delta.dtype), gA, dB.to(B.dtype), dC, gD, gbias
 

@@ -348,6 +348,27 @@ def test_sequential_backward_keep_decay_settings(case, keep, monkeypatch):
     _check(kernel='sequential', **KERNEL_CASES[case])
 
 
+@pytest.mark.parametrize('case', ['cross_fp32_multichunk', 'bidirectional_mean_fp16', 'lattice_unequal_lengths',
+                                  'grouped', 'hidden_one_route', 'blocks_and_offsets', 'long_route_nstate16',
+                                  'strided_views', 'snake_params_at_step', 'lattice_snake_step'])
+def test_sequential_backward_dbc_partials(case, monkeypatch):
+    # dB / dC stored per channel block and summed by torch instead of added with atomics (routes that skip positions
+    # included: their unwritten slots are zeros); backward blocks of 2 channels, so that most cases have several
+    monkeypatch.setattr(TS, 'SEQ_DBC_PARTIALS', True)
+    _check(kernel='sequential', **dict(KERNEL_CASES[case], seq_tile=((4, 8, 1), (2, 4, 1))))
+
+
+def test_dbc_switch_reads_the_environment(monkeypatch):
+    monkeypatch.setenv('VISIONSSM_SCAN_DBC', 'partials')
+    assert TS._dbc_partials() and TS._knobs()[-1]
+    monkeypatch.setenv('VISIONSSM_SCAN_DBC', 'atomic')
+    monkeypatch.setattr(TS, 'SEQ_DBC_PARTIALS', True)
+    assert not TS._dbc_partials()
+    monkeypatch.setenv('VISIONSSM_SCAN_DBC', 'yes')
+    with pytest.raises(ValueError, match="'partials' or 'atomic'"):
+        TS._dbc_partials()
+
+
 def test_no_grad_forward_only():
     if _NEEDS_SUBPROCESS:
         pytest.skip('runs in test_cpu_cases_in_fresh_process')
