@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
+
+from visionssm.kernels.bench import timeit  # noqa: E402  (median of CUDA-event timings after warm-up)
 
 SHAPES = {  # name: (tokens, channels, taps, left padding, repeats, bias, the row stride of x over its channels)
     'Vim-T': (197, 384, 7, 3, 2, True, 2),
@@ -28,20 +29,6 @@ SHAPES = {  # name: (tokens, channels, taps, left padding, repeats, bias, the ro
     'MambaVision-T s3': (196, 320, 3, 1, 1, False, 1),
 }
 TILES = [(steps, widest, warps) for steps, widest, warps in itertools.product((8, 16, 32), (32, 64), (4, 8))]
-
-
-def timed_ms(fn, iters: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def inputs(shape, batch: int, dtype: torch.dtype):
@@ -62,9 +49,9 @@ def measure(shape, batch: int, dtype: torch.dtype, iters: int, path: str) -> tup
     try:
         x, w, b, kw, dy = inputs(shape, batch, dtype)
         with torch.no_grad():
-            fwd = timed_ms(lambda: depthwise_conv1d(x, w, b, **kw), iters)
+            fwd = timeit(lambda: depthwise_conv1d(x, w, b, **kw), iters=iters)
         params = [t for t in (x, w, b) if t is not None]
-        both = timed_ms(lambda: torch.autograd.grad(depthwise_conv1d(x, w, b, **kw), params, dy), iters)
+        both = timeit(lambda: torch.autograd.grad(depthwise_conv1d(x, w, b, **kw), params, dy), iters=iters)
     finally:
         del os.environ['VISIONSSM_CONV1D']
     return fwd, both
