@@ -162,28 +162,20 @@ def _block_c(channels: int, widest: int) -> int:
     return min(widest, triton.next_power_of_2(channels))
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], left: int, repeats: int) -> int:
-    if x.dim() != 3 or x.stride(-1) != 1:
-        raise ValueError(f'conv1d: x must be (B, L, C) with unit channel stride, got {tuple(x.shape)} with strides '
-                         f'{x.stride()}')
-    channels = x.shape[-1] * repeats
-    if weight.dim() != 2 or weight.shape[0] != channels:
-        raise ValueError(f'conv1d: weight must be ({channels}, taps) for {repeats} repeat(s) of {x.shape[-1]} '
-                         f'channels, got {tuple(weight.shape)}')
-    if bias is not None and bias.shape != (channels,):
-        raise ValueError(f'conv1d: bias must be ({channels},), got {tuple(bias.shape)}')
-    taps = weight.shape[1]
-    if not 0 <= left < taps:
-        raise ValueError(f'conv1d: left padding {left} must be in [0, {taps - 1}] for {taps} taps')
-    return taps
+def _unit_channel_stride(x: torch.Tensor):
+    # the one layout the kernels need; the shapes and padding are checked once, by the caller
+    # (``visionssm.layers.conv1d.depthwise_conv1d``)
+    if x.stride(-1) != 1:
+        raise ValueError(f'conv1d: x must have a unit channel stride, got strides {x.stride()}')
 
 
 def conv1d_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], left: int,
                    repeats: int = 1, silu: bool = True) -> torch.Tensor:
     """``y (B, L, repeats*C)``, contiguous in ``x``'s dtype, of ``x (B, L, C)`` (unit channel stride, any other
     strides) with ``weight (repeats*C, K)`` (any strides), ``bias`` None or ``(repeats*C,)`` and ``left`` zeros of
-    padding before the sequence (the module docstring gives the math)."""
-    taps = _check(x, weight, bias, left, repeats)
+    padding before the sequence, ``0 <= left < K`` (the module docstring gives the math)."""
+    _unit_channel_stride(x)
+    taps = weight.shape[1]
     bias = bias.contiguous() if bias is not None else None
     batch, length, channels = x.shape
     y = x.new_empty(batch, length, repeats * channels)
@@ -211,13 +203,12 @@ def conv1d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, b
     """``(dx, dw, db)`` for ``conv1d_forward``'s output gradient ``grad``: ``dx`` contiguous like ``x`` (None
     unless ``need_x``), ``dw (repeats*C, K)`` and ``db (repeats*C,)`` fp32 (None unless ``need_weights``; ``db``
     also None without a bias)."""
-    taps = _check(x, weight, bias, left, repeats)
+    _unit_channel_stride(x)
+    taps = weight.shape[1]
     bias = bias.contiguous() if bias is not None else None
     batch, length, channels = x.shape
     width = repeats * channels
     grad = grad.contiguous()
-    if grad.shape != (batch, length, width):
-        raise ValueError(f'conv1d: grad must be {(batch, length, width)}, got {tuple(grad.shape)}')
     if x.numel() == 0:
         dw = weight.new_zeros(width, taps, dtype=torch.float32) if need_weights else None
         db = weight.new_zeros(width, dtype=torch.float32) if need_weights and bias is not None else None

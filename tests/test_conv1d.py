@@ -184,6 +184,8 @@ def test_empty_and_bad_input(triton_on_cpu):
         depthwise_conv1d(torch.randn(1, 4, 4, device=DEV), w, left=3)
     with pytest.raises(ValueError, match=r'weight \(2 \* C, K\)'):
         depthwise_conv1d(torch.randn(1, 4, 4, device=DEV), w, repeats=2)
+    with pytest.raises(ValueError, match=r'bias must be \(4,\)'):
+        depthwise_conv1d(torch.randn(1, 4, 4, device=DEV), w, torch.randn(3, device=DEV))
     with pytest.raises(ValueError, match=r"depthwise Conv1d's \(C, 1, K\)"):
         depthwise_conv1d(torch.randn(1, 4, 4, device=DEV), torch.randn(4, 2, 3, device=DEV))
 

@@ -91,6 +91,8 @@ def depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     if x.dim() != 3 or weight.dim() != 2 or weight.shape[0] != repeats * x.shape[-1]:
         raise ValueError(f'depthwise_conv1d: x (B, L, C) and weight ({repeats} * C, K) expected, got x '
                          f'{tuple(x.shape)} and weight {tuple(weight.shape)}')
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f'depthwise_conv1d: bias must be ({weight.shape[0]},), got {tuple(bias.shape)}')
     if not 0 <= left < taps:
         raise ValueError(f'depthwise_conv1d: left padding {left} must be in [0, {taps - 1}] for {taps} taps')
     if not tracing() and conv_kernels.supports(x, taps, repeats):

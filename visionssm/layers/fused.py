@@ -12,7 +12,7 @@ from timm.layers import register_notrace_function
 
 from .cache import tracing
 
-__all__ = ['autocast_dtype', 'block_diagonal', 'conv_silu', 'group_projections']
+__all__ = ['autocast_dtype', 'autocast_enabled', 'block_diagonal', 'conv_silu', 'group_projections']
 
 
 class _BlockDiagonal(torch.autograd.Function):
@@ -44,13 +44,16 @@ def block_diagonal(weight: torch.Tensor) -> torch.Tensor:
     return (weight.unsqueeze(-2) * eye[:, None, :, None]).flatten(-4, -3).flatten(-2)
 
 
+def autocast_enabled(x: torch.Tensor) -> bool:
+    """Whether autocast is on for ``x``'s device type."""
+    device = x.device.type
+    return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+
+
 @register_notrace_function
 def autocast_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype autocast runs ``x``'s GEMMs in (bfloat16 / float16), or ``x``'s own where autocast is off."""
-    device = x.device.type
-    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return x.dtype
+    return torch.get_autocast_dtype(x.device.type) if autocast_enabled(x) else x.dtype
 
 
 @register_notrace_function

@@ -25,7 +25,7 @@ from torch.autograd.function import once_differentiable
 from visionssm.kernels import layer_norm as norm_kernels
 
 from .cache import tracing
-from .fused import autocast_dtype
+from .fused import autocast_dtype, autocast_enabled
 
 __all__ = ['RMSNorm', 'layer_norm', 'rms_norm', 'norm_to', 'native_layer_norm', 'native_layer_norm_backward']
 
@@ -135,7 +135,7 @@ def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Opt
         if t is not None and t.numel() != channels:
             raise ValueError(f'layer_norm: {name} has {t.numel()} elements, the last dimension {channels}')
     device = x.device.type
-    autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+    autocast = autocast_enabled(x)
     if out_dtype is None:
         out_dtype = torch.float32 if autocast else x.dtype
     groups = channels // width
@@ -169,16 +169,11 @@ def norm_to(norm: nn.Module, x: torch.Tensor, dtype: Optional[torch.dtype] = Non
     Other norms run as they are. A torch.fx leaf."""
     if isinstance(norm, RMSNorm):
         return rms_norm(x, norm.weight, norm.eps, dtype or (
-            autocast_dtype(x) if _autocast_on(x) else norm.weight.dtype))
+            autocast_dtype(x) if autocast_enabled(x) else norm.weight.dtype))
     dtype = dtype or autocast_dtype(x)
     if isinstance(norm, nn.LayerNorm) and len(norm.normalized_shape) == 1:
         return layer_norm(x, norm.weight, norm.bias, norm.eps, out_dtype=dtype)
     return norm(x).to(dtype)
-
-
-def _autocast_on(x: torch.Tensor) -> bool:
-    device = x.device.type
-    return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
 
 
 def native_layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,

@@ -69,7 +69,7 @@ from visionssm.layers.conv1d import depthwise_conv1d
 from visionssm.ops import Route, selective_scan
 from ._checkpoint import load_through_model
 from ._hierarchical import HierarchicalBackbone
-from visionssm.layers.fused import autocast_dtype
+from visionssm.layers.fused import autocast_dtype, autocast_enabled
 
 __all__ = [
     'MambaVision', 'MambaVisionMixer', 'Attention', 'HybridBlock', 'ConvBlock', 'ConvStage', 'HybridStage',
@@ -333,12 +333,11 @@ def norm_in_dtype(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
     """``norm(x)`` in ``x``'s dtype also under autocast (statistics accumulated in float32 either way), its affine
     cast to that dtype and kept while inferring: autocast's float32 policy for LayerNorm would copy a low-precision
     ``x`` to float32, keep that copy for the backward and return float32 for the next GEMM to cast back."""
-    device = x.device.type
-    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
+    if not autocast_enabled(x):
         return norm(x)
     weight, bias = cached_while_inferring(norm, (norm.weight, norm.bias), x.dtype, lambda: (
         norm.weight.to(x.dtype), norm.bias.to(x.dtype)))
-    with torch.autocast(device, enabled=False):
+    with torch.autocast(x.device.type, enabled=False):
         return F.layer_norm(x, norm.normalized_shape, weight, bias, norm.eps)
 
 
