@@ -181,6 +181,19 @@ def test_grad_checkpointing_and_backward(name):
     assert not no_grad, f'parameters without a finite gradient: {no_grad[:5]}'
 
 
+@pytest.mark.parametrize('name', [m for m in MODELS if m.startswith('test_')])
+def test_trains_after_inference_mode(name):
+    """A training step after a forward under ``torch.inference_mode()`` at the same input size: nothing the first
+    forward cached (gather indices, codes) is an inference tensor that the backward would need to save. The size is
+    used by no other test, so this forward is the one that builds the caches."""
+    model = timm.create_model(name, num_classes=3)
+    x = _input(2, (57, 43))
+    with torch.inference_mode():
+        model.eval()(x)
+    model.train()(x).square().sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
 @pytest.mark.parametrize('name', MODELS)
 def test_group_matcher_and_no_weight_decay(name):
     with torch.device('meta'):

@@ -13,13 +13,15 @@ for the memory of one low-precision copy of their weights.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional, Sequence, Tuple, TypeVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['tracing', 'exporting', 'cached_while_inferring', 'autocast_weights', 'CastCachedLinear', 'CastCachedConv2d']
+__all__ = ['tracing', 'exporting', 'cached_while_inferring', 'cached_constants', 'autocast_weights',
+           'CastCachedLinear', 'CastCachedConv2d']
 
 T = TypeVar('T')
 
@@ -33,6 +35,21 @@ def tracing() -> bool:
 def exporting() -> bool:
     """Inside ``torch.export`` (also under the ONNX exporter), where sizes may be symbolic."""
     return torch.compiler.is_exporting()
+
+
+def cached_constants(maxsize: int = 64) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """``functools.lru_cache`` for functions that build constant tensors from sizes (gather indices, codes) reused
+    by every later call: the function runs outside inference mode, so that a tensor first built under
+    ``torch.inference_mode()`` can still be saved for the backward of a later training step (an inference tensor
+    cannot)."""
+    def wrap(fn: Callable[..., T]) -> Callable[..., T]:
+        @functools.lru_cache(maxsize=maxsize)
+        @functools.wraps(fn)
+        def cached(*args):
+            with torch.inference_mode(False):
+                return fn(*args)
+        return cached
+    return wrap
 
 
 def cached_while_inferring(module: nn.Module, params: Sequence[torch.Tensor], dtype: torch.dtype,

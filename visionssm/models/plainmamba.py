@@ -36,7 +36,6 @@ because the shared scan op cannot be scripted: ``torch.jit.script``, or building
 """
 from __future__ import annotations
 
-import functools
 import math
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -50,7 +49,7 @@ from timm.models._features import feature_take_indices
 
 from visionssm.kernels.export_scan import route_index
 from visionssm.layers import ScanLayer, full_precision, init_dt_bias, scan_out_dtype
-from visionssm.layers.cache import exporting, tracing
+from visionssm.layers.cache import cached_constants, exporting, tracing
 from visionssm.layers.norm import norm_to
 from visionssm.ops import Route, selective_scan, snake_routes
 from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted, load_through_model
@@ -87,7 +86,7 @@ def _direction_codes(routes: Tuple[Route, ...], height: int, width: int, device:
     return torch.stack(codes, -1).view(height, width, len(routes))
 
 
-@functools.lru_cache(maxsize=64)
+@cached_constants()
 def _cached_direction_codes(routes: Tuple[Route, ...], height: int, width: int, device: torch.device) -> torch.Tensor:
     return _direction_codes(routes, height, width, torch.device('cpu')).to(device)
 

@@ -24,7 +24,6 @@ cannot be scripted: ``torch.jit.script``, or building under timm's ``set_scripta
 from __future__ import annotations
 
 import contextlib
-import functools
 import re
 from typing import Any, Dict, Optional, Sequence, Type, Union
 
@@ -37,6 +36,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 
 from visionssm.kernels import state_fusion as fusion_kernels
 from visionssm.layers import SS2D, Mlp, full_precision
+from visionssm.layers.cache import cached_constants
 from visionssm.layers.fused import conv_silu
 from visionssm.layers.norm import native_layer_norm, native_layer_norm_backward, norm_to
 from visionssm.layers.ss2d import route_projections
@@ -107,7 +107,7 @@ def _replicate_index(height: int, width: int, pad: int, device: torch.device) ->
     return (rows[:, None] * width + cols).flatten()
 
 
-_cached_replicate_index = functools.lru_cache(maxsize=64)(_replicate_index)
+_cached_replicate_index = cached_constants()(_replicate_index)
 
 
 def _replicate_pad(h: torch.Tensor, index: torch.Tensor, pad: int) -> torch.Tensor:
