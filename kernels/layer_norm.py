@@ -35,7 +35,7 @@ import torch
 
 from .launch import HAS_TRITON as _HAS_TRITON, on_device, on_gpu, sm_count, tl, triton
 
-__all__ = ['layer_norm_forward', 'layer_norm_backward', 'supports']
+__all__ = ['layer_norm_forward', 'layer_norm_backward', 'gated_layer_norm_backward', 'supports']
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _TILE = 4096        # elements of a program's [BLOCK_M, BLOCK_N] tile
@@ -64,9 +64,29 @@ if _HAS_TRITON:
         return w
 
     @triton.jit
-    def _ln_fwd_kernel(x_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, M, N, eps,
+    def _row_stats(x, mask, N, eps, RMS: tl.constexpr):
+        # (mean, x centred, rstd) of a [BLOCK_M, BLOCK_N] tile holding whole rows, masked elements zeros; RMS
+        # centres nothing (its mean is not used)
+        mean = tl.sum(x, axis=1) / N
+        if RMS:
+            xc = x
+        else:
+            xc = tl.where(mask, x - mean[:, None], 0.0)
+        # correctly rounded (the GPU's plain sqrt and division are approximate): the statistics match PyTorch's
+        rstd = tl.div_rn(1.0, tl.sqrt_rn(tl.sum(xc * xc, axis=1) / N + eps))
+        return mean, xc, rstd
+
+    @triton.jit
+    def _gate_offsets(rows, cols, N, z_rows, z_stride):
+        # the gate's elements of the tile: each position's z_rows rows of N at a row stride of z_stride (a chunk of
+        # a wider map, e.g. in_proj's output, is read in place)
+        pos = (rows // z_rows).to(tl.int64)
+        return (pos * z_stride + (rows % z_rows) * N)[:, None] + cols[None, :]
+
+    @triton.jit
+    def _ln_fwd_kernel(x_ptr, y_ptr, w_ptr, b_ptr, z_ptr, mean_ptr, rstd_ptr, M, N, eps, z_rows, z_stride,
                        HAS_W: tl.constexpr, HAS_B: tl.constexpr, GROUPS: tl.constexpr, STATS: tl.constexpr,
-                       RMS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                       RMS: tl.constexpr, GATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = tl.arange(0, BLOCK_N)
         rmask = rows < M
@@ -74,18 +94,15 @@ if _HAS_TRITON:
         mask = rmask[:, None] & cmask[None, :]
         offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        if RMS:
-            mean = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        else:
-            mean = tl.sum(x, axis=1) / N
-        xc = tl.where(mask, x - mean[:, None], 0.0)
-        # correctly rounded (the GPU's plain sqrt and division are approximate): the statistics match PyTorch's
-        rstd = tl.div_rn(1.0, tl.sqrt_rn(tl.sum(xc * xc, axis=1) / N + eps))
+        mean, xc, rstd = _row_stats(x, mask, N, eps, RMS)
         y = xc * rstd[:, None]
         if HAS_W:
             y = y * _affine_tile(w_ptr, rows, cols, mask, N, GROUPS)
         if HAS_B:
             y = y + _affine_tile(b_ptr, rows, cols, mask, N, GROUPS)
+        if GATE:   # times SiLU(z), in fp32, rounded once
+            z = tl.load(z_ptr + _gate_offsets(rows, cols, N, z_rows, z_stride), mask=mask, other=0.0).to(tl.float32)
+            y = y * (z * tl.sigmoid(z))
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
         if STATS:
             if not RMS:
@@ -93,11 +110,14 @@ if _HAS_TRITON:
             tl.store(rstd_ptr + rows, rstd, mask=rmask)
 
     @triton.jit
-    def _ln_bwd_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, mean_ptr, rstd_ptr, part_ptr, M, N, TILES,
-                       HAS_W: tl.constexpr, NEED_WB: tl.constexpr, GROUPS: tl.constexpr, RMS: tl.constexpr,
+    def _ln_bwd_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, b_ptr, z_ptr, dz_ptr, y_ptr, mean_ptr, rstd_ptr, part_ptr, M, N,
+                       TILES, eps, z_rows, z_stride, HAS_W: tl.constexpr, HAS_B: tl.constexpr, NEED_WB: tl.constexpr,
+                       GROUPS: tl.constexpr, RMS: tl.constexpr, GATE: tl.constexpr, OUT: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         # a fixed grid of programs, each over tiles pid, pid + programs, ...: its weight-gradient partials stay in
-        # registers, and the partials buffer has one [2, GROUPS, N] slot per program (dw, then db), not per tile
+        # registers, and the partials buffer has one [2, GROUPS, N] slot per program (dw, then db), not per tile.
+        # GATE: dy is the gradient of y * SiLU(z); the statistics are recomputed from x (a tile holds whole rows),
+        # dz is written, and with OUT the gated forward output too (for the GEMM's weight gradient that follows).
         pid = tl.program_id(0)
         cols = tl.arange(0, BLOCK_N)
         cmask = cols < N
@@ -110,12 +130,30 @@ if _HAS_TRITON:
             offs = rows.to(tl.int64)[:, None] * N + cols[None, :]
             x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            rstd = tl.load(rstd_ptr + rows, mask=rmask, other=0.0)
-            if RMS:
-                x_hat = tl.where(mask, x * rstd[:, None], 0.0)
+            if GATE:
+                _, xc, rstd = _row_stats(x, mask, N, eps, RMS)
+                x_hat = xc * rstd[:, None]
+                a = x_hat
+                if HAS_W:
+                    a = a * _affine_tile(w_ptr, rows, cols, mask, N, GROUPS)
+                if HAS_B:
+                    a = a + _affine_tile(b_ptr, rows, cols, mask, N, GROUPS)
+                z = tl.load(z_ptr + _gate_offsets(rows, cols, N, z_rows, z_stride), mask=mask,
+                            other=0.0).to(tl.float32)
+                sig = tl.sigmoid(z)
+                silu = z * sig
+                if OUT:
+                    tl.store(y_ptr + offs, (a * silu).to(y_ptr.dtype.element_ty), mask=mask)
+                tl.store(dz_ptr + offs, (dy * a * sig * (1.0 + z * (1.0 - sig))).to(dz_ptr.dtype.element_ty),
+                         mask=mask)
+                dy = dy * silu
             else:
-                mean = tl.load(mean_ptr + rows, mask=rmask, other=0.0)
-                x_hat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+                rstd = tl.load(rstd_ptr + rows, mask=rmask, other=0.0)
+                if RMS:
+                    x_hat = tl.where(mask, x * rstd[:, None], 0.0)
+                else:
+                    mean = tl.load(mean_ptr + rows, mask=rmask, other=0.0)
+                    x_hat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
             t = dy
             if HAS_W:
                 t = dy * _affine_tile(w_ptr, rows, cols, mask, N, GROUPS)
@@ -162,16 +200,19 @@ def _rows(x: torch.Tensor, width: int) -> int:
 
 
 def layer_norm_forward(x: torch.Tensor, width: int, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
-                       eps: float, out_dtype: Optional[torch.dtype] = None, stats: bool = True, rms: bool = False
+                       eps: float, out_dtype: Optional[torch.dtype] = None, stats: bool = True, rms: bool = False,
+                       gate: Optional[torch.Tensor] = None
                        ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """``(y, mean, rstd)`` of a contiguous ``x`` normalized over rows of ``width`` elements; ``weight`` / ``bias``
     None or ``(G, width)`` (G consecutive rows, a power of 2, each with its own affine; ``(width,)`` is G = 1).
     ``y`` like ``x`` in ``out_dtype`` (default ``x``'s); ``mean`` and ``rstd`` fp32, one per row (None unless
     ``stats``: inference needs no statistics, and two allocations less are host time saved). ``rms``: RMSNorm
-    (no bias; ``mean`` None)."""
+    (no bias; ``mean`` None). ``gate`` (``x``'s shape, unit stride in the last dimension; a chunk of a wider map
+    is read in place): ``y`` is the norm's output times ``SiLU(gate)``, computed in fp32 and rounded once."""
     if rms and bias is not None:
         raise ValueError('layer norm: an RMSNorm has no bias')
     rows = _rows(x, width)
+    z, z_stride = _gate_rows(gate, x)
     affine = weight if weight is not None else bias
     groups = affine.numel() // width if affine is not None else 1
     y = torch.empty_like(x, dtype=out_dtype or x.dtype)
@@ -182,9 +223,53 @@ def layer_norm_forward(x: torch.Tensor, width: int, weight: Optional[torch.Tenso
     block_m, block_n = _blocks(width, groups)
     with on_device(x.device):
         _ln_fwd_kernel[(triton.cdiv(rows, block_m),)](
-            x, y, _affine(weight, x), _affine(bias, x), y if mean is None else mean, y if rstd is None else rstd, rows,
-            width, eps, weight is not None, bias is not None, groups, stats, rms, block_m, block_n, num_warps=_WARPS)
+            x, y, _affine(weight, x), _affine(bias, x), z, y if mean is None else mean, y if rstd is None else rstd,
+            rows, width, eps, x.shape[-1] // width, z_stride, weight is not None, bias is not None, groups, stats, rms,
+            gate is not None, block_m, block_n, num_warps=_WARPS)
     return y, mean, rstd
+
+
+def _gate_rows(gate: Optional[torch.Tensor], x: torch.Tensor) -> Tuple[torch.Tensor, int]:
+    """``gate`` as rows of ``x.shape[-1]`` with unit column stride, read in place where it is one (a chunk of a
+    wider contiguous map), and their stride; without a gate ``x`` as the dummy pointer the kernels never read."""
+    if gate is None:
+        return x, 0
+    if gate.shape != x.shape or gate.device != x.device or gate.dtype not in _DTYPES:
+        raise ValueError(f'layer norm: the gate must be a fp32/bf16/fp16 tensor of x\'s shape {tuple(x.shape)} on '
+                         f'{x.device}, got {tuple(gate.shape)} {gate.dtype} on {gate.device}')
+    rows = gate.reshape(-1, x.shape[-1])     # a view where the strides allow it
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    return rows, rows.stride(0)
+
+
+def _backward(grad, x, width, weight, bias, mean, rstd, eps, groups, need_weight_grads, rms, gate, out_dtype):
+    rows = _rows(x, width)
+    grad = grad.contiguous()
+    dx = torch.empty_like(x)
+    dz = y = dx   # dummy pointers the kernel never writes without GATE / an output dtype
+    z, z_stride = _gate_rows(gate, x)
+    if gate is not None:
+        dz = torch.empty(x.shape, device=x.device, dtype=gate.dtype)
+        if out_dtype is not None:
+            y = torch.empty(x.shape, device=x.device, dtype=out_dtype)
+    block_m, block_n = _blocks(width, groups)
+    tiles = triton.cdiv(rows, block_m)
+    programs = max(1, min(tiles, _programs(x)))
+    partials = dx   # a dummy pointer the kernel never writes without NEED_WB
+    if need_weight_grads:   # dw's and db's partials in one buffer: one reduction launch for both
+        partials = torch.empty(programs, 2, groups, width, device=x.device, dtype=torch.float32)
+    stat = rstd if rstd is not None else dx
+    with on_device(x.device):
+        _ln_bwd_kernel[(programs,)](
+            x, grad, dx, _affine(weight, x), _affine(bias, x), z, dz, y, stat if mean is None else mean, stat,
+            partials, rows, width, tiles, eps, x.shape[-1] // width, z_stride, weight is not None,
+            bias is not None, need_weight_grads, groups, rms, gate is not None, y is not dx, block_m, block_n,
+            num_warps=_WARPS)
+    dw = db = None
+    if need_weight_grads:
+        dw, db = partials.sum(0).unbind(0)
+    return dx, dw, None if rms else db, dz, y
 
 
 def layer_norm_backward(grad: torch.Tensor, x: torch.Tensor, width: int, weight: Optional[torch.Tensor],
@@ -194,20 +279,18 @@ def layer_norm_backward(grad: torch.Tensor, x: torch.Tensor, width: int, weight:
     """``(dx, dw, db)`` for ``layer_norm_forward``'s ``y``: ``dx`` like ``x``; ``dw`` and ``db`` ``(groups, width)``
     fp32 sums of ``grad * x_hat`` and ``grad`` (None unless ``need_weight_grads``; ``db`` too with ``rms``, where
     ``mean`` is None)."""
-    rows = _rows(x, width)
-    grad = grad.contiguous()
-    dx = torch.empty_like(x)
-    block_m, block_n = _blocks(width, groups)
-    tiles = triton.cdiv(rows, block_m)
-    programs = max(1, min(tiles, _programs(x)))
-    partials = dx   # a dummy pointer the kernel never writes without NEED_WB
-    if need_weight_grads:   # dw's and db's partials in one buffer: one reduction launch for both
-        partials = torch.empty(programs, 2, groups, width, device=x.device, dtype=torch.float32)
-    with on_device(x.device):
-        _ln_bwd_kernel[(programs,)](x, grad, dx, _affine(weight, x), rstd if mean is None else mean, rstd, partials,
-                                    rows, width, tiles, weight is not None, need_weight_grads, groups, rms, block_m,
-                                    block_n, num_warps=_WARPS)
-    if not need_weight_grads:
-        return dx, None, None
-    dw, db = partials.sum(0).unbind(0)
-    return dx, dw, None if rms else db
+    return _backward(grad, x, width, weight, None, mean, rstd, 0.0, groups, need_weight_grads, rms, None, None)[:3]
+
+
+def gated_layer_norm_backward(grad: torch.Tensor, x: torch.Tensor, gate: torch.Tensor, width: int,
+                              weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,
+                              need_weight_grads: bool = True, out_dtype: Optional[torch.dtype] = None):
+    """``(dx, dw, db, dgate, y)`` for ``layer_norm_forward(..., gate=gate)``'s output, from ``x`` and ``gate``
+    alone: the statistics are recomputed (no ``mean`` / ``rstd`` to keep). ``dgate`` like ``gate``; ``y``, the
+    forward's output again in ``out_dtype``, only where one is given (else None): what the GEMM that read it needs
+    for its weight gradient, in the same pass."""
+    affine = weight if weight is not None else bias
+    groups = affine.numel() // width if affine is not None else 1
+    dx, dw, db, dz, y = _backward(grad, x, width, weight, bias, None, None, eps, groups, need_weight_grads, False,
+                                  gate, out_dtype)
+    return dx, dw, db, dz, y if out_dtype is not None else None

@@ -18,7 +18,7 @@ if not _CUDA:
 pytest.importorskip('triton')
 
 from visionssm.kernels import layer_norm as LN  # noqa: E402
-from visionssm.layers.norm import layer_norm  # noqa: E402
+from visionssm.layers.norm import gated_layer_norm, layer_norm, layer_norm_gate_backward  # noqa: E402
 
 from _interpreter import fresh_process_test, needs_fresh_process  # noqa: E402
 
@@ -117,6 +117,100 @@ def test_kernels_match_float64(lead, width, groups, affine, dtype):
     _same_to_ulps(y_only, y)
     # stored straight in bf16: within one bf16 step of the float32 result (the interpreter truncates, a GPU rounds)
     torch.testing.assert_close(y16.float(), y, rtol=2 ** -7, atol=1e-6)
+
+
+def _gated_reference(x, z, width, weight, bias, eps):
+    """float64 ``LayerNorm(x) * SiLU(z)`` and its autograd leaves."""
+    y, x64, w64, b64 = _reference(x, width, weight, bias, eps)
+    z64 = z.detach().double().requires_grad_()
+    return y * F.silu(z64), x64, z64, w64, b64
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize('lead, width, groups, affine', CASES, ids=lambda c: str(c))
+def test_gated_kernels_match_float64(lead, width, groups, affine, dtype):
+    """``LayerNorm(y) * SiLU(z)`` (the gate in the low-precision dtype, y in float32 as the scans write it): forward,
+    then the backward from y and z alone (statistics recomputed) with dz and the forward's output again."""
+    g = torch.Generator().manual_seed(width * 5 + groups)
+    channels = width * groups
+    x = (torch.randn(*lead, channels, generator=g) * 3 + 1).to(DEV)
+    # the gate as a chunk of a wider map (in_proj's output), read in place, in every other case
+    z = (torch.randn(*lead, 2 * channels, generator=g) * 2).to(dtype).to(DEV)
+    z = z[..., channels:] if (width + groups) % 2 else z[..., :channels].contiguous()
+    weight = torch.randn(channels, generator=g).to(DEV) if affine else None
+    bias = torch.randn(channels, generator=g).to(DEV) if affine else None
+    grad = torch.randn(*lead, channels, generator=g).to(dtype).to(DEV)
+    want, x64, z64, w64, b64 = _gated_reference(x, z, width, weight, bias, 1e-5)
+    want.backward(grad.double())
+
+    shaped = lambda t: None if t is None else t.view(groups, width)
+    out = LN.layer_norm_forward(x, width, shaped(weight), shaped(bias), 1e-5, dtype, stats=False, gate=z)[0]
+    assert out.dtype == dtype and out.shape == x.shape
+    tol = 1e-5 if dtype == torch.float32 else 1e-2   # one rounding to the low-precision dtype
+    assert _rel(out, want) < tol
+    dx, dw, db, dz, again = LN.gated_layer_norm_backward(grad, x, z, width, shaped(weight), shaped(bias), 1e-5,
+                                                         out_dtype=dtype)
+    assert dx.dtype == torch.float32 and dz.dtype == dtype and again.dtype == dtype
+    # the same function recompiled: equal to a few float32 ulps, or one step of the low-precision dtype where those
+    # ulps flip a rounding
+    step = torch.finfo(dtype).eps / torch.finfo(torch.float32).eps
+    _same_to_ulps(again.float(), out.float(), ulps=4 if dtype == torch.float32 else step)
+    assert _rel(dz, z64.grad) < tol
+    if width > 1:
+        assert _rel(dx, x64.grad) < 1e-4
+    if affine:
+        assert _rel(dw.flatten(), w64.grad) < 1e-4 and _rel(db.flatten(), b64.grad) < 1e-4
+    assert LN.gated_layer_norm_backward(grad, x, z, width, shaped(weight), shaped(bias), 1e-5, False)[4] is None
+
+
+@pytest.mark.parametrize('width, groups', [(48, 1), (12, 4)])
+def test_gated_layer_norm_autograd_and_pytorch_form(triton_on_cpu, monkeypatch, width, groups):
+    """``gated_layer_norm`` through the kernels and through its PyTorch form: both the float64 function and its
+    gradients; the split pair (``layer_norm_gate_backward``) gives the same gradients."""
+    g = torch.Generator().manual_seed(11)
+    channels = width * groups
+    x = torch.randn(2, 5, 3, channels, generator=g).to(DEV).requires_grad_()
+    xz = torch.randn(2, 5, 3, 2 * channels, generator=g).to(DEV).requires_grad_()
+    z = xz[..., channels:]   # a chunk of in_proj's output, as the mixers pass it
+    weight = torch.randn(channels, generator=g).to(DEV).requires_grad_()
+    bias = torch.randn(channels, generator=g).to(DEV).requires_grad_()
+    grad = torch.randn(2, 5, 3, channels, generator=g).to(DEV)
+    want, x64, z64, w64, b64 = _gated_reference(x, z, width, weight, bias, 1e-6)
+    want.backward(grad.double())
+    for form in ('triton', 'torch'):
+        monkeypatch.setenv('VISIONSSM_LAYER_NORM', form)
+        calls = []
+        forward = LN.layer_norm_forward
+        monkeypatch.setattr(LN, 'layer_norm_forward', lambda *a, **k: calls.append(1) or forward(*a, **k))
+        for t in (x, xz, weight, bias):
+            t.grad = None
+        out = gated_layer_norm(x, z, weight, bias, 1e-6, width=width)
+        out.backward(grad)
+        assert not xz.grad[..., :channels].any()
+        z_grad = xz.grad[..., channels:]
+        assert bool(calls) == (form == 'triton'), form
+        assert out.dtype == torch.float32 and 'GatedLayerNorm' in type(out.grad_fn).__name__
+        for got, ref in ((out, want), (x.grad, x64.grad), (z_grad, z64.grad), (weight.grad, w64.grad),
+                         (bias.grad, b64.grad)):
+            assert _rel(got, ref) < 1e-5, form
+        dy, dz, dw, db, again = layer_norm_gate_backward(grad, x.detach(), z.detach(), weight, bias, 1e-6, width,
+                                                         out_dtype=torch.float32)
+        for got, ref in ((dy, x.grad), (dz, z_grad), (dw, weight.grad), (db, bias.grad), (again, out)):
+            assert _rel(got, ref) < 1e-6, form
+        with torch.no_grad():
+            assert _rel(gated_layer_norm(x, z, weight, bias, 1e-6, width=width), want) < 1e-5
+
+
+def test_gated_layer_norm_refuses_bad_input():
+    y = torch.randn(2, 32)
+    with pytest.raises(ValueError, match='differ in shape'):
+        gated_layer_norm(y, torch.randn(2, 16))
+    with pytest.raises(ValueError, match='not a multiple of width 5'):
+        gated_layer_norm(y, y, width=5)
+    with pytest.raises(ValueError, match='bias has 16 elements'):
+        gated_layer_norm(y, y, None, torch.ones(16))
+    with pytest.raises(ValueError, match="the gate must be a fp32/bf16/fp16 tensor of x's shape"):
+        LN.layer_norm_forward(y, 32, None, None, 1e-5, gate=torch.randn(2, 32, dtype=torch.float64))
 
 
 @pytest.mark.parametrize('width, groups', [(48, 1), (12, 4)])

@@ -8,6 +8,12 @@ no float32 map written and cast. Statistics are float32 either way.
 ``rms_norm`` (and the ``RMSNorm`` module, Vim's) does the same for RMSNorm over the last dimension, computed in at
 least float32.
 
+``gated_layer_norm`` is the mixers' output norm and gate, ``layer_norm(y) * SiLU(z)`` in ``z``'s dtype (EfficientVMamba,
+GroupMamba, Spatial-Mamba, MSVMamba); ``layer_norm_gate`` / ``layer_norm_gate_backward`` are its two halves for
+autograd functions that also fuse the projection after it. The product is computed at the norm's precision and
+rounded once, as the official code rounds its float32 product when out_proj reads it; the backward keeps only ``y``
+and ``z`` and recomputes the statistics.
+
 On CUDA (not while tracing or exporting) each is one Triton kernel forward and one backward, which keeps only ``x``,
 the weights and float32 statistics per row. ``VISIONSSM_LAYER_NORM=torch`` selects the PyTorch form, which also
 serves the CPU and graph capture.
@@ -27,7 +33,8 @@ from visionssm.kernels import layer_norm as norm_kernels
 from .cache import tracing
 from .fused import autocast_dtype, autocast_enabled
 
-__all__ = ['RMSNorm', 'layer_norm', 'rms_norm', 'norm_to', 'native_layer_norm', 'native_layer_norm_backward']
+__all__ = ['RMSNorm', 'layer_norm', 'rms_norm', 'norm_to', 'native_layer_norm', 'native_layer_norm_backward',
+           'gated_layer_norm', 'layer_norm_gate', 'layer_norm_gate_backward']
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -206,3 +213,116 @@ def native_layer_norm_backward(grad: torch.Tensor, x: torch.Tensor, mean: torch.
     dx, dw, db = torch.ops.aten.native_layer_norm_backward(grad.to(x.dtype), x, (width,), mean, rstd, w, b,
                                                            (need_x, need_w and w is not None, need_b and b is not None))
     return dx, _to(dw, None if weight is None else weight.dtype), _to(db, None if bias is None else bias.dtype)
+
+
+def _gate_args(y: torch.Tensor, z: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+               width: Optional[int]):
+    channels = y.shape[-1]
+    width = width or channels
+    if z.shape != y.shape:
+        raise ValueError(f'gated layer norm: z {tuple(z.shape)} and y {tuple(y.shape)} differ in shape')
+    if channels % width:
+        raise ValueError(f'gated layer norm: the last dimension ({channels}) is not a multiple of width {width}')
+    for name, t in (('weight', weight), ('bias', bias)):
+        if t is not None and t.numel() != channels:
+            raise ValueError(f'gated layer norm: {name} has {t.numel()} elements, the last dimension {channels}')
+    return width, channels // width
+
+
+def _gate_triton(y: torch.Tensor, z: torch.Tensor, width: int, groups: int) -> bool:
+    return not tracing() and norm_kernels.supports(y, width, groups) and norm_kernels.supports(z, width, groups)
+
+
+def _view(t: Optional[torch.Tensor], groups: int, width: int) -> Optional[torch.Tensor]:
+    return None if t is None else t.reshape(groups, width)
+
+
+def _normalized(y, weight, bias, eps, width, groups):
+    """PyTorch form: (affine output, x_hat, mean, rstd) at the precision of ``y`` promoted with the weights'."""
+    compute = torch.promote_types(y.dtype, weight.dtype) if weight is not None else y.dtype
+    x_hat, mean, rstd = torch.native_layer_norm(y.to(compute).unflatten(-1, (groups, width)), (width,), None, None, eps)
+    a = x_hat
+    if weight is not None:
+        a = a * _view(weight, groups, width).to(compute)
+    if bias is not None:
+        a = a + _view(bias, groups, width).to(compute)
+    return a.flatten(-2), x_hat, mean, rstd
+
+
+def layer_norm_gate(y: torch.Tensor, z: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                    eps: float, width: Optional[int] = None) -> torch.Tensor:
+    """``layer_norm(y) * SiLU(z)`` without autograd, written in ``z``'s dtype: the norm over segments of ``width``
+    channels (default all; ``layer_norm``'s grouped affine), at ``y``'s precision promoted with the weights', the
+    product at that precision, rounded once. One Triton kernel on CUDA."""
+    width, groups = _gate_args(y, z, weight, bias, width)
+    if _gate_triton(y, z, width, groups):
+        return norm_kernels.layer_norm_forward(y.contiguous(), width, _view(weight, groups, width),
+                                               _view(bias, groups, width), eps, z.dtype, stats=False,
+                                               gate=z)[0]
+    a = _normalized(y, weight, bias, eps, width, groups)[0]
+    return (a * F.silu(z.to(a.dtype))).to(z.dtype)
+
+
+def layer_norm_gate_backward(grad: torch.Tensor, y: torch.Tensor, z: torch.Tensor, weight: Optional[torch.Tensor],
+                             bias: Optional[torch.Tensor], eps: float, width: Optional[int] = None,
+                             need_weight_grads: bool = True, out_dtype: Optional[torch.dtype] = None):
+    """``(dy, dz, dweight, dbias, out)`` for ``layer_norm_gate``'s output gradient ``grad``, from ``y`` and ``z``
+    alone: ``dy`` in ``y``'s dtype, ``dz`` in ``z``'s, the weights' gradients in their dtypes (None unless
+    ``need_weight_grads``, or where a weight is None); ``out``, the forward's output again in ``out_dtype``, only
+    where one is given: what a GEMM that read it needs for its weight gradient, from the same pass. One Triton kernel
+    on CUDA."""
+    width, groups = _gate_args(y, z, weight, bias, width)
+    dtypes = (None if weight is None else weight.dtype, None if bias is None else bias.dtype)
+    if _gate_triton(y, z, width, groups):
+        dy, dw, db, dz, out = norm_kernels.gated_layer_norm_backward(
+            grad, y.contiguous(), z, width, _view(weight, groups, width), _view(bias, groups, width),
+            eps, need_weight_grads, out_dtype)
+    else:
+        a, x_hat, mean, rstd = _normalized(y, weight, bias, eps, width, groups)
+        compute = a.dtype
+        zc = z.to(compute)
+        sig = torch.sigmoid(zc)
+        g = grad.to(compute)
+        dz = (g * a * sig * (1 + zc * (1 - sig))).to(z.dtype)
+        g = (g * zc * sig).unflatten(-1, (groups, width))
+        out = (a * zc * sig).to(out_dtype) if out_dtype is not None else None
+        rows = tuple(range(g.ndim - 2))
+        dw = (g * x_hat).sum(rows) if need_weight_grads else None
+        db = g.sum(rows) if need_weight_grads else None
+        t = g * _view(weight, groups, width).to(compute) if weight is not None else g
+        dy = torch.ops.aten.native_layer_norm_backward(t, y.to(compute).unflatten(-1, (groups, width)), (width,),
+                                                       mean, rstd, None, None, (True, False, False))[0]
+        dy = dy.flatten(-2).to(y.dtype)
+    dw = _to(dw, dtypes[0]).view(-1) if dw is not None and weight is not None else None
+    db = _to(db, dtypes[1]).view(-1) if db is not None and bias is not None else None
+    return dy, dz, dw, db, out
+
+
+class _GatedLayerNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, z, weight, bias, eps, width):
+        ctx.eps, ctx.width = eps, width
+        ctx.save_for_backward(y, z, weight, bias)
+        return layer_norm_gate(y, z, weight, bias, eps, width)
+
+    @staticmethod
+    @once_differentiable   # the kernels build no graph: a second derivative would be silently wrong
+    def backward(ctx, grad):
+        y, z, weight, bias = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dy, dz, dw, db, _ = layer_norm_gate_backward(grad, y, z, weight, bias, ctx.eps, ctx.width,
+                                                     need_weight_grads=need[2] or need[3])
+        return (dy if need[0] else None, dz if need[1] else None, dw if need[2] else None, db if need[3] else None,
+                None, None)
+
+
+@register_notrace_function
+def gated_layer_norm(y: torch.Tensor, z: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                     bias: Optional[torch.Tensor] = None, eps: float = 1e-5, width: Optional[int] = None
+                     ) -> torch.Tensor:
+    """``layer_norm(y, weight, bias, eps, width) * SiLU(z)`` in ``z``'s dtype (``layer_norm_gate``), keeping only
+    ``y`` and ``z`` for the backward, which recomputes the statistics. A torch.fx leaf."""
+    if (not tracing() and torch.is_grad_enabled()
+            and any(t is not None and t.requires_grad for t in (y, z, weight, bias))):
+        return _GatedLayerNorm.apply(y, z, weight, bias, eps, width)
+    return layer_norm_gate(y, z, weight, bias, eps, width)   # traced: PyTorch's ops, differentiable

@@ -23,7 +23,7 @@ from visionssm.ops import Route, cross_routes, selective_scan
 from visionssm.ops.selective_scan import TORCHSCRIPT_UNSUPPORTED
 
 from .cache import CastCachedConv2d, CastCachedLinear, cached_while_inferring, tracing
-from .norm import norm_to
+from .norm import gated_layer_norm, norm_to
 
 __all__ = ['SS2D', 'ScanLayer', 'InputDtypeLayerNorm', 'init_dt_bias', 'full_precision', 'scan_out_dtype']
 
@@ -188,9 +188,14 @@ class SS2D(ScanLayer):
             x, z = x.chunk(2, dim=-1)
         # NHWC viewed as NCHW with channels-last strides: the depthwise conv needs no copy of its input.
         x = self.act(self.conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
-        y = norm_to(self.out_norm, self.scan(x), x.dtype)   # written in out_proj's dtype
-        if self.gate:
-            y = y * self.act(z)
+        y = self.scan(x)
+        if self.gate and isinstance(self.act, nn.SiLU) and isinstance(self.out_norm, nn.LayerNorm):
+            # norm and gate in one pass, in out_proj's dtype (one kernel each way on CUDA; keeps only y and z)
+            y = gated_layer_norm(y, z, self.out_norm.weight, self.out_norm.bias, self.out_norm.eps)
+        else:
+            y = norm_to(self.out_norm, y, x.dtype)   # written in out_proj's dtype
+            if self.gate:
+                y = y * self.act(z)
         return self.proj_drop(self.out_proj(y))
 
     def scan(self, x: torch.Tensor) -> torch.Tensor:

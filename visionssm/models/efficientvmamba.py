@@ -43,7 +43,7 @@ from visionssm.layers import SS2D, ConvDownsample, Mlp, PatchEmbed, PatchMerging
     scan_out_dtype
 from visionssm.layers.cache import cached_while_inferring, tracing
 from visionssm.layers.fused import autocast_dtype, block_diagonal, conv_silu, group_projections
-from visionssm.layers.norm import native_layer_norm, native_layer_norm_backward, norm_to
+from visionssm.layers.norm import layer_norm_gate, layer_norm_gate_backward, norm_to
 from visionssm.ops import Route, lattice_routes, selective_scan
 from ._checkpoint import load_through_model
 from ._hierarchical import HierarchicalBackbone
@@ -97,13 +97,12 @@ def lattice_projections(xs: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_
 
 class _MixerOutput(torch.autograd.Function):
     """``mixer_output``, saving only ``y`` (the scan's output) and ``z`` (part of in_proj's output, kept anyway):
-    the normed map (with its statistics), ``silu(z)`` and the gated map that out_proj reads are recomputed in the
-    backward."""
+    the norm's statistics and the gated map that out_proj reads are recomputed in the backward, in the pass that
+    gives the gradients of the norm and the gate (``layer_norm_gate_backward``)."""
 
     @staticmethod
     def forward(ctx, y, z, weight, bias, eps, proj_weight):
-        normed = native_layer_norm(y, weight, bias, eps, out_dtype=z.dtype)[0]
-        gated = normed * F.silu(z)
+        gated = layer_norm_gate(y, z, weight, bias, eps)
         proj = proj_weight.to(autocast_dtype(gated))   # cast once (the backward runs outside autocast), kept
         ctx.eps, ctx.proj_dtype = eps, proj_weight.dtype
         ctx.save_for_backward(y, z, weight, bias, proj)
@@ -113,18 +112,11 @@ class _MixerOutput(torch.autograd.Function):
     def backward(ctx, grad):
         y, z, weight, bias, proj = ctx.saved_tensors
         need = ctx.needs_input_grad
-        # the forward's normed map again, bit for bit
-        normed, mean, rstd = native_layer_norm(y, weight, bias, ctx.eps, out_dtype=z.dtype)
-        silu_z = F.silu(z)
         grad = grad.to(proj.dtype)
-        grad_proj = None
-        if need[5]:
-            gated = (normed * silu_z).to(proj.dtype)
-            grad_proj = grad.flatten(0, -2).t().mm(gated.flatten(0, -2)).to(ctx.proj_dtype)
-        grad_gated = grad.matmul(proj).to(z.dtype)
-        grad_z = torch.ops.aten.silu_backward(grad_gated * normed, z)
-        grad_y, grad_w, grad_b = native_layer_norm_backward(
-            (grad_gated * silu_z).to(y.dtype), y, mean, rstd, weight, bias, (need[0], need[2], need[3]))
+        grad_y, grad_z, grad_w, grad_b, gated = layer_norm_gate_backward(
+            grad.matmul(proj), y, z, weight, bias, ctx.eps, need_weight_grads=need[2] or need[3],
+            out_dtype=proj.dtype if need[5] else None)
+        grad_proj = grad.flatten(0, -2).t().mm(gated.flatten(0, -2)).to(ctx.proj_dtype) if need[5] else None
         return grad_y, grad_z, grad_w, grad_b, None, grad_proj
 
 
@@ -134,13 +126,16 @@ def _cast(t: Optional[torch.Tensor], dtype: Optional[torch.dtype]) -> Optional[t
 
 @register_notrace_function
 def mixer_output(y: torch.Tensor, z: torch.Tensor, norm: nn.LayerNorm, proj: nn.Linear) -> torch.Tensor:
-    """``proj(norm(y).to(z.dtype) * silu(z))``: the norm in ``y``'s dtype (the scan's full-precision output), the
-    gate in ``z``'s. Under autograd only ``y`` and ``z`` are kept (and ``proj``'s weight in its compute dtype), for
-    an affine ``norm`` and a bias-free ``proj``. A torch.fx leaf."""
+    """``proj(norm(y) * silu(z))`` written in ``z``'s dtype: the norm in ``y``'s dtype (the scan's full-precision
+    output), the product at that precision, rounded once (``layer_norm_gate``; one kernel on CUDA). Under autograd
+    only ``y`` and ``z`` are kept (and ``proj``'s weight in its compute dtype), for an affine ``norm`` and a
+    bias-free ``proj``. A torch.fx leaf."""
+    if not isinstance(norm, nn.LayerNorm) or len(norm.normalized_shape) != 1:
+        return proj(norm_to(norm, y, z.dtype) * F.silu(z))
     if (torch.is_grad_enabled() and norm.weight is not None and norm.bias is not None and proj.bias is None
             and any(t.requires_grad for t in (y, z, norm.weight, norm.bias, proj.weight))):
         return _MixerOutput.apply(y, z, norm.weight, norm.bias, norm.eps, proj.weight)
-    return proj(norm_to(norm, y, z.dtype) * F.silu(z))
+    return proj(layer_norm_gate(y, z, norm.weight, norm.bias, norm.eps))
 
 
 class AtrousSS2D(SS2D):

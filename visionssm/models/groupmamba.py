@@ -74,11 +74,10 @@ from timm.models import (build_model_with_cfg, checkpoint_seq, generate_default_
 from timm.models._features import feature_take_indices
 
 from visionssm.layers import ConvDownsample, Mlp, ScanLayer, full_precision, init_dt_bias, scan_out_dtype
-from visionssm.layers.cache import cached_while_inferring, tracing
+from visionssm.layers.cache import cached_while_inferring
 from visionssm.layers.fused import autocast_dtype, block_diagonal, group_projections
 from visionssm.layers.mlp import _act_backward
-from visionssm.layers.norm import layer_norm, norm_to
-from visionssm.kernels import layer_norm as norm_kernels
+from visionssm.layers.norm import gated_layer_norm, layer_norm, norm_to
 from visionssm.ops import grouped_routes, selective_scan
 from ._checkpoint import extract_state_dict, load_checkpoint_file, load_converted, load_through_model
 
@@ -218,65 +217,6 @@ def group_weights(
     return w_in.to(dtype), w_dbl.to(dtype), block_diagonal(out_w).to(dtype)
 
 
-def _norm_gate(y, z, weight, bias, eps, act_fn):
-    """The forward of ``norm_gate``: the norm and its affine in the parameters' dtype promoted with ``y``'s, and the
-    product with ``act(z)`` computed at that precision and written in ``z``'s dtype (one kernel). On CUDA the norm
-    and affine are one Triton kernel (``visionssm.layers.norm``), else the norm without affine and the affine are
-    one each."""
-    if _triton_norm(y, weight):
-        affine = norm_kernels.layer_norm_forward(y.contiguous(), weight.shape[-1], weight, bias, eps,
-                                                 torch.promote_types(y.dtype, weight.dtype), stats=False)[0]
-    else:
-        y_hat = F.layer_norm(y.unflatten(-1, weight.shape), weight.shape[-1:], None, None, eps)
-        affine = torch.addcmul(bias, y_hat, weight).flatten(-2)
-    return torch.mul(affine, act_fn(z), out=torch.empty_like(z))
-
-
-def _triton_norm(y: torch.Tensor, weight: torch.Tensor) -> bool:
-    return norm_kernels.supports(y, weight.shape[-1], weight.shape[0]) and not tracing()
-
-
-class _NormGate(torch.autograd.Function):
-    """``norm_gate`` saving only ``y`` (the scan's output) and ``z`` (part of in_proj's output, kept anyway): the
-    backward recomputes the norm (the same kernel, so the same statistics) and the gate."""
-
-    @staticmethod
-    def forward(ctx, y, z, weight, bias, eps, act_fn, act_bwd):
-        ctx.act_fn, ctx.act_bwd, ctx.eps = act_fn, act_bwd, eps
-        ctx.save_for_backward(y, z, weight, bias)
-        return _norm_gate(y, z, weight, bias, eps, act_fn)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        y, z, weight, bias = ctx.saved_tensors
-        groups, d = weight.shape
-        grad_out = grad_out.to(z.dtype)
-        if _triton_norm(y, weight):
-            # the same kernel as the forward (so the same statistics and affine), and its backward
-            y = y.contiguous()
-            affine, mean, rstd = norm_kernels.layer_norm_forward(y, d, weight, bias, ctx.eps,
-                                                                 torch.promote_types(y.dtype, weight.dtype))
-            grad_gate = torch.empty_like(z)
-            torch.mul(grad_out, affine, out=grad_gate)
-            grad_z = ctx.act_bwd(grad_gate, z)
-            grad_y, grad_w, grad_b = norm_kernels.layer_norm_backward(grad_out * ctx.act_fn(z), y, d, weight, mean,
-                                                                      rstd, groups)
-            return grad_y, grad_z, grad_w.to(weight.dtype), grad_b.to(bias.dtype), None, None, None
-        y = y.unflatten(-1, (groups, d))
-        y_hat, mean, rstd = torch.ops.aten.native_layer_norm(y, [d], None, None, ctx.eps)
-        grad_gate = torch.empty_like(z)      # d out / d act(z), rounded as the forward rounds its product
-        torch.mul(grad_out, torch.addcmul(bias, y_hat, weight).flatten(-2), out=grad_gate)
-        grad_z = ctx.act_bwd(grad_gate, z)
-        grad_t = (grad_out * ctx.act_fn(z)).unflatten(-1, (groups, d))     # gradient of the affine's output
-        rows = tuple(range(grad_t.ndim - 2))
-        acc = torch.promote_types(y_hat.dtype, weight.dtype)
-        grad_w = (grad_t * y_hat).sum(rows, dtype=acc).to(weight.dtype)
-        grad_b = grad_t.sum(rows, dtype=acc).to(bias.dtype)
-        grad_y = torch.ops.aten.native_layer_norm_backward(
-            (grad_t * weight).to(y.dtype), y, [d], mean, rstd, None, None, [True, False, False])[0].flatten(-2)
-        return grad_y, grad_z, grad_w, grad_b, None, None, None
-
-
 @register_notrace_function
 def norm_gate(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
               act: nn.Module) -> torch.Tensor:
@@ -284,14 +224,11 @@ def norm_gate(y: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, bias: torc
     group of D channels of ``y (..., G*D)``, ``weight`` and ``bias`` ``(G, D)``. The norm runs in ``y``'s dtype
     (the scan's full-precision output), the affine in the parameters' (promoted with ``y``'s) and the gate's
     product at that precision, rounded once to ``z``'s dtype, as the original, whose float32 product is rounded
-    when out_proj reads it. Under autograd only ``y`` and ``z`` are kept (GELU, SiLU, ReLU gates), not the maps
-    between. A torch.fx leaf."""
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (y, z, weight, bias))):
-        return _norm_gate(y, z, weight, bias, eps, act)
-    fns = _act_backward(act)
-    if fns is not None:
-        return _NormGate.apply(y, z, weight, bias, eps, *fns)
+    when out_proj reads it. With SiLU (the models' gate) this is ``gated_layer_norm``: one kernel each way on CUDA,
+    and only ``y`` and ``z`` kept for the backward. A torch.fx leaf."""
     groups, d = weight.shape
+    if isinstance(act, nn.SiLU):
+        return gated_layer_norm(y, z, weight.flatten(), bias.flatten(), eps, width=d)
     y = F.layer_norm(y.unflatten(-1, (groups, d)), (d,), eps=eps) * weight + bias
     return (y.flatten(-2) * act(z)).to(z.dtype)
 

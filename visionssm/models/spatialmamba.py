@@ -38,7 +38,7 @@ from visionssm.kernels import state_fusion as fusion_kernels
 from visionssm.layers import SS2D, Mlp, full_precision
 from visionssm.layers.cache import cached_constants
 from visionssm.layers.fused import conv_silu
-from visionssm.layers.norm import native_layer_norm, native_layer_norm_backward, norm_to
+from visionssm.layers.norm import layer_norm_gate, layer_norm_gate_backward, norm_to
 from visionssm.layers.ss2d import route_projections
 from visionssm.ops import Route, selective_scan
 from ._checkpoint import load_through_model
@@ -244,38 +244,31 @@ def state_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 class _MixerOutput(torch.autograd.Function):
-    """``mixer_output`` whose backward recomputes the observation, the norm's output, ``SiLU(z)`` and the gated map
-    from what it keeps: the fused states, and C, x and z, which the scan and the depthwise conv keep anyway. Autograd
-    would also keep the float32 observation, the normed map, ``SiLU(z)`` and the gated map: 20 of a block's 72
-    saved bytes per element of its input (stage 1)."""
+    """``mixer_output`` whose backward recomputes the observation, the norm's statistics and the gated map from what
+    it keeps: the fused states, and C, x and z, which the scan and the depthwise conv keep anyway. Autograd would
+    also keep the float32 observation, the normed map, ``SiLU(z)`` and the gated map: 20 of a block's 72 saved
+    bytes per element of its input (stage 1)."""
 
     @staticmethod
     def forward(ctx, fused, C, x, Ds, z, norm_weight, norm_bias, eps, proj_weight):
-        y = torch.addcmul(x * Ds, fused, C)
-        normed, mean, rstd = native_layer_norm(y, norm_weight, norm_bias, eps, out_dtype=x.dtype)
-        gated = normed * F.silu(z)
+        gated = layer_norm_gate(torch.addcmul(x * Ds, fused, C), z, norm_weight, norm_bias, eps)
         # the dtype the projection computes in (autocast's, else the gated map's); the backward uses it explicitly
-        ctx.dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        ctx.save_for_backward(fused, C, x, Ds, z, norm_weight, norm_bias, mean, rstd, proj_weight)
+        ctx.dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else z.dtype
+        ctx.eps = eps
+        ctx.save_for_backward(fused, C, x, Ds, z, norm_weight, norm_bias, proj_weight)
         return F.linear(gated, proj_weight)
 
     @staticmethod
     def backward(ctx, grad):
-        fused, C, x, Ds, z, norm_weight, norm_bias, mean, rstd, proj_weight = ctx.saved_tensors
+        fused, C, x, Ds, z, norm_weight, norm_bias, proj_weight = ctx.saved_tensors
         need = ctx.needs_input_grad
-        y = torch.addcmul(x * Ds, fused, C)
-        norm_weight, norm_bias = norm_weight.to(y.dtype), norm_bias.to(y.dtype)
-        normed = torch.addcmul(norm_bias, (y - mean) * rstd, norm_weight).to(x.dtype)
-        silu_z = F.silu(z)
         grad = grad.to(ctx.dtype)
+        grad_y, grad_z, grad_norm_weight, grad_norm_bias, gated = layer_norm_gate_backward(
+            grad.matmul(proj_weight.to(ctx.dtype)), torch.addcmul(x * Ds, fused, C), z, norm_weight, norm_bias,
+            ctx.eps, need_weight_grads=need[5] or need[6], out_dtype=ctx.dtype if need[8] else None)
         grad_proj = None
         if need[8]:
-            gated = (normed * silu_z).to(ctx.dtype)
             grad_proj = grad.flatten(0, -2).t().mm(gated.flatten(0, -2)).to(proj_weight.dtype)
-        grad_gated = grad.matmul(proj_weight.to(ctx.dtype)).to(x.dtype)
-        grad_z = torch.ops.aten.silu_backward(grad_gated * normed, z)
-        grad_y, grad_norm_weight, grad_norm_bias = native_layer_norm_backward(
-            (grad_gated * silu_z).to(y.dtype), y, mean, rstd, norm_weight, norm_bias, (True, need[5], need[6]))
         grad_fused = (grad_y * C).to(fused.dtype)
         grad_C = (grad_y * fused).sum(-1, keepdim=True).to(C.dtype)
         grad_x = (grad_y * Ds).to(x.dtype)
@@ -286,11 +279,11 @@ class _MixerOutput(torch.autograd.Function):
 @register_notrace_function
 def mixer_output(fused: torch.Tensor, C: torch.Tensor, x: torch.Tensor, Ds: torch.Tensor, z: torch.Tensor,
                  norm: nn.LayerNorm, proj: nn.Linear) -> torch.Tensor:
-    """``proj(norm(fused * C + x * Ds) * SiLU(z))``: the observation and the norm in at least float32 (``Ds`` is),
-    the gate in x's dtype. ``fused, x, z (B, H, W, D)``, ``C (B, H, W, 1)``; ``proj`` without bias. A torch.fx leaf
+    """``proj(norm(fused * C + x * Ds) * SiLU(z))``: the observation, the norm and the gate's product in at least
+    float32 (``Ds`` is), rounded once to z's dtype (``layer_norm_gate``). ``fused, x, z (B, H, W, D)``, ``C (B, H, W, 1)``; ``proj`` without bias. A torch.fx leaf
     (it picks its autograd by grad mode)."""
     if _tracing() or not torch.is_grad_enabled():
-        return proj(norm_to(norm, torch.addcmul(x * Ds, fused, C), x.dtype) * F.silu(z))
+        return proj(layer_norm_gate(torch.addcmul(x * Ds, fused, C), z, norm.weight, norm.bias, norm.eps))
     return _MixerOutput.apply(fused, C, x, Ds, z, norm.weight, norm.bias, norm.eps, proj.weight)
 
 
