@@ -99,8 +99,8 @@ def route_projections(
     if weight is None:
         weight = projection_weight(x_proj_weight, dt_projs_weight)
     dts, BC = F.linear(x, weight).split([k * x.shape[-1], k * 2 * n], dim=-1)
-    BC = BC.unflatten(-1, (k, 2 * n))
-    return dts, BC[..., :n], BC[..., n:]
+    B, C = BC.unflatten(-1, (k, 2 * n)).split(n, dim=-1)   # split, not slices: one cat in the backward, where two
+    return dts, B, C                                          # slices' backward zero-fill, copy and add
 
 
 class InputDtypeLayerNorm(nn.LayerNorm):

@@ -329,7 +329,8 @@ class StructureAwareSSM(SS2D):
             x, dts, A, B, None, None, self.dt_projs_bias.to(A.dtype).flatten(),
             routes=self.routes, delta_softplus=True, return_hidden=True, out_dtype=dtype,
         ).squeeze(-1)
-        return self.state_fusion(h), C[..., 0, :].to(dtype)
+        # the one route's C: (B, H, W, 1, N) -> (B, H, W, N) as a view (an index's backward would zero-fill a copy)
+        return self.state_fusion(h), C.squeeze(-2).to(dtype)
 
     def scan(self, x: torch.Tensor) -> torch.Tensor:
         """``C * fuse(h) + D * x`` for the inner map ``x (B, H, W, D)``: at least float32 (``Ds`` is), like the

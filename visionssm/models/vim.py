@@ -173,7 +173,8 @@ class BiMambaMixer(ScanLayer):
         delta = F.linear(x_dbl, dt_proj)                 # (B, L, 2E)
         r, n = self.dt_rank, self.d_state
         params = x_dbl.unflatten(-1, (2, r + 2 * n))
-        B, C = params[..., r:r + n], params[..., r + n:]  # (B, L, 2, N): per direction, shared by its channels
+        # (B, L, 2, N): per direction, shared by its channels (split, not slices: one cat in the backward)
+        B, C = params.split([r, n, n], dim=-1)[1:]
         delta, B, C = delta.to(u.dtype), B.to(u.dtype), C.to(u.dtype)   # no-ops unless autocast left them apart
         # The merged output stays in u's dtype (bf16 under autocast, as the official kernel writes each direction's
         # gated output): the gate and out_proj take it in that dtype anyway. An fp32 merge here measured no more
