@@ -77,16 +77,18 @@ if _HAS_TRITON:
         return mean, xc, rstd
 
     @triton.jit
-    def _gate_offsets(rows, cols, N, z_rows, z_stride):
-        # the gate's elements of the tile: each position's z_rows rows of N at a row stride of z_stride (a chunk of
-        # a wider map, e.g. in_proj's output, is read in place)
-        pos = (rows // z_rows).to(tl.int64)
-        return (pos * z_stride + (rows % z_rows) * N)[:, None] + cols[None, :]
+    def _gate_offsets(rows, cols, N, z_stride, Z_ROWS: tl.constexpr):
+        # the gate's elements of the tile: each position's Z_ROWS rows of N at a row stride of z_stride (a chunk of
+        # a wider map, e.g. in_proj's output, is read in place). Z_ROWS is a constexpr: a division by a runtime
+        # value cost the forward three times the registers (ptxas, sm_90)
+        pos = (rows // Z_ROWS).to(tl.int64)
+        return (pos * z_stride + (rows % Z_ROWS) * N)[:, None] + cols[None, :]
 
     @triton.jit
-    def _ln_fwd_kernel(x_ptr, y_ptr, w_ptr, b_ptr, z_ptr, mean_ptr, rstd_ptr, M, N, eps, z_rows, z_stride,
-                       HAS_W: tl.constexpr, HAS_B: tl.constexpr, GROUPS: tl.constexpr, STATS: tl.constexpr,
-                       RMS: tl.constexpr, GATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    def _ln_fwd_kernel(x_ptr, y_ptr, w_ptr, b_ptr, z_ptr, mean_ptr, rstd_ptr, M, N, eps, z_stride,
+                       Z_ROWS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr, GROUPS: tl.constexpr,
+                       STATS: tl.constexpr, RMS: tl.constexpr, GATE: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = tl.arange(0, BLOCK_N)
         rmask = rows < M
@@ -101,7 +103,7 @@ if _HAS_TRITON:
         if HAS_B:
             y = y + _affine_tile(b_ptr, rows, cols, mask, N, GROUPS)
         if GATE:   # times SiLU(z), in fp32, rounded once
-            z = tl.load(z_ptr + _gate_offsets(rows, cols, N, z_rows, z_stride), mask=mask, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + _gate_offsets(rows, cols, N, z_stride, Z_ROWS), mask=mask, other=0.0).to(tl.float32)
             y = y * (z * tl.sigmoid(z))
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
         if STATS:
@@ -111,9 +113,9 @@ if _HAS_TRITON:
 
     @triton.jit
     def _ln_bwd_kernel(x_ptr, dy_ptr, dx_ptr, w_ptr, b_ptr, z_ptr, dz_ptr, y_ptr, mean_ptr, rstd_ptr, part_ptr, M, N,
-                       TILES, eps, z_rows, z_stride, HAS_W: tl.constexpr, HAS_B: tl.constexpr, NEED_WB: tl.constexpr,
-                       GROUPS: tl.constexpr, RMS: tl.constexpr, GATE: tl.constexpr, OUT: tl.constexpr,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                       TILES, eps, z_stride, Z_ROWS: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                       NEED_WB: tl.constexpr, GROUPS: tl.constexpr, RMS: tl.constexpr, GATE: tl.constexpr,
+                       OUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         # a fixed grid of programs, each over tiles pid, pid + programs, ...: its weight-gradient partials stay in
         # registers, and the partials buffer has one [2, GROUPS, N] slot per program (dw, then db), not per tile.
         # GATE: dy is the gradient of y * SiLU(z); the statistics are recomputed from x (a tile holds whole rows),
@@ -138,7 +140,7 @@ if _HAS_TRITON:
                     a = a * _affine_tile(w_ptr, rows, cols, mask, N, GROUPS)
                 if HAS_B:
                     a = a + _affine_tile(b_ptr, rows, cols, mask, N, GROUPS)
-                z = tl.load(z_ptr + _gate_offsets(rows, cols, N, z_rows, z_stride), mask=mask,
+                z = tl.load(z_ptr + _gate_offsets(rows, cols, N, z_stride, Z_ROWS), mask=mask,
                             other=0.0).to(tl.float32)
                 sig = tl.sigmoid(z)
                 silu = z * sig
@@ -181,9 +183,10 @@ def _programs(x: torch.Tensor) -> int:
     return 3   # the interpreter: few programs, so that the tests run the loop over tiles
 
 
-def _blocks(width: int, groups: int) -> Tuple[int, int]:
+def _blocks(width: int, groups: int, gate: bool = False) -> Tuple[int, int]:
     block_n = triton.next_power_of_2(width)
-    block_m = max(groups, _TILE // block_n)   # a power of 2 and a multiple of groups
+    # a power of 2 and a multiple of groups; half the tile with a gate, whose backward holds twice the maps
+    block_m = max(groups, (_TILE // 2 if gate else _TILE) // block_n)
     return block_m, block_n
 
 
@@ -220,11 +223,12 @@ def layer_norm_forward(x: torch.Tensor, width: int, weight: Optional[torch.Tenso
     if stats:
         rstd = torch.empty(rows, device=x.device, dtype=torch.float32)
         mean = None if rms else torch.empty_like(rstd)
-    block_m, block_n = _blocks(width, groups)
+    block_m, block_n = _blocks(width, groups, gate is not None)
     with on_device(x.device):
         _ln_fwd_kernel[(triton.cdiv(rows, block_m),)](
             x, y, _affine(weight, x), _affine(bias, x), z, y if mean is None else mean, y if rstd is None else rstd,
-            rows, width, eps, x.shape[-1] // width, z_stride, weight is not None, bias is not None, groups, stats, rms,
+            rows, width, eps, z_stride, x.shape[-1] // width if gate is not None else 1, weight is not None,
+            bias is not None, groups, stats, rms,
             gate is not None, block_m, block_n, num_warps=_WARPS)
     return y, mean, rstd
 
@@ -253,7 +257,7 @@ def _backward(grad, x, width, weight, bias, mean, rstd, eps, groups, need_weight
         dz = torch.empty(x.shape, device=x.device, dtype=gate.dtype)
         if out_dtype is not None:
             y = torch.empty(x.shape, device=x.device, dtype=out_dtype)
-    block_m, block_n = _blocks(width, groups)
+    block_m, block_n = _blocks(width, groups, gate is not None)
     tiles = triton.cdiv(rows, block_m)
     programs = max(1, min(tiles, _programs(x)))
     partials = dx   # a dummy pointer the kernel never writes without NEED_WB
@@ -263,9 +267,9 @@ def _backward(grad, x, width, weight, bias, mean, rstd, eps, groups, need_weight
     with on_device(x.device):
         _ln_bwd_kernel[(programs,)](
             x, grad, dx, _affine(weight, x), _affine(bias, x), z, dz, y, stat if mean is None else mean, stat,
-            partials, rows, width, tiles, eps, x.shape[-1] // width, z_stride, weight is not None,
-            bias is not None, need_weight_grads, groups, rms, gate is not None, y is not dx, block_m, block_n,
-            num_warps=_WARPS)
+            partials, rows, width, tiles, eps, z_stride, x.shape[-1] // width if gate is not None else 1,
+            weight is not None, bias is not None, need_weight_grads, groups, rms, gate is not None, y is not dx,
+            block_m, block_n, num_warps=_WARPS)
     dw = db = None
     if need_weight_grads:
         dw, db = partials.sum(0).unbind(0)
