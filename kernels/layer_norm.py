@@ -228,8 +228,7 @@ def layer_norm_forward(x: torch.Tensor, width: int, weight: Optional[torch.Tenso
         _ln_fwd_kernel[(triton.cdiv(rows, block_m),)](
             x, y, _affine(weight, x), _affine(bias, x), z, y if mean is None else mean, y if rstd is None else rstd,
             rows, width, eps, z_stride, x.shape[-1] // width if gate is not None else 1, weight is not None,
-            bias is not None, groups, stats, rms,
-            gate is not None, block_m, block_n, num_warps=_WARPS)
+            bias is not None, groups, stats, rms, gate is not None, block_m, block_n, num_warps=_WARPS)
     return y, mean, rstd
 
 

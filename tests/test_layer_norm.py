@@ -255,29 +255,6 @@ def test_layer_norm_output_dtype_follows_autocast_and_request(triton_on_cpu):
     torch.testing.assert_close(low, want.to(torch.bfloat16), rtol=1e-2, atol=1e-2)
 
 
-@pytest.mark.parametrize('mask', [(True, True, True), (True, False, False), (False, True, True)])
-def test_native_layer_norm_pair_matches_aten(triton_on_cpu, mask):
-    """``native_layer_norm`` / ``native_layer_norm_backward`` through the kernels: PyTorch's conventions (statistics
-    of shape (..., 1), gradients in the weights' dtype, None where the mask says so) and values."""
-    from visionssm.layers.norm import native_layer_norm, native_layer_norm_backward
-    g = torch.Generator().manual_seed(5)
-    x = torch.randn(3, 4, 40, generator=g).to(DEV)
-    weight, bias = torch.randn(40, generator=g).to(DEV), torch.randn(40, generator=g).to(DEV)
-    grad = torch.randn(3, 4, 40, generator=g).to(DEV)
-    y, mean, rstd = native_layer_norm(x, weight, bias, 1e-5, out_dtype=torch.bfloat16)
-    want_y, want_mean, want_rstd = torch.native_layer_norm(x, (40,), weight, bias, 1e-5)
-    assert y.dtype == torch.bfloat16 and mean.shape == want_mean.shape == rstd.shape
-    torch.testing.assert_close(y.float(), want_y, rtol=2 ** -7, atol=1e-6)
-    torch.testing.assert_close(mean, want_mean)
-    torch.testing.assert_close(rstd, want_rstd)
-    got = native_layer_norm_backward(grad, x, mean, rstd, weight, bias, mask)
-    want = torch.ops.aten.native_layer_norm_backward(grad, x, (40,), want_mean, want_rstd, weight, bias, mask)
-    for a, b in zip(got, want):
-        assert (a is None) == (b is None)
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-
-
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize('lead, width, affine', [((3, 5), 64, True), ((301,), 96, True), ((2, 7), 20, False),
                                                  ((1,), 1000, True)], ids=str)

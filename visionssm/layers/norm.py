@@ -8,8 +8,8 @@ no float32 map written and cast. Statistics are float32 either way.
 ``rms_norm`` (and the ``RMSNorm`` module, Vim's) does the same for RMSNorm over the last dimension, computed in at
 least float32.
 
-``gated_layer_norm`` is the mixers' output norm and gate, ``layer_norm(y) * SiLU(z)`` in ``z``'s dtype (EfficientVMamba,
-GroupMamba, Spatial-Mamba, MSVMamba); ``layer_norm_gate`` / ``layer_norm_gate_backward`` are its two halves for
+``gated_layer_norm`` is the mixers' output norm and gate, ``layer_norm(y) * SiLU(z)`` in ``z``'s dtype (VMamba v0,
+EfficientVMamba, GroupMamba, Spatial-Mamba); ``layer_norm_gate`` / ``layer_norm_gate_backward`` are its two halves for
 autograd functions that also fuse the projection after it. The product is computed at the norm's precision and
 rounded once, as the official code rounds its float32 product when out_proj reads it; the backward keeps only ``y``
 and ``z`` and recomputes the statistics.
@@ -33,8 +33,8 @@ from visionssm.kernels import layer_norm as norm_kernels
 from .cache import tracing
 from .fused import autocast_dtype, autocast_enabled
 
-__all__ = ['RMSNorm', 'layer_norm', 'rms_norm', 'norm_to', 'native_layer_norm', 'native_layer_norm_backward',
-           'gated_layer_norm', 'layer_norm_gate', 'layer_norm_gate_backward']
+__all__ = ['RMSNorm', 'layer_norm', 'rms_norm', 'norm_to', 'gated_layer_norm', 'layer_norm_gate',
+           'layer_norm_gate_backward']
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -183,38 +183,6 @@ def norm_to(norm: nn.Module, x: torch.Tensor, dtype: Optional[torch.dtype] = Non
     return norm(x).to(dtype)
 
 
-def native_layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float,
-                      out_dtype: Optional[torch.dtype] = None):
-    """``torch.native_layer_norm`` over the last dimension for autograd functions that save the statistics
-    themselves: ``(y, mean, rstd)``, ``y`` in ``out_dtype`` (default ``x``'s), ``mean`` / ``rstd`` float32 of shape
-    ``(..., 1)``. Through the Triton kernel where it serves (weights in any dtype), else PyTorch's (weights cast to
-    ``x``'s dtype)."""
-    width = x.shape[-1]
-    if not tracing() and norm_kernels.supports(x, width):
-        y, mean, rstd = norm_kernels.layer_norm_forward(x.contiguous(), width, weight, bias, eps, out_dtype)
-        stats = x.shape[:-1] + (1,)
-        return y, mean.view(stats), rstd.view(stats)
-    y, mean, rstd = torch.native_layer_norm(x, (width,), _to(weight, x.dtype), _to(bias, x.dtype), eps)
-    return y.to(out_dtype or x.dtype), mean, rstd
-
-
-def native_layer_norm_backward(grad: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
-                               weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], output_mask):
-    """``aten.native_layer_norm_backward`` for ``native_layer_norm``'s statistics: ``(dx, dweight, dbias)``, each
-    None where ``output_mask`` says so, ``dx`` in ``x``'s dtype, ``dweight`` / ``dbias`` in the weights'."""
-    width = x.shape[-1]
-    need_x, need_w, need_b = output_mask
-    if not tracing() and norm_kernels.supports(x, width):
-        dx, dw, db = norm_kernels.layer_norm_backward(grad, x.contiguous(), width, weight, mean.flatten(),
-                                                      rstd.flatten(), need_weight_grads=need_w or need_b)
-        return (dx if need_x else None, _to(dw, weight.dtype).view(-1) if need_w and weight is not None else None,
-                _to(db, bias.dtype).view(-1) if need_b and bias is not None else None)
-    w, b = _to(weight, x.dtype), _to(bias, x.dtype)
-    dx, dw, db = torch.ops.aten.native_layer_norm_backward(grad.to(x.dtype), x, (width,), mean, rstd, w, b,
-                                                           (need_x, need_w and w is not None, need_b and b is not None))
-    return dx, _to(dw, None if weight is None else weight.dtype), _to(db, None if bias is None else bias.dtype)
-
-
 def _gate_args(y: torch.Tensor, z: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                width: Optional[int]):
     channels = y.shape[-1]
@@ -282,10 +250,11 @@ def layer_norm_gate_backward(grad: torch.Tensor, y: torch.Tensor, z: torch.Tenso
         compute = a.dtype
         zc = z.to(compute)
         sig = torch.sigmoid(zc)
+        silu = zc * sig
         g = grad.to(compute)
         dz = (g * a * sig * (1 + zc * (1 - sig))).to(z.dtype)
-        g = (g * zc * sig).unflatten(-1, (groups, width))
-        out = (a * zc * sig).to(out_dtype) if out_dtype is not None else None
+        g = (g * silu).unflatten(-1, (groups, width))
+        out = (a * silu).to(out_dtype) if out_dtype is not None else None
         rows = tuple(range(g.ndim - 2))
         dw = (g * x_hat).sum(rows) if need_weight_grads else None
         db = g.sum(rows) if need_weight_grads else None
