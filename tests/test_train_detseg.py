@@ -266,3 +266,40 @@ def test_step_profile_hook_rejects_an_empty_window():
     from visionssm.mm.hooks import StepProfileHook
     with pytest.raises(ValueError, match='iters >= 1'):
         StepProfileHook(start=0, iters=0)
+
+
+def test_detection_trains_under_bf16_autocast(data, tmp_path):
+    """mmcv has no bf16 RoIAlign or CPU NMS: under bf16 autocast (``--amp`` on a CPU) Mask R-CNN stopped at its
+    first NMS; visionssm.mm.precision runs them in float32."""
+    options = {**DET_OPTIONS, **QUIET_LOADERS, **dataset_cfg_options('det', data['det']),
+               'default_hooks.logger.interval': 1, 'randomness.seed': 0, 'train_cfg.val_interval': 2}
+    with DefaultScope.overwrite_default_scope('visionssm'):
+        train_main(_argv(DET_CONFIG, '--work-dir', str(tmp_path), '--amp', options=options, name='det_bf16'))
+    log = _latest(tmp_path, '*.log').read_text()
+    assert 'CPUAmpOptimWrapper' in log
+    losses = [float(v) for v in re.findall(r'Epoch\(train\) +\[1\]\[\d/2\].* loss: ([-\de.+naif]+)', log)]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+def test_float32_fallbacks_for_bf16_leave_other_dtypes_alone():
+    import torch
+    from mmcv.ops import batched_nms
+    from visionssm.mm import precision
+
+    precision.use_float32_where_mmcv_lacks_bf16()
+    precision.use_float32_where_mmcv_lacks_bf16()   # idempotent: wrapped once
+    from mmdet.models.losses import focal_loss
+    assert not getattr(focal_loss._sigmoid_focal_loss.__wrapped__, precision._MARK, False)
+
+    boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 11., 11.], [20., 20., 30., 30.]])
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    want, keep = batched_nms(boxes, scores, torch.zeros(3, dtype=torch.long), dict(type='nms', iou_threshold=0.5))
+    got, keep_bf16 = batched_nms(boxes.bfloat16(), scores.bfloat16(), torch.zeros(3, dtype=torch.long),
+                                 dict(type='nms', iou_threshold=0.5))
+    assert keep.tolist() == keep_bf16.tolist() == [0, 2] and got.dtype == torch.float32
+
+    seen = []
+    wrapped = precision._float32_focal_loss(lambda pred, *a: seen.append(pred.dtype) or pred)
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        wrapped(torch.zeros(2, 3, dtype=dtype), None)
+    assert seen == [torch.float32, torch.float16, torch.float32]

@@ -11,6 +11,9 @@ three things mmengine 0.10.7 gets wrong for us:
 * Checkpoints were written in place, so a run killed mid-save left a truncated file where the good one was:
   ``Runner.save_checkpoint`` writes a temporary file and renames it into place.
 * The ``pytorch`` launcher and ``--amp`` assumed GPUs: on a CPU-only machine DDP runs on gloo and AMP is bf16.
+
+For mmdet configs it also routes the mmcv ops that have no bfloat16 kernel through float32 (``precision.py``), so
+that detectors train under bf16 autocast.
 """
 from __future__ import annotations
 
@@ -152,6 +155,9 @@ def build_runner(cfg: Config) -> _MMRunner:
     """``RUNNERS.build`` when the config names a runner type, else our atomic-save ``Runner``."""
     if cfg.get('launcher', 'none') != 'none' and not torch.cuda.is_available():
         _setup_cpu_distributed(cfg)
+    if cfg.get('default_scope') == 'mmdet':   # bf16 AMP: float32 where mmcv has no bf16 kernel (precision.py)
+        from .precision import use_float32_where_mmcv_lacks_bf16
+        use_float32_where_mmcv_lacks_bf16()
     return RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
 
 
