@@ -117,6 +117,14 @@ def test_metrics(log: str) -> str:
     return tail.split(']', 1)[1].strip()[:300] if tail.startswith('[') else tail[:300]
 
 
+def steady_windows(logs: list[dict], warmup: int, profile_start: int | None = None) -> list[dict]:
+    """The logged windows (mmengine's means over ``log_every`` iterations, keyed by their last ``step``) that time
+    the run: those past ``warmup`` iterations that end before a profile starts (profiled and later iterations are
+    slower); with too few iterations, whatever ends before the profile, else every window."""
+    before = [s for s in logs if profile_start is None or s.get('step', 0) <= profile_start]
+    return [s for s in before if s.get('step', 0) > warmup] or before or logs
+
+
 def run_one(task: str, config: str, precision: str, args, data_root: Path, out: Path,
             save=lambda row: None) -> dict:
     from visionssm.mm.synthetic import dataset_cfg_options
@@ -132,9 +140,11 @@ def run_one(task: str, config: str, precision: str, args, data_root: Path, out: 
     hooks = list(_base_config(config).get('custom_hooks', [])) + [dict(type='visionssm.LossScaleHook')]
     if task == 'det':  # mmdet's check stops the run at the first non-finite loss (mmseg and mmengine have none)
         hooks.append(dict(type='mmdet.CheckInvalidLossHook', interval=1))
-    if args.profile:   # after two thirds of the run: warmed up, and most logged iterations stay unprofiled
-        hooks.append(dict(type='visionssm.StepProfileHook', iters=args.profile,
-                          start=max(0, min(args.iters - args.profile, args.iters * 2 // 3))))
+    # The profile takes the run's last iterations and the timed windows end before it: on an H100 the logged windows
+    # that held a profile ran 2-3x slower (the profiler's start and its summary), and every later one 8-13% slower.
+    profile_start = max(0, args.iters - args.profile) if args.profile else None
+    if args.profile:
+        hooks.append(dict(type='visionssm.StepProfileHook', iters=args.profile, start=profile_start))
     # a local config that inherits (so mmdet:: / mmseg:: configs work too) and sets what the run changes
     if task in ('det', 'cls'):
         loop = f'train_cfg = dict(max_epochs={epochs}, val_interval={epochs})\n' \
@@ -164,7 +174,7 @@ def run_one(task: str, config: str, precision: str, args, data_root: Path, out: 
                wall_s=round(time.time() - t0, 1), status=status)
     logs = [s for s in _scalars(work_dir) if 'loss' in s and 'time' in s]
     if logs:
-        steady = [s for s in logs if s.get('step', 0) > min(50, args.iters // 2)] or logs
+        steady = steady_windows(logs, warmup=min(50, args.iters // 2), profile_start=profile_start)
         t = statistics.median(s['time'] for s in steady)
         losses = [s['loss'] for s in logs]
         k = max(1, len(losses) // 5)
@@ -254,8 +264,9 @@ def main(argv=None) -> list[dict]:
                    help='seconds each run may take: its training, evaluation and bare benchmark together; a training '
                         'cut there keeps its logged iterations in the report (status "cut after S s")')
     p.add_argument('--profile', type=int, default=0, metavar='N',
-                   help='profile N training iterations two thirds into each run (visionssm.StepProfileHook): wall, '
-                        'data wait and GPU kernel time per iteration, per model part; DIR/<run>/step_profile.json')
+                   help='profile the last N training iterations of each run (visionssm.StepProfileHook): wall, data wait '
+                        'and GPU kernel time per iteration, per model part; DIR/<run>/step_profile.json (s/iter is '
+                        'timed on the windows before it)')
     p.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                    help='passed to every tools/train.py and tools/test.py call (e.g. a smaller model for a smoke run)')
     args = p.parse_args(argv)

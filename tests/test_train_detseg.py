@@ -191,6 +191,19 @@ def test_train_gpu_driver_reports_a_run(tmp_path):
         driver.main(['--out', str(tmp_path), 'det:configs/x.py:fp8'])
 
 
+def test_train_gpu_times_the_windows_before_the_profile():
+    """The profiled window and every later one ran slower on the GPU: s/iter comes from the warm windows before."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('train_gpu_windows', ROOT / 'benchmarks' / 'train_gpu.py')
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    logs = [dict(step=step, time=t) for step, t in [(10, 3.7), (60, .13), (70, .13), (80, .13), (90, .35), (100, .15)]]
+    assert [s['step'] for s in driver.steady_windows(logs, warmup=50, profile_start=85)] == [60, 70, 80]
+    assert [s['step'] for s in driver.steady_windows(logs, warmup=50)] == [60, 70, 80, 90, 100]
+    assert [s['step'] for s in driver.steady_windows(logs, warmup=50, profile_start=20)] == [10]   # short run
+    assert driver.steady_windows(logs, warmup=50, profile_start=5) == logs
+
+
 def test_train_gpu_reads_a_package_scoped_base_config():
     """``mmdet::...`` baselines (the Swin-T comparison) are read by inheriting from them: Config.fromfile alone
     takes the scoped name for a file path (FileNotFoundError on the GPU run)."""
