@@ -281,6 +281,30 @@ def test_step_profile_hook_rejects_an_empty_window():
         StepProfileHook(start=0, iters=0)
 
 
+def test_step_profile_kernel_time_leaves_out_annotations():
+    """The GPU timeline's mirrors of record_function ranges are no kernels (they doubled a Mask R-CNN step's)."""
+    from types import SimpleNamespace
+
+    import torch
+    from visionssm.mm.hooks import StepProfileHook
+
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+
+    def event(key, device_type, us, annotation=False):
+        return SimpleNamespace(key=key, device_type=device_type, is_user_annotation=annotation, count=2,
+                               self_device_time_total=us, device_time_total=us, cpu_time_total=us,
+                               self_cpu_time_total=us)
+    events = [event('forward:backbone', cpu, 3000.), event('aten::mm', cpu, 400.),
+              event('forward:backbone', cuda, 5000., annotation=True),
+              event('Optimizer.step#AdamW.step', cuda, 1000., annotation=True),
+              event('_scan_fwd_kernel', cuda, 1500.), event('nvjet_gemm', cuda, 500.)]
+    hook = StepProfileHook(start=0, iters=2)
+    hook._data_s = 0.
+    summary = hook._summarize(SimpleNamespace(key_averages=lambda: events), wall=0.01, n=2)
+    assert summary['kernel_ms'] == 1.0 and summary['gpu_busy'] == 0.2
+    assert [k['name'] for k in summary['kernels']] == ['_scan_fwd_kernel', 'nvjet_gemm']
+
+
 def test_detection_trains_under_bf16_autocast(data, tmp_path):
     """mmcv has no bf16 RoIAlign or CPU NMS: under bf16 autocast (``--amp`` on a CPU) Mask R-CNN stopped at its
     first NMS; visionssm.mm.precision runs them in float32."""
