@@ -4,6 +4,8 @@
 # Backbone as the official config mamba_vision_160k_ade20k-512x512_tiny.py: windows 64 / 32 in the hybrid
 # stages (one zero-padded window per map at 512x512); drop path 0.2, the official backbone class's default (it does
 # not pass its config's drop_path_rate on); batch 16 (16 GPUs x 1 image). The official run used AMP.
+# fp16 AMP needs the ImageNet weights: from random weights the zero-padded window's tokens overflow fp16 gradients
+# (model_cards/mambavision.md); use bf16 or mask_padding=True there.
 # NON-COMMERCIAL: the MambaVision ImageNet weights are CC-BY-NC-SA-4.0 (model_cards/mambavision.md).
 _base_ = ['../_base_/upernet_visionssm_8xb2-160k_ade20k-512x512.py']
 
