@@ -291,6 +291,29 @@ def test_masked_padding_equals_official_where_nothing_is_padded():
         torch.testing.assert_close(masked(x), official(x), atol=1e-12, rtol=1e-12)
 
 
+def _max_parameter_gradient(mask_padding: bool, pretrained_like: bool = False) -> float:
+    torch.manual_seed(0)
+    model = timm.create_model('test_mambavision', mask_padding=mask_padding, window_size=(8, 8, 8, 8),
+                              depths=(1, 1, 8, 2)).train()   # 64 px: the 4x4 stage-3 map padded into an 8x8 window
+    if pretrained_like:   # non-zero biases and norm affines, as trained weights have
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith('bias') or 'norm' in name:
+                    p.add_(0.1 * torch.randn_like(p))
+    F.cross_entropy(model(torch.randn(2, 3, 64, 64)), torch.tensor([1, 2])).backward()
+    return max(p.grad.abs().max().item() for p in model.parameters() if p.grad is not None)
+
+
+def test_zero_padded_windows_from_random_weights_blow_the_gradients_up():
+    """Why fp16 from random weights fails at padded sizes (model card): with the init's zero biases the padded
+    tokens stay exactly zero, every LayerNorm backward multiplies their gradient by 1/sqrt(eps), and the real
+    tokens' attention feeds them gradient. Masked padding, or weights with non-zero biases, keep it small."""
+    official = _max_parameter_gradient(mask_padding=False)
+    assert official > 1000
+    assert _max_parameter_gradient(mask_padding=True) < 10
+    assert _max_parameter_gradient(mask_padding=False, pretrained_like=True) < 10
+
+
 def test_model_mask_padding_flag_and_gradients():
     """On an input whose hybrid maps are smaller than the windows, masked padding equals windows cut to the map."""
     torch.manual_seed(0)
