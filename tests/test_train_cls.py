@@ -152,3 +152,23 @@ def test_demo_reports_and_plots(tmp_path, capsys):
         assert row in table
     assert os.path.getsize(os.path.join(work_dir, 'learning_curve.png')) > 10_000
     assert os.path.exists(os.path.join(work_dir, 'epoch_1.pth'))
+
+
+def test_learning_curve_hook_reads_the_loss_once_per_epoch(tmp_path, monkeypatch):
+    """Reading a CUDA loss each iteration would make the host wait for the GPU every step: the hook sums on the
+    device and reads the sum at the epoch's end."""
+    from types import SimpleNamespace
+
+    import torch
+    from visionssm.mm.hooks import LearningCurveHook
+
+    hook, runner = LearningCurveHook(), SimpleNamespace(work_dir=str(tmp_path), epoch=0)
+    hook.before_train(runner)
+    hook.before_train_epoch(runner)
+    with monkeypatch.context() as m:
+        m.setattr(torch.Tensor, '__float__', lambda t: pytest.fail('the loss was read during the epoch'))
+        m.setattr(torch.Tensor, 'item', lambda t: pytest.fail('the loss was read during the epoch'))
+        for loss in (2.0, 3.0, 4.0):
+            hook.after_train_iter(runner, 0, outputs={'loss': torch.tensor(loss, dtype=torch.bfloat16)})
+    hook.after_train_epoch(runner)
+    assert json.load(open(tmp_path / 'learning_curve.json')) == [dict(epoch=1, train_loss=3.0)]

@@ -28,7 +28,7 @@ class LearningCurveHook(Hook):
     def __init__(self, filename: str = 'learning_curve.json'):
         self.filename = filename
         self.history: List[Dict[str, Any]] = []
-        self._losses: List[float] = []
+        self._loss_sum, self._loss_count = None, 0
 
     @property
     def _path(self) -> str:
@@ -42,14 +42,18 @@ class LearningCurveHook(Hook):
                 self.history = [e for e in json.load(f) if e['epoch'] <= runner.epoch]
 
     def before_train_epoch(self, runner) -> None:
-        self._losses = []
+        self._loss_sum, self._loss_count = None, 0
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs: Optional[dict] = None) -> None:
+        # summed where the loss lives and read once per epoch: reading it each iteration would make the host wait
+        # for the GPU every step
         if outputs and 'loss' in outputs:
-            self._losses.append(float(torch.as_tensor(outputs['loss']).detach()))
+            loss = torch.as_tensor(outputs['loss']).detach().float()
+            self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
+            self._loss_count += 1
 
     def after_train_epoch(self, runner) -> None:
-        loss = sum(self._losses) / len(self._losses) if self._losses else float('nan')
+        loss = float(self._loss_sum) / self._loss_count if self._loss_count else float('nan')
         self.history.append(dict(epoch=runner.epoch + 1, train_loss=loss))
         self._save()
 
