@@ -88,6 +88,37 @@ def test_foreach_ema_equals_mmengine_ema(update_buffers):
     assert not torch.equal(foreach.module.body[0].weight, model.body[0].weight)   # an average, not a copy
 
 
+def test_foreach_ema_never_reads_its_step_count_from_the_device(monkeypatch):
+    """Reading the ``steps`` buffer (on the GPU in training) made the host wait for the GPU at every step: after the
+    first step the count comes from the host, also across a loaded state dict, with mmengine's values."""
+    from mmengine.model import ExponentialMovingAverage
+    from visionssm.mm.optim import ForeachExponentialMovingAverage
+    model = _Named()
+    plain = ExponentialMovingAverage(model, momentum=0.1, interval=2)
+    foreach = ForeachExponentialMovingAverage(model, momentum=0.1, interval=2)
+    resumed = ForeachExponentialMovingAverage(model, momentum=0.1, interval=2)
+    x = torch.randn(4, 3, 8, 8)
+    for step in range(7):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model.train()(x)
+        plain.update_parameters(model)
+        if step == 3:
+            resumed.load_state_dict(foreach.state_dict())   # as a resumed run loads it
+        if step >= 3:
+            resumed.update_parameters(model)
+        with monkeypatch.context() as m:
+            if step > 0:
+                for name in ('__bool__', 'item', '__int__', '__index__'):
+                    m.setattr(torch.Tensor, name, lambda t: pytest.fail('the step count was read on the device'))
+            foreach.update_parameters(model)
+    assert int(foreach.steps) == int(resumed.steps) == 7
+    for a, b, c in zip(foreach.module.state_dict().values(), plain.module.state_dict().values(),
+                       resumed.module.state_dict().values()):
+        assert torch.equal(a, b) and torch.equal(c, b)
+
+
 def test_the_recipes_use_the_foreach_ema():
     from pathlib import Path
     from mmengine.config import Config

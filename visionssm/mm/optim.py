@@ -13,7 +13,10 @@ Use it in an ``optim_wrapper`` with ``constructor='visionssm.GroupedOptimWrapper
 
 ``ForeachExponentialMovingAverage``: mmengine's ``ExponentialMovingAverage`` (the ``EMAHook`` default), whose update
 is one ``lerp_`` per parameter and one ``copy_`` per buffer at every step, as multi-tensor operations: a few kernel
-launches per step instead of one per tensor. The same values. Use it as
+launches per step instead of one per tensor, and without reading the ``steps`` buffer (on the GPU) to decide
+what a step does: mmengine's tests ``self.steps == 0`` and ``self.steps % interval`` on it, which makes the host
+wait for the GPU at every step. The step count is mirrored on the host (read once, and again after a state dict is
+loaded). The same values. Use it as
 ``dict(type='EMAHook', ema_type='visionssm.ForeachExponentialMovingAverage', momentum=...)``.
 """
 from __future__ import annotations
@@ -79,17 +82,28 @@ def _by_device_and_dtype(pairs) -> Dict[tuple, Tuple[List[torch.Tensor], List[to
 class ForeachExponentialMovingAverage(ExponentialMovingAverage):
     """``ExponentialMovingAverage`` updated with multi-tensor operations (see the module)."""
 
+    _host_steps: Optional[int] = None   # ``steps`` as a Python int; None: read it from the buffer
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._host_steps = None   # a loaded (resumed) state brings its own count
+        return super()._load_from_state_dict(*args, **kwargs)
+
     def update_parameters(self, model: nn.Module) -> None:
-        if self.steps == 0 or self.steps % self.interval:   # the first copy, and the steps between updates
-            return super().update_parameters(model)
+        if self._host_steps is None:
+            self._host_steps = int(self.steps)
+        first, between = self._host_steps == 0, self._host_steps % self.interval != 0
         source = model.state_dict() if self.update_buffers else dict(model.named_parameters())
         pairs = [(avg.data, source[name].data.to(avg.device)) for name, avg in self.avg_parameters.items()
-                 if avg.dtype.is_floating_point]
+                 if first or (avg.dtype.is_floating_point and not between)]
         with torch.no_grad():
             for averaged, current in _by_device_and_dtype(pairs).values():
-                torch._foreach_lerp_(averaged, current, self.momentum)
-            if not self.update_buffers:   # the buffers follow the source model's, as in mmengine
+                if first:    # the first step copies every tensor, the integer ones too
+                    torch._foreach_copy_(averaged, current)
+                else:
+                    torch._foreach_lerp_(averaged, current, self.momentum)
+            if not self.update_buffers:   # the buffers follow the source model's at every step, as in mmengine
                 pairs = [(avg.data, src.data.to(avg.device)) for avg, src in zip(self.module.buffers(), model.buffers())]
                 for averaged, current in _by_device_and_dtype(pairs).values():
                     torch._foreach_copy_(averaged, current)
         self.steps += 1
+        self._host_steps += 1
