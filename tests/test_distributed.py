@@ -124,7 +124,10 @@ def test_scan_op_trains_under_ddp(tmp_path):
                 # all-reduced: the ranks hold the same gradient, the mean of theirs, i.e. that of the whole batch
                 torch.testing.assert_close(second['grads'][step][key], first['grads'][step][key], rtol=0, atol=0,
                                            msg=f'{name}, step {step}: {key} differs between the ranks')
-                torch.testing.assert_close(first['grads'][step][key], grad, rtol=1e-4, atol=1e-6,
+                # float32 sums in another order (two halves, then the all-reduce): the error scales with the
+                # tensor's magnitudes, not each element's (an element near 0 differed by 1.5e-6 at rtol 7e-4)
+                torch.testing.assert_close(first['grads'][step][key], grad, rtol=1e-4,
+                                           atol=max(1e-6, 1e-4 * grad.abs().max().item()),
                                            msg=f'{name}, step {step}: {key}')
         for key, weight in params.items():
             torch.testing.assert_close(first['params'][key], weight, rtol=1e-5, atol=1e-6, msg=f'{name}: {key}')

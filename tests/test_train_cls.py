@@ -172,3 +172,51 @@ def test_learning_curve_hook_reads_the_loss_once_per_epoch(tmp_path, monkeypatch
             hook.after_train_iter(runner, 0, outputs={'loss': torch.tensor(loss, dtype=torch.bfloat16)})
     hook.after_train_epoch(runner)
     assert json.load(open(tmp_path / 'learning_curve.json')) == [dict(epoch=1, train_loss=3.0)]
+
+
+def _logged(work_dir):
+    rows = [json.loads(line) for line in open(glob.glob(os.path.join(work_dir, '*', 'vis_data', 'scalars.json'))[0])]
+    keep = ('step', 'loss', 'grad_norm', 'lr', 'accuracy/top1')
+    return [{k: v for k, v in row.items() if k in keep} for row in rows]
+
+
+def test_deferred_scalars_log_what_mmengine_logs(tmp_path):
+    """The classification runtime reads the losses and the gradient norm once per log window
+    (DeferredRuntimeInfoHook), not at every step: the log holds the same values as with mmengine's hook."""
+    runs = {}
+    for hook in ('DeferredRuntimeInfoHook', 'RuntimeInfoHook'):
+        work_dir = str(tmp_path / hook)
+        train_main([DIGITS, '--work-dir', work_dir,
+                    *_options(*DIGITS_FAST, 'train_cfg.max_epochs=3', 'default_hooks.logger.interval=2',
+                              'log_processor.window_size=2', f'default_hooks.runtime_info.type={hook}',
+                              'randomness.seed=0', name=f'digits_{hook}')])
+        runs[hook] = _logged(work_dir)
+        hooks_listed = open(glob.glob(os.path.join(work_dir, '*', '*.log'))[0]).read()
+        assert ('DeferredRuntimeInfoHook' in hooks_listed) == (hook == 'DeferredRuntimeInfoHook')
+    deferred, plain = runs['DeferredRuntimeInfoHook'], runs['RuntimeInfoHook']
+    assert len(deferred) == len(plain) >= 6 and any('grad_norm' in row for row in deferred)
+    for a, b in zip(deferred, plain):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-6), key
+
+
+def test_deferred_scalars_are_read_once_per_flush(monkeypatch):
+    from mmengine.logging import MessageHub
+    from visionssm.mm.hooks import DeferredRuntimeInfoHook, defer_scalar
+
+    hub = MessageHub.get_instance('deferred_scalars_test')
+    defer_scalar(hub, 'train/direct', torch.tensor(1.5))   # no deferring hook: at once
+    assert hub.get_scalar('train/direct').current() == 1.5
+    hub._visionssm_pending_scalars = []
+    with monkeypatch.context() as m:
+        m.setattr(torch.Tensor, 'item', lambda t: pytest.fail('read before the flush'))
+        m.setattr(torch.Tensor, '__float__', lambda t: pytest.fail('read before the flush'))
+        for step in range(3):
+            defer_scalar(hub, 'train/loss', torch.tensor(float(step)))
+            defer_scalar(hub, 'train/grad_norm', torch.tensor(10. + step, dtype=torch.bfloat16))
+    assert 'train/loss' not in hub.log_scalars
+    DeferredRuntimeInfoHook.flush(hub)
+    assert list(hub.get_scalar('train/loss').data[0]) == [0., 1., 2.]
+    assert list(hub.get_scalar('train/grad_norm').data[0]) == [10., 11., 12.]
+    assert hub._visionssm_pending_scalars == []

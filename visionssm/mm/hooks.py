@@ -1,5 +1,5 @@
-"""Hooks: the learning curve that the demo plots, the AMP loss scale in the training log, and a profile of where
-a training iteration's time goes."""
+"""Hooks: the learning curve that the demo plots, the AMP loss scale in the training log, training scalars read once
+per log window instead of every iteration, and a profile of where a training iteration's time goes."""
 from __future__ import annotations
 
 import json
@@ -9,11 +9,11 @@ from typing import Any, Dict, List, Optional
 
 import torch
 from mmengine.dist import master_only
-from mmengine.hooks import Hook
+from mmengine.hooks import Hook, LoggerHook, RuntimeInfoHook
 
 from ..registry import HOOKS
 
-__all__ = ['LearningCurveHook', 'LossScaleHook', 'StepProfileHook']
+__all__ = ['DeferredRuntimeInfoHook', 'LearningCurveHook', 'LossScaleHook', 'StepProfileHook', 'defer_scalar']
 
 
 @HOOKS.register_module()
@@ -71,6 +71,82 @@ class LearningCurveHook(Hook):
         os.replace(tmp, self._path)
 
 
+_PENDING = '_visionssm_pending_scalars'   # the message hub's attribute that holds the deferred scalars
+
+
+def defer_scalar(message_hub, key: str, value) -> None:
+    """``message_hub.update_scalar(key, value)``, deferred to the next read of the scalars where a
+    ``DeferredRuntimeInfoHook`` runs (a tensor stays where it is until then); at once otherwise."""
+    pending = getattr(message_hub, _PENDING, None)
+    if pending is not None and isinstance(value, torch.Tensor):
+        pending.append((key, value.detach()))
+    else:
+        message_hub.update_scalar(key, float(value) if isinstance(value, torch.Tensor) else value)
+
+
+@HOOKS.register_module()
+class DeferredRuntimeInfoHook(RuntimeInfoHook):
+    """mmengine's ``RuntimeInfoHook`` whose training scalars stay tensors until they are read.
+
+    mmengine converts every loss to a Python number at every iteration (``update_scalar`` calls ``.item()``), and
+    its optimizer wrapper the gradient norm too: each conversion makes the host wait until the GPU has finished
+    the step, so the host cannot queue the next step's work while the GPU runs this one. This hook keeps the
+    iteration's scalars (and what ``defer_scalar`` hands it: the gradient norm of ``GroupedOptimWrapperConstructor``'s
+    wrappers, ``LossScaleHook``'s loss scale) and converts them all at once, in their order, before the logger reads
+    them (its interval, an epoch's end), before validation and before a checkpoint saves the message hub. What the
+    log and ``scalars.json`` hold is unchanged. Use it in ``default_hooks``:
+    ``runtime_info=dict(type='visionssm.DeferredRuntimeInfoHook')``.
+    """
+
+    def before_train(self, runner) -> None:
+        super().before_train(runner)
+        setattr(runner.message_hub, _PENDING, [])
+        loggers = [h for h in runner.hooks if isinstance(h, LoggerHook)]
+        self._interval = min((h.interval for h in loggers), default=1)
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs: Optional[dict] = None) -> None:
+        for key, value in (outputs or {}).items():
+            defer_scalar(runner.message_hub, f'train/{key}', value)
+        if (self.every_n_inner_iters(batch_idx, self._interval) or self.every_n_train_iters(runner, self._interval)
+                or self.end_of_epoch(runner.train_dataloader, batch_idx)):
+            self.flush(runner.message_hub)
+
+    @staticmethod
+    def flush(message_hub) -> None:
+        """Convert the deferred scalars (one transfer per device) and update the message hub with them in order."""
+        pending = getattr(message_hub, _PENDING, None)
+        if not pending:
+            return
+        by_device: Dict[torch.device, List[int]] = {}
+        for i, (_, value) in enumerate(pending):
+            by_device.setdefault(value.device, []).append(i)
+        numbers: List[float] = [0.] * len(pending)
+        for indices in by_device.values():
+            values = torch.stack([pending[i][1].float().reshape(()) for i in indices]).tolist()
+            for i, v in zip(indices, values):
+                numbers[i] = v
+        for (key, _), v in zip(pending, numbers):
+            message_hub.update_scalar(key, v)
+        pending.clear()
+
+    def after_train_epoch(self, runner) -> None:
+        self.flush(runner.message_hub)
+        super().after_train_epoch(runner)
+
+    def before_val(self, runner) -> None:
+        self.flush(runner.message_hub)
+        super().before_val(runner)
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        self.flush(runner.message_hub)
+        super().before_save_checkpoint(runner, checkpoint)
+
+    def after_train(self, runner) -> None:
+        self.flush(runner.message_hub)
+        delattr(runner.message_hub, _PENDING)
+        super().after_train(runner)
+
+
 @HOOKS.register_module()
 class LossScaleHook(Hook):
     """Logs fp16 AMP's dynamic loss scale as ``loss_scale`` with the other training scalars.
@@ -85,7 +161,9 @@ class LossScaleHook(Hook):
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs: Optional[dict] = None) -> None:
         scaler = getattr(runner.optim_wrapper, 'loss_scaler', None)
         if scaler is not None and hasattr(scaler, 'get_scale'):
-            runner.message_hub.update_scalar('train/loss_scale', float(scaler.get_scale()))
+            scale = scaler._get_scale_async() if hasattr(scaler, '_get_scale_async') else None   # no host read
+            defer_scalar(runner.message_hub, 'train/loss_scale',
+                         scale.clone() if isinstance(scale, torch.Tensor) else scaler.get_scale())
 
 
 @HOOKS.register_module()

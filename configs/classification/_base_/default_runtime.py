@@ -2,6 +2,8 @@
 default_scope = 'visionssm'
 
 default_hooks = dict(
+    # the losses and the gradient norm stay on the GPU until the logger reads them: no host wait at every step
+    runtime_info=dict(type='DeferredRuntimeInfoHook'),
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=100),
     param_scheduler=dict(type='ParamSchedulerHook'),
