@@ -220,3 +220,23 @@ def test_deferred_scalars_are_read_once_per_flush(monkeypatch):
     assert list(hub.get_scalar('train/loss').data[0]) == [0., 1., 2.]
     assert list(hub.get_scalar('train/grad_norm').data[0]) == [10., 11., 12.]
     assert hub._visionssm_pending_scalars == []
+
+
+def test_deferred_scalars_are_flushed_where_a_checkpoint_saves_the_message_hub():
+    from types import SimpleNamespace
+
+    from mmengine.hooks import CheckpointHook, LoggerHook
+    from mmengine.logging import MessageHub
+    from visionssm.mm.hooks import DeferredRuntimeInfoHook
+
+    hub = MessageHub.get_instance('deferred_scalars_checkpoint_test')
+    runner = SimpleNamespace(message_hub=hub, iter=0, max_iters=100, train_dataloader=list(range(50)),
+                             hooks=[CheckpointHook(interval=3, by_epoch=False), LoggerHook(interval=10)])
+    hook = DeferredRuntimeInfoHook()
+    hub._visionssm_pending_scalars = []
+    hook._interval, hook._iter_checkpoints = 10, [runner.hooks[0]]
+    for it in range(3):   # the checkpoint of iteration 3 (runner.iter 2) holds all three losses
+        runner.iter = it
+        hook.after_train_iter(runner, it, outputs={'loss': torch.tensor(float(it))})
+        assert len(hub._visionssm_pending_scalars) == (0 if it == 2 else it + 1)
+    assert list(hub.get_scalar('train/loss').data[0]) == [0., 1., 2.]

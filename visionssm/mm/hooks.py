@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 from mmengine.dist import master_only
-from mmengine.hooks import Hook, LoggerHook, RuntimeInfoHook
+from mmengine.hooks import CheckpointHook, Hook, LoggerHook, RuntimeInfoHook
 
 from ..registry import HOOKS
 
@@ -93,8 +93,8 @@ class DeferredRuntimeInfoHook(RuntimeInfoHook):
     the step, so the host cannot queue the next step's work while the GPU runs this one. This hook keeps the
     iteration's scalars (and what ``defer_scalar`` hands it: the gradient norm of ``GroupedOptimWrapperConstructor``'s
     wrappers, ``LossScaleHook``'s loss scale) and converts them all at once, in their order, before the logger reads
-    them (its interval, an epoch's end), before validation and before a checkpoint saves the message hub. What the
-    log and ``scalars.json`` hold is unchanged. Use it in ``default_hooks``:
+    them (its interval, an epoch's end), before validation and at the iterations where a checkpoint (which holds
+    the message hub) is saved. What the log and ``scalars.json`` hold is unchanged. Use it in ``default_hooks``:
     ``runtime_info=dict(type='visionssm.DeferredRuntimeInfoHook')``.
     """
 
@@ -103,12 +103,16 @@ class DeferredRuntimeInfoHook(RuntimeInfoHook):
         setattr(runner.message_hub, _PENDING, [])
         loggers = [h for h in runner.hooks if isinstance(h, LoggerHook)]
         self._interval = min((h.interval for h in loggers), default=1)
+        self._iter_checkpoints = [h for h in runner.hooks if isinstance(h, CheckpointHook) and not h.by_epoch]
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs: Optional[dict] = None) -> None:
         for key, value in (outputs or {}).items():
             defer_scalar(runner.message_hub, f'train/{key}', value)
-        if (self.every_n_inner_iters(batch_idx, self._interval) or self.every_n_train_iters(runner, self._interval)
-                or self.end_of_epoch(runner.train_dataloader, batch_idx)):
+        saves = any(h.every_n_train_iters(runner, h.interval, h.save_begin)   # as CheckpointHook, which runs later
+                    or (h.save_last and h.is_last_train_iter(runner)) for h in self._iter_checkpoints)
+        logs = (self.every_n_inner_iters(batch_idx, self._interval) or self.every_n_train_iters(runner, self._interval)
+                or self.end_of_epoch(runner.train_dataloader, batch_idx))
+        if saves or logs:
             self.flush(runner.message_hub)
 
     @staticmethod
@@ -136,10 +140,6 @@ class DeferredRuntimeInfoHook(RuntimeInfoHook):
     def before_val(self, runner) -> None:
         self.flush(runner.message_hub)
         super().before_val(runner)
-
-    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        self.flush(runner.message_hub)
-        super().before_save_checkpoint(runner, checkpoint)
 
     def after_train(self, runner) -> None:
         self.flush(runner.message_hub)
