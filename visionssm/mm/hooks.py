@@ -81,7 +81,7 @@ def defer_scalar(message_hub, key: str, value) -> None:
     if pending is not None and isinstance(value, torch.Tensor):
         pending.append((key, value.detach()))
     else:
-        message_hub.update_scalar(key, float(value) if isinstance(value, torch.Tensor) else value)
+        message_hub.update_scalar(key, value)
 
 
 @HOOKS.register_module()
