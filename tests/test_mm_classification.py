@@ -19,7 +19,7 @@ from mmengine.runner import load_checkpoint  # noqa: E402
 from mmengine.structures import BaseDataElement  # noqa: E402
 
 import visionssm.mm  # noqa: E402, F401
-from visionssm.mm.classification import ImageClassifier, create_backbone  # noqa: E402
+from visionssm.mm.classification import ClsDataPreprocessor, ImageClassifier, create_backbone, samples_to_device  # noqa: E402,E501
 from visionssm.mm.datasets import DigitsDataset, ImageFolderDataset  # noqa: E402
 from visionssm.mm.metrics import Accuracy  # noqa: E402
 from visionssm.mm.runner import Runner  # noqa: E402
@@ -149,6 +149,9 @@ def test_accuracy_topk():
     metric = Accuracy(topk=(1, 2, 5))
     metric.process(None, [dict(pred_score=s, gt_label=torch.tensor(y)) for s, y in zip(scores, labels)])
     assert metric.evaluate(4) == {'accuracy/top1': 25.0, 'accuracy/top2': 100.0, 'accuracy/top5': 100.0}
+    for batch in ((0, 1, 2), (3,)):   # batch by batch, as the loop hands them over: the same
+        metric.process(None, [dict(pred_score=scores[i], gt_label=torch.tensor(labels[i])) for i in batch])
+    assert metric.evaluate(4) == {'accuracy/top1': 25.0, 'accuracy/top2': 100.0, 'accuracy/top5': 100.0}
     with pytest.raises(ValueError, match='topk must be positive'):
         Accuracy(topk=0)
 
@@ -172,6 +175,29 @@ def test_classifier_modes_and_mixup():
         model(batch['inputs'][:3], samples[:3], mode='loss')
     with pytest.raises(ValueError, match="mode must be 'loss', 'predict' or 'tensor'"):
         model(batch['inputs'], mode='logits')
+
+
+def test_cls_data_preprocessor_matches_mmengines_and_moves_the_labels_as_one_batch():
+    from mmengine.model import ImgDataPreprocessor
+    mean, std = [120.0, 110.0, 100.0], [50.0, 60.0, 70.0]
+    data = dict(inputs=[torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8) for _ in range(4)],
+                data_samples=[BaseDataElement(gt_label=torch.tensor(i), metainfo=dict(img_path=f'{i}.jpg'))
+                              for i in (3, 1, 4, 1)])
+    ours = ClsDataPreprocessor(mean=mean, std=std)(dict(data), True)
+    theirs = ImgDataPreprocessor(mean=mean, std=std)(dict(data), True)
+    assert torch.equal(ours['inputs'], theirs['inputs'])
+    assert [int(s.gt_label) for s in ours['data_samples']] == [3, 1, 4, 1]
+    assert [s.img_path for s in ours['data_samples']] == ['3.jpg', '1.jpg', '4.jpg', '1.jpg']
+
+    # to another device: one copy, every sample's label a row of it (meta: the copy without a GPU)
+    samples = samples_to_device([BaseDataElement(gt_label=torch.tensor(i)) for i in range(4)], 'meta')
+    labels = [s.gt_label for s in samples]
+    assert all(t.device.type == 'meta' and t.shape == () for t in labels)
+    assert len({t._base is not None and id(t._base) for t in labels}) == 1 and labels[0]._base is not None
+    # samples holding other host tensors are cast as mmengine casts them
+    mixed = samples_to_device([BaseDataElement(gt_label=torch.tensor(0), mask=torch.ones(2))], 'meta')
+    assert mixed[0].gt_label.device.type == 'meta' and mixed[0].mask.device.type == 'meta'
+    assert samples_to_device(None, 'meta') is None
 
 
 def test_unknown_model_name_suggests_close_matches():
@@ -252,7 +278,7 @@ def test_config_builds_its_model_and_optimizer(path):
     with torch.device('meta'):  # the base models are ~100M parameters: shapes only, no memory, no download
         model = visionssm.registry.MODELS.build(model_cfg)
     assert isinstance(model, ImageClassifier) and model.num_classes == (10 if 'digits' in path else 1000)
-    expected = 'BatchAugmentDataPreprocessor' if 'gpu-aug' in path else 'ImgDataPreprocessor'
+    expected = 'BatchAugmentDataPreprocessor' if 'gpu-aug' in path else 'ClsDataPreprocessor'
     assert type(model.data_preprocessor).__name__ == expected
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     decayed = {id(p) for g in optim_wrapper.optimizer.param_groups if g['weight_decay'] > 0 for p in g['params']}

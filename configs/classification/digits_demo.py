@@ -11,7 +11,7 @@ model = dict(
     backbone=dict(model_name='test_vmamba', dims=32, drop_path_rate=0.1),
     num_classes=10,
     label_smoothing=0.1,
-    data_preprocessor=dict(type='ImgDataPreprocessor', mean=[127.5] * 3, std=[127.5] * 3),
+    data_preprocessor=dict(type='ClsDataPreprocessor', mean=[127.5] * 3, std=[127.5] * 3),
 )
 
 # Digits are not mirror-symmetric: small shifts, scalings and rotations only.

@@ -25,6 +25,7 @@ from mmengine.model import BaseDataPreprocessor
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from ..registry import MODELS
+from .classification import samples_to_device
 
 __all__ = ['BatchAugmentDataPreprocessor', 'BatchRandAugment', 'decode_images', 'random_resized_crop_params',
            'resized_crops', 'resize_center_crop', 'random_erasing', 'RAND_AUGMENT_OPS']
@@ -523,7 +524,7 @@ class BatchAugmentDataPreprocessor(BaseDataPreprocessor):
                 batch = self.normalize(batch, erase=True)
             else:
                 batch = self.normalize(self.center_crop(images))
-        return dict(inputs=batch, data_samples=self.cast_data(samples) if samples is not None else None)
+        return dict(inputs=batch, data_samples=samples_to_device(samples, self.mean.device, self._non_blocking))
 
     def generators(self) -> Tuple[torch.Generator, torch.Generator]:
         """The host generator of the parameters and the device generator of the erasing noise."""

@@ -28,12 +28,15 @@ class Accuracy(BaseMetric):
             raise ValueError(f'topk must be positive integers, got {topk}')
 
     def process(self, data_batch: Any, data_samples: Sequence[Dict[str, Any]]) -> None:
-        for sample in data_samples:
-            self.results.append((sample['pred_score'].float().cpu(), int(sample['gt_label'])))
+        # the batch at once, where its scores are: one transfer of its top-k hits, not two per sample
+        if not data_samples:
+            return
+        scores = torch.stack([sample['pred_score'] for sample in data_samples]).float()
+        labels = torch.stack([torch.as_tensor(sample['gt_label']).reshape(()) for sample in data_samples])
+        k_max = min(max(self.topk), scores.shape[1])
+        hits = scores.topk(k_max, dim=1).indices == labels.to(scores.device)[:, None]
+        self.results.extend(hits.cpu().unbind(0))
 
     def compute_metrics(self, results: List) -> Dict[str, float]:
-        scores = torch.stack([score for score, _ in results])
-        labels = torch.tensor([label for _, label in results])
-        k_max = min(max(self.topk), scores.shape[1])
-        hits = scores.topk(k_max, dim=1).indices == labels[:, None]
+        hits = torch.stack(results)
         return {f'top{k}': 100.0 * hits[:, :k].any(dim=1).float().mean().item() for k in self.topk}

@@ -17,9 +17,9 @@ train_pipeline = [
     ]),
     dict(type='PackClsInputs'),
 ]
-# mmengine's Runner sets it as model.data_preprocessor: the ImageNet mean / std on 0-255 pixels
-# non_blocking: the batch and its labels are copied to the GPU without a stream synchronization for each tensor
-data_preprocessor = dict(type='ImgDataPreprocessor', mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
+# mmengine's Runner sets it as model.data_preprocessor: the ImageNet mean / std on 0-255 pixels; the labels go to
+# the GPU as one copy; non_blocking: the batch is copied without a stream synchronization
+data_preprocessor = dict(type='ClsDataPreprocessor', mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
                          non_blocking=True)
 test_pipeline = [
     dict(type='LoadImage'),
@@ -34,6 +34,7 @@ train_dataloader = dict(
     batch_size=128,
     num_workers=8,
     persistent_workers=True,
+    pin_memory=True,  # the batch's copy to the GPU then runs while the host goes on
     drop_last=True,  # mixup/cutmix pairs images within a batch: sizes must be even
     sampler=dict(type='DefaultSampler', shuffle=True),
     # one stacked image tensor; the batch leaves its worker as one buffer per dtype, not 256 tensors
@@ -44,6 +45,7 @@ val_dataloader = dict(
     batch_size=128,
     num_workers=8,
     persistent_workers=True,
+    pin_memory=True,
     sampler=dict(type='DefaultSampler', shuffle=False),
     collate_fn=dict(type='visionssm.pack_collate'),
     dataset=dict(type='ImageFolderDataset', data_root=data_root, split='val', pipeline=test_pipeline),

@@ -24,7 +24,7 @@ data_preprocessor = dict(
 train_pipeline = [dict(type='PackEncodedImage')]
 test_pipeline = [dict(type='PackEncodedImage')]
 
-# reading files is all a worker does
-train_dataloader = dict(num_workers=4, dataset=dict(pipeline=train_pipeline))
-val_dataloader = dict(num_workers=4, dataset=dict(pipeline=test_pipeline))
+# reading files is all a worker does; the files' bytes are decoded from host memory (nothing to pin)
+train_dataloader = dict(num_workers=4, pin_memory=False, dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(num_workers=4, pin_memory=False, dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader

@@ -10,7 +10,9 @@ optim_wrapper = dict(
     # one parameter group per set of options, not one per parameter (host time of every optimizer step)
     constructor='visionssm.GroupedOptimWrapperConstructor',
     type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05),
+    # fused: one kernel per step; under AMP the loss scaler hands it the overflow flag on the device instead of
+    # reading it on the host (a wait for the GPU at every step)
+    optimizer=dict(type='AdamW', lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05, fused=True),
     paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0, flat_decay_mult=0.0),
     clip_grad=dict(max_norm=5.0),
 )
