@@ -53,16 +53,12 @@ def main(argv=None):
     if not torch.cuda.is_available():
         raise SystemExit('benchmarks/launch_overhead.py needs a CUDA device')
     import triton
-    import triton.language as tl
 
     from visionssm.layers.conv1d import _torch_form, depthwise_conv1d
     from visionssm.layers.norm import layer_norm, rms_norm
     from visionssm.ops import cross_routes, selective_scan
 
-    @triton.jit
-    def _empty(x_ptr, n, BLOCK: tl.constexpr):
-        pass
-
+    _empty = _empty_kernel()
     dev = torch.device('cuda')
     x = torch.randn(8, 96, device=dev)
     w = torch.randn(96, 96, device=dev)
@@ -101,6 +97,19 @@ def main(argv=None):
     with torch.no_grad():
         for name, fn in cases:
             print(f'{per_call_us(fn, args.calls):8.1f} µs  {name}', flush=True)
+
+
+def _empty_kernel():
+    """A Triton kernel doing nothing. Defined at module level: Triton resolves a kernel's names (``tl``) in its
+    module's globals, not in an enclosing function's scope."""
+    import triton
+    global tl
+    import triton.language as tl
+
+    @triton.jit
+    def _empty(x_ptr, n, BLOCK: tl.constexpr):
+        pass
+    return _empty
 
 
 def _with_device(device, fn):
