@@ -200,6 +200,29 @@ def test_cls_data_preprocessor_matches_mmengines_and_moves_the_labels_as_one_bat
     assert samples_to_device(None, 'meta') is None
 
 
+def test_compiled_backbone_matches_eager_and_each_copy_compiles_its_own():
+    import copy
+    torch.manual_seed(0)
+    eager = _tiny_classifier().eval()
+    compiled = _tiny_classifier(compile_backbone=dict(backend='eager')).eval()   # Dynamo, no code generation
+    compiled.load_state_dict(eager.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), eager(x))
+        assert '_compiled_backbone' in compiled.__dict__
+        assert compiled.state_dict().keys() == eager.state_dict().keys()   # the compiled form is no submodule
+        # an EMA-style deep copy runs its own weights, through a compiled form of its own
+        ema = copy.deepcopy(compiled)
+        assert '_compiled_backbone' not in ema.__dict__
+        for p in ema.parameters():
+            p.mul_(0.5)
+        torch.testing.assert_close(ema(x), ema.backbone(x))
+        assert ema.__dict__['_compiled_backbone'] is not compiled.__dict__['_compiled_backbone']
+        assert not torch.allclose(ema(x), compiled(x))
+    with pytest.raises(TypeError, match='compile_backbone must be a bool or a dict'):
+        _tiny_classifier(compile_backbone='max-autotune')
+
+
 def test_unknown_model_name_suggests_close_matches():
     with pytest.raises(ValueError, match=r"unknown model 'vmamba_tiny_s1l9'; did you mean vmamba_tiny_s1l8"):
         create_backbone(dict(model_name='vmamba_tiny_s1l9'), 10)

@@ -86,6 +86,18 @@ def test_digits_train_evaluate_resume(tmp_path):
                    *_options(*DIGITS_FAST, 'model.num_classes=3', name='digits_wrong_classes')])
 
 
+def test_classification_trains_without_mmcv(tmp_path):
+    """The `cls` extra: mmengine and albumentations, no mmcv (nor mmdet / mmseg), whose build is the long step."""
+    work_dir = str(tmp_path / 'run')
+    script = ('import sys\n'
+              'sys.modules.update(mmcv=None, mmdet=None, mmseg=None)   # as if not installed\n'
+              'from visionssm.mm.runner import train_main\n'
+              f'train_main({[DIGITS, "--work-dir", work_dir, *_options(*DIGITS_FAST, "train_cfg.max_epochs=1", name="no_mmcv")]!r})\n'
+              'assert not any(m == "mmcv" or m.startswith("mmcv.") for m in sys.modules if sys.modules[m])\n')
+    subprocess.run([sys.executable, '-c', script], check=True, cwd=ROOT, timeout=600)
+    assert 'epoch_1.pth' in os.listdir(work_dir)
+
+
 def _image_folder(root, classes=3, train=6, val=2):
     rng = np.random.default_rng(0)
     for split, n in (('train', train), ('val', val)):

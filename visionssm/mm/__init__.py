@@ -1,6 +1,7 @@
 """mmengine / MMDetection / MMSegmentation frontends: everything registered in the ``visionssm`` scope.
 
-Needs the ``det``/``seg`` extras (mmengine, full mmcv); the core package never imports this.
+Needs mmengine (the ``cls`` extra: classification training); detection and segmentation need the ``det`` / ``seg``
+extras (full mmcv). The core package never imports this.
 """
 from ..registry import MODELS  # noqa: F401  (creates the scope before the modules below register into it)
 from . import backbone  # noqa: F401

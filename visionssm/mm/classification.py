@@ -78,6 +78,12 @@ class ImageClassifier(BaseModel):
         mixup: ``timm.data.Mixup`` arguments (``mixup_alpha``, ``cutmix_alpha``, ``prob``, ``switch_prob``, ...),
             applied to training batches; None for none. Batches must then have an even size (``drop_last=True``).
         data_preprocessor: Batching and normalisation; default ``ClsDataPreprocessor`` with ImageNet mean/std.
+        compile_backbone: ``torch.compile`` the backbone: True, or ``torch.compile``'s keyword arguments (``mode``,
+            ``backend``, ...). An eager step of a Mamba backbone costs the host more time than a large batch costs
+            the GPU (thousands of small launches); compiled, it is a few fused kernels. The module, its parameters
+            and its checkpoints stay those of the eager model, and a copy (mmengine's EMA model) compiles its own.
+            mmengine's own ``compile`` option compiles the whole ``train_step`` with the optimizer, which Dynamo
+            fails on with mmengine 0.10.
         init_cfg: mmengine initialisation config (e.g. ``dict(type='Pretrained', checkpoint=...)``).
 
     Modes: ``loss`` returns ``dict(loss=...)``; ``predict`` returns the data samples with ``pred_score``
@@ -94,6 +100,7 @@ class ImageClassifier(BaseModel):
             label_smoothing: float = 0.0,
             mixup: Optional[Dict[str, Any]] = None,
             data_preprocessor: Optional[Dict[str, Any]] = None,
+            compile_backbone: Union[bool, Dict[str, Any]] = False,
             init_cfg: Optional[Union[Dict, List[Dict]]] = None,
     ):
         if data_preprocessor is None:
@@ -109,11 +116,31 @@ class ImageClassifier(BaseModel):
         self.mixup = None
         if mixup:
             self.mixup = timm.data.Mixup(**dict(mixup, label_smoothing=label_smoothing, num_classes=num_classes))
+        if not isinstance(compile_backbone, (bool, dict)):
+            raise TypeError(f'compile_backbone must be a bool or a dict of torch.compile arguments, got '
+                            f'{type(compile_backbone).__name__}')
+        self.compile_backbone = dict(compile_backbone) if isinstance(compile_backbone, dict) else \
+            ({} if compile_backbone else None)
+
+    def run_backbone(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The backbone's logits, through its compiled form with ``compile_backbone``."""
+        if self.compile_backbone is None:
+            return self.backbone(inputs)
+        compiled = self.__dict__.get('_compiled_backbone')
+        if compiled is None:   # not a registered submodule: the state dict keeps the eager model's keys
+            compiled = self.__dict__['_compiled_backbone'] = torch.compile(self.backbone, **self.compile_backbone)
+        return compiled(inputs)
+
+    def __getstate__(self):
+        # a deep copy (mmengine's EMA model) or a pickle compiles its own backbone, not a wrapper of this one's
+        state = self.__dict__.copy()
+        state.pop('_compiled_backbone', None)
+        return state
 
     def forward(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None,
                 mode: str = 'tensor'):
         if mode == 'tensor':
-            return self.backbone(inputs)
+            return self.run_backbone(inputs)
         if mode == 'loss':
             return self.loss(inputs, data_samples)
         if mode == 'predict':
@@ -123,16 +150,16 @@ class ImageClassifier(BaseModel):
     def loss(self, inputs: torch.Tensor, data_samples: Sequence[BaseDataElement]) -> Dict[str, torch.Tensor]:
         labels = torch.stack([s.gt_label for s in data_samples]).to(inputs.device)
         if self.mixup is None:
-            return dict(loss=F.cross_entropy(self.backbone(inputs), labels, label_smoothing=self.label_smoothing))
+            return dict(loss=F.cross_entropy(self.run_backbone(inputs), labels, label_smoothing=self.label_smoothing))
         if len(inputs) % 2:
             raise ValueError(f'mixup needs an even batch size, got {len(inputs)}: set drop_last=True in the '
                              'train_dataloader')
         inputs, soft_targets = self.mixup(inputs, labels)  # smoothing is folded into the soft targets
-        return dict(loss=F.cross_entropy(self.backbone(inputs), soft_targets))
+        return dict(loss=F.cross_entropy(self.run_backbone(inputs), soft_targets))
 
     def predict(self, inputs: torch.Tensor,
                 data_samples: Optional[List[BaseDataElement]] = None) -> List[BaseDataElement]:
-        scores = self.backbone(inputs).float().softmax(dim=-1)
+        scores = self.run_backbone(inputs).float().softmax(dim=-1)
         if data_samples is None:
             data_samples = [BaseDataElement() for _ in range(len(scores))]
         for sample, score in zip(data_samples, scores):

@@ -7,18 +7,31 @@ the whole pipeline of the other route, where the model's ``BatchAugmentDataPrepr
 from __future__ import annotations
 
 import copy
+from abc import ABCMeta, abstractmethod
 from typing import Any, Dict, Optional, Sequence
 
 import cv2
 import numpy as np
 import torch
-from mmcv.transforms import BaseTransform
 from mmengine.logging import print_log
 from mmengine.structures import BaseDataElement
 
 from ..registry import TRANSFORMS
 
-__all__ = ['LoadImage', 'Albumentations', 'RandAugment', 'PackClsInputs', 'PackEncodedImage']
+__all__ = ['BaseTransform', 'LoadImage', 'Albumentations', 'RandAugment', 'PackClsInputs', 'PackEncodedImage']
+
+
+class BaseTransform(metaclass=ABCMeta):
+    """mmcv's transform interface (``transform(results)``, called as ``transform(results)``), here so that
+    classification needs mmengine alone: mmcv, with its compiled ops, is only needed for detection and segmentation.
+    mmcv's pipelines take these transforms as they take their own."""
+
+    def __call__(self, results: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        return self.transform(results)
+
+    @abstractmethod
+    def transform(self, results: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """The transformed ``results``, or None to skip the sample."""
 
 
 @TRANSFORMS.register_module()
