@@ -101,6 +101,29 @@ def test_with_cp_checkpoints_the_stages_and_computes_the_same():
     assert checkpointed.body.model.stem.conv1.weight.grad is not None
 
 
+def test_compiled_backbone_computes_the_same_at_changing_sizes_and_keeps_its_checkpoint_keys():
+    import copy
+    torch.manual_seed(0)
+    plain = VisionSSMBackbone('test_vmamba').train()
+    # Dynamo without code generation (CI's cost); small maps: the CPU's scan traces a step per chunk of a route
+    compiled = VisionSSMBackbone('test_vmamba', compile=dict(backend='eager')).train()
+    compiled.load_state_dict(plain.state_dict())
+    assert compiled.state_dict().keys() == plain.state_dict().keys()
+    for size in ((32, 32), (64, 32)):   # detection's padded sizes change from batch to batch
+        x = torch.randn(2, 3, *size)
+        for a, b in zip(plain(x), compiled(x)):
+            torch.testing.assert_close(a, b)
+    sum(o.sum() for o in compiled(x)).backward()
+    assert compiled.body.model.stem.conv1.weight.grad is not None
+    copied = copy.deepcopy(compiled)   # compiles its own body: runs its own weights
+    with torch.no_grad():
+        for p in copied.parameters():
+            p.mul_(0.5)
+        torch.testing.assert_close(copied(x)[0], copied.norm0(copied.body(x)[0]))
+    with pytest.raises(TypeError, match='compile must be a bool or a dict'):
+        VisionSSMBackbone('test_vmamba', compile='default')
+
+
 @pytest.mark.parametrize('out_indices', [(0, 4), (2, 1), (), (-1,)])
 def test_bad_out_indices_are_refused(out_indices):
     with pytest.raises(ValueError, match='out_indices must be increasing levels in 0..3'):

@@ -209,15 +209,15 @@ def test_compiled_backbone_matches_eager_and_each_copy_compiles_its_own():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), eager(x))
-        assert '_compiled_backbone' in compiled.__dict__
+        assert 'backbone' in compiled.__dict__['_compiled_submodules']
         assert compiled.state_dict().keys() == eager.state_dict().keys()   # the compiled form is no submodule
         # an EMA-style deep copy runs its own weights, through a compiled form of its own
         ema = copy.deepcopy(compiled)
-        assert '_compiled_backbone' not in ema.__dict__
+        assert '_compiled_submodules' not in ema.__dict__
         for p in ema.parameters():
             p.mul_(0.5)
         torch.testing.assert_close(ema(x), ema.backbone(x))
-        assert ema.__dict__['_compiled_backbone'] is not compiled.__dict__['_compiled_backbone']
+        assert ema.compiled('backbone', {}) is not compiled.compiled('backbone', {})
         assert not torch.allclose(ema(x), compiled(x))
     with pytest.raises(TypeError, match='compile_backbone must be a bool or a dict'):
         _tiny_classifier(compile_backbone='max-autotune')

@@ -33,6 +33,7 @@ from ..models import FAMILIES
 from ..models._checkpoint import extract_state_dict, load_checkpoint_file, load_converted
 from ..models.vim import VimFeaturePyramid
 from ..registry import MODELS
+from .compiled import CompiledSubmodules, compile_options
 from .runner import load_local_checkpoint
 
 __all__ = ['VisionSSMBackbone']
@@ -78,7 +79,7 @@ def _read_checkpoint(path: str):
 
 
 @MODELS.register_module()
-class VisionSSMBackbone(BaseModule):
+class VisionSSMBackbone(CompiledSubmodules, BaseModule):
     """A visionssm model as an mmdet / mmseg backbone: a tuple of NCHW maps, one per ``out_indices`` entry.
 
     Args:
@@ -98,6 +99,10 @@ class VisionSSMBackbone(BaseModule):
         adapter: build the model whole (not ``features_only``) inside ``ViTAdapter(model, out_indices, **adapter)``
             (``visionssm.mm.adapter``: PlainMamba's official detection backbone); its output norms are BatchNorms,
             as officially, and ``frozen_stages`` can freeze the tokenizer and position embedding (0) only.
+        compile: ``torch.compile`` the model (not the output norms): True, or ``torch.compile``'s keyword arguments
+            (at detection's changing input sizes Dynamo recompiles once, for dynamic sizes). The eager model's step
+            is thousands of small launches, most of a detector's step at batch 2 on a GPU's host; parameters and
+            checkpoints stay the eager model's (``visionssm.mm.compiled``).
         **model_kwargs: passed to ``timm.create_model`` (e.g. ``img_size`` for Vim, ``depths``).
     """
 
@@ -112,6 +117,7 @@ class VisionSSMBackbone(BaseModule):
             pretrained: Optional[str] = None,
             init_cfg: Union[dict, List[dict], None] = None,
             adapter: Optional[dict] = None,
+            compile: Union[bool, dict] = False,
             **model_kwargs,
     ):
         if pretrained is not None:
@@ -153,6 +159,7 @@ class VisionSSMBackbone(BaseModule):
             raise ValueError(f'frozen_stages must be in -1..{len(self._stages) - 1} for {model} with out_indices '
                              f'{out_indices}, got {frozen_stages}')
         self._freeze_stages()
+        self.compile_cfg = compile_options(compile)   # not self.compile: nn.Module.compile is a method
 
     @property
     def channels(self) -> List[int]:
@@ -201,7 +208,8 @@ class VisionSSMBackbone(BaseModule):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         # LayerNorm2d hands back a permuted view; heads and later copies are faster on contiguous NCHW.
-        return tuple(getattr(self, f'norm{i}')(f).contiguous() for i, f in zip(self.out_indices, self.body(x)))
+        body = self.body if self.compile_cfg is None else self.compiled('body', self.compile_cfg)
+        return tuple(getattr(self, f'norm{i}')(f).contiguous() for i, f in zip(self.out_indices, body(x)))
 
     # --- weights ----------------------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from mmengine.model import BaseModel, ImgDataPreprocessor
 from mmengine.structures import BaseDataElement
 
 from ..registry import MODELS
+from .compiled import CompiledSubmodules, compile_options
 
 __all__ = ['ClsDataPreprocessor', 'ImageClassifier', 'create_backbone', 'samples_to_device']
 
@@ -67,7 +68,7 @@ class ClsDataPreprocessor(ImgDataPreprocessor):
 
 
 @MODELS.register_module()
-class ImageClassifier(BaseModel):
+class ImageClassifier(CompiledSubmodules, BaseModel):
     """A timm model trained with (label-smoothed, optionally mixed-up) cross-entropy.
 
     Args:
@@ -81,7 +82,8 @@ class ImageClassifier(BaseModel):
         compile_backbone: ``torch.compile`` the backbone: True, or ``torch.compile``'s keyword arguments (``mode``,
             ``backend``, ...). An eager step of a Mamba backbone costs the host more time than a large batch costs
             the GPU (thousands of small launches); compiled, it is a few fused kernels. The module, its parameters
-            and its checkpoints stay those of the eager model, and a copy (mmengine's EMA model) compiles its own.
+            and its checkpoints stay those of the eager model, and a copy (mmengine's EMA model) compiles its own
+            (``visionssm.mm.compiled``).
             mmengine's own ``compile`` option compiles the whole ``train_step`` with the optimizer, which Dynamo
             fails on with mmengine 0.10.
         init_cfg: mmengine initialisation config (e.g. ``dict(type='Pretrained', checkpoint=...)``).
@@ -116,26 +118,13 @@ class ImageClassifier(BaseModel):
         self.mixup = None
         if mixup:
             self.mixup = timm.data.Mixup(**dict(mixup, label_smoothing=label_smoothing, num_classes=num_classes))
-        if not isinstance(compile_backbone, (bool, dict)):
-            raise TypeError(f'compile_backbone must be a bool or a dict of torch.compile arguments, got '
-                            f'{type(compile_backbone).__name__}')
-        self.compile_backbone = dict(compile_backbone) if isinstance(compile_backbone, dict) else \
-            ({} if compile_backbone else None)
+        self.compile_backbone = compile_options(compile_backbone, 'compile_backbone')
 
     def run_backbone(self, inputs: torch.Tensor) -> torch.Tensor:
         """The backbone's logits, through its compiled form with ``compile_backbone``."""
         if self.compile_backbone is None:
             return self.backbone(inputs)
-        compiled = self.__dict__.get('_compiled_backbone')
-        if compiled is None:   # not a registered submodule: the state dict keeps the eager model's keys
-            compiled = self.__dict__['_compiled_backbone'] = torch.compile(self.backbone, **self.compile_backbone)
-        return compiled(inputs)
-
-    def __getstate__(self):
-        # a deep copy (mmengine's EMA model) or a pickle compiles its own backbone, not a wrapper of this one's
-        state = self.__dict__.copy()
-        state.pop('_compiled_backbone', None)
-        return state
+        return self.compiled('backbone', self.compile_backbone)(inputs)
 
     def forward(self, inputs: torch.Tensor, data_samples: Optional[List[BaseDataElement]] = None,
                 mode: str = 'tensor'):
