@@ -6,7 +6,7 @@
 #
 # WHEEL_DIR (default .whl): the offline wheels of tools/setup_gpu_training.sh, with an mmcv wheel already built
 # for the machine's torch / CUDA / GPU (tools/build_mmcv.sh; without one, mmcv is built first, about 5 minutes on
-# 16 cores). Then, each on synthetic data with the config's own pipeline (benchmarks/train_gpu.py):
+# 16 cores; PARTS of classification alone need no mmcv). Then, each on synthetic data with the config's own pipeline (benchmarks/train_gpu.py):
 #   - Mask R-CNN 1x, VMamba-T beside mmdet's Swin-T, batch 2, fp16 AMP, 300 iterations, then tools/test.py;
 #   - UperNet 512², VMamba-T beside mmseg's Swin-T, batch 2, fp16 AMP, 300 iterations, then tools/test.py;
 #   - the VMamba-T ImageNet recipe (RandAugment, erasing, Mixup/CutMix, EMA), bf16, batch 128, beside the bare
@@ -29,7 +29,8 @@ part() { [[ "$PARTS" == *" $1 "* ]]; }
 mkdir -p "$dir"
 export PYTHONUNBUFFERED=1
 LOG=$dir/log.txt; R=$(mktemp -d)
-bash tools/setup_gpu_training.sh python3 "$wheels" > "$LOG" 2>&1 || { tail -30 "$LOG"; exit 1; }
+mmcv=0; for p in det seg families; do part $p && mmcv=1; done   # classification needs no mmcv (and no build)
+MMCV=$mmcv bash tools/setup_gpu_training.sh python3 "$wheels" > "$LOG" 2>&1 || { tail -30 "$LOG"; exit 1; }
 echo "== setup done (${SECONDS}s)" >> "$LOG"
 # run LIMIT_S ARGS...: one benchmarks/train_gpu.py call, cut to the time left; each of its runs (training, then
 # tools/test.py and, for classification, the bare benchmark) gets an equal share (--time-limit), so a slow first run

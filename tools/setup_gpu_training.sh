@@ -10,7 +10,10 @@
 # it everything comes from the package index. A prebuilt mmcv wheel in WHEEL_DIR (one that tools/build_mmcv.sh
 # built for the same torch, CUDA and GPU architecture; it caches them under ~/.cache/visionssm/wheels) is installed
 # instead of building. visionssm itself is installed from this checkout (editable).
+# MMCV=0: classification only (the `cls` extra: mmengine and albumentations), no mmcv, mmdet or mmseg: ready in
+# seconds, where building mmcv takes minutes.
 set -euo pipefail
+MMCV=${MMCV:-1}
 PY=${1:-python3}
 [[ $PY == */* ]] || PY=$(command -v "$PY")
 WHEELS=${2:-}
@@ -21,7 +24,9 @@ if [[ -n $WHEELS ]]; then
     prebuilt=$(ls "$WHEELS"/mmcv-*.whl 2>/dev/null | head -n 1 || true)
     # setuptools first: mmcv's setup.py needs pkg_resources (setuptools < 81)
     "$PY" -m pip install -q --no-index --no-deps $(ls "$WHEELS"/*.whl | grep -v '/mmcv-')
-    if [[ -n $prebuilt ]]; then
+    if [[ $MMCV == 0 ]]; then
+        echo "[setup] MMCV=0: classification only, mmcv not installed"
+    elif [[ -n $prebuilt ]]; then
         echo "[setup] installing the prebuilt $(basename "$prebuilt")"
         "$PY" -m pip install -q --no-index --no-deps "$prebuilt"
     else
@@ -29,9 +34,15 @@ if [[ -n $WHEELS ]]; then
     fi
     "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . \
         || { [[ -e visionssm/kernels ]] || ln -s ../kernels visionssm/kernels; }
+elif [[ $MMCV == 0 ]]; then
+    "$PY" -m pip install -q -e '.[cls]'
 else
     tools/build_mmcv.sh "$PY"
     "$PY" -m pip install -q -e '.[det,seg,aug]'
+fi
+if [[ $MMCV == 0 ]]; then
+    "$PY" -c 'import mmengine, albumentations, visionssm.mm; print("[setup] ok: classification; mmengine", mmengine.__version__, "albumentations", albumentations.__version__)'
+    exit 0
 fi
 "$PY" - <<'PYEOF'
 import torch, mmcv, mmdet, mmseg, mmengine, albumentations
