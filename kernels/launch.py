@@ -29,8 +29,14 @@ def on_gpu(t: torch.Tensor) -> bool:
 
 def on_device(device: torch.device):
     """The context to launch a kernel for tensors on ``device`` in: Triton launches on the current CUDA device, not
-    the tensors', so theirs is made current (nothing for CPU tensors, which the interpreter runs)."""
-    return torch.cuda.device(device) if device.type == 'cuda' else contextlib.nullcontext()
+    the tensors', so theirs is made current; nothing where it is current already (a launch's host time counts: an
+    eager training step makes hundreds) or for CPU tensors, which the interpreter runs."""
+    if device.type != 'cuda' or device.index is None or device.index == torch.cuda.current_device():
+        return _NO_CONTEXT
+    return torch.cuda.device(device)
+
+
+_NO_CONTEXT = contextlib.nullcontext()
 
 
 @functools.lru_cache(maxsize=8)

@@ -60,3 +60,12 @@ def test_mlp_compiles_without_graph_breaks():
     x2 = x.detach().requires_grad_()
     mlp(x2).sum().backward()
     torch.testing.assert_close(x.grad, x2.grad)
+
+
+def test_kernel_launch_enters_a_device_context_only_for_another_gpu(monkeypatch):
+    import contextlib
+    from visionssm.kernels import launch
+    monkeypatch.setattr(torch.cuda, 'current_device', lambda: 0)
+    assert isinstance(launch.on_device(torch.device('cpu')), contextlib.nullcontext)
+    assert isinstance(launch.on_device(torch.device('cuda', 0)), contextlib.nullcontext)   # current already
+    assert isinstance(launch.on_device(torch.device('cuda', 1)), torch.cuda.device)
