@@ -19,6 +19,10 @@
 #      (the default) against kept (VISIONSSM_SCAN_STATES=keep, ab.py --baseline-env): PlainMamba-L1,
 #      EfficientVMamba-T and MambaVision-T training, speed and peak memory, then kernels/bench.py at Vim-S's
 #      shapes (both ways). STATES_BASE names the code as LN_BASE does (default HEAD);
+#  0d. (part "host", not in the default set) where an eager training step's host time goes: launch_overhead.py (the
+#      host time of one launch of each op), then train_step_host.py at batch 2, where the GPU idles and the step
+#      takes its host time, for VMamba-T with the Triton LayerNorm, VMamba-T with PyTorch's
+#      (VISIONSSM_LAYER_NORM=torch) and Swin-T (host_step.log);
 #   1. ab.py: this checkout against BASELINE_REV (default: the revision before the GroupMamba / Spatial-Mamba / Vim
 #      memory work) for GroupMamba-T, Spatial-Mamba-T, Vim-T/S and VMamba-T, bf16 inference and training;
 #   2. tools/benchmark.py: MambaVision-T, PlainMamba-L1, MSVMamba-T beside ConvNeXt-T (bf16, batch 128, 224²), and
@@ -32,7 +36,7 @@
 # BENCH_BUDGET change part 2's models and seconds); the fuzz takes what is left of LIMIT (default 580 seconds since
 # the script started). Writes DIR (default $OUT): env.txt, ab_new.json, ab.json, bench.json, bench_b8.json,
 # export_latency.json, fuzz.json, fuzz.log (8 files; the kernel sweep prints to the console); part ln: ab_ln.json,
-# ab_ln_b8.json; part states: ab_states.json; part profile8: profile_b8.log.
+# ab_ln_b8.json; part states: ab_states.json; part profile8: profile_b8.log; part host: host_step.log.
 set -uo pipefail
 dir=${1:-${OUT:?set OUT or pass an output directory}}
 base=${2:-1591727}
@@ -61,6 +65,12 @@ part states && { timeout 240 python3 benchmarks/ab.py --baseline "${STATES_BASE:
         --baseline-env VISIONSSM_SCAN_STATES=keep --rounds 5 --modes train --json "$dir/ab_states.json" \
         --models plainmamba_l1 efficientvmamba_tiny mambavision_t 2>&1 | tail -n 10
     timeout 90 python3 kernels/bench.py --no-ref --only Vim 2>&1 | tail -n 8; }
+part host && { timeout 90 python3 benchmarks/launch_overhead.py 2>&1 | tail -n 16
+    for run in vmamba_tiny_s1l8:triton vmamba_tiny_s1l8:torch swin_tiny_patch4_window7_224:triton; do
+        echo "== $run (model:LayerNorm)" >> "$dir/host_step.log"
+        VISIONSSM_LAYER_NORM=${run#*:} timeout 60 python3 benchmarks/train_step_host.py --model "${run%%:*}" \
+            --batch 2 --optimizer adamw-fused --cprofile >> "$dir/host_step.log" 2>&1
+    done; grep -E "^== | ms .* host " "$dir/host_step.log"; }
 part ab && timeout 200 python3 benchmarks/ab.py --baseline "$base" --rounds 5 --json "$dir/ab.json" \
     --models groupmamba_tiny spatialmamba_tiny vim_tiny vim_small vmamba_tiny_s1l8 2>&1 | tail -n 30
 part bench && python3 tools/benchmark.py --no-baselines --time-budget "${BENCH_BUDGET:-150}" --json "$dir/bench.json" \
