@@ -31,6 +31,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from visionssm.kernels.launch import tl, triton  # noqa: E402  (None where triton is missing)
+
+if triton is not None:
+    @triton.jit
+    def _empty(x_ptr, n, BLOCK: tl.constexpr):   # nothing to do: Triton's launcher alone
+        pass
+
 
 def per_call_us(fn, calls: int, rounds: int = 5) -> float:
     for _ in range(20):
@@ -50,15 +57,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--calls', type=int, default=2000)
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit('benchmarks/launch_overhead.py needs a CUDA device')
-    import triton
+    if not torch.cuda.is_available() or triton is None:
+        raise SystemExit('benchmarks/launch_overhead.py needs a CUDA device and triton')
 
     from visionssm.layers.conv1d import _torch_form, depthwise_conv1d
     from visionssm.layers.norm import layer_norm, rms_norm
     from visionssm.ops import cross_routes, selective_scan
-
-    _empty = _empty_kernel()
     dev = torch.device('cuda')
     x = torch.randn(8, 96, device=dev)
     w = torch.randn(96, 96, device=dev)
@@ -97,19 +101,6 @@ def main(argv=None):
     with torch.no_grad():
         for name, fn in cases:
             print(f'{per_call_us(fn, args.calls):8.1f} µs  {name}', flush=True)
-
-
-def _empty_kernel():
-    """A Triton kernel doing nothing. Defined at module level: Triton resolves a kernel's names (``tl``) in its
-    module's globals, not in an enclosing function's scope."""
-    import triton
-    global tl
-    import triton.language as tl
-
-    @triton.jit
-    def _empty(x_ptr, n, BLOCK: tl.constexpr):
-        pass
-    return _empty
 
 
 def _with_device(device, fn):

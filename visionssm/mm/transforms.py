@@ -22,8 +22,8 @@ __all__ = ['BaseTransform', 'LoadImage', 'Albumentations', 'RandAugment', 'PackC
 
 
 class BaseTransform(metaclass=ABCMeta):
-    """mmcv's transform interface (``transform(results)``, called as ``transform(results)``), here so that
-    classification needs mmengine alone: mmcv, with its compiled ops, is only needed for detection and segmentation.
+    """mmcv's transform interface (a ``transform(results)`` method; the transform is called on ``results``), here
+    so that classification needs mmengine alone: mmcv, with its compiled ops, is only needed for detection and segmentation.
     mmcv's pipelines take these transforms as they take their own."""
 
     def __call__(self, results: Dict[str, Any]) -> Optional[Dict[str, Any]]:
