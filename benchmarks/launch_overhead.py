@@ -8,12 +8,17 @@ Each line is the median over 5 rounds of the host time per call, measured over `
 
 * ``torch.add``, ``F.linear``, ``F.layer_norm`` (+ cast): PyTorch's own ops, the baseline cost of a launch;
 * ``triton: empty kernel``: a Triton kernel doing nothing, launched through ``kernel[grid](...)``: Triton's launcher;
+  then through ``run_kernel`` (kernels/launch.py), which launches a specialization seen before through its compiled
+  kernel directly;
 * ``visionssm layer_norm`` / ``rms_norm``: the Triton LayerNorm and RMSNorm as the blocks call them (one launch),
   the RMSNorm beside PyTorch's ``F.rms_norm`` and the cast it replaces;
 * ``depthwise_conv1d``: Vim's token conv (one launch) and the PyTorch form it replaces;
 * ``selective_scan, 4 cross routes``: the scan op as VMamba-T's blocks call it in inference (checks cached, one
   launch plus the merge);
-* the same inside ``torch.cuda.device``, which every Triton launch here enters.
+* the same inside ``torch.cuda.device``, which a Triton launch enters where the tensors' GPU is not the current one.
+
+The visionssm ops run twice: with ``run_kernel``'s direct launches (the default) and with every launch through
+Triton's ``JITFunction.run`` (``VISIONSSM_TRITON_LAUNCH=triton``).
 
 Compare a model's launches (``benchmarks/infer_host_proxy.py`` counts them) with these costs to see where a
 host-bound step's time goes. GPU only.
@@ -31,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from visionssm.kernels.launch import tl, triton  # noqa: E402  (None where triton is missing)
+from visionssm.kernels.launch import run_kernel, tl, triton  # noqa: E402  (None where triton is missing)
 
 if triton is not None:
     @triton.jit
@@ -88,6 +93,7 @@ def main(argv=None):
         ('F.layer_norm + cast to bf16', lambda: F.layer_norm(x, (96,), ln_w, ln_b).to(torch.bfloat16)),
         ('triton: empty kernel', lambda: _empty[(1,)](x, 8, BLOCK=64)),
         ('triton: empty kernel in torch.cuda.device', lambda: _with_device(dev, lambda: _empty[(1,)](x, 8, BLOCK=64))),
+        ('triton: empty kernel through run_kernel', lambda: run_kernel(_empty, (1,), x, 8, BLOCK=64)),
         ('visionssm layer_norm (Triton, bf16 out)', lambda: layer_norm(x, ln_w, ln_b, out_dtype=torch.bfloat16)),
         ('visionssm layer_norm, bf16 in (Triton)', lambda: layer_norm(xb, ln_w, ln_b)),
         ('F.rms_norm + cast to bf16', lambda: F.rms_norm(x, (96,), ln_w).to(torch.bfloat16)),
@@ -100,7 +106,13 @@ def main(argv=None):
           f'host µs per call, median of 5 rounds of {args.calls}')
     with torch.no_grad():
         for name, fn in cases:
-            print(f'{per_call_us(fn, args.calls):8.1f} µs  {name}', flush=True)
+            if not name.startswith(('visionssm', 'depthwise_conv1d, Vim (T', 'selective')):
+                print(f'{per_call_us(fn, args.calls):8.1f} µs  {name}', flush=True)
+                continue
+            for direct in (False, True):
+                os.environ['VISIONSSM_TRITON_LAUNCH'] = 'direct' if direct else 'triton'
+                mode = 'direct launch' if direct else 'JITFunction.run'
+                print(f'{per_call_us(fn, args.calls):8.1f} µs  {name} [{mode}]', flush=True)
 
 
 def _with_device(device, fn):

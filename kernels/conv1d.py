@@ -32,7 +32,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .launch import HAS_TRITON as _HAS_TRITON, on_device, on_gpu, sm_count, tl, triton
+from .launch import HAS_TRITON as _HAS_TRITON, on_device, on_gpu, run_kernel, sm_count, tl, triton
 
 __all__ = ['conv1d_forward', 'conv1d_backward', 'supports']
 
@@ -184,7 +184,7 @@ def conv1d_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     steps, widest, warps = _FWD
     block_c = _block_c(channels, widest)
     with on_device(x.device):
-        _conv_fwd_kernel[(triton.cdiv(length, steps), batch, triton.cdiv(channels, block_c))](
+        run_kernel(_conv_fwd_kernel, (triton.cdiv(length, steps), batch, triton.cdiv(channels, block_c)),
             x, weight, weight if bias is None else bias, y, length, channels, x.stride(0), x.stride(1),
             weight.stride(0), weight.stride(1), bias is not None, silu, repeats, taps, left, steps, block_c,
             num_warps=warps)
@@ -222,7 +222,7 @@ def conv1d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, b
     gp = torch.empty(batch, length, width, device=x.device, dtype=torch.float32) if need_x else grad
     partials = torch.empty(programs, width, taps + 1, device=x.device, dtype=torch.float32) if need_weights else gp
     with on_device(x.device):
-        _conv_bwd_kernel[(programs, channel_blocks)](
+        run_kernel(_conv_bwd_kernel, (programs, channel_blocks),
             x, weight, weight if bias is None else bias, grad, gp, partials, length, channels, x.stride(0),
             x.stride(1), weight.stride(0), weight.stride(1), t_tiles, tiles, bias is not None, silu, need_x,
             need_weights, repeats, taps, triton.next_power_of_2(taps), left, steps, block_c, num_warps=warps)
@@ -231,7 +231,7 @@ def conv1d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, b
             steps, widest, warps = _DX
             block_c = _block_c(channels, widest)
             dx = torch.empty(batch, length, channels, device=x.device, dtype=x.dtype)
-            _conv_dx_kernel[(triton.cdiv(length, steps), batch, triton.cdiv(channels, block_c))](
+            run_kernel(_conv_dx_kernel, (triton.cdiv(length, steps), batch, triton.cdiv(channels, block_c)),
                 gp, weight, dx, length, channels, weight.stride(0), weight.stride(1), repeats, taps, left, steps,
                 block_c, num_warps=warps)
     if not need_weights:

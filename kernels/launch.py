@@ -1,9 +1,22 @@
 """What the Triton kernels of this folder share around a launch: triton itself (absent on some machines, where the
-modules still import), the device to launch on and the GPU's SM count."""
+modules still import), the launch itself, the device to launch on and the GPU's SM count.
+
+``run_kernel(kernel, grid, *args, **kwargs)`` is ``kernel[grid](*args, **kwargs)`` at a fraction of its host time.
+Triton's ``JITFunction.run`` binds and specializes every argument, hashes the specialization and looks the kernel up
+on every launch: about 100 µs of Python on a typical server core, and an eager training step makes a hundred or more
+launches. Here the first launch of each specialization goes through Triton, which compiles and returns the
+compiled kernel; the later ones compute a key that is at least as fine as Triton's specialization (every
+constexpr's value; each tensor's dtype and 16-byte alignment; each integer's equality to 1, divisibility by 16 and
+width; option keywords such as ``num_warps``) and call the compiled kernel's launcher with the same arguments Triton
+passes it. Anything the key does not cover (an argument of another type, launch hooks set by a profiler, the
+interpreter, a Triton before 3.3) takes Triton's own path. ``VISIONSSM_TRITON_LAUNCH=triton`` always does (read at
+each launch, like the kernels' other switches).
+"""
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 
 import torch
 
@@ -16,7 +29,7 @@ except Exception:  # pragma: no cover - depends on the machine
     tl = None
     HAS_TRITON = False
 
-__all__ = ['HAS_TRITON', 'on_device', 'on_gpu', 'sm_count', 'tl', 'triton']
+__all__ = ['HAS_TRITON', 'on_device', 'on_gpu', 'run_kernel', 'sm_count', 'tl', 'triton']
 
 # Set by kernels/compile_check.py while it records the launches of CPU tensors (recorded, compiled, never run).
 RECORDING = False
@@ -43,3 +56,99 @@ _NO_CONTEXT = contextlib.nullcontext()
 def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA ``device`` (132, an H100's / H200's, for the interpreter)."""
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == 'cuda' else 132
+
+
+def run_kernel(kernel, grid, *args, **kwargs):
+    """``kernel[grid](*args, **kwargs)``; a specialization launched before skips Triton's binding (module
+    docstring). ``grid`` is a tuple of ints."""
+    launcher = _launchers.get(kernel, _UNSEEN)
+    if launcher is _UNSEEN:
+        launcher = _launchers[kernel] = _DirectLauncher.for_kernel(kernel)
+    if launcher is None or RECORDING or os.environ.get('VISIONSSM_TRITON_LAUNCH') == 'triton' or _hooks_set():
+        return kernel[grid](*args, **kwargs)
+    device = torch.cuda.current_device()
+    return launcher(grid, args, kwargs, device, torch._C._cuda_getCurrentRawStream(device))
+
+
+_launchers: dict = {}
+_UNSEEN = object()
+
+
+def _hooks_set() -> bool:
+    runtime = triton.knobs.runtime
+    return runtime.launch_enter_hook is not None or runtime.launch_exit_hook is not None
+
+
+_NO_DEFAULT = object()
+_WIDTHS = (-2 ** 31, 2 ** 31, 2 ** 63)
+
+
+class _DirectLauncher:
+    """The compiled kernels of one JITFunction by specialization key, and the launch through them."""
+
+    def __init__(self, kernel):
+        params = kernel.params
+        self.kernel = kernel
+        self.names = tuple(p.name for p in params)            # the parameters in order
+        self.name_set = frozenset(self.names)
+        self.constexpr = tuple(p.is_constexpr for p in params)  # keyed by value
+        self.defaults = tuple(p.default if p.has_default else _NO_DEFAULT for p in params)
+        self.compiled: dict = {}
+
+    @classmethod
+    def for_kernel(cls, kernel):
+        """A launcher for a compiled (not interpreted) ``JITFunction`` of a Triton whose launch this mirrors
+        (3.3 and later: ``triton.knobs``, every bound argument handed to the launcher); None otherwise."""
+        if not (HAS_TRITON and hasattr(triton, 'knobs')):
+            return None
+        from triton.runtime.jit import JITFunction
+        if type(kernel) is not JITFunction or triton.knobs.runtime.interpret:
+            return None
+        return cls(kernel)
+
+    def bind(self, args: tuple, kwargs: dict):
+        """``(values, key)``: every parameter's value in order (keywords and defaults filled in) and the
+        specialization key; key None where an argument is of a type the key does not cover."""
+        values = list(args)
+        names, defaults = self.names, self.defaults
+        for i in range(len(args), len(names)):
+            value = kwargs.get(names[i], defaults[i])
+            if value is _NO_DEFAULT:
+                return values, None
+            values.append(value)
+        # the compile options first (num_warps, num_stages, ...), then one entry per parameter
+        key = [tuple(sorted((k, v) for k, v in kwargs.items() if k not in self.name_set))]
+        for value, constexpr in zip(values, self.constexpr):
+            if constexpr:
+                key.append(value)
+            elif isinstance(value, torch.Tensor):
+                key.append((value.dtype, value.data_ptr() & 15 == 0))
+            elif isinstance(value, bool) or value is None:
+                key.append(value)
+            elif isinstance(value, int):
+                key.append((value == 1, value & 15 == 0, value < _WIDTHS[0] or value >= _WIDTHS[1],
+                            value >= _WIDTHS[2]))
+            elif isinstance(value, float):
+                key.append(float)
+            else:
+                return values, None
+        return values, tuple(key)
+
+    def __call__(self, grid, args, kwargs, device, stream):
+        values, key = self.bind(args, kwargs)
+        if key is None:
+            return self.kernel[grid](*args, **kwargs)
+        try:
+            compiled = self.compiled.get((device, key))
+        except TypeError:   # an unhashable constexpr
+            return self.kernel[grid](*args, **kwargs)
+        if compiled is None:
+            compiled = self.kernel[grid](*args, **kwargs)   # Triton binds, compiles where needed, launches
+            if hasattr(compiled, 'packed_metadata'):        # a CompiledKernel (not a future of an async compile)
+                self.compiled[(device, key)] = compiled
+            return compiled
+        grid_y = grid[1] if len(grid) > 1 else 1
+        grid_z = grid[2] if len(grid) > 2 else 1
+        compiled.run(grid[0], grid_y, grid_z, stream, compiled.function, compiled.packed_metadata, None, None, None,
+                     *values)
+        return compiled

@@ -33,7 +33,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .launch import HAS_TRITON as _HAS_TRITON, on_device, on_gpu, sm_count, tl, triton
+from .launch import HAS_TRITON as _HAS_TRITON, on_device, on_gpu, run_kernel, sm_count, tl, triton
 
 __all__ = ['layer_norm_forward', 'layer_norm_backward', 'gated_layer_norm_backward', 'supports']
 
@@ -225,7 +225,7 @@ def layer_norm_forward(x: torch.Tensor, width: int, weight: Optional[torch.Tenso
         mean = None if rms else torch.empty_like(rstd)
     block_m, block_n = _blocks(width, groups, gate is not None)
     with on_device(x.device):
-        _ln_fwd_kernel[(triton.cdiv(rows, block_m),)](
+        run_kernel(_ln_fwd_kernel, (triton.cdiv(rows, block_m),),
             x, y, _affine(weight, x), _affine(bias, x), z, y if mean is None else mean, y if rstd is None else rstd,
             rows, width, eps, z_stride, x.shape[-1] // width if gate is not None else 1, weight is not None,
             bias is not None, groups, stats, rms, gate is not None, block_m, block_n, num_warps=_WARPS)
@@ -264,7 +264,7 @@ def _backward(grad, x, width, weight, bias, mean, rstd, eps, groups, need_weight
         partials = torch.empty(programs, 2, groups, width, device=x.device, dtype=torch.float32)
     stat = rstd if rstd is not None else dx
     with on_device(x.device):
-        _ln_bwd_kernel[(programs,)](
+        run_kernel(_ln_bwd_kernel, (programs,),
             x, grad, dx, _affine(weight, x), _affine(bias, x), z, dz, y, stat if mean is None else mean, stat,
             partials, rows, width, tiles, eps, z_stride, x.shape[-1] // width if gate is not None else 1,
             weight is not None, bias is not None, need_weight_grads, groups, rms, gate is not None, y is not dx,

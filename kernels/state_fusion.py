@@ -30,7 +30,7 @@ from typing import Sequence
 
 import torch
 
-from .launch import HAS_TRITON as _HAS_TRITON, on_device, on_gpu, tl, triton
+from .launch import HAS_TRITON as _HAS_TRITON, on_device, on_gpu, run_kernel, tl, triton
 
 __all__ = ['fuse_states_triton', 'supports']
 
@@ -221,7 +221,7 @@ def fuse_forward(h: torch.Tensor, taps: torch.Tensor, dilations: Sequence[int]) 
     bw, bc = _blocks(width, channels)
     grid = (batch * height, triton.cdiv(width, bw), triton.cdiv(channels, bc))
     with on_device(h.device):
-        _fuse_fwd_kernel[grid](h, taps, out, height, width, channels, bw, bc, *dilations)
+        run_kernel(_fuse_fwd_kernel, grid, h, taps, out, height, width, channels, bw, bc, *dilations)
     return out
 
 
@@ -236,15 +236,16 @@ def fuse_backward(grad: torch.Tensor, h: torch.Tensor, taps: torch.Tensor, dilat
         dh = torch.empty_like(h)
         grid = (batch * height, triton.cdiv(width, bw), triton.cdiv(channels, bc))
         with on_device(h.device):
-            _fuse_bwd_h_kernel[grid](grad, taps, dh, height, width, channels, max(dilations), bw, bc, *dilations)
+            run_kernel(_fuse_bwd_h_kernel, grid, grad, taps, dh, height, width, channels, max(dilations), bw, bc,
+                       *dilations)
     if need_weight:
         n_rows = batch * height
         rows = max(1, triton.cdiv(n_rows, _PARTIALS))
         parts = triton.cdiv(n_rows, rows)
         partial = torch.empty(parts, 27, channels, device=h.device, dtype=torch.float32)
         with on_device(h.device):
-            _fuse_bwd_w_kernel[(parts, triton.cdiv(channels, bc))](grad, h, partial, n_rows, height, width, channels,
-                                                                     rows, bw, bc, *dilations)
+            run_kernel(_fuse_bwd_w_kernel, (parts, triton.cdiv(channels, bc)), grad, h, partial, n_rows, height,
+                       width, channels, rows, bw, bc, *dilations)
         dtaps = partial.sum(0)
     return dh, dtaps
 

@@ -67,7 +67,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from .launch import on_device, on_gpu, sm_count
+from .launch import on_device, on_gpu, run_kernel, sm_count
 from .reference import selective_scan_reference
 from .routes import RoutePlan, plan_routes, route_from_key
 
@@ -1112,16 +1112,15 @@ def triton_forward(u, delta, A, B, C, D, delta_bias, plan: RoutePlan, delta_soft
     if launch.chunked:
         sync = torch.zeros(1 + launch.seqs * launch.nck, device=dev, dtype=torch.int32)
         with on_device(dev):
-            launch.kernel[launch.grid](*args, ckpt, sync, launch.pos, launch.meta, *strides, W, N, K, launch.nblk,
-                                       launch.nck, launch.seqs, scale, **launch.consts, **flags)
+            run_kernel(launch.kernel, launch.grid, *args, ckpt, sync, launch.pos, launch.meta, *strides, W, N, K,
+                       launch.nblk, launch.nck, launch.seqs, scale, **launch.consts, **flags)
         if not need_grad:
             ckpt = ckpt.new_empty(0)
     else:
         with on_device(dev):
-            launch.kernel[launch.grid](*args, ckpt if need_grad else out, launch.pos, launch.meta, launch.shift,
-                                       *strides, W, N, K, launch.nck, scale,
-                                       OFF64=_off64(num_pos, su[1], sd[1], sB[1], sC[1], so[1]),
-                                       **launch.consts, **flags)
+            run_kernel(launch.kernel, launch.grid, *args, ckpt if need_grad else out, launch.pos, launch.meta,
+                       launch.shift, *strides, W, N, K, launch.nck, scale,
+                       OFF64=_off64(num_pos, su[1], sd[1], sB[1], sC[1], so[1]), **launch.consts, **flags)
     if states_only:
         return None, ckpt
     if launch.merge == 'routes':
@@ -1183,16 +1182,14 @@ def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePla
         carry = torch.empty((batch, K, launch.nck, W, N), device=dev, dtype=torch.float32)
         sync = torch.zeros(1 + launch.seqs * launch.nck, device=dev, dtype=torch.int32)
         with on_device(dev):
-            launch.kernel[launch.grid](*args, carry, sync, launch.pos, launch.meta, *grads, *strides,
-                                       part.stride(0), W, N, K, launch.nblk, launch.nck, launch.seqs, scale,
-                                       **launch.consts, **flags)
+            run_kernel(launch.kernel, launch.grid, *args, carry, sync, launch.pos, launch.meta, *grads, *strides,
+                       part.stride(0), W, N, K, launch.nblk, launch.nck, launch.seqs, scale, **launch.consts, **flags)
     else:
         with on_device(dev):
-            launch.kernel[launch.grid](*args, launch.pos, launch.meta, launch.shift, *grads, *strides,
-                                       part.stride(0), W, N, K, launch.nck, scale,
-                                       OFF64=_off64(num_pos, su[1], sd[1], sB[1], sC[1], so[1], sdu[1], sdd[1],
-                                                    sdB[1]),
-                                       **launch.consts, **flags)
+            run_kernel(launch.kernel, launch.grid, *args, launch.pos, launch.meta, launch.shift, *grads, *strides,
+                       part.stride(0), W, N, K, launch.nck, scale,
+                       OFF64=_off64(num_pos, su[1], sd[1], sB[1], sC[1], so[1], sdu[1], sdd[1], sdB[1]),
+                       **launch.consts, **flags)
     gA = dA.sum(0).view(KW, N).to(A.dtype)
     gD = dD.sum(0).to(D.dtype) if has_d else None
     gbias = dbias.sum(0).to(delta_bias.dtype) if bias32 is not None else None
