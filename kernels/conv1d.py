@@ -32,7 +32,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from .launch import HAS_TRITON as _HAS_TRITON, on_device, on_gpu, run_kernel, sm_count, tl, triton
+from .launch import (HAS_TRITON as _HAS_TRITON, cdiv, next_power_of_2, on_device, on_gpu, run_kernel, sm_count, tl,
+                     triton)
 
 __all__ = ['conv1d_forward', 'conv1d_backward', 'supports']
 
@@ -159,7 +160,7 @@ if _HAS_TRITON:
 
 
 def _block_c(channels: int, widest: int) -> int:
-    return min(widest, triton.next_power_of_2(channels))
+    return min(widest, next_power_of_2(channels))
 
 
 def _unit_channel_stride(x: torch.Tensor):
@@ -184,7 +185,7 @@ def conv1d_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     steps, widest, warps = _FWD
     block_c = _block_c(channels, widest)
     with on_device(x.device):
-        run_kernel(_conv_fwd_kernel, (triton.cdiv(length, steps), batch, triton.cdiv(channels, block_c)),
+        run_kernel(_conv_fwd_kernel, (cdiv(length, steps), batch, cdiv(channels, block_c)),
             x, weight, weight if bias is None else bias, y, length, channels, x.stride(0), x.stride(1),
             weight.stride(0), weight.stride(1), bias is not None, silu, repeats, taps, left, steps, block_c,
             num_warps=warps)
@@ -215,8 +216,8 @@ def conv1d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, b
         return (torch.zeros_like(x, memory_format=torch.contiguous_format) if need_x else None), dw, db
     steps, widest, warps = _BWD
     block_c = _block_c(channels, widest)
-    channel_blocks = triton.cdiv(channels, block_c)
-    t_tiles = triton.cdiv(length, steps)
+    channel_blocks = cdiv(channels, block_c)
+    t_tiles = cdiv(length, steps)
     tiles = batch * t_tiles
     programs = min(tiles, _programs(x, channel_blocks))
     gp = torch.empty(batch, length, width, device=x.device, dtype=torch.float32) if need_x else grad
@@ -225,13 +226,13 @@ def conv1d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, b
         run_kernel(_conv_bwd_kernel, (programs, channel_blocks),
             x, weight, weight if bias is None else bias, grad, gp, partials, length, channels, x.stride(0),
             x.stride(1), weight.stride(0), weight.stride(1), t_tiles, tiles, bias is not None, silu, need_x,
-            need_weights, repeats, taps, triton.next_power_of_2(taps), left, steps, block_c, num_warps=warps)
+            need_weights, repeats, taps, next_power_of_2(taps), left, steps, block_c, num_warps=warps)
         dx = None
         if need_x:
             steps, widest, warps = _DX
             block_c = _block_c(channels, widest)
             dx = torch.empty(batch, length, channels, device=x.device, dtype=x.dtype)
-            run_kernel(_conv_dx_kernel, (triton.cdiv(length, steps), batch, triton.cdiv(channels, block_c)),
+            run_kernel(_conv_dx_kernel, (cdiv(length, steps), batch, cdiv(channels, block_c)),
                 gp, weight, dx, length, channels, weight.stride(0), weight.stride(1), repeats, taps, left, steps,
                 block_c, num_warps=warps)
     if not need_weights:

@@ -29,10 +29,21 @@ except Exception:  # pragma: no cover - depends on the machine
     tl = None
     HAS_TRITON = False
 
-__all__ = ['HAS_TRITON', 'on_device', 'on_gpu', 'run_kernel', 'sm_count', 'tl', 'triton']
+__all__ = ['HAS_TRITON', 'cdiv', 'next_power_of_2', 'on_device', 'on_gpu', 'run_kernel', 'sm_count', 'tl', 'triton']
 
 # Set by kernels/compile_check.py while it records the launches of CPU tensors (recorded, compiled, never run).
 RECORDING = False
+
+
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)``: ``triton.cdiv`` for host code, where Triton's (a constexpr function since 3.4) costs
+    microseconds per call."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of 2 >= ``n`` (1 for n <= 1): ``triton.next_power_of_2`` for host code."""
+    return 1 << (n - 1).bit_length() if n > 1 else 1
 
 
 def on_gpu(t: torch.Tensor) -> bool:

@@ -33,7 +33,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from .launch import HAS_TRITON as _HAS_TRITON, on_device, on_gpu, run_kernel, sm_count, tl, triton
+from .launch import (HAS_TRITON as _HAS_TRITON, cdiv, next_power_of_2, on_device, on_gpu, run_kernel, sm_count, tl,
+                     triton)
 
 __all__ = ['layer_norm_forward', 'layer_norm_backward', 'gated_layer_norm_backward', 'supports']
 
@@ -184,7 +185,7 @@ def _programs(x: torch.Tensor) -> int:
 
 
 def _blocks(width: int, groups: int, gate: bool = False) -> Tuple[int, int]:
-    block_n = triton.next_power_of_2(width)
+    block_n = next_power_of_2(width)
     # a power of 2 and a multiple of groups; half the tile with a gate, whose backward holds twice the maps
     block_m = max(groups, (_TILE // 2 if gate else _TILE) // block_n)
     return block_m, block_n
@@ -225,7 +226,7 @@ def layer_norm_forward(x: torch.Tensor, width: int, weight: Optional[torch.Tenso
         mean = None if rms else torch.empty_like(rstd)
     block_m, block_n = _blocks(width, groups, gate is not None)
     with on_device(x.device):
-        run_kernel(_ln_fwd_kernel, (triton.cdiv(rows, block_m),),
+        run_kernel(_ln_fwd_kernel, (cdiv(rows, block_m),),
             x, y, _affine(weight, x), _affine(bias, x), z, y if mean is None else mean, y if rstd is None else rstd,
             rows, width, eps, z_stride, x.shape[-1] // width if gate is not None else 1, weight is not None,
             bias is not None, groups, stats, rms, gate is not None, block_m, block_n, num_warps=_WARPS)
@@ -257,7 +258,7 @@ def _backward(grad, x, width, weight, bias, mean, rstd, eps, groups, need_weight
         if out_dtype is not None:
             y = torch.empty(x.shape, device=x.device, dtype=out_dtype)
     block_m, block_n = _blocks(width, groups, gate is not None)
-    tiles = triton.cdiv(rows, block_m)
+    tiles = cdiv(rows, block_m)
     programs = max(1, min(tiles, _programs(x)))
     partials = dx   # a dummy pointer the kernel never writes without NEED_WB
     if need_weight_grads:   # dw's and db's partials in one buffer: one reduction launch for both

@@ -30,7 +30,7 @@ from typing import Sequence
 
 import torch
 
-from .launch import HAS_TRITON as _HAS_TRITON, on_device, on_gpu, run_kernel, tl, triton
+from .launch import HAS_TRITON as _HAS_TRITON, cdiv, next_power_of_2, on_device, on_gpu, run_kernel, tl, triton
 
 __all__ = ['fuse_states_triton', 'supports']
 
@@ -195,8 +195,8 @@ _PARTIALS = 512    # kernel-gradient partials per channel block (each program su
 
 
 def _blocks(width: int, channels: int) -> tuple[int, int]:
-    bc = min(64, triton.next_power_of_2(channels))
-    bw = max(1, min(triton.next_power_of_2(width), _TILE // bc))
+    bc = min(64, next_power_of_2(channels))
+    bw = max(1, min(next_power_of_2(width), _TILE // bc))
     return bw, bc
 
 
@@ -219,7 +219,7 @@ def fuse_forward(h: torch.Tensor, taps: torch.Tensor, dilations: Sequence[int]) 
     batch, height, width, channels = h.shape
     out = torch.empty_like(h)
     bw, bc = _blocks(width, channels)
-    grid = (batch * height, triton.cdiv(width, bw), triton.cdiv(channels, bc))
+    grid = (batch * height, cdiv(width, bw), cdiv(channels, bc))
     with on_device(h.device):
         run_kernel(_fuse_fwd_kernel, grid, h, taps, out, height, width, channels, bw, bc, *dilations)
     return out
@@ -234,17 +234,17 @@ def fuse_backward(grad: torch.Tensor, h: torch.Tensor, taps: torch.Tensor, dilat
     dh = dtaps = None
     if need_h:
         dh = torch.empty_like(h)
-        grid = (batch * height, triton.cdiv(width, bw), triton.cdiv(channels, bc))
+        grid = (batch * height, cdiv(width, bw), cdiv(channels, bc))
         with on_device(h.device):
             run_kernel(_fuse_bwd_h_kernel, grid, grad, taps, dh, height, width, channels, max(dilations), bw, bc,
                        *dilations)
     if need_weight:
         n_rows = batch * height
-        rows = max(1, triton.cdiv(n_rows, _PARTIALS))
-        parts = triton.cdiv(n_rows, rows)
+        rows = max(1, cdiv(n_rows, _PARTIALS))
+        parts = cdiv(n_rows, rows)
         partial = torch.empty(parts, 27, channels, device=h.device, dtype=torch.float32)
         with on_device(h.device):
-            run_kernel(_fuse_bwd_w_kernel, (parts, triton.cdiv(channels, bc)), grad, h, partial, n_rows, height,
+            run_kernel(_fuse_bwd_w_kernel, (parts, cdiv(channels, bc)), grad, h, partial, n_rows, height,
                        width, channels, rows, bw, bc, *dilations)
         dtaps = partial.sum(0)
     return dh, dtaps
