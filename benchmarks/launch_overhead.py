@@ -17,8 +17,8 @@ Each line is the median over 5 rounds of the host time per call, measured over `
   launch plus the merge);
 * the same inside ``torch.cuda.device``, which a Triton launch enters where the tensors' GPU is not the current one.
 
-The visionssm ops run twice: with ``run_kernel``'s direct launches (the default) and with every launch through
-Triton's ``JITFunction.run`` (``VISIONSSM_TRITON_LAUNCH=triton``).
+The visionssm ops and ``run_kernel`` run twice: with every launch through Triton's ``JITFunction.run`` (the default,
+``VISIONSSM_TRITON_LAUNCH=triton``) and with ``run_kernel``'s direct launches (``VISIONSSM_TRITON_LAUNCH=direct``).
 
 Compare a model's launches (``benchmarks/infer_host_proxy.py`` counts them) with these costs to see where a
 host-bound step's time goes. GPU only.
@@ -42,6 +42,10 @@ if triton is not None:
     @triton.jit
     def _empty(x_ptr, n, BLOCK: tl.constexpr):   # nothing to do: Triton's launcher alone
         pass
+
+
+# the cases timed with Triton's launches and with run_kernel's direct ones
+_SWITCHED = ('visionssm', 'depthwise_conv1d, Vim (T', 'selective', 'triton: empty kernel through')
 
 
 def per_call_us(fn, calls: int, rounds: int = 5) -> float:
@@ -106,7 +110,7 @@ def main(argv=None):
           f'host µs per call, median of 5 rounds of {args.calls}')
     with torch.no_grad():
         for name, fn in cases:
-            if not name.startswith(('visionssm', 'depthwise_conv1d, Vim (T', 'selective')):
+            if not name.startswith(_SWITCHED):
                 print(f'{per_call_us(fn, args.calls):8.1f} µs  {name}', flush=True)
                 continue
             for direct in (False, True):

@@ -1,16 +1,17 @@
 """What the Triton kernels of this folder share around a launch: triton itself (absent on some machines, where the
 modules still import), the launch itself, the device to launch on and the GPU's SM count.
 
-``run_kernel(kernel, grid, *args, **kwargs)`` is ``kernel[grid](*args, **kwargs)`` at a fraction of its host time.
+``run_kernel(kernel, grid, *args, **kwargs)`` is ``kernel[grid](*args, **kwargs)``, optionally with less host time.
 Triton's ``JITFunction.run`` binds and specializes every argument, hashes the specialization and looks the kernel up
-on every launch: about 100 µs of Python on a typical server core, and an eager training step makes a hundred or more
-launches. Here the first launch of each specialization goes through Triton, which compiles and returns the
+on every launch: 18 µs of host time for an empty 3-argument kernel on an H100 host with Triton 3.6
+(``benchmarks/launch_overhead.py``), growing with the arguments (the scan's kernels take about 45), and an eager
+training step makes over a hundred launches. Here the first launch of each specialization goes through Triton, which compiles and returns the
 compiled kernel; the later ones compute a key that is at least as fine as Triton's specialization (every
 constexpr's value; each tensor's dtype and 16-byte alignment; each integer's equality to 1, divisibility by 16 and
 width; option keywords such as ``num_warps``) and call the compiled kernel's launcher with the same arguments Triton
 passes it. Anything the key does not cover (an argument of another type, launch hooks set by a profiler, the
-interpreter, a Triton before 3.3) takes Triton's own path. ``VISIONSSM_TRITON_LAUNCH=triton`` always does (read at
-each launch, like the kernels' other switches).
+interpreter, a Triton before 3.3) takes Triton's own path. The direct launches are opt-in while they await a check on
+a GPU: ``VISIONSSM_TRITON_LAUNCH=direct`` (read at each launch, like the kernels' other switches) turns them on.
 """
 from __future__ import annotations
 
@@ -70,15 +71,22 @@ def sm_count(device: torch.device) -> int:
 
 
 def run_kernel(kernel, grid, *args, **kwargs):
-    """``kernel[grid](*args, **kwargs)``; a specialization launched before skips Triton's binding (module
-    docstring). ``grid`` is a tuple of ints."""
+    """``kernel[grid](*args, **kwargs)``; with ``VISIONSSM_TRITON_LAUNCH=direct``, a specialization launched before
+    skips Triton's binding (module docstring). ``grid`` is a tuple of ints."""
+    if os.environ.get('VISIONSSM_TRITON_LAUNCH', 'triton') != 'direct' or RECORDING:
+        return kernel[grid](*args, **kwargs)
     launcher = _launchers.get(kernel, _UNSEEN)
     if launcher is _UNSEEN:
         launcher = _launchers[kernel] = _DirectLauncher.for_kernel(kernel)
-    if launcher is None or RECORDING or os.environ.get('VISIONSSM_TRITON_LAUNCH') == 'triton' or _hooks_set():
+    if launcher is None or _hooks_set():
         return kernel[grid](*args, **kwargs)
+    return launcher(grid, args, kwargs, *_current_stream())
+
+
+def _current_stream():
+    """``(device index, raw stream)`` of the current CUDA device: where Triton launches."""
     device = torch.cuda.current_device()
-    return launcher(grid, args, kwargs, device, torch._C._cuda_getCurrentRawStream(device))
+    return device, torch._C._cuda_getCurrentRawStream(device)
 
 
 _launchers: dict = {}
@@ -86,8 +94,11 @@ _UNSEEN = object()
 
 
 def _hooks_set() -> bool:
+    """Whether a profiler set Triton's launch hooks. Triton 3.5 and later keep them as hook chains, never None:
+    an empty chain is no hook."""
     runtime = triton.knobs.runtime
-    return runtime.launch_enter_hook is not None or runtime.launch_exit_hook is not None
+    return any(hook is not None and bool(getattr(hook, 'calls', True))
+               for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook))
 
 
 _NO_DEFAULT = object()

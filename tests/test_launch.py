@@ -146,15 +146,48 @@ def test_arguments_the_key_does_not_cover_always_go_through_triton():
     assert len(kernel.triton_launches) == 4 and not kernel.compiled.launches
 
 
-def test_run_kernel_leaves_launches_to_triton_where_asked(monkeypatch):
+def _registered(monkeypatch):
+    """A fake kernel whose launches run_kernel may take directly, on a fake current device and stream."""
     kernel = _Kernel()
     monkeypatch.setitem(L._launchers, kernel, L._DirectLauncher(kernel))
-    monkeypatch.setenv('VISIONSSM_TRITON_LAUNCH', 'triton')
+    monkeypatch.setattr(L, '_current_stream', lambda: (0, 'stream'))
+    return kernel
+
+
+def test_run_kernel_launches_directly_when_asked(monkeypatch):
+    pytest.importorskip('triton')
+    kernel = _registered(monkeypatch)
+    for _ in range(3):
+        L.run_kernel(kernel, (1,), torch.zeros(4), 3, 1.0, FLAG=True)
+    assert len(kernel.triton_launches) == 3 and not kernel.compiled.launches   # Triton's launches by default
+    monkeypatch.setenv('VISIONSSM_TRITON_LAUNCH', 'direct')
+    for _ in range(3):   # Triton 3.5+'s empty launch-hook chains are no hooks
+        L.run_kernel(kernel, (1,), torch.zeros(4), 3, 1.0, FLAG=True)
+    assert len(kernel.triton_launches) == 4 and len(kernel.compiled.launches) == 2
+
+
+def test_run_kernel_leaves_launches_to_triton_under_hooks_and_recording(monkeypatch):
+    triton = pytest.importorskip('triton')
+    if not hasattr(triton, 'knobs'):
+        pytest.skip('a Triton before 3.3')
+    kernel = _registered(monkeypatch)
+    monkeypatch.setenv('VISIONSSM_TRITON_LAUNCH', 'direct')
+    L.run_kernel(kernel, (1,), torch.zeros(4), 3, 1.0, FLAG=True)   # compiled: the later ones could go directly
+    runtime = triton.knobs.runtime
+    hook = lambda metadata: None  # noqa: E731
+    chain = type(runtime.launch_enter_hook)() if hasattr(runtime.launch_enter_hook, 'add') else None
+    if chain is not None:   # a profiler adds its hook to Triton 3.5+'s chain
+        chain.add(hook)
+    monkeypatch.setattr(runtime, 'launch_enter_hook', chain if chain is not None else hook)
     L.run_kernel(kernel, (1,), torch.zeros(4), 3, 1.0, FLAG=True)
-    monkeypatch.delenv('VISIONSSM_TRITON_LAUNCH')
+    assert len(kernel.triton_launches) == 2 and not kernel.compiled.launches
+    monkeypatch.undo()
+    kernel = _registered(monkeypatch)
+    monkeypatch.setenv('VISIONSSM_TRITON_LAUNCH', 'direct')
     monkeypatch.setattr(L, 'RECORDING', True)   # compile_check records launches through Triton's binder
     L.run_kernel(kernel, (1,), torch.zeros(4), 3, 1.0, FLAG=True)
-    assert len(kernel.triton_launches) == 2
+    L.run_kernel(kernel, (1,), torch.zeros(4), 3, 1.0, FLAG=True)
+    assert len(kernel.triton_launches) == 2 and not kernel.compiled.launches
 
 
 def test_interpreted_kernels_launch_through_triton():
