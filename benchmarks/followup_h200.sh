@@ -43,10 +43,16 @@ base=${2:-1591727}
 PARTS=" ${PARTS:-tests new ab bench b8 sweep aoti fuzz} "
 LIMIT=${LIMIT:-580}
 part() { [[ "$PARTS" == *" $1 "* ]]; }
+# in_group SECONDS CMD...: CMD in a process group of its own, the whole group killed after SECONDS (exit 124). A plain
+# `timeout` stops pytest but can leave its xdist workers running on the GPU, under every measurement that follows.
+in_group() { local limit=$1; shift; setsid "$@" & local pid=$! rc
+             ( sleep "$limit"; kill -TERM -- "-$pid" 2> /dev/null && { sleep 5; kill -KILL -- "-$pid" 2> /dev/null; } ) &
+             local watchdog=$!; wait "$pid"; rc=$?; kill "$watchdog" 2> /dev/null
+             (( rc == 143 || rc == 137 )) && rc=124; return $rc; }
 mkdir -p "$dir"
 source benchmarks/gpu_env.sh
 part tests && { xdist=$(python3 -c 'import xdist' 2> /dev/null && echo "-n 8")
-    timeout 100 python3 -m pytest -p no:cacheprovider -q $xdist -rf tests/test_state_fusion.py \
+    in_group 100 python3 -m pytest -p no:cacheprovider -q $xdist -rf tests/test_state_fusion.py \
         tests/test_layer_norm.py tests/test_triton_scan.py > /tmp/gpu_tests.log 2>&1
     echo "[followup_h200] kernel tests: pytest exit $? (124: cut at 100 s)"
     grep -E "^E   .*Error|^FAILED|passed|failed" /tmp/gpu_tests.log | sort | uniq -c | head -n 30 | cut -c1-240
