@@ -14,15 +14,20 @@
 #  0b. (part "ln", not in the default set) the Triton LayerNorm alone: GroupMamba-T, VMamba-T, EfficientVMamba-T
 #      and Spatial-Mamba-T against the same code with VISIONSSM_LAYER_NORM=torch (ab.py --baseline-env), training
 #      and batch-128 inference, then batch-8 inference (the host-bound case). LN_BASE names that code: a revision,
-#      or a `git archive` of it where the checkout has no history (default HEAD).
+#      or a `git archive` of it where the checkout has no history (default: this working tree, as a tar).
 #  0c. (part "states", not in the default set) the scan's state checkpoints recomputed in the backward at d_state > 4
 #      (the default) against kept (VISIONSSM_SCAN_STATES=keep, ab.py --baseline-env): PlainMamba-L1,
 #      EfficientVMamba-T and MambaVision-T training, speed and peak memory, then kernels/bench.py at Vim-S's
-#      shapes (both ways). STATES_BASE names the code as LN_BASE does (default HEAD);
+#      shapes (both ways). STATES_BASE names the code as LN_BASE does;
 #  0d. (part "host", not in the default set) where an eager training step's host time goes: launch_overhead.py (the
-#      host time of one launch of each op), then train_step_host.py at batch 2, where the GPU idles and the step
-#      takes its host time, for VMamba-T with the Triton LayerNorm, VMamba-T with PyTorch's
-#      (VISIONSSM_LAYER_NORM=torch) and Swin-T (host_step.log);
+#      host time of one launch of each op, through Triton's launcher and run_kernel's direct one), then
+#      train_step_host.py at batch 2, where the GPU idles and the step takes its host time: VMamba-T through
+#      Triton's launches, through direct ones (VISIONSSM_TRITON_LAUNCH=direct) and with PyTorch's LayerNorm
+#      (VISIONSSM_LAYER_NORM=torch), three rounds in turn (one process each differs by tens of ms), then Swin-T
+#      (host_step.log);
+#  0e. (part "launch", not in the default set) tests/test_launch.py on the GPU, then ab.py: the direct launches
+#      against Triton's on the same code (--baseline-env VISIONSSM_TRITON_LAUNCH=triton), VMamba-T, GroupMamba-T,
+#      Spatial-Mamba-T and Vim-T, bf16 training and inference (ab_launch.json);
 #   1. ab.py: this checkout against BASELINE_REV (default: the revision before the GroupMamba / Spatial-Mamba / Vim
 #      memory work) for GroupMamba-T, Spatial-Mamba-T, Vim-T/S and VMamba-T, bf16 inference and training;
 #   2. tools/benchmark.py: MambaVision-T, PlainMamba-L1, MSVMamba-T beside ConvNeXt-T (bf16, batch 128, 224²), and
@@ -36,7 +41,8 @@
 # BENCH_BUDGET change part 2's models and seconds); the fuzz takes what is left of LIMIT (default 580 seconds since
 # the script started). Writes DIR (default $OUT): env.txt, ab_new.json, ab.json, bench.json, bench_b8.json,
 # export_latency.json, fuzz.json, fuzz.log (8 files; the kernel sweep prints to the console); part ln: ab_ln.json,
-# ab_ln_b8.json; part states: ab_states.json; part profile8: profile_b8.log; part host: host_step.log.
+# ab_ln_b8.json; part states: ab_states.json; part profile8: profile_b8.log; part host: host_step.log; part launch:
+# ab_launch.json.
 set -uo pipefail
 dir=${1:-${OUT:?set OUT or pass an output directory}}
 base=${2:-1591727}
@@ -50,6 +56,9 @@ in_group() { local limit=$1; shift; setsid "$@" & local pid=$! rc
              local watchdog=$!; wait "$pid"; rc=$?; kill "$watchdog" 2> /dev/null
              (( rc == 143 || rc == 137 )) && rc=124; return $rc; }
 mkdir -p "$dir"
+# the switch A/Bs' baseline by default: this working tree itself (a device checkout's git history, where it has one,
+# need not match the files that travelled)
+same=$(mktemp --suffix=.tar); tar cf "$same" --exclude=visionssm/kernels visionssm kernels
 source benchmarks/gpu_env.sh
 part tests && { xdist=$(python3 -c 'import xdist' 2> /dev/null && echo "-n 8")
     in_group 100 python3 -m pytest -p no:cacheprovider -q $xdist -rf tests/test_state_fusion.py \
@@ -61,22 +70,33 @@ part profile8 && timeout 60 python3 tools/profile_model.py vmamba_tiny_s1l8 --ba
     > "$dir/profile_b8.log" 2>&1
 part new && timeout 280 python3 benchmarks/ab.py --baseline "${NEW_BASE:-e25da85}" --rounds 5 --json "$dir/ab_new.json" \
     --models spatialmamba_tiny efficientvmamba_tiny groupmamba_tiny vmamba_tiny_s1l8 spatialmamba_small 2>&1 | tail -n 16
-part ln && { timeout 220 python3 benchmarks/ab.py --baseline "${LN_BASE:-HEAD}" --baseline-env VISIONSSM_LAYER_NORM=torch \
+part ln && { timeout 220 python3 benchmarks/ab.py --baseline "${LN_BASE:-$same}" --baseline-env VISIONSSM_LAYER_NORM=torch \
         --rounds 5 --json "$dir/ab_ln.json" --models groupmamba_tiny vmamba_tiny_s1l8 efficientvmamba_tiny \
         spatialmamba_tiny 2>&1 | tail -n 12
-    timeout 90 python3 benchmarks/ab.py --baseline "${LN_BASE:-HEAD}" --baseline-env VISIONSSM_LAYER_NORM=torch \
+    timeout 90 python3 benchmarks/ab.py --baseline "${LN_BASE:-$same}" --baseline-env VISIONSSM_LAYER_NORM=torch \
         --rounds 5 --batch 8 --modes infer --json "$dir/ab_ln_b8.json" --models vmamba_tiny_s1l8 groupmamba_tiny \
         2>&1 | tail -n 6; }
-part states && { timeout 240 python3 benchmarks/ab.py --baseline "${STATES_BASE:-HEAD}" \
+part states && { timeout 240 python3 benchmarks/ab.py --baseline "${STATES_BASE:-$same}" \
         --baseline-env VISIONSSM_SCAN_STATES=keep --rounds 5 --modes train --json "$dir/ab_states.json" \
         --models plainmamba_l1 efficientvmamba_tiny mambavision_t 2>&1 | tail -n 10
     timeout 90 python3 kernels/bench.py --no-ref --only Vim 2>&1 | tail -n 8; }
-part host && { timeout 90 python3 benchmarks/launch_overhead.py 2>&1 | tail -n 16
-    for run in vmamba_tiny_s1l8:triton vmamba_tiny_s1l8:torch swin_tiny_patch4_window7_224:triton; do
-        echo "== $run (model:LayerNorm)" >> "$dir/host_step.log"
-        VISIONSSM_LAYER_NORM=${run#*:} timeout 60 python3 benchmarks/train_step_host.py --model "${run%%:*}" \
-            --batch 2 --optimizer adamw-fused --cprofile >> "$dir/host_step.log" 2>&1
-    done; grep -E "^== | ms .* host " "$dir/host_step.log"; }
+part host && { timeout 90 python3 benchmarks/launch_overhead.py 2>&1 | tail -n 20
+    for round in 1 2 3; do
+        for run in vmamba_tiny_s1l8:triton:triton vmamba_tiny_s1l8:triton:direct vmamba_tiny_s1l8:torch:direct; do
+            IFS=: read -r model norm launch <<< "$run"
+            echo "== round $round: $model LayerNorm=$norm launch=$launch" >> "$dir/host_step.log"
+            VISIONSSM_LAYER_NORM=$norm VISIONSSM_TRITON_LAUNCH=$launch timeout 60 python3 benchmarks/train_step_host.py \
+                --model "$model" --batch 2 --optimizer adamw-fused >> "$dir/host_step.log" 2>&1
+        done
+    done
+    echo "== swin_tiny_patch4_window7_224" >> "$dir/host_step.log"
+    timeout 60 python3 benchmarks/train_step_host.py --model swin_tiny_patch4_window7_224 --batch 2 \
+        --optimizer adamw-fused >> "$dir/host_step.log" 2>&1
+    grep -E "^== | step ms " "$dir/host_step.log"; }
+part launch && { in_group 120 python3 -m pytest -p no:cacheprovider -q -rf tests/test_launch.py 2>&1 | tail -n 4
+    VISIONSSM_TRITON_LAUNCH=direct timeout 240 python3 benchmarks/ab.py --baseline "${LAUNCH_BASE:-$same}" \
+        --baseline-env VISIONSSM_TRITON_LAUNCH=triton --rounds 5 --json "$dir/ab_launch.json" \
+        --models vmamba_tiny_s1l8 groupmamba_tiny spatialmamba_tiny vim_tiny 2>&1 | tail -n 12; }
 part ab && timeout 200 python3 benchmarks/ab.py --baseline "$base" --rounds 5 --json "$dir/ab.json" \
     --models groupmamba_tiny spatialmamba_tiny vim_tiny vim_small vmamba_tiny_s1l8 2>&1 | tail -n 30
 part bench && python3 tools/benchmark.py --no-baselines --time-budget "${BENCH_BUDGET:-150}" --json "$dir/bench.json" \
