@@ -37,8 +37,8 @@ RECORDING = False
 
 
 def cdiv(a: int, b: int) -> int:
-    """``ceil(a / b)``: ``triton.cdiv`` for host code, where Triton's (a constexpr function since 3.4) costs
-    microseconds per call."""
+    """``ceil(a / b)``: ``triton.cdiv`` for host code, where Triton's (a constexpr function in recent releases)
+    costs microseconds per call."""
     return -(-a // b)
 
 
