@@ -9,7 +9,10 @@ if ! python3 -m pip install -q --no-deps --no-build-isolation --no-index -e .; t
     [[ -e visionssm/kernels ]] || ln -s ../kernels visionssm/kernels
     export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; git rev-parse HEAD 2>/dev/null
+# the commit, flagged where the code that travelled differs from it (a device's checkout may carry an older .git)
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  git rev-parse HEAD 2> /dev/null && [[ -n $(git status --porcelain -- visionssm kernels 2> /dev/null | head -n 1) ]] \
+      && echo "(visionssm/ or kernels/ differ from that commit: the code measured is the working tree)"
   python3 -c "import torch, triton, timm; print('torch', torch.__version__, 'triton', triton.__version__, 'timm', timm.__version__)"
   command -v nvcc > /dev/null && nvcc --version | tail -1
 } | tee "$dir/env.txt"
