@@ -69,3 +69,31 @@ def test_kernel_launch_enters_a_device_context_only_for_another_gpu(monkeypatch)
     assert isinstance(launch.on_device(torch.device('cpu')), contextlib.nullcontext)
     assert isinstance(launch.on_device(torch.device('cuda', 0)), contextlib.nullcontext)   # current already
     assert isinstance(launch.on_device(torch.device('cuda', 1)), torch.cuda.device)
+
+
+def test_route_projection_weight_is_composed_in_float32_under_autocast():
+    """SS2D's composed Δ / B / C projection stays float32 under autocast, equal to its float32 composition: the one
+    GEMM that reads it casts it once (casting the factors, the product and the cat's result instead cost eight
+    launches per layer and step, forward and backward)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from visionssm.layers.ss2d import projection_weight
+
+    class Casts(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.count += func is torch.ops.aten._to_copy.default
+            return func(*args, **(kwargs or {}))
+
+    x_proj = torch.randn(4, 6 + 2 * 16, 24, requires_grad=True)
+    dt_proj = torch.randn(4, 24, 6, requires_grad=True)
+    want = projection_weight(x_proj, dt_proj)
+    with torch.autocast('cpu', dtype=torch.bfloat16), Casts() as casts:
+        got = projection_weight(x_proj, dt_proj)
+    assert got.dtype == torch.float32 and casts.count == 0
+    assert torch.equal(got, want) and want.shape == (4 * 24 + 4 * 2 * 16, 24)
+    got.sum().backward()
+    assert x_proj.grad.dtype == dt_proj.grad.dtype == torch.float32
