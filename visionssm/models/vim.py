@@ -210,41 +210,97 @@ def fuse_bidirectional_weights(dtype: torch.dtype, d_state: int, conv_w, conv_w_
     return conv, conv_b, x_proj, dt_proj, A, D, delta_bias
 
 
+class _FusionLayout:
+    """Where each element of ``fuse_bidirectional_weights``'s four low-precision outputs (conv weight, conv bias,
+    x_proj, dt_proj) comes from: an index into the concatenation of the parameters they are made of, flattened,
+    with one zero appended for the padding and the off-diagonal blocks; and back, where each parameter element went.
+    Built once per shape, device and dtype by running ``fuse_bidirectional_weights`` itself on the elements'
+    positions, so the layout cannot drift from the ops that the traced path runs."""
+
+    def __init__(self, shapes: Tuple[Tuple[int, ...], ...], d_state: int, device: torch.device, dtype: torch.dtype):
+        self.shapes = shapes   # conv_w, conv_w_b, [conv_bias, conv_bias_b,] x_proj, x_proj_b, dt_w, dt_w_b
+        self.sizes = [math.prod(shape) for shape in shapes]
+        total = sum(self.sizes)
+        # 1-based positions: the zeros that the pads and block-diagonals insert mark the appended zero element
+        parts = [p.view(shape) for p, shape in zip(torch.arange(1, total + 1).split(self.sizes), shapes)]
+        conv_w, conv_w_b, *rest = parts
+        conv_bias, conv_bias_b = rest[:2] if len(parts) == 8 else (None, None)
+        x_proj, x_proj_b, dt_w, dt_w_b = rest[-4:]
+        e, n = conv_w.shape[0], d_state
+        floats = torch.zeros(e), torch.zeros(e), torch.zeros(e, n), torch.zeros(e, n), torch.zeros(e), torch.zeros(e)
+        outs = fuse_bidirectional_weights(torch.int64, d_state, conv_w, conv_w_b, conv_bias, conv_bias_b, x_proj,
+                                          x_proj_b, dt_w, dt_w_b, *floats)[:4]
+        self.out_shapes = [None if o is None else o.shape for o in outs]
+        self.out_sizes = [o.numel() for o in outs if o is not None]
+        index = torch.cat([o.flatten() for o in outs if o is not None]) - 1
+        index[index < 0] = total
+        placed = index < total
+        if not torch.equal(torch.sort(index[placed]).values, torch.arange(total)):
+            raise AssertionError('Vim weight fusion: every parameter element must appear exactly once')
+        inverse = torch.empty(total, dtype=torch.long)
+        inverse[index[placed]] = placed.nonzero().squeeze(1)
+        self.index, self.inverse = index.to(device), inverse.to(device)
+        self.zero = torch.zeros(1, device=device, dtype=dtype)
+
+
+_layouts: Dict[tuple, _FusionLayout] = {}
+
+
+def _fusion_layout(params: Sequence[torch.Tensor], d_state: int) -> _FusionLayout:
+    key = (tuple(p.shape for p in params), d_state, params[0].device, params[0].dtype)
+    layout = _layouts.get(key)
+    if layout is None:
+        with torch.inference_mode(False), torch.no_grad():
+            layout = _layouts[key] = _FusionLayout(key[0], d_state, key[2], key[3])
+    return layout
+
+
 class _FusedWeights(torch.autograd.Function):
-    """``fuse_bidirectional_weights`` as one autograd node. Its backward takes each parameter's gradient straight
-    out of the fused one (slices, one flip, the casts back): autograd's own backward of the cats, pads, flip and
-    block-diagonals dispatches about five times the ops, host time that a training step of 24 Vim blocks feels."""
+    """``fuse_bidirectional_weights`` as one autograd node of 7 kernels forward and 4 backward per block, where its
+    plain ops (cats, pads, a flip, block-diagonals and a cast per weight) make 18 forward and their gradients' casts
+    10 backward: host time that a training step of 24 Vim blocks feels. The four low-precision weights
+    are one gather from the cast concatenation of their parameters (``_FusionLayout``), returned as views; the
+    backward gathers each parameter's gradient back out of theirs in one pass. A, D and the Δ-bias are in full
+    precision."""
 
     @staticmethod
     def forward(ctx, dtype, d_state, *params):
-        out = fuse_bidirectional_weights(dtype, d_state, *params)
-        conv_w, dt_w = params[0], params[6]
-        ctx.dims = conv_w.shape[0], conv_w.shape[-1], params[4].shape[0], dt_w.shape[1]   # E, k, R + 2N, R
+        slots = [i for i in range(8) if params[i] is not None]   # conv_w ... dt_w_b, without absent conv biases
+        low = [params[i] for i in slots]
+        layout = _fusion_layout(low, d_state)
+        source = torch.cat([p.reshape(-1) for p in low] + [layout.zero]).to(dtype)
+        fused = iter(torch.index_select(source, 0, layout.index).split(layout.out_sizes))
+        outs = [None if shape is None else next(fused).view(shape) for shape in layout.out_shapes]
+        e = params[0].shape[0]
+        dt_bias, dt_bias_b, A_log, A_b_log, D, D_b = params[8:]
+        # A apart from D and the Δ-bias: as views of one buffer they would keep A_log's copy alive with them
+        A = torch.exp(full_precision(torch.cat([A_log, A_b_log]))).neg_()
+        D_cat, delta_bias = full_precision(torch.cat([D, D_b, dt_bias, dt_bias_b])).split(2 * e)
+        ctx.layout, ctx.slots, ctx.e = layout, slots, e
         ctx.dtypes = [p.dtype if p is not None else None for p in params]
-        ctx.save_for_backward(out[4])   # A = -exp(A_log): dA/dA_log = A
-        return out
+        ctx.save_for_backward(A)   # A = -exp(A_log): dA/dA_log = A
+        return (*outs, A, D_cat, delta_bias)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_conv, g_conv_b, g_x_proj, g_dt_proj, g_A, g_D, g_delta_bias):
-        E, k, P, R = ctx.dims
+        layout, e = ctx.layout, ctx.e
         grads = [None] * 14
-        if g_conv is not None:
-            grads[0:2] = g_conv[:E, :, :k], g_conv[E:, :, k - 1:].flip(-1)
-        if g_conv_b is not None:
-            grads[2:4] = g_conv_b[:E], g_conv_b[E:]
-        if g_x_proj is not None:
-            grads[4:6] = g_x_proj[:P, :E], g_x_proj[P:, E:]
-        if g_dt_proj is not None:
-            grads[6:8] = g_dt_proj[:E, :R], g_dt_proj[E:, P:P + R]
+        # autograd hands zeros for an output without a gradient (materialized grads), None for an absent one
+        low_grads = [g for g in (g_conv, g_conv_b, g_x_proj, g_dt_proj) if g is not None]
+        if any(ctx.needs_input_grad[2 + slot] for slot in ctx.slots):
+            flat = torch.cat([g.reshape(-1) for g in low_grads])
+            flat = torch.index_select(flat, 0, layout.inverse).to(ctx.dtypes[0])   # one cast for all of them
+            for slot, piece, shape in zip(ctx.slots, flat.split(layout.sizes), layout.shapes):
+                grads[slot] = piece.view(shape)
         if g_delta_bias is not None:
-            grads[8:10] = g_delta_bias[:E], g_delta_bias[E:]
+            grads[8:10] = g_delta_bias[:e], g_delta_bias[e:]
         if g_A is not None:
             (A,) = ctx.saved_tensors
             g = g_A * A
-            grads[10:12] = g[:E], g[E:]
+            grads[10:12] = g[:e], g[e:]
         if g_D is not None:
-            grads[12:14] = g_D[:E], g_D[E:]
+            grads[12:14] = g_D[:e], g_D[e:]
         grads = [g.to(dtype) if g is not None and dtype is not None else None for g, dtype in zip(grads, ctx.dtypes)]
         return (None, None, *(g if need else None for g, need in zip(grads, ctx.needs_input_grad[2:])))
 
