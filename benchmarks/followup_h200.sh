@@ -9,8 +9,8 @@
 #      failures and distinct errors print to the console);
 #   0. (part "new") an A/B of Spatial-Mamba-T/S, EfficientVMamba-T, GroupMamba-T and VMamba-T against the
 #      revision before their latest changes (the two kernels, the leaner EfficientVMamba and GroupMamba blocks):
-#      speed and peak memory. NEW_BASE names that revision, or a `git archive` of it where the
-#      checkout has no history;
+#      speed and peak memory (NEW_MODELS replaces the models). NEW_BASE names that revision, or a `git archive` of
+#      it where the checkout has no history;
 #  0b. (part "ln", not in the default set) the Triton LayerNorm alone: GroupMamba-T, VMamba-T, EfficientVMamba-T
 #      and Spatial-Mamba-T against the same code with VISIONSSM_LAYER_NORM=torch (ab.py --baseline-env), training
 #      and batch-128 inference, then batch-8 inference (the host-bound case). LN_BASE names that code: a revision,
@@ -69,7 +69,8 @@ part tests && { xdist=$(python3 -c 'import xdist' 2> /dev/null && echo "-n 8")
 part profile8 && timeout 60 python3 tools/profile_model.py vmamba_tiny_s1l8 --batch 8 --steps 10 --top 20 \
     > "$dir/profile_b8.log" 2>&1
 part new && timeout 280 python3 benchmarks/ab.py --baseline "${NEW_BASE:-e25da85}" --rounds 5 --json "$dir/ab_new.json" \
-    --models spatialmamba_tiny efficientvmamba_tiny groupmamba_tiny vmamba_tiny_s1l8 spatialmamba_small 2>&1 | tail -n 16
+    --models ${NEW_MODELS:-spatialmamba_tiny efficientvmamba_tiny groupmamba_tiny vmamba_tiny_s1l8 spatialmamba_small} \
+    2>&1 | tail -n 16
 part ln && { timeout 220 python3 benchmarks/ab.py --baseline "${LN_BASE:-$same}" --baseline-env VISIONSSM_LAYER_NORM=torch \
         --rounds 5 --json "$dir/ab_ln.json" --models groupmamba_tiny vmamba_tiny_s1l8 efficientvmamba_tiny \
         spatialmamba_tiny 2>&1 | tail -n 12
