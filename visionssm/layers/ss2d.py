@@ -77,9 +77,11 @@ def projection_weight(x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor
     # Composed in the parameters' dtype also under autocast: its casts of both factors, of the product back for the
     # cat with the float32 B / C rows, and again for the GEMM (each with a cast back in the backward) would be eight
     # launches per layer and step, where the GEMM's one cast of the result remains (and one rounding, not two)
+    # split, not slices: one cat in the backward, where two slices' backward each zero-fill and copy, then add
+    w_dt, w_bc = x_proj_weight.split([rank, x_proj_weight.shape[1] - rank], dim=1)
     with _autocast_off(x_proj_weight):
-        w_dt = torch.matmul(dt_projs_weight, x_proj_weight[:, :rank])          # (K, D, D)
-        return torch.cat([w_dt.flatten(0, 1), x_proj_weight[:, rank:].flatten(0, 1)])
+        w_dt = torch.matmul(dt_projs_weight, w_dt)          # (K, D, D)
+        return torch.cat([w_dt.flatten(0, 1), w_bc.flatten(0, 1)])
 
 
 def _autocast_off(t: torch.Tensor):
