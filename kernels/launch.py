@@ -2,16 +2,17 @@
 modules still import), the launch itself, the device to launch on and the GPU's SM count.
 
 ``run_kernel(kernel, grid, *args, **kwargs)`` is ``kernel[grid](*args, **kwargs)``, optionally with less host time.
-Triton's ``JITFunction.run`` binds and specializes every argument, hashes the specialization and looks the kernel up
-on every launch: 18 µs of host time for an empty 3-argument kernel on an H100 host with Triton 3.6
+Triton's ``JITFunction.run`` binds and specializes every argument, hashes the specialization and looks the kernel up on
+every launch: 18 µs of host time for an empty 3-argument kernel on an H100 host with Triton 3.6
 (``benchmarks/launch_overhead.py``), growing with the arguments (the scan's kernels take about 45), and an eager
-training step makes over a hundred launches. Here the first launch of each specialization goes through Triton, which compiles and returns the
-compiled kernel; the later ones compute a key that is at least as fine as Triton's specialization (every
-constexpr's value; each tensor's dtype and 16-byte alignment; each integer's equality to 1, divisibility by 16 and
-width; option keywords such as ``num_warps``) and call the compiled kernel's launcher with the same arguments Triton
-passes it. Anything the key does not cover (an argument of another type, launch hooks set by a profiler, the
-interpreter, a Triton before 3.3) takes Triton's own path. The direct launches are opt-in while they await a check on
-a GPU: ``VISIONSSM_TRITON_LAUNCH=direct`` (read at each launch, like the kernels' other switches) turns them on.
+training step makes over a hundred launches. Here the first launch of each specialization goes through Triton, which
+compiles and returns the compiled kernel; the later ones compute a key that is at least as fine as Triton's
+specialization (every constexpr's value; each tensor's dtype and 16-byte alignment; each integer's equality to 1,
+divisibility by 16 and width; option keywords such as ``num_warps``) and call the compiled kernel's launcher with the
+same arguments Triton passes it. Anything the key does not cover (an argument of another type, launch hooks set by a
+profiler, the interpreter, a Triton before 3.3) takes Triton's own path. The direct launches are opt-in while they await
+a check on a GPU: ``VISIONSSM_TRITON_LAUNCH=direct`` (read at each launch, like the kernels' other switches) turns them
+on.
 """
 from __future__ import annotations
 

@@ -9,6 +9,15 @@ import sys
 import torch
 
 
+def nvidia_backend() -> bool:
+    """Whether triton has its NVIDIA backend (compiler, ptxas): what compiling for a GPU without one needs."""
+    try:
+        from triton.backends import backends
+    except ImportError:   # pragma: no cover - no triton, or an older one
+        return False
+    return 'nvidia' in backends
+
+
 def needs_fresh_process(kernel) -> bool:
     """True without CUDA when ``kernel`` (a ``triton.jit`` function) was not built for the interpreter."""
     return not torch.cuda.is_available() and not type(kernel).__name__.startswith('Interpreted')

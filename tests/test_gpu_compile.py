@@ -10,20 +10,13 @@ import textwrap
 
 import pytest
 
+from _interpreter import nvidia_backend
+
 triton = pytest.importorskip('triton')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def _nvidia_backend() -> bool:
-    try:
-        from triton.backends import backends
-    except ImportError:   # pragma: no cover - older triton
-        return False
-    return 'nvidia' in backends
-
-
-pytestmark = pytest.mark.skipif(not _nvidia_backend(), reason="triton without its NVIDIA backend (compiler, ptxas)")
+pytestmark = pytest.mark.skipif(not nvidia_backend(), reason="triton without its NVIDIA backend (compiler, ptxas)")
 
 
 def _run(args, timeout=1500):

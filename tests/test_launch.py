@@ -16,18 +16,12 @@ import torch
 
 from visionssm.kernels import launch as L
 
+from _interpreter import nvidia_backend
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _nvidia_backend() -> bool:
-    try:
-        from triton.backends import backends
-    except ImportError:   # pragma: no cover - no triton, or an older one
-        return False
-    return 'nvidia' in backends
-
-
-@pytest.mark.skipif(not _nvidia_backend(), reason="triton without its NVIDIA backend")
+@pytest.mark.skipif(not nvidia_backend(), reason="triton without its NVIDIA backend")
 def test_the_key_tells_apart_every_specialization_of_the_models_launches():
     """Each launch of every test model (training step and eval; fp32 and bf16 autocast) and of the scan at long
     routes, bound by Triton's binder for sm_90 and keyed by run_kernel: one key, one specialization."""

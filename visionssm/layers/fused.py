@@ -3,6 +3,7 @@ kernels, and less kept for the backward. Each equals its plain form (tests/test_
 float64)."""
 from __future__ import annotations
 
+import contextlib
 from typing import Optional, Tuple
 
 import torch
@@ -12,7 +13,7 @@ from timm.layers import register_notrace_function
 
 from .cache import tracing
 
-__all__ = ['autocast_dtype', 'autocast_enabled', 'block_diagonal', 'conv_silu', 'group_projections']
+__all__ = ['autocast_dtype', 'autocast_enabled', 'autocast_off', 'block_diagonal', 'conv_silu', 'group_projections']
 
 
 class _BlockDiagonal(torch.autograd.Function):
@@ -48,6 +49,12 @@ def autocast_enabled(x: torch.Tensor) -> bool:
     """Whether autocast is on for ``x``'s device type."""
     device = x.device.type
     return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+
+
+def autocast_off(x: torch.Tensor):
+    """A context with autocast switched off for ``x``'s device type where it is on (nothing otherwise): small ops
+    on float32 parameters then stay in float32, with none of autocast's casts around them."""
+    return torch.autocast(x.device.type, enabled=False) if autocast_enabled(x) else contextlib.nullcontext()
 
 
 @register_notrace_function

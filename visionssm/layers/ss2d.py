@@ -10,7 +10,6 @@ autowrap passes over module globals that start with an underscore.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Optional, Sequence, Tuple, Type, Union
 
@@ -24,7 +23,7 @@ from visionssm.ops import Route, cross_routes, selective_scan
 from visionssm.ops.selective_scan import TORCHSCRIPT_UNSUPPORTED
 
 from .cache import CastCachedConv2d, CastCachedLinear, cached_while_inferring, tracing
-from .fused import autocast_enabled
+from .fused import autocast_off
 from .norm import gated_layer_norm, norm_to
 
 __all__ = ['SS2D', 'ScanLayer', 'InputDtypeLayerNorm', 'init_dt_bias', 'full_precision', 'scan_out_dtype']
@@ -74,19 +73,14 @@ def projection_weight(x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor
     per-route batched matmul with permute copies, and no dt_rank-wide GEMMs (at dt_rank 6 their weight gradients
     ran as unaligned kernels that took ~19% of a VMamba-T training step on an H100, tools/profile_model.py)."""
     rank = dt_projs_weight.shape[-1]
+    # split, not slices: one cat in the backward, where two slices' backward each zero-fill and copy, then add
+    w_dt, w_bc = x_proj_weight.split([rank, x_proj_weight.shape[1] - rank], dim=1)
     # Composed in the parameters' dtype also under autocast: its casts of both factors, of the product back for the
     # cat with the float32 B / C rows, and again for the GEMM (each with a cast back in the backward) would be eight
     # launches per layer and step, where the GEMM's one cast of the result remains (and one rounding, not two)
-    # split, not slices: one cat in the backward, where two slices' backward each zero-fill and copy, then add
-    w_dt, w_bc = x_proj_weight.split([rank, x_proj_weight.shape[1] - rank], dim=1)
-    with _autocast_off(x_proj_weight):
+    with autocast_off(x_proj_weight):
         w_dt = torch.matmul(dt_projs_weight, w_dt)          # (K, D, D)
         return torch.cat([w_dt.flatten(0, 1), w_bc.flatten(0, 1)])
-
-
-def _autocast_off(t: torch.Tensor):
-    """Autocast switched off for ``t``'s device where it is on; nothing otherwise."""
-    return torch.autocast(t.device.type, enabled=False) if autocast_enabled(t) else contextlib.nullcontext()
 
 
 @register_notrace_function

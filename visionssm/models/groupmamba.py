@@ -59,7 +59,6 @@ cannot be scripted: ``torch.jit.script``, or building under timm's ``set_scripta
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 from functools import partial
@@ -75,7 +74,7 @@ from timm.models._features import feature_take_indices
 
 from visionssm.layers import ConvDownsample, Mlp, ScanLayer, full_precision, init_dt_bias, scan_out_dtype
 from visionssm.layers.cache import cached_while_inferring
-from visionssm.layers.fused import autocast_dtype, block_diagonal, group_projections
+from visionssm.layers.fused import autocast_dtype, autocast_off, block_diagonal, group_projections
 from visionssm.layers.mlp import _act_backward
 from visionssm.layers.norm import gated_layer_norm, layer_norm, norm_to
 from visionssm.ops import grouped_routes, selective_scan
@@ -149,9 +148,7 @@ class _GroupWeights(torch.autograd.Function):
         d, rank = two_d // 2, dt_w.shape[-1]
         n2 = x_proj_w.shape[1] - rank
         w_dt, w_bc = x_proj_w.split([rank, n2], dim=1)
-        device = in_w.device.type
-        with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) \
-                else contextlib.nullcontext():
+        with autocast_off(in_w):
             w_delta = torch.bmm(dt_w, w_dt)                                   # (G, D, D)
         sizes = (2 * groups * d * groups * group_dim, (groups * d + groups * n2) * groups * d,
                  groups * group_dim * groups * d)
@@ -352,9 +349,7 @@ def channel_affinity(x: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, skip_scale
     autocast would add around the two tiny GEMMs.
     """
     dtype = fc1.weight.dtype
-    device = x.device.type
-    with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) \
-            else contextlib.nullcontext():
+    with autocast_off(x):
         cam = torch.sigmoid(fc2(F.relu(fc1(_SpatialMean.apply(x, dtype)))))
         return (cam * skip_scale).to(x.dtype)[:, None, None]
 
