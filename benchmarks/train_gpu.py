@@ -62,20 +62,21 @@ def _base_config(config: str):
 
 
 def bare_training_throughput(config: str, precision: str, batch: int, out: Path,
-                             time_limit: Optional[float] = None) -> dict:
-    """tools/benchmark.py's training step (forward, loss, backward, AdamW) of the config's backbone alone."""
+                             time_limit: Optional[float] = None, compile: bool = False) -> dict:
+    """tools/benchmark.py's training step (forward, loss, backward, AdamW) of the config's backbone alone, compiled
+    with ``compile`` (the recipe's ``model.compile_backbone``)."""
     backbone = _base_config(config).model.backbone
     name, drop_path = backbone['model_name'], backbone.get('drop_path_rate', 0.0)
     result = out / f'bare_{name}_{precision}.json'
     cmd = [sys.executable, str(ROOT / 'tools/benchmark.py'), '--no-baselines', '--no-progress', '--models', name,
            '--measure', f'train:{precision}@224', '--batch-sizes', str(batch), '--drop-path', str(drop_path),
-           '--json', str(result)]
+           '--json', str(result)] + (['--compile'] if compile else [])
     status = _run_logged(cmd, out / 'bare_benchmark.log', time_limit)
     rows = json.loads(result.read_text()).get('results', []) if result.exists() else []
     ok = [r for r in rows if r.get('status') == 'ok' and r.get('img_per_s')]
     if status != 'ok' or not ok:
         return dict(bare_status=f'benchmark {status if status != "ok" else "reported no result"}')
-    return dict(bare_model=name, bare_img_per_s=round(ok[0]['img_per_s'], 1),
+    return dict(bare_model=name, bare_compiled=compile, bare_img_per_s=round(ok[0]['img_per_s'], 1),
                 bare_peak_mem_gib=round(ok[0]['peak_mem_gib'], 2))
 
 
@@ -101,6 +102,11 @@ def _run_logged(cmd: list, log: Path, time_limit: Optional[float]) -> str:
         return 'ok'
     lines = [l for l in log.read_text(errors='replace').strip().splitlines() if l.strip()]
     return f'failed ({code}): ' + (lines[-1][:300] if lines else '?')
+
+
+def _truthy(value) -> bool:
+    """A config value or a ``--cfg-options`` string (``True``, ``dict(mode=...)``) as a switch."""
+    return value not in (None, False, 0, '', 'False', 'false', 'None', '0')
 
 
 def _left(deadline: Optional[float]) -> Optional[float]:
@@ -199,7 +205,8 @@ def run_one(task: str, config: str, precision: str, args, data_root: Path, out: 
         metrics = test_metrics((work_dir / 'test.log').read_text())
         row['test'] = metrics or (f'test {test_status}' if test_status != 'ok' else 'no metrics line')
     if task == 'cls' and precision != 'fp16' and args.bare:  # tools/benchmark.py has no fp16 autocast mode
-        row.update(bare_training_throughput(config, precision, batch, work_dir, _left(deadline)))
+        compiled = _truthy(opts.get('model.compile_backbone', _base_config(config).model.get('compile_backbone')))
+        row.update(bare_training_throughput(config, precision, batch, work_dir, _left(deadline), compiled))
         if row.get('bare_img_per_s') and row.get('img_per_s'):
             row['pipeline_efficiency'] = round(row['img_per_s'] / row['bare_img_per_s'], 3)
     return row

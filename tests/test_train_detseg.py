@@ -340,3 +340,18 @@ def test_float32_fallbacks_for_bf16_leave_other_dtypes_alone():
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         wrapped(torch.zeros(2, 3, dtype=dtype), None)
     assert seen == [torch.float32, torch.float16, torch.float32]
+
+
+def test_train_gpu_compares_a_compiled_recipe_with_the_compiled_bare_step(tmp_path, monkeypatch):
+    """The bare benchmark takes the recipe's compile setting: a compiled recipe measured against an eager bare step
+    (or the reverse) would compare two different things."""
+    module = _train_gpu_module()
+    commands = []
+    monkeypatch.setattr(module, '_run_logged', lambda cmd, log, limit: commands.append(cmd) or 'ok')
+    config = 'configs/classification/vmamba/vmamba-t-s1l8_8xb128_in1k.py'
+    for compile in (False, True):
+        row = module.bare_training_throughput(config, 'bf16', 128, tmp_path, None, compile)
+        assert row == {'bare_status': 'benchmark reported no result'}   # no JSON written by the stand-in
+    assert '--compile' not in commands[0] and commands[1][-1] == '--compile'
+    assert [module._truthy(v) for v in ('True', 'dict(mode="max-autotune")', True)] == [True] * 3
+    assert [module._truthy(v) for v in ('False', 'None', None, False, '0')] == [False] * 5
