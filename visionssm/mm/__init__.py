@@ -5,4 +5,5 @@ extras (full mmcv). The core package never imports this.
 """
 from ..registry import MODELS  # noqa: F401  (creates the scope before the modules below register into it)
 from . import backbone  # noqa: F401
-from . import batch_augment, classification, collate, datasets, hooks, metrics, optim, runner, transforms  # noqa: F401
+from . import (batch_augment, classification, collate, datasets, hooks, metrics, optim, prefetch, runner,  # noqa: F401
+               transforms)

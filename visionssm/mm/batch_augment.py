@@ -26,6 +26,7 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from ..registry import MODELS
 from .classification import samples_to_device
+from .prefetch import PreparedBatch
 
 __all__ = ['BatchAugmentDataPreprocessor', 'BatchRandAugment', 'decode_images', 'random_resized_crop_params',
            'resized_crops', 'resize_center_crop', 'random_erasing', 'RAND_AUGMENT_OPS']
@@ -81,8 +82,10 @@ def decode_images(encoded: Sequence[torch.Tensor], device: torch.device) -> List
     images: List[Optional[torch.Tensor]] = [None] * len(encoded)
     if device.type == 'cuda':
         # torchvision's nvJPEG decoder writes its outputs from its own stream without waiting for the current one:
-        # a block just freed by kernels still queued there could be overwritten under them. Nothing is queued
-        # once the stream has drained (in a training loop it has: the step's loss was read on the host).
+        # a block just freed by kernels still queued there could be overwritten under them, so the stream drains
+        # first. In a plain training loop that is a host wait for the previous step's GPU work; under
+        # PrefetchEpochBasedTrainLoop the stream is the prefetch thread's own, where only the previous batch's
+        # preprocessing was queued.
         torch.cuda.current_stream(device).synchronize()
     with warnings.catch_warnings():  # torchvision 0.29 marks its decoders deprecated, once per call
         warnings.simplefilter('ignore', DeprecationWarning)
@@ -504,7 +507,11 @@ class BatchAugmentDataPreprocessor(BaseDataPreprocessor):
         self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self._generators: Optional[Tuple[torch.Generator, torch.Generator]] = None
 
+    accepts_prepared = True   # PrefetchEpochBasedTrainLoop may run it a step ahead, in a thread
+
     def forward(self, data: Dict[str, Any], training: bool = False) -> Dict[str, Any]:
+        if isinstance(data, PreparedBatch):   # already through this preprocessor (visionssm.mm.prefetch)
+            return data.ready()
         encoded, samples = data['inputs'], data.get('data_samples')
         if not isinstance(encoded, (list, tuple)) or not all(
                 isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.ndim == 1 for x in encoded):
