@@ -14,7 +14,7 @@
 #     (part cls_gpu: the _gpu-aug recipe, nvJPEG decode and batched augmentation), and that recipe with its backbone
 #     compiled (part cls_compiled: model.compile_backbone=True, beside the compiled bare step); both again with the
 #     batches prepared a step ahead in a thread (parts cls_prefetch, cls_prefetch_compiled:
-#     PrefetchEpochBasedTrainLoop);
+#     PrefetchEpochBasedTrainLoop; the compiled one beside the compiled bare step);
 #   - while time remains: both data pipelines alone (benchmarks/data_pipeline.py), then every family's T detection and
 #     segmentation config in fp16 and bf16 (part families, below).
 # PARTS picks some of them (det seg cls cls_gpu cls_compiled cls_prefetch cls_prefetch_compiled pipeline families, the
@@ -61,7 +61,7 @@ PREFETCH=train_cfg.type=PrefetchEpochBasedTrainLoop
 part cls_prefetch && run ${CLS_PREFETCH_S:-150} cls:${CLS}_gpu-aug.py:bf16 --out "$R/cls_gpu_aug_prefetch" --iters 90 \
     --workers 8 --no-bare --cfg-options $PREFETCH
 part cls_prefetch_compiled && run ${CLS_PREFETCH_COMPILED_S:-200} cls:${CLS}_gpu-aug.py:bf16 \
-    --out "$R/cls_gpu_aug_prefetch_compiled" --iters 90 --workers 8 --no-bare \
+    --out "$R/cls_gpu_aug_prefetch_compiled" --iters 90 --workers 8 \
     --cfg-options $PREFETCH model.compile_backbone=True
 pipeline() { local left=$((LIMIT - SECONDS)); (( left < 45 )) && return
              timeout $(( 40 < left ? 40 : left )) python3 benchmarks/data_pipeline.py "$@" >> "$LOG" 2>&1; }
