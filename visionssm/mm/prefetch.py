@@ -64,6 +64,9 @@ def prefetched(loader: Iterable, preprocess: Callable[[Any], Dict[str, Any]],
     """``loader``'s batches through ``preprocess``, each prepared in a worker thread while the previous one is in
     use (on a side stream of ``device`` where it is a CUDA device). The loader is iterated by that thread only."""
     device = torch.device(device) if device is not None else None
+    if device is not None and device.type == 'cuda' and device.index is None:
+        # 'cuda' is the calling thread's current device (a distributed run's local rank); a new thread's is 0
+        device = torch.device('cuda', torch.cuda.current_device())
     stream = torch.cuda.Stream(device) if device is not None and device.type == 'cuda' else None
     batches = iter(loader)
     end = object()
