@@ -128,3 +128,25 @@ def test_the_gpu_aug_recipe_trains_the_same_with_and_without_prefetching(tmp_pat
     (plain_losses, plain), (prefetch_losses, prefetched_weights) = runs.values()
     assert len(plain_losses) == 4 and prefetch_losses == plain_losses
     assert all(torch.equal(plain[k], prefetched_weights[k]) for k in plain)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_a_batch_prepared_on_the_side_stream_equals_the_plain_one_on_cuda():
+    """nvJPEG decode and augmentation on the prefetch thread's stream, then used on the current stream (which waits
+    for it): the same tensors as in the training step, while the current stream is busy."""
+    data = _batch([(375, 500), (333, 500), (500, 375), (64, 48)] * 4)
+    outputs = []
+    for prefetch in (False, True):
+        torch.manual_seed(0)
+        pre = _preprocessor(img_size=64).cuda()
+        busy = torch.randn(4096, 4096, device='cuda')
+        for _ in range(20):   # queued work on the current stream while the batch is prepared on the other
+            busy = busy @ busy.T / 4096
+        if prefetch:
+            prepared, = prefetched([data], lambda d: pre(d, True), pre.device)
+            assert prepared.event is not None and prepared.device.index is not None
+            out = pre(prepared, True)
+        else:
+            out = pre(data, True)
+        outputs.append(out['inputs'].float().cpu())
+    assert torch.equal(outputs[0], outputs[1])
