@@ -202,6 +202,7 @@ def main(argv=None) -> dict:
         print(f"loader, {workers:3d} workers, batch {row['batch']}: {row['img_per_s']:8.1f} img/s "
               f"(mean {row['img_per_s_mean']:.1f})", flush=True)
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, 'w') as f:
             json.dump(result, f, indent=1)
     return result

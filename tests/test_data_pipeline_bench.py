@@ -25,14 +25,14 @@ def test_stages_and_loader_rate(tmp_path):
     make_imagenet_folder(tmp_path / 'inet', num_classes=4, train_per_class=3, val_per_class=1, workers=0)
     result = _tool().main([CONFIG, '--data-root', str(tmp_path / 'inet'), '--workers', '0', '--batches', '2',
                            '--batch-size', '4', '--stage-images', '6', '--device-batch', '4', '--device-batches', '1',
-                           '--json', str(tmp_path / 'out.json')])
+                           '--json', str(tmp_path / 'new' / 'out.json')])
     assert [s['stage'] for s in result['stages']] == ['LoadImage', 'Albumentations', 'RandAugment', 'Albumentations',
                                                       'PackClsInputs']
     assert all(s['ms_per_img'] > 0 for s in result['stages'])
     assert result['ms_per_img'] == pytest.approx(sum(s['ms_per_img'] for s in result['stages']), abs=1e-2)
     (row,) = result['loader']
     assert row['workers'] == 0 and row['batch'] == 4 and row['batches'] == 2 and row['img_per_s'] > 0
-    assert (tmp_path / 'out.json').exists()
+    assert (tmp_path / 'new' / 'out.json').exists()   # its folder made
     # the same recipe on the device (here the CPU), per step
     assert [s['stage'] for s in result['device_stages']] == DEVICE_STAGES
     assert all(s['ms_per_img'] > 0 for s in result['device_stages'])
