@@ -151,6 +151,11 @@ def run_one(task: str, config: str, precision: str, args, data_root: Path, out: 
     profile_start = max(0, args.iters - args.profile) if args.profile else None
     if args.profile:
         hooks.append(dict(type='visionssm.StepProfileHook', iters=args.profile, start=profile_start))
+    # host time by phase, no profiler: the timed windows' iterations (after the warm-up, before the profile)
+    warmup = min(50, args.iters // 2)
+    host_iters = (profile_start if profile_start is not None else args.iters) - warmup
+    if host_iters >= 2:
+        hooks.append(dict(type='visionssm.HostTimeHook', start=warmup, iters=host_iters))
     # a local config that inherits (so mmdet:: / mmseg:: configs work too) and sets what the run changes
     if task in ('det', 'cls'):
         loop = f'train_cfg = dict(max_epochs={epochs}, val_interval={epochs})\n' \
@@ -180,7 +185,7 @@ def run_one(task: str, config: str, precision: str, args, data_root: Path, out: 
                wall_s=round(time.time() - t0, 1), status=status)
     logs = [s for s in _scalars(work_dir) if 'loss' in s and 'time' in s]
     if logs:
-        steady = steady_windows(logs, warmup=min(50, args.iters // 2), profile_start=profile_start)
+        steady = steady_windows(logs, warmup=warmup, profile_start=profile_start)
         t = statistics.median(s['time'] for s in steady)
         losses = [s['loss'] for s in logs]
         k = max(1, len(losses) // 5)
@@ -191,6 +196,9 @@ def run_one(task: str, config: str, precision: str, args, data_root: Path, out: 
                    loss_first=round(statistics.mean(losses[:k]), 4), loss_last=round(statistics.mean(losses[-k:]), 4),
                    nonfinite_losses=sum(not math.isfinite(x) for x in losses),
                    loss_scale_min=min(scales) if scales else None, loss_scale_last=scales[-1] if scales else None)
+    host_time = work_dir / 'host_time.json'
+    if host_time.exists():
+        row.update(host_time=json.loads(host_time.read_text()))
     profile = work_dir / 'step_profile.json'
     if profile.exists():
         from visionssm.mm.hooks import StepProfileHook
@@ -233,6 +241,15 @@ def to_markdown(rows: list[dict]) -> str:
             lines.append(f"| `{r['config']}` | {r['precision']} | {p['iters']} | {p['wall_ms']} | {p['data_ms']} | "
                          f"{p['kernel_ms'] if p['kernel_ms'] is not None else '–'} | "
                          f"{p['gpu_busy'] if p['gpu_busy'] is not None else '–'} | {parts} |")
+    timed = [r for r in rows if r.get('host_time')]
+    if timed:
+        from visionssm.mm.hooks import HostTimeHook
+        lines += ['', '| config | precision | iters | host ms per iteration (median): '
+                  + ' / '.join(HostTimeHook.PHASES) + ' |', '|---|---|---|---|']
+        for r in timed:
+            h = r['host_time']
+            lines.append(f"| `{r['config']}` | {r['precision']} | {h['iters']} | "
+                         + ' / '.join(str(h.get(p, '–')) for p in HostTimeHook.PHASES) + ' |')
     return '\n'.join(lines) + '\n'
 
 

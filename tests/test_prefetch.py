@@ -90,23 +90,28 @@ def test_the_loop_names_a_preprocessor_that_cannot_take_prepared_batches():
         PrefetchEpochBasedTrainLoop.run_epoch(loop)
 
 
-def test_the_gpu_aug_recipe_trains_the_same_with_and_without_prefetching(tmp_path, monkeypatch):
-    """tools/train.py with the recipe's loop and with PrefetchEpochBasedTrainLoop: the same batches, losses and
-    weights (seeded, CPU)."""
+def tiny_recipe_options(root) -> list:
+    """The gpu-aug recipe's --cfg-options for a folder of 2 classes x 4 training JPEGs under ``root`` (written here):
+    test_vmamba at 32², batch 2, one epoch of 4 iterations, no workers."""
     import cv2
     rng = np.random.default_rng(0)
-    root = tmp_path / 'data'
     for split, n in (('train', 4), ('val', 1)):
         for c in range(2):
             os.makedirs(root / split / f'n0{c}')
             for i in range(n):
                 cv2.imwrite(str(root / split / f'n0{c}' / f'{i}.jpg'), rng.integers(0, 255, (40, 48, 3), np.uint8))
-    options = ['data_preprocessor.img_size=32', 'model.backbone.model_name=test_vmamba', 'model.num_classes=2',
-               f'train_dataloader.dataset.data_root={root}', f'val_dataloader.dataset.data_root={root}',
-               'train_dataloader.batch_size=2', 'val_dataloader.batch_size=2',
-               'train_dataloader.num_workers=0', 'val_dataloader.num_workers=0',
-               'train_dataloader.persistent_workers=False', 'val_dataloader.persistent_workers=False',
-               'train_cfg.max_epochs=1', 'default_hooks.logger.interval=1']
+    return ['data_preprocessor.img_size=32', 'model.backbone.model_name=test_vmamba', 'model.num_classes=2',
+            f'train_dataloader.dataset.data_root={root}', f'val_dataloader.dataset.data_root={root}',
+            'train_dataloader.batch_size=2', 'val_dataloader.batch_size=2',
+            'train_dataloader.num_workers=0', 'val_dataloader.num_workers=0',
+            'train_dataloader.persistent_workers=False', 'val_dataloader.persistent_workers=False',
+            'train_cfg.max_epochs=1', 'default_hooks.logger.interval=1']
+
+
+def test_the_gpu_aug_recipe_trains_the_same_with_and_without_prefetching(tmp_path, monkeypatch):
+    """tools/train.py with the recipe's loop and with PrefetchEpochBasedTrainLoop: the same batches, losses and
+    weights (seeded, CPU)."""
+    options = tiny_recipe_options(tmp_path / 'data')
     import visionssm.mm.prefetch as prefetch
     prepared = []
 

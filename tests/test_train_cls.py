@@ -252,3 +252,38 @@ def test_deferred_scalars_are_flushed_where_a_checkpoint_saves_the_message_hub()
         hook.after_train_iter(runner, it, outputs={'loss': torch.tensor(float(it))})
         assert len(hub._visionssm_pending_scalars) == (0 if it == 2 else it + 1)
     assert list(hub.get_scalar('train/loss').data[0]) == [0., 1., 2.]
+
+
+@pytest.mark.parametrize('loop', ['EpochBasedTrainLoop', 'PrefetchEpochBasedTrainLoop'])
+def test_host_time_hook_splits_each_iteration_into_its_phases(tmp_path, loop):
+    """HostTimeHook: per-phase host times whose sum is the iteration's wall time, then the run's methods as they were
+    (the gpu-aug recipe, with and without the prefetch thread)."""
+    from test_prefetch import GPU_AUG, tiny_recipe_options
+
+    from visionssm.mm.hooks import HostTimeHook
+    from visionssm.mm.runner import Runner
+    runners = []
+    original_train = Runner.train
+
+    def keep(self):
+        runners.append(self)
+        return original_train(self)
+    config = tmp_path / 'recipe.py'
+    config.write_text(f"_base_ = [{GPU_AUG!r}]\ncustom_hooks = [dict(type='HostTimeHook', start=1, iters=3)]\n")
+    options = tiny_recipe_options(tmp_path / 'data') + [f'train_cfg.type={loop}']
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Runner, 'train', keep)
+        train_main([str(config), '--work-dir', str(tmp_path / 'work'), '--cfg-options', *options])
+    summary = json.loads((tmp_path / 'work' / 'host_time.json').read_text())
+    assert summary['iters'] == 3 and set(summary) == {'iters', *HostTimeHook.PHASES}
+    assert all(summary[p] >= 0 for p in HostTimeHook.PHASES) and summary['forward'] > 0 and summary['backward'] > 0
+    parts = sum(summary[p] for p in HostTimeHook.PHASES if p != 'wall')
+    assert parts == pytest.approx(summary['wall'], rel=0.2)   # medians of parts, each of the same iterations
+    if loop == 'EpochBasedTrainLoop':
+        assert summary['preprocess'] > summary['zero_grad']   # decoding and augmentation in the training thread
+    runner, = runners
+    assert 'call_hook' not in vars(runner) and 'train_step' not in vars(runner.model)   # unpatched
+    assert 'forward' not in vars(runner.model.data_preprocessor)
+    assert getattr(runner.optim_wrapper.step, '_with_counter', False)   # the schedulers' step counter is back
+    with pytest.raises(ValueError, match='iters >= 1'):
+        HostTimeHook(iters=0)

@@ -355,3 +355,13 @@ def test_train_gpu_compares_a_compiled_recipe_with_the_compiled_bare_step(tmp_pa
     assert '--compile' not in commands[0] and commands[1][-1] == '--compile'
     assert [module._truthy(v) for v in ('True', 'dict(mode="max-autotune")', True)] == [True] * 3
     assert [module._truthy(v) for v in ('False', 'None', None, False, '0')] == [False] * 5
+
+
+def test_train_gpu_reports_the_host_time_by_phase():
+    module = _train_gpu_module()
+    from visionssm.mm.hooks import HostTimeHook
+    timing = dict(iters=3, **{p: float(k) for k, p in enumerate(HostTimeHook.PHASES)})
+    row = dict(task='cls', config='c.py', precision='bf16', batch=128, status='ok', host_time=timing)
+    table = module.to_markdown([row]).splitlines()
+    assert table[-1] == '| `c.py` | bf16 | 3 | ' + ' / '.join(f'{k}.0' for k in range(len(HostTimeHook.PHASES))) + ' |'
+    assert 'data / hooks_before / preprocess / forward' in table[-3]

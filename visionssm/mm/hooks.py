@@ -1,7 +1,9 @@
 """Hooks: the learning curve that the demo plots, the AMP loss scale in the training log, training scalars read once
-per log window instead of every iteration, and a profile of where a training iteration's time goes."""
+per log window instead of every iteration, a profile of where a training iteration's time goes, and its host time
+by phase without a profiler."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -13,7 +15,8 @@ from mmengine.hooks import CheckpointHook, Hook, LoggerHook, RuntimeInfoHook
 
 from ..registry import HOOKS
 
-__all__ = ['DeferredRuntimeInfoHook', 'LearningCurveHook', 'LossScaleHook', 'StepProfileHook', 'defer_scalar']
+__all__ = ['DeferredRuntimeInfoHook', 'HostTimeHook', 'LearningCurveHook', 'LossScaleHook', 'StepProfileHook',
+           'defer_scalar']
 
 
 @HOOKS.register_module()
@@ -286,6 +289,140 @@ class StepProfileHook(Hook):
             host_ops=[dict(name=e.key[:160], ms=round(e.self_cpu_time_total / n / 1e3, 4), calls=e.count // n)
                       for e in sorted(ops, key=lambda e: -e.self_cpu_time_total)[:self.top]],
             aten_calls=sum(e.count for e in ops if e.key.startswith('aten::')) // n)
+
+    @master_only
+    def _write(self, work_dir: str) -> None:
+        with open(os.path.join(work_dir, self.filename), 'w') as f:
+            json.dump(self.summary, f, indent=1)
+
+
+_MISSING = object()
+
+
+@HOOKS.register_module()
+class HostTimeHook(Hook):
+    """Where the training process's host time goes, per iteration, without a profiler attached.
+
+    For ``iters`` iterations from iteration ``start`` it times, with ``time.perf_counter`` around the calls the
+    training loop makes on its own thread:
+
+    * ``data``: the loop's wait for the next batch (between one iteration's last hook and the next one's first);
+    * ``hooks_before`` / ``hooks_after``: every hook's ``before_train_iter`` / ``after_train_iter`` (the EMA update,
+      logging, checkpoints);
+    * ``preprocess``: the model's data preprocessor (decoding and augmentation with the ``_gpu-aug`` recipes; a
+      batch prepared in ``PrefetchEpochBasedTrainLoop``'s thread is counted where the training thread uses it);
+    * ``forward``: the rest of ``model.train_step`` before the backward: the model's forward and its loss;
+    * ``backward``, ``step`` (loss-scale unscaling, gradient clipping, the optimizer, the scaler's update),
+      ``zero_grad``: the optimizer wrapper's three calls;
+    * ``wall``: the whole iteration.
+
+    Where the host waits for the GPU (a synchronization, or a full launch queue), the wait lands in the phase that
+    waited. Writes the medians in milliseconds to ``<work_dir>/<filename>`` and the log; ``summary`` holds them.
+    The profiler of ``StepProfileHook`` inflates small Python calls several times over: this hook's figures are
+    the ones to compare host time with.
+    """
+
+    priority = 'VERY_HIGH'
+    PHASES = ('data', 'hooks_before', 'preprocess', 'forward', 'backward', 'step', 'zero_grad', 'hooks_after', 'wall')
+
+    def __init__(self, start: int = 20, iters: int = 20, filename: str = 'host_time.json'):
+        if start < 0 or iters < 1:
+            raise ValueError(f'HostTimeHook: start must be >= 0 and iters >= 1, got start={start}, iters={iters}')
+        self.start, self.iters, self.filename = start, iters, filename
+        self.summary: Optional[dict] = None
+        self._records: List[Dict[str, float]] = []
+        self._current: Optional[Dict[str, float]] = None
+        self._patched: list = []
+        self._last_end: Optional[float] = None
+
+    def before_train(self, runner) -> None:
+        import threading
+        main = threading.get_ident()   # the training loop's thread (PrefetchEpochBasedTrainLoop's runs the other)
+
+        def timed(owner, name: str, phase: str):
+            original = getattr(owner, name)
+
+            def wrapper(*args, **kwargs):
+                if self._current is None or threading.get_ident() != main:
+                    return original(*args, **kwargs)
+                begin = time.perf_counter()
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    self._current[phase] = self._current.get(phase, 0.0) + time.perf_counter() - begin
+            self._patch(owner, name, wrapper)
+
+        call_hook = runner.call_hook
+
+        def timed_call_hook(fn_name: str, **kwargs):
+            begin = time.perf_counter()
+            try:
+                return call_hook(fn_name, **kwargs)
+            finally:
+                end = time.perf_counter()
+                if self._current is not None and fn_name in ('before_train_iter', 'after_train_iter'):
+                    phase = 'hooks_before' if fn_name == 'before_train_iter' else 'hooks_after'
+                    self._current[phase] = self._current.get(phase, 0.0) + end - begin
+                if fn_name == 'after_train_iter':
+                    if self._current is not None:
+                        self._end_iteration(runner, end)
+                    self._last_end = end
+
+        self._patch(runner, 'call_hook', timed_call_hook)
+        model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+        timed(runner.model, 'train_step', 'train_step')
+        timed(model.data_preprocessor, 'forward', 'preprocess')
+        for name in ('backward', 'step', 'zero_grad'):
+            if hasattr(runner.optim_wrapper, name):
+                timed(runner.optim_wrapper, name, name)
+
+    def _patch(self, owner, name: str, wrapper) -> None:
+        """``owner.name = wrapper`` until ``_restore``, which puts back what the instance held (an instance
+        attribute such as mmengine's scheduler's step counter, or nothing: the class's method)."""
+        original = getattr(owner, name)
+        functools.update_wrapper(wrapper, original)   # keeps marks such as the scheduler's `_with_counter`
+        self._patched.append((owner, name, owner.__dict__.get(name, _MISSING)))
+        setattr(owner, name, wrapper)
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
+        # inside call_hook('before_train_iter'): the iteration opens here; the loop waited for its batch since the
+        # previous iteration's last hook returned
+        if self.summary is None and self.start <= runner.iter < self.start + self.iters:
+            now = time.perf_counter()
+            self._begin = self._last_end if self._last_end is not None else now
+            self._current = {'data': now - self._begin} if self._last_end is not None else {}
+
+    def _end_iteration(self, runner, end: float) -> None:
+        record, self._current = self._current, None
+        record['wall'] = end - self._begin
+        inner = sum(record.get(k, 0.0) for k in ('preprocess', 'backward', 'step', 'zero_grad'))
+        record['forward'] = record.pop('train_step', 0.0) - inner
+        if 'data' in record:   # the run's very first iteration has no measured wait: not a full record
+            self._records.append(record)
+        if runner.iter + 1 >= self.start + self.iters:   # runner.iter counts this iteration after the hooks
+            self._finish(runner)
+
+    def after_train(self, runner) -> None:
+        if self.summary is None and self._records:
+            self._finish(runner)
+        self._restore()
+
+    def _finish(self, runner) -> None:
+        import statistics
+        self.summary = dict(iters=len(self._records), **{
+            phase: round(1e3 * statistics.median(r.get(phase, 0.0) for r in self._records), 3)
+            for phase in self.PHASES})
+        self._restore()
+        runner.logger.info('host time per iteration, ms (median): ' + json.dumps(self.summary))
+        self._write(runner.work_dir)
+
+    def _restore(self) -> None:
+        for owner, name, held in reversed(self._patched):
+            if held is _MISSING:
+                owner.__dict__.pop(name, None)
+            else:
+                owner.__dict__[name] = held
+        self._patched = []
 
     @master_only
     def _write(self, work_dir: str) -> None:
