@@ -221,6 +221,9 @@ def test_compiled_backbone_matches_eager_and_each_copy_compiles_its_own():
         assert not torch.allclose(ema(x), compiled(x))
     with pytest.raises(TypeError, match='compile_backbone must be a bool or a dict'):
         _tiny_classifier(compile_backbone='max-autotune')
+    # static graphs unless asked otherwise
+    assert _tiny_classifier(compile_backbone=True).compile_backbone == dict(dynamic=False)
+    assert _tiny_classifier(compile_backbone=dict(dynamic=None)).compile_backbone == dict(dynamic=None)
 
 
 def test_unknown_model_name_suggests_close_matches():

@@ -80,7 +80,7 @@ class ImageClassifier(CompiledSubmodules, BaseModel):
             applied to training batches; None for none. Batches must then have an even size (``drop_last=True``).
         data_preprocessor: Batching and normalisation; default ``ClsDataPreprocessor`` with ImageNet mean/std.
         compile_backbone: ``torch.compile`` the backbone: True, or ``torch.compile``'s keyword arguments (``mode``,
-            ``backend``, ...). An eager step of a Mamba backbone costs the host more time than a large batch costs
+            ``backend``, ...; ``dynamic`` defaults to False: one static graph per input size). An eager step of a Mamba backbone costs the host more time than a large batch costs
             the GPU (thousands of small launches); compiled, it is a few fused kernels. The module, its parameters
             and its checkpoints stay those of the eager model, and a copy (mmengine's EMA model) compiles its own
             (``visionssm.mm.compiled``).
@@ -119,6 +119,10 @@ class ImageClassifier(CompiledSubmodules, BaseModel):
         if mixup:
             self.mixup = timm.data.Mixup(**dict(mixup, label_smoothing=label_smoothing, num_classes=num_classes))
         self.compile_backbone = compile_options(compile_backbone, 'compile_backbone')
+        if self.compile_backbone is not None:
+            # one graph per input size: a frame that meets a second size is otherwise recompiled with dynamic
+            # shapes, which failed in Inductor's code generation for the VMamba-T recipe (torch 2.11, CUDA)
+            self.compile_backbone.setdefault('dynamic', False)
 
     def run_backbone(self, inputs: torch.Tensor) -> torch.Tensor:
         """The backbone's logits, through its compiled form with ``compile_backbone``."""
