@@ -40,11 +40,15 @@ echo "== setup done (${SECONDS}s)" >> "$LOG"
 # tools/test.py and, for classification, the bare benchmark) gets an equal share (--time-limit), so a slow first run
 # leaves the baseline its time and a cut run still reports its logged iterations; PROFILE iterations of each run are
 # profiled (0: none)
+# pack: every run's reports so far into DIR/train.tgz, after each run, so that a command cut by the machine's time
+# limit still returns the runs that finished
+pack() { (cd "$R" && find . \( -name '*.json' -o -name '*.md' -o -name '*.log' -o -name 'config.py' \) \
+             -not -path '*/data/*' | tar czf "$dir/train.tgz.part" -T -) && mv "$dir/train.tgz.part" "$dir/train.tgz"; }
 run() { local lim=$1; shift; local left=$((LIMIT - SECONDS)); (( left < 45 )) && { echo "== skipped $1" >> "$LOG"; return; }
         local t=$(( lim < left ? lim : left )) n=0 a; for a in "$@"; do [[ $a =~ ^(det|seg|cls): ]] && n=$((n + 1)); done
         timeout $t python3 benchmarks/train_gpu.py "$@" --time-limit $(( (t - 15) / n )) \
             --profile "${PROFILE:-5}" >> "$LOG" 2>&1
-        echo "== $1 done (${SECONDS}s)" >> "$LOG"; }
+        echo "== $1 done (${SECONDS}s)" >> "$LOG"; pack; }
 part det && run ${DET_S:-330} det:configs/detection/mask-rcnn_vmamba-t_fpn_1x_coco.py:fp16 \
     det:mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py:fp16 --out "$R/det" --iters 300
 part seg && run ${SEG_S:-240} seg:configs/segmentation/upernet_vmamba-t_8xb2-160k_ade20k-512x512.py:fp16 \
@@ -53,7 +57,7 @@ CLS=configs/classification/vmamba/vmamba-t-s1l8_8xb128_in1k
 { part cls || part cls_gpu || part cls_gpu_plain || part cls_compiled || part pipeline; } && python3 tools/make_synthetic_data.py "$R/cls/data" --tasks cls --train-per-class 4 \
     >> "$LOG" 2>&1
 part cls && run ${CLS_S:-240} cls:$CLS.py:bf16 --out "$R/cls" --iters 90 --workers 15
-part cls_gpu && run ${CLS_GPU_S:-150} cls:${CLS}_gpu-aug.py:bf16 --out "$R/cls_gpu_aug" --iters 90 --workers 8
+part cls_gpu && run ${CLS_GPU_S:-240} cls:${CLS}_gpu-aug.py:bf16 --out "$R/cls_gpu_aug" --iters 90 --workers 8
 part cls_gpu_plain && run ${CLS_GPU_PLAIN_S:-130} cls:${CLS}_gpu-aug.py:bf16 --out "$R/cls_gpu_aug_plain" --iters 90 \
     --workers 8 --no-bare --cfg-options train_cfg.type=EpochBasedTrainLoop
 part cls_compiled && run ${CLS_COMPILED_S:-240} cls:${CLS}_gpu-aug.py:bf16 --out "$R/cls_gpu_aug_compiled" --iters 90 \
@@ -95,8 +99,7 @@ if part families; then
     python3 benchmarks/train_gpu.py --report "$R"/families/[0-9]* > "$R/families/train_gpu.md" 2>> "$LOG"
     echo "== families: $n runs (${SECONDS}s)" >> "$LOG"
 fi
-(cd "$R" && find . \( -name '*.json' -o -name '*.md' -o -name '*.log' -o -name 'config.py' \) -not -path '*/data/*' \
-    | tar czf "$dir/train.tgz" -T -)
+pack
 echo "== done (${SECONDS}s)" >> "$LOG"
 python3 benchmarks/train_gpu.py --report "$R"/det "$R"/seg "$R"/cls "$R"/cls_gpu_aug "$R"/cls_gpu_aug_plain \
     "$R"/cls_gpu_aug_compiled 2> /dev/null
