@@ -158,7 +158,7 @@ def test_segmentation_trains_resumes_and_evaluates(data, tmp_path):
 
 
 def test_train_gpu_driver_reports_a_run(tmp_path):
-    """benchmarks/train_gpu.py (the GPU training measurement) end to end on the CPU: fp32, tiny model, 4 iterations."""
+    """benchmarks/train_gpu.py (the GPU training measurement) end to end on the CPU: fp32, tiny model, 8 iterations."""
     import importlib.util
     spec = importlib.util.spec_from_file_location('train_gpu', ROOT / 'benchmarks' / 'train_gpu.py')
     driver = importlib.util.module_from_spec(spec)
@@ -168,11 +168,11 @@ def test_train_gpu_driver_reports_a_run(tmp_path):
                   'val_dataloader.dataset.pipeline.1.scale': (128, 128),
                   'test_dataloader.dataset.pipeline.1.scale': (128, 128), **QUIET_LOADERS})
     options = _argv('unused', options=small, name='unused')[2:-2]
-    rows = driver.main(['--out', str(tmp_path), '--iters', '4', '--num-train', '4', '--num-val', '1', '--batch', '1',
+    rows = driver.main(['--out', str(tmp_path), '--iters', '8', '--num-train', '4', '--num-val', '1', '--batch', '1',
                         '--workers', '0', '--size', '96', '128', '--profile', '2', '--time-limit', '600',
                         'det:configs/detection/mask-rcnn_vmamba-t_fpn_1x_coco.py:fp32', '--cfg-options', *options])
     row, = rows
-    assert row['status'] == 'ok' and row['iters'] == 4 and row['nonfinite_losses'] == 0
+    assert row['status'] == 'ok' and row['iters'] == 8 and row['nonfinite_losses'] == 0
     assert row['img_per_s'] > 0 and row['loss_scale_min'] is None  # fp32: no loss scaler
     assert row['test'].startswith('coco/bbox_mAP')
     # the step profile (CPU: no kernel time): two iterations, the forward split into the detector's parts
@@ -183,8 +183,10 @@ def test_train_gpu_driver_reports_a_run(tmp_path):
     assert profile['forward']['backbone']['host_ms'] > 0
     assert json.loads((tmp_path / row['config'].split('/')[-1].replace('.py', '_fp32') / 'step_profile.json')
                       .read_text())['host_ops']
+    # the host time by phase over the iterations between the warm-up and the profile (4 and 5)
+    assert row['host_time']['iters'] == 2 and row['host_time']['backward'] > 0 and row['host_time']['wall'] > 0
     table = (tmp_path / 'train_gpu.md').read_text().splitlines()
-    assert len(table) == 3 + 4 and table[-1].startswith('| `configs/detection/mask-rcnn_vmamba-t')
+    assert len(table) == 3 + 4 + 4 and table[-1].startswith('| `configs/detection/mask-rcnn_vmamba-t')
     # --report: one table of several output folders (a folder without a report is named on stderr)
     assert driver.report([str(tmp_path), str(tmp_path / 'unfinished')]) == (tmp_path / 'train_gpu.md').read_text()
     with pytest.raises(SystemExit):
