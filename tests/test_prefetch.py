@@ -155,3 +155,23 @@ def test_a_batch_prepared_on_the_side_stream_equals_the_plain_one_on_cuda():
             out = pre(data, True)
         outputs.append(out['inputs'].float().cpu())
     assert torch.equal(outputs[0], outputs[1])
+
+
+def test_a_failing_step_stops_the_prefetch_thread_before_the_error_leaves_the_loop():
+    from visionssm.mm.batch_augment import BatchAugmentDataPreprocessor
+
+    class Preprocessor(BatchAugmentDataPreprocessor):
+        def forward(self, data, training=False):
+            return data.ready() if isinstance(data, PreparedBatch) else dict(inputs=data)
+
+    def run_iter(idx, data_batch):
+        if idx == 1:
+            assert _prefetch_threads()   # batch 2 is being prepared
+            raise RuntimeError('step failed')
+
+    model = SimpleNamespace(train=lambda: None, data_preprocessor=Preprocessor())
+    loop = SimpleNamespace(runner=SimpleNamespace(call_hook=lambda *a, **k: None, model=model),
+                           dataloader=range(5), run_iter=run_iter)
+    with pytest.raises(RuntimeError, match='step failed') as error:
+        PrefetchEpochBasedTrainLoop.run_epoch(loop)
+    assert not _prefetch_threads() and error.traceback   # stopped while the traceback still holds the frames

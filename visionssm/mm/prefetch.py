@@ -12,6 +12,7 @@ seeded run trains on the same batches either way.
 """
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional
 
@@ -115,7 +116,9 @@ class PrefetchEpochBasedTrainLoop(EpochBasedTrainLoop):
                             f'{type(preprocessor).__name__} does not accept prepared batches (use '
                             "BatchAugmentDataPreprocessor, or train_cfg type='EpochBasedTrainLoop')")
         device = getattr(preprocessor, 'device', None)
-        for idx, data_batch in enumerate(prefetched(self.dataloader, lambda data: preprocessor(data, True), device)):
-            self.run_iter(idx, data_batch)
+        # closed on the way out, also when a step raises: the thread stops before the exception travels on
+        with contextlib.closing(prefetched(self.dataloader, lambda data: preprocessor(data, True), device)) as batches:
+            for idx, data_batch in enumerate(batches):
+                self.run_iter(idx, data_batch)
         self.runner.call_hook('after_train_epoch')
         self._epoch += 1
