@@ -373,3 +373,28 @@ def test_dist_scaling_configs_and_report(tmp_path):
     assert '| 20 | 1.8 | 1.8 |' in table
     assert json.loads((tmp_path / 'dist_scaling.json').read_text())['runs'] == result['runs']
     assert (tmp_path / 'dist_scaling_loss.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_gpu_aug_recipe_prefetches_under_ddp(tmp_path):
+    """The _gpu-aug recipe (PrefetchEpochBasedTrainLoop, the data preprocessor in a thread of each rank) on two
+    processes: the same weights as mmengine's EpochBasedTrainLoop on two processes."""
+    sys.path.insert(0, str(ROOT / 'tests'))
+    from test_prefetch import GPU_AUG, tiny_recipe_options
+    options = [o for o in tiny_recipe_options(tmp_path / 'data') if not o.startswith('train_dataloader.batch_size')]
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env.update(PYTHON=sys.executable, OMP_NUM_THREADS='1',
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get('PYTHONPATH')])))
+    weights = {}
+    for loop in ('PrefetchEpochBasedTrainLoop', 'EpochBasedTrainLoop'):
+        work_dir = tmp_path / loop
+        result = subprocess.run(
+            ['bash', str(ROOT / 'tools/dist_train.sh'), GPU_AUG, '2', '--work-dir', str(work_dir), '--cfg-options',
+             *options, 'train_dataloader.batch_size=2', f'train_cfg.type={loop}'],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+        assert 'Distributed training: True' in result.stdout + result.stderr
+        checkpoint = _checkpoint(work_dir / 'epoch_1.pth')
+        assert checkpoint['meta']['iter'] == 2   # 8 images, 2 ranks x 2 per step
+        weights[loop] = checkpoint['state_dict']
+    prefetched, plain = weights.values()
+    assert prefetched.keys() == plain.keys() and all(torch.equal(prefetched[k], plain[k]) for k in plain)
