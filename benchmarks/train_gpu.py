@@ -206,7 +206,7 @@ def run_one(task: str, config: str, precision: str, args, data_root: Path, out: 
         row.update(profile={k: prof.get(k) for k in StepProfileHook.SUMMARY_KEYS})
     save(row)   # the training's figures reach the report before the evaluation and the bare benchmark run
     ckpts = sorted(work_dir.glob('*.pth'), key=os.path.getmtime)
-    if status == 'ok' and ckpts:
+    if status == 'ok' and ckpts and args.test:
         test_cmd = [sys.executable, str(ROOT / 'tools/test.py'), str(cfg_path), str(ckpts[-1]),
                     '--work-dir', str(work_dir / 'test'), '--cfg-options'] + [f'{k}={v}' for k, v in opts.items()]
         test_status = _run_logged(test_cmd, work_dir / 'test.log', _left(deadline))
@@ -284,6 +284,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument('--cls-per-class', type=int, default=4, help='classification: training JPEGs per class')
     p.add_argument('--no-bare', dest='bare', action='store_false',
                    help='classification: skip the bare-backbone training benchmark')
+    p.add_argument('--no-test', dest='test', action='store_false',
+                   help='skip the evaluation of the checkpoint with tools/test.py')
     p.add_argument('--time-limit', type=float, default=None, metavar='S',
                    help='seconds each run may take: its training, evaluation and bare benchmark together; a training '
                         'cut there keeps its logged iterations in the report (status "cut after S s")')

@@ -69,7 +69,8 @@ part pipeline && pipeline ${CLS}_gpu-aug.py --data-root "$R/cls/data/imagenet" -
     --json "$R/cls_gpu_aug/data_pipeline.json"
 # families: every family's T detection and segmentation config in fp16 and bf16, 300 iterations each, FAMILY_JOBS
 # (default 8) at once on the one GPU, 2 data workers each: whether each trains without a non-finite loss or a
-# collapsing fp16 loss scale. Concurrent runs share the GPU and the host: their s/iter are no speed comparison.
+# collapsing fp16 loss scale (no evaluation afterwards: the time goes to the iterations). Concurrent runs share the
+# GPU and the host: their s/iter are no speed comparison.
 # FAMILIES (a regular expression, default all) picks configs; FAMILY_RUN_S (default 360) caps each run's seconds, so
 # that the queue moves on (12 detection runs at once reached 126-318 iterations in 342 s on an H100).
 D=configs/detection S=configs/segmentation U=8xb2-160k_ade20k-512x512
@@ -91,7 +92,7 @@ if part families; then
         while (( $(jobs -rp | wc -l) >= ${FAMILY_JOBS:-8} )); do wait -n; done
         left=$((LIMIT - SECONDS - 20)); (( left < 120 )) && { echo "== families: no time for $spec:$prec" >> "$LOG"; continue; }
         cap=$(( left < ${FAMILY_RUN_S:-360} ? left : ${FAMILY_RUN_S:-360} ))
-        timeout $cap python3 benchmarks/train_gpu.py "$spec:$prec" --out "$R/families/$n" --iters 300 --workers 2 \
+        timeout $cap python3 benchmarks/train_gpu.py "$spec:$prec" --out "$R/families/$n" --iters 300 --workers 2 --no-test \
             --time-limit $((cap - 30)) > "$R/families/run_$n.log" 2>&1 &
         n=$((n + 1))
     done; done
