@@ -64,13 +64,15 @@ def _base_config(config: str):
 def bare_training_throughput(config: str, precision: str, batch: int, out: Path,
                              time_limit: Optional[float] = None, compile: bool = False) -> dict:
     """tools/benchmark.py's training step (forward, loss, backward, AdamW) of the config's backbone alone, compiled
-    with ``compile`` (the recipe's ``model.compile_backbone``)."""
-    backbone = _base_config(config).model.backbone
+    with ``compile`` (the recipe's ``model.compile_backbone``), with a fused AdamW where the recipe's is."""
+    cfg = _base_config(config)
+    backbone = cfg.model.backbone
+    fused = bool((cfg.get('optim_wrapper') or {}).get('optimizer', {}).get('fused'))
     name, drop_path = backbone['model_name'], backbone.get('drop_path_rate', 0.0)
     result = out / f'bare_{name}_{precision}.json'
     cmd = [sys.executable, str(ROOT / 'tools/benchmark.py'), '--no-baselines', '--no-progress', '--models', name,
            '--measure', f'train:{precision}@224', '--batch-sizes', str(batch), '--drop-path', str(drop_path),
-           '--json', str(result)] + (['--compile'] if compile else [])
+           '--json', str(result)] + (['--compile'] if compile else []) + (['--fused-adamw'] if fused else [])
     status = _run_logged(cmd, out / 'bare_benchmark.log', time_limit)
     rows = json.loads(result.read_text()).get('results', []) if result.exists() else []
     ok = [r for r in rows if r.get('status') == 'ok' and r.get('img_per_s')]

@@ -1,5 +1,6 @@
 """The benchmark tool on the CPU (tiny models, tiny sizes): rows, JSON, markdown, plots, merge, and the failures a
 long GPU run must survive (unknown model, out of memory, a CUDA error, the time budget)."""
+import dataclasses
 import json
 
 import pytest
@@ -164,3 +165,21 @@ def test_summary_params_come_from_the_224_row():
     rows = [dict(base, img_size=224, params_m=7.15), dict(base, img_size=1024, params_m=7.90)]
     assert '| vim_tiny | 7.15 |' in format_summary(rows)
     assert '| vim_tiny | 7.15 |' in format_summary(rows[::-1])
+
+
+def test_train_mode_with_the_recipes_fused_adamw(monkeypatch):
+    """--fused-adamw: the train step's AdamW as the classification recipes build it (fused=True), named in the row."""
+    built = []
+    adamw = torch.optim.AdamW
+
+    def recording(params, **kwargs):
+        built.append(kwargs)
+        return adamw(params, **kwargs)
+    monkeypatch.setattr(torch.optim, 'AdamW', recording)
+    setting = bm.Setting('train', 'fp32', 64, 2)
+    plain = bm.measure('test_vmamba', setting, PROTOCOL)
+    fused = bm.measure('test_vmamba', setting, dataclasses.replace(PROTOCOL, fused_adamw=True))
+    assert plain['status'] == fused['status'] == 'ok'
+    assert plain['optimizer'] == 'AdamW (torch default implementation)' and fused['optimizer'] == 'AdamW (fused)'
+    assert [k.get('fused') for k in built] == [None, True]
+    bm._release_model()

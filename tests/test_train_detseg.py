@@ -354,7 +354,8 @@ def test_train_gpu_compares_a_compiled_recipe_with_the_compiled_bare_step(tmp_pa
     for compile in (False, True):
         row = module.bare_training_throughput(config, 'bf16', 128, tmp_path, None, compile)
         assert row == {'bare_status': 'benchmark reported no result'}   # no JSON written by the stand-in
-    assert '--compile' not in commands[0] and commands[1][-1] == '--compile'
+    assert '--compile' not in commands[0] and '--compile' in commands[1]
+    assert all('--fused-adamw' in c for c in commands)   # the recipe's AdamW is fused: the bare step's too
     assert [module._truthy(v) for v in ('True', 'dict(mode="max-autotune")', True)] == [True] * 3
     assert [module._truthy(v) for v in ('False', 'None', None, False, '0')] == [False] * 5
 

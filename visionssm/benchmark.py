@@ -100,6 +100,8 @@ class Protocol:
         pool: random input batches generated before timing and used in turn.
         compile / compile_mode: ``torch.compile`` each model, in this mode (``COMPILE_MODES``; None: torch's
             default). ``'reduce-overhead'`` replays CUDA graphs: no kernel-launch host time in the step.
+        fused_adamw: the ``train`` mode's AdamW as one fused kernel (``fused=True``, the classification recipes'
+            optimizer) instead of torch's default (multi-tensor on CUDA).
     """
     device: str = 'cpu'
     warmup: int = 5
@@ -110,6 +112,7 @@ class Protocol:
     compile: bool = False
     compile_mode: Optional[str] = None
     drop_path: Optional[float] = None
+    fused_adamw: bool = False
 
     def __post_init__(self):
         if self.compile_mode not in COMPILE_MODES:
@@ -270,7 +273,8 @@ def _benchmark(model: torch.nn.Module, setting: Setting, batch_size: int, channe
     batches = _random_batches(protocol.pool, batch_size, setting.img_size, num_classes, device, channels_last)
     model.train(training)
     # lr is tiny so that many steps leave the weights (and the kernels' inputs) in a normal range
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-7) if setting.mode == 'train' else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-7, **({'fused': True} if protocol.fused_adamw else {})
+                                  ) if setting.mode == 'train' else None
     autocast = _autocast(setting.precision, device)
 
     def step(i: int):
@@ -380,7 +384,7 @@ def measure(name: str, setting: Setting, protocol: Protocol) -> dict:
         if setting.mode in TRAINING_MODES:
             row['drop_path_rate'] = info['drop_path_rate']
         if setting.mode == 'train':
-            row['optimizer'] = 'AdamW (torch default implementation)'
+            row['optimizer'] = 'AdamW (fused)' if protocol.fused_adamw else 'AdamW (torch default implementation)'
         row.update(_set_precision(setting.precision, device))
         oom_at, stats = [], None
         for batch in _halvings(setting.batch_size):
@@ -937,6 +941,9 @@ def _parser() -> argparse.ArgumentParser:
                    help='channels_last model and input: auto = the baselines as the anchors ran them (convnext, '
                         'mambaout), others not')
     p.add_argument('--compile', action='store_true', help='torch.compile each model (compile time is in first_iter_s)')
+    p.add_argument('--fused-adamw', action='store_true',
+                   help="train mode: AdamW(fused=True), the classification recipes' optimizer (default: torch's "
+                        'default implementation)')
     p.add_argument('--compile-mode', choices=[m for m in COMPILE_MODES if m],
                    help="torch.compile mode (implies --compile); 'reduce-overhead' replays CUDA graphs, which takes "
                         'the host (kernel launches) out of the step')
@@ -1030,7 +1037,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
         protocol = Protocol(device=args.device, warmup=opts['warmup'], repeats=opts['repeats'],
                             repeat_s=opts['repeat_time'], pool=args.pool, channels_last=args.channels_last,
                             compile=args.compile or args.compile_mode is not None, compile_mode=args.compile_mode,
-                            drop_path=args.drop_path)
+                            drop_path=args.drop_path, fused_adamw=args.fused_adamw)
         models = _expand_models(args.models or timm.list_models(module=list(FAMILIES)))
     except ValueError as e:
         parser.error(str(e))
