@@ -23,7 +23,7 @@ docs: $(VENV)/.deps
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
 
 test: $(VENV)/.deps docs
-	$(PY) -m pytest -n 2 -rs --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadgroup -rs --durations=15 $(PYTEST_ARGS)
 
 install: $(VENV)/.deps
 

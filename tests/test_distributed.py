@@ -260,6 +260,13 @@ def _assert_same_training_state(actual: dict, expected: dict) -> None:
     assert actual['param_schedulers'] == expected['param_schedulers']
 
 
+# The tests that launch two training processes with tools/dist_train.sh run one after the other on one pytest-xdist
+# worker (`make test` distributes with --dist loadgroup): two such jobs at once on a 2-core machine, beside the rest
+# of the suite, once ended with a rank aborted at exit ("terminate called without an active exception").
+SERIAL = pytest.mark.xdist_group('two-process-training')
+
+
+@SERIAL
 def test_resume_across_world_sizes(tmp_path):
     """1 process -> 2 processes -> 1 process, the total batch 16 throughout, against runs that went on without
     a change: the same weights, EMA, AdamW moments and step counts, LR schedule and counters."""
@@ -375,6 +382,7 @@ def test_dist_scaling_configs_and_report(tmp_path):
     assert (tmp_path / 'dist_scaling_loss.png').read_bytes()[:4] == b'\x89PNG'
 
 
+@SERIAL
 def test_gpu_aug_recipe_prefetches_under_ddp(tmp_path):
     """The _gpu-aug recipe (PrefetchEpochBasedTrainLoop, the data preprocessor in a thread of each rank) on two
     processes: the same weights as mmengine's EpochBasedTrainLoop on two processes."""
