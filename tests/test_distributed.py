@@ -212,11 +212,17 @@ def _train_in_process(config, work_dir, *args, batch, epochs, name):
         train_main([config, '--work-dir', str(work_dir), *args, *_cli_options(batch, epochs, experiment_name=name)])
 
 
-def _train_two_processes(config, work_dir, *args, batch, epochs):
+def _two_process_env() -> dict:
+    """tools/dist_train.sh's environment: no launch variables of the caller's, this checkout's code whatever the
+    environment has installed, one thread per process."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
-    # this checkout's code, whatever the environment has installed
     env.update(PYTHON=sys.executable, OMP_NUM_THREADS='1',
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get('PYTHONPATH')])))
+    return env
+
+
+def _train_two_processes(config, work_dir, *args, batch, epochs):
+    env = _two_process_env()
     result = subprocess.run(
         ['bash', str(ROOT / 'tools/dist_train.sh'), config, '2', '--work-dir', str(work_dir), *args,
          *_cli_options(batch, epochs)],
@@ -389,9 +395,7 @@ def test_gpu_aug_recipe_prefetches_under_ddp(tmp_path):
     sys.path.insert(0, str(ROOT / 'tests'))
     from test_prefetch import GPU_AUG, tiny_recipe_options
     options = [o for o in tiny_recipe_options(tmp_path / 'data') if not o.startswith('train_dataloader.batch_size')]
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
-    env.update(PYTHON=sys.executable, OMP_NUM_THREADS='1',
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get('PYTHONPATH')])))
+    env = _two_process_env()
     weights = {}
     for loop in ('PrefetchEpochBasedTrainLoop', 'EpochBasedTrainLoop'):
         work_dir = tmp_path / loop
