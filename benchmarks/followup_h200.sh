@@ -23,8 +23,9 @@
 #      host time of one launch of each op, through Triton's launcher and run_kernel's direct one), then
 #      train_step_host.py at batch 2, where the GPU idles and the step takes its host time: VMamba-T through
 #      Triton's launches, through direct ones (VISIONSSM_TRITON_LAUNCH=direct) and with PyTorch's LayerNorm
-#      (VISIONSSM_LAYER_NORM=torch), three rounds in turn (one process each differs by tens of ms), then Swin-T
-#      (host_step.log);
+#      (VISIONSSM_LAYER_NORM=torch), three rounds in turn (one process each differs by tens of ms), then Swin-T;
+#      then tests/test_cuda_graph.py on the GPU (test_cuda_graph.log) and VMamba-T's step replayed as CUDA graphs
+#      (visionssm.GraphedModule) at batch 2 and 128, beside the eager step at 128 (host_step.log);
 #  0e. (part "launch", not in the default set) tests/test_launch.py on the GPU, then ab.py: the direct launches
 #      against Triton's on the same code (--baseline-env VISIONSSM_TRITON_LAUNCH=triton), VMamba-T, GroupMamba-T,
 #      Spatial-Mamba-T and Vim-T, bf16 training and inference (ab_launch.json);
@@ -93,6 +94,17 @@ part host && { timeout 90 python3 benchmarks/launch_overhead.py 2>&1 | tail -n 2
     echo "== swin_tiny_patch4_window7_224" >> "$dir/host_step.log"
     timeout 60 python3 benchmarks/train_step_host.py --model swin_tiny_patch4_window7_224 --batch 2 \
         --optimizer adamw-fused >> "$dir/host_step.log" 2>&1
+    # the same steps replayed as CUDA graphs (visionssm.GraphedModule), after its tests on this GPU
+    in_group 100 python3 -m pytest -p no:cacheprovider -q -rf tests/test_cuda_graph.py > "$dir/test_cuda_graph.log" 2>&1
+    tail -n 3 "$dir/test_cuda_graph.log"
+    for batch in 2 128; do
+        echo "== cuda-graph batch $batch: vmamba_tiny_s1l8" >> "$dir/host_step.log"
+        timeout 60 python3 benchmarks/train_step_host.py --model vmamba_tiny_s1l8 --batch $batch --optimizer adamw-fused \
+            --cuda-graph >> "$dir/host_step.log" 2>&1
+    done
+    echo "== eager batch 128: vmamba_tiny_s1l8" >> "$dir/host_step.log"
+    timeout 60 python3 benchmarks/train_step_host.py --model vmamba_tiny_s1l8 --batch 128 --optimizer adamw-fused \
+        >> "$dir/host_step.log" 2>&1
     grep -E "^== | step ms " "$dir/host_step.log"; }
 part launch && { in_group 120 python3 -m pytest -p no:cacheprovider -q -rf tests/test_launch.py 2>&1 | tail -n 4
     VISIONSSM_TRITON_LAUNCH=direct timeout 240 python3 benchmarks/ab.py --baseline "${LAUNCH_BASE:-$same}" \

@@ -1,14 +1,15 @@
 """Host time against GPU time of one training step: is the step launch-bound?
 
-    python3 benchmarks/train_step_host.py [--compile [--compile-mode reduce-overhead]] [--optimizer none|adamw|adamw-fused]
-        [--cprofile] [--torchprof]
+    python3 benchmarks/train_step_host.py [--compile [--compile-mode reduce-overhead] | --cuda-graph]
+        [--optimizer none|adamw|adamw-fused] [--cprofile] [--torchprof]
 
 For one model (VMamba-T by default; bf16 autocast, batch 128, 224²) it prints, for the whole step and for its parts
 (forward with the loss, forward + backward, optimizer step), the median CUDA-event time and the median host time
 spent enqueuing it. Where the host time comes close to the GPU time, the GPU waits for kernel launches and the step
-time follows the host CPU's speed. ``--cprofile`` / ``--torchprof`` add the host-side profiles (Python functions; ops
-by self CPU time). Run from the repository root; imports ``visionssm`` from the current directory first, so an
-older tree extracted elsewhere can be measured the same way (``cd old && python3 ../benchmarks/train_step_host.py``).
+time follows the host CPU's speed. ``--cuda-graph`` replays the eager forward and backward as CUDA graphs
+(``visionssm.GraphedModule``), which takes their host time away. ``--cprofile`` / ``--torchprof`` add the host-side
+profiles (Python functions; ops by self CPU time). Run from the repository root; imports ``visionssm`` from the
+current directory first, so an older tree extracted elsewhere can be measured the same way (``cd old && python3 ../benchmarks/train_step_host.py``).
 """
 import argparse
 import cProfile
@@ -30,6 +31,7 @@ def main():
     ap.add_argument('--batch', type=int, default=128)
     ap.add_argument('--compile', action='store_true')
     ap.add_argument('--compile-mode', default=None)
+    ap.add_argument('--cuda-graph', action='store_true', help='forward and backward through visionssm.GraphedModule')
     ap.add_argument('--optimizer', choices=('none', 'adamw', 'adamw-fused'), default='adamw')
     ap.add_argument('--cprofile', action='store_true')
     ap.add_argument('--torchprof', action='store_true')
@@ -42,8 +44,11 @@ def main():
 
     torch.backends.cudnn.benchmark = True
     model = timm.create_model(a.model, drop_path_rate=0.2).cuda().train()
+    if (a.compile or a.compile_mode) and a.cuda_graph:
+        raise SystemExit('--cuda-graph is the eager model replayed; not with --compile')
     if a.compile or a.compile_mode:
         model = torch.compile(model, mode=a.compile_mode)
+    run = visionssm.GraphedModule(model) if a.cuda_graph else model
     opt = None
     if a.optimizer != 'none':
         opt = torch.optim.AdamW(model.parameters(), lr=1e-7, fused=(a.optimizer == 'adamw-fused') or None)
@@ -53,7 +58,7 @@ def main():
 
     def forward():
         with amp:
-            return torch.nn.functional.cross_entropy(model(x), target)
+            return torch.nn.functional.cross_entropy(run(x), target)
 
     def fwd_bwd():
         forward().backward()
@@ -82,7 +87,8 @@ def main():
             gpu.append(s.elapsed_time(e))
         return statistics.median(gpu), statistics.median(host)
 
-    mode = f"compiled {a.compile_mode or 'default'}" if (a.compile or a.compile_mode) else 'eager'
+    mode = f"compiled {a.compile_mode or 'default'}" if (a.compile or a.compile_mode) else \
+        'cuda-graph' if a.cuda_graph else 'eager'
     tag = f'{a.model} {mode} {a.optimizer}'
     print(tag, 'step ms %.2f host %.2f' % timed(step))
     print(tag, 'fwd(loss, grad-enabled) ms %.2f host %.2f' % timed(forward))

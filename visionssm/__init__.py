@@ -27,7 +27,8 @@ def _source_checkout_kernels():
 _source_checkout_kernels()
 
 from . import models, ops  # noqa: E402
+from .cuda_graph import GraphedModule
 from .models import from_official
 from .ops import selective_scan
 
-__all__ = ['from_official', 'selective_scan', 'models', 'ops', '__version__']
+__all__ = ['GraphedModule', 'from_official', 'selective_scan', 'models', 'ops', '__version__']

@@ -80,12 +80,18 @@ class ImageClassifier(CompiledSubmodules, BaseModel):
             applied to training batches; None for none. Batches must then have an even size (``drop_last=True``).
         data_preprocessor: Batching and normalisation; default ``ClsDataPreprocessor`` with ImageNet mean/std.
         compile_backbone: ``torch.compile`` the backbone: True, or ``torch.compile``'s keyword arguments (``mode``,
-            ``backend``, ...; ``dynamic`` defaults to False: one static graph per input size). An eager step of a Mamba backbone costs the host more time than a large batch costs
-            the GPU (thousands of small launches); compiled, it is a few fused kernels. The module, its parameters
+            ``backend``, ...; ``dynamic`` defaults to False: one static graph per input size). An eager step of a
+            Mamba backbone costs the host more time than a large batch costs the GPU (thousands of small launches);
+            compiled, it is a few fused kernels. The module, its parameters
             and its checkpoints stay those of the eager model, and a copy (mmengine's EMA model) compiles its own
             (``visionssm.mm.compiled``).
             mmengine's own ``compile`` option compiles the whole ``train_step`` with the optimizer, which Dynamo
             fails on with mmengine 0.10.
+        cuda_graph: replay the backbone's training forward and backward as CUDA graphs
+            (``visionssm.cuda_graph``): the eager kernels without their host time, captured once per input size.
+            Needs a fixed batch size (``drop_last=True``), gradients set to None between steps and no gradient
+            accumulation; evaluation runs eagerly. Not with ``compile_backbone`` (whose ``mode='reduce-overhead'``
+            is the compiled form of the same).
         init_cfg: mmengine initialisation config (e.g. ``dict(type='Pretrained', checkpoint=...)``).
 
     Modes: ``loss`` returns ``dict(loss=...)``; ``predict`` returns the data samples with ``pred_score``
@@ -103,6 +109,7 @@ class ImageClassifier(CompiledSubmodules, BaseModel):
             mixup: Optional[Dict[str, Any]] = None,
             data_preprocessor: Optional[Dict[str, Any]] = None,
             compile_backbone: Union[bool, Dict[str, Any]] = False,
+            cuda_graph: bool = False,
             init_cfg: Optional[Union[Dict, List[Dict]]] = None,
     ):
         if data_preprocessor is None:
@@ -123,9 +130,18 @@ class ImageClassifier(CompiledSubmodules, BaseModel):
             # one graph per input size: a frame that meets a second size is otherwise recompiled with dynamic
             # shapes, which failed in Inductor's code generation for the VMamba-T recipe (torch 2.11, CUDA)
             self.compile_backbone.setdefault('dynamic', False)
+        if not isinstance(cuda_graph, bool):
+            raise TypeError(f'cuda_graph must be True or False, got {cuda_graph!r}')
+        if cuda_graph and self.compile_backbone is not None:
+            raise ValueError("cuda_graph and compile_backbone exclude each other: use one (compile_backbone="
+                             "dict(mode='reduce-overhead') is the compiled form of CUDA graphs)")
+        self.cuda_graph = cuda_graph
 
     def run_backbone(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The backbone's logits, through its compiled form with ``compile_backbone``."""
+        """The backbone's logits, through its compiled form with ``compile_backbone``, its CUDA graphs with
+        ``cuda_graph``."""
+        if self.cuda_graph:
+            return self.graphed('backbone')(inputs)
         if self.compile_backbone is None:
             return self.backbone(inputs)
         return self.compiled('backbone', self.compile_backbone)(inputs)

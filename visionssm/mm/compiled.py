@@ -5,7 +5,8 @@ time of a large batch, and at detection's batch 2 it is most of the step. Compil
 fused kernels. ``torch.compile(module)`` wraps the module, and assigning the wrapper to the model would register it
 (its parameters reappear under ``_orig_mod.`` in the state dict, so checkpoints change), while a wrapper kept on
 the instance would travel into deep copies and call the original's weights (mmengine's EMA model is a deep copy).
-``CompiledSubmodules`` keeps the wrapper outside both.
+``CompiledSubmodules`` keeps the wrapper outside both, and so the CUDA graphs of a submodule
+(``visionssm.cuda_graph``), which hold the graphs' memory and must not be copied either.
 """
 from __future__ import annotations
 
@@ -30,14 +31,25 @@ def compile_options(value: Union[bool, Dict[str, Any], None], name: str = 'compi
 
 class CompiledSubmodules:
     """Mixin for ``nn.Module`` classes: ``self.compiled(name, options)`` is ``torch.compile(getattr(self, name),
-    **options)``, made once per instance and kept out of the module's registry, its state dict and its copies (a
-    deep copy or an unpickled instance compiles its own on first use)."""
+    **options)`` and ``self.graphed(name)`` its CUDA-graphed form, each made once per instance and kept out of the
+    module's registry, its state dict and its copies (a deep copy or an unpickled instance makes its own on first
+    use)."""
 
     def compiled(self, name: str, options: Dict[str, Any]):
         cache = self.__dict__.setdefault('_compiled_submodules', {})
         if name not in cache:
             cache[name] = torch.compile(getattr(self, name), **options)
         return cache[name]
+
+    def graphed(self, name: str):
+        """``GraphedModule(getattr(self, name))``: its training steps replayed as CUDA graphs, kept like the
+        compiled wrappers."""
+        from ..cuda_graph import GraphedModule
+        cache = self.__dict__.setdefault('_compiled_submodules', {})
+        key = ('cuda_graph', name)
+        if key not in cache:
+            cache[key] = GraphedModule(getattr(self, name))
+        return cache[key]
 
     def __getstate__(self):
         state = self.__dict__.copy()

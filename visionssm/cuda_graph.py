@@ -1,0 +1,143 @@
+"""A module's training forward and backward replayed as CUDA graphs: the eager kernels, without their host time.
+
+An eager training step of a Mamba backbone is over a thousand small launches, each costing the host Python and
+dispatch time: VMamba-T's forward and backward take about 87 ms of host time per step, whatever the batch, where
+the GPU needs about 60 ms for a batch of 128 (``visionssm.HostTimeHook``). Captured once into two CUDA graphs
+(forward, and backward to the parameters' gradients), a step replays them with two launches. The kernels are the
+eager ones (no compiler): the same values as the eager step, RNG included (drop path draws from the generator's
+graph-safe state, fresh at every replay).
+
+``GraphedModule(module)`` is called like ``module`` in its training forward: for each input signature (shape,
+dtype, device, autocast state) it warms up, captures and then replays. What a graph cannot follow takes the eager
+path, never a wrong result:
+
+* eval mode, no grad, inputs not on CUDA: the eager module;
+* a parameter that moved (``model.to``, ``load_state_dict(assign=True)``) or changed ``requires_grad``: the graphs
+  are captured again;
+* more than ``max_graphs`` signatures (a varying batch size; set ``drop_last=True``): eager, with one warning.
+
+What it needs from the training loop:
+
+* gradients set to None between steps (``zero_grad()``, PyTorch's default): the backward graph writes each step's
+  gradients into the same buffers, which become the parameters' ``.grad``. Gradient accumulation over several
+  steps would read them after the next replay overwrote them, so a forward that finds gradients from an earlier
+  step raises instead of accumulating wrong sums;
+* inputs that do not require grad (images);
+* one output tensor (logits).
+
+The graphs keep their activations and workspace in a memory pool of their own, about the eager step's peak, for
+as long as the module lives.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Dict, Tuple
+
+import torch
+import torch.nn as nn
+
+__all__ = ['GraphedModule']
+
+Signature = Tuple
+
+
+class _Graphs:
+    """One input signature's captured forward and backward, with their static tensors."""
+
+    def __init__(self, module: nn.Module, params: Tuple[nn.Parameter, ...], sample: torch.Tensor, warmup: int):
+        self.params = params
+        self.storage = tuple(p.data_ptr() for p in params)
+        self.input = sample.detach().clone()
+        stream = torch.cuda.Stream()
+        # Lazy work (cuDNN's algorithm search, Triton's compiles, cuBLAS workspaces) must happen before the capture.
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(warmup):
+                out = module(self.input)
+                torch.autograd.grad(out, params, torch.ones_like(out), allow_unused=True)
+        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.synchronize()
+        self.forward, self.backward = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        pool = torch.cuda.graph_pool_handle()
+        # thread_local: another thread (visionssm's prefetching loop) may prepare the next batch meanwhile
+        with torch.cuda.graph(self.forward, pool=pool, stream=stream, capture_error_mode='thread_local'):
+            self.output = module(self.input)
+        if not isinstance(self.output, torch.Tensor):
+            raise TypeError(f'cuda_graph needs a module that returns one tensor, got {type(self.output).__name__}')
+        self.grad_output = torch.empty_like(self.output)
+        with torch.cuda.graph(self.backward, pool=pool, stream=stream, capture_error_mode='thread_local'):
+            self.grads = torch.autograd.grad(self.output, params, self.grad_output, allow_unused=True)
+        torch.cuda.synchronize()
+
+    def valid_for(self, params: Tuple[nn.Parameter, ...]) -> bool:
+        return params == self.params and self.storage == tuple(p.data_ptr() for p in params)
+
+
+class _Replay(torch.autograd.Function):
+    """The captured forward as one autograd node over the parameters; its backward replays the backward graph."""
+
+    @staticmethod
+    def forward(ctx, graphs: _Graphs, inputs: torch.Tensor, *params):
+        ctx.graphs = graphs
+        graphs.input.copy_(inputs)
+        graphs.forward.replay()
+        return graphs.output.detach()   # a view of the static output: valid until the next replay
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        graphs = ctx.graphs
+        graphs.grad_output.copy_(grad_output)
+        graphs.backward.replay()
+        return (None, None, *(None if g is None else g.detach() for g in graphs.grads))
+
+
+class GraphedModule:
+    """``module``'s training forward and backward through CUDA graphs, one pair per input signature (see the
+    module docstring). Not an ``nn.Module``: it holds no parameters of its own, and is kept out of the owner's state
+    dict and copies (``CompiledSubmodules``)."""
+
+    def __init__(self, module: nn.Module, max_graphs: int = 2, warmup: int = 3):
+        self.module = module
+        self.max_graphs = max_graphs
+        self.warmup = warmup
+        self.graphs: Dict[Signature, _Graphs] = {}
+        self._warned = False
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        module = self.module
+        if not (module.training and torch.is_grad_enabled()):
+            return module(inputs)
+        if not inputs.is_cuda:
+            self._warn_once(f'cuda_graph: the inputs are on {inputs.device}, not a CUDA device: eager steps')
+            return module(inputs)
+        if inputs.requires_grad:
+            raise ValueError('cuda_graph: the graphed module takes inputs that do not require grad (images); '
+                             'this input requires grad')
+        params = tuple(p for p in module.parameters() if p.requires_grad)
+        stale = [p for p in params if p.grad is not None]
+        if stale:
+            raise RuntimeError(
+                f'cuda_graph: {len(stale)} parameters still hold gradients from an earlier step. The graphed '
+                'backward writes every step\'s gradients into the same buffers, so gradients cannot accumulate '
+                'over steps: set them to None between steps (optimizer.zero_grad(), the default) and do not use '
+                'gradient accumulation (accumulative_counts > 1) with cuda_graph.')
+        device = inputs.device
+        signature = (tuple(inputs.shape), inputs.dtype, device, torch.is_autocast_enabled('cuda'),
+                     torch.get_autocast_dtype('cuda'))
+        graphs = self.graphs.get(signature)
+        if graphs is None or not graphs.valid_for(params):
+            if graphs is None and len(self.graphs) >= self.max_graphs:
+                self._warn_once(f'cuda_graph: more than {self.max_graphs} input signatures (now {signature[:2]}); '
+                                'the others run eagerly. Keep the batch size fixed (drop_last=True).')
+                return module(inputs)
+            self.graphs.pop(signature, None)
+            with torch.cuda.device(device), torch.autocast('cuda', dtype=signature[4], enabled=signature[3],
+                                                           cache_enabled=False):
+                graphs = self.graphs[signature] = _Graphs(module, params, inputs, self.warmup)
+        return _Replay.apply(graphs, inputs, *params)
+
+    def _warn_once(self, message: str) -> None:
+        if not self._warned:
+            self._warned = True
+            warnings.warn(message)
