@@ -12,12 +12,14 @@
 #   - the VMamba-T ImageNet recipe (RandAugment, erasing, Mixup/CutMix, EMA), bf16, batch 128, beside the bare
 #     backbone's training step: with the host's data pipeline (15 workers; part cls), with the pipeline on the GPU
 #     (part cls_gpu: the _gpu-aug recipe, nvJPEG decode and batched augmentation one step ahead in a thread), that
-#     recipe through mmengine's plain loop (part cls_gpu_plain: the A/B of PrefetchEpochBasedTrainLoop), and with
-#     its backbone compiled (part cls_compiled: model.compile_backbone=True, beside the compiled bare step);
+#     recipe through mmengine's plain loop (part cls_gpu_plain: the A/B of PrefetchEpochBasedTrainLoop), with its
+#     backbone's forward and backward replayed as CUDA graphs (part cls_graph: model.cuda_graph=True, beside the
+#     eager bare step), and with its backbone compiled (part cls_compiled: model.compile_backbone=True, beside the
+#     compiled bare step);
 #   - while time remains: both data pipelines alone (benchmarks/data_pipeline.py), then every family's T detection and
 #     segmentation config in fp16 and bf16 (part families, below).
-# PARTS picks some of them (det seg cls cls_gpu cls_gpu_plain cls_compiled pipeline families, the default: all, in
-# this order);
+# PARTS picks some of them (det seg cls cls_gpu cls_gpu_plain cls_graph cls_compiled pipeline families, the default:
+# all, in this order);
 # LIMIT (default 575) is the
 # seconds the whole script may take; PROFILE (default 5) the iterations of each run that StepProfileHook profiles.
 # Measured on an H100 with a prebuilt mmcv wheel: setup 30 s, det 290 s, seg 240 s, cls (host pipeline) about 190 s
@@ -28,7 +30,7 @@ set -u
 dir=${1:-${OUT:?set OUT or pass an output directory}}
 wheels=${2:-.whl}
 LIMIT=${LIMIT:-575}
-PARTS=" ${PARTS:-det seg cls cls_gpu cls_gpu_plain cls_compiled pipeline families} "
+PARTS=" ${PARTS:-det seg cls cls_gpu cls_gpu_plain cls_graph cls_compiled pipeline families} "
 part() { [[ "$PARTS" == *" $1 "* ]]; }
 mkdir -p "$dir"
 export PYTHONUNBUFFERED=1
@@ -54,12 +56,14 @@ part det && run ${DET_S:-330} det:configs/detection/mask-rcnn_vmamba-t_fpn_1x_co
 part seg && run ${SEG_S:-240} seg:configs/segmentation/upernet_vmamba-t_8xb2-160k_ade20k-512x512.py:fp16 \
     seg:mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py:fp16 --out "$R/seg" --iters 300
 CLS=configs/classification/vmamba/vmamba-t-s1l8_8xb128_in1k
-{ part cls || part cls_gpu || part cls_gpu_plain || part cls_compiled || part pipeline; } && python3 tools/make_synthetic_data.py "$R/cls/data" --tasks cls --train-per-class 4 \
+{ part cls || part cls_gpu || part cls_gpu_plain || part cls_graph || part cls_compiled || part pipeline; } && python3 tools/make_synthetic_data.py "$R/cls/data" --tasks cls --train-per-class 4 \
     >> "$LOG" 2>&1
 part cls && run ${CLS_S:-240} cls:$CLS.py:bf16 --out "$R/cls" --iters 90 --workers 15
 part cls_gpu && run ${CLS_GPU_S:-240} cls:${CLS}_gpu-aug.py:bf16 --out "$R/cls_gpu_aug" --iters 90 --workers 8
 part cls_gpu_plain && run ${CLS_GPU_PLAIN_S:-130} cls:${CLS}_gpu-aug.py:bf16 --out "$R/cls_gpu_aug_plain" --iters 90 \
     --workers 8 --no-bare --cfg-options train_cfg.type=EpochBasedTrainLoop
+part cls_graph && run ${CLS_GRAPH_S:-200} cls:${CLS}_gpu-aug.py:bf16 --out "$R/cls_gpu_aug_graph" --iters 90 \
+    --workers 8 --cfg-options model.cuda_graph=True
 part cls_compiled && run ${CLS_COMPILED_S:-240} cls:${CLS}_gpu-aug.py:bf16 --out "$R/cls_gpu_aug_compiled" --iters 90 \
     --workers 8 --cfg-options model.compile_backbone=True
 pipeline() { local left=$((LIMIT - SECONDS)); (( left < 45 )) && return

@@ -50,11 +50,16 @@ class _Graphs:
         self.input = sample.detach().clone()
         stream = torch.cuda.Stream()
         # Lazy work (cuDNN's algorithm search, Triton's compiles, cuBLAS workspaces) must happen before the capture.
+        # The warm-up steps must not count as training: buffers they update (BatchNorm's statistics) are restored.
+        buffers = [(b, b.clone()) for b in module.buffers()]
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(warmup):
                 out = module(self.input)
                 torch.autograd.grad(out, params, torch.ones_like(out), allow_unused=True)
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
         torch.cuda.current_stream().wait_stream(stream)
         torch.cuda.synchronize()
         self.forward, self.backward = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
@@ -132,9 +137,14 @@ class GraphedModule:
                                 'the others run eagerly. Keep the batch size fixed (drop_last=True).')
                 return module(inputs)
             self.graphs.pop(signature, None)
-            with torch.cuda.device(device), torch.autocast('cuda', dtype=signature[4], enabled=signature[3],
-                                                           cache_enabled=False):
-                graphs = self.graphs[signature] = _Graphs(module, params, inputs, self.warmup)
+            try:
+                with torch.cuda.device(device), torch.autocast('cuda', dtype=signature[4], enabled=signature[3],
+                                                               cache_enabled=False):
+                    graphs = self.graphs[signature] = _Graphs(module, params, inputs, self.warmup)
+            except RuntimeError as e:
+                raise RuntimeError(f'cuda_graph: capturing the training step of {type(module).__name__} failed '
+                                   f'(an op that waits for the GPU, or is not capturable?); train without '
+                                   f'cuda_graph. {e}') from e
         return _Replay.apply(graphs, inputs, *params)
 
     def _warn_once(self, message: str) -> None:
