@@ -124,6 +124,46 @@ def test_compiled_backbone_computes_the_same_at_changing_sizes_and_keeps_its_che
         VisionSSMBackbone('test_vmamba', compile='default')
 
 
+def test_cuda_graph_option_of_the_backbone():
+    with pytest.raises(ValueError, match='cuda_graph cannot be combined with compile'):
+        VisionSSMBackbone('test_vmamba', cuda_graph=True, compile=True)
+    with pytest.raises(ValueError, match='cuda_graph cannot be combined with with_cp'):
+        VisionSSMBackbone('test_vmamba', cuda_graph=True, with_cp=True)
+    with pytest.raises(TypeError, match='cuda_graph must be True or False'):
+        VisionSSMBackbone('test_vmamba', cuda_graph=1)
+    torch.manual_seed(0)
+    plain = VisionSSMBackbone('test_vmamba').train()
+    graphed = VisionSSMBackbone('test_vmamba', cuda_graph=True).train()
+    graphed.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.warns(UserWarning, match='cuda_graph: the inputs are on cpu'):   # eager on the CPU
+        for a, b in zip(plain(x), graphed(x)):
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_cuda_graphed_backbone_trains_as_the_eager_one():
+    """Segmentation's case: a fixed crop, the feature maps of every level through the graphs, two SGD steps."""
+    torch.manual_seed(0)
+    models = [VisionSSMBackbone('test_vmamba', cuda_graph=graph).cuda().train() for graph in (True, False)]
+    models[1].load_state_dict(models[0].state_dict())
+    for step in range(2):
+        x = torch.randn(2, 3, 64, 64, device='cuda', generator=torch.Generator('cuda').manual_seed(step))
+        features = []
+        for model in models:
+            out = model(x)
+            sum((f.float() * (i + 1)).square().mean() for i, f in enumerate(out)).backward()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p -= 0.1 * p.grad
+            model.zero_grad(set_to_none=True)
+            features.append([f.detach().clone() for f in out])
+        for a, b in zip(*features):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize('out_indices', [(0, 4), (2, 1), (), (-1,)])
 def test_bad_out_indices_are_refused(out_indices):
     with pytest.raises(ValueError, match='out_indices must be increasing levels in 0..3'):

@@ -23,7 +23,7 @@ What it needs from the training loop:
   steps would read them after the next replay overwrote them, so a forward that finds gradients from an earlier
   step raises instead of accumulating wrong sums;
 * inputs that do not require grad (images);
-* one output tensor (logits).
+* a tensor as output (logits), or a list or tuple of them (a backbone's feature maps).
 
 The graphs keep their activations and workspace in a memory pool of their own, about the eager step's peak, for
 as long as the module lives.
@@ -55,8 +55,8 @@ class _Graphs:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(warmup):
-                out = module(self.input)
-                torch.autograd.grad(out, params, torch.ones_like(out), allow_unused=True)
+                outputs = self._outputs(module(self.input))
+                torch.autograd.grad(outputs, params, [torch.ones_like(o) for o in outputs], allow_unused=True)
             with torch.no_grad():
                 for b, saved in buffers:
                     b.copy_(saved)
@@ -66,16 +66,32 @@ class _Graphs:
         pool = torch.cuda.graph_pool_handle()
         # thread_local: another thread (visionssm's prefetching loop) may prepare the next batch meanwhile
         with torch.cuda.graph(self.forward, pool=pool, stream=stream, capture_error_mode='thread_local'):
-            self.output = module(self.input)
-        if not isinstance(self.output, torch.Tensor):
-            raise TypeError(f'cuda_graph needs a module that returns one tensor, got {type(self.output).__name__}')
-        self.grad_output = torch.empty_like(self.output)
+            result = module(self.input)
+        self.container = None if isinstance(result, torch.Tensor) else type(result)
+        self.outputs = self._outputs(result)
+        self.grad_outputs = tuple(torch.empty_like(o) for o in self.outputs)
         with torch.cuda.graph(self.backward, pool=pool, stream=stream, capture_error_mode='thread_local'):
-            self.grads = torch.autograd.grad(self.output, params, self.grad_output, allow_unused=True)
+            self.grads = torch.autograd.grad(self.outputs, params, self.grad_outputs, allow_unused=True)
         torch.cuda.synchronize()
 
+    @staticmethod
+    def _outputs(result) -> Tuple[torch.Tensor, ...]:
+        """The module's output as a tuple of tensors that carry gradients: a tensor, or a list / tuple of them
+        (a backbone's feature maps)."""
+        outputs = (result,) if isinstance(result, torch.Tensor) else tuple(result) \
+            if isinstance(result, (list, tuple)) else None
+        if outputs is None or not all(isinstance(o, torch.Tensor) and o.requires_grad for o in outputs):
+            raise TypeError('cuda_graph needs a module that returns a tensor, or a list or tuple of tensors, '
+                            f'each depending on a trained parameter; got {type(result).__name__}')
+        return outputs
+
     def valid_for(self, params: Tuple[nn.Parameter, ...]) -> bool:
-        return params == self.params and self.storage == tuple(p.data_ptr() for p in params)
+        return (len(params) == len(self.params) and all(p is q for p, q in zip(params, self.params))
+                and self.storage == tuple(p.data_ptr() for p in params))
+
+    def result(self, outputs: Tuple[torch.Tensor, ...]):
+        """``outputs`` in the module's own container."""
+        return outputs[0] if self.container is None else self.container(outputs)
 
 
 class _Replay(torch.autograd.Function):
@@ -86,13 +102,15 @@ class _Replay(torch.autograd.Function):
         ctx.graphs = graphs
         graphs.input.copy_(inputs)
         graphs.forward.replay()
-        return graphs.output.detach()   # a view of the static output: valid until the next replay
+        # views of the static outputs: valid until the next replay
+        return tuple(o.detach() for o in graphs.outputs)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_output):
+    def backward(ctx, *grad_outputs):
         graphs = ctx.graphs
-        graphs.grad_output.copy_(grad_output)
+        for static, grad in zip(graphs.grad_outputs, grad_outputs):   # (autograd gives zeros for unused outputs)
+            static.copy_(grad)
         graphs.backward.replay()
         return (None, None, *(None if g is None else g.detach() for g in graphs.grads))
 
@@ -145,7 +163,7 @@ class GraphedModule:
                 raise RuntimeError(f'cuda_graph: capturing the training step of {type(module).__name__} failed '
                                    f'(an op that waits for the GPU, or is not capturable?); train without '
                                    f'cuda_graph. {e}') from e
-        return _Replay.apply(graphs, inputs, *params)
+        return graphs.result(_Replay.apply(graphs, inputs, *params))
 
     def _warn_once(self, message: str) -> None:
         if not self._warned:

@@ -103,6 +103,9 @@ class VisionSSMBackbone(CompiledSubmodules, BaseModule):
             (at detection's changing input sizes Dynamo recompiles once, for dynamic sizes). The eager model's step
             is thousands of small launches, most of a detector's step at batch 2 on a GPU's host; parameters and
             checkpoints stay the eager model's (``visionssm.mm.compiled``).
+        cuda_graph: replay the model's training forward and backward as CUDA graphs (``visionssm.GraphedModule``):
+            the eager kernels without their host time, one capture per input size, up to two (segmentation's fixed
+            crops; detection's varying sizes mostly run eagerly). Not with ``compile`` or ``with_cp``.
         **model_kwargs: passed to ``timm.create_model`` (e.g. ``img_size`` for Vim, ``depths``).
     """
 
@@ -118,6 +121,7 @@ class VisionSSMBackbone(CompiledSubmodules, BaseModule):
             init_cfg: Union[dict, List[dict], None] = None,
             adapter: Optional[dict] = None,
             compile: Union[bool, dict] = False,
+            cuda_graph: bool = False,
             **model_kwargs,
     ):
         if pretrained is not None:
@@ -160,6 +164,12 @@ class VisionSSMBackbone(CompiledSubmodules, BaseModule):
                              f'{out_indices}, got {frozen_stages}')
         self._freeze_stages()
         self.compile_cfg = compile_options(compile)   # not self.compile: nn.Module.compile is a method
+        if not isinstance(cuda_graph, bool):
+            raise TypeError(f'cuda_graph must be True or False, got {cuda_graph!r}')
+        if cuda_graph and (self.compile_cfg is not None or with_cp):
+            raise ValueError('cuda_graph cannot be combined with ' + ('compile' if self.compile_cfg is not None else
+                             'with_cp (checkpointing reads the RNG state on the host, which a capture forbids)'))
+        self.cuda_graph = cuda_graph
 
     @property
     def channels(self) -> List[int]:
@@ -208,7 +218,8 @@ class VisionSSMBackbone(CompiledSubmodules, BaseModule):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         # LayerNorm2d hands back a permuted view; heads and later copies are faster on contiguous NCHW.
-        body = self.body if self.compile_cfg is None else self.compiled('body', self.compile_cfg)
+        body = self.graphed('body') if self.cuda_graph else \
+            self.body if self.compile_cfg is None else self.compiled('body', self.compile_cfg)
         return tuple(getattr(self, f'norm{i}')(f).contiguous() for i, f in zip(self.out_indices, body(x)))
 
     # --- weights ----------------------------------------------------------------------------------------------
