@@ -8,7 +8,8 @@
 # for the machine's torch / CUDA / GPU (tools/build_mmcv.sh; without one, mmcv is built first, about 5 minutes on
 # 16 cores; PARTS of classification alone need no mmcv). Then, each on synthetic data with the config's own pipeline (benchmarks/train_gpu.py):
 #   - Mask R-CNN 1x, VMamba-T beside mmdet's Swin-T, batch 2, fp16 AMP, 300 iterations, then tools/test.py;
-#   - UperNet 512², VMamba-T beside mmseg's Swin-T, batch 2, fp16 AMP, 300 iterations, then tools/test.py;
+#   - UperNet 512², VMamba-T beside mmseg's Swin-T, batch 2, fp16 AMP, 300 iterations, then tools/test.py; then
+#     VMamba-T's UperNet with its backbone replayed as CUDA graphs (part seg_graph: model.backbone.cuda_graph=True);
 #   - the VMamba-T ImageNet recipe (RandAugment, erasing, Mixup/CutMix, EMA), bf16, batch 128, beside the bare
 #     backbone's training step: with the host's data pipeline (15 workers; part cls), with the pipeline on the GPU
 #     (part cls_gpu: the _gpu-aug recipe, nvJPEG decode and batched augmentation one step ahead in a thread), that
@@ -18,8 +19,8 @@
 #     compiled bare step);
 #   - while time remains: both data pipelines alone (benchmarks/data_pipeline.py), then every family's T detection and
 #     segmentation config in fp16 and bf16 (part families, below).
-# PARTS picks some of them (det seg cls cls_gpu cls_gpu_plain cls_graph cls_compiled pipeline families, the default:
-# all, in this order);
+# PARTS picks some of them (det seg seg_graph cls cls_gpu cls_gpu_plain cls_graph cls_compiled pipeline families,
+# the default: all, in this order);
 # LIMIT (default 575) is the
 # seconds the whole script may take; PROFILE (default 5) the iterations of each run that StepProfileHook profiles.
 # Measured on an H100 with a prebuilt mmcv wheel: setup 30 s, det 290 s, seg 240 s, cls (host pipeline) about 190 s
@@ -30,12 +31,12 @@ set -u
 dir=${1:-${OUT:?set OUT or pass an output directory}}
 wheels=${2:-.whl}
 LIMIT=${LIMIT:-575}
-PARTS=" ${PARTS:-det seg cls cls_gpu cls_gpu_plain cls_graph cls_compiled pipeline families} "
+PARTS=" ${PARTS:-det seg seg_graph cls cls_gpu cls_gpu_plain cls_graph cls_compiled pipeline families} "
 part() { [[ "$PARTS" == *" $1 "* ]]; }
 mkdir -p "$dir"
 export PYTHONUNBUFFERED=1
 LOG=$dir/log.txt; R=$(mktemp -d)
-mmcv=0; for p in det seg families; do part $p && mmcv=1; done   # classification needs no mmcv (and no build)
+mmcv=0; for p in det seg seg_graph families; do part $p && mmcv=1; done   # classification needs no mmcv (and no build)
 MMCV=$mmcv bash tools/setup_gpu_training.sh python3 "$wheels" > "$LOG" 2>&1 || { tail -30 "$LOG"; exit 1; }
 echo "== setup done (${SECONDS}s)" >> "$LOG"
 # run LIMIT_S ARGS...: one benchmarks/train_gpu.py call, cut to the time left; each of its runs (training, then
@@ -55,6 +56,8 @@ part det && run ${DET_S:-330} det:configs/detection/mask-rcnn_vmamba-t_fpn_1x_co
     det:mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py:fp16 --out "$R/det" --iters 300
 part seg && run ${SEG_S:-240} seg:configs/segmentation/upernet_vmamba-t_8xb2-160k_ade20k-512x512.py:fp16 \
     seg:mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py:fp16 --out "$R/seg" --iters 300
+part seg_graph && run ${SEG_GRAPH_S:-150} seg:configs/segmentation/upernet_vmamba-t_8xb2-160k_ade20k-512x512.py:fp16 \
+    --out "$R/seg_graph" --iters 300 --cfg-options model.backbone.cuda_graph=True
 CLS=configs/classification/vmamba/vmamba-t-s1l8_8xb128_in1k
 { part cls || part cls_gpu || part cls_gpu_plain || part cls_graph || part cls_compiled || part pipeline; } && python3 tools/make_synthetic_data.py "$R/cls/data" --tasks cls --train-per-class 4 \
     >> "$LOG" 2>&1
