@@ -29,6 +29,8 @@
 #  0e. (part "launch", not in the default set) tests/test_launch.py on the GPU, then ab.py: the direct launches
 #      against Triton's on the same code (--baseline-env VISIONSSM_TRITON_LAUNCH=triton), VMamba-T, GroupMamba-T,
 #      Spatial-Mamba-T and Vim-T, bf16 training and inference (ab_launch.json);
+#  0f. (part "graphs", not in the default set) tools/benchmark.py: the T models' bf16 training step at batch 128, eager
+#      and with --cuda-graph (visionssm.GraphedModule), one after the other (bench_eager.json, bench_cuda-graph.json);
 #   1. ab.py: this checkout against BASELINE_REV (default: the revision before the GroupMamba / Spatial-Mamba / Vim
 #      memory work) for GroupMamba-T, Spatial-Mamba-T, Vim-T/S and VMamba-T, bf16 inference and training;
 #   2. tools/benchmark.py: MambaVision-T, PlainMamba-L1, MSVMamba-T beside ConvNeXt-T (bf16, batch 128, 224²), and
@@ -42,8 +44,8 @@
 # BENCH_BUDGET change part 2's models and seconds); the fuzz takes what is left of LIMIT (default 580 seconds since
 # the script started). Writes DIR (default $OUT): env.txt, ab_new.json, ab.json, bench.json, bench_b8.json,
 # export_latency.json, fuzz.json, fuzz.log (8 files; the kernel sweep prints to the console); part ln: ab_ln.json,
-# ab_ln_b8.json; part states: ab_states.json; part profile8: profile_b8.log; part host: host_step.log; part launch:
-# ab_launch.json.
+# ab_ln_b8.json; part states: ab_states.json; part profile8: profile_b8.log; part host: host_step.log,
+# test_cuda_graph.log; part launch: ab_launch.json; part graphs: bench_eager.json, bench_cuda-graph.json.
 set -uo pipefail
 dir=${1:-${OUT:?set OUT or pass an output directory}}
 base=${2:-1591727}
@@ -110,6 +112,11 @@ part launch && { in_group 120 python3 -m pytest -p no:cacheprovider -q -rf tests
     VISIONSSM_TRITON_LAUNCH=direct timeout 240 python3 benchmarks/ab.py --baseline "${LAUNCH_BASE:-$same}" \
         --baseline-env VISIONSSM_TRITON_LAUNCH=triton --rounds 5 --json "$dir/ab_launch.json" \
         --models vmamba_tiny_s1l8 groupmamba_tiny spatialmamba_tiny vim_tiny 2>&1 | tail -n 12; }
+part graphs && for graph in eager cuda-graph; do
+    timeout 200 python3 tools/benchmark.py --no-baselines --time-budget 180 --json "$dir/bench_$graph.json" \
+        --models ${GRAPH_MODELS:-vmamba_tiny_s1l8 groupmamba_tiny spatialmamba_tiny vim_tiny efficientvmamba_tiny} \
+        --resolutions 224 --batch-sizes 128 --measure fwd_bwd:bf16@224 $([[ $graph == eager ]] || echo --cuda-graph) \
+        2>&1 | tail -n 8; done
 part ab && timeout 200 python3 benchmarks/ab.py --baseline "$base" --rounds 5 --json "$dir/ab.json" \
     --models groupmamba_tiny spatialmamba_tiny vim_tiny vim_small vmamba_tiny_s1l8 2>&1 | tail -n 30
 part bench && python3 tools/benchmark.py --no-baselines --time-budget "${BENCH_BUDGET:-150}" --json "$dir/bench.json" \

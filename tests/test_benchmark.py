@@ -134,6 +134,7 @@ def test_merge_joins_parts_into_one_table_and_plots(tmp_path):
     (['--measure', 'infer@512', '--resolutions', '64,96', '--batch-sizes', '2,1'], 'no batch size for size(s) [512]'),
     (['--resolutions', '0'], 'expected positive integers'),
     (['--merge', 'a.json'], '--merge needs --out-dir'),
+    (['--cuda-graph', '--compile'], 'cuda_graph replays the eager model; not with compile'),
     (['--models', 'no_such_family_*'], "pattern 'no_such_family_*' matches no timm model"),
 ])
 def test_bad_arguments_get_one_clear_error(argv, message, capsys):
@@ -148,6 +149,20 @@ def test_compile_mode():
         bm.Protocol(compile=True, compile_mode='fast')
     row = dict(channels_last=True, compile=True, compile_mode='reduce-overhead')
     assert bm._options(row) == 'channels_last, compile (reduce-overhead)'
+    assert bm._options(dict(channels_last=False, compile=False, cuda_graph=True)) == 'CUDA graphs'
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_cuda_graph_training_rows():
+    """--cuda-graph: training rows replay the graphs (named in the row, the graphs' pool counted in the memory),
+    inference rows stay eager."""
+    protocol = bm.Protocol(device='cuda', warmup=2, repeats=2, repeat_s=0.0, pool=2, cuda_graph=True)
+    train = bm.measure('test_vmamba', bm.Setting('train', 'bf16', 64, 4), protocol)
+    infer = bm.measure('test_vmamba', bm.Setting('infer', 'bf16', 64, 4), protocol)
+    bm._release_model()
+    assert train['status'] == infer['status'] == 'ok'
+    assert train['cuda_graph'] and 'cuda_graph' not in infer
+    assert 'private pool' in train['peak_mem_kind']
     assert bm._options(dict(compile=True)) == 'compile'
 
 

@@ -102,6 +102,9 @@ class Protocol:
             default). ``'reduce-overhead'`` replays CUDA graphs: no kernel-launch host time in the step.
         fused_adamw: the ``train`` mode's AdamW as one fused kernel (``fused=True``, the classification recipes'
             optimizer) instead of torch's default (multi-tensor on CUDA).
+        cuda_graph: training modes replay the eager model's forward and backward as CUDA graphs
+            (``visionssm.GraphedModule``, the recipes' ``cuda_graph=True``): the eager kernels without their host
+            time. Inference stays eager.
     """
     device: str = 'cpu'
     warmup: int = 5
@@ -113,6 +116,7 @@ class Protocol:
     compile_mode: Optional[str] = None
     drop_path: Optional[float] = None
     fused_adamw: bool = False
+    cuda_graph: bool = False
 
     def __post_init__(self):
         if self.compile_mode not in COMPILE_MODES:
@@ -122,6 +126,9 @@ class Protocol:
         if min(self.warmup, self.repeats, self.pool) < 1 or self.repeat_s < 0:
             raise ValueError(f'warmup, repeats and pool must be >= 1 and repeat_s >= 0, got {self.warmup}, '
                              f'{self.repeats}, {self.pool} and {self.repeat_s}')
+        if self.cuda_graph and self.compile:
+            raise ValueError("cuda_graph replays the eager model; not with compile (compile_mode='reduce-overhead' "
+                             'is the compiled form of CUDA graphs)')
 
     def channels_last_for(self, name: str) -> bool:
         if self.channels_last == 'auto':
@@ -276,6 +283,10 @@ def _benchmark(model: torch.nn.Module, setting: Setting, batch_size: int, channe
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-7, **({'fused': True} if protocol.fused_adamw else {})
                                   ) if setting.mode == 'train' else None
     autocast = _autocast(setting.precision, device)
+    run = model
+    if training and protocol.cuda_graph and device.type == 'cuda':
+        from .cuda_graph import GraphedModule
+        run = GraphedModule(model)   # captured in the first (warm-up) step
 
     def step(i: int):
         x, y = batches[i % len(batches)]
@@ -284,7 +295,7 @@ def _benchmark(model: torch.nn.Module, setting: Setting, batch_size: int, channe
                 model(x)
             return
         with autocast:
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(run(x), y)
         loss.backward()
         if optimizer is not None:
             optimizer.step()
@@ -377,6 +388,8 @@ def measure(name: str, setting: Setting, protocol: Protocol) -> dict:
                channels_last=channels_last, compile=protocol.compile, status='ok')
     if protocol.compile and protocol.compile_mode:
         row['compile_mode'] = protocol.compile_mode
+    if protocol.cuda_graph and setting.mode in TRAINING_MODES and device.type == 'cuda':
+        row['cuda_graph'] = True
     t0 = time.perf_counter()
     try:
         model, info = _get_model(name, setting.img_size, protocol)
@@ -411,7 +424,8 @@ def measure(name: str, setting: Setting, protocol: Protocol) -> dict:
                        warmup=protocol.warmup, repeats=protocol.repeats, iters_per_repeat=stats['iters_per_repeat'],
                        repeat_s=protocol.repeat_s, first_iter_s=stats['first_iter_s'],
                        timing='CUDA events' if device.type == 'cuda' else 'host clock')
-            if device.type == 'cuda' and protocol.compile and protocol.compile_mode in CUDA_GRAPH_MODES:
+            if device.type == 'cuda' and (protocol.compile and protocol.compile_mode in CUDA_GRAPH_MODES
+                                          or row.get('cuda_graph')):
                 # replayed graphs allocate nothing: their memory is the private pool, reserved when they were
                 # recorded (possibly by an earlier measurement of the same model): count what is reserved
                 row.update(peak_mem_gib=stats['peak_reserved_bytes'] / 2 ** 30,
@@ -681,8 +695,8 @@ def merge(paths: Sequence[str]) -> dict:
 
 def _options(row: dict) -> str:
     compiled = 'compile' + (f" ({row['compile_mode']})" if row.get('compile_mode') else '')
-    return ', '.join(o for o, on in (('channels_last', row.get('channels_last')), (compiled, row.get('compile')))
-                     if on)
+    return ', '.join(o for o, on in (('channels_last', row.get('channels_last')), (compiled, row.get('compile')),
+                                     ('CUDA graphs', row.get('cuda_graph'))) if on)
 
 
 def _fmt(value, spec: str = '.2f') -> str:
@@ -947,6 +961,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--compile-mode', choices=[m for m in COMPILE_MODES if m],
                    help="torch.compile mode (implies --compile); 'reduce-overhead' replays CUDA graphs, which takes "
                         'the host (kernel launches) out of the step')
+    p.add_argument('--cuda-graph', action='store_true',
+                   help='training modes: the eager forward and backward replayed as CUDA graphs '
+                        '(visionssm.GraphedModule, the recipes\' cuda_graph=True); not with --compile')
     p.add_argument('--drop-path', type=float,
                    help='drop_path_rate in training modes for every model (default: each model its released value, '
                         'the baselines 0.2 as in the anchors)')
@@ -1037,7 +1054,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[dict]:
         protocol = Protocol(device=args.device, warmup=opts['warmup'], repeats=opts['repeats'],
                             repeat_s=opts['repeat_time'], pool=args.pool, channels_last=args.channels_last,
                             compile=args.compile or args.compile_mode is not None, compile_mode=args.compile_mode,
-                            drop_path=args.drop_path, fused_adamw=args.fused_adamw)
+                            drop_path=args.drop_path, fused_adamw=args.fused_adamw, cuda_graph=args.cuda_graph)
         models = _expand_models(args.models or timm.list_models(module=list(FAMILIES)))
     except ValueError as e:
         parser.error(str(e))
