@@ -1,8 +1,9 @@
 """A module's training forward and backward replayed as CUDA graphs: the eager kernels, without their host time.
 
 An eager training step of a Mamba backbone is over a thousand small launches, each costing the host Python and
-dispatch time: VMamba-T's forward and backward take about 87 ms of host time per step, whatever the batch, where
-the GPU needs about 60 ms for a batch of 128 (``visionssm.HostTimeHook``). Captured once into two CUDA graphs
+dispatch time: VMamba-T's forward and backward took 87 ms of host time per step on an H100 machine, whatever the
+batch, where the GPU needs about 60 ms for a batch of 128 (``visionssm.HostTimeHook``,
+``benchmarks/results/h100-2026-12-06c/``). Captured once into two CUDA graphs
 (forward, and backward to the parameters' gradients), a step replays them with two launches. The kernels are the
 eager ones (no compiler): the same values as the eager step, RNG included (drop path draws from the generator's
 graph-safe state, fresh at every replay).
@@ -125,14 +126,14 @@ class GraphedModule:
         self.max_graphs = max_graphs
         self.warmup = warmup
         self.graphs: Dict[Signature, _Graphs] = {}
-        self._warned = False
+        self._warned = set()
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
         module = self.module
         if not (module.training and torch.is_grad_enabled()):
             return module(inputs)
         if not inputs.is_cuda:
-            self._warn_once(f'cuda_graph: the inputs are on {inputs.device}, not a CUDA device: eager steps')
+            self._warn_once('device', f'cuda_graph: the inputs are on {inputs.device}, not a CUDA device: eager steps')
             return module(inputs)
         if inputs.requires_grad:
             raise ValueError('cuda_graph: the graphed module takes inputs that do not require grad (images); '
@@ -151,8 +152,8 @@ class GraphedModule:
         graphs = self.graphs.get(signature)
         if graphs is None or not graphs.valid_for(params):
             if graphs is None and len(self.graphs) >= self.max_graphs:
-                self._warn_once(f'cuda_graph: more than {self.max_graphs} input signatures (now {signature[:2]}); '
-                                'the others run eagerly. Keep the batch size fixed (drop_last=True).')
+                self._warn_once('signatures', f'cuda_graph: more than {self.max_graphs} input signatures (now '
+                                f'{signature[:2]}); the others run eagerly. Keep the batch size fixed (drop_last=True).')
                 return module(inputs)
             self.graphs.pop(signature, None)
             try:
@@ -165,7 +166,7 @@ class GraphedModule:
                                    f'cuda_graph. {e}') from e
         return graphs.result(_Replay.apply(graphs, inputs, *params))
 
-    def _warn_once(self, message: str) -> None:
-        if not self._warned:
-            self._warned = True
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
             warnings.warn(message)
