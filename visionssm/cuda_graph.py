@@ -153,7 +153,8 @@ class GraphedModule:
         if graphs is None or not graphs.valid_for(params):
             if graphs is None and len(self.graphs) >= self.max_graphs:
                 self._warn_once('signatures', f'cuda_graph: more than {self.max_graphs} input signatures (now '
-                                f'{signature[:2]}); the others run eagerly. Keep the batch size fixed (drop_last=True).')
+                                f'{signature[:2]}); the others run eagerly. Keep the batch size fixed '
+                                '(drop_last=True).')
                 return module(inputs)
             self.graphs.pop(signature, None)
             try:
