@@ -97,7 +97,7 @@ part host && { timeout 90 python3 benchmarks/launch_overhead.py 2>&1 | tail -n 2
     timeout 60 python3 benchmarks/train_step_host.py --model swin_tiny_patch4_window7_224 --batch 2 \
         --optimizer adamw-fused >> "$dir/host_step.log" 2>&1
     # the same steps replayed as CUDA graphs (visionssm.GraphedModule), after its tests on this GPU
-    in_group 100 python3 -m pytest -p no:cacheprovider -q -rf tests/test_cuda_graph.py > "$dir/test_cuda_graph.log" 2>&1
+    in_group 200 python3 -m pytest -p no:cacheprovider -q -rf tests/test_cuda_graph.py > "$dir/test_cuda_graph.log" 2>&1
     tail -n 3 "$dir/test_cuda_graph.log"
     for batch in 2 128; do
         echo "== cuda-graph batch $batch: vmamba_tiny_s1l8" >> "$dir/host_step.log"

@@ -74,6 +74,10 @@ class _Graphs:
         with torch.cuda.graph(self.backward, pool=pool, stream=stream, capture_error_mode='thread_local'):
             self.grads = torch.autograd.grad(self.outputs, params, self.grad_outputs, allow_unused=True)
         torch.cuda.synchronize()
+        # Keep the static tensors, not the captured step's autograd graph: alive, it would keep the parameters'
+        # gradient accumulators of the side stream, and every real backward would synchronise with that stream.
+        # Its memory stays the graphs' (their private pool, which nothing else allocates from).
+        self.outputs = tuple(o.detach() for o in self.outputs)
 
     @staticmethod
     def _outputs(result) -> Tuple[torch.Tensor, ...]:
