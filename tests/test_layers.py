@@ -97,3 +97,19 @@ def test_route_projection_weight_is_composed_in_float32_under_autocast():
     assert torch.equal(got, want) and want.shape == (4 * 24 + 4 * 2 * 16, 24)
     got.sum().backward()
     assert x_proj.grad.dtype == dt_proj.grad.dtype == torch.float32
+
+
+def test_autocast_checks_stay_traceable_on_cpu_and_cuda(monkeypatch):
+    """``autocast_enabled`` answers for CPU and CUDA tensors without ``torch.amp.is_autocast_available``, a builtin
+    that Dynamo cannot trace in torch 2.11 (each call broke a compiled VMamba-T into one more graph on a GPU)."""
+    from visionssm.layers.fused import autocast_dtype, autocast_enabled
+
+    def untraceable(device):
+        raise AssertionError(f'is_autocast_available({device!r}) called')
+    monkeypatch.setattr(torch.amp, 'is_autocast_available', untraceable)
+    x = torch.ones(2)
+    assert not autocast_enabled(x) and autocast_dtype(x) == torch.float32
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert autocast_enabled(x) and autocast_dtype(x) == torch.bfloat16
+    monkeypatch.undo()
+    assert not autocast_enabled(torch.ones(2, device='meta'))   # other devices: asked whether autocast exists

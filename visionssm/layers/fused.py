@@ -48,6 +48,10 @@ def block_diagonal(weight: torch.Tensor) -> torch.Tensor:
 def autocast_enabled(x: torch.Tensor) -> bool:
     """Whether autocast is on for ``x``'s device type."""
     device = x.device.type
+    if device in ('cuda', 'cpu'):
+        # autocast always exists there: torch.amp.is_autocast_available is a builtin that Dynamo cannot trace (torch
+        # 2.11), and each call broke a compiled VMamba-T into another graph (60 breaks, benchmarks/compile_probe.py)
+        return torch.is_autocast_enabled(device)
     return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
 
 
