@@ -12,7 +12,8 @@
 # The measuring process only launches kernels: four cores keep it from waiting on the compiler. LIMIT (seconds,
 # default 560) bounds the whole. Writes DIR (default $OUT): env.txt, build.log, official.json, official.md (ours
 # against official: img/s, peak GiB, params; with a kernel-time breakdown of one training step of each T model in
-# the JSON).
+# the JSON). With KEEP_EXT=1 also the extensions built here, as ext.tgz.part-* of at most 15 MiB each (at most four,
+# the files a device command returns), for a later run: `cat ext.tgz.part-* | tar xz -C ROOT/_ext`.
 set -uo pipefail
 root=${1:?official checkouts folder}
 dir=${2:-${OUT:?set OUT or pass an output directory}}
@@ -44,4 +45,9 @@ grep '^\[build\]' "$dir/build.log" | cut -c1-300
 echo "[official_h200] build done at ${SECONDS}s"
 [[ -n "$THEN" ]] && measure "0-$((cores - 1))" $THEN
 cat "$dir/official.md"
+if [[ ${KEEP_EXT:-0} == 1 ]]; then
+    (cd "$root/_ext" && find . -name '*.so' -o -name build_report.json | tar czf - -T -) \
+        | split -b 15M -d - "$dir/ext.tgz.part-"
+    ls "$dir"/ext.tgz.part-* | wc -l | xargs echo "[official_h200] built extensions packed, parts:"
+fi
 echo "[official_h200] done in ${SECONDS}s"
