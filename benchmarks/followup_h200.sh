@@ -23,14 +23,15 @@
 #      host time of one launch of each op, through Triton's launcher and run_kernel's direct one), then
 #      train_step_host.py at batch 2, where the GPU idles and the step takes its host time: VMamba-T through
 #      Triton's launches, through direct ones (VISIONSSM_TRITON_LAUNCH=direct) and with PyTorch's LayerNorm
-#      (VISIONSSM_LAYER_NORM=torch), three rounds in turn (one process each differs by tens of ms), then Swin-T;
-#      then tests/test_cuda_graph.py on the GPU (test_cuda_graph.log) and VMamba-T's step replayed as CUDA graphs
-#      (visionssm.GraphedModule) at batch 2 and 128, beside the eager step at 128 (host_step.log);
+#      (VISIONSSM_LAYER_NORM=torch), three rounds in turn (one process each differs by tens of ms), then Swin-T
+#      (host_step.log);
 #  0e. (part "launch", not in the default set) tests/test_launch.py on the GPU, then ab.py: the direct launches
 #      against Triton's on the same code (--baseline-env VISIONSSM_TRITON_LAUNCH=triton), VMamba-T, GroupMamba-T,
 #      Spatial-Mamba-T and Vim-T, bf16 training and inference (ab_launch.json);
-#  0f. (part "graphs", not in the default set) tools/benchmark.py: the T models' bf16 training step at batch 128, eager
-#      and with --cuda-graph (visionssm.GraphedModule), one after the other (bench_eager.json, bench_cuda-graph.json);
+#  0f. (part "graphs", not in the default set) the training step replayed as CUDA graphs (visionssm.GraphedModule):
+#      its GPU tests (test_cuda_graph.log), VMamba-T's step eager and graphed at batch 2 and 128 (graph_step.log),
+#      then tools/benchmark.py: the T models' bf16 training step at batch 128, eager and with --cuda-graph, one after
+#      the other (bench_eager.json, bench_cuda-graph.json);
 #   1. ab.py: this checkout against BASELINE_REV (default: the revision before the GroupMamba / Spatial-Mamba / Vim
 #      memory work) for GroupMamba-T, Spatial-Mamba-T, Vim-T/S and VMamba-T, bf16 inference and training;
 #   2. tools/benchmark.py: MambaVision-T, PlainMamba-L1, MSVMamba-T beside ConvNeXt-T (bf16, batch 128, 224²), and
@@ -44,8 +45,8 @@
 # BENCH_BUDGET change part 2's models and seconds); the fuzz takes what is left of LIMIT (default 580 seconds since
 # the script started). Writes DIR (default $OUT): env.txt, ab_new.json, ab.json, bench.json, bench_b8.json,
 # export_latency.json, fuzz.json, fuzz.log (8 files; the kernel sweep prints to the console); part ln: ab_ln.json,
-# ab_ln_b8.json; part states: ab_states.json; part profile8: profile_b8.log; part host: host_step.log,
-# test_cuda_graph.log; part launch: ab_launch.json; part graphs: bench_eager.json, bench_cuda-graph.json.
+# ab_ln_b8.json; part states: ab_states.json; part profile8: profile_b8.log; part host: host_step.log; part launch:
+# ab_launch.json; part graphs: test_cuda_graph.log, graph_step.log, bench_eager.json, bench_cuda-graph.json.
 set -uo pipefail
 dir=${1:-${OUT:?set OUT or pass an output directory}}
 base=${2:-1591727}
@@ -96,27 +97,29 @@ part host && { timeout 90 python3 benchmarks/launch_overhead.py 2>&1 | tail -n 2
     echo "== swin_tiny_patch4_window7_224" >> "$dir/host_step.log"
     timeout 60 python3 benchmarks/train_step_host.py --model swin_tiny_patch4_window7_224 --batch 2 \
         --optimizer adamw-fused >> "$dir/host_step.log" 2>&1
-    # the same steps replayed as CUDA graphs (visionssm.GraphedModule), after its tests on this GPU
-    in_group 200 python3 -m pytest -p no:cacheprovider -q -rf tests/test_cuda_graph.py > "$dir/test_cuda_graph.log" 2>&1
-    tail -n 3 "$dir/test_cuda_graph.log"
-    for batch in 2 128; do
-        echo "== cuda-graph batch $batch: vmamba_tiny_s1l8" >> "$dir/host_step.log"
-        timeout 60 python3 benchmarks/train_step_host.py --model vmamba_tiny_s1l8 --batch $batch --optimizer adamw-fused \
-            --cuda-graph >> "$dir/host_step.log" 2>&1
-    done
-    echo "== eager batch 128: vmamba_tiny_s1l8" >> "$dir/host_step.log"
-    timeout 60 python3 benchmarks/train_step_host.py --model vmamba_tiny_s1l8 --batch 128 --optimizer adamw-fused \
-        >> "$dir/host_step.log" 2>&1
     grep -E "^== | step ms " "$dir/host_step.log"; }
+# the training step replayed as CUDA graphs (visionssm.GraphedModule): its tests on this GPU, VMamba-T's step eager
+# and graphed at batch 2 and 128, then the T models' bf16 training throughput both ways
+part graphs && { in_group 200 python3 -m pytest -p no:cacheprovider -q -rf --continue-on-collection-errors \
+        tests/test_cuda_graph.py tests/test_mm_backbone.py -k cuda_graph > "$dir/test_cuda_graph.log" 2>&1
+    tail -n 12 "$dir/test_cuda_graph.log"
+    for run in eager:2 cuda-graph:2 eager:128 cuda-graph:128; do
+        IFS=: read -r mode batch <<< "$run"
+        echo "== $mode batch $batch: vmamba_tiny_s1l8" >> "$dir/graph_step.log"
+        timeout 60 python3 benchmarks/train_step_host.py --model vmamba_tiny_s1l8 --batch $batch --optimizer adamw-fused \
+            $([[ $mode == eager ]] || echo --cuda-graph) >> "$dir/graph_step.log" 2>&1
+    done
+    grep -E "^== | step ms " "$dir/graph_step.log"
+    for mode in eager cuda-graph; do
+        timeout 200 python3 tools/benchmark.py --no-baselines --time-budget 180 --json "$dir/bench_$mode.json" \
+            --models ${GRAPH_MODELS:-vmamba_tiny_s1l8 groupmamba_tiny spatialmamba_tiny vim_tiny efficientvmamba_tiny} \
+            --resolutions 224 --batch-sizes 128 --measure fwd_bwd:bf16@224 $([[ $mode == eager ]] || echo --cuda-graph) \
+            2>&1 | tail -n 8
+    done; }
 part launch && { in_group 120 python3 -m pytest -p no:cacheprovider -q -rf tests/test_launch.py 2>&1 | tail -n 4
     VISIONSSM_TRITON_LAUNCH=direct timeout 240 python3 benchmarks/ab.py --baseline "${LAUNCH_BASE:-$same}" \
         --baseline-env VISIONSSM_TRITON_LAUNCH=triton --rounds 5 --json "$dir/ab_launch.json" \
         --models vmamba_tiny_s1l8 groupmamba_tiny spatialmamba_tiny vim_tiny 2>&1 | tail -n 12; }
-part graphs && for graph in eager cuda-graph; do
-    timeout 200 python3 tools/benchmark.py --no-baselines --time-budget 180 --json "$dir/bench_$graph.json" \
-        --models ${GRAPH_MODELS:-vmamba_tiny_s1l8 groupmamba_tiny spatialmamba_tiny vim_tiny efficientvmamba_tiny} \
-        --resolutions 224 --batch-sizes 128 --measure fwd_bwd:bf16@224 $([[ $graph == eager ]] || echo --cuda-graph) \
-        2>&1 | tail -n 8; done
 part ab && timeout 200 python3 benchmarks/ab.py --baseline "$base" --rounds 5 --json "$dir/ab.json" \
     --models groupmamba_tiny spatialmamba_tiny vim_tiny vim_small vmamba_tiny_s1l8 2>&1 | tail -n 30
 part bench && python3 tools/benchmark.py --no-baselines --time-budget "${BENCH_BUDGET:-150}" --json "$dir/bench.json" \
