@@ -31,10 +31,34 @@ except Exception:  # pragma: no cover - depends on the machine
     tl = None
     HAS_TRITON = False
 
-__all__ = ['HAS_TRITON', 'cdiv', 'next_power_of_2', 'on_device', 'on_gpu', 'run_kernel', 'sm_count', 'tl', 'triton']
+__all__ = ['HAS_TRITON', 'capture_holds', 'cdiv', 'held', 'next_power_of_2', 'on_device', 'on_gpu', 'run_kernel',
+           'sm_count', 'tl', 'triton']
 
 # Set by kernels/compile_check.py while it records the launches of CPU tensors (recorded, compiled, never run).
 RECORDING = False
+
+# Device tensors that bounded caches hand to kernels by address (route tables, gather indices): a CUDA graph
+# captured meanwhile reads those addresses at every replay, never the cache, so it must own the tensors lest the cache
+# drop them and their memory be reused (visionssm.GraphedModule). One list per capture under way.
+_CAPTURE_HOLDS: list = []
+
+
+@contextlib.contextmanager
+def capture_holds():
+    """While capturing a CUDA graph: collects everything ``held`` returns, for the graph to keep."""
+    holds: list = []
+    _CAPTURE_HOLDS.append(holds)
+    try:
+        yield holds
+    finally:
+        _CAPTURE_HOLDS.remove(holds)
+
+
+def held(value):
+    """``value`` (a cached object holding device tensors), also kept by the CUDA graph being captured, if any."""
+    if _CAPTURE_HOLDS:
+        _CAPTURE_HOLDS[-1].append(value)
+    return value
 
 
 def cdiv(a: int, b: int) -> int:

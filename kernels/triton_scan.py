@@ -67,7 +67,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from .launch import on_device, on_gpu, run_kernel, sm_count
+from .launch import held, on_device, on_gpu, run_kernel, sm_count
 from .reference import selective_scan_reference
 from .routes import RoutePlan, plan_routes, route_from_key
 
@@ -1084,7 +1084,7 @@ def triton_forward(u, delta, A, B, C, D, delta_bias, plan: RoutePlan, delta_soft
     batch, num_pos, _ = u.shape
     dev = u.device
     K, W, N = plan.num_routes, plan.width, A.shape[-1]
-    launch = _forward_launch(plan, N, batch, dev, bool(need_grad), _knobs())
+    launch = held(_forward_launch(plan, N, batch, dev, bool(need_grad), _knobs()))   # its tables: see held
     A32, D32, bias32 = _f32(A), _f32(D), _f32(delta_bias)
     scale = 1.0 / plan.multiplicity if (mean and plan.multiplicity > 1) else 1.0
     out_dtype = out_dtype or u.dtype
@@ -1142,7 +1142,7 @@ def triton_backward(dout, u, delta, A, B, C, D, delta_bias, ckpt, plan: RoutePla
     batch, num_pos, in_ch = u.shape
     dev = u.device
     K, W, N = plan.num_routes, plan.width, A.shape[-1]
-    launch = _backward_launch(plan, N, batch, dev, _knobs())
+    launch = held(_backward_launch(plan, N, batch, dev, _knobs()))
     scale = 1.0 / plan.multiplicity if (mean and plan.multiplicity > 1) else 1.0
     A32, D32, bias32 = _f32(A), _f32(D), _f32(delta_bias)
     has_d = D32 is not None and not return_hidden

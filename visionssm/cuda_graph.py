@@ -3,43 +3,65 @@
 An eager training step of a Mamba backbone is over a thousand small launches, each costing the host Python and
 dispatch time: VMamba-T's forward and backward took 87 ms of host time per step on an H100 machine, whatever the
 batch, where the GPU needs about 60 ms for a batch of 128 (``visionssm.HostTimeHook``,
-``benchmarks/results/h100-2026-12-06c/``). Captured once into two CUDA graphs
-(forward, and backward to the parameters' gradients), a step replays them with two launches. The kernels are the
-eager ones (no compiler): the same values as the eager step, RNG included (drop path draws from the generator's
-graph-safe state, fresh at every replay).
+``benchmarks/results/h100-2026-12-06c/``). Captured once into two CUDA graphs (forward, and backward to the
+parameters' gradients), a step replays them with two launches. The kernels are the eager ones (no compiler), so the
+values are the eager step's up to rounding; drop path draws fresh randomness at every replay (from the generator's
+graph-safe state: the masks follow the same distribution, not the same draws as an eager run of the same seed).
 
 ``GraphedModule(module)`` is called like ``module`` in its training forward: for each input signature (shape,
-dtype, device, autocast state) it warms up, captures and then replays. What a graph cannot follow takes the eager
-path, never a wrong result:
+dtype, device, autocast state) it warms up, captures and then replays. The graphs follow the module's state where
+they can, and step eagerly where they cannot:
 
-* eval mode, no grad, inputs not on CUDA: the eager module;
-* a parameter that moved (``model.to``, ``load_state_dict(assign=True)``) or changed ``requires_grad``: the graphs
-  are captured again;
+* eval mode, no grad, inputs not on CUDA, or hooks on a submodule (they must run): the eager module;
+* a parameter or buffer that moved (``model.to``, ``load_state_dict(assign=True)``), a ``requires_grad`` or a
+  submodule's train / eval mode that changed: the graphs are captured again;
 * more than ``max_graphs`` signatures (a varying batch size; set ``drop_last=True``): eager, with one warning.
 
-What it needs from the training loop:
+Python attributes the forward reads (a drop-path rate changed during training, gradient checkpointing switched on)
+are baked into the graphs: change them only before the first step, or make a new ``GraphedModule``.
 
-* gradients set to None between steps (``zero_grad()``, PyTorch's default): the backward graph writes each step's
-  gradients into the same buffers, which become the parameters' ``.grad``. Gradient accumulation over several
-  steps would read them after the next replay overwrote them, so a forward that finds gradients from an earlier
-  step raises instead of accumulating wrong sums;
-* inputs that do not require grad (images);
-* a tensor as output (logits), or a list or tuple of them (a backbone's feature maps).
+Each backward hands autograd fresh gradient tensors (one batched copy out of the graph's buffers), so gradients
+accumulate over steps as in eager mode and outlive the next replay. One forward's output, though, lives in the
+graph's buffers until the next replay: a second forward before the first one's backward, or a second backward
+through one forward (``retain_graph=True``), raises instead of reading overwritten activations.
 
 The graphs keep their activations and workspace in a memory pool of their own, about the eager step's peak, for
-as long as the module lives.
+as long as they live. Tensors the kernels take from bounded caches (route tables, gather indices) are kept alive by
+the graphs that read them (``visionssm.kernels.launch.held``).
 """
 from __future__ import annotations
 
 import warnings
-from typing import Dict, Tuple
+import weakref
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
+from visionssm.kernels.launch import capture_holds
+
 __all__ = ['GraphedModule']
 
 Signature = Tuple
+
+
+def _state(module: nn.Module) -> Tuple:
+    """What a capture bakes in besides the input: every submodule's train / eval mode, and every parameter's and
+    buffer's storage and ``requires_grad``. Host reads only."""
+    return (tuple(m.training for m in module.modules()),
+            tuple((p.data_ptr(), p.requires_grad) for p in module.parameters()),
+            tuple(b.data_ptr() for b in module.buffers()))
+
+
+def _hooked(module: nn.Module) -> Optional[str]:
+    """The name of a submodule with hooks (which a replay would skip: they must run), or None."""
+    if any(getattr(nn.modules.module, f'_global_{kind}', None) for kind in (
+            'forward_hooks', 'forward_pre_hooks', 'backward_hooks', 'backward_pre_hooks')):
+        return 'a global module hook'
+    for m in module.modules():
+        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
+            return next(name or type(module).__name__ for name, n in module.named_modules() if n is m)
+    return None
 
 
 class _Graphs:
@@ -47,9 +69,12 @@ class _Graphs:
 
     def __init__(self, module: nn.Module, params: Tuple[nn.Parameter, ...], sample: torch.Tensor, warmup: int):
         self.params = params
-        self.storage = tuple(p.data_ptr() for p in params)
+        self.state = _state(module)
         self.input = sample.detach().clone()
-        stream = torch.cuda.Stream()
+        self.pending = None   # a weak reference to the last forward's output while its backward has not run
+        # A high-priority stream: the pool of ordinary side streams is shared with other users (the prefetching
+        # loop's, nvJPEG's), whose work must not land in the capture.
+        stream = torch.cuda.Stream(priority=-1)
         # Lazy work (cuDNN's algorithm search, Triton's compiles, cuBLAS workspaces) must happen before the capture.
         # The warm-up steps must not count as training: buffers they update (BatchNorm's statistics) are restored.
         buffers = [(b, b.clone()) for b in module.buffers()]
@@ -57,7 +82,8 @@ class _Graphs:
         with torch.cuda.stream(stream):
             for _ in range(warmup):
                 outputs = self._outputs(module(self.input))
-                torch.autograd.grad(outputs, params, [torch.ones_like(o) for o in outputs], allow_unused=True)
+                grads_of = [o for o in outputs if o.requires_grad]
+                torch.autograd.grad(grads_of, params, [torch.ones_like(o) for o in grads_of], allow_unused=True)
             with torch.no_grad():
                 for b, saved in buffers:
                     b.copy_(saved)
@@ -66,33 +92,37 @@ class _Graphs:
         self.forward, self.backward = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         pool = torch.cuda.graph_pool_handle()
         # thread_local: another thread (visionssm's prefetching loop) may prepare the next batch meanwhile
-        with torch.cuda.graph(self.forward, pool=pool, stream=stream, capture_error_mode='thread_local'):
-            result = module(self.input)
-        self.container = None if isinstance(result, torch.Tensor) else type(result)
-        self.outputs = self._outputs(result)
-        self.grad_outputs = tuple(torch.empty_like(o) for o in self.outputs)
-        with torch.cuda.graph(self.backward, pool=pool, stream=stream, capture_error_mode='thread_local'):
-            self.grads = torch.autograd.grad(self.outputs, params, self.grad_outputs, allow_unused=True)
+        with capture_holds() as self.holds:
+            with torch.cuda.graph(self.forward, pool=pool, stream=stream, capture_error_mode='thread_local'):
+                result = module(self.input)
+            self.container = None if isinstance(result, torch.Tensor) else type(result)
+            outputs = self._outputs(result)
+            self.differentiable = tuple(o.requires_grad for o in outputs)
+            grads_of = [o for o in outputs if o.requires_grad]
+            self.grad_outputs = tuple(torch.empty_like(o) for o in grads_of)
+            with torch.cuda.graph(self.backward, pool=pool, stream=stream, capture_error_mode='thread_local'):
+                self.grads = torch.autograd.grad(grads_of, params, self.grad_outputs, allow_unused=True)
         torch.cuda.synchronize()
         # Keep the static tensors, not the captured step's autograd graph: alive, it would keep the parameters'
-        # gradient accumulators of the side stream, and every real backward would synchronise with that stream.
+        # gradient accumulators of the capture stream, and every real backward would synchronise with that stream.
         # Its memory stays the graphs' (their private pool, which nothing else allocates from).
-        self.outputs = tuple(o.detach() for o in self.outputs)
+        self.outputs = tuple(o.detach() for o in outputs)
+        self.grad_index = [i for i, g in enumerate(self.grads) if g is not None]
 
     @staticmethod
     def _outputs(result) -> Tuple[torch.Tensor, ...]:
-        """The module's output as a tuple of tensors that carry gradients: a tensor, or a list / tuple of them
-        (a backbone's feature maps)."""
+        """The module's output as a tuple of tensors: a tensor, or a list / tuple of them (a backbone's maps)."""
         outputs = (result,) if isinstance(result, torch.Tensor) else tuple(result) \
             if isinstance(result, (list, tuple)) else None
-        if outputs is None or not all(isinstance(o, torch.Tensor) and o.requires_grad for o in outputs):
-            raise TypeError('cuda_graph needs a module that returns a tensor, or a list or tuple of tensors, '
-                            f'each depending on a trained parameter; got {type(result).__name__}')
+        if outputs is None or not all(isinstance(o, torch.Tensor) for o in outputs) \
+                or not any(o.requires_grad for o in outputs):
+            raise TypeError('cuda_graph needs a module that returns a tensor, or a list or tuple of tensors, at '
+                            f'least one of them depending on a trained parameter; got {type(result).__name__}')
         return outputs
 
-    def valid_for(self, params: Tuple[nn.Parameter, ...]) -> bool:
-        return (len(params) == len(self.params) and all(p is q for p, q in zip(params, self.params))
-                and self.storage == tuple(p.data_ptr() for p in params))
+    def valid_for(self, params: Tuple[nn.Parameter, ...], state: Tuple) -> bool:
+        return len(params) == len(self.params) and all(p is q for p, q in zip(params, self.params)) \
+            and state == self.state
 
     def result(self, outputs: Tuple[torch.Tensor, ...]):
         """``outputs`` in the module's own container."""
@@ -104,20 +134,38 @@ class _Replay(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, graphs: _Graphs, inputs: torch.Tensor, *params):
-        ctx.graphs = graphs
+        if graphs.pending is not None and graphs.pending() is not None:
+            raise RuntimeError('cuda_graph: a second forward before the first one\'s backward would overwrite the '
+                               'activations that backward reads. Run backward (or drop the output) first, or '
+                               'concatenate the inputs into one batch.')
+        ctx.graphs, ctx.replayed = graphs, False
         graphs.input.copy_(inputs)
         graphs.forward.replay()
         # views of the static outputs: valid until the next replay
-        return tuple(o.detach() for o in graphs.outputs)
+        outputs = tuple(o.detach() for o in graphs.outputs)
+        ctx.mark_non_differentiable(*(o for o, d in zip(outputs, graphs.differentiable) if not d))
+        graphs.pending = weakref.ref(outputs[graphs.differentiable.index(True)])
+        return outputs
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grad_outputs):
         graphs = ctx.graphs
-        for static, grad in zip(graphs.grad_outputs, grad_outputs):   # (autograd gives zeros for unused outputs)
+        if ctx.replayed:
+            raise RuntimeError('cuda_graph: a second backward through one graphed forward (retain_graph=True): the '
+                               'first one overwrote the activations it reads. Compute both losses first and call '
+                               'backward once on their sum.')
+        ctx.replayed, graphs.pending = True, None
+        grads = [g for g, d in zip(grad_outputs, graphs.differentiable) if d]
+        for static, grad in zip(graphs.grad_outputs, grads):   # (autograd gives zeros for unused outputs)
             static.copy_(grad)
         graphs.backward.replay()
-        return (None, None, *(None if g is None else g.detach() for g in graphs.grads))
+        # fresh tensors, in one batched copy: the graph's buffers are overwritten by the next replay
+        fresh = torch._foreach_mul([graphs.grads[i] for i in graphs.grad_index], 1) if graphs.grad_index else []
+        param_grads = [None] * len(graphs.grads)
+        for i, g in zip(graphs.grad_index, fresh):
+            param_grads[i] = g
+        return (None, None, *param_grads)
 
 
 class GraphedModule:
@@ -132,29 +180,26 @@ class GraphedModule:
         self.graphs: Dict[Signature, _Graphs] = {}
         self._warned = set()
 
-    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+    def __call__(self, inputs: torch.Tensor):
         module = self.module
         if not (module.training and torch.is_grad_enabled()):
-            return module(inputs)
-        if not inputs.is_cuda:
-            self._warn_once('device', f'cuda_graph: the inputs are on {inputs.device}, not a CUDA device: eager steps')
             return module(inputs)
         if inputs.requires_grad:
             raise ValueError('cuda_graph: the graphed module takes inputs that do not require grad (images); '
                              'this input requires grad')
-        params = tuple(p for p in module.parameters() if p.requires_grad)
-        stale = [p for p in params if p.grad is not None]
-        if stale:
-            raise RuntimeError(
-                f'cuda_graph: {len(stale)} parameters still hold gradients from an earlier step. The graphed '
-                'backward writes every step\'s gradients into the same buffers, so gradients cannot accumulate '
-                'over steps: set them to None between steps (optimizer.zero_grad(), the default) and do not use '
-                'gradient accumulation (accumulative_counts > 1) with cuda_graph.')
+        if not inputs.is_cuda:
+            self._warn_once('device', f'cuda_graph: the inputs are on {inputs.device}, not a CUDA device: eager steps')
+            return module(inputs)
+        hooked = _hooked(module)
+        if hooked is not None:
+            self._warn_once('hooks', f'cuda_graph: {hooked} has hooks, which a replay would skip: eager steps')
+            return module(inputs)
         device = inputs.device
         signature = (tuple(inputs.shape), inputs.dtype, device, torch.is_autocast_enabled('cuda'),
                      torch.get_autocast_dtype('cuda'))
+        params, state = tuple(p for p in module.parameters() if p.requires_grad), _state(module)
         graphs = self.graphs.get(signature)
-        if graphs is None or not graphs.valid_for(params):
+        if graphs is None or not graphs.valid_for(params, state):
             if graphs is None and len(self.graphs) >= self.max_graphs:
                 self._warn_once('signatures', f'cuda_graph: more than {self.max_graphs} input signatures (now '
                                 f'{signature[:2]}); the others run eagerly. Keep the batch size fixed '

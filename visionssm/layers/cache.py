@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from visionssm.kernels.launch import held
+
 __all__ = ['tracing', 'exporting', 'cached_while_inferring', 'cached_constants', 'autocast_weights',
            'CastCachedLinear', 'CastCachedConv2d']
 
@@ -41,13 +43,17 @@ def cached_constants(maxsize: int = 64) -> Callable[[Callable[..., T]], Callable
     """``functools.lru_cache`` for functions that build constant tensors from sizes (gather indices, codes) reused
     by every later call: the function runs outside inference mode, so that a tensor first built under
     ``torch.inference_mode()`` can still be saved for the backward of a later training step (an inference tensor
-    cannot)."""
+    cannot). A CUDA graph captured meanwhile keeps what it looked up (``visionssm.kernels.launch.held``)."""
     def wrap(fn: Callable[..., T]) -> Callable[..., T]:
         @functools.lru_cache(maxsize=maxsize)
-        @functools.wraps(fn)
-        def cached(*args):
+        def build(*args):
             with torch.inference_mode(False):
                 return fn(*args)
+
+        @functools.wraps(fn)
+        def cached(*args):
+            return held(build(*args))
+        cached.cache_clear, cached.cache_info = build.cache_clear, build.cache_info
         return cached
     return wrap
 
