@@ -150,6 +150,7 @@ def test_compile_mode():
     row = dict(channels_last=True, compile=True, compile_mode='reduce-overhead')
     assert bm._options(row) == 'channels_last, compile (reduce-overhead)'
     assert bm._options(dict(channels_last=False, compile=False, cuda_graph=True)) == 'CUDA graphs'
+    assert bm._options(dict(compile=True)) == 'compile'
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
@@ -163,7 +164,6 @@ def test_cuda_graph_training_rows():
     assert train['status'] == infer['status'] == 'ok'
     assert train['cuda_graph'] and 'cuda_graph' not in infer
     assert 'private pool' in train['peak_mem_kind']
-    assert bm._options(dict(compile=True)) == 'compile'
 
 
 def test_merge_rejects_other_json(tmp_path):

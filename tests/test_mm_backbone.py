@@ -142,8 +142,11 @@ def test_cuda_graph_option_of_the_backbone():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
-def test_cuda_graphed_backbone_trains_as_the_eager_one():
-    """Segmentation's case: a fixed crop, the feature maps of every level through the graphs, two SGD steps."""
+def test_cuda_graphed_backbone_trains_as_the_eager_one(monkeypatch):
+    """Segmentation's case: a fixed crop, the feature maps of every level through the graphs, two SGD steps; and a
+    frozen stem, whose level-0 map then needs no gradient."""
+    monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
     torch.manual_seed(0)
     models = [VisionSSMBackbone('test_vmamba', cuda_graph=graph).cuda().train() for graph in (True, False)]
     models[1].load_state_dict(models[0].state_dict())
@@ -162,6 +165,12 @@ def test_cuda_graphed_backbone_trains_as_the_eager_one():
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     for a, b in zip(models[0].parameters(), models[1].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert len(models[0].graphed('body').graphs) == 1   # the steps did go through the graphs
+    frozen = VisionSSMBackbone('test_vmamba', cuda_graph=True, frozen_stages=1).cuda().train()
+    sum(f.float().mean() for f in frozen(x)).backward()
+    assert all(p.grad is None for p in frozen.body.model.stages[0].parameters())
+    assert frozen.body.model.stages[1].blocks[0].norm1.weight.grad is not None
+    assert len(frozen.graphed('body').graphs) == 1
 
 
 @pytest.mark.parametrize('out_indices', [(0, 4), (2, 1), (), (-1,)])

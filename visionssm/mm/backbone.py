@@ -104,8 +104,8 @@ class VisionSSMBackbone(CompiledSubmodules, BaseModule):
             is thousands of small launches, most of a detector's step at batch 2 on a GPU's host; parameters and
             checkpoints stay the eager model's (``visionssm.mm.compiled``).
         cuda_graph: replay the model's training forward and backward as CUDA graphs (``visionssm.GraphedModule``):
-            the eager kernels without their host time, one capture per input size, up to two (segmentation's fixed
-            crops; detection's varying sizes mostly run eagerly). Not with ``compile`` or ``with_cp``.
+            the eager kernels without their host time, one capture per input size, up to two, further sizes eager:
+            for segmentation's fixed crops, not detection's changing sizes. Not with ``compile`` or ``with_cp``.
         **model_kwargs: passed to ``timm.create_model`` (e.g. ``img_size`` for Vim, ``depths``).
     """
 

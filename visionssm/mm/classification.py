@@ -88,10 +88,10 @@ class ImageClassifier(CompiledSubmodules, BaseModel):
             mmengine's own ``compile`` option compiles the whole ``train_step`` with the optimizer, which Dynamo
             fails on with mmengine 0.10.
         cuda_graph: replay the backbone's training forward and backward as CUDA graphs
-            (``visionssm.cuda_graph``): the eager kernels without their host time, captured once per input size.
-            Needs a fixed batch size (``drop_last=True``), gradients set to None between steps and no gradient
-            accumulation; evaluation runs eagerly. Not with ``compile_backbone`` (whose ``mode='reduce-overhead'``
-            is the compiled form of the same).
+            (``visionssm.GraphedModule``): the eager kernels without their host time, captured once per input
+            size. Needs a fixed batch size (``drop_last=True``) and one backward per forward; evaluation runs
+            eagerly. Not with ``compile_backbone`` (whose ``mode='reduce-overhead'`` is the compiled form of the
+            same).
         init_cfg: mmengine initialisation config (e.g. ``dict(type='Pretrained', checkpoint=...)``).
 
     Modes: ``loss`` returns ``dict(loss=...)``; ``predict`` returns the data samples with ``pred_score``

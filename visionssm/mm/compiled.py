@@ -6,7 +6,7 @@ fused kernels. ``torch.compile(module)`` wraps the module, and assigning the wra
 (its parameters reappear under ``_orig_mod.`` in the state dict, so checkpoints change), while a wrapper kept on
 the instance would travel into deep copies and call the original's weights (mmengine's EMA model is a deep copy).
 ``CompiledSubmodules`` keeps the wrapper outside both, and so the CUDA graphs of a submodule
-(``visionssm.cuda_graph``), which hold the graphs' memory and must not be copied either.
+(``visionssm.GraphedModule``), which hold the graphs' memory and must not be copied either.
 """
 from __future__ import annotations
 
