@@ -103,13 +103,20 @@ def test_graphed_module_checks_its_input_and_hooks_before_capturing():
     graphed = GraphedModule(model)
     with pytest.raises(ValueError, match='inputs that do not require grad'):
         graphed(torch.randn(2, 3, requires_grad=True))
-    from visionssm.cuda_graph import _hooked
-    assert _hooked(model) is None
+    from visionssm.cuda_graph import _inspect
     seq = torch.nn.Sequential(torch.nn.Linear(3, 3), model)
+    state, params, hooked = _inspect(seq)
+    assert params == tuple(seq.parameters()) and hooked is None
     handle = model.register_forward_hook(lambda *args: None)
-    assert _hooked(seq) == '1'
+    assert _inspect(seq)[2] is model
     handle.remove()
-    assert _hooked(seq) is None
+    model.weight.requires_grad_(False)                       # what a capture bakes in changes with
+    assert _inspect(seq)[0] != state and _inspect(seq)[1] == params[:2] + params[3:]
+    model.weight.requires_grad_(True)
+    model.weight = torch.nn.Parameter(model.weight.detach())   # a replaced parameter (load_state_dict(assign=True))
+    assert _inspect(seq)[0] != state
+    seq[0].eval()
+    assert _inspect(seq)[0][0] == (True, False, True)
 
 
 # --- on a GPU ---------------------------------------------------------------------------------------------------------

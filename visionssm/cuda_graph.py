@@ -45,31 +45,41 @@ __all__ = ['GraphedModule']
 Signature = Tuple
 
 
-def _state(module: nn.Module) -> Tuple:
-    """What a capture bakes in besides the input: every submodule's train / eval mode, and every parameter's and
-    buffer's storage and ``requires_grad``. Host reads only."""
-    return (tuple(m.training for m in module.modules()),
-            tuple((p.data_ptr(), p.requires_grad) for p in module.parameters()),
-            tuple(b.data_ptr() for b in module.buffers()))
-
-
-def _hooked(module: nn.Module) -> Optional[str]:
-    """The name of a submodule with hooks (which a replay would skip: they must run), or None."""
-    if any(getattr(nn.modules.module, f'_global_{kind}', None) for kind in (
-            'forward_hooks', 'forward_pre_hooks', 'backward_hooks', 'backward_pre_hooks')):
-        return 'a global module hook'
+def _inspect(module: nn.Module) -> Tuple[Tuple, Tuple[nn.Parameter, ...], Optional[nn.Module]]:
+    """One pass over the module tree (host reads only, once per step): the state a capture bakes in besides the
+    input (every submodule's train / eval mode; every parameter's and buffer's identity, storage and
+    ``requires_grad``), the trainable parameters in ``module.parameters()``'s order, and a submodule with hooks
+    (which a replay would skip), if any."""
+    modes, tensors, params, seen, hooked = [], [], [], set(), None
     for m in module.modules():
-        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
-            return next(name or type(module).__name__ for name, n in module.named_modules() if n is m)
-    return None
+        modes.append(m.training)
+        if hooked is None and (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                               or m._backward_pre_hooks):
+            hooked = m
+        for p in m._parameters.values():
+            if p is not None:
+                tensors.append((id(p), p.data_ptr(), p.requires_grad))
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    params.append(p)
+        for b in m._buffers.values():
+            if b is not None:
+                tensors.append((id(b), b.data_ptr()))
+    return (tuple(modes), tuple(tensors)), tuple(params), hooked
+
+
+def _global_hooks() -> bool:
+    return any(getattr(nn.modules.module, f'_global_{kind}', None) for kind in (
+        'forward_hooks', 'forward_pre_hooks', 'backward_hooks', 'backward_pre_hooks'))
 
 
 class _Graphs:
     """One input signature's captured forward and backward, with their static tensors."""
 
-    def __init__(self, module: nn.Module, params: Tuple[nn.Parameter, ...], sample: torch.Tensor, warmup: int):
+    def __init__(self, module: nn.Module, state: Tuple, params: Tuple[nn.Parameter, ...], sample: torch.Tensor,
+                 warmup: int):
         self.params = params
-        self.state = _state(module)
+        self.state = state
         self.input = sample.detach().clone()
         self.pending = None   # a weak reference to the last forward's output while its backward has not run
         # A high-priority stream: the pool of ordinary side streams is shared with other users (the prefetching
@@ -120,9 +130,8 @@ class _Graphs:
                             f'least one of them depending on a trained parameter; got {type(result).__name__}')
         return outputs
 
-    def valid_for(self, params: Tuple[nn.Parameter, ...], state: Tuple) -> bool:
-        return len(params) == len(self.params) and all(p is q for p, q in zip(params, self.params)) \
-            and state == self.state
+    def valid_for(self, state: Tuple) -> bool:
+        return state == self.state   # (it holds every parameter's identity: the trainable ones are the same)
 
     def result(self, outputs: Tuple[torch.Tensor, ...]):
         """``outputs`` in the module's own container."""
@@ -190,16 +199,17 @@ class GraphedModule:
         if not inputs.is_cuda:
             self._warn_once('device', f'cuda_graph: the inputs are on {inputs.device}, not a CUDA device: eager steps')
             return module(inputs)
-        hooked = _hooked(module)
-        if hooked is not None:
-            self._warn_once('hooks', f'cuda_graph: {hooked} has hooks, which a replay would skip: eager steps')
+        state, params, hooked = _inspect(module)
+        if hooked is not None or _global_hooks():
+            name = 'a global module hook' if hooked is None else \
+                next(n or type(module).__name__ for n, m in module.named_modules() if m is hooked)
+            self._warn_once('hooks', f'cuda_graph: {name} has hooks, which a replay would skip: eager steps')
             return module(inputs)
         device = inputs.device
         signature = (tuple(inputs.shape), inputs.dtype, device, torch.is_autocast_enabled('cuda'),
                      torch.get_autocast_dtype('cuda'))
-        params, state = tuple(p for p in module.parameters() if p.requires_grad), _state(module)
         graphs = self.graphs.get(signature)
-        if graphs is None or not graphs.valid_for(params, state):
+        if graphs is None or not graphs.valid_for(state):
             if graphs is None and len(self.graphs) >= self.max_graphs:
                 self._warn_once('signatures', f'cuda_graph: more than {self.max_graphs} input signatures (now '
                                 f'{signature[:2]}); the others run eagerly. Keep the batch size fixed '
@@ -209,7 +219,7 @@ class GraphedModule:
             try:
                 with torch.cuda.device(device), torch.autocast('cuda', dtype=signature[4], enabled=signature[3],
                                                                cache_enabled=False):
-                    graphs = self.graphs[signature] = _Graphs(module, params, inputs, self.warmup)
+                    graphs = self.graphs[signature] = _Graphs(module, state, params, inputs, self.warmup)
             except RuntimeError as e:
                 raise RuntimeError(f'cuda_graph: capturing the training step of {type(module).__name__} failed '
                                    f'(an op that waits for the GPU, or is not capturable?); train without '
