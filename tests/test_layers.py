@@ -113,3 +113,23 @@ def test_autocast_checks_stay_traceable_on_cpu_and_cuda(monkeypatch):
         assert autocast_enabled(x) and autocast_dtype(x) == torch.bfloat16
     monkeypatch.undo()
     assert not autocast_enabled(torch.ones(2, device='meta'))   # other devices: asked whether autocast exists
+
+
+def test_cached_constants_are_held_by_a_capture_under_way():
+    """What a bounded cache hands out while a CUDA graph is captured is also kept by the capture
+    (``visionssm.kernels.launch.capture_holds``), so that the cache may drop it while the graph still reads it."""
+    from visionssm.kernels.launch import capture_holds
+    from visionssm.layers.cache import cached_constants
+
+    @cached_constants(maxsize=1)
+    def arange(n):
+        return torch.arange(n)
+
+    outside = arange(3)
+    with capture_holds() as holds:
+        inside = arange(4)
+        assert arange(4) is inside
+    assert len(holds) == 2 and all(h is inside for h in holds) and not any(h is outside for h in holds)
+    arange(5)                       # evicts 4 from the cache: the capture's list still holds it
+    assert holds[0] is inside and arange.cache_info().currsize == 1
+    arange.cache_clear()
