@@ -9,7 +9,8 @@ spent enqueuing it. Where the host time comes close to the GPU time, the GPU wai
 time follows the host CPU's speed. ``--cuda-graph`` replays the eager forward and backward as CUDA graphs
 (``visionssm.GraphedModule``), which takes their host time away. ``--cprofile`` / ``--torchprof`` add the host-side
 profiles (Python functions; ops by self CPU time). Run from the repository root; imports ``visionssm`` from the
-current directory first, so an older tree extracted elsewhere can be measured the same way (``cd old && python3 ../benchmarks/train_step_host.py``).
+current directory first, so an older tree extracted elsewhere can be measured the same way
+(``cd old && python3 ../benchmarks/train_step_host.py``).
 """
 import argparse
 import cProfile

@@ -78,7 +78,6 @@ class _Graphs:
 
     def __init__(self, module: nn.Module, state: Tuple, params: Tuple[nn.Parameter, ...], sample: torch.Tensor,
                  warmup: int):
-        self.params = params
         self.state = state
         self.input = sample.detach().clone()
         self.pending = None   # a weak reference to the last forward's output while its backward has not run
