@@ -8,7 +8,7 @@
 # (`official_compare.py build`, e.g. on another machine with nvcc and the GPU machine's torch) or built here;
 # extensions that import are kept. Extensions still missing compile in the background on all cores but four, while
 # FIRST (models whose extensions are there) are measured on those four; THEN are measured once the build is done (or
-# stopped, 150 s before LIMIT).
+# stopped, 150 s before LIMIT). BUILD_FAMILIES (e.g. "vim spatialmamba") limits the build to those families.
 # The measuring process only launches kernels: four cores keep it from waiting on the compiler. LIMIT (seconds,
 # default 560) bounds the whole. Writes DIR (default $OUT): env.txt, build.log, official.json, official.md (ours
 # against official: img/s, peak GiB, params; with a kernel-time breakdown of one training step of each T model in
@@ -34,7 +34,7 @@ measure() {   # measure CORES MODELS...
         | grep -v '^|'
 }
 set -m
-pin "4-$((cores - 1))" python3 benchmarks/official_compare.py build "$root" --missing-only \
+pin "4-$((cores - 1))" python3 benchmarks/official_compare.py build "$root" --missing-only ${BUILD_FAMILIES:+--families $BUILD_FAMILIES} \
     --jobs $((cores > 8 ? cores - 4 : cores)) > "$dir/build.log" 2>&1 &   # its own process group (set -m below)
 build=$!
 set +m
