@@ -2,7 +2,8 @@
 
 CPU: onnxruntime (CPUExecutionProvider) running the ONNX export vs PyTorch eager (the reference scan), and eager
 with the export form of the scan (``backend='export'`` forced) for comparison. GPU: the AOTInductor package vs
-eager and ``torch.compile``, at batch 1 and 32. Prints a table and writes JSON.
+eager and ``torch.compile``, at batch 1 and 32 (with ``--static`` both packages: the export form's, and one that
+calls visionssm's Triton scan). Prints a table and writes JSON.
 
     python benchmarks/export_latency.py --models vmamba_tiny_s1l8 efficientvmamba_tiny --out export_latency.json
 
@@ -84,21 +85,24 @@ def bench_cpu(name, args, workdir):
 
 
 def bench_gpu(name, args, workdir):
-    """Batch 1 and 32: eager, torch.compile and the AOTInductor package (one dynamic package for both batches, or
-    with --static one package per batch, faster to compile), with each package's compile time."""
+    """Batch 1 and 32: eager, torch.compile and the AOTInductor packages (one dynamic package for both batches, or
+    with --static one package per batch, faster to compile), with each package's compile time. With --static also
+    a package that calls visionssm's Triton scan (``scan='triton'``, static sizes only) beside the export form's."""
     device = torch.device('cuda')
     model = timm.create_model(name).eval().to(device)
     sync = torch.cuda.synchronize
     compiled = torch.compile(model)
     runners = {}
+    scans = ('triton', 'export') if args.static else ('export',)
 
-    def package_for(batch):
-        key = batch if args.static else 'dynamic'
+    def package_for(batch, scan):
+        key = (batch if args.static else 'dynamic', scan)
         if key not in runners:
             t0 = time.time()
             x = example_input(model, args.img_size).to(device)
             x = x[:1].expand(batch, *x.shape[1:]).contiguous() if args.static else x
-            path = export_aoti(model, os.path.join(workdir, f'{name}_{key}.aoti.pt2'), x, dynamic=not args.static)
+            path = export_aoti(model, os.path.join(workdir, f'{name}_{key[0]}_{scan}.aoti.pt2'), x,
+                               dynamic=not args.static, scan=scan)
             runners[key] = torch._inductor.aoti_load_package(path), round(time.time() - t0, 1)
         return runners[key]
 
@@ -107,15 +111,22 @@ def bench_gpu(name, args, workdir):
         x = torch.randn(batch, 3, args.img_size, args.img_size, device=device)
         row = {'model': name, 'device': torch.cuda.get_device_name(), 'batch': batch, 'img_size': args.img_size,
                'aoti_shapes': 'static' if args.static else 'dynamic'}
-        runner, row['aoti_export_s'] = package_for(batch)
         with torch.no_grad():
             row['eager_ms'] = median_ms(lambda: model(x), args.warmup, args.iters, sync)
             row['compile_ms'] = median_ms(lambda: compiled(x), args.warmup, args.iters, sync)
-            row['aoti_ms'] = median_ms(lambda: runner(x), args.warmup, args.iters, sync)
             want = model(x)
-            row['aoti_rel_err'] = float((runner(x) - want).abs().max() / want.abs().max())
+        for scan in scans:
+            suffix = '' if scan == 'export' else f'_{scan}'   # aoti_ms: the export form's package, as before
+            try:
+                runner, row[f'aoti{suffix}_export_s'] = package_for(batch, scan)
+                with torch.no_grad():
+                    row[f'aoti{suffix}_ms'] = median_ms(lambda: runner(x), args.warmup, args.iters, sync)
+                    row[f'aoti{suffix}_rel_err'] = float((runner(x) - want).abs().max() / want.abs().max())
+            except Exception as e:   # one package failing keeps the other's figures
+                row[f'aoti{suffix}_error'] = f'{type(e).__name__}: {str(e)[:500]}'
+                row[f'aoti{suffix}_ms'] = row[f'aoti{suffix}_rel_err'] = float('nan')
+            print(json.dumps(row), flush=True)   # streamed: a time limit keeps what was measured
         rows.append(row)
-        print(json.dumps(row), flush=True)   # streamed: a time limit keeps what was measured
     return rows
 
 
@@ -135,7 +146,8 @@ def main():
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.models:
             rows += bench_gpu(name, args, workdir) if gpu else [bench_cpu(name, args, workdir)]
-    columns = ['eager_ms', 'compile_ms', 'aoti_ms', 'aoti_rel_err'] if gpu else \
+    columns = ['eager_ms', 'compile_ms', 'aoti_ms', 'aoti_rel_err'] + (
+        ['aoti_triton_ms', 'aoti_triton_rel_err'] if args.static else []) if gpu else \
         ['eager_ms', 'eager_export_scan_ms', 'onnxruntime_ms', 'onnx_rel_err']
     print(f"{'model':24s} {'batch':>5s} " + ' '.join(f'{c:>20s}' for c in columns))
     for row in rows:

@@ -144,3 +144,64 @@ def test_aoti_model_package_matches_eager(tmp_path):
         x = torch.randn(*shape)
         with torch.no_grad():
             torch.testing.assert_close(runner(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+# --- the Triton scan kept as one op (scan='triton') -------------------------------------------------------------
+# Without CUDA the op's Triton kernels run in Triton's interpreter on CPU tensors (tests/conftest.py switches it on),
+# which the backend's predicate does not offer by itself: the tests below let it take CPU tensors.
+_selective_scan_module = __import__('importlib').import_module('visionssm.ops.selective_scan')
+_DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
+def _triton_scan_on_cpu(monkeypatch):
+    pytest.importorskip('triton')
+    from visionssm.kernels import triton_scan
+    from _interpreter import needs_fresh_process
+    if needs_fresh_process(triton_scan._scan_fwd_kernel):
+        pytest.skip('triton was imported before the interpreter could be switched on (run this file alone)')
+    backends = _selective_scan_module.BACKENDS
+    monkeypatch.setitem(backends, 'triton', (backends['triton'][0], lambda u: True))
+
+
+def _scan_nodes(program):
+    return [n for n in program.graph.nodes if n.target is torch.ops.visionssm.selective_scan.default]
+
+
+def test_export_program_with_triton_scan(monkeypatch):
+    """scan='triton': the program holds the op (one node per scan, no export form) and matches eager."""
+    _triton_scan_on_cpu(monkeypatch)
+    model = _model('test_vmamba').to(_DEVICE)
+    x = example_input(model, 64, batch=1).to(_DEVICE)
+    program = export_program(model, x, dynamic=False, scan='triton')
+    with torch.no_grad(), visionssm.ops.count_scan_flops() as scans:
+        model(x)
+    assert len(_scan_nodes(program)) == len(scans) > 0   # one node per scan call
+    assert not _scan_nodes(export_program(model, x, dynamic=False))         # the default: the export form
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_triton_scan_export_errors(monkeypatch):
+    model = _model('test_vmamba')
+    x = example_input(model, 64, batch=1)
+    with pytest.raises(ValueError, match="pass dynamic=False"):
+        export_program(model, x, dynamic=True, scan='triton')
+    with pytest.raises(ValueError, match="must be one of"):
+        export_program(model, x, dynamic=False, scan='cuda')
+    # float64 has no Triton kernel: the error names the dtype instead of exporting something else
+    with pytest.raises(ValueError, match='cannot be exported for .* torch.float64'):
+        export_program(model.double(), x.double(), dynamic=False, scan='triton')
+
+
+@pytest.mark.slow
+def test_aoti_package_with_triton_scan(tmp_path, monkeypatch):
+    """An AOTInductor package whose scans call visionssm's kernels through the op: compiles in seconds (the scan is
+    not compiled into the package) and matches eager."""
+    _triton_scan_on_cpu(monkeypatch)
+    model = _model('test_vmamba').to(_DEVICE)
+    x = example_input(model, 64, batch=2).to(_DEVICE)
+    runner = torch._inductor.aoti_load_package(export_aoti(model, tmp_path / 'vmamba.aoti.pt2', x, dynamic=False,
+                                                           scan='triton'))
+    x = torch.randn_like(x)
+    with torch.no_grad():
+        torch.testing.assert_close(runner(x), model(x), rtol=1e-4, atol=1e-5)

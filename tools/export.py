@@ -3,6 +3,7 @@
     python tools/export.py vmamba_tiny_s1l8 --format onnx --dynamic --out vmamba_tiny.onnx
     python tools/export.py efficientvmamba_tiny --format aoti --checkpoint ckpt.pth --img-size 224
     python tools/export.py groupmamba_tiny --features-only --format torch-export --dynamic
+    python tools/export.py vmamba_tiny_s1l8 --format aoti --device cuda --scan triton --batch 1 --img-size 224
 
 The API behind it is ``visionssm.export``; see docs/deploy.md for what exports and how it was verified.
 """
@@ -33,6 +34,9 @@ def parse_args(argv=None):
                    help="traced size (a static export's only size); default the model's")
     p.add_argument('--batch', type=int, default=2, help='example batch (static exports keep it)')
     p.add_argument('--device', default='cpu')
+    p.add_argument('--scan', choices=('export', 'triton'), default='export',
+                   help="torch-export / aoti: the scan's loop-free form (default), or visionssm's Triton kernels "
+                        "(CUDA, static sizes; the loading process must import visionssm)")
     p.add_argument('--out', default='', help='output path; default <model><suffix> in the working directory')
     return p.parse_args(argv)
 
@@ -47,11 +51,14 @@ def main(argv=None):
     out = args.out or args.model + ('_features' if args.features_only else '') + SUFFIX[args.format]
     start = time.perf_counter()
     if args.format == 'onnx':
+        if args.scan != 'export':
+            raise SystemExit('--scan triton: ONNX runtimes cannot call visionssm\'s kernels; export ONNX with the '
+                             'default --scan export')
         export_onnx(model, out, x, dynamic=args.dynamic)
     elif args.format == 'torch-export':
-        export_program(model, x, dynamic=args.dynamic, path=out)
+        export_program(model, x, dynamic=args.dynamic, path=out, scan=args.scan)
     else:
-        export_aoti(model, out, x, dynamic=args.dynamic)
+        export_aoti(model, out, x, dynamic=args.dynamic, scan=args.scan)
     shape = 'dynamic batch/height/width' if args.dynamic else f'static {tuple(x.shape)}'
     print(f'[export] {args.model} -> {out} ({args.format}, {shape}) in {time.perf_counter() - start:.0f} s')
 

@@ -74,6 +74,29 @@ def count_scan_flops():
         _flop_counters.remove(flops)
 
 
+# What the scan runs while exporting (``exported_scan``): the loop-free form, or the Triton op kept opaque.
+_EXPORT_SCANS = ('export', 'triton')
+_export_scan = ['export']
+
+
+@contextlib.contextmanager
+def exported_scan(backend: str):
+    """While exporting inside the block, run the scan on ``backend``:
+
+    * ``'export'`` (the default): the loop-free form, plain ops that every exporter traces, at dynamic sizes;
+    * ``'triton'``: the custom op ``visionssm::selective_scan``, kept as one opaque node. A program or AOTInductor
+      package then calls visionssm's Triton kernels, so ``import visionssm`` must run in the process that loads it,
+      and the map sizes are those of the example (the op plans its routes for one size).
+    """
+    if backend not in _EXPORT_SCANS:
+        raise ValueError(f'exported scan must be one of {_EXPORT_SCANS}, got {backend!r}')
+    _export_scan.append(backend)
+    try:
+        yield
+    finally:
+        _export_scan.pop()
+
+
 _INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _MERGES = ('sum', 'mean')
 
@@ -268,7 +291,10 @@ def _check(u, delta, A, B, C, D, delta_bias, routes, merge, return_hidden, out_c
 def _select_backend(backend: str, u: torch.Tensor) -> str:
     if backend == 'auto':
         if _exporting():
-            return 'export'
+            if _export_scan[-1] == 'triton' and not ('triton' in BACKENDS and BACKENDS['triton'][1](u)):
+                raise ValueError(f'the Triton scan cannot be exported for {u.device} tensors of dtype {u.dtype}: '
+                                 "export a CUDA model (fp32, bf16 or fp16), or with the 'export' scan")
+            return _export_scan[-1]
         for name in ('triton', 'reference'):
             if name in BACKENDS and BACKENDS[name][1](u):
                 # torch.compile where Triton does not run (CPU, float64): the loop-free export form, which traces
