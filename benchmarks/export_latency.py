@@ -84,10 +84,11 @@ def bench_cpu(name, args, workdir):
     return row
 
 
-def bench_gpu(name, args, workdir):
-    """Batch 1 and 32: eager, torch.compile and the AOTInductor packages (one dynamic package for both batches, or
-    with --static one package per batch, faster to compile), with each package's compile time. With --static also
-    a package that calls visionssm's Triton scan (``scan='triton'``, static sizes only) beside the export form's."""
+def bench_gpu(name, args, workdir, emit):
+    """At each of --batches (1 and 32 by default): eager, torch.compile and the AOTInductor packages (one
+    dynamic package for all batches, or with --static one package per batch, faster to compile), with each
+    package's compile time. With --static also a package that calls visionssm's Triton scan (``scan='triton'``,
+    static sizes only) beside the export form's."""
     device = torch.device('cuda')
     model = timm.create_model(name).eval().to(device)
     sync = torch.cuda.synchronize
@@ -106,8 +107,7 @@ def bench_gpu(name, args, workdir):
             runners[key] = torch._inductor.aoti_load_package(path), round(time.time() - t0, 1)
         return runners[key]
 
-    rows = []
-    for batch in (1, 32):
+    for batch in args.batches:
         x = torch.randn(batch, 3, args.img_size, args.img_size, device=device)
         row = {'model': name, 'device': torch.cuda.get_device_name(), 'batch': batch, 'img_size': args.img_size,
                'aoti_shapes': 'static' if args.static else 'dynamic'}
@@ -115,6 +115,7 @@ def bench_gpu(name, args, workdir):
             row['eager_ms'] = median_ms(lambda: model(x), args.warmup, args.iters, sync)
             row['compile_ms'] = median_ms(lambda: compiled(x), args.warmup, args.iters, sync)
             want = model(x)
+        emit(row)   # the packages take minutes to build: a time limit keeps these two
         for scan in scans:
             suffix = '' if scan == 'export' else f'_{scan}'   # aoti_ms: the export form's package, as before
             try:
@@ -125,15 +126,14 @@ def bench_gpu(name, args, workdir):
             except Exception as e:   # one package failing keeps the other's figures
                 row[f'aoti{suffix}_error'] = f'{type(e).__name__}: {str(e)[:500]}'
                 row[f'aoti{suffix}_ms'] = row[f'aoti{suffix}_rel_err'] = float('nan')
-            print(json.dumps(row), flush=True)   # streamed: a time limit keeps what was measured
-        rows.append(row)
-    return rows
+            emit(row)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--models', nargs='+', default=['vmamba_tiny_s1l8', 'efficientvmamba_tiny'])
     p.add_argument('--img-size', type=int, default=224)
+    p.add_argument('--batches', type=int, nargs='+', default=[1, 32], help='GPU: the batch sizes timed')
     p.add_argument('--threads', type=int, default=torch.get_num_threads())
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--iters', type=int, default=10)
@@ -142,10 +142,26 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     gpu = torch.cuda.is_available()
+    meta = {'torch': torch.__version__, 'threads': args.threads, 'machine': platform.processor() or platform.machine(),
+            'cpu_count': os.cpu_count(), 'iters': args.iters, 'warmup': args.warmup}
     rows = []
+
+    def emit(row):
+        """Print the row and rewrite the JSON file with it, so that a time limit keeps what was measured; the row
+        emitted last may come again with more columns."""
+        print(json.dumps(row), flush=True)
+        if rows and rows[-1] is row:
+            rows.pop()
+        rows.append(row)
+        with open(args.out, 'w') as f:
+            json.dump({'meta': meta, 'rows': rows}, f, indent=1)
+
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.models:
-            rows += bench_gpu(name, args, workdir) if gpu else [bench_cpu(name, args, workdir)]
+            if gpu:
+                bench_gpu(name, args, workdir, emit)
+            else:
+                emit(bench_cpu(name, args, workdir))
     columns = ['eager_ms', 'compile_ms', 'aoti_ms', 'aoti_rel_err'] + (
         ['aoti_triton_ms', 'aoti_triton_rel_err'] if args.static else []) if gpu else \
         ['eager_ms', 'eager_export_scan_ms', 'onnxruntime_ms', 'onnx_rel_err']
@@ -153,10 +169,6 @@ def main():
     for row in rows:
         print(f"{row['model']:24s} {row['batch']:5d} " + ' '.join(
             f'{row[c]:20.2e}' if c.endswith('err') else f'{row[c]:20.1f}' for c in columns))
-    meta = {'torch': torch.__version__, 'threads': args.threads, 'machine': platform.processor() or platform.machine(),
-            'cpu_count': os.cpu_count(), 'iters': args.iters, 'warmup': args.warmup}
-    with open(args.out, 'w') as f:
-        json.dump({'meta': meta, 'rows': rows}, f, indent=1)
     print(f'[export_latency] wrote {args.out}')
 
 

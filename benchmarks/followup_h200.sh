@@ -38,7 +38,7 @@
 #      batch-8 inference of VMamba-T / ConvNeXt-T and Vim-T / DeiT-T (the host-bound case);
 #   3. kernels/bench.py --sweep --only Vim: the sequential kernel's decay handling both ways at Vim's shapes;
 #   4. VMamba-T's AOTInductor packages (static shapes) against eager and torch.compile at batch 1 and 32 (AOTI_S
-#      seconds, default 150);
+#      seconds, default 150; AOTI_BATCHES replaces the batch sizes: each builds two packages of about 2 minutes);
 #   5. the kernel fuzz test (tests/test_kernel_fuzz.py) on the GPU: VISIONSSM_FUZZ_CASES per route kind;
 #  5b. (part "profile8", not in the default set) tools/profile_model.py at batch 8 for VMamba-T: where the host-bound
 #      step's time goes (profile_b8.log).
@@ -130,7 +130,8 @@ part b8 && python3 tools/benchmark.py --no-baselines --time-budget 60 --json "$d
     --models vmamba_tiny_s1l8 convnext_tiny vim_tiny deit_tiny_patch16_224 \
     --resolutions 224 --batch-sizes 8 --measure infer:bf16@224 2>&1 | tail -n 6
 part sweep && timeout 60 python3 kernels/bench.py --sweep --only Vim 2>&1 | tail -n 20
-part aoti && timeout ${AOTI_S:-150} python3 benchmarks/export_latency.py --models vmamba_tiny_s1l8 --static --out "$dir/export_latency.json" \
+part aoti && timeout ${AOTI_S:-150} python3 benchmarks/export_latency.py --models vmamba_tiny_s1l8 --static \
+    --batches ${AOTI_BATCHES:-1 32} --out "$dir/export_latency.json" \
     2>&1 | grep -v Warning | tail -n 8
 left=$((LIMIT - SECONDS)); (( left > 40 )) || left=40
 # SIGINT first: pytest then still writes the report of the route kinds that finished
