@@ -129,7 +129,7 @@ def bench_gpu(name, args, workdir, emit):
             emit(row)
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--models', nargs='+', default=['vmamba_tiny_s1l8', 'efficientvmamba_tiny'])
     p.add_argument('--img-size', type=int, default=224)
@@ -139,7 +139,7 @@ def main():
     p.add_argument('--iters', type=int, default=10)
     p.add_argument('--static', action='store_true', help='export for the measured shapes only (faster to export; on a GPU one package per batch size)')
     p.add_argument('--out', default='export_latency.json')
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     gpu = torch.cuda.is_available()
     meta = {'torch': torch.__version__, 'threads': args.threads, 'machine': platform.processor() or platform.machine(),
