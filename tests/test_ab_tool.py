@@ -3,7 +3,6 @@
 The baseline is this checkout's own ``HEAD``: in a clean checkout (CI's clone) both sides run the same code from
 two packages, so their logits must agree to the bit. Skipped outside a git checkout.
 """
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -13,6 +12,8 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+
+from _scripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,13 +31,7 @@ pytestmark = pytest.mark.skipif(not _in_git_checkout(), reason='needs git and a 
 
 @pytest.fixture(scope='module')
 def ab():
-    name = 'benchmarks_ab'
-    if name not in sys.modules:   # registered before it runs: its dataclasses look their module up
-        spec = importlib.util.spec_from_file_location(name, ROOT / 'benchmarks' / 'ab.py')
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_benchmark('ab')
 
 
 def test_ab_against_head(ab, tmp_path):

@@ -1,11 +1,11 @@
 """benchmarks/data_pipeline.py on a tiny ImageNet-layout folder: per-stage costs and the loader's rate."""
-import importlib.util
 import os
 
 import pytest
 
 pytest.importorskip('mmengine')
 
+from _scripts import load_benchmark  # noqa: E402
 from visionssm.mm.synthetic import make_imagenet_folder  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -15,10 +15,7 @@ DEVICE_STAGES = ['decode', 'crop+flip', 'RandAugment', 'normalise+erasing', 'eva
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location('data_pipeline', os.path.join(ROOT, 'benchmarks/data_pipeline.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark('data_pipeline')
 
 
 def test_stages_and_loader_rate(tmp_path):

@@ -29,6 +29,8 @@ if 'spawn' not in mp.get_all_start_methods():
 from mmengine.optim import OptimWrapper  # noqa: E402
 from mmengine.structures import BaseDataElement  # noqa: E402
 
+from _scripts import load_benchmark  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -336,11 +338,7 @@ def _assert_equal(actual, expected, where='') -> None:
 # benchmarks/dist_scaling.sh: its Python steps (the runs themselves need GPUs)
 
 def _dist_scaling():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('dist_scaling', ROOT / 'benchmarks' / 'dist_scaling.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark('dist_scaling')
 
 
 def test_dist_scaling_configs_and_report(tmp_path):

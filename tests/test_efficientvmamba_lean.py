@@ -3,13 +3,12 @@ laid side by side, their projections, the out_norm + gate and the channel attent
 float64 gradients), and what a block keeps for the backward under bfloat16 autocast."""
 import copy
 import importlib
-import importlib.util
-import pathlib
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from _scripts import load_benchmark
 from visionssm.layers import SS2D, pad_to_even
 from timm.models._efficientnet_blocks import InvertedResidual, SqueezeExcite
 
@@ -246,10 +245,7 @@ def test_block_keeps_less_under_bf16_autocast(monkeypatch):
 
 def _step_proxy(monkeypatch):
     """benchmarks/cpu_step_proxy.py, imported, with its scan stub in place of the reference."""
-    root = pathlib.Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location('cpu_step_proxy', root / 'benchmarks' / 'cpu_step_proxy.py')
-    proxy = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(proxy)
+    proxy = load_benchmark('cpu_step_proxy')
     ops = importlib.import_module('visionssm.ops.selective_scan')
     monkeypatch.setitem(ops.BACKENDS, 'reference', (proxy._scan_stub, lambda u: True))
     return proxy

@@ -4,6 +4,7 @@ Tracing with symbolic sizes is slow. Measured on a quiet 2-core machine, one pro
 tiny model, 55 to 90 s per T model, 10 minutes for this file (under heavy load 2 to 5 times longer). So all but
 the first test are marked ``slow``; they stay part of ``make test``.
 """
+import importlib
 import os
 
 import numpy as np
@@ -149,7 +150,7 @@ def test_aoti_model_package_matches_eager(tmp_path):
 # --- the Triton scan kept as one op (scan='triton') -------------------------------------------------------------
 # Without CUDA the op's Triton kernels run in Triton's interpreter on CPU tensors (tests/conftest.py switches it on),
 # which the backend's predicate does not offer by itself: the tests below let it take CPU tensors.
-_selective_scan_module = __import__('importlib').import_module('visionssm.ops.selective_scan')
+_selective_scan_module = importlib.import_module('visionssm.ops.selective_scan')
 _DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 
 
@@ -176,7 +177,7 @@ def test_export_program_with_triton_scan(monkeypatch):
     with torch.no_grad(), visionssm.ops.count_scan_flops() as scans:
         model(x)
     assert len(_scan_nodes(program)) == len(scans) > 0   # one node per scan call
-    assert not _scan_nodes(export_program(model, x, dynamic=False))         # the default: the export form
+    assert not _scan_nodes(export_program(model, x, dynamic=False))   # the default: the export form
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x), model(x), rtol=1e-4, atol=1e-5)
 

@@ -1,26 +1,16 @@
 """benchmarks/export_latency.py on the CPU: onnxruntime against eager, every row in the JSON as it is measured."""
-import importlib.util
 import json
-import os
 
 import pytest
+
+from _scripts import load_benchmark
 
 pytest.importorskip('onnx')
 pytest.importorskip('onnxruntime')
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location('export_latency', os.path.join(ROOT, 'benchmarks/export_latency.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_cpu_rows(tmp_path):
     out = tmp_path / 'latency.json'
-    _tool().main(['--models', 'test_vmamba', '--img-size', '64', '--static', '--threads', '1', '--iters', '2',
+    load_benchmark('export_latency').main(['--models', 'test_vmamba', '--img-size', '64', '--static', '--threads', '1', '--iters', '2',
                   '--warmup', '1', '--out', str(out)])
     result = json.loads(out.read_text())
     (row,) = result['rows']

@@ -1,6 +1,5 @@
 """benchmarks/infer_host_proxy.py: the op count sees the scan's real host path (one launch per scan) and CUDA's
 norms, and the timed forward runs."""
-import importlib.util
 import os
 
 import pytest
@@ -8,6 +7,7 @@ import timm
 import torch
 
 import visionssm.kernels.triton_scan as triton_scan
+from _scripts import load_benchmark
 from visionssm.layers import SS2D
 from visionssm.models.vim import BiMambaMixer, RMSNorm
 
@@ -16,10 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture
 def tool():
-    path = os.path.join(ROOT, 'benchmarks/infer_host_proxy.py')
-    spec = importlib.util.spec_from_file_location('infer_host_proxy', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark('infer_host_proxy')
     stubs = module._stub_launches()
     yield module
     stubs.close()

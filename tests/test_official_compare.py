@@ -1,6 +1,5 @@
 """benchmarks/official_compare.py: the table of official variants, the CUDA 13 patch, the official-model import
 plumbing (with a stand-in checkout: the official code is never part of this repository) and the report table."""
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -9,6 +8,7 @@ import pytest
 import timm
 
 import visionssm  # noqa: F401
+from _scripts import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 PARITY = ROOT.parent / 'shared' / 'parity' / 'manifests'
@@ -16,11 +16,7 @@ PARITY = ROOT.parent / 'shared' / 'parity' / 'manifests'
 
 @pytest.fixture(scope='module')
 def oc():
-    spec = importlib.util.spec_from_file_location('official_compare', ROOT / 'benchmarks' / 'official_compare.py')
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark('official_compare', 'official_compare')
 
 
 def test_every_variant_is_a_registered_model_of_a_known_family(oc):

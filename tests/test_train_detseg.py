@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from mmengine.registry import DefaultScope
 
+from _scripts import load_benchmark
 from visionssm.mm.runner import load_local_checkpoint, train_main
 from visionssm.mm.runner import test_main as evaluate_main  # (not a test)
 from visionssm.mm.synthetic import dataset_cfg_options, make_synthetic_data
@@ -159,10 +160,7 @@ def test_segmentation_trains_resumes_and_evaluates(data, tmp_path):
 
 def test_train_gpu_driver_reports_a_run(tmp_path):
     """benchmarks/train_gpu.py (the GPU training measurement) end to end on the CPU: fp32, tiny model, 8 iterations."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('train_gpu', ROOT / 'benchmarks' / 'train_gpu.py')
-    driver = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(driver)
+    driver = load_benchmark('train_gpu')
     small = {k: v for k, v in DET_OPTIONS.items() if k.startswith('model.') and k != 'model.backbone.init_cfg'}
     small.update({'train_dataloader.dataset.pipeline.2.scale': (128, 128),
                   'val_dataloader.dataset.pipeline.1.scale': (128, 128),
@@ -195,10 +193,7 @@ def test_train_gpu_driver_reports_a_run(tmp_path):
 
 def test_train_gpu_times_the_windows_before_the_profile():
     """The profiled window and every later one ran slower on the GPU: s/iter comes from the warm windows before."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('train_gpu_windows', ROOT / 'benchmarks' / 'train_gpu.py')
-    driver = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(driver)
+    driver = load_benchmark('train_gpu')
     logs = [dict(step=step, time=t) for step, t in [(10, 3.7), (60, .13), (70, .13), (80, .13), (90, .35), (100, .15)]]
     assert [s['step'] for s in driver.steady_windows(logs, warmup=50, profile_start=85)] == [60, 70, 80]
     assert [s['step'] for s in driver.steady_windows(logs, warmup=50)] == [60, 70, 80, 90, 100]
@@ -209,20 +204,13 @@ def test_train_gpu_times_the_windows_before_the_profile():
 def test_train_gpu_reads_a_package_scoped_base_config():
     """``mmdet::...`` baselines (the Swin-T comparison) are read by inheriting from them: Config.fromfile alone
     takes the scoped name for a file path (FileNotFoundError on the GPU run)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('train_gpu_cfg', ROOT / 'benchmarks' / 'train_gpu.py')
-    train_gpu = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_gpu)
+    train_gpu = load_benchmark('train_gpu')
     cfg = train_gpu._base_config('mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py')
     assert cfg.model.backbone.type == 'SwinTransformer'
 
 
 def _train_gpu_module():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('train_gpu_helpers', ROOT / 'benchmarks' / 'train_gpu.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark('train_gpu')
 
 
 def test_train_gpu_reads_every_frameworks_evaluation_line():
