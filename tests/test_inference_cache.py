@@ -1,4 +1,6 @@
 """Weights derived from parameters are kept between inference calls (visionssm/layers/cache.py) and never stale."""
+import io
+
 import pytest
 import timm
 import torch
@@ -169,3 +171,35 @@ def test_cast_cached_layers_run_on_the_meta_device():
     with torch.no_grad():
         out = layer(torch.empty(2, 4, device='meta'))
     assert out.shape == (2, 3) and out.device.type == 'meta' and '_inference_cache' not in layer.__dict__
+
+
+class _Flags(torch.nn.Module):
+    """Records visionssm's tracing / ONNX flags beside torch's own public ones, each time it runs."""
+
+    seen = []   # a class attribute: torch.export runs the forward on a copy of the module
+
+    def forward(self, x):
+        import torch.fx._symbolic_trace as fx_trace
+        from visionssm.layers.cache import onnx_exporting, tracing
+        self.seen.append((tracing(), onnx_exporting(), fx_trace.is_fx_symbolic_tracing() or torch.jit.is_tracing()
+                          or torch.compiler.is_exporting(), torch.onnx.is_in_onnx_export()))
+        return x + 1
+
+
+def test_tracing_and_onnx_flags_agree_with_torchs_own():
+    # tracing() and onnx_exporting() read torch's flags directly (cheaper): they must follow the public functions
+    # outside any tracer, under torch.fx, under TorchScript tracing, under torch.export and in an ONNX export
+    module, x = _Flags().eval(), torch.randn(2, 3)
+    module(x)
+    assert module.seen == [(False, False, False, False)]
+    for trace in (torch.fx.symbolic_trace, lambda m: torch.jit.trace(m, x), lambda m: torch.export.export(m, (x,))):
+        module.seen.clear()
+        trace(module)
+        assert any(seen[0] for seen in module.seen), (trace, module.seen)
+        assert all(seen[:2] == seen[2:] for seen in module.seen), module.seen
+    pytest.importorskip('onnx')
+    for dynamo in (False, True):
+        module.seen.clear()
+        torch.onnx.export(module, (x,), None if dynamo else io.BytesIO(), dynamo=dynamo)
+        assert any(seen[1] for seen in module.seen), (dynamo, module.seen)
+        assert all(seen[1] == seen[3] for seen in module.seen), (dynamo, module.seen)

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
-from .cache import tracing
+from .cache import onnx_exporting, tracing
 
 __all__ = ['autocast_dtype', 'autocast_enabled', 'autocast_off', 'block_diagonal', 'conv_silu', 'group_projections']
 
@@ -126,6 +126,6 @@ def _cast(t: Optional[torch.Tensor], dtype: Optional[torch.dtype]) -> Optional[t
 def conv_silu(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """``SiLU(conv(x))`` for a stride-1 conv with bias, in x's dtype (autocast's choice for the conv). A torch.fx
     leaf (it picks its autograd by grad mode)."""
-    if tracing() or torch.onnx.is_in_onnx_export() or not torch.is_grad_enabled():
+    if not torch.is_grad_enabled() or tracing() or onnx_exporting():
         return F.silu(conv(x))
     return _ConvSiLU.apply(x, conv.weight, conv.bias, conv.padding, conv.groups)

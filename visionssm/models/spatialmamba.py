@@ -36,7 +36,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 
 from visionssm.kernels import state_fusion as fusion_kernels
 from visionssm.layers import SS2D, Mlp, full_precision
-from visionssm.layers.cache import cached_constants
+from visionssm.layers.cache import cached_constants, onnx_exporting
 from visionssm.layers.fused import conv_silu
 from visionssm.layers.norm import layer_norm_gate, layer_norm_gate_backward, norm_to
 from visionssm.layers.ss2d import route_projections
@@ -230,8 +230,8 @@ class StateFusion(nn.Module):
 def _tracing() -> bool:
     """Under torch.compile, torch.export, an ONNX export or TorchScript tracing: sizes may be symbolic, so no cached
     indices, and autograd is the tracer's."""
-    return (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
-            or torch.jit.is_tracing())
+    return (torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+            or onnx_exporting())
 
 
 @register_notrace_function

@@ -22,6 +22,7 @@ import torch
 from visionssm.kernels.export_scan import selective_scan_export
 from visionssm.kernels.reference import selective_scan_reference
 from visionssm.kernels.routes import Route, RoutePlan, plan_routes
+from visionssm.layers.cache import onnx_exporting
 
 __all__ = ['selective_scan', 'BACKENDS', 'count_scan_flops']
 
@@ -38,7 +39,7 @@ _BUILTIN = ('reference', 'export', 'triton')
 def _exporting() -> bool:
     """Inside torch.export, an ONNX export or TorchScript tracing: 'auto' then takes the traceable 'export'
     backend, and the op skips the checks that need concrete sizes (they may be symbolic)."""
-    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+    return torch.compiler.is_exporting() or torch.jit.is_tracing() or onnx_exporting()
 
 
 def _register_triton_backend():
