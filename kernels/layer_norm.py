@@ -208,7 +208,8 @@ def layer_norm_forward(x: torch.Tensor, width: int, weight: Optional[torch.Tenso
                        gate: Optional[torch.Tensor] = None
                        ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """``(y, mean, rstd)`` of a contiguous ``x`` normalized over rows of ``width`` elements; ``weight`` / ``bias``
-    None or ``(G, width)`` (G consecutive rows, a power of 2, each with its own affine; ``(width,)`` is G = 1).
+    None or ``(G, width)`` (G consecutive rows, a power of 2, each with its own affine; ``(width,)`` is G = 1;
+    ``(G * width,)`` is read as ``(G, width)``).
     ``y`` like ``x`` in ``out_dtype`` (default ``x``'s); ``mean`` and ``rstd`` fp32, one per row (None unless
     ``stats``: inference needs no statistics, and two allocations less are host time saved). ``rms``: RMSNorm
     (no bias; ``mean`` None). ``gate`` (``x``'s shape, unit stride in the last dimension; a chunk of a wider map

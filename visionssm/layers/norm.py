@@ -98,8 +98,8 @@ def rms_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, eps: float 
     if not tracing() and norm_kernels.supports(x, width):
         if torch.is_grad_enabled() and (x.requires_grad or (weight is not None and weight.requires_grad)):
             return _RMSNormTriton.apply(x.contiguous(), weight, eps, out_dtype)
-        w = None if weight is None else weight.view(1, width)
-        return norm_kernels.layer_norm_forward(x.contiguous(), width, w, None, eps, out_dtype, stats=False,
+        # the kernel reads the (width,) weight as is: no view (an op of host time per call)
+        return norm_kernels.layer_norm_forward(x.contiguous(), width, weight, None, eps, out_dtype, stats=False,
                                                rms=True)[0]
     x = x.to(compute)
     return F.rms_norm(x, (width,), _to(weight, compute), eps).to(out_dtype)
@@ -149,9 +149,8 @@ def layer_norm(x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias: Opt
     if not tracing() and norm_kernels.supports(x, width, groups):
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
             return _LayerNormTriton.apply(x.contiguous(), weight, bias, width, eps, out_dtype)
-        w = None if weight is None else weight.view(groups, width)
-        b = None if bias is None else bias.view(groups, width)
-        return norm_kernels.layer_norm_forward(x.contiguous(), width, w, b, eps, out_dtype, stats=False)[0]
+        # the kernel reads the (groups * width,) weights as (groups, width) rows: no views (host time per call)
+        return norm_kernels.layer_norm_forward(x.contiguous(), width, weight, bias, eps, out_dtype, stats=False)[0]
     if not autocast:   # a model converted with .half(): its weights in x's dtype or cast to it (InputDtypeLayerNorm)
         weight, bias = _to(weight, x.dtype), _to(bias, x.dtype)
     if groups == 1:
