@@ -38,6 +38,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -404,14 +405,13 @@ def measure(root: Path, models, modes, batch: int, profile: bool, budget: float,
                 cmd.append('--profile')
             try:
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=left)
-                out, err = done.stdout, done.stderr
+                out, err = done.stdout, failure(done.returncode, done.stderr)
             except subprocess.TimeoutExpired as exc:
                 out, err = exc.stdout or '', 'killed (time budget)'
                 out = out.decode() if isinstance(out, bytes) else out
             got = [json.loads(ln) for ln in out.splitlines() if ln.startswith('{')]
             seen = {r['mode'] for r in got}
-            got += [dict(side=side, model=model, mode=m, status=f'error: {str(err).strip()[-1500:]}')
-                    for m in modes if m not in seen]
+            got += [dict(side=side, model=model, mode=m, status=f'error: {err}') for m in modes if m not in seen]
             for row in got:
                 print(json.dumps({k: v for k, v in row.items() if k != 'profile'}), flush=True)
             rows += got
@@ -420,6 +420,28 @@ def measure(root: Path, models, modes, batch: int, profile: bool, budget: float,
     if json_path:
         json_path.write_text(json.dumps(dict(results=rows), indent=1))
     return rows
+
+
+def failure(returncode: int, stderr: str) -> str:
+    """Why a measuring process gave no row, first line first: its exception (the traceback from its last
+    ``Traceback`` on), or, where it died without one (a crash in a CUDA extension), its exit status or signal, then
+    the end of what it printed. Warnings that precede the failure are left out."""
+    stderr = stderr.strip()
+    start = stderr.rfind('Traceback (most recent call last)')
+    if start >= 0:
+        trace = stderr[start:]
+        # the exception: the first unindented line after the header (warnings may follow the traceback)
+        exc = next((ln for ln in trace.splitlines()[1:] if ln.strip() and not ln.startswith(' ')), '')
+        return f'{exc}\n{trace}'[:1500]
+    if returncode < 0:
+        try:
+            how = f'killed by {signal.Signals(-returncode).name}'
+        except ValueError:
+            how = f'killed by signal {-returncode}'
+    else:
+        how = f'exit status {returncode}'
+    lines = [ln for ln in stderr.splitlines() if 'Warning' not in ln and not ln.startswith('  ')]
+    return f"{how}, no traceback\n{chr(10).join(lines[-15:])}"[:1500]
 
 
 def table(rows) -> str:
@@ -431,8 +453,8 @@ def table(rows) -> str:
         for mode in dict.fromkeys(r['mode'] for r in rows if r['model'] == model):
             o, f = get.get((model, mode, 'ours'), {}), get.get((model, mode, 'official'), {})
 
-            def cell(r, k):
-                return r.get(k, r.get('status', 'n/a'))
+            def cell(r, k):   # a failure's first line: a table row is one line
+                return r[k] if k in r else r.get('status', 'n/a').split('\n', 1)[0].replace('|', '/')
             ratio = lambda a, b: f'{a / b:.2f}x' if isinstance(a, (int, float)) and isinstance(b, (int, float)) else ''
             params = f"{o.get('params', '?'):,} / {f.get('params', '?'):,}" if 'params' in o and 'params' in f else ''
             lines.append(f"| {model} | {params} | {mode} | {cell(o, 'img_s')} | {cell(f, 'img_s')} | "

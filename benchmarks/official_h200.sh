@@ -18,8 +18,8 @@ set -uo pipefail
 root=${1:?official checkouts folder}
 dir=${2:-${OUT:?set OUT or pass an output directory}}
 LIMIT=${LIMIT:-560}
-FIRST=${FIRST:-groupmamba_tiny spatialmamba_tiny efficientvmamba_tiny}
-THEN=${THEN:-vim_tiny mambavision_t}
+FIRST=${FIRST-groupmamba_tiny spatialmamba_tiny efficientvmamba_tiny}   # FIRST="" measures none first
+THEN=${THEN-vim_tiny mambavision_t}
 mkdir -p "$dir"
 source benchmarks/gpu_env.sh
 cores=$(nproc)

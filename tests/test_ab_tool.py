@@ -128,3 +128,16 @@ def test_baseline_env_is_set_for_the_baseline_side_only(ab, monkeypatch):
                                     'VISIONSSM_LAYER_NORM=torch']).baseline_env == [('VISIONSSM_LAYER_NORM', 'torch')]
     with pytest.raises(SystemExit):
         ab._parser().parse_args(['--baseline', 'HEAD', '--models', 'test_vim', '--baseline-env', 'no-value'])
+
+
+def test_current_side_from_a_source_checkout_that_is_not_installed():
+    # Run from a checkout with no install (a GPU machine's copy of the tree), `kernels/` is made visionssm.kernels by
+    # visionssm/__init__.py; ab.py's current side reads it as an attribute of the package. `-S` skips site-packages'
+    # .pth files, so the editable install's finder is not there; the packages' folders are put on the path as is.
+    import site
+    code = ('import sys; sys.path[1:1] = {paths!r}; sys.path.insert(0, "benchmarks"); import visionssm, ab; '
+            'side = ab.current_side(); import visionssm.kernels as k; '
+            'assert visionssm.kernels is k and k.__file__.startswith({root!r}), k.__file__; print(side.label)')
+    done = subprocess.run([sys.executable, '-S', '-c', code.format(paths=site.getsitepackages(), root=str(ROOT))],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith('current'), done.stderr[-2000:]

@@ -127,3 +127,22 @@ def test_measure_appends_to_the_rows_of_an_earlier_run(oc, tmp_path):
     assert all(r['status'] == 'skipped (time budget)' for r in rows[2:])   # vim_tiny's earlier rows are replaced
     assert json.loads(report.read_text())['results'] == rows
     assert len(oc.measure(tmp_path, ['vim_tiny'], ['infer'], 8, False, budget=0, json_path=report)) == 2
+
+
+def test_a_failure_is_named_by_its_exception_or_its_signal(oc):
+    warnings = "x.py:3: FutureWarning: `torch.cuda.amp.custom_fwd` is deprecated\n  @torch.cuda.amp.custom_fwd\n"
+    trace = ('Traceback (most recent call last):\n  File "m.py", line 1, in <module>\n    import ext\n'
+             "ModuleNotFoundError: No module named 'selective_scan_cuda_core'\n")
+    # the exception line first, however many warnings came before it
+    got = oc.failure(1, warnings * 20 + trace + warnings)
+    assert got.splitlines()[0] == "ModuleNotFoundError: No module named 'selective_scan_cuda_core'"
+    # a crash in an extension prints no traceback: the signal, and no warnings
+    got = oc.failure(-11, warnings * 20 + 'Segmentation fault in kernel launch\n')
+    assert got.splitlines()[0] == 'killed by SIGSEGV, no traceback' and 'Warning' not in got
+    assert 'Segmentation fault in kernel launch' in got
+    assert oc.failure(3, '').startswith('exit status 3')
+    # the table shows the first line only: a row stays one line
+    rows = [dict(side='ours', model='groupmamba_tiny', mode='infer', img_s=10.0, peak_gib=1.0),
+            dict(side='official', model='groupmamba_tiny', mode='infer', status='error: ' + oc.failure(-11, 'a | b'))]
+    md = oc.table(rows).splitlines()
+    assert len(md) == 3 and 'error: killed by SIGSEGV, no traceback' in md[2]

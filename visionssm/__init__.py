@@ -22,6 +22,7 @@ def _source_checkout_kernels():
         module = importlib.util.module_from_spec(spec)
         sys.modules['visionssm.kernels'] = module
         spec.loader.exec_module(module)
+        globals()['kernels'] = module   # the attribute an import of a subpackage sets on its parent
 
 
 _source_checkout_kernels()
