@@ -1,14 +1,15 @@
 """The token conv1d (``visionssm.layers.conv1d``) alone at the models' shapes: the Triton kernels against the
 PyTorch form they replace, forward and forward+backward, and a sweep of the kernels' tiles. GPU only.
 
-    python benchmarks/conv1d_bench.py [--batch 128] [--dtype bf16] [--sweep]
+    python benchmarks/conv1d_bench.py [--batch 128] [--dtype bf16] [--sweep] [--sweep-bwd [--shapes Vim-T ...]]
 
 Shapes: Vim-T and Vim-S (both directions' 7-tap convs over a chunk of ``in_proj``'s output, two repeats, bias) and
 MambaVision-T's stage-3 mixer ('same' 3-tap conv, no bias) at 224². Times are medians of CUDA-event timings of
 ``--iters`` calls after warm-up. ``GB/s`` counts the bytes a fused conv must move (forward: read x, write y;
 backward: read x and dy, write dx) over the measured time; the copy bandwidth of an H100 / H200 is 3.0 / 4.3 TB/s
 (read + write counted). ``--sweep`` times each candidate tile ``(steps, widest channel block, warps)`` of the three
-kernels (``kernels/conv1d.py``'s ``_FWD``, ``_BWD``, ``_DX``) at each shape.
+kernels (``kernels/conv1d.py``'s ``_FWD``, ``_BWD``, ``_DX``) at each shape; ``--sweep-bwd`` the weight-gradient
+kernel alone, over its tiles and the number of its programs per SM (``_BWD_WAVES``).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ SHAPES = {  # name: (tokens, channels, taps, left padding, repeats, bias, the ro
     'MambaVision-T s3': (196, 320, 3, 1, 1, False, 1),
 }
 TILES = [(steps, widest, warps) for steps, widest, warps in itertools.product((8, 16, 32), (32, 64), (4, 8))]
+BWD_WAVES = (4, 16, 64)   # --sweep-bwd: programs per SM of the weight-gradient kernel
 
 
 def inputs(shape, batch: int, dtype: torch.dtype):
@@ -57,12 +59,36 @@ def measure(shape, batch: int, dtype: torch.dtype, iters: int, path: str) -> tup
     return fwd, both
 
 
+def sweep_backward(kernels, shapes: dict, batch: int, dtype: torch.dtype, iters: int):
+    """The weight-gradient kernel (``_BWD``: tile, and ``_BWD_WAVES`` programs per SM, each looping over its
+    tiles) swept alone: its time is the forward + backward's minus the forward's, the other kernels unchanged."""
+    chosen = kernels._BWD, kernels._BWD_WAVES
+    try:
+        for name, shape in shapes.items():
+            for tile in TILES:
+                for waves in BWD_WAVES:
+                    kernels._BWD, kernels._BWD_WAVES = tile, waves
+                    try:
+                        fwd, both = measure(shape, batch, dtype, iters, 'triton')
+                    except Exception as e:   # a tile the compiler rejects (registers, shared memory)
+                        print(f'{name} {tile} waves {waves}: {type(e).__name__}: {str(e)[:80]}')
+                        continue
+                    print(f'{name} bwd steps {tile[0]:2d} channels {tile[1]:2d} warps {tile[2]} waves {waves:2d}: '
+                          f'bwd {both - fwd:.3f} ms', flush=True)
+    finally:
+        kernels._BWD, kernels._BWD_WAVES = chosen
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--batch', type=int, default=128)
     ap.add_argument('--dtype', choices=('bf16', 'fp16', 'fp32'), default='bf16')
     ap.add_argument('--iters', type=int, default=20)
     ap.add_argument('--sweep', action='store_true', help="time every candidate tile of the three kernels")
+    ap.add_argument('--sweep-bwd', action='store_true',
+                    help='time the weight-gradient kernel alone over its tiles and programs per SM (_BWD_WAVES), '
+                         'the forward and dx kernels at their chosen tiles')
+    ap.add_argument('--shapes', nargs='+', default=list(SHAPES), choices=list(SHAPES), help='of --sweep-bwd')
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit('benchmarks/conv1d_bench.py needs a CUDA device')
@@ -83,6 +109,8 @@ def main(argv=None):
         pf, pb = measure(shape, a.batch, dtype, a.iters, 'torch')
         print(f'| {name} | {tf:.3f} | {pf:.3f} | {tb:.3f} | {pb:.3f} | {fwd_bytes / tf / 1e6:.0f} | '
               f'{(fwd_bytes + bwd_bytes) / tb / 1e6:.0f} |', flush=True)
+    if a.sweep_bwd:
+        sweep_backward(kernels, {n: SHAPES[n] for n in a.shapes}, a.batch, dtype, a.iters)
     if not a.sweep:
         return
     chosen = kernels._FWD, kernels._BWD, kernels._DX
