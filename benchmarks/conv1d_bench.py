@@ -59,24 +59,22 @@ def measure(shape, batch: int, dtype: torch.dtype, iters: int, path: str) -> tup
     return fwd, both
 
 
-def sweep_backward(kernels, shapes: dict, batch: int, dtype: torch.dtype, iters: int):
-    """The weight-gradient kernel (``_BWD``: tile, and ``_BWD_WAVES`` programs per SM, each looping over its
-    tiles) swept alone: its time is the forward + backward's minus the forward's, the other kernels unchanged."""
-    chosen = kernels._BWD, kernels._BWD_WAVES
-    try:
-        for name, shape in shapes.items():
-            for tile in TILES:
-                for waves in BWD_WAVES:
-                    kernels._BWD, kernels._BWD_WAVES = tile, waves
-                    try:
-                        fwd, both = measure(shape, batch, dtype, iters, 'triton')
-                    except Exception as e:   # a tile the compiler rejects (registers, shared memory)
-                        print(f'{name} {tile} waves {waves}: {type(e).__name__}: {str(e)[:80]}')
-                        continue
-                    print(f'{name} bwd steps {tile[0]:2d} channels {tile[1]:2d} warps {tile[2]} waves {waves:2d}: '
-                          f'bwd {both - fwd:.3f} ms', flush=True)
-    finally:
-        kernels._BWD, kernels._BWD_WAVES = chosen
+def sweep(shapes: dict, batch: int, dtype: torch.dtype, iters: int, settings, apply, label):
+    """Time the kernels at each shape under each setting: ``apply(setting)`` sets their tiles, ``label(setting)``
+    names the row. The backward's time is the forward + backward's minus the forward's."""
+    for name, shape in shapes.items():
+        for setting in settings:
+            apply(setting)
+            try:
+                fwd, both = measure(shape, batch, dtype, iters, 'triton')
+            except Exception as e:   # a tile the compiler rejects (registers, shared memory)
+                print(f'{name} {label(setting)}: {type(e).__name__}: {str(e)[:80]}')
+                continue
+            print(f'{name} {label(setting)}: fwd {fwd:.3f} ms, bwd {both - fwd:.3f} ms', flush=True)
+
+
+def tile_label(tile) -> str:
+    return f'steps {tile[0]:2d} channels {tile[1]:2d} warps {tile[2]}'
 
 
 def main(argv=None):
@@ -109,22 +107,24 @@ def main(argv=None):
         pf, pb = measure(shape, a.batch, dtype, a.iters, 'torch')
         print(f'| {name} | {tf:.3f} | {pf:.3f} | {tb:.3f} | {pb:.3f} | {fwd_bytes / tf / 1e6:.0f} | '
               f'{(fwd_bytes + bwd_bytes) / tb / 1e6:.0f} |', flush=True)
-    if a.sweep_bwd:
-        sweep_backward(kernels, {n: SHAPES[n] for n in a.shapes}, a.batch, dtype, a.iters)
+    if a.sweep_bwd:   # the weight-gradient kernel alone, over its tiles and programs per SM
+        chosen = kernels._BWD, kernels._BWD_WAVES
+
+        def set_backward(setting):
+            kernels._BWD, kernels._BWD_WAVES = setting
+        try:
+            sweep({n: SHAPES[n] for n in a.shapes}, a.batch, dtype, a.iters, list(itertools.product(TILES, BWD_WAVES)),
+                  set_backward, lambda s: f'bwd {tile_label(s[0])} waves {s[1]:2d}')
+        finally:
+            set_backward(chosen)
     if not a.sweep:
         return
     chosen = kernels._FWD, kernels._BWD, kernels._DX
+
+    def set_all(tile):   # one tile for all three kernels; the rows compare
+        kernels._FWD = kernels._BWD = kernels._DX = tile
     try:
-        for name, shape in SHAPES.items():
-            for tile in TILES:
-                kernels._FWD = kernels._BWD = kernels._DX = tile   # one tile for all three; the rows compare
-                try:
-                    fwd, both = measure(shape, a.batch, dtype, a.iters, 'triton')
-                except Exception as e:   # a tile the compiler rejects (registers, shared memory)
-                    print(f'{name} {tile}: {type(e).__name__}: {str(e)[:80]}')
-                    continue
-                print(f'{name} steps {tile[0]:2d} channels {tile[1]:2d} warps {tile[2]}: fwd {fwd:.3f} ms, '
-                      f'bwd {both - fwd:.3f} ms', flush=True)
+        sweep(SHAPES, a.batch, dtype, a.iters, TILES, set_all, tile_label)
     finally:
         kernels._FWD, kernels._BWD, kernels._DX = chosen
 
