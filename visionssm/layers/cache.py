@@ -58,7 +58,10 @@ _onnx_exporting = _onnx_export_flags()
 
 
 def onnx_exporting() -> bool:
-    """Inside an ONNX export: ``torch.onnx.is_in_onnx_export()``, cheaper to call."""
+    """Inside an ONNX export: ``torch.onnx.is_in_onnx_export()``, cheaper to call eagerly. Under ``torch.compile``
+    the public function itself, which Dynamo knows; the flags' module is one it refuses to trace (a graph break)."""
+    if torch.compiler.is_compiling():
+        return torch.onnx.is_in_onnx_export()
     return _onnx_exporting()
 
 
