@@ -8,10 +8,11 @@ from _scripts import load_benchmark
 pytest.importorskip('onnx')
 pytest.importorskip('onnxruntime')
 
+
 def test_cpu_rows(tmp_path):
     out = tmp_path / 'latency.json'
-    load_benchmark('export_latency').main(['--models', 'test_vmamba', '--img-size', '64', '--static', '--threads', '1', '--iters', '2',
-                  '--warmup', '1', '--out', str(out)])
+    load_benchmark('export_latency').main(['--models', 'test_vmamba', '--img-size', '64', '--static', '--threads', '1',
+                                           '--iters', '2', '--warmup', '1', '--out', str(out)])
     result = json.loads(out.read_text())
     (row,) = result['rows']
     assert row['model'] == 'test_vmamba' and row['batch'] == 1 and row['img_size'] == 64
