@@ -39,11 +39,14 @@ __all__ = ['conv1d_forward', 'conv1d_backward', 'supports']
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # (steps per tile, widest channel block, warps) of each kernel: no register spills for sm_90 at Vim's 7 taps and two
-# repeats (ptxas -v; the backward's first kernel at 32 steps of 64 channels and 4 warps used 255 registers and spilled)
+# repeats (ptxas -v; the backward's first kernel at 32 steps of 64 channels and 4 warps used 255 registers and spilled).
+# The backward's tile and programs per SM: `benchmarks/conv1d_bench.py --sweep-bwd` on an H100 (bf16, batch 128) timed
+# the backward at Vim-T's / Vim-S's shapes at 0.67 / 0.98 ms with (8, 32, 4) and 16, against 1.04 / 1.45 ms with
+# (16, 64, 4) and 4.
 _FWD = (32, 64, 4)
-_BWD = (16, 64, 4)
+_BWD = (8, 32, 4)
 _DX = (16, 64, 4)
-_BWD_WAVES = 4      # backward programs per SM (each loops over tiles)
+_BWD_WAVES = 16     # backward programs per SM (each loops over tiles)
 MAX_TAPS = 64
 
 

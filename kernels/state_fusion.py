@@ -79,14 +79,15 @@ if _HAS_TRITON:
                  mask=mask)
 
     @triton.jit
-    def _branch_bwd_h(acc, g_row0, w_ptr, py, px, cs, cmask, H, W, C, d: tl.constexpr, i: tl.constexpr):
-        # adds sum_t w_t g[P - o_t] at the padded positions (py, px[lane]) to acc [BW, BC]; g is zero outside the map
+    def _branch_bwd_h(acc, g_row0, w_ptr, py, px, lanes, cs, cmask, H, W, C, d: tl.constexpr, i: tl.constexpr):
+        # adds sum_t w_t g[P - o_t] at the padded positions (py, px[lane]) of the lanes set in ``lanes`` to acc
+        # [BW, BC]; g is zero outside the map
         for ky in tl.static_range(3):
             qy = py - (ky - 1) * d
             row_ok = (qy >= 0) & (qy < H)
             for kx in tl.static_range(3):
                 qx = px - (kx - 1) * d
-                ok = row_ok & (qx >= 0) & (qx < W)
+                ok = lanes & row_ok & (qx >= 0) & (qx < W)
                 wt = tl.load(w_ptr + (i * 9 + ky * 3 + kx) * C + cs, mask=cmask, other=0.0)
                 v = tl.load(g_row0 + (qy * W + qx)[:, None] * C + cs[None, :], mask=ok[:, None] & cmask[None, :],
                             other=0.0)
@@ -94,31 +95,11 @@ if _HAS_TRITON:
         return acc
 
     @triton.jit
-    def _branch_bwd_h_column(acc, g_row0, w_ptr, py, px, cs, cmask, H, W, C, d: tl.constexpr, i: tl.constexpr):
-        # the same at one padded position (py, px), as a channel vector: acc [BC]
-        for ky in tl.static_range(3):
-            qy = py - (ky - 1) * d
-            for kx in tl.static_range(3):
-                qx = px - (kx - 1) * d
-                ok = (qy >= 0) & (qy < H) & (qx >= 0) & (qx < W)
-                wt = tl.load(w_ptr + (i * 9 + ky * 3 + kx) * C + cs, mask=cmask, other=0.0)
-                v = tl.load(g_row0 + (qy * W + qx) * C + cs, mask=ok & cmask, other=0.0)
-                acc += v.to(tl.float32) * wt
-        return acc
-
-    @triton.jit
-    def _bwd_h_at(acc, g_row0, w_ptr, py, px, cs, cmask, H, W, C,
+    def _bwd_h_at(acc, g_row0, w_ptr, py, px, lanes, cs, cmask, H, W, C,
                   D1: tl.constexpr, D2: tl.constexpr, D3: tl.constexpr):
-        acc = _branch_bwd_h(acc, g_row0, w_ptr, py, px, cs, cmask, H, W, C, D1, 0)
-        acc = _branch_bwd_h(acc, g_row0, w_ptr, py, px, cs, cmask, H, W, C, D2, 1)
-        return _branch_bwd_h(acc, g_row0, w_ptr, py, px, cs, cmask, H, W, C, D3, 2)
-
-    @triton.jit
-    def _bwd_h_column_at(acc, g_row0, w_ptr, py, px, cs, cmask, H, W, C,
-                         D1: tl.constexpr, D2: tl.constexpr, D3: tl.constexpr):
-        acc = _branch_bwd_h_column(acc, g_row0, w_ptr, py, px, cs, cmask, H, W, C, D1, 0)
-        acc = _branch_bwd_h_column(acc, g_row0, w_ptr, py, px, cs, cmask, H, W, C, D2, 1)
-        return _branch_bwd_h_column(acc, g_row0, w_ptr, py, px, cs, cmask, H, W, C, D3, 2)
+        acc = _branch_bwd_h(acc, g_row0, w_ptr, py, px, lanes, cs, cmask, H, W, C, D1, 0)
+        acc = _branch_bwd_h(acc, g_row0, w_ptr, py, px, lanes, cs, cmask, H, W, C, D2, 1)
+        return _branch_bwd_h(acc, g_row0, w_ptr, py, px, lanes, cs, cmask, H, W, C, D3, 2)
 
     @triton.jit
     def _fuse_bwd_h_kernel(g_ptr, w_ptr, dh_ptr, H, W, C, PAD, BW: tl.constexpr, BC: tl.constexpr,
@@ -126,78 +107,85 @@ if _HAS_TRITON:
         row = tl.program_id(0)
         b = row // H
         y = row - b * H
-        xs = tl.program_id(1) * BW + tl.arange(0, BW)
+        x0 = tl.program_id(1) * BW
+        xs = x0 + tl.arange(0, BW)
         cs = tl.program_id(2) * BC + tl.arange(0, BC)
         cmask = cs < C
         image = b.to(tl.int64) * H * W * C
-        g_row0 = g_ptr + image
-        # preimage of row y: y itself, then -1..-PAD above the first row, H..H-1+PAD below the last
-        n_top = tl.where(y == 0, PAD, 0)
-        n_rows = 1 + n_top + tl.where(y == H - 1, PAD, 0)
-        # the first / last column's extra preimage columns are summed as channel vectors, in the blocks holding them
-        n_left = tl.where(tl.program_id(1) == 0, PAD, 0)
-        n_right = tl.where((tl.program_id(1) * BW <= W - 1) & (W - 1 < tl.program_id(1) * BW + BW), PAD, 0)
+        # The preimage of (y, x) under clamp, as offsets (jy, jx) from it: (0, 0), and also -PAD..-1 at the first
+        # row / column and 1..PAD at the last. One loop over the offsets that some lane of this program needs, with
+        # one body: a column offset counts only for the lanes at that border column (both, one column wide).
+        y_lo = tl.where(y == 0, -PAD, 0)
+        y_hi = tl.where(y == H - 1, PAD, 0)
+        x_lo = tl.where(x0 == 0, -PAD, 0)
+        x_hi = tl.where((x0 <= W - 1) & (W - 1 < x0 + BW), PAD, 0)
         acc = tl.zeros((BW, BC), dtype=tl.float32)
-        for jy in range(0, n_rows):
-            py = tl.where(jy == 0, y, tl.where(jy <= n_top, -jy, H - 1 + jy - n_top))
-            acc = _bwd_h_at(acc, g_row0, w_ptr, py, xs, cs, cmask, H, W, C, D1, D2, D3)
-            left = tl.zeros((BC,), dtype=tl.float32)
-            for e in range(1, n_left + 1):
-                left = _bwd_h_column_at(left, g_row0, w_ptr, py, -e, cs, cmask, H, W, C, D1, D2, D3)
-            right = tl.zeros((BC,), dtype=tl.float32)
-            for e in range(1, n_right + 1):
-                right = _bwd_h_column_at(right, g_row0, w_ptr, py, W - 1 + e, cs, cmask, H, W, C, D1, D2, D3)
-            acc += tl.where((xs == 0)[:, None], left[None, :], 0.0) + tl.where((xs == W - 1)[:, None],
-                                                                                right[None, :], 0.0)
+        for jy in range(y_lo, y_hi + 1):
+            for jx in range(x_lo, x_hi + 1):
+                lanes = (jx == 0) | ((jx < 0) & (xs == 0)) | ((jx > 0) & (xs == W - 1))
+                acc = _bwd_h_at(acc, g_ptr + image, w_ptr, y + jy, xs + jx, lanes, cs, cmask, H, W, C, D1, D2, D3)
         mask = (xs < W)[:, None] & cmask[None, :]
         tl.store(dh_ptr + image + (y * W + xs)[:, None] * C + cs[None, :], acc.to(dh_ptr.dtype.element_ty),
                  mask=mask)
 
     @triton.jit
-    def _branch_bwd_w(acc, taps, g, h_row0, y, xs, cs, cmask, H, W, C, d: tl.constexpr, i: tl.constexpr):
-        for ky in tl.static_range(3):
-            yy = tl.minimum(tl.maximum(y + (ky - 1) * d, 0), H - 1)
-            for kx in tl.static_range(3):
-                xx = tl.minimum(tl.maximum(xs + (kx - 1) * d, 0), W - 1)
-                v = tl.load(h_row0 + (yy * W + xx)[:, None] * C + cs[None, :], mask=cmask[None, :], other=0.0)
-                s = tl.sum(g * v.to(tl.float32), axis=0)
-                acc += tl.where((taps == i * 9 + ky * 3 + kx)[:, None], s[None, :], 0.0)
-        return acc
-
-    @triton.jit
     def _fuse_bwd_w_kernel(g_ptr, h_ptr, part_ptr, n_rows, H, W, C, ROWS: tl.constexpr, BW: tl.constexpr,
                            BC: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, D3: tl.constexpr):
+        # Program (r, channel block, p): the three taps (branch r // 3, kernel row r % 3, kx = 0, 1, 2) over image
+        # rows [p * ROWS, (p + 1) * ROWS). Each tap's products accumulate elementwise in a [BW, BC] tile, reduced
+        # over the columns once at the end: no reduction per tile. r varies fastest, so the nine programs of the
+        # same rows run together and share their loads of g and h in the cache.
+        r = tl.program_id(0)
+        branch = r // 3
+        ky = r - branch * 3
+        d = tl.where(branch == 0, D1, tl.where(branch == 1, D2, D3))
         cs = tl.program_id(1) * BC + tl.arange(0, BC)
         cmask = cs < C
-        taps = tl.arange(0, 32)
-        acc = tl.zeros((32, BC), dtype=tl.float32)
-        for r in range(0, ROWS):
-            row = tl.program_id(0) * ROWS + r
+        left = tl.zeros((BW, BC), dtype=tl.float32)
+        centre = tl.zeros((BW, BC), dtype=tl.float32)
+        right = tl.zeros((BW, BC), dtype=tl.float32)
+        for i in range(0, ROWS):
+            row = tl.program_id(2) * ROWS + i
             live = row < n_rows
             row = tl.minimum(row, n_rows - 1)
             b = row // H
             y = row - b * H
             image = b.to(tl.int64) * H * W * C
+            h_row = h_ptr + image + (tl.minimum(tl.maximum(y + (ky - 1) * d, 0), H - 1) * W).to(tl.int64) * C
             for x0 in range(0, W, BW):
                 xs = x0 + tl.arange(0, BW)
                 m = (live & (xs < W))[:, None] & cmask[None, :]
                 g = tl.load(g_ptr + image + (y * W + xs)[:, None] * C + cs[None, :], mask=m, other=0.0)
                 g = g.to(tl.float32)
-                acc = _branch_bwd_w(acc, taps, g, h_ptr + image, y, xs, cs, cmask, H, W, C, D1, 0)
-                acc = _branch_bwd_w(acc, taps, g, h_ptr + image, y, xs, cs, cmask, H, W, C, D2, 1)
-                acc = _branch_bwd_w(acc, taps, g, h_ptr + image, y, xs, cs, cmask, H, W, C, D3, 2)
-        out = part_ptr + tl.program_id(0).to(tl.int64) * 27 * C + taps[:, None] * C + cs[None, :]
-        tl.store(out, acc, mask=(taps < 27)[:, None] & cmask[None, :])
+                # h at the clamped columns x - d, x, x + d (always inside the map: no mask but the channels')
+                xl = tl.maximum(xs - d, 0)
+                xr = tl.minimum(xs + d, W - 1)
+                xc = tl.minimum(xs, W - 1)
+                left += g * tl.load(h_row + xl[:, None] * C + cs[None, :], mask=cmask[None, :], other=0.0)
+                centre += g * tl.load(h_row + xc[:, None] * C + cs[None, :], mask=cmask[None, :], other=0.0)
+                right += g * tl.load(h_row + xr[:, None] * C + cs[None, :], mask=cmask[None, :], other=0.0)
+        out = part_ptr + tl.program_id(2).to(tl.int64) * 27 * C + (r * 3) * C + cs
+        tl.store(out, tl.sum(left, axis=0), mask=cmask)
+        tl.store(out + C, tl.sum(centre, axis=0), mask=cmask)
+        tl.store(out + 2 * C, tl.sum(right, axis=0), mask=cmask)
 
 
-_TILE = 4096       # elements of a program's [BW, BC] tile
-_PARTIALS = 512    # kernel-gradient partials per channel block (each program sums the rest of its rows itself)
+# (elements of a program's [BW, BC] tile, widest channel block BC, warps) of each kernel: four elements per thread.
+# ptxas (sm_90) keeps the forward's 27 tap loads and weights in registers: at 16-32 elements per thread (the tile of
+# 4096 before) it used 176-255 registers and spilled, which left a few warps per SM
+_FWD = (512, 64, 4)
+_BWD_H = (512, 64, 4)
+_BWD_W = (1024, 64, 4)
+_PARTIALS = 256    # kernel-gradient partials per channel block (each program sums the rest of its rows itself)
 
 
-def _blocks(width: int, channels: int) -> tuple[int, int]:
-    bc = min(64, next_power_of_2(channels))
-    bw = max(1, min(next_power_of_2(width), _TILE // bc))
-    return bw, bc
+def _blocks(width: int, channels: int, config: tuple) -> tuple[int, int, int]:
+    """(BW, BC, warps) of a kernel's ``config``: the channel block, then as many columns as fill its tile (a power of
+    2, at most the map's width rounded up)."""
+    tile, widest, warps = config
+    bc = min(widest, next_power_of_2(channels))
+    bw = max(1, min(next_power_of_2(width), tile // bc))
+    return bw, bc, warps
 
 
 def _taps(weight: torch.Tensor) -> torch.Tensor:
@@ -218,10 +206,11 @@ def _check(h: torch.Tensor, weight: torch.Tensor, dilations: Sequence[int]) -> N
 def fuse_forward(h: torch.Tensor, taps: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
     batch, height, width, channels = h.shape
     out = torch.empty_like(h)
-    bw, bc = _blocks(width, channels)
+    bw, bc, warps = _blocks(width, channels, _FWD)
     grid = (batch * height, cdiv(width, bw), cdiv(channels, bc))
     with on_device(h.device):
-        run_kernel(_fuse_fwd_kernel, grid, h, taps, out, height, width, channels, bw, bc, *dilations)
+        run_kernel(_fuse_fwd_kernel, grid, h, taps, out, height, width, channels, bw, bc, *dilations,
+                   num_warps=warps)
     return out
 
 
@@ -230,22 +219,23 @@ def fuse_backward(grad: torch.Tensor, h: torch.Tensor, taps: torch.Tensor, dilat
     """``(dh, dtaps)``: ``dh`` like ``h`` (or None), ``dtaps (27, C)`` fp32 (or None)."""
     batch, height, width, channels = h.shape
     grad = grad.contiguous()
-    bw, bc = _blocks(width, channels)
     dh = dtaps = None
     if need_h:
         dh = torch.empty_like(h)
+        bw, bc, warps = _blocks(width, channels, _BWD_H)
         grid = (batch * height, cdiv(width, bw), cdiv(channels, bc))
         with on_device(h.device):
             run_kernel(_fuse_bwd_h_kernel, grid, grad, taps, dh, height, width, channels, max(dilations), bw, bc,
-                       *dilations)
+                       *dilations, num_warps=warps)
     if need_weight:
+        bw, bc, warps = _blocks(width, channels, _BWD_W)
         n_rows = batch * height
         rows = max(1, cdiv(n_rows, _PARTIALS))
         parts = cdiv(n_rows, rows)
         partial = torch.empty(parts, 27, channels, device=h.device, dtype=torch.float32)
         with on_device(h.device):
-            run_kernel(_fuse_bwd_w_kernel, (parts, cdiv(channels, bc)), grad, h, partial, n_rows, height,
-                       width, channels, rows, bw, bc, *dilations)
+            run_kernel(_fuse_bwd_w_kernel, (9, cdiv(channels, bc), parts), grad, h, partial, n_rows, height,
+                       width, channels, rows, bw, bc, *dilations, num_warps=warps)
         dtaps = partial.sum(0)
     return dh, dtaps
 

@@ -79,10 +79,11 @@ def test_forward_and_gradients_match_the_pytorch_form(shape):
 def test_several_column_blocks_and_rows_per_partial(monkeypatch):
     # small tiles: the first, middle and last column blocks differ (border columns), and each kernel-gradient
     # program sums several rows, the last program fewer
-    monkeypatch.setattr(SF, '_TILE', 64)
+    for name in ('_FWD', '_BWD_H', '_BWD_W'):
+        monkeypatch.setattr(SF, name, (64, 64, 1))
     monkeypatch.setattr(SF, '_PARTIALS', 3)
     shape = (2, 5, 19, 6)
-    assert SF._blocks(19, 6) == (8, 8)
+    assert SF._blocks(19, 6, SF._FWD) == (8, 8, 1)
     test_forward_and_gradients_match_the_pytorch_form(shape)
 
 
