@@ -7,9 +7,9 @@ Shapes: Vim-T and Vim-S (both directions' 7-tap convs over a chunk of ``in_proj`
 MambaVision-T's stage-3 mixer ('same' 3-tap conv, no bias) at 224². Times are medians of CUDA-event timings of
 ``--iters`` calls after warm-up. ``GB/s`` counts the bytes a fused conv must move (forward: read x, write y;
 backward: read x and dy, write dx) over the measured time; the copy bandwidth of an H100 / H200 is 3.0 / 4.3 TB/s
-(read + write counted). ``--sweep`` times each candidate tile ``(steps, widest channel block, warps)`` of the three
-kernels (``kernels/conv1d.py``'s ``_FWD``, ``_BWD``, ``_DX``) at each shape; ``--sweep-bwd`` the weight-gradient
-kernel alone, over its tiles and the number of its programs per SM (``_BWD_WAVES``).
+(read + write counted). ``--sweep`` times each candidate tile ``(steps, widest channel block, warps)`` of the four
+kernels (``kernels/conv1d.py``'s ``_FWD``, ``_GP``, ``_DW``, ``_DX``) at each shape; ``--sweep-bwd`` the backward
+over the weight-gradient kernel's tiles and its programs per SM (``_DW_WAVES``).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ SHAPES = {  # name: (tokens, channels, taps, left padding, repeats, bias, the ro
     'MambaVision-T s3': (196, 320, 3, 1, 1, False, 1),
 }
 TILES = [(steps, widest, warps) for steps, widest, warps in itertools.product((8, 16, 32), (32, 64), (4, 8))]
-BWD_WAVES = (4, 16, 64)   # --sweep-bwd: programs per SM of the weight-gradient kernel
+BWD_WAVES = (4, 8, 16)   # --sweep-bwd: programs per SM of the weight-gradient kernel
 
 
 def inputs(shape, batch: int, dtype: torch.dtype):
@@ -84,8 +84,8 @@ def main(argv=None):
     ap.add_argument('--iters', type=int, default=20)
     ap.add_argument('--sweep', action='store_true', help="time every candidate tile of the three kernels")
     ap.add_argument('--sweep-bwd', action='store_true',
-                    help='time the weight-gradient kernel alone over its tiles and programs per SM (_BWD_WAVES), '
-                         'the forward and dx kernels at their chosen tiles')
+                    help='time the backward over the weight-gradient kernel\'s tiles and programs per SM (_DW_WAVES), '
+                         'the other kernels at their chosen tiles')
     ap.add_argument('--shapes', nargs='+', default=list(SHAPES), choices=list(SHAPES), help='of --sweep-bwd')
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -94,7 +94,7 @@ def main(argv=None):
     dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': torch.float32}[a.dtype]
     size = torch.finfo(dtype).bits // 8
     print(f'{torch.cuda.get_device_name()}, torch {torch.__version__}; batch {a.batch}, {a.dtype}; '
-          f'tiles fwd {kernels._FWD} bwd {kernels._BWD} dx {kernels._DX}')
+          f'tiles fwd {kernels._FWD} gp {kernels._GP} dw {kernels._DW} dx {kernels._DX}, dw waves {kernels._DW_WAVES}')
     print('| shape | Triton fwd ms | PyTorch fwd ms | Triton fwd+bwd ms | PyTorch fwd+bwd ms | fwd GB/s '
           '| fwd+bwd GB/s |')
     print('|---|---:|---:|---:|---:|---:|---:|')
@@ -107,11 +107,11 @@ def main(argv=None):
         pf, pb = measure(shape, a.batch, dtype, a.iters, 'torch')
         print(f'| {name} | {tf:.3f} | {pf:.3f} | {tb:.3f} | {pb:.3f} | {fwd_bytes / tf / 1e6:.0f} | '
               f'{(fwd_bytes + bwd_bytes) / tb / 1e6:.0f} |', flush=True)
-    if a.sweep_bwd:   # the weight-gradient kernel alone, over its tiles and programs per SM
-        chosen = kernels._BWD, kernels._BWD_WAVES
+    if a.sweep_bwd:   # the backward over the weight-gradient kernel's tiles and programs per SM
+        chosen = kernels._DW, kernels._DW_WAVES
 
         def set_backward(setting):
-            kernels._BWD, kernels._BWD_WAVES = setting
+            kernels._DW, kernels._DW_WAVES = setting
         try:
             sweep({n: SHAPES[n] for n in a.shapes}, a.batch, dtype, a.iters, list(itertools.product(TILES, BWD_WAVES)),
                   set_backward, lambda s: f'bwd {tile_label(s[0])} waves {s[1]:2d}')
@@ -119,14 +119,14 @@ def main(argv=None):
             set_backward(chosen)
     if not a.sweep:
         return
-    chosen = kernels._FWD, kernels._BWD, kernels._DX
+    chosen = kernels._FWD, kernels._GP, kernels._DW, kernels._DX
 
-    def set_all(tile):   # one tile for all three kernels; the rows compare
-        kernels._FWD = kernels._BWD = kernels._DX = tile
+    def set_all(tile):   # one tile for all four kernels; the rows compare
+        kernels._FWD = kernels._GP = kernels._DW = kernels._DX = tile
     try:
         sweep(SHAPES, a.batch, dtype, a.iters, TILES, set_all, tile_label)
     finally:
-        kernels._FWD, kernels._BWD, kernels._DX = chosen
+        kernels._FWD, kernels._GP, kernels._DW, kernels._DX = chosen
 
 
 if __name__ == '__main__':

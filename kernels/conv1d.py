@@ -20,10 +20,15 @@ Backward, with ``gp = dy * silu'(pre)`` (``pre`` recomputed from ``x``, not kept
     dx[b, t, c] = sum_r sum_k w[r*C + c, k] * gp[b, t - k + P, r*C + c]
     dw[j, k] = sum_{b, t} gp[b, t, j] * x[b, t + k - P, c],        db[j] = sum_{b, t} gp[b, t, j]
 
-The first backward kernel recomputes ``pre``, writes ``gp`` (fp32) and accumulates the weight and bias gradients per
-program (a fixed grid looping over tiles; torch sums the partials: deterministic, no atomics); the second gathers
-``dx`` from ``gp``. Lanes run over channels, so every tap is a coalesced tile load and the K taps of a tile mostly
-hit the cache. Products accumulate in fp32; ``y`` and ``dx`` are stored in ``x``'s dtype, ``dw`` / ``db`` in fp32.
+The backward is three kernels. The first recomputes ``pre`` and writes ``gp`` (fp32; without the SiLU, ``gp`` is
+``dy`` itself and the kernel does not run). The second accumulates the weight and bias gradients: each program owns
+one tap of one repeat and a share of the (batch, step block) tiles of its channel block, multiplies ``gp`` by ``x``
+shifted by its tap elementwise and reduces its tile once, at the end (the partials are summed by torch:
+deterministic, no atomics). A single kernel that reduced every tap of every tile had to synchronize its warps for
+each of them. The programs of one channel block and tile range run side by side, so their reads of ``gp`` and
+``x`` mostly hit the cache. The third gathers ``dx`` from ``gp``. Lanes run over channels, so every tap is a
+coalesced tile load. Products accumulate in fp32; ``y`` and ``dx`` are stored in ``x``'s dtype, ``dw`` / ``db`` in
+fp32.
 """
 from __future__ import annotations
 
@@ -39,14 +44,12 @@ __all__ = ['conv1d_forward', 'conv1d_backward', 'supports']
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # (steps per tile, widest channel block, warps) of each kernel: no register spills for sm_90 at Vim's 7 taps and two
-# repeats (ptxas -v; the backward's first kernel at 32 steps of 64 channels and 4 warps used 255 registers and spilled).
-# The backward's tile and programs per SM: `benchmarks/conv1d_bench.py --sweep-bwd` on an H100 (bf16, batch 128) timed
-# the backward at Vim-T's / Vim-S's shapes at 0.67 / 0.98 ms with (8, 32, 4) and 16, against 1.04 / 1.45 ms with
-# (16, 64, 4) and 4.
+# repeats (ptxas -v)
 _FWD = (32, 64, 4)
-_BWD = (8, 32, 4)
+_GP = (16, 32, 4)   # the tile that needs no layout conversion through shared memory (ptxas: 1 barrier, 96 registers)
+_DW = (32, 64, 4)
 _DX = (16, 64, 4)
-_BWD_WAVES = 16     # backward programs per SM (each loops over tiles)
+_DW_WAVES = 8       # weight-gradient programs per SM (each loops over tiles)
 MAX_TAPS = 64
 
 
@@ -96,50 +99,52 @@ if _HAS_TRITON:
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, g_ptr, gp_ptr, part_ptr, L, C, stride_b, stride_t, stride_wj,
-                         stride_wk, T_TILES, TILES,
-                         HAS_BIAS: tl.constexpr, SILU: tl.constexpr, NEED_X: tl.constexpr, NEED_W: tl.constexpr,
-                         R: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, PAD: tl.constexpr,
-                         BT: tl.constexpr, BC: tl.constexpr):
-        # gp = dy * silu'(pre) for dx's kernel, and per-program partial sums of dw and db; programs loop over the
-        # (batch, step block) tiles pid, pid + programs, ... of their channel block, so the partials stay in
-        # registers: dw as a [KP, R, BC] tile (KP = K rounded up to a power of 2; tap k is its row k), db [R, BC]
-        pid = tl.program_id(0)
+    def _conv_gp_kernel(x_ptr, w_ptr, b_ptr, g_ptr, gp_ptr, L, C, stride_b, stride_t, stride_wj, stride_wk,
+                        HAS_BIAS: tl.constexpr, R: tl.constexpr, K: tl.constexpr, PAD: tl.constexpr,
+                        BT: tl.constexpr, BC: tl.constexpr):
+        # gp = dy * silu'(pre), pre recomputed from x
+        ts = tl.program_id(0) * BT + tl.arange(0, BT)   # step blocks on axis 0: the one without a 65535 cap
+        b = tl.program_id(1).to(tl.int64)
+        cs = tl.program_id(2) * BC + tl.arange(0, BC)
+        pre = _pre_activation(x_ptr + b * stride_b, w_ptr, b_ptr, ts, cs, L, C, stride_t, stride_wj, stride_wk,
+                              HAS_BIAS, R, K, PAD, BT, BC)
+        wcol = tl.arange(0, R)[:, None] * C + cs[None, :]
+        offs = (b * L + ts)[:, None, None] * (R * C) + wcol[None, :, :]
+        mask = (ts < L)[:, None, None] & (cs < C)[None, None, :]
+        s = tl.sigmoid(pre)
+        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(gp_ptr + offs, g * s * (1.0 + pre * (1.0 - s)), mask=mask)
+
+    @triton.jit
+    def _conv_dw_kernel(x_ptr, gp_ptr, part_ptr, L, C, stride_b, stride_t, T_TILES, TILES,
+                        HAS_BIAS: tl.constexpr, R: tl.constexpr, K: tl.constexpr, PAD: tl.constexpr,
+                        BT: tl.constexpr, BC: tl.constexpr):
+        # program (k * R + r, channel block, p): dw[r*C + c, k] (and db at k = 0) over the tiles p, p + programs, ...
+        kr = tl.program_id(0)
+        k = kr // R
+        r = kr - k * R
         cs = tl.program_id(1) * BC + tl.arange(0, BC)
         cmask = cs < C
-        wcol = tl.arange(0, R)[:, None] * C + cs[None, :]
-        taps = tl.arange(0, KP)
-        dw = tl.zeros((KP, R, BC), dtype=tl.float32)
-        db = tl.zeros((R, BC), dtype=tl.float32)
-        for tile in range(pid, TILES, tl.num_programs(0)):
+        p = tl.program_id(2)
+        dw = tl.zeros((BT, BC), dtype=tl.float32)
+        db = tl.zeros((BT, BC), dtype=tl.float32)
+        for tile in range(p, TILES, tl.num_programs(2)):
             b = (tile // T_TILES).to(tl.int64)
             ts = (tile % T_TILES) * BT + tl.arange(0, BT)
-            x_row = x_ptr + b * stride_b
-            offs = (b * L + ts)[:, None, None] * (R * C) + wcol[None, :, :]
-            mask = (ts < L)[:, None, None] & cmask[None, None, :]
-            g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            if SILU:
-                pre = _pre_activation(x_row, w_ptr, b_ptr, ts, cs, L, C, stride_t, stride_wj, stride_wk,
-                                      HAS_BIAS, R, K, PAD, BT, BC)
-                s = tl.sigmoid(pre)
-                g = g * s * (1.0 + pre * (1.0 - s))
-            if NEED_X:
-                tl.store(gp_ptr + offs, g, mask=mask)
-            if NEED_W:
-                db += tl.sum(g, axis=0)
-                for k in tl.static_range(K):
-                    pos = ts + (k - PAD)
-                    m = ((pos >= 0) & (pos < L))[:, None] & cmask[None, :]
-                    xk = tl.load(x_row + pos.to(tl.int64)[:, None] * stride_t + cs[None, :], mask=m, other=0.0)
-                    tap = tl.sum(g * xk.to(tl.float32)[:, None, :], axis=0)             # [R, BC]
-                    dw += tl.where((taps == k)[:, None, None], tap[None, :, :], 0.0)
-        if NEED_W:
-            # partials (programs, R*C, K + 1): per output channel its K taps of dw, then db; summed over the
-            # programs, the taps are a row-major (R*C, K) view, the weight's own layout
-            slot = part_ptr + pid.to(tl.int64) * (R * C) * (K + 1)
-            pmask = (taps < K)[:, None, None] & cmask[None, None, :]
-            tl.store(slot + wcol[None, :, :] * (K + 1) + taps[:, None, None], dw, mask=pmask)
-            tl.store(slot + wcol * (K + 1) + K, db, mask=(tl.arange(0, R) < R)[:, None] & cmask[None, :])
+            g = tl.load(gp_ptr + (b * L + ts)[:, None] * (R * C) + r * C + cs[None, :],
+                        mask=(ts < L)[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+            pos = ts + (k - PAD)
+            m = ((pos >= 0) & (pos < L))[:, None] & cmask[None, :]
+            xk = tl.load(x_ptr + b * stride_b + pos.to(tl.int64)[:, None] * stride_t + cs[None, :], mask=m, other=0.0)
+            dw += g * xk.to(tl.float32)
+            if HAS_BIAS:
+                db += g
+        # partials (programs, R*C, K + 1): per output channel its K taps of dw, then db; summed over the programs,
+        # the taps are a row-major (R*C, K) view, the weight's own layout
+        slot = part_ptr + (p.to(tl.int64) * (R * C) + r * C + cs) * (K + 1)
+        tl.store(slot + k, tl.sum(dw, axis=0), mask=cmask)
+        if HAS_BIAS:
+            tl.store(slot + K, tl.sum(db, axis=0), mask=cmask & (k == 0))
 
     @triton.jit
     def _conv_dx_kernel(gp_ptr, w_ptr, dx_ptr, L, C, stride_wj, stride_wk,
@@ -195,9 +200,10 @@ def conv1d_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     return y
 
 
-def _programs(x: torch.Tensor, channel_blocks: int) -> int:
+def _programs(x: torch.Tensor, others: int) -> int:
+    """Weight-gradient programs per (tap, repeat, channel block): ``_DW_WAVES`` per SM in all."""
     if x.is_cuda:
-        return max(1, _BWD_WAVES * sm_count(x.device) // channel_blocks)
+        return max(1, _DW_WAVES * sm_count(x.device) // others)
     return 3   # the interpreter: few programs, so that the tests run the loop over tiles
 
 
@@ -217,19 +223,31 @@ def conv1d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, b
         dw = weight.new_zeros(width, taps, dtype=torch.float32) if need_weights else None
         db = weight.new_zeros(width, dtype=torch.float32) if need_weights and bias is not None else None
         return (torch.zeros_like(x, memory_format=torch.contiguous_format) if need_x else None), dw, db
-    steps, widest, warps = _BWD
-    block_c = _block_c(channels, widest)
-    channel_blocks = cdiv(channels, block_c)
-    t_tiles = cdiv(length, steps)
-    tiles = batch * t_tiles
-    programs = min(tiles, _programs(x, channel_blocks))
-    gp = torch.empty(batch, length, width, device=x.device, dtype=torch.float32) if need_x else grad
-    partials = torch.empty(programs, width, taps + 1, device=x.device, dtype=torch.float32) if need_weights else gp
+    if not (need_x or need_weights):
+        return None, None, None
+    gp = grad   # dy * silu'(pre), or dy itself without the SiLU
     with on_device(x.device):
-        run_kernel(_conv_bwd_kernel, (programs, channel_blocks),
-            x, weight, weight if bias is None else bias, grad, gp, partials, length, channels, x.stride(0),
-            x.stride(1), weight.stride(0), weight.stride(1), t_tiles, tiles, bias is not None, silu, need_x,
-            need_weights, repeats, taps, next_power_of_2(taps), left, steps, block_c, num_warps=warps)
+        if silu:
+            steps, widest, warps = _GP
+            block_c = _block_c(channels, widest)
+            gp = torch.empty(batch, length, width, device=x.device, dtype=torch.float32)
+            run_kernel(_conv_gp_kernel, (cdiv(length, steps), batch, cdiv(channels, block_c)),
+                x, weight, weight if bias is None else bias, grad, gp, length, channels, x.stride(0), x.stride(1),
+                weight.stride(0), weight.stride(1), bias is not None, repeats, taps, left, steps, block_c,
+                num_warps=warps)
+        dw = db = None
+        if need_weights:
+            steps, widest, warps = _DW
+            block_c = _block_c(channels, widest)
+            t_tiles = cdiv(length, steps)
+            others = taps * repeats * cdiv(channels, block_c)
+            programs = min(batch * t_tiles, _programs(x, others))
+            partials = torch.empty(programs, width, taps + 1, device=x.device, dtype=torch.float32)
+            run_kernel(_conv_dw_kernel, (taps * repeats, cdiv(channels, block_c), programs),
+                x, gp, partials, length, channels, x.stride(0), x.stride(1), t_tiles, batch * t_tiles,
+                bias is not None, repeats, taps, left, steps, block_c, num_warps=warps)
+            sums = partials.sum(0)
+            dw, db = sums[:, :taps], (sums[:, taps] if bias is not None else None)
         dx = None
         if need_x:
             steps, widest, warps = _DX
@@ -238,7 +256,4 @@ def conv1d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, b
             run_kernel(_conv_dx_kernel, (cdiv(length, steps), batch, cdiv(channels, block_c)),
                 gp, weight, dx, length, channels, weight.stride(0), weight.stride(1), repeats, taps, left, steps,
                 block_c, num_warps=warps)
-    if not need_weights:
-        return dx, None, None
-    sums = partials.sum(0)
-    return dx, sums[:, :taps], (sums[:, taps] if bias is not None else None)
+    return dx, dw, db
