@@ -7,7 +7,7 @@ generic depthwise kernel (cuDNN does not take that layout), a SiLU and a transpo
 three depthwise-conv kernels alone took 13.2 of the 137 ms of a Vim-T training step (bf16, batch 128;
 ``benchmarks/results/h200-2026-12/profile_train_vim.log``), several times what their bytes cost, and the copies
 around them more. Here the forward is one pass that reads ``x`` in place (any row stride: a chunk of a wider
-projection) and writes the activated output once; the backward is two passes.
+projection) and writes the activated output once; the backward is three.
 
 Math, for ``x (B, L, C)``, ``R`` repeats of it, weights ``w (R*C, K)``, bias ``b (R*C,)`` and ``P`` zeros of padding
 before the sequence (``K - 1 - P`` after it, so that the output has ``L`` steps), output channel ``j = r*C + c``::
