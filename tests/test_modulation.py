@@ -98,6 +98,27 @@ def test_bad_input_is_named():
         MK.modulate_forward(x, x[:, :2].contiguous(), torch.randn(2, 4, device=DEV))
 
 
+@skip_here
+def test_mixer_through_the_kernels_matches_its_pytorch_form(monkeypatch):
+    # the mixer's dispatch, the class block's 1x1 map and the parameters' gradients, with the kernels served on the
+    # CPU by the interpreter
+    torch.manual_seed(0)
+    mixer = GM.GroupMambaMixer(32).to(DEV)
+    results = []
+    for use_kernels in (True, False):
+        monkeypatch.setattr(MK, 'supports', lambda x, use=use_kernels: use)
+        for shape in ((2, 5, 6, 32), (3, 1, 1, 32)):
+            x = torch.randn(*shape, generator=torch.Generator().manual_seed(1)).to(DEV).requires_grad_()
+            mixer.zero_grad()
+            out = mixer(x)
+            out.backward(torch.ones_like(out))
+            results.append((out, x.grad, mixer.fc1.weight.grad.clone(), mixer.fc2.bias.grad.clone(),
+                            mixer.skip_scale.grad.clone(), mixer.norm.weight.grad.clone()))
+    for got, want in zip(results[:2], results[2:]):
+        for a, b in zip(got, want):
+            assert _rel(a, b) < 1e-5
+
+
 def test_dispatch_is_cuda_only_and_can_be_switched_off(monkeypatch):
     x = torch.zeros(1, 2, 2, 4)
     assert not MK.supports(x)   # CPU tensors take the PyTorch form
