@@ -48,7 +48,8 @@ of a ``GroupedSS2D`` made by one autograd node in the GEMMs' dtype (``group_weig
 copy per projection); the weights that autocast would cast one by one (the mixer's proj, depthwise conv and second
 norm; the MLP's) are cast together by one kernel, with one cast of their gradients back (``cast_weights``); drop
 path and the residual sum are one ``addcmul`` (``add_residual``). On CUDA the LayerNorms, whose rows here are 16
-to 448 channels, run as Triton kernels (``visionssm.layers.norm``), out_norm with its per-group affine in one. The backward recomputes what is cheap to
+to 448 channels, run as Triton kernels (``visionssm.layers.norm``), out_norm with its per-group affine in one; so
+does the modulation ``s * x * CAM(x)`` (``_Modulation``, ``kernels/modulation.py``). The backward recomputes what is cheap to
 recompute instead of keeping it: the MLP's hidden maps (``conv_mlp``) and the maps between out_norm and the gate
 (``norm_gate``).
 
