@@ -101,7 +101,7 @@ def stub_triton_launches() -> contextlib.ExitStack:
     from unittest import mock
     from visionssm.kernels import conv1d, layer_norm
     stack = contextlib.ExitStack()
-    for module, kernels in ((conv1d, ('_conv_fwd_kernel', '_conv_bwd_kernel', '_conv_dx_kernel')),
+    for module, kernels in ((conv1d, ('_conv_fwd_kernel', '_conv_gp_kernel', '_conv_dw_kernel', '_conv_dx_kernel')),
                             (layer_norm, ('_ln_fwd_kernel', '_ln_bwd_kernel'))):
         for name in kernels:
             stack.enter_context(mock.patch.object(module, name, NoLaunch(name)))
