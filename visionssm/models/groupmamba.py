@@ -375,19 +375,20 @@ class _Modulation(torch.autograd.Function):
         with autocast_off(x):
             mean = x.mean(dim=(1, 2), dtype=fc1_weight.dtype)
             gate = _gate(mean, fc1_weight, fc1_bias, fc2_weight, fc2_bias, skip_scale)
-        ctx.save_for_backward(s, x, mean, gate, fc1_weight, fc1_bias, fc2_weight, fc2_bias, skip_scale)
+        ctx.save_for_backward(s, x, mean, fc1_weight, fc1_bias, fc2_weight, fc2_bias, skip_scale)
         return modulation_kernels.modulate_forward(s, x, gate)
 
     @staticmethod
     @once_differentiable   # the kernels build no graph: a second derivative would be silently wrong
     def backward(ctx, grad):
-        s, x, mean, gate, *params = ctx.saved_tensors
+        s, x, mean, *params = ctx.saved_tensors
         grad_gate = modulation_kernels.gate_grad(grad, s, x)
-        with torch.enable_grad(), autocast_off(x):
+        with torch.enable_grad(), autocast_off(x):   # the gate again, from the (B, C) mean, for its gradients
             leaves = [t.detach().requires_grad_() for t in (mean, *params)]
-            grads = torch.autograd.grad(_gate(*leaves), leaves, grad_gate.to(leaves[0].dtype))
+            gate = _gate(*leaves)
+            grads = torch.autograd.grad(gate, leaves, grad_gate.to(gate.dtype))
         grad_mean = (grads[0] / (x.shape[1] * x.shape[2])).float().contiguous()
-        ds, dx = modulation_kernels.modulate_backward(grad, s, x, gate, grad_mean)
+        ds, dx = modulation_kernels.modulate_backward(grad, s, x, gate.detach(), grad_mean)
         need = ctx.needs_input_grad
         return (ds if need[0] else None, dx if need[1] else None,
                 *(g if n else None for g, n in zip(grads[1:], need[2:])))
