@@ -245,7 +245,8 @@ def materialize(rev: str) -> Side:
         commit = _resolve(rev)
     if commit in _MATERIALIZED:
         return _MATERIALIZED[commit]
-    package = f'{PACKAGE}_ab_{commit[:12]}'
+    # a plain tar's name may hold dots or dashes (mktemp's tmp.XXXX.tar): the package name must be an identifier
+    package = f'{PACKAGE}_ab_' + re.sub(r'\W', '_', commit[:12])
     # kept for the life of the process: Triton reads a kernel's source file when it compiles it
     dest = Path(tempfile.mkdtemp(prefix=f'{package}_'))
     atexit.register(shutil.rmtree, dest, ignore_errors=True)

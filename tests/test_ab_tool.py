@@ -106,6 +106,17 @@ def test_baseline_from_a_git_archive(ab, tmp_path):
         ab.materialize(str(tmp_path / 'missing.tar'))
 
 
+def test_baseline_from_a_plain_tar_with_a_dotted_name(ab, tmp_path):
+    # `tar cf $(mktemp --suffix=.tar) visionssm kernels`: no commit in the header, so the package is named by the
+    # file's stem, which must still make an importable package name
+    tar = tmp_path / 'tmp.a-1.tar'
+    subprocess.run(['tar', 'cf', str(tar), '-C', str(ROOT), '--exclude=visionssm/kernels', 'visionssm', 'kernels'],
+                   check=True)
+    side = ab.materialize(str(tar))
+    assert side.package.isidentifier() and side.package.startswith('visionssm_ab_tmp_a_1')
+    assert side.build('vmamba_tiny_s1l8', 64, torch.device('cpu')) is not None
+
+
 def test_baseline_env_is_set_for_the_baseline_side_only(ab, monkeypatch):
     monkeypatch.delenv('AB_TEST_SWITCH', raising=False)
 
