@@ -48,8 +48,7 @@ of a ``GroupedSS2D`` made by one autograd node in the GEMMs' dtype (``group_weig
 copy per projection); the weights that autocast would cast one by one (the mixer's proj, depthwise conv and second
 norm; the MLP's) are cast together by one kernel, with one cast of their gradients back (``cast_weights``); drop
 path and the residual sum are one ``addcmul`` (``add_residual``). On CUDA the LayerNorms, whose rows here are 16
-to 448 channels, run as Triton kernels (``visionssm.layers.norm``), out_norm with its per-group affine in one; so
-does the modulation ``s * x * CAM(x)`` (``_Modulation``, ``kernels/modulation.py``). The backward recomputes what is cheap to
+to 448 channels, run as Triton kernels (``visionssm.layers.norm``), out_norm with its per-group affine in one. The backward recomputes what is cheap to
 recompute instead of keeping it: the MLP's hidden maps (``conv_mlp``) and the maps between out_norm and the gate
 (``norm_gate``).
 
@@ -68,15 +67,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 from timm.layers import DropPath, trunc_normal_
 from timm.models import (build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model,
                          register_notrace_function)
 from timm.models._features import feature_take_indices
 
 from visionssm.layers import ConvDownsample, Mlp, ScanLayer, full_precision, init_dt_bias, scan_out_dtype
-from visionssm.kernels import modulation as modulation_kernels
-from visionssm.layers.cache import cached_while_inferring, tracing
+from visionssm.layers.cache import cached_while_inferring
 from visionssm.layers.fused import autocast_dtype, autocast_off, block_diagonal, group_projections
 from visionssm.layers.mlp import _act_backward
 from visionssm.layers.norm import gated_layer_norm, layer_norm, norm_to
@@ -357,54 +354,6 @@ def channel_affinity(x: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, skip_scale
         return (cam * skip_scale).to(x.dtype)[:, None, None]
 
 
-def _gate(mean: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, fc2_weight: torch.Tensor,
-          fc2_bias: torch.Tensor, skip_scale: torch.Tensor) -> torch.Tensor:
-    """``skip_scale * sigmoid(fc2(relu(fc1(mean))))``, ``(B, C)``."""
-    return torch.sigmoid(F.linear(F.relu(F.linear(mean, fc1_weight, fc1_bias)), fc2_weight, fc2_bias)) * skip_scale
-
-
-class _Modulation(torch.autograd.Function):
-    """``s * x * channel_affinity(x, fc1, fc2, skip_scale)`` on CUDA: the product in one Triton pass
-    (``kernels/modulation.py``), and a backward of two passes that adds the gradient reaching ``x`` through the
-    gate's spatial mean into ``dx`` (where autograd would add a broadcast view of it by a broadcasting add, and
-    take the product's gradient apart in broadcasting kernels). The gate is kept in fp32 (the parameters' dtype),
-    and the products are rounded once, to the maps' dtype. Saves ``s``, ``x`` and the pooled ``(B, C)`` mean."""
-
-    @staticmethod
-    def forward(ctx, s, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, skip_scale):
-        with autocast_off(x):
-            mean = x.mean(dim=(1, 2), dtype=fc1_weight.dtype)
-            gate = _gate(mean, fc1_weight, fc1_bias, fc2_weight, fc2_bias, skip_scale)
-        ctx.save_for_backward(s, x, mean, fc1_weight, fc1_bias, fc2_weight, fc2_bias, skip_scale)
-        return modulation_kernels.modulate_forward(s, x, gate)
-
-    @staticmethod
-    @once_differentiable   # the kernels build no graph: a second derivative would be silently wrong
-    def backward(ctx, grad):
-        s, x, mean, *params = ctx.saved_tensors
-        grad_gate = modulation_kernels.gate_grad(grad, s, x)
-        with torch.enable_grad(), autocast_off(x):   # the gate again, from the (B, C) mean, for its gradients
-            leaves = [t.detach().requires_grad_() for t in (mean, *params)]
-            gate = _gate(*leaves)
-            grads = torch.autograd.grad(gate, leaves, grad_gate.to(gate.dtype))
-        grad_mean = (grads[0] / (x.shape[1] * x.shape[2])).float().contiguous()
-        ds, dx = modulation_kernels.modulate_backward(grad, s, x, gate.detach(), grad_mean)
-        need = ctx.needs_input_grad
-        return (ds if need[0] else None, dx if need[1] else None,
-                *(g if n else None for g, n in zip(grads[1:], need[2:])))
-
-
-def modulate(s: torch.Tensor, x: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, skip_scale: torch.Tensor
-             ) -> torch.Tensor:
-    """GroupMamba's modulated output ``s * x * skip_scale * CAM(x)`` for the scan's output ``s`` and the normed input
-    ``x`` (both ``(B, H, W, C)``): ``_Modulation``'s kernels on CUDA, PyTorch elsewhere (and when tracing or
-    exporting, or with ``VISIONSSM_MODULATION=torch``)."""
-    if not tracing() and modulation_kernels.supports(x) and s.dtype == x.dtype:
-        return _Modulation.apply(s.contiguous(), x.contiguous(), fc1.weight, fc1.bias, fc2.weight, fc2.bias,
-                                 skip_scale)
-    return s * x * channel_affinity(x, fc1, fc2, skip_scale)
-
-
 class GroupMambaMixer(nn.Module):
     """The modulated group Mamba layer (official ``GroupMambaLayer``), channel-last.
 
@@ -431,7 +380,7 @@ class GroupMambaMixer(nn.Module):
             self.norm.weight, self.norm.bias, self.proj.weight, self.proj.bias, self.ssm.conv.weight,
             self.ssm.conv.bias), dtype)
         x = norm_to(self.norm, x, dtype)
-        y = modulate(self.ssm(x, (conv_w, conv_b)), x, self.fc1, self.fc2, self.skip_scale)
+        y = self.ssm(x, (conv_w, conv_b)) * x * channel_affinity(x, self.fc1, self.fc2, self.skip_scale)
         return F.linear(layer_norm_in_dtype(self.norm, y, norm_w, norm_b), proj_w, proj_b)
 
 
