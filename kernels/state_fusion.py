@@ -174,7 +174,7 @@ if _HAS_TRITON:
 # ptxas (sm_90) keeps the forward's 27 tap loads and weights in registers: at 16-32 elements per thread (the tile of
 # 4096 before) it used 176-255 registers and spilled, which left a few warps per SM
 _FWD = (512, 64, 4)
-_BWD_H = (512, 64, 4)
+_BWD_H = (256, 128, 2)   # H100 sweep (state_fusion_bench.py --sweep): 3.08 ms against 4.36 at (512, 64, 4)
 _BWD_W = (1024, 64, 4)
 _PARTIALS = 256    # kernel-gradient partials per channel block (each program sums the rest of its rows itself)
 
