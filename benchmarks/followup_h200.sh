@@ -5,11 +5,12 @@
 #   bash benchmarks/followup_h200.sh [DIR] [BASELINE_REV]
 #
 # In order, each under its own time limit, so that one slow part cannot starve the rest:
-#  00. (part "tests") the kernels' tests on the GPU: LayerNorm, state fusion, modulation, conv1d, the scan (pytest
-#      -n 8, 100 s; the failures and distinct errors print to the console);
+#  00. (part "tests") the kernels' tests on the GPU: LayerNorm, state fusion, conv1d, the scan (pytest -n 8, 160 s;
+#      the failures and distinct errors print to the console);
 #   0. (part "new") state_fusion_bench.py and conv1d_bench.py (the kernels alone), then an A/B of Spatial-Mamba-T/S,
-#      GroupMamba-T and Vim-T/S against the revision before their latest kernel changes (the state fusion's tiles
-#      and kernel gradient, GroupMamba's modulation, the conv1d's three-kernel backward): speed and peak memory
+#      GroupMamba-T and Vim-T/S against the revision before their latest kernel changes (default e98e5ad: before
+#      the state fusion's input-gradient tile from the sweep, and GroupMamba's modulation back in PyTorch): speed
+#      and peak memory
 #      (NEW_MODELS replaces the models). NEW_BASE names that revision, or a `git archive` of it where the checkout
 #      has no history;
 #  0b. (part "ln", not in the default set) the Triton LayerNorm alone: GroupMamba-T, VMamba-T, EfficientVMamba-T
@@ -67,10 +68,10 @@ mkdir -p "$dir"
 same=$(mktemp --suffix=.tar); tar cf "$same" --exclude=visionssm/kernels visionssm kernels
 source benchmarks/gpu_env.sh
 part tests && { xdist=$(python3 -c 'import xdist' 2> /dev/null && echo "-n 8")
-    in_group 100 python3 -m pytest -p no:cacheprovider -q $xdist -rf tests/test_state_fusion.py \
-        tests/test_modulation.py tests/test_conv1d.py tests/test_layer_norm.py tests/test_triton_scan.py \
+    in_group 160 python3 -m pytest -p no:cacheprovider -q $xdist -rf tests/test_state_fusion.py \
+        tests/test_conv1d.py tests/test_layer_norm.py tests/test_triton_scan.py \
         > /tmp/gpu_tests.log 2>&1
-    echo "[followup_h200] kernel tests: pytest exit $? (124: cut at 100 s)"
+    echo "[followup_h200] kernel tests: pytest exit $? (124: cut at 160 s)"
     grep -E "^E   .*Error|^FAILED|passed|failed" /tmp/gpu_tests.log | sort | uniq -c | head -n 30 | cut -c1-240
     grep -qE "passed|failed" /tmp/gpu_tests.log || tail -n 15 /tmp/gpu_tests.log; }
 part profile8 && timeout 60 python3 tools/profile_model.py vmamba_tiny_s1l8 --batch 8 --steps 10 --top 20 \
@@ -78,7 +79,7 @@ part profile8 && timeout 60 python3 tools/profile_model.py vmamba_tiny_s1l8 --ba
 part new && { timeout 60 python3 benchmarks/state_fusion_bench.py > "$dir/state_fusion_bench.log" 2>&1
     timeout 30 python3 benchmarks/conv1d_bench.py > "$dir/conv1d_bench.log" 2>&1
     cat "$dir/state_fusion_bench.log" "$dir/conv1d_bench.log" | grep '^|'
-    timeout 280 python3 benchmarks/ab.py --baseline "${NEW_BASE:-c10fa30}" --rounds 5 --json "$dir/ab_new.json" \
+    timeout 280 python3 benchmarks/ab.py --baseline "${NEW_BASE:-e98e5ad}" --rounds 5 --json "$dir/ab_new.json" \
         --models ${NEW_MODELS:-spatialmamba_tiny groupmamba_tiny vim_tiny spatialmamba_small vim_small} \
         2>&1 | tail -n 16; }
 part ln && { timeout 220 python3 benchmarks/ab.py --baseline "${LN_BASE:-$same}" --baseline-env VISIONSSM_LAYER_NORM=torch \
