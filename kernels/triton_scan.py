@@ -278,38 +278,45 @@ if _HAS_TRITON:
                 cur = _chunk_loads(pos_ptr, start, pstart, t0, length, u_base, d_base, B_base, C_base, u_base, su_p,
                                    sd_p, sB_p, sC_p, 0, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N, WITH_C, False, HIDDEN,
                                    sh_ptr, N, False, SPLIT)
+            # the chunk's outputs (one channel vector per row) gathered into a [BD, BT] tile in the state's layout
+            # and written once: written per row, each reduced vector took a layout conversion through shared memory
+            # before its store (ptxas, sm_90: 16 barriers per chunk of 8 rows at four warps, 2 after)
+            col = tl.arange(0, BT)[None, :]
+            y_rows = tl.zeros([BD, BT], dtype=tl.float32)
+            off_cols = tl.zeros([1, BT], dtype=tl.int64)   # position * stride may be int64 where the position is not
             for i in tl.static_range(BT):
                 ok = t0 + i < length
                 u = cur[7 * i + 1].to(tl.float32)
                 dt = _to_dt(cur[7 * i + 2], bias, HAS_BIAS, SOFTPLUS)
                 h = _exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * cur[7 * i + 3].to(tl.float32)[None, :]
                 if WRITE_OUT:   # off: the backward's recomputation, which wants the checkpoints only
-                    ptrs = o_base + cur[7 * i] * so_p + _out_shift(sh_ptr, start, t0 + i, length, N, SEG, HIDDEN)
+                    off = cur[7 * i] * so_p + _out_shift(sh_ptr, start, t0 + i, length, N, SEG, HIDDEN)
                     if HIDDEN:
                         y = h * scale
                         m = ok & mdn
                         if ATOMIC:
-                            tl.atomic_add(ptrs, y, mask=m, sem='relaxed')
+                            tl.atomic_add(o_base + off, y, mask=m, sem='relaxed')
                         else:
-                            tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=m)
+                            tl.store(o_base + off, y.to(out_ptr.dtype.element_ty), mask=m)
                     else:
                         y = tl.sum(h * cur[7 * i + 4].to(tl.float32)[None, :], axis=1)
                         if HAS_D:
                             y = y + Dv * u
-                        y = y * scale
-                        if EVEN_D:
-                            m = ok
-                        else:
-                            m = ok & md
-                        if ATOMIC:
-                            tl.atomic_add(ptrs, y, mask=m, sem='relaxed')
-                        else:
-                            tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=m)
+                        y_rows = tl.where(col == i, (y * scale)[:, None], y_rows)
+                        off_cols = tl.where(col == i, off, off_cols)
                 if SAVE:   # slot j holds the state entering the backward's chunk j, every CK steps
                     if BT % CK == 0:
                         if (i + 1) % CK == 0:
                             slot = (t0 + i + 1) // CK
                             tl.store(ck_base + slot.to(tl.int64) * W * N, h, mask=mdn & (slot < NCK) & ok)
+            if WRITE_OUT and not HIDDEN:
+                m = t0 + col < length
+                if not EVEN_D:
+                    m = m & md[:, None]
+                if ATOMIC:
+                    tl.atomic_add(o_base[:, None] + off_cols, y_rows, mask=m, sem='relaxed')
+                else:
+                    tl.store(o_base[:, None] + off_cols, y_rows.to(out_ptr.dtype.element_ty), mask=m)
             if SAVE:
                 if BT % CK != 0:   # CK a multiple of BT
                     slot = (t0 + BT) // CK
@@ -412,14 +419,25 @@ if _HAS_TRITON:
                     h = h + (dt * u)[:, None] * Bt[None, :]
                 else:
                     h = a * h + (dt * u)[:, None] * Bt[None, :]
-            # 2) the rows backwards
+            # 2) the rows backwards. Their gradients are gathered into [BD, BT] / [BT, BN] tiles in the layout of
+            # the state tile and written once per chunk: written per row, each reduced vector took a layout
+            # conversion through shared memory before its store (ptxas, sm_90: 50 barriers per chunk of 4 rows
+            # at two warps, 4 after)
+            col = tl.arange(0, BT)[None, :]       # row i of the chunk as a column of the [BD, BT] tiles
+            row = tl.arange(0, BT)[:, None]       # ... and as a row of the [BT, BN] tiles
+            du_rows = tl.zeros([BD, BT], dtype=tl.float32)
+            dz_rows = tl.zeros([BD, BT], dtype=tl.float32)
+            dB_rows = tl.zeros([BT, BN], dtype=tl.float32)
+            dC_rows = tl.zeros([BT, BN], dtype=tl.float32)
+            p_cols = tl.zeros([1, BT], dtype=cur[0].dtype)
+            q_cols = tl.zeros([1, BT], dtype=cur[6].dtype)
+            q_rows = tl.zeros([BT, 1], dtype=cur[6].dtype)
             for i in tl.static_range(BT - 1, -1, -1):
                 ok = t0 + i < length
-                if EVEN_D:
-                    m = ok
-                else:
-                    m = ok & md
                 p, q, u, dt, Bt = cur[7 * i], cur[7 * i + 6], us[i], dts[i], Bs[i]
+                p_cols = tl.where(col == i, p, p_cols)
+                q_cols = tl.where(col == i, q, q_cols)
+                q_rows = tl.where(row == i, q, q_rows)
                 if KEEP_DECAY:
                     a, ah = decays[i], hs[i]
                 else:
@@ -432,26 +450,15 @@ if _HAS_TRITON:
                     Ct = cur[7 * i + 4].to(tl.float32)
                     h_t = ah + (dt * u)[:, None] * Bt[None, :]
                     g = dy[:, None] * Ct[None, :] + carry
-                    if DBC_PART:
-                        tl.store(dC_base + q * sdB_p, tl.sum(dy[:, None] * h_t, axis=0), mask=mn & ok)
-                    else:
-                        tl.atomic_add(dC_base + q * sdB_p, tl.sum(dy[:, None] * h_t, axis=0), mask=mn & ok,
-                                      sem='relaxed')
+                    dC_rows = tl.where(row == i, tl.sum(dy[:, None] * h_t, axis=0)[None, :], dC_rows)
                 gB = tl.sum(g * Bt[None, :], axis=1)
                 du = gB * dt
                 if HAS_D:
                     if not HIDDEN:
                         du += Dv * dy
                         dD_acc += dy * u
-                if DU_ATOMIC:
-                    tl.atomic_add(du_base + p * sdu_p, du, mask=m, sem='relaxed')
-                else:
-                    tl.store(du_base + p * sdu_p, du.to(du_ptr.dtype.element_ty), mask=m)
-                if DBC_PART:
-                    tl.store(dB_base + q * sdB_p, tl.sum(g * (dt * u)[:, None], axis=0), mask=mn & ok)
-                else:
-                    tl.atomic_add(dB_base + q * sdB_p, tl.sum(g * (dt * u)[:, None], axis=0), mask=mn & ok,
-                                  sem='relaxed')
+                du_rows = tl.where(col == i, du[:, None], du_rows)
+                dB_rows = tl.where(row == i, tl.sum(g * (dt * u)[:, None], axis=0)[None, :], dB_rows)
                 gah = g * ah
                 ddt = tl.sum(gah * A, axis=1) + gB * u
                 dA_acc += gah * dt[:, None]
@@ -462,10 +469,31 @@ if _HAS_TRITON:
                 else:
                     dz = ddt
                 dbias_acc += dz
-                if DD_ATOMIC:   # a route that revisits positions adds to its delta's gradient there
-                    tl.atomic_add(dd_base + q * sdd_p, dz, mask=m, sem='relaxed')
-                else:
-                    tl.store(dd_base + q * sdd_p, dz.to(ddelta_ptr.dtype.element_ty), mask=m)
+                dz_rows = tl.where(col == i, dz[:, None], dz_rows)
+            # 3) the chunk's gradients, rows past the route's end masked
+            ok_cols = t0 + col < length
+            ok_rows = t0 + row < length
+            if EVEN_D:
+                m = ok_cols
+            else:
+                m = ok_cols & md[:, None]
+            mnr = ok_rows & mn[None, :]
+            if DU_ATOMIC:
+                tl.atomic_add(du_base[:, None] + p_cols * sdu_p, du_rows, mask=m, sem='relaxed')
+            else:
+                tl.store(du_base[:, None] + p_cols * sdu_p, du_rows.to(du_ptr.dtype.element_ty), mask=m)
+            if DD_ATOMIC:   # a route that revisits positions adds to its delta's gradient there
+                tl.atomic_add(dd_base[:, None] + q_cols * sdd_p, dz_rows, mask=m, sem='relaxed')
+            else:
+                tl.store(dd_base[:, None] + q_cols * sdd_p, dz_rows.to(ddelta_ptr.dtype.element_ty), mask=m)
+            if DBC_PART:
+                tl.store(dB_base[None, :] + q_rows * sdB_p, dB_rows, mask=mnr)
+                if not HIDDEN:
+                    tl.store(dC_base[None, :] + q_rows * sdB_p, dC_rows, mask=mnr)
+            else:
+                tl.atomic_add(dB_base[None, :] + q_rows * sdB_p, dB_rows, mask=mnr, sem='relaxed')
+                if not HIDDEN:
+                    tl.atomic_add(dC_base[None, :] + q_rows * sdB_p, dC_rows, mask=mnr, sem='relaxed')
 
         # per-batch partials, one row of s_part per batch element: dA (K*W, N), dD (K*W), dbias (K*W)
         tl.store(dA_ptr + b * s_part + ch[:, None] * N + n[None, :], dA_acc, mask=mdn)
