@@ -81,17 +81,22 @@ if _HAS_TRITON:
     @triton.jit
     def _branch_bwd_h(acc, g_row0, w_ptr, py, px, lanes, cs, cmask, H, W, C, d: tl.constexpr, i: tl.constexpr):
         # adds sum_t w_t g[P - o_t] at the padded positions (py, px[lane]) of the lanes set in ``lanes`` to acc
-        # [BW, BC]; g is zero outside the map
+        # [BW, BC]; g is zero outside the map. The source row qy is the same for every lane: a row outside the map
+        # skips its three taps by a uniform branch (at a border row's extra preimages most taps' rows are outside,
+        # and on small maps most rows are border rows), not by masked loads that still issue.
         for ky in tl.static_range(3):
             qy = py - (ky - 1) * d
-            row_ok = (qy >= 0) & (qy < H)
-            for kx in tl.static_range(3):
-                qx = px - (kx - 1) * d
-                ok = lanes & row_ok & (qx >= 0) & (qx < W)
-                wt = tl.load(w_ptr + (i * 9 + ky * 3 + kx) * C + cs, mask=cmask, other=0.0)
-                v = tl.load(g_row0 + (qy * W + qx)[:, None] * C + cs[None, :], mask=ok[:, None] & cmask[None, :],
-                            other=0.0)
-                acc += v.to(tl.float32) * wt[None, :]
+            if (qy >= 0) & (qy < H):
+                for kx in tl.static_range(3):
+                    qx = px - (kx - 1) * d
+                    ok = lanes & (qx >= 0) & (qx < W)
+                    # the tap's weights as a [BW, BC] tile of one repeated row: loaded as a [BC] vector they
+                    # took a layout conversion through shared memory, two barriers per tap (ptxas, sm_90)
+                    wt = tl.load(w_ptr + (i * 9 + ky * 3 + kx) * C + cs[None, :] + 0 * qx[:, None],
+                                 mask=cmask[None, :], other=0.0)
+                    v = tl.load(g_row0 + (qy * W + qx)[:, None] * C + cs[None, :],
+                                mask=ok[:, None] & cmask[None, :], other=0.0)
+                    acc += v.to(tl.float32) * wt
         return acc
 
     @triton.jit
