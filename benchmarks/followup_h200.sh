@@ -7,12 +7,11 @@
 # In order, each under its own time limit, so that one slow part cannot starve the rest:
 #  00. (part "tests") the kernels' tests on the GPU: LayerNorm, state fusion, conv1d, the scan (pytest -n 8, 160 s;
 #      the failures and distinct errors print to the console);
-#   0. (part "new") state_fusion_bench.py and conv1d_bench.py (the kernels alone), then an A/B of Spatial-Mamba-T/S,
-#      GroupMamba-T and Vim-T/S against the revision before their latest kernel changes (default e98e5ad: before
-#      the state fusion's input-gradient tile from the sweep, and GroupMamba's modulation back in PyTorch): speed
-#      and peak memory
-#      (NEW_MODELS replaces the models). NEW_BASE names that revision, or a `git archive` of it where the checkout
-#      has no history;
+#   0. (part "new") state_fusion_bench.py, conv1d_bench.py and kernels/bench.py's Vim shapes (the kernels alone),
+#      then an A/B of Vim-T/S, Spatial-Mamba-T, EfficientVMamba-T and VMamba-T against the revision before their
+#      latest kernel changes (default 8087c8b: before the sequential scan's per-chunk output tiles and the state
+#      fusion's input gradient without layout conversions): speed and peak memory (NEW_MODELS replaces the models).
+#      NEW_BASE names that revision, or a `git archive` of it where the checkout has no history;
 #  0b. (part "ln", not in the default set) the Triton LayerNorm alone: GroupMamba-T, VMamba-T, EfficientVMamba-T
 #      and Spatial-Mamba-T against the same code with VISIONSSM_LAYER_NORM=torch (ab.py --baseline-env), training
 #      and batch-128 inference, then batch-8 inference (the host-bound case). LN_BASE names that code: a revision,
@@ -79,8 +78,9 @@ part profile8 && timeout 60 python3 tools/profile_model.py vmamba_tiny_s1l8 --ba
 part new && { timeout 60 python3 benchmarks/state_fusion_bench.py > "$dir/state_fusion_bench.log" 2>&1
     timeout 30 python3 benchmarks/conv1d_bench.py > "$dir/conv1d_bench.log" 2>&1
     cat "$dir/state_fusion_bench.log" "$dir/conv1d_bench.log" | grep '^|'
-    timeout 280 python3 benchmarks/ab.py --baseline "${NEW_BASE:-e98e5ad}" --rounds 5 --json "$dir/ab_new.json" \
-        --models ${NEW_MODELS:-spatialmamba_tiny groupmamba_tiny vim_tiny spatialmamba_small vim_small} \
+    timeout 60 python3 kernels/bench.py --no-ref --only Vim 2>&1 | tail -n 8
+    timeout 280 python3 benchmarks/ab.py --baseline "${NEW_BASE:-8087c8b}" --rounds 5 --json "$dir/ab_new.json" \
+        --models ${NEW_MODELS:-vim_tiny vim_small spatialmamba_tiny efficientvmamba_tiny vmamba_tiny_s1l8} \
         2>&1 | tail -n 16; }
 part ln && { timeout 220 python3 benchmarks/ab.py --baseline "${LN_BASE:-$same}" --baseline-env VISIONSSM_LAYER_NORM=torch \
         --rounds 5 --json "$dir/ab_ln.json" --models groupmamba_tiny vmamba_tiny_s1l8 efficientvmamba_tiny \
