@@ -422,7 +422,7 @@ if _HAS_TRITON:
             # 2) the rows backwards. Their gradients are gathered into [BD, BT] / [BT, BN] tiles in the layout of
             # the state tile and written once per chunk: written per row, each reduced vector took a layout
             # conversion through shared memory before its store (ptxas, sm_90: 50 barriers per chunk of 4 rows
-            # at two warps, 4 after)
+            # at two warps, 26 after: a conversion per tile and the atomics' own)
             col = tl.arange(0, BT)[None, :]       # row i of the chunk as a column of the [BD, BT] tiles
             row = tl.arange(0, BT)[:, None]       # ... and as a row of the [BT, BN] tiles
             du_rows = tl.zeros([BD, BT], dtype=tl.float32)
