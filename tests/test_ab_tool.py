@@ -114,7 +114,10 @@ def test_baseline_from_a_plain_tar_with_a_dotted_name(ab, tmp_path):
                    check=True)
     side = ab.materialize(str(tar))
     assert side.package.isidentifier() and side.package.startswith('visionssm_ab_tmp_a_1')
-    assert side.build('vmamba_tiny_s1l8', 64, torch.device('cpu')) is not None
+    model = side.build('vmamba_tiny_s1l8', 64, torch.device('cpu')).eval()
+    assert type(model).__module__.startswith(f'{side.package}.')
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
 
 
 def test_baseline_env_is_set_for_the_baseline_side_only(ab, monkeypatch):

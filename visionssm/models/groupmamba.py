@@ -48,9 +48,9 @@ of a ``GroupedSS2D`` made by one autograd node in the GEMMs' dtype (``group_weig
 copy per projection); the weights that autocast would cast one by one (the mixer's proj, depthwise conv and second
 norm; the MLP's) are cast together by one kernel, with one cast of their gradients back (``cast_weights``); drop
 path and the residual sum are one ``addcmul`` (``add_residual``). On CUDA the LayerNorms, whose rows here are 16
-to 448 channels, run as Triton kernels (``visionssm.layers.norm``), out_norm with its per-group affine in one. The backward recomputes what is cheap to
-recompute instead of keeping it: the MLP's hidden maps (``conv_mlp``) and the maps between out_norm and the gate
-(``norm_gate``).
+to 448 channels, run as Triton kernels (``visionssm.layers.norm``), out_norm with its per-group affine in one. The
+backward recomputes what is cheap to recompute instead of keeping it: the MLP's hidden maps (``conv_mlp``) and the
+maps between out_norm and the gate (``norm_gate``).
 
 ``forward_features`` returns a channel-last map (``output_fmt = 'NHWC'``). torch.fx traces the model (the scan op
 and a few size- or dtype-dependent helpers are leaves). TorchScript is not supported, because the shared scan op
