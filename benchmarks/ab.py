@@ -65,6 +65,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import traceback
 import warnings
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -293,6 +294,37 @@ def parity(baseline: torch.nn.Module, current: torch.nn.Module, img_size: int, b
                 max_abs_logit=logits[1].abs().max().item())
 
 
+@contextlib.contextmanager
+def _side_named(k: int):
+    """An error inside the block names the side that raised it: index ``k`` of (baseline, current). A CUDA fault
+    surfaces at the next synchronize, which the timing loops make after each side's iterations."""
+    try:
+        yield
+    except Exception as e:
+        e.add_note(f'raised while running the {("baseline", "current")[k]} side')
+        raise
+
+
+def _failed(row: dict, e: BaseException, what: str) -> None:
+    """Marks ``row`` failed with ``e`` and prints the traceback: the status holds one line, and after a CUDA fault
+    the cleanup that follows raises errors of its own, which must not hide this one."""
+    row['status'] = 'oom' if _is_oom(e) else _error(e) + ''.join(f' ({note})' for note in getattr(e, '__notes__', ()))
+    print(f'[ab] {row["model"]} {what}:', file=sys.stderr)
+    traceback.print_exception(e, file=sys.stderr)
+
+
+def _release(models, device: torch.device, failed: bool) -> None:
+    """Gradients dropped and the allocator's cache freed; after a failure, best effort (a CUDA fault is sticky: every
+    later call on the device raises it again, and the first report of it is what counts)."""
+    try:
+        for model in models or ():
+            model.zero_grad(set_to_none=True)
+        _free_memory(device)
+    except Exception:
+        if not failed:
+            raise
+
+
 def time_pair(models: Sequence[torch.nn.Module], mode: str, precision: str, batch: int, img_size: int,
               device: torch.device, warmup: int, rounds: int, repeat_s: float, pool: int = 3,
               envs: Optional[Sequence[dict]] = None) -> list[dict]:
@@ -322,12 +354,13 @@ def time_pair(models: Sequence[torch.nn.Module], mode: str, precision: str, batc
 
     steps = [stepper(m, env) for m, env in zip(models, envs or [{}] * len(models))]
     warm = [[] for _ in models]
-    for step, times in zip(steps, warm):
-        for i in range(warmup):
-            t0 = time.perf_counter()
-            step(i)
-            _sync(device)
-            times.append(time.perf_counter() - t0)
+    for k, (step, times) in enumerate(zip(steps, warm)):
+        with _side_named(k):
+            for i in range(warmup):
+                t0 = time.perf_counter()
+                step(i)
+                _sync(device)
+                times.append(time.perf_counter() - t0)
     n = max(1, round(repeat_s / min(min(t[1:] or t) for t in warm)))
     cuda = device.type == 'cuda'
     # what the other side holds, and the pool's extra batches, are not this side's memory
@@ -341,11 +374,12 @@ def time_pair(models: Sequence[torch.nn.Module], mode: str, precision: str, batc
             _sync(device)
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
-            start = clock.mark()
-            for _ in range(n):
-                step(i)
-                i += 1
-            s['times'].append(clock.seconds(start, clock.mark()) / n)
+            with _side_named(k):
+                start = clock.mark()
+                for _ in range(n):
+                    step(i)
+                    i += 1
+                s['times'].append(clock.seconds(start, clock.mark()) / n)
             if cuda:
                 others = sum(held) - held[k]
                 s['peak_bytes'] = max(s['peak_bytes'], torch.cuda.max_memory_allocated(device) - others - extra)
@@ -369,22 +403,20 @@ def compare(name: str, baseline: Side, current: Side, modes: Sequence[str], prec
                     **parity(*models, img_size, min(parity_batch, batch), device, (baseline.env, current.env)))
     except Exception as e:
         for row in rows:
-            row['status'] = 'oom' if _is_oom(e) else _error(e)
+            _failed(row, e, 'build and parity')
+        _release(None, device, failed=True)
         return rows
-    finally:
-        _free_memory(device)
+    _release(None, device, failed=False)
     for row in rows:
         row.update(info)
         try:
             stats = time_pair(models, row['mode'], precision, batch, img_size, device, warmup, rounds, repeat_s,
                               envs=(baseline.env, current.env))
         except Exception as e:
-            row['status'] = 'oom' if _is_oom(e) else _error(e)
+            _failed(row, e, row['mode'])
+            _release(models, device, failed=True)
             continue
-        finally:
-            for model in models:
-                model.zero_grad(set_to_none=True)
-            _free_memory(device)
+        _release(models, device, failed=False)
         for side, s in zip(('baseline', 'current'), stats):
             median = statistics.median(s['times'])
             row.update({f'{side}_img_per_s': batch / median, f'{side}_ms': median * 1e3,
@@ -393,7 +425,7 @@ def compare(name: str, baseline: Side, current: Side, modes: Sequence[str], prec
         row.update(speedup=row['current_img_per_s'] / row['baseline_img_per_s'],
                    iters_per_round=stats[0]['iters_per_round'], rounds=rounds, warmup=warmup)
     del models
-    _free_memory(device)
+    _release(None, device, failed=any(row['status'] != 'ok' for row in rows))
     return rows
 
 

@@ -155,3 +155,45 @@ def test_current_side_from_a_source_checkout_that_is_not_installed():
     done = subprocess.run([sys.executable, '-S', '-c', code.format(paths=site.getsitepackages(), root=str(ROOT))],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith('current'), done.stderr[-2000:]
+
+
+def test_a_failing_side_is_named_and_not_hidden_by_the_cleanup(ab, monkeypatch, capsys):
+    class Faulty(torch.nn.Module):   # fails at its third forward, as a kernel fault surfaces at a later call
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 4)
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls == 3:
+                raise RuntimeError('illegal memory access')
+            return self.fc(x.mean((2, 3)))
+
+    with pytest.raises(RuntimeError, match='illegal memory access') as raised:
+        ab.time_pair([torch.nn.Conv2d(3, 4, 1), Faulty()], 'infer', 'fp32', 2, 8, torch.device('cpu'), warmup=2,
+                     rounds=2, repeat_s=0)
+    assert raised.value.__notes__ == ['raised while running the current side']
+
+    # after a CUDA fault every later call on the device raises too, the allocator's cleanup included: the row keeps
+    # the first error, and its traceback is printed
+    faulted = []
+
+    def fault(*args, **kwargs):
+        faulted.append(True)
+        error = RuntimeError('illegal memory access')
+        error.add_note('raised while running the baseline side')
+        raise error
+
+    def free_memory(device):
+        if faulted:
+            raise RuntimeError('the same illegal memory access, raised again')
+
+    monkeypatch.setattr(ab, 'time_pair', fault)
+    monkeypatch.setattr(ab, '_free_memory', free_memory)
+    baseline = ab.materialize('HEAD')
+    rows = ab.compare('test_vmamba', baseline, ab.current_side(), ['infer', 'train'], 'fp32', 2, 32,
+                      torch.device('cpu'), warmup=1, rounds=1, repeat_s=0, parity_batch=1)
+    assert [row['status'] for row in rows] == \
+        ['error: RuntimeError: illegal memory access (raised while running the baseline side)'] * 2
+    assert 'illegal memory access' in capsys.readouterr().err
