@@ -162,8 +162,11 @@ if _HAS_TRITON:
                 m = (live & (xs < W))[:, None] & cmask[None, :]
                 g = tl.load(g_ptr + image + (y * W + xs)[:, None] * C + cs[None, :], mask=m, other=0.0)
                 g = g.to(tl.float32)
-                # h at the clamped columns x - d, x, x + d (always inside the map: no mask but the channels')
-                xl = tl.maximum(xs - d, 0)
+                # h at the clamped columns x - d, x, x + d (no mask but the channels'). The lanes past the map's
+                # last column (x >= W, their g masked to 0) are clamped too: x - d of such a lane lies past the row's
+                # end, which in the last row of the last image is past the end of h (a fault on a GPU where that is
+                # past the end of its allocation's segment)
+                xl = tl.minimum(tl.maximum(xs - d, 0), W - 1)
                 xr = tl.minimum(xs + d, W - 1)
                 xc = tl.minimum(xs, W - 1)
                 left += g * tl.load(h_row + xl[:, None] * C + cs[None, :], mask=cmask[None, :], other=0.0)

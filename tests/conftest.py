@@ -11,3 +11,20 @@ if not torch.cuda.is_available():
 # slow the CPU tests down several-fold.
 if os.environ.get('PYTEST_XDIST_WORKER'):
     torch.set_num_threads(1)
+
+
+# Under the interpreter every Triton launch's memory accesses are checked against its tensor arguments
+# (tests/_memcheck.py): out of bounds, a GPU faults or silently corrupts a neighbour, the interpreter does neither.
+if os.environ.get('TRITON_INTERPRET') == '1':
+    import pytest
+
+    @pytest.fixture(autouse=True)
+    def _triton_memory_checked():
+        try:
+            import triton.runtime.interpreter  # noqa: F401
+        except ImportError:   # no triton: nothing runs in the interpreter
+            yield
+            return
+        from _memcheck import memory_checked
+        with memory_checked():
+            yield
