@@ -278,45 +278,38 @@ if _HAS_TRITON:
                 cur = _chunk_loads(pos_ptr, start, pstart, t0, length, u_base, d_base, B_base, C_base, u_base, su_p,
                                    sd_p, sB_p, sC_p, 0, md, mn, mdn, BT, OFF64, EVEN_D, EVEN_N, WITH_C, False, HIDDEN,
                                    sh_ptr, N, False, SPLIT)
-            # the chunk's outputs (one channel vector per row) gathered into a [BD, BT] tile in the state's layout
-            # and written once: written per row, each reduced vector took a layout conversion through shared memory
-            # before its store (ptxas, sm_90: 16 barriers per chunk of 8 rows at four warps, 2 after)
-            col = tl.arange(0, BT)[None, :]
-            y_rows = tl.zeros([BD, BT], dtype=tl.float32)
-            off_cols = tl.zeros([1, BT], dtype=tl.int64)   # position * stride may be int64 where the position is not
+            # each row's output is stored as it is reduced. Gathered into a [BD, BT] tile and stored once per chunk
+            # instead, the layout conversions went (ptxas, sm_90: 16 barriers per chunk of 8 rows at four warps, 2
+            # after) but the gathering's selects cost more: Vim-T / Vim-S inference ran at 0.88x / 0.86x on an H100
+            # (benchmarks/ab.py); the backward keeps its tiles
             for i in tl.static_range(BT):
                 ok = t0 + i < length
                 u = cur[7 * i + 1].to(tl.float32)
                 dt = _to_dt(cur[7 * i + 2], bias, HAS_BIAS, SOFTPLUS)
                 h = _exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * cur[7 * i + 3].to(tl.float32)[None, :]
                 if WRITE_OUT:   # off: the backward's recomputation, which wants the checkpoints only
-                    off = cur[7 * i] * so_p + _out_shift(sh_ptr, start, t0 + i, length, N, SEG, HIDDEN)
+                    ptrs = o_base + cur[7 * i] * so_p + _out_shift(sh_ptr, start, t0 + i, length, N, SEG, HIDDEN)
                     if HIDDEN:
                         y = h * scale
                         m = ok & mdn
-                        if ATOMIC:
-                            tl.atomic_add(o_base + off, y, mask=m, sem='relaxed')
-                        else:
-                            tl.store(o_base + off, y.to(out_ptr.dtype.element_ty), mask=m)
                     else:
                         y = tl.sum(h * cur[7 * i + 4].to(tl.float32)[None, :], axis=1)
                         if HAS_D:
                             y = y + Dv * u
-                        y_rows = tl.where(col == i, (y * scale)[:, None], y_rows)
-                        off_cols = tl.where(col == i, off, off_cols)
+                        y = y * scale
+                        if EVEN_D:
+                            m = ok
+                        else:
+                            m = ok & md
+                    if ATOMIC:
+                        tl.atomic_add(ptrs, y, mask=m, sem='relaxed')
+                    else:
+                        tl.store(ptrs, y.to(out_ptr.dtype.element_ty), mask=m)
                 if SAVE:   # slot j holds the state entering the backward's chunk j, every CK steps
                     if BT % CK == 0:
                         if (i + 1) % CK == 0:
                             slot = (t0 + i + 1) // CK
                             tl.store(ck_base + slot.to(tl.int64) * W * N, h, mask=mdn & (slot < NCK) & ok)
-            if WRITE_OUT and not HIDDEN:
-                m = t0 + col < length
-                if not EVEN_D:
-                    m = m & md[:, None]
-                if ATOMIC:
-                    tl.atomic_add(o_base[:, None] + off_cols, y_rows, mask=m, sem='relaxed')
-                else:
-                    tl.store(o_base[:, None] + off_cols, y_rows.to(out_ptr.dtype.element_ty), mask=m)
             if SAVE:
                 if BT % CK != 0:   # CK a multiple of BT
                     slot = (t0 + BT) // CK
