@@ -11,7 +11,9 @@
 #      then an A/B of Vim-T/S, Spatial-Mamba-T, EfficientVMamba-T and VMamba-T against the revision before their
 #      latest kernel changes (default 8087c8b: before the sequential scan's per-chunk output tiles and the state
 #      fusion's input gradient without layout conversions): speed and peak memory (NEW_MODELS replaces the models).
-#      NEW_BASE names that revision, or a `git archive` of it where the checkout has no history;
+#      NEW_BASE names that revision, or a `git archive` of it where the checkout has no history. 8087c8b's state
+#      fusion kernel gradient reads past its input (fixed in f326f5b), which faulted in Spatial-Mamba-T's A/B at
+#      batch 128: for that model pass an archive of 8087c8b with f326f5b's kernels/state_fusion.py change applied;
 #  0b. (part "ln", not in the default set) the Triton LayerNorm alone: GroupMamba-T, VMamba-T, EfficientVMamba-T
 #      and Spatial-Mamba-T against the same code with VISIONSSM_LAYER_NORM=torch (ab.py --baseline-env), training
 #      and batch-128 inference, then batch-8 inference (the host-bound case). LN_BASE names that code: a revision,
