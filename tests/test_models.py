@@ -182,6 +182,16 @@ def test_grad_checkpointing_and_backward(name):
 
 
 @pytest.mark.parametrize('name', [m for m in MODELS if m.startswith('test_')])
+def test_input_gradient_in_evaluation_mode(name):
+    """A backward through an evaluation-mode forward (saliency maps, adversarial examples, feature inversion): the
+    layers' evaluation paths keep what their backward needs."""
+    model = timm.create_model(name).eval()
+    x = _input(2).requires_grad_()
+    model(x).square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().max() > 0
+
+
+@pytest.mark.parametrize('name', [m for m in MODELS if m.startswith('test_')])
 def test_trains_after_inference_mode(name):
     """A training step after a forward under ``torch.inference_mode()`` at the same input size: nothing the first
     forward cached (gather indices, codes) is an inference tensor that the backward would need to save. The size is

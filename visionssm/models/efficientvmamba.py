@@ -296,6 +296,14 @@ def _recomputable(bn: nn.BatchNorm2d, act: nn.Module):
     return _act_fns(act)
 
 
+def _norm_act(x: torch.Tensor, bn: nn.BatchNorm2d, act: nn.Module) -> torch.Tensor:
+    """``act(bn(x))`` by the modules. timm's ``BatchNormAct2d`` applies its own activation, and ``act`` is that one:
+    applied a second time, its in-place ReLU overwrote the output that the first one's backward keeps, and a backward
+    through an evaluation-mode forward (an input's gradient, a saliency map) failed."""
+    y = bn(x)
+    return y if act is getattr(bn, 'act', None) else act(y)
+
+
 def _plain_conv(conv: nn.Module) -> bool:
     return type(conv) is nn.Conv2d and conv.padding_mode == 'zeros' and not isinstance(conv.padding, str)
 
@@ -306,7 +314,7 @@ def bn_act_conv(x: torch.Tensor, bn: nn.BatchNorm2d, act: nn.Module, conv: nn.Co
     otherwise (evaluation, other activations or layers) the modules themselves. A torch.fx leaf."""
     fns = _recomputable(bn, act)
     if fns is None or not _plain_conv(conv):
-        return conv(act(bn(x)))
+        return conv(_norm_act(x, bn, act))
     return _BatchNormActConv.apply(
         x, bn.weight, bn.bias, bn.running_mean, bn.running_var, _batch_momentum(bn), bn.eps, fns, conv.weight,
         conv.bias, (conv.stride, conv.padding, conv.dilation, conv.groups))
@@ -342,7 +350,7 @@ def bn_act(x: torch.Tensor, bn: nn.BatchNorm2d, act: nn.Module) -> torch.Tensor:
     ``source=(x, bn, act)`` to the ``scale_conv`` that reads the output). A torch.fx leaf."""
     fns = _recomputable(bn, act)
     if fns is None:
-        return act(bn(x))
+        return _norm_act(x, bn, act)
     return _BatchNormAct.apply(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, _batch_momentum(bn), bn.eps,
                                fns)
 
