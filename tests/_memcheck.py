@@ -1,4 +1,5 @@
-"""Out-of-bounds checking for the Triton kernels that the tests run in Triton's interpreter (CPU tensors).
+"""Out-of-bounds checking for the Triton kernels that the tests run in Triton's interpreter (CPU tensors), and which
+kernels ran.
 
 On a GPU, a kernel's load or store outside its tensors faults ("an illegal memory access was encountered") only where
 the address leaves mapped memory; inside the caching allocator's segments it silently reads or corrupts a neighbour,
@@ -124,3 +125,23 @@ def memory_checked():
         builder.create_masked_load, builder.create_masked_store = saved['load'], saved['store']
         builder.create_atomic_rmw, builder.create_atomic_cas = saved['rmw'], saved['cas']
         executor._init_args_hst = saved['init']
+
+
+@contextlib.contextmanager
+def launched_kernels():
+    """The names of the kernels that the interpreter runs inside the block, in launch order."""
+    import triton.runtime.interpreter as interpreter
+
+    executor = interpreter.GridExecutor
+    saved = executor.__call__
+    names: list = []
+
+    def call(self, *args, **kwargs):
+        names.append(getattr(self.fn, '__name__', '?'))
+        return saved(self, *args, **kwargs)
+
+    executor.__call__ = call
+    try:
+        yield names
+    finally:
+        executor.__call__ = saved
