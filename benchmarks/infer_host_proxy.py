@@ -79,6 +79,11 @@ def _stub_launches() -> contextlib.ExitStack:
     stack = stub_triton_launches()
     for name in ('_scan_fwd_kernel', '_scan_bwd_kernel', '_scan_fwd_chunked_kernel', '_scan_bwd_chunked_kernel'):
         stack.enter_context(mock.patch.object(ts, name, NoLaunch(name)))
+    # a cached launch holds the kernel it was built with: those cached before hold the real kernels, those cached
+    # inside hold the stubs
+    for launches in (ts._forward_launch, ts._backward_launch):
+        launches.cache_clear()
+        stack.callback(launches.cache_clear)
     stack.enter_context(mock.patch.dict(ss.BACKENDS, triton=(ts.selective_scan_triton,
                                                              lambda u: u.dtype != torch.float64)))
     return stack

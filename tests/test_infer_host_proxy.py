@@ -1,6 +1,7 @@
 """benchmarks/infer_host_proxy.py: the op count sees the scan's real host path (one launch per scan) and CUDA's
 norms, and the timed forward runs."""
 import os
+from unittest import mock
 
 import pytest
 import timm
@@ -20,8 +21,6 @@ def tool():
     stubs = module._stub_launches()
     yield module
     stubs.close()
-    triton_scan._forward_launch.cache_clear()   # the cached launches hold the stubbed kernels
-    triton_scan._backward_launch.cache_clear()
     # every later test gets the real kernels and dispatch back
     from visionssm.kernels import conv1d, layer_norm
     for kernel in (conv1d._conv_fwd_kernel, layer_norm._ln_fwd_kernel, triton_scan._scan_fwd_kernel):
@@ -50,6 +49,16 @@ def test_op_count(tool, name):
         assert 'aten.rsqrt' not in counter.counts and 'aten._fused_rms_norm' not in counter.counts
     assert 0 < counter.launches < total
     assert tool.count_ops(name, 2, 64).counts == counter.counts   # deterministic
+
+
+def test_op_count_ignores_launches_cached_before():
+    """A scan launch cached before the stubs went in (another test's, with the real kernel) is not reused."""
+    module = load_benchmark('infer_host_proxy')
+    with module._stub_launches(), mock.patch.object(triton_scan, '_scan_fwd_kernel', module.NoLaunch('stale')):
+        assert module.count_ops('test_vmamba', 2, 64).kernels['stale'] > 0   # cached with this kernel
+    with module._stub_launches():
+        kernels = module.count_ops('test_vmamba', 2, 64).kernels
+    assert 'stale' not in kernels and kernels['_scan_fwd_kernel'] > 0
 
 
 def test_timed_forward(tool):
