@@ -2,6 +2,8 @@
 long GPU run must survive (unknown model, out of memory, a CUDA error, the time budget)."""
 import dataclasses
 import json
+import pathlib
+import re
 
 import pytest
 import torch
@@ -66,6 +68,29 @@ def test_quick_in_worker_process():
     assert row['status'] == 'ok' and (row['img_size'], row['batch_size'], row['precision']) == (64, 2, 'fp32')
     assert row['gflops_224'] == pytest.approx(bm.count_gflops('test_vmamba'))
     assert row['peak_mem_kind'] == 'peak RSS of the measuring process' and row['peak_mem_gib'] > 0
+
+
+CARDS = pathlib.Path(__file__).resolve().parent.parent / 'model_cards'
+
+
+def _first_variant(card: pathlib.Path) -> tuple:
+    """(timm name, GFLOPs) of the first row of the card's variants table (its first table with both columns)."""
+    lines = card.read_text().splitlines()
+    for i, line in enumerate(lines):
+        head = [c.strip() for c in line.strip().strip('|').split('|')]
+        if line.startswith('|') and 'timm name' in head and 'GFLOPs' in head:
+            cells = [c.strip() for c in lines[i + 2].strip().strip('|').split('|')]
+            return cells[0].strip('`'), float(re.match(r'[\d.]+', cells[head.index('GFLOPs')]).group())
+    raise AssertionError(f'{card.name}: no table with "timm name" and "GFLOPs" columns')
+
+
+@pytest.mark.parametrize('card', sorted(CARDS.glob('*.md')), ids=lambda p: p.stem)
+def test_model_card_gflops_are_the_architectures(card):
+    """The count is the architecture's, as the papers count it, not what an implementation multiplies: fused
+    weights' zeros (Vim's block-diagonal projections) and weights composed once per call for inference (SS2D's Δ
+    projection) are left out. The first variant of every card, to the card's two decimals."""
+    name, gflops = _first_variant(card)
+    assert round(bm.count_gflops(name), 2) == gflops, name
 
 
 def test_time_budget_stops_a_running_measurement():

@@ -178,6 +178,22 @@ def test_fused_weights_backward_equals_autograds(dtype, conv_bias):
 
 
 @pytest.mark.parametrize('conv_bias', [True, False])
+def test_per_direction_forms_equal_the_fused_ones(conv_bias):
+    """The meta device's forms (FLOP counting without the fused weights' zeros) compute what the mixer's fused
+    conv and block-diagonal GEMMs compute."""
+    torch.manual_seed(0)
+    mixer = vim.BiMambaMixer(16, d_state=4, dt_rank=3, conv_bias=conv_bias).double()
+    conv_w, conv_b, x_proj, dt_proj = mixer._fused_weights(torch.float64)[:4]
+    x = torch.randn(2, 9, mixer.d_inner, dtype=torch.float64)
+    u = vim.depthwise_conv1d(x, conv_w, conv_b, left=mixer.d_conv - 1, repeats=2)
+    torch.testing.assert_close(vim.per_direction_conv(x, conv_w, conv_b, mixer.d_conv), u, atol=1e-12, rtol=0)
+    x_dbl = F.linear(u, x_proj)
+    for got, want in zip(vim.per_direction_projections(u, x_proj, dt_proj, mixer.dt_rank),
+                         (x_dbl, F.linear(x_dbl, dt_proj))):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize('conv_bias', [True, False])
 def test_fused_weights_equal_the_plain_ops_in_a_few_kernels(conv_bias):
     """The fused weights' node returns exactly what ``fuse_bidirectional_weights`` computes (the traced and exported
     path), in 7 kernels forward and 4 backward per block (the plain ops: 18 and 10): a training step of Vim-T makes

@@ -163,18 +163,25 @@ def _size_kwargs(name: str, img_size: int) -> dict:
 
 
 def count_gflops(name: str, img_size: int = 224) -> float:
-    """GFLOPs of one ``img_size`` image through model ``name`` (fvcore convention, scan included)."""
+    """GFLOPs of one ``img_size`` image through model ``name`` (fvcore convention, scan included), on the meta
+    device: the count of a batch of two less that of one, so that work done once per call whatever the batch
+    (weights composed for inference, e.g. SS2D's Δ projection) is not counted per image."""
     import timm
     from torch.utils.flop_counter import FlopCounterMode
     from visionssm.ops import count_scan_flops
 
     with torch.device('meta'):
         model = timm.create_model(name, **_size_kwargs(name, img_size)).eval()
-        x = torch.empty(1, 3, img_size, img_size)
-    counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.native_layer_norm: _layer_norm_flops})
-    with counter, count_scan_flops() as scan, torch.no_grad():
-        model(x)
-    return (counter.get_total_flops() / 2 + sum(scan)) / 1e9
+
+    def flops(batch: int) -> float:
+        x = torch.empty(batch, 3, img_size, img_size, device='meta')
+        counter = FlopCounterMode(display=False,
+                                  custom_mapping={torch.ops.aten.native_layer_norm: _layer_norm_flops})
+        with counter, count_scan_flops() as scan, torch.no_grad():
+            model(x)
+        return counter.get_total_flops() / 2 + sum(scan)
+
+    return (flops(2) - flops(1)) / 1e9
 
 
 def _family(name: str) -> tuple[Optional[str], bool]:

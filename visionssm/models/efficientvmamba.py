@@ -86,8 +86,9 @@ def lattice_projections(xs: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_
                         weight: Optional[torch.Tensor] = None):
     """Δ ``(B, h, w, K*D)``, B and C ``(B, h, w, K, N)`` of the side-by-side lattices ``xs (B, h, w, K*D)``: each
     position gets only the projections of the route that scans it (a quarter of what projecting the whole map for
-    every route computes and keeps). ``weight``: ``lattice_weight``, when already built."""
-    if weight is None:
+    every route computes and keeps). ``weight``: ``lattice_weight``, when already built; not used on the meta
+    device, where FLOP counting takes the architecture's per-route products (``group_projections``)."""
+    if weight is None or xs.device.type == 'meta':
         return group_projections(xs, x_proj_weight, dt_projs_weight, d_state)
     k, n = x_proj_weight.shape[0], d_state
     dts, BC = F.linear(xs, weight).split([xs.shape[-1], k * 2 * n], dim=-1)

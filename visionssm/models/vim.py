@@ -166,11 +166,8 @@ class BiMambaMixer(ScanLayer):
         """``in_proj``'s output ``(B, L, 2E)`` and the fused weights → the merged, gated scan output ``(B, L, E)``
         in ``xz``'s dtype."""
         x, z = xz.chunk(2, dim=-1)
-        # Both directions' SiLU(conv) as one conv repeating x's channels: (B, L, 2E), the forward direction's first
-        # (on CUDA one Triton kernel reading x in place).
-        u = depthwise_conv1d(x, conv_w, conv_b, left=self.d_conv - 1, repeats=2)
-        x_dbl = F.linear(u, x_proj)                      # (B, L, 2(R + 2N)): [Δ_f, B_f, C_f, Δ_b, B_b, C_b]
-        delta = F.linear(x_dbl, dt_proj)                 # (B, L, 2E)
+        u = self._conv(x, conv_w, conv_b)
+        x_dbl, delta = self._projections(u, x_proj, dt_proj)
         r, n = self.dt_rank, self.d_state
         params = x_dbl.unflatten(-1, (2, r + 2 * n))
         # (B, L, 2, N): per direction, shared by its channels (split, not slices: one cat in the backward)
@@ -186,6 +183,22 @@ class BiMambaMixer(ScanLayer):
         # every position) before the average; the gate is common to both, so it is applied once after the merge.
         return y * F.silu(z)
 
+    def _conv(self, x: torch.Tensor, conv_w: torch.Tensor, conv_b: Optional[torch.Tensor]) -> torch.Tensor:
+        """Both directions' SiLU(conv) of ``x (B, L, E)`` as one conv repeating x's channels: ``(B, L, 2E)``, the
+        forward direction's first (on CUDA one Triton kernel reading x in place)."""
+        if x.device.type == 'meta':
+            return per_direction_conv(x, conv_w, conv_b, self.d_conv)
+        return depthwise_conv1d(x, conv_w, conv_b, left=self.d_conv - 1, repeats=2)
+
+    def _projections(self, u: torch.Tensor, x_proj: torch.Tensor, dt_proj: torch.Tensor
+                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``x_dbl`` ``(B, L, 2(R + 2N))``: ``[Δ_f, B_f, C_f, Δ_b, B_b, C_b]``, and Δ ``(B, L, 2E)`` from both
+        directions' conv output ``u (B, L, 2E)``: two GEMMs on the block-diagonal weights."""
+        if u.device.type == 'meta':
+            return per_direction_projections(u, x_proj, dt_proj, self.dt_rank)
+        x_dbl = F.linear(u, x_proj)
+        return x_dbl, F.linear(x_dbl, dt_proj)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xz = self.in_proj(x)
         weights = self._fused_weights(xz.dtype)   # autocast's dtype where it is on (in_proj ran under it)
@@ -193,6 +206,32 @@ class BiMambaMixer(ScanLayer):
                 xz.requires_grad or any(w is not None and w.requires_grad for w in weights)):
             return self.out_proj(_Recomputed.apply(self._gated_scan, xz, *weights))
         return self.out_proj(self._gated_scan(xz, *weights))
+
+
+# FLOP counting runs on the meta device: there the fused weights' zeros are left out of the products, so the count
+# is the architecture's (1.82 GFLOPs for Vim-T, where the fused forms multiply 2.27). Same values as the fused forms.
+
+def per_direction_conv(x: torch.Tensor, conv_w: torch.Tensor, conv_b: Optional[torch.Tensor], taps: int
+                       ) -> torch.Tensor:
+    """``BiMambaMixer._conv`` as each direction's own ``taps``-tap conv: the fused weight ``(2E, [1,] 2K - 1)``
+    holds the forward direction's taps first and the backward one's last (``fuse_bidirectional_weights``)."""
+    w = conv_w.flatten(1)
+    e = w.shape[0] // 2
+    bias = (None, None) if conv_b is None else (conv_b[:e], conv_b[e:])
+    return torch.cat([depthwise_conv1d(x, w[:e, :taps], bias[0], left=taps - 1),
+                      depthwise_conv1d(x, w[e:, taps - 1:], bias[1], left=0)], dim=-1)
+
+
+def per_direction_projections(u: torch.Tensor, x_proj: torch.Tensor, dt_proj: torch.Tensor, dt_rank: int
+                              ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``BiMambaMixer._projections`` as each direction's own x_proj and dt_proj products: the diagonal blocks of the
+    fused ``x_proj (2P, 2E)`` and the Δ columns of ``dt_proj (2E, 2P)``, P = R + 2N."""
+    e, p = u.shape[-1] // 2, x_proj.shape[0] // 2
+    x_dbl = torch.cat([F.linear(u[..., i * e:(i + 1) * e], x_proj[i * p:(i + 1) * p, i * e:(i + 1) * e])
+                       for i in range(2)], dim=-1)
+    delta = torch.cat([F.linear(x_dbl[..., i * p:i * p + dt_rank], dt_proj[i * e:(i + 1) * e, i * p:i * p + dt_rank])
+                       for i in range(2)], dim=-1)
+    return x_dbl, delta
 
 
 def fuse_bidirectional_weights(dtype: torch.dtype, d_state: int, conv_w, conv_w_b, conv_bias, conv_bias_b, x_proj,
