@@ -192,6 +192,18 @@ def test_input_gradient_in_evaluation_mode(name):
 
 
 @pytest.mark.parametrize('name', [m for m in MODELS if m.startswith('test_')])
+def test_training_step_on_the_meta_device(name):
+    """A training forward and backward with no data (the meta device: FLOP counting of a training step, shape
+    checks, models built before their weights are loaded), where autocast does not exist."""
+    with torch.device('meta'):
+        model = timm.create_model(name).train()
+        x = torch.empty(2, 3, SIZE, SIZE, requires_grad=True)
+    model(x).sum().backward()
+    assert x.grad.shape == x.shape
+    assert all(p.grad is not None and p.grad.shape == p.shape for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize('name', [m for m in MODELS if m.startswith('test_')])
 def test_trains_after_inference_mode(name):
     """A training step after a forward under ``torch.inference_mode()`` at the same input size: nothing the first
     forward cached (gather indices, codes) is an inference tensor that the backward would need to save. The size is

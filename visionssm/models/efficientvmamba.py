@@ -42,7 +42,7 @@ from timm.models._efficientnet_blocks import InvertedResidual, SqueezeExcite
 from visionssm.layers import SS2D, ConvDownsample, Mlp, PatchEmbed, PatchMerging, full_precision, pad_to_even, \
     scan_out_dtype
 from visionssm.layers.cache import cached_while_inferring, tracing
-from visionssm.layers.fused import autocast_dtype, block_diagonal, conv_silu, group_projections
+from visionssm.layers.fused import autocast_dtype, autocast_enabled, block_diagonal, conv_silu, group_projections
 from visionssm.layers.norm import layer_norm_gate, layer_norm_gate_backward, norm_to
 from visionssm.ops import Route, lattice_routes, selective_scan
 from ._checkpoint import load_through_model
@@ -224,7 +224,7 @@ def norm_mean(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
     float32 (autocast's policy for norms on CUDA) and keeps only ``x`` and its statistics. A torch.fx leaf."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, norm.weight, norm.bias)):
         out = _NormMean.apply(x, norm.weight, norm.bias, norm.eps)
-        return out if torch.is_autocast_enabled(x.device.type) else out.to(x.dtype)
+        return out if autocast_enabled(x) else out.to(x.dtype)
     return norm(x).mean((1, 2), keepdim=True)
 
 

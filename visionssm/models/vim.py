@@ -35,6 +35,7 @@ shared scan op cannot be scripted: ``torch.jit.script``, or building under timm'
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -50,6 +51,7 @@ from timm.models._features import FeatureInfo, feature_take_indices
 
 from visionssm.layers import ScanLayer, full_precision, init_dt_bias
 from visionssm.layers.conv1d import depthwise_conv1d
+from visionssm.layers.fused import autocast_enabled
 from visionssm.layers.norm import RMSNorm, norm_to
 from visionssm.layers.cache import CastCachedConv2d, CastCachedLinear, cached_while_inferring, tracing
 from visionssm.ops import bidirectional_routes, selective_scan
@@ -353,7 +355,8 @@ class _Recomputed(torch.autograd.Function):
     def forward(ctx, run, xz, *weights):
         ctx.run = run
         device = xz.device.type
-        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        enabled = autocast_enabled(xz)
+        ctx.autocast = (device, enabled, torch.get_autocast_dtype(device) if enabled else None)
         ctx.save_for_backward(xz, *weights)
         with torch.no_grad():
             return run(xz, *weights)
@@ -365,7 +368,10 @@ class _Recomputed(torch.autograd.Function):
         inputs = [t.detach().requires_grad_(need) if t is not None else None
                   for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad[1:])]
         wanted = [t for t, need in zip(inputs, ctx.needs_input_grad[1:]) if need]
-        with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
+        # the forward's autocast state, on or off, whatever the backward's caller has (none on the meta device)
+        state = (torch.autocast(device, dtype=dtype, enabled=enabled) if torch.amp.is_autocast_available(device)
+                 else contextlib.nullcontext())
+        with torch.enable_grad(), state:
             out = ctx.run(*inputs)
         found = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True))
         return (None,) + tuple(next(found) if need else None for need in ctx.needs_input_grad[1:])

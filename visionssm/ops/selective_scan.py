@@ -61,6 +61,21 @@ _register_triton_backend()
 _flop_counters: list[list[int]] = []
 
 
+class _MetaScan(torch.autograd.Function):
+    """The scan on the meta device: an output of the right shape, and a gradient of each input's shape, so that a
+    training step's graph reaches the layers before the scan (no values exist to compute)."""
+
+    @staticmethod
+    def forward(ctx, shape, dtype, *inputs):
+        ctx.specs = [(t.shape, t.dtype) if t is not None else None for t in inputs]
+        return inputs[0].new_empty(shape, dtype=dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (None, None) + tuple(grad.new_empty(spec[0], dtype=spec[1]) if spec is not None and need else None
+                                    for spec, need in zip(ctx.specs, ctx.needs_input_grad[2:]))
+
+
 @contextlib.contextmanager
 def count_scan_flops():
     """Collect the FLOPs of every scan run inside the block: ``with count_scan_flops() as flops: ...; sum(flops)``.
@@ -167,7 +182,8 @@ def selective_scan(
         for counter in _flop_counters:
             counter.append(batch * sum(p.numel() for p in plan.positions) * width * (9 * n_state + 1))
     if u.device.type == 'meta':   # shape propagation and FLOP counting: nothing to compute
-        out = u.new_empty(grid + (out_channels,) + ((n_state,) if return_hidden else ()), dtype=out_dtype or u.dtype)
+        shape = grid + (out_channels,) + ((n_state,) if return_hidden else ())
+        out = _MetaScan.apply(shape, out_dtype or u.dtype, u, delta, A, B, C, D, delta_bias)
         return out.squeeze(1) if seq else out
     name = _select_backend(backend, u)
     if delta.dim() == u.dim() + 1 and name not in _BUILTIN:   # a backend of the user's takes the K*W layout
