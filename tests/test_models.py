@@ -193,8 +193,8 @@ def test_input_gradient_in_evaluation_mode(name):
 
 @pytest.mark.parametrize('name', [m for m in MODELS if m.startswith('test_')])
 def test_training_step_on_the_meta_device(name):
-    """A training forward and backward with no data (the meta device: FLOP counting of a training step, shape
-    checks, models built before their weights are loaded), where autocast does not exist."""
+    """A training forward and backward with no data (the meta device: shape checks and the graph of a training
+    step before any weight exists), where autocast does not exist."""
     with torch.device('meta'):
         model = timm.create_model(name).train()
         x = torch.empty(2, 3, SIZE, SIZE, requires_grad=True)

@@ -187,16 +187,18 @@ class BiMambaMixer(ScanLayer):
 
     def _conv(self, x: torch.Tensor, conv_w: torch.Tensor, conv_b: Optional[torch.Tensor]) -> torch.Tensor:
         """Both directions' SiLU(conv) of ``x (B, L, E)`` as one conv repeating x's channels: ``(B, L, 2E)``, the
-        forward direction's first (on CUDA one Triton kernel reading x in place)."""
-        if x.device.type == 'meta':
+        forward direction's first (on CUDA one Triton kernel reading x in place). On the meta device each
+        direction's own conv (``per_direction_conv``)."""
+        if not tracing() and x.device.type == 'meta':   # (a torch.fx proxy's device is no value to branch on)
             return per_direction_conv(x, conv_w, conv_b, self.d_conv)
         return depthwise_conv1d(x, conv_w, conv_b, left=self.d_conv - 1, repeats=2)
 
     def _projections(self, u: torch.Tensor, x_proj: torch.Tensor, dt_proj: torch.Tensor
                      ) -> Tuple[torch.Tensor, torch.Tensor]:
         """``x_dbl`` ``(B, L, 2(R + 2N))``: ``[Δ_f, B_f, C_f, Δ_b, B_b, C_b]``, and Δ ``(B, L, 2E)`` from both
-        directions' conv output ``u (B, L, 2E)``: two GEMMs on the block-diagonal weights."""
-        if u.device.type == 'meta':
+        directions' conv output ``u (B, L, 2E)``: two GEMMs on the block-diagonal weights; on the meta device each
+        direction's own two (``per_direction_projections``)."""
+        if not tracing() and u.device.type == 'meta':
             return per_direction_projections(u, x_proj, dt_proj, self.dt_rank)
         x_dbl = F.linear(u, x_proj)
         return x_dbl, F.linear(x_dbl, dt_proj)
@@ -356,7 +358,9 @@ class _Recomputed(torch.autograd.Function):
         ctx.run = run
         device = xz.device.type
         enabled = autocast_enabled(xz)
-        ctx.autocast = (device, enabled, torch.get_autocast_dtype(device) if enabled else None)
+        # None where autocast does not exist (the meta device); cpu / cuda named first: Dynamo cannot trace the check
+        available = device in ('cuda', 'cpu') or torch.amp.is_autocast_available(device)
+        ctx.autocast = (device, enabled, torch.get_autocast_dtype(device) if enabled else None) if available else None
         ctx.save_for_backward(xz, *weights)
         with torch.no_grad():
             return run(xz, *weights)
@@ -364,13 +368,12 @@ class _Recomputed(torch.autograd.Function):
     @staticmethod
     @once_differentiable   # the recomputed graph is not kept: a second derivative would be silently zero
     def backward(ctx, grad):
-        device, enabled, dtype = ctx.autocast
         inputs = [t.detach().requires_grad_(need) if t is not None else None
                   for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad[1:])]
         wanted = [t for t, need in zip(inputs, ctx.needs_input_grad[1:]) if need]
-        # the forward's autocast state, on or off, whatever the backward's caller has (none on the meta device)
-        state = (torch.autocast(device, dtype=dtype, enabled=enabled) if torch.amp.is_autocast_available(device)
-                 else contextlib.nullcontext())
+        # the forward's autocast state, on or off, whatever the backward's caller has
+        state = contextlib.nullcontext() if ctx.autocast is None else torch.autocast(
+            ctx.autocast[0], dtype=ctx.autocast[2], enabled=ctx.autocast[1])
         with torch.enable_grad(), state:
             out = ctx.run(*inputs)
         found = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True))

@@ -183,7 +183,9 @@ def selective_scan(
             counter.append(batch * sum(p.numel() for p in plan.positions) * width * (9 * n_state + 1))
     if u.device.type == 'meta':   # shape propagation and FLOP counting: nothing to compute
         shape = grid + (out_channels,) + ((n_state,) if return_hidden else ())
-        out = _MetaScan.apply(shape, out_dtype or u.dtype, u, delta, A, B, C, D, delta_bias)
+        # (with return_hidden the states are returned, and D takes no part)
+        out = _MetaScan.apply(shape, out_dtype or u.dtype, u, delta, A, B, C, None if return_hidden else D,
+                              delta_bias)
         return out.squeeze(1) if seq else out
     name = _select_backend(backend, u)
     if delta.dim() == u.dim() + 1 and name not in _BUILTIN:   # a backend of the user's takes the K*W layout
