@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from timm.models import register_notrace_function
 
 from .cache import CastCachedLinear
-from .fused import autocast_enabled
+from .fused import autocast_dtype
 
 __all__ = ['Mlp', 'act_linear']
 
@@ -40,7 +40,7 @@ class _ActLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias, act_fn, act_bwd):
         h = act_fn(x)
         # the dtype the linear computes in (autocast's, else the input's); the backward uses it explicitly
-        dtype = torch.get_autocast_dtype(x.device.type) if autocast_enabled(x) else h.dtype
+        dtype = autocast_dtype(h)
         ctx.act_fn, ctx.act_bwd, ctx.dtype, ctx.has_bias = act_fn, act_bwd, dtype, bias is not None
         ctx.save_for_backward(x, weight)
         return F.linear(h, weight, bias)

@@ -38,7 +38,6 @@ from timm.layers import DropPath, trunc_normal_
 from timm.models import checkpoint_seq
 from timm.models._features import FeatureInfo
 
-from ..layers.fused import autocast_off
 from ..models.plainmamba import PlainMamba
 
 __all__ = ['ViTAdapter', 'MSDeformAttn', 'SpatialPriorModule', 'InteractionBlock']
@@ -113,7 +112,7 @@ class MSDeformAttn(nn.Module):
         locations = reference_points[:, :, None, :, None, :] + offsets / shapes.flip(-1)[None, None, None, :, None]
         # The sampling in float32 (as officially), whatever the autocast: low-precision locations would be off
         # by pixels on large maps.
-        with autocast_off(value):
+        with torch.autocast(value.device.type, enabled=False):
             value, locations, weights = value.float(), locations.float(), weights.float()
             if value.is_cuda:
                 out = MultiScaleDeformableAttnFunction.apply(value, shapes, starts, locations, weights,

@@ -24,8 +24,6 @@ import importlib
 
 import torch
 
-from ..layers.fused import autocast_off
-
 __all__ = ['use_float32_where_mmcv_lacks_bf16']
 
 _MARK = '_visionssm_float32_for_bf16'
@@ -40,7 +38,7 @@ def _float32_roi_extraction(forward):
     def extract(self, feats, rois, *args, **kwargs):
         if not _is_bf16(feats[0]):
             return forward(self, feats, rois, *args, **kwargs)
-        with autocast_off(feats[0]):
+        with torch.autocast(feats[0].device.type, enabled=False):
             return forward(self, tuple(f.float() for f in feats), rois.float(), *args, **kwargs)
     setattr(extract, _MARK, True)
     return extract

@@ -37,7 +37,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from visionssm.kernels import state_fusion as fusion_kernels
 from visionssm.layers import SS2D, Mlp, full_precision
 from visionssm.layers.cache import cached_constants, onnx_exporting
-from visionssm.layers.fused import autocast_enabled, conv_silu
+from visionssm.layers.fused import autocast_dtype, conv_silu
 from visionssm.layers.norm import layer_norm_gate, layer_norm_gate_backward, norm_to
 from visionssm.layers.ss2d import route_projections
 from visionssm.ops import Route, selective_scan
@@ -253,7 +253,7 @@ class _MixerOutput(torch.autograd.Function):
     def forward(ctx, fused, C, x, Ds, z, norm_weight, norm_bias, eps, proj_weight):
         gated = layer_norm_gate(torch.addcmul(x * Ds, fused, C), z, norm_weight, norm_bias, eps)
         # the dtype the projection computes in (autocast's, else the gated map's); the backward uses it explicitly
-        ctx.dtype = torch.get_autocast_dtype(x.device.type) if autocast_enabled(x) else z.dtype
+        ctx.dtype = autocast_dtype(z)
         ctx.eps = eps
         ctx.save_for_backward(fused, C, x, Ds, z, norm_weight, norm_bias, proj_weight)
         return F.linear(gated, proj_weight)

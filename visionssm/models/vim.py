@@ -35,7 +35,6 @@ shared scan op cannot be scripted: ``torch.jit.script``, or building under timm'
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -51,7 +50,7 @@ from timm.models._features import FeatureInfo, feature_take_indices
 
 from visionssm.layers import ScanLayer, full_precision, init_dt_bias
 from visionssm.layers.conv1d import depthwise_conv1d
-from visionssm.layers.fused import autocast_enabled
+from visionssm.layers.fused import autocast_dtype, autocast_enabled, autocast_off
 from visionssm.layers.norm import RMSNorm, norm_to
 from visionssm.layers.cache import CastCachedConv2d, CastCachedLinear, cached_while_inferring, tracing
 from visionssm.ops import bidirectional_routes, selective_scan
@@ -356,11 +355,7 @@ class _Recomputed(torch.autograd.Function):
     @staticmethod
     def forward(ctx, run, xz, *weights):
         ctx.run = run
-        device = xz.device.type
-        enabled = autocast_enabled(xz)
-        # None where autocast does not exist (the meta device); cpu / cuda named first: Dynamo cannot trace the check
-        available = device in ('cuda', 'cpu') or torch.amp.is_autocast_available(device)
-        ctx.autocast = (device, enabled, torch.get_autocast_dtype(device) if enabled else None) if available else None
+        ctx.autocast_dtype = autocast_dtype(xz) if autocast_enabled(xz) else None
         ctx.save_for_backward(xz, *weights)
         with torch.no_grad():
             return run(xz, *weights)
@@ -372,8 +367,8 @@ class _Recomputed(torch.autograd.Function):
                   for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad[1:])]
         wanted = [t for t, need in zip(inputs, ctx.needs_input_grad[1:]) if need]
         # the forward's autocast state, on or off, whatever the backward's caller has
-        state = contextlib.nullcontext() if ctx.autocast is None else torch.autocast(
-            ctx.autocast[0], dtype=ctx.autocast[2], enabled=ctx.autocast[1])
+        x = inputs[0]
+        state = autocast_off(x) if ctx.autocast_dtype is None else torch.autocast(x.device.type, ctx.autocast_dtype)
         with torch.enable_grad(), state:
             out = ctx.run(*inputs)
         found = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True))
